@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Limits and map layouts shared by grain's generic XDP program and its Go
+ * loader. bpf/limits.go mirrors the #defines; limits_test.go checks that
+ * both agree. */
+#ifndef GRAIN_H
+#define GRAIN_H
+
+#include <linux/types.h>
+
+/* Two generations of every rule table: the program reads the active one
+ * once per packet, userspace fills the other and flips. */
+#define GRAIN_GENERATIONS 2
+
+#define GRAIN_MAX_RULES 2048
+#define GRAIN_BITMAP_WORDS (GRAIN_MAX_RULES / 64)
+
+#define GRAIN_MAX_CONTENTS 1024        /* content slots per generation */
+#define GRAIN_MAX_CONTENTS_PER_RULE 4
+#define GRAIN_MAX_CONTENT_LEN 64       /* bytes of one pattern */
+#define GRAIN_SCAN_WINDOW 1500         /* bytes of L4 payload searched */
+#define GRAIN_PREFILTER_SPAN 8         /* prefilter bytes lie in pattern[0..8) */
+
+#define GRAIN_MAX_PORT_CLASSES (2 * GRAIN_MAX_RULES + 2)
+#define GRAIN_MAX_CIDR_ENTRIES (2 * GRAIN_MAX_RULES)
+#define GRAIN_MAX_IFACE_ENTRIES 256
+#define GRAIN_MAX_IPV6_EXT_HEADERS 6
+
+/* Regions of the bitmaps array, per generation. */
+#define GRAIN_BM_PROTO 0                           /* [l4 protocol] */
+#define GRAIN_BM_FLAGS 256                         /* [tcp flags byte] */
+#define GRAIN_BM_AUX 512                           /* GRAIN_AUX_* */
+#define GRAIN_BM_SPORT (GRAIN_BM_AUX + 16)         /* [source port class] */
+#define GRAIN_BM_DPORT (GRAIN_BM_SPORT + GRAIN_MAX_PORT_CLASSES)
+#define GRAIN_BM_CIDR (GRAIN_BM_DPORT + GRAIN_MAX_PORT_CLASSES) /* [cidr class] */
+#define GRAIN_BM_PER_GEN (GRAIN_BM_CIDR + GRAIN_MAX_CIDR_ENTRIES)
+
+/* Aux bitmaps: the rules that hold when a field has no value or no entry. */
+#define GRAIN_AUX_SRC4_DEFAULT 0
+#define GRAIN_AUX_DST4_DEFAULT 1
+#define GRAIN_AUX_SRC6_DEFAULT 2
+#define GRAIN_AUX_DST6_DEFAULT 3
+#define GRAIN_AUX_IFACE_DEFAULT 4
+#define GRAIN_AUX_NO_PORTS 5     /* packet without ports: rules with no port condition */
+#define GRAIN_AUX_NOT_TCP 6      /* packet without tcp flags: rules with no flag condition */
+#define GRAIN_AUX_ALL 7          /* every rule of the generation */
+
+/* Fields a generation uses; a field no rule constrains is never looked up. */
+#define GRAIN_F_PROTO (1 << 0)
+#define GRAIN_F_SRC (1 << 1)
+#define GRAIN_F_DST (1 << 2)
+#define GRAIN_F_SPORT (1 << 3)
+#define GRAIN_F_DPORT (1 << 4)
+#define GRAIN_F_FLAGS (1 << 5)
+#define GRAIN_F_IFACE (1 << 6)
+
+/* Port-class array: one u16 class per (generation, direction, port). */
+#define GRAIN_PORT_DIR_SRC 0
+#define GRAIN_PORT_DIR_DST 1
+
+/* CIDR lookups: key.field */
+#define GRAIN_CIDR_SRC4 0
+#define GRAIN_CIDR_DST4 1
+#define GRAIN_CIDR_SRC6 2
+#define GRAIN_CIDR_DST6 3
+
+#define GRAIN_ACTION_COUNT 0
+#define GRAIN_ACTION_DROP 1
+#define GRAIN_ACTION_PASS 2
+
+#define GRAIN_RULE_EMIT (1 << 0)
+
+#define GRAIN_CONTENT_NOCASE (1 << 0)
+#define GRAIN_CONTENT_NEGATE (1 << 1)
+#define GRAIN_CONTENT_ANCHORED (1 << 2)
+
+/* Global per-CPU statistics, indices into the stats array. */
+#define GRAIN_STAT_PACKETS 0
+#define GRAIN_STAT_NOT_IP 1
+#define GRAIN_STAT_MALFORMED 2
+#define GRAIN_STAT_DROPPED 3
+#define GRAIN_STAT_NO_CONFIG 4
+#define GRAIN_STAT_MAX 8
+
+struct grain_bitmap {
+	__u64 w[GRAIN_BITMAP_WORDS];
+};
+
+struct grain_active {
+	__u32 generation;
+	__u32 _pad;
+};
+
+struct grain_gen_config {
+	__u32 nrules;
+	__u32 nwords;           /* bitmap words that hold rules */
+	__u32 fields;           /* GRAIN_F_* */
+	__u8 n_src4, n_dst4, n_src6, n_dst6;
+	/* distinct prefix lengths per CIDR field, longest first */
+	__u8 src4_lens[33];
+	__u8 dst4_lens[33];
+	__u8 src6_lens[129];
+	__u8 dst6_lens[129];
+};
+
+struct grain_cidr_key {
+	__u8 generation;
+	__u8 field;
+	__u8 prefixlen;
+	__u8 _pad;
+	__u8 addr[16]; /* masked to prefixlen; IPv4 in the first 4 bytes */
+};
+
+struct grain_iface_key {
+	__u32 generation;
+	__u32 ifindex;
+};
+
+struct grain_rule {
+	__u8 action;
+	__u8 flags;          /* GRAIN_RULE_* */
+	__u8 ncontents;
+	__u8 _pad;
+	__u32 id;            /* stable id userspace maps to a policy name */
+	__u16 contents[GRAIN_MAX_CONTENTS_PER_RULE];
+};
+
+struct grain_content {
+	/* pattern bytes pre-masked; compare (packet & mask) == pattern */
+	__u8 pattern[GRAIN_MAX_CONTENT_LEN];
+	__u8 mask[GRAIN_MAX_CONTENT_LEN];
+	__u16 len;
+	__u16 offset;        /* first payload byte searched */
+	__u16 end;           /* one past the last payload byte searched */
+	__u8 flags;          /* GRAIN_CONTENT_* */
+	/* two pattern bytes checked eight positions at a time */
+	__u8 pre1_index, pre2_index;
+	__u8 pre1_byte, pre2_byte;
+	__u8 pre1_mask, pre2_mask;
+	__u8 _pad[5];
+};
+
+struct grain_counter {
+	__u64 packets;
+	__u64 bytes;
+	__u64 events;
+	__u64 events_lost;
+};
+
+struct grain_event {
+	__u64 boot_ns;       /* bpf_ktime_get_boot_ns */
+	__u32 rule_id;
+	__u32 generation;
+	__u32 ifindex;
+	__u32 packet_len;
+	__u8 family;         /* 4 or 6 */
+	__u8 protocol;
+	__u8 verdict;        /* GRAIN_ACTION_* */
+	__u8 tcp_flags;
+	__u16 sport;         /* host order */
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+#endif

@@ -1,0 +1,86 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+)
+
+// XDP is the loaded generic XDP program with its maps.
+type XDP struct {
+	objs xdpObjects
+}
+
+// XDPOptions tune the maps of the generic XDP program before loading.
+type XDPOptions struct {
+	// RingBufferBytes sizes the event ring buffer (a power of two, at least
+	// one page). Zero keeps the compiled-in 1 MiB.
+	RingBufferBytes uint32
+}
+
+// Program is the XDP program.
+func (x *XDP) Program() *ebpf.Program { return x.objs.GrainXdp }
+
+// Close releases the program and maps held by this process.
+func (x *XDP) Close() error { return x.objs.Close() }
+
+// LoadXDP loads the generic XDP program and its maps into the kernel. Errors
+// say which kernel feature is missing or, for a verifier rejection, the tail
+// of the verifier log.
+func LoadXDP(opts XDPOptions) (*XDP, error) {
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := features.HaveProgramType(ebpf.XDP); err != nil {
+		return nil, fmt.Errorf("kernel lacks XDP programs (BPF_PROG_TYPE_XDP): %w", err)
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return nil, fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
+	}
+	spec, err := loadXdp()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded XDP object: %w", err)
+	}
+	if opts.RingBufferBytes != 0 {
+		spec.Maps["events"].MaxEntries = opts.RingBufferBytes
+	}
+	x := &XDP{}
+	if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
+		return nil, explainLoadError("grain_xdp", err)
+	}
+	return x, nil
+}
+
+// CheckPrivileges reports a clear error when the process cannot use BPF.
+func CheckPrivileges() error {
+	if os.Geteuid() != 0 {
+		return errors.New("grain needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to load eBPF programs: run it with sudo")
+	}
+	return nil
+}
+
+// explainLoadError turns a program load failure into a message that says
+// what to do, keeping the verifier's log tail for rejections.
+func explainLoadError(prog string, err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		lines := ve.Log
+		const tail = 20
+		if len(lines) > tail {
+			lines = lines[len(lines)-tail:]
+		}
+		return fmt.Errorf("the kernel's verifier rejected %s (kernel too old or not supported; grain needs Linux 5.15 or later): %v\nverifier log tail:\n  %s",
+			prog, ve.Cause, strings.Join(lines, "\n  "))
+	}
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("load %s: a kernel feature is missing (grain needs Linux 5.15 or later): %w", prog, err)
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("load %s: permission denied: run grain as root (with CAP_BPF and CAP_NET_ADMIN): %w", prog, err)
+	}
+	return fmt.Errorf("load %s: %w", prog, err)
+}

@@ -1,0 +1,716 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* grain's generic XDP program. It never changes with policies: every rule
+ * lives in the maps below, written by userspace (engine/) from a Plan
+ * (codegen/).
+ *
+ * Per packet: parse L2-L4 once; read the active generation once; look up one
+ * bitmap of candidate rules per constrained field (protocol, addresses, ports,
+ * TCP flags, interface); AND them word by word; walk the set bits in priority
+ * order (bit i = rule i), checking payload contents only for rules that are
+ * still candidates. The first matching drop/pass rule decides; count rules
+ * count and let the walk continue. The cost depends on the number of fields
+ * used and on the bitmap width, not on a scan over the rules. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "grain.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+/* Frame offsets grain reads at are bounded so that the verifier can prove
+ * packet accesses (XDP frames are at most a few pages). */
+#define MAX_FRAME_OFF 0x3fff
+
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6 58
+
+/* Packet headers, written out so the object does not depend on the
+ * build host's kernel headers. */
+struct ethhdr_ {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+struct vlanhdr_ {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct iphdr_ {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__be16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6hdr_ {
+	__be32 ver_tc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct ipv6_opt_ {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct ipv6_frag_ {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+struct ports_ {
+	__be16 source;
+	__be16 dest;
+};
+
+/* Everything later stages need about one packet, as offsets from the start
+ * of the frame so that global functions can re-derive packet pointers. */
+struct pkt_meta {
+	__u32 payload_off;
+	__u32 payload_end;
+	__u32 ifindex;
+	__u32 len;
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 protocol;
+	__u8 tcp_flags;
+	__u8 has_ports;
+	__u8 has_flags;
+	__u8 _pad[3];
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct grain_active);
+} active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct grain_gen_config);
+} gen_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_BM_PER_GEN);
+	__type(key, __u32);
+	__type(value, struct grain_bitmap);
+} bitmaps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * 2 * 65536);
+	__type(key, __u32);
+	__type(value, __u16);
+} port_class SEC(".maps");
+
+/* (generation, field, prefix) -> class: bitmaps[GRAIN_BM_CIDR + class] */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_CIDR_ENTRIES);
+	__type(key, struct grain_cidr_key);
+	__type(value, __u32);
+} cidr_class SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_IFACE_ENTRIES);
+	__type(key, struct grain_iface_key);
+	__type(value, struct grain_bitmap);
+} iface_bitmaps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_CONTENTS);
+	__type(key, __u32);
+	__type(value, struct grain_content);
+} contents SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_counter);
+} rule_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRAIN_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+#define REPEAT8(b) ((__u64)(b) * 0x0101010101010101ULL)
+#define HIGH_BITS 0x8080808080808080ULL
+
+/* High bit of byte k set if byte k of v may be zero (exact for the lowest
+ * zero byte; candidates are verified anyway). */
+static __always_inline __u64 zero_bytes(__u64 v)
+{
+	return (v - REPEAT8(1)) & ~v & HIGH_BITS;
+}
+
+/* Compares the content's pattern at frame offset off. The caller ensures
+ * off + len <= the payload end. */
+static __always_inline int pattern_at(struct xdp_md *ctx, __u32 off, const struct grain_content *c)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 len = c->len;
+
+	barrier_var(off);
+	if (off > MAX_FRAME_OFF || len > GRAIN_MAX_CONTENT_LEN)
+		return 0;
+	__u8 *p = data + off;
+	barrier_var(p);
+	__u32 words = (len + 7) / 8;
+
+	if ((void *)(p + GRAIN_MAX_CONTENT_LEN) <= data_end) {
+		/* Whole words; the mask is zero past len. */
+		for (__u32 i = 0; i < GRAIN_MAX_CONTENT_LEN / 8; i++) {
+			if (i >= words)
+				break;
+			__u64 v = *(__u64 *)(p + i * 8);
+			__u64 m = *(__u64 *)(c->mask + i * 8);
+			__u64 want = *(__u64 *)(c->pattern + i * 8);
+			if ((v & m) != want)
+				return 0;
+		}
+		return 1;
+	}
+	/* Near the end of the frame: byte by byte. */
+	for (__u32 i = 0; i < GRAIN_MAX_CONTENT_LEN; i++) {
+		if (i >= len)
+			break;
+		if ((void *)(p + i + 1) > data_end)
+			return 0;
+		if ((p[i] & c->mask[i]) != c->pattern[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* Verifies one candidate position; a global function so the verifier checks
+ * it once instead of at every candidate of the scan loop. */
+__noinline int content_verify(struct xdp_md *ctx, __u32 off, __u32 slot)
+{
+	const struct grain_content *c = bpf_map_lookup_elem(&contents, &slot);
+	if (!c)
+		return 0;
+	return pattern_at(ctx, off, c);
+}
+
+/* Verifies the candidates a prefilter step flagged: byte k of hits has its
+ * high bit set for position pos + k. */
+__noinline int content_verify_hits(struct xdp_md *ctx, __u32 pos, __u32 last, __u64 hits, __u32 slot)
+{
+	const struct grain_content *c = bpf_map_lookup_elem(&contents, &slot);
+	if (!c)
+		return 0;
+	for (__u32 k = 0; k < 8; k++) {
+		if (!(hits & (0x80ULL << (k * 8))))
+			continue;
+		if (pos + k > last)
+			break;
+		if (pattern_at(ctx, pos + k, c))
+			return 1;
+	}
+	return 0;
+}
+
+/* Returns whether the content (slot in the contents array) holds for the
+ * payload [payload_off, payload_end), negation applied. */
+__noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payload_end, __u32 slot)
+{
+	const struct grain_content *c = bpf_map_lookup_elem(&contents, &slot);
+	if (!c)
+		return 0;
+	int negate = (c->flags & GRAIN_CONTENT_NEGATE) != 0;
+	__u32 len = c->len;
+	if (len == 0 || len > GRAIN_MAX_CONTENT_LEN || payload_off > MAX_FRAME_OFF || payload_end > MAX_FRAME_OFF)
+		return negate;
+
+	__u32 start = payload_off + c->offset;
+	__u32 end = payload_off + c->end;
+	if (end > payload_end)
+		end = payload_end;
+	if (start + len > end)
+		return negate;
+	__u32 last = end - len; /* last candidate position */
+
+	if (c->flags & GRAIN_CONTENT_ANCHORED)
+		return pattern_at(ctx, start, c) ^ negate;
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 i1 = c->pre1_index & 7, i2 = c->pre2_index & 7;
+	__u64 b1 = REPEAT8(c->pre1_byte), m1 = REPEAT8(c->pre1_mask);
+	__u64 b2 = REPEAT8(c->pre2_byte), m2 = REPEAT8(c->pre2_mask);
+	__u32 pos = start;
+
+	/* Eight candidate positions per step: a position survives if both
+	 * prefilter bytes match; survivors are verified in full. */
+	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 8 + 1; step++) {
+		__u32 off = pos;
+		barrier_var(off);
+		if (off > last || off > MAX_FRAME_OFF)
+			break;
+		/* barrier_var keeps clang from computing the pointers before the
+		 * offset is bounded, which the verifier could not follow. */
+		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
+		barrier_var(q1);
+		barrier_var(q2);
+		if ((void *)(q1 + 8) > data_end || (void *)(q2 + 8) > data_end)
+			break;
+		__u64 hits = zero_bytes((*(__u64 *)q1 & m1) ^ b1) & zero_bytes((*(__u64 *)q2 & m2) ^ b2);
+		if (hits && content_verify_hits(ctx, pos, last, hits, slot))
+			return !negate;
+		pos += 8;
+	}
+	/* Tail: fewer than 16 bytes of frame are left after pos. */
+	for (__u32 k = 0; k < 16; k++) {
+		if (pos > last || pos > MAX_FRAME_OFF)
+			break;
+		if (content_verify(ctx, pos, slot))
+			return !negate;
+		pos++;
+	}
+	return negate;
+}
+
+#define VERDICT_CONTINUE 0
+
+/* Applies one candidate rule: contents, counters, event. Returns
+ * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
+__noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
+{
+	if (!m || index >= GRAIN_MAX_RULES)
+		return VERDICT_CONTINUE;
+	__u32 key = gen * GRAIN_MAX_RULES + index;
+	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
+	if (!r)
+		return VERDICT_CONTINUE;
+
+	__u32 n = r->ncontents;
+	for (__u32 i = 0; i < GRAIN_MAX_CONTENTS_PER_RULE; i++) {
+		if (i >= n)
+			break;
+		__u32 slot = gen * GRAIN_MAX_CONTENTS + r->contents[i];
+		if (!content_match(ctx, m->payload_off, m->payload_end, slot))
+			return VERDICT_CONTINUE;
+	}
+
+	struct grain_counter *cnt = bpf_map_lookup_elem(&rule_counters, &key);
+	if (cnt) {
+		cnt->packets++;
+		cnt->bytes += m->len;
+	}
+	if (r->flags & GRAIN_RULE_EMIT) {
+		struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (e) {
+			e->boot_ns = bpf_ktime_get_boot_ns();
+			e->rule_id = r->id;
+			e->generation = gen;
+			e->ifindex = m->ifindex;
+			e->packet_len = m->len;
+			e->family = m->family;
+			e->protocol = m->protocol;
+			e->verdict = r->action;
+			e->tcp_flags = m->tcp_flags;
+			e->sport = m->sport;
+			e->dport = m->dport;
+			__builtin_memcpy(e->saddr, m->saddr, 16);
+			__builtin_memcpy(e->daddr, m->daddr, 16);
+			bpf_ringbuf_submit(e, 0);
+			if (cnt)
+				cnt->events++;
+		} else if (cnt) {
+			cnt->events_lost++;
+		}
+	}
+	if (r->action == GRAIN_ACTION_COUNT)
+		return VERDICT_CONTINUE;
+	return 1 + r->action;
+}
+
+static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)
+{
+	__u32 key = gen * GRAIN_BM_PER_GEN + index;
+	return bpf_map_lookup_elem(&bitmaps, &key);
+}
+
+static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
+{
+	__u32 bits = plen > word * 32 ? plen - word * 32 : 0;
+	if (bits >= 32)
+		return 0xffffffff;
+	if (bits == 0)
+		return 0;
+	return bpf_htonl(0xffffffff << (32 - bits));
+}
+
+/* Finds the candidate rules for one address: tries each prefix length the
+ * generation uses, longest first; an entry's bitmap holds every rule whose
+ * prefix contains it. Returns the bitmaps index (within the generation) to
+ * use. A global function: verified once, not once per caller and path. */
+__noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
+{
+	__u32 fallback = GRAIN_BM_AUX + GRAIN_AUX_SRC4_DEFAULT + (field & 3);
+	const struct grain_gen_config *gc = bpf_map_lookup_elem(&gen_config, &gen);
+	if (!m || !gc)
+		return fallback;
+	const __u8 *lens;
+	__u32 n;
+	const __u8 *addr = field == GRAIN_CIDR_SRC4 || field == GRAIN_CIDR_SRC6 ? m->saddr : m->daddr;
+	switch (field) {
+	case GRAIN_CIDR_SRC4: lens = gc->src4_lens; n = gc->n_src4; break;
+	case GRAIN_CIDR_DST4: lens = gc->dst4_lens; n = gc->n_dst4; break;
+	case GRAIN_CIDR_SRC6: lens = gc->src6_lens; n = gc->n_src6; break;
+	default: lens = gc->dst6_lens; n = gc->n_dst6; break;
+	}
+	__u32 a[4];
+	__builtin_memcpy(a, addr, 16);
+	struct grain_cidr_key key = {};
+	key.generation = gen;
+	key.field = field;
+	for (__u32 i = 0; i < 129; i++) {
+		if (i >= n)
+			break;
+		__u32 plen = lens[i];
+		if (plen > 128)
+			break;
+		key.prefixlen = plen;
+		__u32 k[4];
+		k[0] = a[0] & prefix_mask(plen, 0);
+		k[1] = a[1] & prefix_mask(plen, 1);
+		k[2] = a[2] & prefix_mask(plen, 2);
+		k[3] = a[3] & prefix_mask(plen, 3);
+		__builtin_memcpy(key.addr, k, 16);
+		__u32 *cls = bpf_map_lookup_elem(&cidr_class, &key);
+		if (cls && *cls < GRAIN_MAX_CIDR_ENTRIES)
+			return GRAIN_BM_CIDR + *cls;
+	}
+	return fallback;
+}
+
+static __always_inline const struct grain_bitmap *port_lookup(__u32 gen, __u32 dir, __u16 port, int has_ports)
+{
+	if (!has_ports)
+		return bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_NO_PORTS);
+	__u32 key = (gen * 2 + dir) * 65536 + port;
+	__u16 *cls = bpf_map_lookup_elem(&port_class, &key);
+	if (!cls || *cls >= GRAIN_MAX_PORT_CLASSES)
+		return 0;
+	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BM_SPORT : GRAIN_BM_DPORT) + *cls);
+}
+
+/* Lowest set bit of a non-zero word (BPF has no ctz instruction). */
+static __always_inline __u32 lowest_bit(__u64 w)
+{
+	__u32 n = 0;
+	if (!(w & 0xffffffffULL)) { n += 32; w >>= 32; }
+	if (!(w & 0xffffULL)) { n += 16; w >>= 16; }
+	if (!(w & 0xffULL)) { n += 8; w >>= 8; }
+	if (!(w & 0xfULL)) { n += 4; w >>= 4; }
+	if (!(w & 0x3ULL)) { n += 2; w >>= 2; }
+	if (!(w & 0x1ULL)) { n += 1; }
+	return n;
+}
+
+/* Applies the candidate rules of one bitmap word in priority order (bit i
+ * is rule base + i). A global function so that the verifier checks the walk
+ * once rather than once per word. */
+__noinline int rules_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 base, __u64 w)
+{
+	for (__u32 j = 0; j < 64; j++) {
+		if (!w)
+			break;
+		__u32 bit = lowest_bit(w);
+		w &= w - 1;
+		int v = rule_apply(ctx, m, gen, base + bit);
+		if (v != VERDICT_CONTINUE)
+			return v;
+	}
+	return VERDICT_CONTINUE;
+}
+
+/* Parses L2-L4 into m. Returns 0 when the packet is judged, 1 when it is not
+ * IP, -1 when it is malformed or truncated (passed, never misparsed). */
+static __always_inline int parse(struct xdp_md *ctx, struct pkt_meta *m)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr_ *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__u16 proto = eth->proto;
+	void *cur = eth + 1;
+
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlanhdr_ *vh = cur;
+		if ((void *)(vh + 1) > data_end)
+			return -1;
+		proto = vh->proto;
+		cur = vh + 1;
+	}
+
+	__u8 l4proto;
+	void *l3_end; /* end of the IP packet per its length field */
+	int has_l4 = 1;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr_ *ip = cur;
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		__u32 ihl = (ip->ver_ihl & 0x0f) * 4;
+		if ((ip->ver_ihl >> 4) != 4 || ihl < sizeof(*ip))
+			return -1;
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		if (tot < ihl)
+			return -1;
+		if (cur + ihl > data_end)
+			return -1;
+		l3_end = cur + tot;
+		m->family = 4;
+		__builtin_memcpy(m->saddr, &ip->saddr, 4);
+		__builtin_memcpy(m->daddr, &ip->daddr, 4);
+		l4proto = ip->protocol;
+		/* A non-first fragment carries no L4 header. */
+		if (bpf_ntohs(ip->frag_off) & 0x1fff)
+			has_l4 = 0;
+		cur += ihl;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr_ *ip6 = cur;
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		if ((bpf_ntohl(ip6->ver_tc_flow) >> 28) != 6)
+			return -1;
+		l3_end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
+		m->family = 6;
+		__builtin_memcpy(m->saddr, ip6->saddr, 16);
+		__builtin_memcpy(m->daddr, ip6->daddr, 16);
+		l4proto = ip6->nexthdr;
+		cur = ip6 + 1;
+		int i;
+		for (i = 0; i < GRAIN_MAX_IPV6_EXT_HEADERS; i++) {
+			if (l4proto == 0 || l4proto == 43 || l4proto == 60) {
+				struct ipv6_opt_ *opt = cur;
+				if ((void *)(opt + 1) > data_end)
+					return -1;
+				l4proto = opt->nexthdr;
+				cur += (opt->hdrlen + 1) * 8;
+			} else if (l4proto == 51) { /* AH */
+				struct ipv6_opt_ *opt = cur;
+				if ((void *)(opt + 1) > data_end)
+					return -1;
+				l4proto = opt->nexthdr;
+				cur += (opt->hdrlen + 2) * 4;
+			} else if (l4proto == 44) {
+				struct ipv6_frag_ *fh = cur;
+				if ((void *)(fh + 1) > data_end)
+					return -1;
+				l4proto = fh->nexthdr;
+				if (bpf_ntohs(fh->frag_off) & 0xfff8)
+					has_l4 = 0;
+				cur = fh + 1;
+			} else {
+				break;
+			}
+		}
+		if (i == GRAIN_MAX_IPV6_EXT_HEADERS)
+			return -1;
+		if (cur > data_end)
+			return -1;
+	} else {
+		return 1;
+	}
+
+	m->protocol = l4proto;
+	if (l3_end > data_end)
+		l3_end = data_end;
+	m->payload_end = l3_end - data;
+
+	if (!has_l4) {
+		m->payload_off = m->payload_end;
+		return 0;
+	}
+	if (l4proto == IPPROTO_TCP) {
+		__u8 *tcp = cur;
+		if ((void *)(tcp + 20) > data_end)
+			return -1;
+		__u32 doff = (tcp[12] >> 4) * 4;
+		if (doff < 20 || cur + doff > data_end)
+			return -1;
+		struct ports_ *ports = cur;
+		m->sport = bpf_ntohs(ports->source);
+		m->dport = bpf_ntohs(ports->dest);
+		m->has_ports = 1;
+		m->tcp_flags = tcp[13];
+		m->has_flags = 1;
+		cur += doff;
+	} else if (l4proto == IPPROTO_UDP) {
+		struct ports_ *ports = cur;
+		if (cur + 8 > data_end)
+			return -1;
+		m->sport = bpf_ntohs(ports->source);
+		m->dport = bpf_ntohs(ports->dest);
+		m->has_ports = 1;
+		cur += 8;
+	} else if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6) {
+		if (cur + 8 > data_end)
+			return -1;
+		cur += 8;
+	}
+	m->payload_off = cur - data;
+	if (m->payload_off > m->payload_end)
+		m->payload_off = m->payload_end;
+	return 0;
+}
+
+SEC("xdp")
+int grain_xdp(struct xdp_md *ctx)
+{
+	struct pkt_meta m = {};
+	stat_inc(GRAIN_STAT_PACKETS);
+
+	int rc = parse(ctx, &m);
+	if (rc != 0) {
+		stat_inc(rc > 0 ? GRAIN_STAT_NOT_IP : GRAIN_STAT_MALFORMED);
+		return XDP_PASS;
+	}
+	m.ifindex = ctx->ingress_ifindex;
+	m.len = ctx->data_end - ctx->data;
+
+	__u32 zero = 0;
+	struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
+	if (!act)
+		return XDP_PASS;
+	__u32 gen = act->generation & 1; /* read once: the whole packet sees one generation */
+	const struct grain_gen_config *gc = bpf_map_lookup_elem(&gen_config, &gen);
+	if (!gc || gc->nrules == 0) {
+		stat_inc(GRAIN_STAT_NO_CONFIG);
+		return XDP_PASS;
+	}
+	__u32 fields = gc->fields;
+	int v6 = m.family == 6;
+
+	/* A field no rule constrains uses the all-rules bitmap: no branch per
+	 * field in the word loop below keeps the verifier's state count small. */
+	const struct grain_bitmap *all = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_ALL);
+	if (!all)
+		return XDP_PASS;
+	const struct grain_bitmap *bm_proto = all, *bm_src = all, *bm_dst = all, *bm_sport = all,
+				  *bm_dport = all, *bm_flags = all, *bm_iface = all;
+	if (fields & GRAIN_F_PROTO) {
+		bm_proto = bitmap_at(gen, GRAIN_BM_PROTO + m.protocol);
+		if (!bm_proto)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_SRC) {
+		bm_src = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_SRC6 : GRAIN_CIDR_SRC4));
+		if (!bm_src)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_DST) {
+		bm_dst = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_DST6 : GRAIN_CIDR_DST4));
+		if (!bm_dst)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_SPORT) {
+		bm_sport = port_lookup(gen, GRAIN_PORT_DIR_SRC, m.sport, m.has_ports);
+		if (!bm_sport)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_DPORT) {
+		bm_dport = port_lookup(gen, GRAIN_PORT_DIR_DST, m.dport, m.has_ports);
+		if (!bm_dport)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_FLAGS) {
+		bm_flags = bitmap_at(gen, m.has_flags ? GRAIN_BM_FLAGS + m.tcp_flags : GRAIN_BM_AUX + GRAIN_AUX_NOT_TCP);
+		if (!bm_flags)
+			return XDP_PASS;
+	}
+	if (fields & GRAIN_F_IFACE) {
+		struct grain_iface_key ik = {.generation = gen, .ifindex = m.ifindex};
+		bm_iface = bpf_map_lookup_elem(&iface_bitmaps, &ik);
+		if (!bm_iface)
+			bm_iface = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_IFACE_DEFAULT);
+		if (!bm_iface)
+			return XDP_PASS;
+	}
+
+	__u32 nwords = gc->nwords;
+	for (__u32 i = 0; i < GRAIN_BITMAP_WORDS; i++) {
+		if (i >= nwords)
+			break;
+		/* Bits past the last rule are zero in the all-rules bitmap. */
+		__u64 w = bm_proto->w[i] & bm_src->w[i] & bm_dst->w[i] & bm_sport->w[i] & bm_dport->w[i] &
+			  bm_flags->w[i] & bm_iface->w[i] & all->w[i];
+		if (!w)
+			continue;
+		int v = rules_apply(ctx, &m, gen, i * 64, w);
+		if (v == 1 + GRAIN_ACTION_DROP) {
+			stat_inc(GRAIN_STAT_DROPPED);
+			return XDP_DROP;
+		}
+		if (v == 1 + GRAIN_ACTION_PASS)
+			return XDP_PASS;
+	}
+	return XDP_PASS;
+}
+
+/* Keep the shared types in BTF so bpf2go can generate their Go mirrors. */
+const struct grain_event *unused_event __attribute__((unused));
+const struct grain_counter *unused_counter __attribute__((unused));
+const struct grain_active *unused_active __attribute__((unused));

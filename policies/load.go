@@ -1,0 +1,302 @@
+package policies
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/ast"
+	"cuelang.org/go/cue/cuecontext"
+	cueerrors "cuelang.org/go/cue/errors"
+	"cuelang.org/go/cue/parser"
+
+	"github.com/grain-ebpf/grain/schema"
+)
+
+// Load reads every policy file under root as one snapshot. root is a
+// directory, walked recursively, or a single .cue file.
+//
+// Files ending in .cue are read, including symbolic links to files (as
+// Kubernetes mounts ConfigMaps); files and directories whose names start
+// with "." or "_", and cue.mod directories, are skipped. Each top-level
+// regular field of a file is one policy named by its label; a name may be
+// used once in the whole tree.
+//
+// Problems in the policies come back as an ErrorList, every one positioned
+// in the user's files, with paths as root joined with the path below it.
+// Other errors (an unreadable directory, say) are returned as they are.
+func Load(root string) (*Snapshot, error) {
+	names, err := findFiles(root)
+	if err != nil {
+		return nil, err
+	}
+	files := make([]sourceFile, len(names))
+	for i, name := range names {
+		src, err := os.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("policies: %w", err)
+		}
+		files[i] = sourceFile{name: name, src: src}
+	}
+	return load(root, files)
+}
+
+// LoadBytes loads a single policy file held in memory, as Load would load
+// a file of that name; name is also the snapshot's Root.
+func LoadBytes(name string, src []byte) (*Snapshot, error) {
+	return load(name, []sourceFile{{name: name, src: src}})
+}
+
+type sourceFile struct {
+	name string
+	src  []byte
+}
+
+// findFiles lists the .cue files under root, sorted.
+func findFiles(root string) ([]string, error) {
+	info, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	if !info.IsDir() {
+		return []string{root}, nil
+	}
+	// WalkDir does not descend into a root that is a symbolic link, so walk
+	// the directory it points to and name files below the root as given.
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	var names []string
+	err = filepath.WalkDir(real, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if path == real {
+			return nil
+		}
+		if skipped(d.Name()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !strings.HasSuffix(d.Name(), ".cue") {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			// Follow links to files only: links to directories could loop.
+			target, err := os.Stat(path)
+			if err != nil {
+				return err
+			}
+			if !target.Mode().IsRegular() {
+				return nil
+			}
+		} else if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(real, path)
+		if err != nil {
+			return err
+		}
+		names = append(names, filepath.Join(root, rel))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// skipped reports whether a file or directory below the root is left out:
+// hidden and underscore names (editor backups, ConfigMap "..data" links),
+// and CUE module metadata.
+func skipped(name string) bool {
+	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "cue.mod"
+}
+
+// loader is the state of one Load. It owns a fresh cue.Context: a context
+// keeps everything built in it, so a long-lived one would grow with every
+// reload.
+type loader struct {
+	ctx      *cue.Context
+	schema   cue.Value
+	policy   cue.Value // the #Policy definition
+	declared map[string]Position
+	policies []Policy
+	errs     ErrorList
+}
+
+func load(root string, files []sourceFile) (*Snapshot, error) {
+	ctx := cuecontext.New()
+	sch := ctx.CompileString(schema.Source, cue.Filename(schema.Filename))
+	if err := sch.Err(); err != nil {
+		return nil, fmt.Errorf("policies: embedded schema: %w", err)
+	}
+	l := &loader{
+		ctx:      ctx,
+		schema:   sch,
+		policy:   sch.LookupPath(cue.ParsePath(schema.PolicyDefinition)),
+		declared: map[string]Position{},
+	}
+	snap := &Snapshot{Root: root}
+	for _, f := range files {
+		snap.Files = append(snap.Files, f.name)
+		l.loadFile(f)
+	}
+	if len(l.errs) > 0 {
+		return nil, l.errs.normalize()
+	}
+	slices.Sort(snap.Files)
+	slices.SortFunc(l.policies, func(a, b Policy) int { return strings.Compare(a.Name, b.Name) })
+	snap.Policies = l.policies
+	return snap, nil
+}
+
+// cueErrors reports errors found before policies are checked one by one
+// (syntax, references, conflicts in the file itself) with CUE's own
+// message. An error inside a policy is attributed to it when policies is
+// given.
+func (l *loader) cueErrors(file string, errs []cueerrors.Error, policies map[string]Position) {
+	for _, e := range errs {
+		msg := message(e)
+		if strings.Contains(msg, "errors in empty disjunction") {
+			continue // a summary of errors listed on their own
+		}
+		out := Error{Pos: Position{File: file}}
+		for _, p := range allPositions(e) {
+			if p.IsValid() && p.Filename() == file {
+				out.Pos = positionOf(p)
+				break
+			}
+		}
+		path := fieldPath(e.Path())
+		if len(path) > 0 {
+			if decl, ok := policies[path[0]]; ok {
+				out.Policy = cueLabel(path[0])
+				if out.Pos.Line == 0 {
+					out.Pos = decl
+				}
+				path = path[1:]
+			}
+		}
+		if len(path) > 0 {
+			msg = path.String() + ": " + msg
+		}
+		out.Msg = msg
+		l.errs = append(l.errs, out)
+	}
+}
+
+func (l *loader) loadFile(f sourceFile) {
+	// Parse first to find where each policy is declared: the value of a
+	// field declared twice in one file carries the position of one of its
+	// parts, not of its first label.
+	syntax, err := parser.ParseFile(f.name, f.src)
+	if err != nil {
+		l.cueErrors(f.name, cueerrors.Errors(err), nil)
+		return
+	}
+	labels := declarations(syntax)
+	file := l.ctx.BuildFile(syntax)
+
+	it, err := file.Fields()
+	if err != nil {
+		// Some top-level value is itself an error (an unresolved
+		// reference, say): say everything that is wrong and stop.
+		if verr := file.Validate(); verr != nil {
+			err = verr
+		}
+		l.cueErrors(f.name, cueerrors.Errors(err), labels)
+		return
+	}
+	// Errors outside policies (in a user's own definitions, say) are
+	// reported for the file; those inside a policy come with the policy.
+	if err := file.Validate(); err != nil {
+		var outside []cueerrors.Error
+		for _, e := range cueerrors.Errors(err) {
+			if p := e.Path(); len(p) > 0 {
+				if _, ok := labels[p[0]]; ok {
+					continue
+				}
+			}
+			outside = append(outside, e)
+		}
+		l.cueErrors(f.name, outside, nil)
+	}
+
+	for it.Next() {
+		name := it.Selector().Unquoted()
+		pos, ok := labels[it.Selector().String()]
+		if !ok {
+			pos = positionOf(it.Value().Pos())
+		}
+		if first, dup := l.declared[name]; dup {
+			l.errs = append(l.errs, Error{Pos: pos, Policy: name,
+				Msg: fmt.Sprintf("declared again; first declared at %s: a policy name must be unique across all files", first)})
+			continue
+		}
+		l.declared[name] = pos
+		l.loadPolicy(f.name, name, pos, it.Value())
+	}
+}
+
+// cueLabel turns a label as CUE prints it in paths back into a name.
+func cueLabel(s string) string {
+	if u, err := strconv.Unquote(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// declarations maps each top-level regular field label, as CUE prints it
+// in paths, to where it is first declared.
+func declarations(f *ast.File) map[string]Position {
+	labels := map[string]Position{}
+	for _, decl := range f.Decls {
+		field, ok := decl.(*ast.Field)
+		if !ok {
+			continue
+		}
+		name, isIdent, err := ast.LabelName(field.Label)
+		if err != nil {
+			continue // an expression label: its policies get their value's position
+		}
+		if isIdent && (strings.HasPrefix(name, "#") || strings.HasPrefix(name, "_")) {
+			continue // definitions and hidden fields are not policies
+		}
+		key := cue.Str(name).String()
+		if _, seen := labels[key]; !seen {
+			labels[key] = positionOf(field.Label.Pos())
+		}
+	}
+	return labels
+}
+
+func (l *loader) loadPolicy(file, name string, pos Position, raw cue.Value) {
+	v := raw.Unify(l.policy)
+	if err := v.Validate(cue.Concrete(true)); err != nil {
+		c := errorConverter{file: file, policy: name, decl: pos, raw: raw, schema: l.schema}
+		l.errs = append(l.errs, c.convert(err)...)
+		// A policy without a hook is worth saying even when other
+		// fields are wrong too.
+		if raw.IncompleteKind() == cue.StructKind && !raw.LookupPath(cue.ParsePath("xdp")).Exists() {
+			l.errs = append(l.errs, Error{Pos: pos, Policy: name, Msg: noHook})
+		}
+		return
+	}
+	d := decoder{file: file, raw: raw, policy: &Policy{Name: name, Pos: pos}}
+	d.decodePolicy(v)
+	if len(d.errs) > 0 {
+		l.errs = append(l.errs, d.errs...)
+		return
+	}
+	l.policies = append(l.policies, *d.policy)
+}
