@@ -84,3 +84,32 @@ func explainLoadError(prog string, err error) error {
 	}
 	return fmt.Errorf("load %s: %w", prog, err)
 }
+
+// Map-value mirrors of grain.h, for the engine that fills the maps.
+type (
+	Bitmap    = xdpGrainBitmap
+	Active    = xdpGrainActive
+	GenConfig = xdpGrainGenConfig
+	CIDRKey   = xdpGrainCidrKey
+	IfaceKey  = xdpGrainIfaceKey
+	Rule      = xdpGrainRule
+	Content   = xdpGrainContent
+	Counter   = xdpGrainCounter
+	Event     = xdpGrainEvent
+)
+
+// XDPMaps are the maps of the generic XDP program.
+type XDPMaps struct {
+	Active, GenConfig, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
+	Rules, Contents, RuleCounters, Stats, Events                   *ebpf.Map
+}
+
+// Maps returns the program's maps.
+func (x *XDP) Maps() XDPMaps {
+	m := x.objs.xdpMaps
+	return XDPMaps{
+		Active: m.Active, GenConfig: m.GenConfig, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
+		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
+		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events,
+	}
+}

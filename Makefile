@@ -1,0 +1,39 @@
+# grain: `make demo` runs the self-contained demo, `make test` the tests.
+GO ?= go
+GOARCH ?= $(shell $(GO) env GOARCH)
+BIN := bin/grain
+
+.PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
+
+build:
+	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -o $(BIN) ./cmd/grain
+
+# deps installs what the demo and the tests use when it is missing (root).
+deps:
+	@./scripts/deps.sh
+
+demo: deps build
+	./scripts/demo.sh
+
+# Unit tests, then the privileged kernel and network tests (root).
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	$(MAKE) check-generated
+
+# Rebuild the committed BPF objects with Debian's clang-19.
+generate:
+	$(GO) generate ./bpf/... ./bench/...
+
+# The committed objects must match their sources when clang is present.
+check-generated:
+	@if command -v clang-19 >/dev/null; then \
+		$(GO) generate ./bpf/... && git diff --exit-code --stat -- '*.o' '*_bpfel.go' \
+		&& echo "committed BPF objects match their sources"; \
+	else echo "clang-19 missing: skipping the generated-object check"; fi
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./bench/...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,343 @@
+package codegen
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// Options change how policies compile.
+type Options struct {
+	// Interfaces, when set, replace the interfaces of every packet policy
+	// (the `grain run --interface` flag).
+	Interfaces []string
+}
+
+// XDPProgram is the name of the generic XDP program in every Plan.
+const XDPProgram = "grain_xdp"
+
+var protocolNumbers = map[string]int{"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+
+var tcpFlagBits = map[string]uint8{
+	"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08,
+	"ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80,
+}
+
+// rule is a policy reduced to the sets the bitmaps are built from.
+type rule struct {
+	policy     policies.Policy
+	protocols  []int // empty: any
+	src, dst   []netip.Prefix
+	sport      []policies.PortRange
+	dport      []policies.PortRange
+	flagsSet   uint8
+	flagsClear uint8
+	hasFlags   bool
+	interfaces []string // effective: attach set, narrowed by match.interface
+}
+
+// Compile turns policies into a Plan. Errors name the policy and its
+// position and come as a policies.ErrorList.
+func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
+	sorted := slices.Clone(ps)
+	slices.SortFunc(sorted, func(a, b policies.Policy) int {
+		return cmp.Or(cmp.Compare(a.Priority, b.Priority), strings.Compare(a.Name, b.Name))
+	})
+	var errs policies.ErrorList
+	fail := func(p policies.Policy, pos policies.Position, format string, args ...any) {
+		errs = append(errs, policies.Error{Pos: pos, Policy: p.Name, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	plan := &Plan{Contents: []Content{}, Tables: Tables{CIDRDefaults: map[string]RuleSet{}, PrefixLengths: map[string][]int{}}}
+	var rules []rule
+	attach := map[string]bool{}
+	for _, p := range sorted {
+		if p.XDP == nil {
+			continue
+		}
+		r := rule{policy: p, src: nil, dst: nil}
+		ifaces := p.XDP.Interfaces
+		if len(opts.Interfaces) > 0 {
+			ifaces = opts.Interfaces
+		}
+		if len(ifaces) == 0 {
+			fail(p, p.Pos, "no interface to attach to: set xdp: interfaces: [\"eth0\"] or run with --interface")
+			continue
+		}
+		if len(p.Match.Interfaces) > 0 {
+			for _, name := range p.Match.Interfaces {
+				if slices.Contains(ifaces, name) {
+					r.interfaces = append(r.interfaces, name)
+				}
+			}
+			if len(r.interfaces) == 0 {
+				fail(p, p.Pos, "match.interface %v names none of the attached interfaces %v: the rule could never match", p.Match.Interfaces, ifaces)
+				continue
+			}
+		} else {
+			r.interfaces = slices.Clone(ifaces)
+		}
+		slices.Sort(r.interfaces)
+		r.interfaces = slices.Compact(r.interfaces)
+		for _, name := range ifaces {
+			attach[name] = true
+		}
+		r.protocols = impliedProtocols(p.Match)
+		for _, c := range p.Match.SourceCIDRs {
+			r.src = append(r.src, netip.MustParsePrefix(c))
+		}
+		for _, c := range p.Match.DestinationCIDRs {
+			r.dst = append(r.dst, netip.MustParsePrefix(c))
+		}
+		r.sport, r.dport = p.Match.SourcePorts, p.Match.DestinationPorts
+		for _, f := range p.Match.TCPFlags {
+			r.hasFlags = true
+			if name, ok := strings.CutPrefix(f, "!"); ok {
+				r.flagsClear |= tcpFlagBits[name]
+			} else {
+				r.flagsSet |= tcpFlagBits[f]
+			}
+		}
+		if len(p.Match.Payload) > bpf.MaxContentsPerRule {
+			fail(p, p.Match.Payload[bpf.MaxContentsPerRule].Pos, "at most %d payload contents per policy (the XDP program's limit); split the policy", bpf.MaxContentsPerRule)
+			continue
+		}
+		index := len(rules)
+		pr := Rule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Action: p.Then}
+		if p.Emit != nil {
+			pr.Event, pr.Fields = p.Emit.Event, p.Emit.Fields
+		}
+		ok := true
+		for _, c := range p.Match.Payload {
+			content, err := compileContent(c, len(plan.Contents))
+			if err != nil {
+				fail(p, c.Pos, "%v", err)
+				ok = false
+				continue
+			}
+			pr.Contents = append(pr.Contents, content.Index)
+			plan.Contents = append(plan.Contents, content)
+		}
+		if !ok {
+			continue
+		}
+		rules = append(rules, r)
+		plan.Rules = append(plan.Rules, pr)
+	}
+	if len(rules) > bpf.MaxRules {
+		p := rules[bpf.MaxRules].policy
+		fail(p, p.Pos, "too many packet policies: %d, the XDP program holds at most %d", len(rules), bpf.MaxRules)
+	}
+	if len(plan.Contents) > bpf.MaxContents {
+		fail(rules[0].policy, rules[0].policy.Pos, "too many payload contents in all: %d, at most %d", len(plan.Contents), bpf.MaxContents)
+	}
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+
+	names := make([]string, 0, len(attach))
+	for name := range attach {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	if len(rules) > 0 {
+		plan.Programs = []Program{{Name: XDPProgram, Type: "xdp"}}
+	}
+	for _, name := range names {
+		plan.Attachments = append(plan.Attachments, Attachment{Program: XDPProgram, Interface: name})
+	}
+	if err := buildTables(plan, rules, names); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// impliedProtocols returns the protocol numbers a rule is limited to:
+// those named, or the ones its ports, flags or payload imply.
+func impliedProtocols(m policies.PacketMatch) []int {
+	var out []int
+	switch {
+	case len(m.Protocols) > 0:
+		for _, p := range m.Protocols {
+			out = append(out, protocolNumbers[p])
+		}
+	case len(m.TCPFlags) > 0:
+		out = []int{6}
+	case len(m.SourcePorts) > 0 || len(m.DestinationPorts) > 0 || len(m.Payload) > 0:
+		out = []int{6, 17}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func buildTables(plan *Plan, rules []rule, attached []string) error {
+	t := &plan.Tables
+	all := indices(len(rules), func(int) bool { return true })
+	t.All = all
+	fields := map[string]bool{}
+
+	// Protocol.
+	t.Protocol.Default = indices(len(rules), func(i int) bool { return len(rules[i].protocols) == 0 })
+	var protoKeys []int
+	for _, r := range rules {
+		protoKeys = append(protoKeys, r.protocols...)
+	}
+	slices.Sort(protoKeys)
+	for _, key := range slices.Compact(protoKeys) {
+		fields["protocol"] = true
+		t.Protocol.Entries = append(t.Protocol.Entries, KeyedSet{Key: key, Rules: indices(len(rules), func(i int) bool {
+			return len(rules[i].protocols) == 0 || slices.Contains(rules[i].protocols, key)
+		})})
+	}
+
+	// TCP flags: every flags byte, when any rule constrains them.
+	t.NotTCP = indices(len(rules), func(i int) bool { return !rules[i].hasFlags })
+	t.TCPFlags.Default = t.NotTCP
+	if slices.ContainsFunc(rules, func(r rule) bool { return r.hasFlags }) {
+		fields["tcp_flags"] = true
+		for f := 0; f < 256; f++ {
+			t.TCPFlags.Entries = append(t.TCPFlags.Entries, KeyedSet{Key: f, Rules: indices(len(rules), func(i int) bool {
+				r := rules[i]
+				return uint8(f)&r.flagsSet == r.flagsSet && uint8(f)&r.flagsClear == 0
+			})})
+		}
+	}
+
+	// Ports.
+	t.NoPorts = indices(len(rules), func(i int) bool { return len(rules[i].sport) == 0 && len(rules[i].dport) == 0 })
+	t.SourcePorts = portClasses(rules, func(r rule) []policies.PortRange { return r.sport })
+	t.DestinationPorts = portClasses(rules, func(r rule) []policies.PortRange { return r.dport })
+	if len(t.SourcePorts) > 1 || slices.ContainsFunc(rules, func(r rule) bool { return len(r.sport) > 0 }) {
+		fields["sport"] = true
+	}
+	if len(t.DestinationPorts) > 1 || slices.ContainsFunc(rules, func(r rule) bool { return len(r.dport) > 0 }) {
+		fields["dport"] = true
+	}
+	if len(t.SourcePorts) > bpf.MaxPortClasses || len(t.DestinationPorts) > bpf.MaxPortClasses {
+		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
+			Msg: fmt.Sprintf("port ranges split the port space into more than %d classes", bpf.MaxPortClasses)}}
+	}
+
+	// Addresses.
+	for _, f := range []struct {
+		name   string
+		src    bool
+		v6     bool
+		prefix func(rule) []netip.Prefix
+	}{
+		{"src4", true, false, func(r rule) []netip.Prefix { return r.src }},
+		{"dst4", false, false, func(r rule) []netip.Prefix { return r.dst }},
+		{"src6", true, true, func(r rule) []netip.Prefix { return r.src }},
+		{"dst6", false, true, func(r rule) []netip.Prefix { return r.dst }},
+	} {
+		var prefixes []netip.Prefix
+		for _, r := range rules {
+			for _, p := range f.prefix(r) {
+				if p.Addr().Is6() == f.v6 {
+					prefixes = append(prefixes, p)
+				}
+			}
+		}
+		if slices.ContainsFunc(rules, func(r rule) bool { return len(f.prefix(r)) > 0 }) {
+			if f.src {
+				fields["saddr"] = true
+			} else {
+				fields["daddr"] = true
+			}
+		}
+		wildcard := func(i int) bool { return len(f.prefix(rules[i])) == 0 }
+		t.CIDRDefaults[f.name] = indices(len(rules), wildcard)
+		slices.SortFunc(prefixes, comparePrefix)
+		prefixes = slices.Compact(prefixes)
+		var lens []int
+		for _, entry := range prefixes {
+			lens = append(lens, entry.Bits())
+			t.CIDRs = append(t.CIDRs, CIDRClass{Field: f.name, Prefix: entry.String(), Rules: indices(len(rules), func(i int) bool {
+				return wildcard(i) || slices.ContainsFunc(f.prefix(rules[i]), func(p netip.Prefix) bool {
+					return p.Bits() <= entry.Bits() && p.Contains(entry.Addr())
+				})
+			})})
+		}
+		sort.Sort(sort.Reverse(sort.IntSlice(lens)))
+		t.PrefixLengths[f.name] = slices.Compact(lens)
+	}
+	if len(t.CIDRs) > bpf.MaxCIDREntries {
+		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
+			Msg: fmt.Sprintf("%d distinct address prefixes, at most %d", len(t.CIDRs), bpf.MaxCIDREntries)}}
+	}
+
+	// Interfaces: only when rules differ in the interfaces they apply to.
+	t.InterfaceDefault = RuleSet{}
+	if slices.ContainsFunc(rules, func(r rule) bool { return !slices.Equal(r.interfaces, attached) }) {
+		fields["interface"] = true
+	}
+	if fields["interface"] {
+		for _, name := range attached {
+			t.Interfaces = append(t.Interfaces, InterfaceEntry{Interface: name, Rules: indices(len(rules), func(i int) bool {
+				return slices.Contains(rules[i].interfaces, name)
+			})})
+		}
+	}
+
+	for _, name := range []string{"protocol", "saddr", "daddr", "sport", "dport", "tcp_flags", "interface"} {
+		if fields[name] {
+			plan.Fields = append(plan.Fields, name)
+		}
+	}
+	if plan.Fields == nil {
+		plan.Fields = []string{}
+	}
+	return nil
+}
+
+// portClasses splits 0..65535 into runs at every range boundary; all ports
+// of a run belong to the same rules.
+func portClasses(rules []rule, ranges func(rule) []policies.PortRange) []PortClass {
+	cuts := []int{0, 65536}
+	for _, r := range rules {
+		for _, pr := range ranges(r) {
+			cuts = append(cuts, int(pr.First), int(pr.Last)+1)
+		}
+	}
+	slices.Sort(cuts)
+	cuts = slices.Compact(cuts)
+	var classes []PortClass
+	for i := 0; i+1 < len(cuts); i++ {
+		first, last := cuts[i], cuts[i+1]-1
+		set := indices(len(rules), func(j int) bool {
+			rs := ranges(rules[j])
+			return len(rs) == 0 || slices.ContainsFunc(rs, func(pr policies.PortRange) bool {
+				return int(pr.First) <= first && last <= int(pr.Last)
+			})
+		})
+		// Adjacent runs with the same rules merge into one class.
+		if n := len(classes); n > 0 && slices.Equal(classes[n-1].Rules, set) {
+			classes[n-1].Last = last
+			continue
+		}
+		classes = append(classes, PortClass{First: first, Last: last, Rules: set})
+	}
+	return classes
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+// indices lists 0 <= i < n for which keep is true; never nil, so an empty
+// set marshals as [].
+func indices(n int, keep func(int) bool) RuleSet {
+	out := RuleSet{}
+	for i := 0; i < n; i++ {
+		if keep(i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
