@@ -32,9 +32,12 @@ type Engine struct {
 
 	mu     sync.Mutex
 	active uint32 // generation the program reads
-	// plans[g] is the plan written into generation g, to name the rules of
-	// events and counters.
+	// plans[g] is the plan written into generation g, for counters.
 	plans [bpf.Generations]*codegen.Plan
+	// epoch counts applies; events carry it in their rule id, so an event
+	// still queued after its generation was rewritten keeps its own plan.
+	epoch   uint32
+	byEpoch map[uint32]*codegen.Plan
 	links map[string]link.Link // interface name -> XDP link
 }
 
@@ -48,7 +51,7 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{log: log, xdp: x, links: map[string]link.Link{}}, nil
+	return &Engine{log: log, xdp: x, links: map[string]link.Link{}, byEpoch: map[uint32]*codegen.Plan{}}, nil
 }
 
 // XDP exposes the loaded program, for tests and benchmarks that run it
@@ -83,10 +86,14 @@ func (e *Engine) apply(plan *codegen.Plan, ifindex map[string]uint32, attach boo
 	defer e.mu.Unlock()
 	maps := e.xdp.Maps()
 	next := 1 - e.active
-	if err := writeGeneration(maps, next, plan, ifindex); err != nil {
+	epoch := (e.epoch + 1) & maxEpoch
+	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
 		return fmt.Errorf("write rule generation %d: %w", next, err)
 	}
 	e.plans[next] = plan
+	e.epoch = epoch
+	e.byEpoch[epoch] = plan
+	delete(e.byEpoch, (epoch-keptEpochs)&maxEpoch)
 	if err := maps.Active.Put(uint32(0), bpf.Active{Generation: next}); err != nil {
 		return fmt.Errorf("activate rule generation %d: %w", next, err)
 	}
@@ -137,14 +144,24 @@ func (e *Engine) Interfaces() []string {
 	return out
 }
 
-// rule names rule index of generation gen, if known.
-func (e *Engine) rule(gen, index uint32) (codegen.Rule, bool) {
+// Rule ids in the kernel are epoch<<ruleIndexBits | index.
+const (
+	ruleIndexBits = 11 // bpf.MaxRules
+	maxEpoch      = 1<<(32-ruleIndexBits) - 1
+	keptEpochs    = 16 // plans kept to name events still queued
+)
+
+func ruleID(epoch uint32, index int) uint32 { return epoch<<ruleIndexBits | uint32(index) }
+
+// rule names the rule an event's id refers to, if its plan is still known.
+func (e *Engine) rule(id uint32) (codegen.Rule, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if gen >= bpf.Generations || e.plans[gen] == nil || int(index) >= len(e.plans[gen].Rules) {
+	plan, index := e.byEpoch[id>>ruleIndexBits], int(id&(1<<ruleIndexBits-1))
+	if plan == nil || index >= len(plan.Rules) {
 		return codegen.Rule{}, false
 	}
-	return e.plans[gen].Rules[index], true
+	return plan.Rules[index], true
 }
 
 // RuleCounter is the per-rule packet count of the active generation.

@@ -115,13 +115,13 @@ func tcpFlagsString(f uint8) string {
 // appendEvent appends one JSON line: time, policy, event, the fields the
 // policy asked for, interface and verdict, in that order.
 func (e *Engine) appendEvent(b []byte, ev *bpf.Event, bootOffset time.Duration, names *ifaceNames) []byte {
-	r, ok := e.rule(ev.Generation, ev.RuleId)
+	r, ok := e.rule(ev.RuleId)
 	ts := time.Unix(0, int64(ev.BootNs)+int64(bootOffset)).UTC()
 	b = append(b, `{"time":"`...)
 	b = ts.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","policy":`...)
 	if !ok {
-		b = strconv.AppendQuote(b, fmt.Sprintf("rule-%d", ev.RuleId))
+		b = strconv.AppendQuote(b, fmt.Sprintf("unknown-rule-%d", ev.RuleId))
 	} else {
 		b = strconv.AppendQuote(b, r.Policy)
 		b = append(b, `,"event":`...)

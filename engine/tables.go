@@ -40,7 +40,7 @@ func (w tableWriter) bitmapKey(index int) uint32 {
 
 // writeGeneration writes every table of plan into generation gen, which no
 // packet reads while this runs. ifindex resolves the plan's interfaces.
-func writeGeneration(maps bpf.XDPMaps, gen uint32, plan *codegen.Plan, ifindex map[string]uint32) error {
+func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, ifindex map[string]uint32) error {
 	w := tableWriter{maps: maps, gen: gen}
 	t := &plan.Tables
 
@@ -163,7 +163,7 @@ func writeGeneration(maps bpf.XDPMaps, gen uint32, plan *codegen.Plan, ifindex m
 	}
 	zero := make([]bpf.Counter, ebpf.MustPossibleCPU())
 	for _, r := range plan.Rules {
-		v := bpf.Rule{Action: actions[r.Action], Id: uint32(r.Index), Ncontents: uint8(len(r.Contents))}
+		v := bpf.Rule{Action: actions[r.Action], Id: ruleID(epoch, r.Index), Ncontents: uint8(len(r.Contents))}
 		if r.Event != "" {
 			v.Flags |= bpf.RuleEmit
 		}

@@ -1,0 +1,398 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+const (
+	xdpDrop = 1
+	xdpPass = 2
+)
+
+var (
+	sharedOnce   sync.Once
+	sharedEngine *Engine
+	sharedErr    error
+)
+
+// testEngine loads the XDP program once for all kernel tests of the
+// package; each test applies its own plan (a generation flip).
+func testEngine(t testing.TB) *Engine {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (runs in .ci/run)")
+	}
+	sharedOnce.Do(func() { sharedEngine, sharedErr = New(Options{}) })
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
+	}
+	return sharedEngine
+}
+
+// loIndex is the loopback interface: BPF_PROG_TEST_RUN runs XDP as if the
+// packet arrived on it.
+const loIndex = 1
+
+func compilePolicy(t testing.TB, src string) *codegen.Plan {
+	t.Helper()
+	snap, err := policies.LoadBytes("test.cue", []byte(src))
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		t.Fatalf("compile: %v", err)
+	}
+	return plan
+}
+
+func applyPolicy(t testing.TB, src string) *Engine {
+	t.Helper()
+	e := testEngine(t)
+	if err := e.ApplyTables(compilePolicy(t, src), map[string]uint32{"lo": loIndex, "grain-other0": 4242}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func runXDP(t testing.TB, e *Engine, frame []byte) uint32 {
+	t.Helper()
+	ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
+	}
+	return ret
+}
+
+func verdictName(v uint32) string {
+	switch v {
+	case xdpDrop:
+		return "drop"
+	case xdpPass:
+		return "pass"
+	}
+	return "unknown"
+}
+
+type packetCase struct {
+	name  string
+	frame pktbuild.Frame
+	want  uint32
+}
+
+func runCases(t *testing.T, policy string, cases []packetCase) {
+	t.Helper()
+	e := applyPolicy(t, policy)
+	for _, c := range cases {
+		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+			t.Errorf("%s: verdict %s, want %s", c.name, verdictName(got), verdictName(c.want))
+		}
+	}
+}
+
+const blockHTTP = `block_http: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: "HTTP/1.1"}
+	then: "drop"
+	emit: {event: "http_blocked", fields: ["saddr", "daddr", "sport", "dport"]}
+}`
+
+var request = []byte("GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+
+func tcp4(payload []byte) pktbuild.Frame {
+	return pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.PSH|pktbuild.ACK, payload)
+}
+
+func tcp6(payload []byte) pktbuild.Frame {
+	f := tcp4(payload)
+	f.Src, f.Dst = netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::1")
+	return f
+}
+
+func with(f pktbuild.Frame, edit func(*pktbuild.Frame)) pktbuild.Frame {
+	edit(&f)
+	return f
+}
+
+func TestXDPParsing(t *testing.T) {
+	long := bytes.Repeat([]byte("x"), bpf.ScanWindow+100)
+	atEnd := append(bytes.Repeat([]byte("y"), 300), "HTTP/1.1"...)
+	straddle := append(bytes.Repeat([]byte("z"), bpf.ScanWindow-4), "HTTP/1.1"...)
+	windowEnd := append(bytes.Repeat([]byte("z"), bpf.ScanWindow-8), "HTTP/1.1"...)
+	beyond := append(append([]byte{}, long...), "HTTP/1.1"...)
+	runCases(t, blockHTTP, []packetCase{
+		{"ipv4 request", tcp4(request), xdpDrop},
+		{"ipv4 HTTP/1.0", tcp4([]byte("GET / HTTP/1.0\r\n\r\n")), xdpPass},
+		{"empty payload", tcp4(nil), xdpPass},
+		{"ipv6 request", tcp6(request), xdpDrop},
+		{"vlan", with(tcp4(request), func(f *pktbuild.Frame) { f.VLANs = []uint16{100} }), xdpDrop},
+		{"qinq", with(tcp4(request), func(f *pktbuild.Frame) { f.VLANs = []uint16{100, 200} }), xdpDrop},
+		{"three vlan tags are not parsed", with(tcp4(request), func(f *pktbuild.Frame) { f.VLANs = []uint16{1, 2, 3} }), xdpPass},
+		{"ipv4 options", with(tcp4(request), func(f *pktbuild.Frame) { f.IPOptions = []byte{1, 1, 1, 0x94, 4, 0, 0} }), xdpDrop},
+		{"ipv6 extension headers", with(tcp6(request), func(f *pktbuild.Frame) { f.IPv6ExtHeaders = []uint8{0, 60, 43} }), xdpDrop},
+		{"ipv6 first fragment", with(tcp6(request), func(f *pktbuild.Frame) { f.IPv6ExtHeaders = []uint8{44} }), xdpDrop},
+		{"too many ipv6 extension headers", with(tcp6(request), func(f *pktbuild.Frame) { f.IPv6ExtHeaders = []uint8{60, 60, 60, 60, 60, 60, 60} }), xdpPass},
+		{"ipv4 non-first fragment", with(tcp4(request), func(f *pktbuild.Frame) { f.FragmentOffset = 100 }), xdpPass},
+		{"tcp options", with(tcp4(request), func(f *pktbuild.Frame) { f.TCPOptions = []byte{2, 4, 5, 0xb4, 1, 1, 4, 2} }), xdpDrop},
+		{"truncated tcp header", with(tcp4(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 20 + 10 }), xdpPass},
+		{"truncated ipv4 header", with(tcp4(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 12 }), xdpPass},
+		{"truncated ipv6 header", with(tcp6(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 30 }), xdpPass},
+		{"truncated in the pattern", with(tcp4(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 20 + 20 + 12 }), xdpPass},
+		{"udp carrying HTTP/1.1 under a tcp rule", with(tcp4(request), func(f *pktbuild.Frame) { f.Protocol = 17 }), xdpPass},
+		{"pattern at the very end of the packet", tcp4(atEnd), xdpDrop},
+		{"pattern ending at the window's end", tcp4(windowEnd), xdpDrop},
+		{"pattern straddling the window's end", tcp4(straddle), xdpPass},
+		{"pattern beyond the window", tcp4(beyond), xdpPass},
+		{"long payload without pattern", tcp4(long), xdpPass},
+		{"not ip (arp)", pktbuild.Frame{}, xdpPass},
+	})
+}
+
+func TestXDPPatternInEthernetPadding(t *testing.T) {
+	e := applyPolicy(t, blockHTTP)
+	// The IP length says the payload is 2 bytes; the rest is link padding.
+	frame := tcp4([]byte("ab")).Bytes()
+	frame = append(frame, "HTTP/1.1"...)
+	if got := runXDP(t, e, frame); got != xdpPass {
+		t.Errorf("pattern in padding past the IP length: %s, want pass", verdictName(got))
+	}
+}
+
+func TestXDPContentOptions(t *testing.T) {
+	policy := func(content string) string {
+		return `p: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: ` + content + `}
+	then: "drop"
+}`
+	}
+	cases := []struct {
+		content string
+		payload string
+		want    uint32
+	}{
+		{`{startswith: "GET "}`, "GET / HTTP/1.1", xdpDrop},
+		{`{startswith: "GET "}`, " GET / HTTP/1.1", xdpPass},
+		{`{startswith: "HTTP/1.1", offset: 6}`, "GET / HTTP/1.1", xdpDrop},
+		{`{startswith: "HTTP/1.1", offset: 5}`, "GET / HTTP/1.1", xdpPass},
+		{`{contains: "HTTP", offset: 7}`, "GET / HTTP/1.1", xdpPass},
+		{`{contains: "HTTP", offset: 6}`, "GET / HTTP/1.1", xdpDrop},
+		{`{contains: "HTTP", depth: 9}`, "GET / HTTP/1.1", xdpPass},
+		{`{contains: "HTTP", depth: 10}`, "GET / HTTP/1.1", xdpDrop},
+		{`{contains: "HTTP", offset: 2, depth: 8}`, "GET / HTTP/1.1", xdpDrop},
+		{`{contains: "http/1.1", nocase: true}`, "GET / HTTP/1.1", xdpDrop},
+		{`{contains: "http/1.1"}`, "GET / HTTP/1.1", xdpPass},
+		{`{contains: "hTtP/1.1", nocase: true}`, "get / http/1.1", xdpDrop},
+		{`"|48 54 54 50|/1.1"`, "GET / HTTP/1.1", xdpDrop},
+		{`"|00 ff|"`, "ab\x00\xffcd", xdpDrop},
+		{`"|00 ff|"`, "ab\x00\xfecd", xdpPass},
+		{`{contains: "HTTP/1.1", not: true}`, "GET / HTTP/1.1", xdpPass},
+		{`{contains: "HTTP/1.1", not: true}`, "GET / HTTP/1.0", xdpDrop},
+		{`["GET", "HTTP/1.1"]`, "GET / HTTP/1.1", xdpDrop},
+		{`["POST", "HTTP/1.1"]`, "GET / HTTP/1.1", xdpPass},
+		{`["GET", {contains: "admin", not: true}]`, "GET /admin HTTP/1.1", xdpPass},
+		{`["GET", {contains: "admin", not: true}]`, "GET /index HTTP/1.1", xdpDrop},
+		{`"G"`, "xxxxxxxxxxxxxxxxxxxxxxG", xdpDrop},
+		{`"G"`, "xxxxxxxxxxxxxxxxxxxxxxg", xdpPass},
+		// A long pattern whose prefilter bytes occur often.
+		{`"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"`, strings.Repeat("a", 200) + "b", xdpDrop},
+		{`"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"`, strings.Repeat("a", 200), xdpPass},
+	}
+	for _, c := range cases {
+		e := applyPolicy(t, policy(c.content))
+		if got := runXDP(t, e, tcp4([]byte(c.payload)).Bytes()); got != c.want {
+			t.Errorf("payload %s on %q: %s, want %s", c.content, c.payload, verdictName(got), verdictName(c.want))
+		}
+	}
+}
+
+func TestXDPMatchFields(t *testing.T) {
+	rule := func(match string) string {
+		return `p: {
+	xdp: interfaces: ["lo", "grain-other0"]
+	match: ` + match + `
+	then: "drop"
+}`
+	}
+	icmp := pktbuild.Frame{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), Protocol: 1}
+	syn := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 22, pktbuild.SYN, nil)
+	synack := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 22, pktbuild.SYN|pktbuild.ACK, nil)
+	udp := func(dport uint16) pktbuild.Frame {
+		return pktbuild.Frame{Src: netip.MustParseAddr("192.168.1.7"), Dst: netip.MustParseAddr("10.0.0.1"), Protocol: 17, SPort: 5353, DPort: dport}
+	}
+	cases := []struct {
+		match string
+		frame pktbuild.Frame
+		want  uint32
+	}{
+		{`{protocol: "icmp"}`, icmp, xdpDrop},
+		{`{protocol: "icmp"}`, syn, xdpPass},
+		{`{protocol: ["udp", "icmp"]}`, udp(53), xdpDrop},
+		{`{saddr: "10.0.0.0/8"}`, syn, xdpDrop},
+		{`{saddr: "10.0.0.0/8"}`, udp(53), xdpPass},
+		{`{saddr: "10.0.0.2"}`, syn, xdpDrop},
+		{`{saddr: "10.0.0.3"}`, syn, xdpPass},
+		{`{saddr: ["192.168.0.0/16", "10.0.0.0/24"]}`, syn, xdpDrop},
+		{`{saddr: "fd00::/64"}`, tcp6(nil), xdpDrop},
+		{`{saddr: "fd00::/64"}`, syn, xdpPass},
+		{`{saddr: "fd01::/64"}`, tcp6(nil), xdpPass},
+		{`{daddr: "fd00::1"}`, tcp6(nil), xdpDrop},
+		{`{daddr: "10.0.0.1"}`, tcp6(nil), xdpPass},
+		{`{daddr: "10.0.0.0/30"}`, syn, xdpDrop},
+		{`{dport: 22}`, syn, xdpDrop},
+		{`{dport: 22}`, icmp, xdpPass},
+		{`{dport: 23}`, syn, xdpPass},
+		{`{sport: "39000-40000"}`, syn, xdpDrop},
+		{`{sport: "40001-41000"}`, syn, xdpPass},
+		{`{protocol: "udp", dport: ["5000-5999", 53]}`, udp(53), xdpDrop},
+		{`{protocol: "udp", dport: ["5000-5999", 53]}`, udp(5999), xdpDrop},
+		{`{protocol: "udp", dport: ["5000-5999", 53]}`, udp(6000), xdpPass},
+		{`{protocol: "tcp", dport: 53}`, udp(53), xdpPass},
+		{`{tcp_flags: ["syn", "!ack"]}`, syn, xdpDrop},
+		{`{tcp_flags: ["syn", "!ack"]}`, synack, xdpPass},
+		{`{tcp_flags: ["syn"]}`, udp(53), xdpPass},
+		{`{interface: "lo"}`, syn, xdpDrop},
+		{`{interface: "grain-other0"}`, syn, xdpPass},
+	}
+	for _, c := range cases {
+		e := applyPolicy(t, rule(c.match))
+		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+			t.Errorf("match %s: %s, want %s", c.match, verdictName(got), verdictName(c.want))
+		}
+	}
+}
+
+// Rule order: lower priority first, ties by name; the first drop/pass
+// decides; count rules count and continue.
+func TestXDPRuleOrder(t *testing.T) {
+	e := applyPolicy(t, `
+count_all: {priority: 1, xdp: interfaces: ["lo"], then: "count"}
+allow_lan: {priority: 5, xdp: interfaces: ["lo"], match: saddr: "10.0.0.0/24", then: "pass"}
+drop_tcp:  {priority: 9, xdp: interfaces: ["lo"], match: protocol: "tcp", then: "drop"}
+b_pass:    {priority: 20, xdp: interfaces: ["lo"], match: protocol: "udp", then: "pass"}
+a_drop:    {priority: 20, xdp: interfaces: ["lo"], match: protocol: "udp", then: "drop"}
+count_late: {priority: 30, xdp: interfaces: ["lo"], then: "count"}
+`)
+	lan := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 1, 2, pktbuild.ACK, nil)
+	wan := pktbuild.TCP4("10.9.0.2", "10.0.0.1", 1, 2, pktbuild.ACK, nil)
+	udp := with(wan, func(f *pktbuild.Frame) { f.Protocol = 17 })
+	icmp := with(wan, func(f *pktbuild.Frame) { f.Protocol = 1 })
+	for _, c := range []packetCase{
+		{"lan tcp: pass rule before drop rule", lan, xdpPass},
+		{"wan tcp: drop", wan, xdpDrop},
+		{"udp: a_drop sorts before b_pass", udp, xdpDrop},
+		{"icmp: only count rules", icmp, xdpPass},
+	} {
+		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, verdictName(got), verdictName(c.want))
+		}
+	}
+	counters, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, c := range counters {
+		got[c.Policy] = c.Packets
+	}
+	want := map[string]uint64{"count_all": 4, "allow_lan": 1, "drop_tcp": 1, "a_drop": 1, "b_pass": 0, "count_late": 1}
+	for name, n := range want {
+		if got[name] != n {
+			t.Errorf("counter %s = %d, want %d (all: %v)", name, got[name], n, got)
+		}
+	}
+}
+
+// Many rules: the bitmap walk finds the right rule among 1000.
+func TestXDPManyRules(t *testing.T) {
+	var b strings.Builder
+	for i := 0; i < 1000; i++ {
+		fmt.Fprintf(&b, "r%04d: {xdp: interfaces: [\"lo\"], match: {protocol: \"tcp\", saddr: \"10.%d.%d.0/24\", dport: %d}, then: \"drop\"}\n", i, i/250, i%250, 1000+i)
+	}
+	e := applyPolicy(t, b.String())
+	hit := pktbuild.TCP4("10.3.249.7", "10.0.0.1", 5, 1999, pktbuild.ACK, nil) // rule 999
+	if got := runXDP(t, e, hit.Bytes()); got != xdpDrop {
+		t.Errorf("rule 999: %s, want drop", verdictName(got))
+	}
+	miss := pktbuild.TCP4("10.3.249.7", "10.0.0.1", 5, 1998, pktbuild.ACK, nil) // port of rule 998, prefix of 999
+	if got := runXDP(t, e, miss.Bytes()); got != xdpPass {
+		t.Errorf("mixed rule fields: %s, want pass", verdictName(got))
+	}
+}
+
+// Emitted events carry the packet's addresses and ports.
+func TestXDPEmitEvent(t *testing.T) {
+	e := applyPolicy(t, blockHTTP)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- e.StreamEvents(ctx, &out) }()
+	// Let the reader drain events of earlier tests, then send two packets.
+	time.Sleep(200 * time.Millisecond)
+	before := len(out.String())
+	runXDP(t, e, tcp4(request).Bytes())
+	runXDP(t, e, tcp6(request).Bytes())
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(out.String()[before:], "\n") < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()[before:]), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d event lines, want 2: %q", len(lines), out.String())
+	}
+	for i, want := range []map[string]any{
+		{"policy": "block_http", "event": "http_blocked", "saddr": "10.0.0.2", "daddr": "10.0.0.1", "sport": 40000.0, "dport": 80.0, "interface": "lo", "verdict": "drop"},
+		{"policy": "block_http", "event": "http_blocked", "saddr": "fd00::2", "daddr": "fd00::1", "sport": 40000.0, "dport": 80.0, "interface": "lo", "verdict": "drop"},
+	} {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &got); err != nil {
+			t.Fatalf("event %d is not JSON: %v: %s", i, err, lines[i])
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("event %d: %s = %v, want %v (%s)", i, k, got[k], v, lines[i])
+			}
+		}
+		ts, err := time.Parse(time.RFC3339Nano, got["time"].(string))
+		if err != nil || time.Since(ts).Abs() > time.Minute {
+			t.Errorf("event %d: time %v is not now (%v)", i, got["time"], err)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
