@@ -23,7 +23,7 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"MAX_IFACE_ENTRIES": MaxIfaceEntries, "MAX_IPV6_EXT_HEADERS": MaxIPv6ExtHeaders,
 		"BM_PROTO": BitmapRegionProto, "BM_FLAGS": BitmapRegionFlags, "BM_AUX": BitmapRegionAux,
 		"BM_SPORT": BitmapRegionSport, "BM_DPORT": BitmapRegionDport, "BM_CIDR": BitmapRegionCIDR,
-		"BM_PER_GEN": BitmapsPerGen,
+		"BM_PER_GEN":       BitmapsPerGen,
 		"AUX_SRC4_DEFAULT": AuxSrc4Default, "AUX_DST4_DEFAULT": AuxDst4Default,
 		"AUX_SRC6_DEFAULT": AuxSrc6Default, "AUX_DST6_DEFAULT": AuxDst6Default,
 		"AUX_IFACE_DEFAULT": AuxIfaceDefault, "AUX_NO_PORTS": AuxNoPorts, "AUX_NOT_TCP": AuxNotTCP,
@@ -35,7 +35,7 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"ACTION_COUNT": ActionCount, "ACTION_DROP": ActionDrop, "ACTION_PASS": ActionPass,
 		"RULE_EMIT": RuleEmit, "CONTENT_NOCASE": ContentNoCase, "CONTENT_NEGATE": ContentNegate,
 		"CONTENT_ANCHORED": ContentAnchored,
-		"STAT_PACKETS": StatPackets, "STAT_NOT_IP": StatNotIP, "STAT_MALFORMED": StatMalformed,
+		"STAT_PACKETS":     StatPackets, "STAT_NOT_IP": StatNotIP, "STAT_MALFORMED": StatMalformed,
 		"STAT_DROPPED": StatDropped, "STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,
 	}
 	define := regexp.MustCompile(`(?m)^#define GRAIN_(\w+)\s+(.+?)\s*(/\*.*)?$`)

@@ -38,7 +38,7 @@ type Engine struct {
 	// still queued after its generation was rewritten keeps its own plan.
 	epoch   uint32
 	byEpoch map[uint32]*codegen.Plan
-	links map[string]link.Link // interface name -> XDP link
+	links   map[string]link.Link // interface name -> XDP link
 }
 
 // New loads the generic XDP program. Nothing is attached yet.

@@ -1,0 +1,188 @@
+package xdp
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// measured is one program on one packet.
+type measured struct {
+	name    string
+	prog    *ebpf.Program
+	frame   []byte
+	want    uint32
+	samples []float64
+}
+
+func compile(tb testing.TB, src string) *codegen.Plan {
+	tb.Helper()
+	snap, err := policies.LoadBytes("bench.cue", []byte(src))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return plan
+}
+
+// grainWith loads a separate instance of grain's program with plan active.
+func grainWith(tb testing.TB, ctx context.Context, src string) *ebpf.Program {
+	tb.Helper()
+	e, err := engine.New(engine.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { e.Close() })
+	if err := e.ApplyTables(compile(tb, src), map[string]uint32{"lo": 1}); err != nil {
+		tb.Fatal(err)
+	}
+	go e.StreamEvents(ctx, io.Discard) // events are consumed, as in production
+	return e.XDP().Program()
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+const anchoredPolicy = `workshop: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: {startswith: "HTTP/1.1"}}
+	then: "drop"
+	emit: {event: "http", fields: ["saddr", "daddr", "sport"]}
+}`
+
+const containsPolicy = `block_http: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: "HTTP/1.1"}
+	then: "drop"
+	emit: {event: "http_blocked", fields: ["saddr", "daddr", "sport", "dport"]}
+}`
+
+func l3l4Rules(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "r%04d: {xdp: interfaces: [\"lo\"], match: {protocol: \"tcp\", saddr: \"10.%d.%d.0/24\", dport: %d}, then: \"drop\"}\n", i, i/250, i%250, 1000+i)
+	}
+	return b.String()
+}
+
+// BenchmarkPerPacket measures ns per packet of every case in interleaved
+// rounds (so machine noise hits all alike), reports medians and the ratios
+// the XDP issue sets goals for, and prints a markdown table.
+func BenchmarkPerPacket(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root for BPF_PROG_TEST_RUN")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var base baselineObjects
+	if err := loadBaselineObjects(&base, nil); err != nil {
+		b.Fatal(err)
+	}
+	defer base.Close()
+	rd, err := ringbuf.NewReader(base.Reports)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rd.Close()
+	go func() {
+		for {
+			if _, err := rd.Read(); err != nil {
+				return
+			}
+		}
+	}()
+
+	anchored := grainWith(b, ctx, anchoredPolicy)
+	contains := grainWith(b, ctx, containsPolicy)
+	one := grainWith(b, ctx, l3l4Rules(1))
+	thousand := grainWith(b, ctx, l3l4Rules(1000))
+
+	response := pktbuild.TCP4("10.0.0.1", "10.0.0.2", 80, 40000, pktbuild.PSH|pktbuild.ACK, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).Bytes()
+	other := pktbuild.TCP4("10.0.0.1", "10.0.0.2", 80, 40000, pktbuild.PSH|pktbuild.ACK, []byte("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")).Bytes()
+	filler := func(n int) []byte {
+		return pktbuild.TCP4("10.0.0.1", "10.0.0.2", 80, 40000, pktbuild.ACK, []byte(strings.Repeat("abcdefghijklmnopqrstuvwxyz0123456789 ", 40)[:n])).Bytes()
+	}
+	hitFirst := pktbuild.TCP4("10.0.0.7", "10.0.0.1", 5, 1000, pktbuild.ACK, nil).Bytes()  // rule 0
+	hitLast := pktbuild.TCP4("10.3.249.7", "10.0.0.1", 5, 1999, pktbuild.ACK, nil).Bytes() // rule 999
+	miss := pktbuild.TCP4("172.16.0.1", "10.0.0.1", 5, 999, pktbuild.ACK, nil).Bytes()
+
+	cases := []*measured{
+		{name: "baseline: XDP_PASS only", prog: base.XdpPass, frame: response, want: 2},
+		{name: "baseline: hand-written workshop probe, match", prog: base.XdpWorkshop, frame: response, want: 1},
+		{name: "baseline: hand-written workshop probe, no match", prog: base.XdpWorkshop, frame: other, want: 2},
+		{name: "grain anchored (startswith), match", prog: anchored, frame: response, want: 1},
+		{name: "grain anchored (startswith), no match", prog: anchored, frame: other, want: 2},
+		{name: "grain contains, 0 B payload", prog: contains, frame: filler(0), want: 2},
+		{name: "grain contains, 64 B payload", prog: contains, frame: filler(64), want: 2},
+		{name: "grain contains, 512 B payload", prog: contains, frame: filler(512), want: 2},
+		{name: "grain contains, 1460 B payload", prog: contains, frame: filler(1460), want: 2},
+		{name: "grain 1 L3/L4 rule, hit", prog: one, frame: hitFirst, want: 1},
+		{name: "grain 1 L3/L4 rule, miss", prog: one, frame: miss, want: 2},
+		{name: "grain 1000 L3/L4 rules, hit rule 1", prog: thousand, frame: hitFirst, want: 1},
+		{name: "grain 1000 L3/L4 rules, hit rule 1000", prog: thousand, frame: hitLast, want: 1},
+		{name: "grain 1000 L3/L4 rules, miss", prog: thousand, frame: miss, want: 2},
+	}
+	const rounds, repeat = 9, 200000
+	for i := 0; i < b.N; i++ {
+		for r := 0; r < rounds; r++ {
+			for _, c := range cases {
+				ret, d, err := c.prog.Benchmark(c.frame, repeat, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ret != c.want {
+					b.Fatalf("%s: verdict %d, want %d", c.name, ret, c.want)
+				}
+				c.samples = append(c.samples, float64(d)/float64(time.Nanosecond))
+			}
+		}
+	}
+	ns := map[string]float64{}
+	for _, c := range cases {
+		ns[c.name] = median(c.samples)
+	}
+	ratio := func(a, b string) float64 { return ns[a] / ns[b] }
+	anchoredMatch := ratio("grain anchored (startswith), match", "baseline: hand-written workshop probe, match")
+	anchoredMiss := ratio("grain anchored (startswith), no match", "baseline: hand-written workshop probe, no match")
+	perByte512 := (ns["grain contains, 512 B payload"] - ns["grain contains, 0 B payload"]) / 512
+	perByte1460 := (ns["grain contains, 1460 B payload"] - ns["grain contains, 0 B payload"]) / 1460
+	rulesHit := ratio("grain 1000 L3/L4 rules, hit rule 1000", "grain 1 L3/L4 rule, hit")
+	rulesMiss := ratio("grain 1000 L3/L4 rules, miss", "grain 1 L3/L4 rule, miss")
+	b.ReportMetric(anchoredMatch, "anchored/handwritten")
+	b.ReportMetric(perByte512, "contains-ns/byte")
+	b.ReportMetric(rulesHit, "1000rules/1rule")
+
+	var t strings.Builder
+	fmt.Fprintf(&t, "| case | ns/packet (median of %d × %d runs) |\n|---|---|\n", rounds*b.N, repeat)
+	for _, c := range cases {
+		fmt.Fprintf(&t, "| %s | %.1f |\n", c.name, ns[c.name])
+	}
+	fmt.Fprintf(&t, "\n| figure | measured | goal |\n|---|---|---|\n")
+	fmt.Fprintf(&t, "| anchored rule / hand-written, matching packet | %.2f× | ≤ 1.2× |\n", anchoredMatch)
+	fmt.Fprintf(&t, "| anchored rule / hand-written, other packet | %.2f× | ≤ 1.2× |\n", anchoredMiss)
+	fmt.Fprintf(&t, "| contains, ns per scanned byte, 512 B window | %.3f | ≤ 0.5 |\n", perByte512)
+	fmt.Fprintf(&t, "| contains, ns per scanned byte, 1460 B window | %.3f | ≤ 0.5 |\n", perByte1460)
+	fmt.Fprintf(&t, "| 1000 L3/L4 rules / 1 rule, packet hitting the last rule | %.2f× | ≤ 1.5× |\n", rulesHit)
+	fmt.Fprintf(&t, "| 1000 L3/L4 rules / 1 rule, packet matching none | %.2f× | ≤ 1.5× |\n", rulesMiss)
+	fmt.Println(t.String())
+}
