@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/grain-ebpf/grain/internal/netns"
+)
+
+// buildGrain builds the grain binary once per test run.
+var buildGrain = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "grain-e2e-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "grain")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", &buildError{err: err, out: string(out)}
+	}
+	return bin, nil
+})
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
+
+// daemon is `grain run` inside a namespace, with its event lines collected.
+type daemon struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	events []map[string]any
+	stderr strings.Builder
+}
+
+func startGrain(t *testing.T, ns string, args ...string) *daemon {
+	t.Helper()
+	bin, err := buildGrain()
+	if err != nil {
+		t.Fatalf("build grain: %v", err)
+	}
+	d := &daemon{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
+	stdout, _ := d.cmd.StdoutPipe()
+	stderr, _ := d.cmd.StderrPipe()
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	attached := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			d.mu.Lock()
+			d.stderr.WriteString(sc.Text() + "\n")
+			d.mu.Unlock()
+			if strings.Contains(sc.Text(), "enforcing") {
+				once.Do(func() { close(attached) })
+			}
+		}
+	}()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+				t.Errorf("grain printed a line that is not JSON: %q", sc.Text())
+				continue
+			}
+			d.mu.Lock()
+			d.events = append(d.events, ev)
+			d.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	select {
+	case <-attached:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("grain did not start enforcing within 20 s; stderr:\n%s", d.log())
+	}
+	return d
+}
+
+func (d *daemon) log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stderr.String()
+}
+
+// waitEvent waits for an event whose fields include want.
+func (d *daemon) waitEvent(t *testing.T, want map[string]any) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		d.mu.Lock()
+		for _, ev := range d.events {
+			match := true
+			for k, v := range want {
+				if ev[k] != v {
+					match = false
+					break
+				}
+			}
+			if match {
+				d.mu.Unlock()
+				return
+			}
+		}
+		d.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t.Errorf("no event with %v; got %v", want, d.events)
+}
+
+// rawRequest sends one request line over a fresh TCP connection from the
+// client namespace and returns the response's first line, or an error when
+// none arrives within a second, with the client's source port.
+func rawRequest(t *testing.T, p *netns.Pair, server netip.Addr, port int, requestLine string) (string, int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	conn, err := netns.DialContextIn(p.ClientNS)(ctx, "tcp", netip.AddrPortFrom(server, uint16(port)).String())
+	if err != nil {
+		t.Fatalf("connect to %s:%d: %v", server, port, err)
+	}
+	defer conn.Close()
+	sport := conn.LocalAddr().(*net.TCPAddr).Port
+	conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(conn, requestLine+"\r\nHost: grain\r\nConnection: close\r\n\r\n"); err != nil {
+		return "", sport, err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line), sport, err
+}
+
+// TestEndToEndBlockHTTP runs `grain run` with examples/block-http on the
+// server end of a veth pair and sends real requests from the client
+// namespace, over IPv4 and IPv6.
+func TestEndToEndBlockHTTP(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+	for _, addr := range []netip.Addr{p.ServerIP4, p.ServerIP6} {
+		if _, _, err := p.Get(netns.HTTPURL(addr, port)); err != nil {
+			t.Fatalf("before grain, GET %s failed: %v", addr, err)
+		}
+	}
+
+	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf)
+
+	for _, c := range []struct {
+		server, client netip.Addr
+	}{{p.ServerIP4, p.ClientIP4}, {p.ServerIP6, p.ClientIP6}} {
+		// A real HTTP/1.1 client fails.
+		if status, _, err := p.Get(netns.HTTPURL(c.server, port)); err == nil {
+			t.Errorf("GET http://%s with HTTP/1.1 got status %d through grain, want it dropped", c.server, status)
+		}
+		// The same request line over a connection whose port we know.
+		if line, sport, err := rawRequest(t, p, c.server, port, "GET / HTTP/1.1"); err == nil {
+			t.Errorf("HTTP/1.1 request to %s answered %q, want it dropped", c.server, line)
+		} else {
+			d.waitEvent(t, map[string]any{
+				"policy": "block_http", "event": "http_blocked", "verdict": "drop", "interface": p.ServerIf,
+				"saddr": c.client.String(), "daddr": c.server.String(), "sport": float64(sport), "dport": float64(port),
+			})
+		}
+		// A request without the pattern passes.
+		line, _, err := rawRequest(t, p, c.server, port, "GET / HTTP/1.0")
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.") || !strings.Contains(line, "200") {
+			t.Errorf("HTTP/1.0 request to %s: %q, %v; want a 200 response", c.server, line, err)
+		}
+	}
+
+	// SIGTERM detaches: the same HTTP/1.1 request succeeds again.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("grain exited with %v after SIGTERM; stderr:\n%s", err, d.log())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("grain did not exit within 10 s of SIGTERM")
+	}
+	if !strings.Contains(d.log(), "detached") {
+		t.Errorf("grain did not log detaching; stderr:\n%s", d.log())
+	}
+	for _, addr := range []netip.Addr{p.ServerIP4, p.ServerIP6} {
+		if _, body, err := p.Get(netns.HTTPURL(addr, port)); err != nil || body != "hello\n" {
+			t.Errorf("after grain exited, GET %s: %q, %v", addr, body, err)
+		}
+	}
+}
