@@ -1,5 +1,6 @@
 # grain: `make demo` runs the self-contained demo, `make test` the tests.
 GO ?= go
+SHELL := /bin/bash
 GOARCH ?= $(shell $(GO) env GOARCH)
 BIN := bin/grain
 
@@ -16,9 +17,10 @@ demo: deps build
 	./scripts/demo.sh
 
 # Unit tests, then the privileged kernel and network tests (root).
+# -v so that CI output shows each privileged test ran (or why it skipped).
 test: deps build
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -v ./...
 	$(MAKE) check-generated
 
 # Rebuild the committed BPF objects with Debian's clang-19.
