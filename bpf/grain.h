@@ -83,6 +83,7 @@
 
 struct grain_bitmap {
 	__u64 w[GRAIN_BITMAP_WORDS];
+	__u64 nonzero; /* bit i set when w[i] != 0 */
 };
 
 struct grain_active {
@@ -92,7 +93,6 @@ struct grain_active {
 
 struct grain_gen_config {
 	__u32 nrules;
-	__u32 nwords;           /* bitmap words that hold rules */
 	__u32 fields;           /* GRAIN_F_* */
 	__u8 n_src4, n_dst4, n_src6, n_dst6;
 	/* distinct prefix lengths per CIDR field, longest first */

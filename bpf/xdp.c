@@ -212,27 +212,30 @@ static __always_inline int pattern_at(struct xdp_md *ctx, __u32 off, const struc
 	__u8 *p = data + off;
 	barrier_var(p);
 	__u32 words = (len + 7) / 8;
+	__u32 i = 0;
 
-	if ((void *)(p + GRAIN_MAX_CONTENT_LEN) <= data_end) {
-		/* Whole words; the mask is zero past len. */
-		for (__u32 i = 0; i < GRAIN_MAX_CONTENT_LEN / 8; i++) {
-			if (i >= words)
-				break;
-			__u64 v = *(__u64 *)(p + i * 8);
-			__u64 m = *(__u64 *)(c->mask + i * 8);
-			__u64 want = *(__u64 *)(c->pattern + i * 8);
-			if ((v & m) != want)
-				return 0;
-		}
-		return 1;
-	}
-	/* Near the end of the frame: byte by byte. */
-	for (__u32 i = 0; i < GRAIN_MAX_CONTENT_LEN; i++) {
-		if (i >= len)
+	/* Whole words while the frame holds them; the mask is zero past len. */
+	for (; i < GRAIN_MAX_CONTENT_LEN / 8; i++) {
+		if (i >= words)
+			return 1;
+		__u8 *q = p + i * 8;
+		barrier_var(q);
+		if ((void *)(q + 8) > data_end)
 			break;
-		if ((void *)(p + i + 1) > data_end)
+		__u64 v = *(__u64 *)q;
+		__u64 m = *(__u64 *)(c->mask + i * 8);
+		__u64 want = *(__u64 *)(c->pattern + i * 8);
+		if ((v & m) != want)
 			return 0;
-		if ((p[i] & c->mask[i]) != c->pattern[i])
+	}
+	/* The last bytes of the frame: one at a time. */
+	for (__u32 k = 0; k < GRAIN_MAX_CONTENT_LEN; k++) {
+		__u32 j = i * 8 + k;
+		if (j >= len)
+			break;
+		if (j >= GRAIN_MAX_CONTENT_LEN || (void *)(p + j + 1) > data_end)
+			return 0;
+		if ((p[j] & c->mask[j]) != c->pattern[j])
 			return 0;
 	}
 	return 1;
@@ -330,7 +333,7 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 
 /* Applies one candidate rule: contents, counters, event. Returns
  * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
-__noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
+static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
 {
 	if (!m || index >= GRAIN_MAX_RULES)
 		return VERDICT_CONTINUE;
@@ -344,6 +347,17 @@ __noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u
 		if (i >= n)
 			break;
 		__u32 slot = gen * GRAIN_MAX_CONTENTS + r->contents[i];
+		const struct grain_content *c = bpf_map_lookup_elem(&contents, &slot);
+		if (!c)
+			return VERDICT_CONTINUE;
+		if (c->flags & GRAIN_CONTENT_ANCHORED) {
+			/* Fixed position: one masked compare, no call. */
+			__u32 start = m->payload_off + c->offset;
+			int hit = start + c->len <= m->payload_end && pattern_at(ctx, start, c);
+			if (hit == !!(c->flags & GRAIN_CONTENT_NEGATE))
+				return VERDICT_CONTINUE;
+			continue;
+		}
 		if (!content_match(ctx, m->payload_off, m->payload_end, slot))
 			return VERDICT_CONTINUE;
 	}
@@ -379,6 +393,12 @@ __noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u
 	if (r->action == GRAIN_ACTION_COUNT)
 		return VERDICT_CONTINUE;
 	return 1 + r->action;
+}
+
+/* The same, as a global function: verified once for every call site. */
+__noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
+{
+	return rule_apply_inline(ctx, m, gen, index);
 }
 
 static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)
@@ -621,7 +641,6 @@ SEC("xdp")
 int grain_xdp(struct xdp_md *ctx)
 {
 	struct pkt_meta m = {};
-	stat_inc(GRAIN_STAT_PACKETS);
 
 	int rc = parse(ctx, &m);
 	if (rc != 0) {
@@ -690,16 +709,44 @@ int grain_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 	}
 
-	__u32 nwords = gc->nwords;
-	for (__u32 i = 0; i < GRAIN_BITMAP_WORDS; i++) {
-		if (i >= nwords)
+	/* Each bitmap says which of its words are non-zero: only words that
+	 * hold a candidate in every field are visited, so a packet that matches
+	 * no rule, or one rule among thousands, costs about the same as with a
+	 * single rule. */
+	__u64 words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
+		      bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
+	/* The common case, a single candidate among the first 64 rules, is
+	 * applied without a function call. */
+	if (words & 1) {
+		__u64 w0 = bm_proto->w[0] & bm_src->w[0] & bm_dst->w[0] & bm_sport->w[0] & bm_dport->w[0] &
+			   bm_flags->w[0] & bm_iface->w[0] & all->w[0];
+		if (w0 && !(w0 & (w0 - 1))) {
+			int v = rule_apply_inline(ctx, &m, gen, lowest_bit(w0));
+			if (v == 1 + GRAIN_ACTION_DROP) {
+				stat_inc(GRAIN_STAT_DROPPED);
+				return XDP_DROP;
+			}
+			if (v == 1 + GRAIN_ACTION_PASS)
+				return XDP_PASS;
+			words &= ~1ULL;
+		}
+	}
+	for (__u32 j = 0; j < GRAIN_BITMAP_WORDS; j++) {
+		if (!words)
 			break;
-		/* Bits past the last rule are zero in the all-rules bitmap. */
+		__u32 i = lowest_bit(words);
+		words &= words - 1;
+		if (i >= GRAIN_BITMAP_WORDS)
+			break;
 		__u64 w = bm_proto->w[i] & bm_src->w[i] & bm_dst->w[i] & bm_sport->w[i] & bm_dport->w[i] &
 			  bm_flags->w[i] & bm_iface->w[i] & all->w[i];
 		if (!w)
 			continue;
-		int v = rules_apply(ctx, &m, gen, i * 64, w);
+		int v;
+		if (w & (w - 1))
+			v = rules_apply(ctx, &m, gen, i * 64, w);
+		else
+			v = rule_apply(ctx, &m, gen, i * 64 + lowest_bit(w));
 		if (v == 1 + GRAIN_ACTION_DROP) {
 			stat_inc(GRAIN_STAT_DROPPED);
 			return XDP_DROP;

@@ -20,8 +20,9 @@ type xdpGrainActive struct {
 }
 
 type xdpGrainBitmap struct {
-	_ structs.HostLayout
-	W [32]uint64
+	_       structs.HostLayout
+	W       [32]uint64
+	Nonzero uint64
 }
 
 type xdpGrainCidrKey struct {
@@ -78,7 +79,6 @@ type xdpGrainEvent struct {
 type xdpGrainGenConfig struct {
 	_        structs.HostLayout
 	Nrules   uint32
-	Nwords   uint32
 	Fields   uint32
 	N_src4   uint8
 	N_dst4   uint8

@@ -24,6 +24,7 @@ func bitmapOf(rules codegen.RuleSet) bpf.Bitmap {
 	var b bpf.Bitmap
 	for _, i := range rules {
 		b.W[i/64] |= 1 << (i % 64)
+		b.Nonzero |= 1 << (i / 64)
 	}
 	return b
 }
@@ -181,7 +182,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 	}
 
 	// The generation's config comes last: it is what makes it usable.
-	cfg := bpf.GenConfig{Nrules: uint32(len(plan.Rules)), Nwords: uint32((len(plan.Rules) + 63) / 64)}
+	cfg := bpf.GenConfig{Nrules: uint32(len(plan.Rules))}
 	for _, f := range plan.Fields {
 		cfg.Fields |= fieldBits[f]
 	}
