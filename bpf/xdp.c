@@ -331,6 +331,10 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 
 #define VERDICT_CONTINUE 0
 
+/* One event in the ring buffer: the record plus its 8-byte header, rounded
+ * up to 8 bytes. */
+#define EVENT_RECORD_BYTES (((sizeof(struct grain_event) + 8) + 7) / 8 * 8)
+
 /* Applies one candidate rule: contents, counters, event. Returns
  * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
 static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
@@ -383,7 +387,11 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 			e->dport = m->dport;
 			__builtin_memcpy(e->saddr, m->saddr, 16);
 			__builtin_memcpy(e->daddr, m->daddr, 16);
-			bpf_ringbuf_submit(e, 0);
+			/* Wake the reader only for the first event it has not seen:
+			 * while it drains, further wakeups are wasted work. The
+			 * reader's read deadline bounds the delay of a lost wakeup. */
+			__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+			bpf_ringbuf_submit(e, pending > EVENT_RECORD_BYTES ? BPF_RB_NO_WAKEUP : 0);
 			if (cnt)
 				cnt->events++;
 		} else if (cnt) {

@@ -21,6 +21,9 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 )
 
+// readPollInterval bounds the delay of an event whose wakeup was skipped.
+const readPollInterval = 50 * time.Millisecond
+
 var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass"}
@@ -44,7 +47,16 @@ func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
 	var rec ringbuf.Record
 	var line []byte
 	for {
+		// The kernel skips wakeups while events are pending (see xdp.c);
+		// the deadline bounds how long a missed one can delay an event.
+		rd.SetDeadline(time.Now().Add(readPollInterval))
 		if err := rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if err := w.Flush(); err != nil {
+					return fmt.Errorf("write event: %w", err)
+				}
+				continue
+			}
 			if errors.Is(err, os.ErrClosed) {
 				return nil
 			}
