@@ -73,7 +73,7 @@ func explainLoadError(prog string, err error) error {
 		if len(lines) > tail {
 			lines = lines[len(lines)-tail:]
 		}
-		return fmt.Errorf("the kernel's verifier rejected %s (kernel too old or not supported; grain needs Linux 5.15 or later): %v\nverifier log tail:\n  %s",
+		return fmt.Errorf("the kernel's verifier rejected %s: %v\n(grain needs Linux 5.15 or later; on such a kernel this is a grain bug: report it with this log)\nverifier log tail:\n  %s",
 			prog, ve.Cause, strings.Join(lines, "\n  "))
 	}
 	if errors.Is(err, ebpf.ErrNotSupported) {

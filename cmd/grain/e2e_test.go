@@ -207,3 +207,25 @@ func TestEndToEndBlockHTTP(t *testing.T) {
 		}
 	}
 }
+
+// Errors a user meets first: a missing interface, not being root.
+func TestRunErrors(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (runs in .ci/run)")
+	}
+	bin, err := buildGrain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "run", "--policies", "../../examples/block-http", "--interface", "nosuchif0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `interface "nosuchif0" named by the policies does not exist`) {
+		t.Errorf("missing interface: %v: %s", err, out)
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) missing: cannot run grain as an unprivileged user")
+	}
+	out, err = exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "grain needs root") {
+		t.Errorf("not root: %v: %s", err, out)
+	}
+}
