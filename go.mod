@@ -2,11 +2,13 @@ module github.com/grain-ebpf/grain
 
 go 1.26.8
 
+require cuelang.org/go v0.17.1
+
 require (
-	cuelang.org/go v0.17.1
 	github.com/cilium/ebpf v0.22.0 // indirect
 	github.com/cockroachdb/apd/v3 v3.2.3 // indirect
 	github.com/emicklei/proto v1.14.3 // indirect
+	github.com/fsnotify/fsnotify v1.10.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/mitchellh/go-wordwrap v1.0.1 // indirect
 	github.com/pelletier/go-toml/v2 v2.3.1 // indirect

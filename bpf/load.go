@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // XDP is the loaded generic XDP program with its maps.
@@ -20,6 +21,10 @@ type XDPOptions struct {
 	// RingBufferBytes sizes the event ring buffer (a power of two, at least
 	// one page). Zero keeps the compiled-in 1 MiB.
 	RingBufferBytes uint32
+	// PinPath, when set, is a bpffs directory where the maps are pinned by
+	// name; maps already pinned there (by an earlier grain) are reused, so
+	// a restarted grain continues with the rule tables in force.
+	PinPath string
 }
 
 // Program is the XDP program.
@@ -48,11 +53,58 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	if opts.RingBufferBytes != 0 {
 		spec.Maps["events"].MaxEntries = opts.RingBufferBytes
 	}
+	var collOpts *ebpf.CollectionOptions
+	if opts.PinPath != "" {
+		if err := EnsureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
+		for name, m := range spec.Maps {
+			if !strings.HasPrefix(name, ".") { // not the compiler's .bss
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		collOpts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}
+	}
 	x := &XDP{}
-	if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&x.objs, collOpts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("maps pinned under %s by another grain version do not fit this one: stop it and remove the directory (rm -r %s): %w", opts.PinPath, opts.PinPath, err)
+		}
 		return nil, explainLoadError("grain_xdp", err)
 	}
 	return x, nil
+}
+
+// Unpin removes the maps' pins, so that they are freed once closed.
+func (x *XDP) Unpin() error {
+	m := x.Maps()
+	var errs []error
+	for _, mp := range []*ebpf.Map{m.Active, m.GenConfig, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
+		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events} {
+		if mp.IsPinned() {
+			errs = append(errs, mp.Unpin())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (minimal
+// systems do not mount it at boot) and creates dir beneath it.
+func EnsureBPFFS(dir string) error {
+	const root = "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", root, err)
+		}
+		if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at %s (needed to pin grain's state): %w", root, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // CheckPrivileges reports a clear error when the process cannot use BPF.

@@ -40,6 +40,14 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
+// pinPath is a bpffs directory of this test's own, removed afterwards.
+func pinPath(t *testing.T) string {
+	dir := filepath.Join("/sys/fs/bpf", "grain-test-"+strings.ReplaceAll(t.Name(), "/", "-"))
+	os.RemoveAll(dir)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // daemon is `grain run` inside a namespace, with its event lines collected.
 type daemon struct {
 	cmd    *exec.Cmd
@@ -161,7 +169,8 @@ func TestEndToEndBlockHTTP(t *testing.T) {
 		}
 	}
 
-	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf)
+	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 
 	for _, c := range []struct {
 		server, client netip.Addr

@@ -4,16 +4,18 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
@@ -30,6 +32,7 @@ Usage:
   grain run --policies DIR [--interface IFACE]...   enforce policies, print events as JSON lines
   grain check DIR                                   validate policies (exit 1 on errors)
   grain compile [--interface IFACE]... DIR          print the compiled Plan as JSON
+  grain status                                      print the running grain's policy hash, rules, reload result
   grain version                                     print the version
   grain help policy                                 describe the policy schema
 `
@@ -50,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "compile":
 		return cmdCompile(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "grain", versionString())
 		return 0
@@ -144,48 +149,118 @@ func cmdCompile(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// Defaults of `grain run`; tests and a second instance override them.
+const (
+	defaultPinPath = "/sys/fs/bpf/grain"
+	defaultSocket  = "/run/grain/grain.sock"
+)
+
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("policies", "", "directory of .cue policy files")
+	dir := fs.String("policies", "", "directory of .cue policy files (watched: every change reloads)")
 	var ifaces stringList
 	fs.Var(&ifaces, "interface", "attach to this interface instead of the policies' (repeatable)")
+	pinPath := fs.String("pin-path", defaultPinPath, "bpffs directory holding grain's pinned maps and links")
+	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
+	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
+	debounce := fs.Duration("debounce", 150*time.Millisecond, "quiet time after a file change before reloading")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *dir == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: grain run --policies DIR [--interface IFACE]...")
+		fmt.Fprintln(stderr, "usage: grain run --policies DIR [--interface IFACE]... [--keep-on-exit]")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	_, plan, err := compileDir(*dir, ifaces)
-	if err != nil {
+	// Validate before touching the kernel: a bad tree fails fast.
+	if _, _, err := compileDir(*dir, ifaces); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	if len(plan.Rules) == 0 {
-		fmt.Fprintf(stderr, "grain: %s holds no packet policy: nothing to enforce\n", *dir)
-		return 1
-	}
-	eng, err := engine.New(engine.Options{Logger: log})
+	eng, err := engine.New(engine.Options{Logger: log, PinPath: *pinPath})
 	if err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		return 1
 	}
-	defer eng.Close()
-	if err := eng.Apply(plan); err != nil {
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log}
+	if err := reloader.Reload(true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
+		if eng.Adopted() {
+			eng.Release() // what an earlier grain left in force stays in force
+		} else {
+			eng.Close()
+		}
 		return 1
 	}
-	log.Info("enforcing", "policies", *dir, "rules", len(plan.Rules), "interfaces", strings.Join(eng.Interfaces(), ","))
+	exit := func() {
+		if *keep {
+			eng.Release()
+		} else {
+			log.Info("stopping: detaching")
+			eng.Close()
+		}
+	}
+	defer exit()
+	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
+
+	if ln, err := reloader.ServeStatus(*socket); err != nil {
+		log.Warn("no status socket", "error", err)
+	} else {
+		defer ln.Close()
+	}
+	watcher, err := engine.NewWatcher(*dir, *debounce, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "grain: watch policies:", err)
+		return 1
+	}
+	defer watcher.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := eng.StreamEvents(ctx, stdout); err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "grain:", err)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	streamErr := make(chan error, 1)
+	go func() { streamErr <- eng.StreamEvents(ctx, stdout) }()
+	for {
+		select {
+		case <-watcher.Changes():
+			reloader.Reload(false)
+		case <-hup:
+			log.Info("SIGHUP: reloading")
+			reloader.Reload(true)
+		case err := <-streamErr:
+			if err != nil {
+				fmt.Fprintln(stderr, "grain:", err)
+				return 1
+			}
+			return 0
+		}
+	}
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("status-socket", defaultSocket, "the socket of the running grain")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	conn, err := net.DialTimeout("unix", *socket, 2*time.Second)
+	if err != nil {
+		fmt.Fprintf(stderr, "grain status: no grain answers on %s (is `grain run` running, and are you root?): %v\n", *socket, err)
 		return 1
 	}
-	log.Info("stopping: detaching")
+	defer conn.Close()
+	var st engine.Status
+	if err := json.NewDecoder(conn).Decode(&st); err != nil {
+		fmt.Fprintln(stderr, "grain status:", err)
+		return 1
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	fmt.Fprintln(stdout, string(b))
 	return 0
 }

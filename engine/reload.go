@@ -1,0 +1,136 @@
+package engine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// Status is what `grain status` prints.
+type Status struct {
+	Policies     string    `json:"policies"`
+	PolicyHash   string    `json:"policy_hash"`
+	Rules        []string  `json:"rules"`
+	Interfaces   []string  `json:"interfaces"`
+	LastReload   time.Time `json:"last_reload"`
+	LastResult   string    `json:"last_result"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastSuccess  time.Time `json:"last_success"`
+	ReloadsOK    uint64    `json:"reloads_succeeded"`
+	ReloadsError uint64    `json:"reloads_failed"`
+}
+
+// Reloader loads a policy tree and applies it, all or nothing: load,
+// validate, compile, write into the kernel; on any error the rule set in
+// force stays and the error is kept in the status.
+type Reloader struct {
+	Dir        string
+	Interfaces []string // --interface override
+	Engine     *Engine
+	Log        *slog.Logger
+
+	mu     sync.Mutex
+	status Status
+}
+
+// Reload applies the tree if its content changed since the last success
+// (or always, when force is set: SIGHUP, a new interface).
+func (r *Reloader) Reload(force bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Policies = r.Dir
+	hash, err := TreeHash(r.Dir)
+	if err == nil && !force && hash == r.status.PolicyHash {
+		return nil
+	}
+	if err == nil {
+		err = r.apply()
+	}
+	r.status.LastReload = time.Now()
+	if err != nil {
+		r.status.LastResult, r.status.LastError = "failure", err.Error()
+		r.status.ReloadsError++
+		r.Log.Error("reload failed; the previous policy stays in force", "policies", r.Dir, "error", err.Error())
+		return err
+	}
+	r.status.LastResult, r.status.LastError = "success", ""
+	r.status.LastSuccess = r.status.LastReload
+	r.status.ReloadsOK++
+	r.status.PolicyHash = hash
+	r.status.Interfaces = r.Engine.Interfaces()
+	r.Log.Info("policies applied", "policies", r.Dir, "hash", hash[:12], "rules", len(r.status.Rules),
+		"interfaces", r.status.Interfaces)
+	return nil
+}
+
+func (r *Reloader) apply() error {
+	snap, err := policies.Load(r.Dir)
+	if err != nil {
+		return err
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{Interfaces: r.Interfaces})
+	if err != nil {
+		return err
+	}
+	if len(plan.Rules) == 0 {
+		return fmt.Errorf("%s holds no packet policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
+	}
+	if err := r.Engine.Apply(plan); err != nil {
+		return err
+	}
+	r.status.Rules = r.status.Rules[:0]
+	for _, rule := range plan.Rules {
+		r.status.Rules = append(r.status.Rules, rule.Policy)
+	}
+	return nil
+}
+
+// Status returns a copy of the reload status.
+func (r *Reloader) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Rules = append([]string(nil), s.Rules...)
+	s.Interfaces = append([]string(nil), s.Interfaces...)
+	return s
+}
+
+// ServeStatus answers every connection on a root-only Unix socket at path
+// with the status as JSON, until the listener is closed.
+func (r *Reloader) ServeStatus(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	os.Remove(path) // a stale socket of a killed grain
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					r.Log.Warn("status socket", "error", err)
+				}
+				return
+			}
+			json.NewEncoder(c).Encode(r.Status())
+			c.Close()
+		}
+	}()
+	return ln, nil
+}

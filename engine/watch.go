@@ -1,0 +1,469 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Watcher reports changes to a policy tree (design decision 6). It watches
+// directories, never single files: editors save by renaming a temporary file
+// over the old one, Kubernetes swaps a "..data" symlink beside the files, and
+// both replace the inode a file watch would be attached to.
+//
+// A Watcher only says "something changed"; it does not say what. The reader
+// of Changes reloads the whole tree as one snapshot, and may use TreeHash to
+// skip reloads of a tree whose policy files did not change, so spurious
+// changes cost a hash of the tree and nothing else.
+type Watcher struct {
+	fs       *fsnotify.Watcher
+	log      *slog.Logger
+	root     string // absolute, symbolic links not resolved
+	debounce time.Duration
+	maxDelay time.Duration
+
+	changes   chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	// What the last sync found; only the run goroutine uses these once
+	// NewWatcher has returned.
+	realRoot string              // root with symbolic links resolved; "" if it was missing
+	parent   string              // directory holding root's name
+	all      map[string]struct{} // directories in which every event counts
+}
+
+// NewWatcher watches every directory of the tree under root (recursively; new
+// subdirectories are added as they appear, removed ones dropped) and sends one
+// value on Changes() per burst of changes, after debounce of quiet (a burst
+// that never goes quiet still fires at most every maxDelay = 4*debounce).
+//
+// The directories watched are those the policy loader reads: directories
+// whose names start with "." or "_", cue.mod directories and symbolic links
+// to directories are left out (a link could make the tree a loop). Two more
+// kinds are watched because the loader's result depends on them too: the
+// directory holding each target of a symbolically linked .cue file (its
+// content can change in place), and the directory holding root itself, where
+// only events naming root count (root may be replaced, or be a link that is
+// swapped, as git-sync does).
+//
+// If root is a single .cue file, the directory holding it is watched.
+func NewWatcher(root string, debounce time.Duration, log *slog.Logger) (*Watcher, error) {
+	if debounce <= 0 {
+		return nil, fmt.Errorf("engine: watch %s: debounce must be positive, not %v", root, debounce)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("engine: watch %s: %w", root, err)
+	}
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("engine: watch %s: %w", root, err)
+	}
+	w := &Watcher{
+		fs:       fw,
+		log:      log.With("root", abs),
+		root:     abs,
+		debounce: debounce,
+		maxDelay: 4 * debounce,
+		changes:  make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	// A tree that cannot be watched fully at start is an error rather than
+	// a warning: a daemon that silently misses changes is worse than one
+	// that does not start.
+	if err := w.sync(); err != nil {
+		fw.Close()
+		if errors.Is(err, syscall.ENOSPC) {
+			err = fmt.Errorf("%w (too many inotify watches: raise sysctl fs.inotify.max_user_watches)", err)
+		}
+		return nil, fmt.Errorf("engine: watch %s: %w", root, err)
+	}
+	go w.run()
+	return w, nil
+}
+
+// Changes delivers one value per burst of changes. It holds at most one
+// pending value: a reader that is busy reloading sees one more value, not
+// one per burst it missed, which is all it needs to reload the latest tree.
+// The channel is closed by Close.
+func (w *Watcher) Changes() <-chan struct{} { return w.changes }
+
+// Close stops watching and closes the Changes channel. It may be called
+// more than once.
+func (w *Watcher) Close() error {
+	w.closeOnce.Do(func() {
+		// Stop the goroutine first, so that it is not adding watches to a
+		// closed fsnotify watcher.
+		close(w.stop)
+		<-w.done
+		w.closeErr = w.fs.Close()
+	})
+	return w.closeErr
+}
+
+// run collects events into bursts until Close.
+func (w *Watcher) run() {
+	defer close(w.done)
+	defer close(w.changes)
+
+	timer := time.NewTimer(w.debounce)
+	timer.Stop()
+	defer timer.Stop()
+	var (
+		pending bool      // a burst is open
+		first   time.Time // when it opened
+		count   int       // events in it, for the debug log
+	)
+	note := func() {
+		now := time.Now()
+		if !pending {
+			pending, first, count = true, now, 0
+		}
+		count++
+		wait := min(w.debounce, first.Add(w.maxDelay).Sub(now))
+		timer.Reset(wait) // a wait of zero or less fires at once
+	}
+	for {
+		select {
+		case <-w.stop:
+			return
+		case ev, ok := <-w.fs.Events:
+			if !ok {
+				return
+			}
+			if w.handle(ev) {
+				note()
+			}
+		case err, ok := <-w.fs.Errors:
+			if !ok {
+				return
+			}
+			// The events lost (a queue overflow, typically) may have been
+			// anything, including new directories: reload, and re-sync
+			// the watches when the burst ends.
+			w.log.Warn("policy watch error; reloading the whole tree", "err", err)
+			note()
+		case <-timer.C:
+			pending = false
+			w.log.Debug("policy tree changed", "events", count, "burst", time.Since(first).Round(time.Millisecond))
+			// Sync before telling the reader: anything that changes after
+			// a watch is added is an event, and anything before it is
+			// already there when the reader loads the tree.
+			if err := w.sync(); err != nil {
+				w.log.Warn("policy watch incomplete", "err", err)
+			}
+			select {
+			case w.changes <- struct{}{}:
+			default: // a change is already pending
+			}
+		}
+	}
+}
+
+// handle keeps the watches up to date with one event and reports whether the
+// event counts as a change.
+func (w *Watcher) handle(ev fsnotify.Event) bool {
+	// A pure chmod (also what touch and most metadata updates give) does
+	// not change what the loader reads.
+	if ev.Op == 0 || ev.Op == fsnotify.Chmod {
+		return false
+	}
+	if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+		// fsnotify drops the watch of a directory that is deleted or
+		// moved, but not those of its subdirectories when it is moved
+		// out of the tree: they would keep reporting under stale names.
+		w.unwatch(ev.Name)
+	}
+	if ev.Has(fsnotify.Create) && w.inTree(ev.Name) {
+		// Watch a new directory (mkdir, or a whole tree renamed in) now
+		// rather than when the burst ends, so that files written into it
+		// keep the burst open and later writes are seen.
+		if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
+			w.watchTree(ev.Name)
+		}
+	}
+	dir := filepath.Dir(ev.Name)
+	if _, ok := w.all[dir]; !ok && dir == w.parent && filepath.Base(ev.Name) != filepath.Base(w.root) {
+		return false // a sibling of root
+	}
+	return true
+}
+
+// inTree reports whether dir would be walked by the loader: it is root or
+// below it, and no part of its path below root is skipped.
+func (w *Watcher) inTree(dir string) bool {
+	if w.realRoot == "" {
+		return false
+	}
+	rel, err := filepath.Rel(w.realRoot, dir)
+	if err != nil {
+		return false
+	}
+	if rel == "." {
+		return true
+	}
+	if rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return false
+	}
+	for part := range strings.SplitSeq(rel, string(filepath.Separator)) {
+		if skippedName(part) {
+			return false
+		}
+	}
+	return true
+}
+
+// watchTree watches dir and the directories below it, as a sync would.
+func (w *Watcher) watchTree(dir string) {
+	dirs := make(map[string]struct{})
+	err := collectDirs(dir, dirs)
+	for d := range dirs {
+		w.all[d] = struct{}{}
+		err = errors.Join(err, w.add(d))
+	}
+	if err != nil {
+		w.log.Warn("policy watch incomplete", "dir", dir, "err", err)
+	}
+}
+
+// unwatch drops the watches of path and of everything below it.
+func (w *Watcher) unwatch(path string) {
+	prefix := path + string(filepath.Separator)
+	for _, p := range w.fs.WatchList() {
+		if p == path || strings.HasPrefix(p, prefix) {
+			// An error only means fsnotify dropped it already.
+			_ = w.fs.Remove(p)
+			delete(w.all, p)
+		}
+	}
+}
+
+// add watches dir. A directory that is gone already is no error: its removal
+// is an event of its parent.
+func (w *Watcher) add(dir string) error {
+	err := w.fs.Add(dir)
+	if err == nil || errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil
+	}
+	return err
+}
+
+// sync makes the set of watches the one the tree needs now, whatever events
+// were lost or handled out of order before. It is cheap next to the reload
+// that follows it: a walk of the directories only.
+func (w *Watcher) sync() error {
+	realRoot, parent, dirs, err := w.plan()
+	want := maps.Clone(dirs)
+	if parent != "" {
+		want[parent] = struct{}{}
+	}
+	for _, p := range w.fs.WatchList() {
+		if _, ok := want[p]; !ok {
+			_ = w.fs.Remove(p)
+		}
+	}
+	for p := range want {
+		if aerr := w.add(p); aerr != nil {
+			if _, ok := dirs[p]; !ok {
+				// The parent is a convenience (root replaced later);
+				// the tree itself is watched without it.
+				w.log.Debug("cannot watch the directory holding the policy root", "dir", p, "err", aerr)
+				continue
+			}
+			err = errors.Join(err, aerr)
+		}
+	}
+	w.realRoot, w.parent, w.all = realRoot, parent, dirs
+	return err
+}
+
+// plan lists the directories to watch: see NewWatcher.
+func (w *Watcher) plan() (realRoot, parent string, dirs map[string]struct{}, err error) {
+	dirs = make(map[string]struct{})
+	if p, perr := filepath.EvalSymlinks(filepath.Dir(w.root)); perr == nil && p != w.root {
+		parent = p
+	}
+	real, err := filepath.EvalSymlinks(w.root)
+	if err != nil {
+		return "", parent, dirs, err
+	}
+	info, err := os.Stat(real)
+	if err != nil {
+		return "", parent, dirs, err
+	}
+	if !info.IsDir() {
+		// A single file: its directory is where editors and ConfigMaps
+		// act, and every event there counts.
+		dirs[filepath.Dir(real)] = struct{}{}
+		if parent != "" {
+			dirs[parent] = struct{}{}
+		}
+		return "", parent, dirs, nil
+	}
+	return real, parent, dirs, collectDirs(real, dirs)
+}
+
+// collectDirs adds to dirs the directory dir, every directory below it that
+// the loader walks, and the directory of the target of every symbolically
+// linked .cue file in them. Directories that vanish during the walk are not
+// an error.
+func collectDirs(dir string, dirs map[string]struct{}) error {
+	var errs error
+	walkErr := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == dir {
+				return err
+			}
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = errors.Join(errs, err)
+			}
+			return nil
+		}
+		if path != dir && skippedName(d.Name()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			dirs[path] = struct{}{}
+			return nil
+		}
+		// WalkDir reports a link to a directory as a link and does not
+		// follow it; only links to .cue files are followed, as the
+		// loader does.
+		if d.Type()&fs.ModeSymlink != 0 && strings.HasSuffix(d.Name(), ".cue") {
+			if target, err := filepath.EvalSymlinks(path); err == nil {
+				dirs[filepath.Dir(target)] = struct{}{}
+			}
+		}
+		return nil
+	})
+	if walkErr != nil && !errors.Is(walkErr, fs.ErrNotExist) {
+		errs = errors.Join(walkErr, errs)
+	}
+	return errs
+}
+
+// skippedName reports whether the policy loader leaves out a file or
+// directory of this name below the root (policies.Load): hidden names,
+// including the ConfigMap "..data" links and editor swap files, underscore
+// drafts, and CUE module metadata.
+func skippedName(name string) bool {
+	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "cue.mod"
+}
+
+// TreeHash returns the hex SHA-256 of the policy files under root that the
+// policy loader reads, as relative paths and contents: .cue files, including
+// symbolic links to files, outside directories and files whose names start
+// with "." or "_" and outside cue.mod directories; symbolic links to
+// directories are not followed. root may also be a single .cue file.
+//
+// The hash does not depend on where the tree is, nor on anything the loader
+// ignores, so a reload loop can skip reloading a tree whose hash did not
+// change, and export the hash of the tree it applied.
+func TreeHash(root string) (string, error) {
+	files, err := policyFiles(root)
+	if err != nil {
+		return "", fmt.Errorf("engine: hash %s: %w", root, err)
+	}
+	h := sha256.New()
+	// Length-prefix each field, so that no two different trees hash the
+	// same bytes (a path is followed by content that could look like one).
+	field := func(b []byte) {
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
+		h.Write(b)
+	}
+	for _, f := range files {
+		src, err := os.ReadFile(f.path)
+		if err != nil {
+			return "", fmt.Errorf("engine: hash %s: %w", root, err)
+		}
+		field([]byte(f.rel))
+		field(src)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+type policyFile struct {
+	path string // to read
+	rel  string // below root, with forward slashes
+}
+
+// policyFiles lists the files the policy loader reads, sorted by relative
+// path. It follows policies.Load, which keeps its own list unexported.
+func policyFiles(root string) ([]policyFile, error) {
+	info, err := os.Stat(root)
+	if err != nil {
+		return nil, err
+	}
+	if !info.IsDir() {
+		return []policyFile{{path: root, rel: filepath.Base(root)}}, nil
+	}
+	// WalkDir does not descend into a root that is a link.
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil, err
+	}
+	var files []policyFile
+	err = filepath.WalkDir(real, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if path == real {
+			return nil
+		}
+		if skippedName(d.Name()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !strings.HasSuffix(d.Name(), ".cue") {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			target, err := os.Stat(path)
+			if err != nil {
+				return err // the loader fails on a dangling link too
+			}
+			if !target.Mode().IsRegular() {
+				return nil
+			}
+		} else if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(real, path)
+		if err != nil {
+			return err
+		}
+		files = append(files, policyFile{path: path, rel: filepath.ToSlash(rel)})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(files, func(a, b policyFile) int { return strings.Compare(a.rel, b.rel) })
+	return files, nil
+}

@@ -1,0 +1,603 @@
+package engine
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+const (
+	testDebounce = 100 * time.Millisecond
+	// arrival bounds how long a change may take to arrive; generous, as
+	// test machines are busy.
+	arrival = 3 * time.Second
+	// quiet is how long to wait to be sure no second change follows a
+	// first: longer than a debounce after the last event of a burst.
+	quiet = 3*testDebounce + 100*time.Millisecond
+)
+
+// startWatcher watches root with the test debounce, closed at the end of the
+// test.
+func startWatcher(t *testing.T, root string) *Watcher {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	w, err := NewWatcher(root, testDebounce, log)
+	if err != nil {
+		t.Fatalf("NewWatcher: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return w
+}
+
+// waitChange fails the test unless a change arrives.
+func waitChange(t *testing.T, w *Watcher, what string) {
+	t.Helper()
+	select {
+	case _, ok := <-w.Changes():
+		if !ok {
+			t.Fatalf("%s: Changes closed", what)
+		}
+	case <-time.After(arrival):
+		t.Fatalf("%s: no change within %v", what, arrival)
+	}
+}
+
+// assertQuiet fails the test if a change arrives.
+func assertQuiet(t *testing.T, w *Watcher, what string) {
+	t.Helper()
+	select {
+	case <-w.Changes():
+		t.Fatalf("%s: unexpected change", what)
+	case <-time.After(quiet):
+	}
+}
+
+// expectOne fails the test unless exactly one change arrives.
+func expectOne(t *testing.T, w *Watcher, what string) {
+	t.Helper()
+	waitChange(t, w, what)
+	assertQuiet(t, w, what+": a second change")
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func policy(n int) string {
+	return fmt.Sprintf("p%d: {kind: \"xdp\"}\n", n)
+}
+
+func TestWatchSaveInPlace(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "policy.cue")
+	writeFile(t, file, policy(1))
+	w := startWatcher(t, root)
+
+	writeFile(t, file, policy(2))
+	expectOne(t, w, "write in place")
+
+	// touch changes only metadata: nothing the loader reads.
+	now := time.Now()
+	if err := os.Chtimes(file, now, now); err != nil {
+		t.Fatal(err)
+	}
+	assertQuiet(t, w, "touch")
+}
+
+// Editors write a temporary file and rename it over the one edited.
+func TestWatchSaveByRename(t *testing.T) {
+	for _, tmp := range []string{".policy.cue.swp", "policy.cue~", "sub/.#policy.cue"} {
+		t.Run(strings.ReplaceAll(tmp, "/", "_"), func(t *testing.T) {
+			root := t.TempDir()
+			file := filepath.Join(root, filepath.Dir(tmp), "policy.cue")
+			writeFile(t, file, policy(1))
+			w := startWatcher(t, root)
+
+			tmpPath := filepath.Join(root, tmp)
+			writeFile(t, tmpPath, policy(2))
+			if err := os.Rename(tmpPath, file); err != nil {
+				t.Fatal(err)
+			}
+			expectOne(t, w, "save by rename")
+
+			// The new inode is seen as well as the old one was.
+			writeFile(t, file, policy(3))
+			expectOne(t, w, "write after the rename")
+		})
+	}
+}
+
+func TestWatchMoveFileIntoTree(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	w := startWatcher(t, root)
+
+	src := filepath.Join(outside, "new.cue")
+	writeFile(t, src, policy(1))
+	// Writing outside the tree, even beside it, is no change.
+	assertQuiet(t, w, "write outside")
+	if err := os.Rename(src, filepath.Join(root, "new.cue")); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "mv into the tree")
+}
+
+func TestWatchNewSubdirectory(t *testing.T) {
+	root := t.TempDir()
+	w := startWatcher(t, root)
+
+	file := filepath.Join(root, "team", "policy.cue")
+	writeFile(t, file, policy(1)) // mkdir, then write inside
+	expectOne(t, w, "new directory with a file")
+	writeFile(t, file, policy(2))
+	expectOne(t, w, "write in the new directory")
+
+	deep := filepath.Join(root, "a", "b", "c", "policy.cue")
+	writeFile(t, deep, policy(3)) // mkdir -p
+	expectOne(t, w, "new nested directories")
+	writeFile(t, deep, policy(4))
+	expectOne(t, w, "write in a new nested directory")
+}
+
+func TestWatchDirectoryMovedIntoTree(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	prepared := filepath.Join(outside, "team")
+	for _, f := range []string{"policy.cue", "x/y/deep.cue"} {
+		writeFile(t, filepath.Join(prepared, f), policy(1))
+	}
+	w := startWatcher(t, root)
+
+	moved := filepath.Join(root, "team")
+	if err := os.Rename(prepared, moved); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "directory moved in")
+	writeFile(t, filepath.Join(moved, "x", "y", "deep.cue"), policy(2))
+	expectOne(t, w, "write below the moved directory")
+	writeFile(t, filepath.Join(moved, "policy.cue"), policy(2))
+	expectOne(t, w, "write in the moved directory")
+}
+
+func TestWatchDirectoryMovedWithinAndOut(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(root, "a", "b", "policy.cue"), policy(1))
+	w := startWatcher(t, root)
+
+	// Renamed within the tree: watched under its new name.
+	if err := os.Rename(filepath.Join(root, "a"), filepath.Join(root, "c")); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "rename within the tree")
+	writeFile(t, filepath.Join(root, "c", "b", "policy.cue"), policy(2))
+	expectOne(t, w, "write in the renamed directory")
+
+	// Moved out: a change, then no more watches on it.
+	gone := filepath.Join(outside, "c")
+	if err := os.Rename(filepath.Join(root, "c"), gone); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "moved out")
+	writeFile(t, filepath.Join(gone, "b", "policy.cue"), policy(3))
+	assertQuiet(t, w, "write in a directory moved out")
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range w.fs.WatchList() {
+		if strings.HasPrefix(p, filepath.Join(real, "c")) {
+			t.Errorf("still watching %s", p)
+		}
+	}
+}
+
+func TestWatchDeletes(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "one.cue"), policy(1))
+	writeFile(t, filepath.Join(root, "two.cue"), policy(2))
+	writeFile(t, filepath.Join(root, "sub", "three.cue"), policy(3))
+	writeFile(t, filepath.Join(root, "sub", "deeper", "four.cue"), policy(4))
+	w := startWatcher(t, root)
+
+	if err := os.Remove(filepath.Join(root, "one.cue")); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "file deleted")
+	if err := os.RemoveAll(filepath.Join(root, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "directory deleted")
+
+	// A directory of the same name made again is watched again.
+	writeFile(t, filepath.Join(root, "sub", "deeper", "five.cue"), policy(5))
+	expectOne(t, w, "directory made again")
+	writeFile(t, filepath.Join(root, "sub", "deeper", "five.cue"), policy(6))
+	expectOne(t, w, "write in the directory made again")
+}
+
+// A checkout writes many files at once, in new and old directories.
+func TestWatchBatch(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "old.cue"), policy(0))
+	w := startWatcher(t, root)
+
+	for i := range 50 {
+		dir := []string{"", "net", "net/edge", "kernel"}[i%4]
+		writeFile(t, filepath.Join(root, dir, fmt.Sprintf("p%02d.cue", i)), policy(i))
+	}
+	if err := os.Remove(filepath.Join(root, "old.cue")); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "50 files")
+}
+
+// configMapUpdate swaps a Kubernetes ConfigMap volume the way kubelet's
+// atomic writer does: new timestamped directory, "..data_tmp" link to it
+// renamed over "..data", old directory removed.
+func configMapUpdate(t *testing.T, root, oldDir, newDir, content string) {
+	t.Helper()
+	writeFile(t, filepath.Join(root, newDir, "policy.cue"), content)
+	tmp := filepath.Join(root, "..data_tmp")
+	if err := os.Symlink(newDir, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(root, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if oldDir != "" {
+		if err := os.RemoveAll(filepath.Join(root, oldDir)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestWatchConfigMapSwap(t *testing.T) {
+	root := t.TempDir()
+	configMapUpdate(t, root, "", "..2026_11_25_v1", policy(1))
+	if err := os.Symlink("..data/policy.cue", filepath.Join(root, "policy.cue")); err != nil {
+		t.Fatal(err)
+	}
+	h1 := treeHash(t, root)
+	w := startWatcher(t, root)
+
+	configMapUpdate(t, root, "..2026_11_25_v1", "..2026_11_25_v2", policy(2))
+	expectOne(t, w, "ConfigMap update")
+	h2 := treeHash(t, root)
+	if h1 == h2 {
+		t.Error("TreeHash did not change with the ConfigMap")
+	}
+
+	// And the next update too, once the watches follow the new directory.
+	configMapUpdate(t, root, "..2026_11_25_v2", "..2026_11_25_v3", policy(3))
+	expectOne(t, w, "second ConfigMap update")
+	if treeHash(t, root) == h2 {
+		t.Error("TreeHash did not change with the second ConfigMap update")
+	}
+}
+
+// A linked .cue file changes when its target is written in place, wherever
+// the target is.
+func TestWatchLinkedFileTarget(t *testing.T) {
+	root, shared := t.TempDir(), t.TempDir()
+	target := filepath.Join(shared, "common.cue")
+	writeFile(t, target, policy(1))
+	if err := os.Symlink(target, filepath.Join(root, "common.cue")); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatcher(t, root)
+
+	writeFile(t, target, policy(2))
+	expectOne(t, w, "write to a link's target")
+}
+
+// Links to directories are not followed: they could loop, and the loader
+// does not read through them.
+func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(1))
+	writeFile(t, filepath.Join(outside, "other.cue"), policy(2))
+	for _, d := range []string{".git/objects", "_drafts", "cue.mod"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(root, filepath.Join(root, "sub", "loop")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatcher(t, root)
+
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := w.fs.WatchList()
+	slices.Sort(got)
+	want := []string{filepath.Dir(real), real, filepath.Join(real, "sub")}
+	if !slices.Equal(got, want) {
+		t.Errorf("watching %q, want %q", got, want)
+	}
+
+	writeFile(t, filepath.Join(outside, "other.cue"), policy(3))
+	writeFile(t, filepath.Join(root, ".git", "objects", "ab"), "blob")
+	writeFile(t, filepath.Join(root, "_drafts", "x.cue"), policy(4))
+	assertQuiet(t, w, "writes behind a linked or skipped directory")
+}
+
+// A root that is a link is watched where it points, and when the link is
+// swapped (as git-sync does) the watches follow it.
+func TestWatchLinkedRoot(t *testing.T) {
+	base := t.TempDir()
+	v1, v2 := filepath.Join(base, "v1"), filepath.Join(base, "v2")
+	writeFile(t, filepath.Join(v1, "policy.cue"), policy(1))
+	writeFile(t, filepath.Join(v2, "policy.cue"), policy(2))
+	root := filepath.Join(base, "current")
+	if err := os.Symlink("v1", root); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatcher(t, root)
+
+	writeFile(t, filepath.Join(v1, "policy.cue"), policy(3))
+	expectOne(t, w, "write through a linked root")
+
+	tmp := filepath.Join(base, "current.tmp")
+	if err := os.Symlink("v2", tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, root); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "root link swapped")
+	writeFile(t, filepath.Join(v2, "policy.cue"), policy(4))
+	expectOne(t, w, "write in the new root")
+	writeFile(t, filepath.Join(v1, "policy.cue"), policy(5))
+	assertQuiet(t, w, "write in the old root")
+}
+
+// A root deleted and made again (a fresh clone, say) is watched again.
+func TestWatchRootRemade(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "policies")
+	writeFile(t, filepath.Join(root, "policy.cue"), policy(1))
+	w := startWatcher(t, root)
+
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(t, w, "root removed")
+	writeFile(t, filepath.Join(root, "policy.cue"), policy(2))
+	waitChange(t, w, "root made again")
+	assertQuiet(t, w, "after the root was made again")
+	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(3))
+	expectOne(t, w, "write in the root made again")
+}
+
+func TestWatchSingleFileRoot(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.cue")
+	writeFile(t, file, policy(1))
+	w := startWatcher(t, file)
+
+	tmp := filepath.Join(dir, ".policy.cue.swp")
+	writeFile(t, tmp, policy(2))
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "save by rename of a single-file root")
+}
+
+// A burst that never goes quiet still gives changes, every maxDelay.
+func TestWatchMaxDelay(t *testing.T) {
+	root := t.TempDir()
+	w := startWatcher(t, root)
+
+	file := filepath.Join(root, "policy.cue")
+	stop := time.After(6 * w.maxDelay)
+	tick := time.NewTicker(testDebounce / 5)
+	defer tick.Stop()
+	changes := 0
+burst:
+	for i := 0; ; i++ {
+		select {
+		case <-w.Changes():
+			changes++
+		case <-tick.C:
+			writeFile(t, file, policy(i))
+		case <-stop:
+			break burst
+		}
+	}
+	// Six maxDelays of writes give six changes; ask for fewer to allow for
+	// a slow machine, but more than a single debounce at the end would.
+	if changes < 3 {
+		t.Errorf("%d changes during a %v burst, want one per %v", changes, 6*w.maxDelay, w.maxDelay)
+	}
+}
+
+// lockedBuffer is a log destination safe for the watcher's goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// Lost events (an inotify queue overflow) are logged and answered with a
+// reload of everything.
+func TestWatchErrorMeansChange(t *testing.T) {
+	var logs lockedBuffer
+	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	// Stand in for fsnotify's reader, which sends what inotify reports.
+	w.fs.Errors <- fsnotify.ErrEventOverflow
+	expectOne(t, w, "overflow")
+	if !strings.Contains(logs.String(), fsnotify.ErrEventOverflow.Error()) {
+		t.Errorf("overflow not logged; log:\n%s", logs.String())
+	}
+}
+
+func TestWatchClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case _, ok := <-w.Changes():
+		if ok {
+			t.Fatal("a change after Close")
+		}
+	case <-time.After(arrival):
+		t.Fatal("Changes not closed by Close")
+	}
+	if err := w.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+
+	// The watcher's goroutine and fsnotify's have ended.
+	deadline := time.Now().Add(arrival)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s",
+				runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestNewWatcherErrors(t *testing.T) {
+	if _, err := NewWatcher(filepath.Join(t.TempDir(), "missing"), testDebounce, nil); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing root: %v, want not exist", err)
+	}
+	if _, err := NewWatcher(t.TempDir(), 0, nil); err == nil {
+		t.Error("zero debounce: no error")
+	}
+}
+
+func treeHash(t *testing.T, root string) string {
+	t.Helper()
+	h, err := TreeHash(root)
+	if err != nil {
+		t.Fatalf("TreeHash: %v", err)
+	}
+	return h
+}
+
+func TestTreeHash(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(root, "a.cue"), policy(1))
+	writeFile(t, filepath.Join(root, "net", "b.cue"), policy(2))
+	writeFile(t, filepath.Join(outside, "linked.cue"), policy(3))
+	if err := os.Symlink(filepath.Join(outside, "linked.cue"), filepath.Join(root, "linked.cue")); err != nil {
+		t.Fatal(err)
+	}
+	h := treeHash(t, root)
+	if len(h) != 64 {
+		t.Errorf("hash %q is not hex SHA-256", h)
+	}
+	if again := treeHash(t, root); again != h {
+		t.Errorf("unchanged tree: %s then %s", h, again)
+	}
+
+	// Nothing the loader ignores changes the hash.
+	writeFile(t, filepath.Join(root, ".a.cue.swp"), "garbage")
+	writeFile(t, filepath.Join(root, "a.cue~"), "garbage")
+	writeFile(t, filepath.Join(root, "_draft.cue"), "garbage")
+	writeFile(t, filepath.Join(root, "notes.txt"), "garbage")
+	writeFile(t, filepath.Join(root, "cue.mod", "module.cue"), "garbage")
+	writeFile(t, filepath.Join(root, ".git", "x.cue"), "garbage")
+	writeFile(t, filepath.Join(outside, "dir", "x.cue"), "garbage")
+	if err := os.Symlink(filepath.Join(outside, "dir"), filepath.Join(root, "dirlink")); err != nil {
+		t.Fatal(err)
+	}
+	if got := treeHash(t, root); got != h {
+		t.Errorf("ignored files changed the hash: %s then %s", h, got)
+	}
+
+	// Nor does where the tree is.
+	if got := treeHash(t, root+string(filepath.Separator)); got != h {
+		t.Errorf("same tree by another name: %s then %s", h, got)
+	}
+
+	// What the loader reads does.
+	seen := map[string]string{h: "start"}
+	changed := func(what string) {
+		t.Helper()
+		got := treeHash(t, root)
+		if prev, ok := seen[got]; ok {
+			t.Errorf("%s: same hash as %s", what, prev)
+		}
+		seen[got] = what
+	}
+	writeFile(t, filepath.Join(root, "a.cue"), policy(9))
+	changed("content")
+	writeFile(t, filepath.Join(outside, "linked.cue"), policy(8))
+	changed("linked file content")
+	if err := os.Rename(filepath.Join(root, "net", "b.cue"), filepath.Join(root, "net", "c.cue")); err != nil {
+		t.Fatal(err)
+	}
+	changed("rename")
+	writeFile(t, filepath.Join(root, "new.cue"), "")
+	changed("new empty file")
+
+	// A dangling link is an error, as it is to the loader.
+	if err := os.Symlink(filepath.Join(outside, "missing.cue"), filepath.Join(root, "dangling.cue")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TreeHash(root); err == nil {
+		t.Error("dangling link: no error")
+	}
+}
+
+func TestTreeHashSingleFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.cue")
+	writeFile(t, file, policy(1))
+	h := treeHash(t, file)
+	writeFile(t, filepath.Join(dir, "other.cue"), policy(2))
+	if got := treeHash(t, file); got != h {
+		t.Error("a file beside a single-file root changed its hash")
+	}
+	writeFile(t, file, policy(3))
+	if got := treeHash(t, file); got == h {
+		t.Error("content change of a single-file root kept its hash")
+	}
+}
