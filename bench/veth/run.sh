@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# The side-by-side real-traffic benchmark: real packets over a veth pair
+# between two network namespaces, an AF_PACKET sender in the client one and
+# the filter on the server end, CPU time per packet for:
+#
+#   none      no filter
+#   passall   an XDP program that passes everything (informational: what
+#             attaching any XDP program to a veth costs passed traffic)
+#   dropall   an XDP program that drops everything: the floor
+#   iptables  iptables -t raw -A PREROUTING -p tcp -m string --algo bm
+#             --string HTTP/1.1 -j DROP
+#   grain     bin/grain run --policies examples/block-http
+#
+# and, on request through CONFIGS, informational ones: xdp-generic-passall,
+# xdp-generic-dropall (the same programs in generic/skb mode), tcx-passall,
+# tcx-dropall (at tc ingress, which keeps veth's normal receive path), and
+# grain-noemit (the policy without its emit line: grain without events).
+#
+# and two floods: (1) short HTTP/1.1 requests (dropped by every filter) and
+# (2) 1400-byte payloads without the pattern (passed by every filter but
+# dropall). Goals: flood 1, grain's cost above the floor <= 1/3 of iptables';
+# flood 2, grain's cost above no filter <= 1/3 of iptables'.
+#
+# Method (see bench/veth/sender for details): a frame sent on a veth is
+# received by the peer synchronously in the sender's softirq, so the receive
+# path is charged to the sending thread. Its CPU time (getrusage
+# RUSAGE_THREAD) plus the run time of the ksoftirqd of its CPU, which takes
+# over part of the softirq work under load, divided by the packets sent, is
+# the figure reported. The sender is pinned to one CPU (CPU, default 1) and
+# grain and the XDP loaders to the others, so grain's userspace (reading and
+# printing events) does not share the sender's CPU; it is reported apart.
+# Passed packets are dropped by a blackhole policy-routing rule right after
+# the routing decision, without any reply (see bench/veth/sender).
+#
+# Every configuration has its own pair of namespaces, set up once, and the
+# runs are interleaved round by round, so slow drifts of a shared machine
+# spread over all configurations instead of biasing one. Median of RUNS.
+#
+# Needs root, iproute2, iptables (with xt_string), taskset and Go; bin/grain
+# for the grain row (skipped with a note if it is missing).
+# Environment: N (packets per run, 500000), RUNS (5), CPU (1), CONFIGS
+# ("none passall dropall iptables grain"), GRAIN (bin/grain), POLICIES
+# (examples/block-http). About 1.5 minutes with the defaults.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+
+N=${N:-500000}
+RUNS=${RUNS:-5}
+CPU=${CPU:-1}
+CONFIGS=${CONFIGS:-none passall dropall iptables grain}
+GRAIN=${GRAIN:-bin/grain}
+POLICIES=${POLICIES:-examples/block-http}
+
+SRV_IF=gbsrv
+CLI_IF=gbcli
+SRV_IP=10.201.0.1
+CLI_IP=10.201.0.2
+PORT=8080
+PREFIX=grain-bench-$$
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+log() { echo "# $*" >&2; }
+
+[[ $EUID -eq 0 ]] || die "needs root (network namespaces, XDP, iptables)"
+for tool in ip iptables taskset go; do
+	command -v "$tool" >/dev/null || die "$tool is missing"
+done
+ncpu=$(nproc)
+((CPU < ncpu)) || die "CPU=$CPU but this machine has $ncpu CPUs"
+# Helpers (grain, XDP loaders) run on every CPU but the sender's.
+if ((ncpu > 1)); then
+	OTHER=$(seq 0 $((ncpu - 1)) | grep -vx "$CPU" | paste -sd,)
+else
+	OTHER=$CPU
+fi
+
+tmp=""
+declare -A helper_pid=()
+cleanup() {
+	local rc=$? cfg pid i
+	trap - EXIT INT TERM
+	for cfg in "${!helper_pid[@]}"; do
+		pid=${helper_pid[$cfg]}
+		kill -TERM "$pid" 2>/dev/null || continue
+		for ((i = 0; i < 50; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	for cfg in $CONFIGS; do
+		ip netns delete "$PREFIX-$cfg-srv" 2>/dev/null || true
+		ip netns delete "$PREFIX-$cfg-cli" 2>/dev/null || true
+	done
+	[[ -n $tmp ]] && rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+tmp=$(mktemp -d -t grain-bench.XXXXXX)
+
+log "building the sender and the XDP loader"
+go build -o "$tmp/sender" ./bench/veth/sender
+go build -o "$tmp/dropall" ./bench/veth/dropall
+
+configs=()
+notes=()
+for cfg in $CONFIGS; do
+	case $cfg in
+	none | passall | dropall | iptables | xdp-generic-passall | xdp-generic-dropall | tcx-passall | tcx-dropall) configs+=("$cfg") ;;
+	grain | grain-noemit)
+		if [[ -x $GRAIN ]]; then
+			configs+=("$cfg")
+		else
+			notes+=("grain: skipped, $GRAIN not found (make build)")
+		fi
+		;;
+	*) die "unknown configuration $cfg" ;;
+	esac
+done
+
+# make_pair CFG: the namespaces, the veth pair and the blackhole rule.
+make_pair() {
+	local srv=$PREFIX-$1-srv cli=$PREFIX-$1-cli ns
+	ip netns add "$srv"
+	ip netns add "$cli"
+	# Created inside the namespaces: the names never meet the host's.
+	ip link add "$SRV_IF" netns "$srv" type veth peer name "$CLI_IF" netns "$cli"
+	for ns in "$srv" "$cli"; do
+		# No IPv6: router solicitations and the like would be stray packets.
+		ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+		ip -n "$ns" link set lo up
+	done
+	ip -n "$srv" addr add "$SRV_IP/24" dev "$SRV_IF"
+	ip -n "$cli" addr add "$CLI_IP/24" dev "$CLI_IF"
+	ip -n "$srv" link set "$SRV_IF" up
+	ip -n "$cli" link set "$CLI_IF" up
+	# Passed packets end at the routing decision: the local table moves
+	# behind a rule that blackholes TCP to the flood's port arriving on the
+	# veth (forwarding is off, so not even an ICMP error is sent).
+	ip -n "$srv" rule add pref 100 lookup local
+	ip -n "$srv" rule del pref 0
+	ip -n "$srv" rule add pref 10 iif "$SRV_IF" ipproto tcp dport "$PORT" blackhole
+}
+
+# start_helper CFG CMD...: runs CMD in CFG's server namespace on the other
+# CPUs and waits (at most 10 s) for "attached" on its stderr.
+start_helper() {
+	local cfg=$1 i
+	shift
+	ip netns exec "$PREFIX-$cfg-srv" taskset -c "$OTHER" "$@" >/dev/null 2>"$tmp/$cfg.log" &
+	helper_pid[$cfg]=$!
+	for ((i = 0; i < 100; i++)); do
+		grep -qs attached "$tmp/$cfg.log" && return 0
+		kill -0 "${helper_pid[$cfg]}" 2>/dev/null || die "$cfg: $1 exited: $(cat "$tmp/$cfg.log")"
+		sleep 0.1
+	done
+	die "$cfg: $1 did not report \"attached\" within 10 s: $(cat "$tmp/$cfg.log")"
+}
+
+for cfg in "${configs[@]}"; do
+	log "setting up $cfg"
+	make_pair "$cfg"
+	srv=$PREFIX-$cfg-srv
+	case $cfg in
+	none) ;;
+	passall) start_helper "$cfg" "$tmp/dropall" -pass -interface "$SRV_IF" ;;
+	dropall) start_helper "$cfg" "$tmp/dropall" -interface "$SRV_IF" ;;
+	xdp-generic-passall | tcx-passall) start_helper "$cfg" "$tmp/dropall" -hook "${cfg%-*}" -pass -interface "$SRV_IF" ;;
+	xdp-generic-dropall | tcx-dropall) start_helper "$cfg" "$tmp/dropall" -hook "${cfg%-*}" -interface "$SRV_IF" ;;
+	iptables) ip netns exec "$srv" iptables -t raw -A PREROUTING -p tcp -m string --algo bm --string HTTP/1.1 -j DROP ;;
+	# stdout (one JSON event per dropped packet) goes to /dev/null.
+	grain) start_helper "$cfg" "$GRAIN" run --policies "$POLICIES" --interface "$SRV_IF" ;;
+	grain-noemit)
+		mkdir "$tmp/noemit"
+		for f in "$POLICIES"/*.cue; do
+			sed '/^[[:space:]]*emit:/d' "$f" >"$tmp/noemit/${f##*/}"
+		done
+		start_helper "$cfg" "$GRAIN" run --policies "$tmp/noemit" --interface "$SRV_IF"
+		;;
+	esac
+done
+
+# proc_cpu_ns PID: user+system time of a whole process so far, in ns.
+clk_tck=$(getconf CLK_TCK)
+proc_cpu_ns() {
+	# Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends
+	# the command name (which may contain spaces).
+	local rest
+	rest=$(sed 's/.*) //' "/proc/$1/stat")
+	awk -v t="$clk_tck" '{ printf "%d\n", ($12 + $13) * 1e9 / t }' <<<"$rest"
+}
+
+# send CFG FLOOD COUNT: one flood, printing "cfg flood cpu+ksoftirqd wall"
+# (ns per packet).
+send() {
+	local cfg=$1 flood=$2 count=$3 mac json
+	mac=$(ip netns exec "$PREFIX-$cfg-srv" cat "/sys/class/net/$SRV_IF/address")
+	json=$(ip netns exec "$PREFIX-$cfg-cli" "$tmp/sender" -interface "$CLI_IF" -dst "$SRV_IP:$PORT" \
+		-dst-mac "$mac" -payload "$flood" -n "$count" -cpu "$CPU" -label "$cfg/$flood")
+	awk -v cfg="$cfg" -v flood="$flood" '{
+		match($0, /"cpu_ns_per_pkt":[0-9.e+-]+/); c = substr($0, RSTART + 17, RLENGTH - 17)
+		match($0, /"ksoftirqd_ns_per_pkt":[0-9.e+-]+/); k = substr($0, RSTART + 23, RLENGTH - 23)
+		match($0, /"wall_ns_per_pkt":[0-9.e+-]+/); w = substr($0, RSTART + 18, RLENGTH - 18)
+		printf "%s %s %.1f %.1f\n", cfg, flood, c + k, w
+	}' <<<"$json"
+}
+
+floods=(http filler)
+log "warming up"
+for cfg in "${configs[@]}"; do
+	for flood in "${floods[@]}"; do
+		send "$cfg" "$flood" $((N / 10)) >/dev/null
+	done
+done
+
+grain_events_ns=0
+for ((r = 1; r <= RUNS; r++)); do
+	log "round $r of $RUNS"
+	for cfg in "${configs[@]}"; do
+		for flood in "${floods[@]}"; do
+			before=0
+			[[ $cfg == grain && $flood == http ]] && before=$(proc_cpu_ns "${helper_pid[grain]}")
+			send "$cfg" "$flood" "$N" >>"$tmp/results"
+			if [[ $cfg == grain && $flood == http ]]; then
+				grain_events_ns=$((grain_events_ns + $(proc_cpu_ns "${helper_pid[grain]}") - before))
+			fi
+		done
+	done
+done
+
+# stats CFG FLOOD COLUMN: "median min max" of a column of the results.
+stats() {
+	awk -v cfg="$1" -v flood="$2" -v col="$3" '$1 == cfg && $2 == flood { print $col }' "$tmp/results" |
+		sort -g | awk '{ v[NR] = $1 } END {
+			if (NR == 0) { print "- - -"; exit }
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			printf "%.0f %.0f %.0f\n", m, v[1], v[NR]
+		}'
+}
+median() { stats "$1" "$2" 3 | cut -d' ' -f1; }
+
+describe() {
+	case $1 in
+	none) echo "no filter" ;;
+	passall) echo "XDP pass-all (informational)" ;;
+	dropall) echo "XDP drop-all (the floor)" ;;
+	iptables) echo "iptables raw string --algo bm" ;;
+	grain) echo "grain, $POLICIES (events to /dev/null)" ;;
+	grain-noemit) echo "grain, $POLICIES without emit (informational)" ;;
+	xdp-generic-*) echo "XDP generic-mode ${1##*-} (informational)" ;;
+	tcx-*) echo "tcx ingress ${1##*-} (informational)" ;;
+	esac
+}
+
+# ratio NAME BASE: "X ns / Y ns = R (goal <= 0.33: met|NOT met)" for grain
+# against iptables, both above BASE, flood NAME.
+ratio() {
+	local flood=$1 base=$2 b g i
+	b=$(median "$base" "$flood")
+	i=$(median iptables "$flood")
+	g=$(median grain "$flood")
+	awk -v b="$b" -v i="$i" -v g="$g" 'BEGIN {
+		if (b == "" || i == "" || g == "") { print "n/a (a configuration is missing)"; exit }
+		gi = g - b; ii = i - b
+		if (ii <= 0) { printf "n/a: iptables is not above the baseline (%+d ns)\n", ii; exit }
+		r = gi / ii
+		printf "grain %+d ns / iptables %+d ns = %.2f (goal <= 0.33: %s)\n", gi, ii, r, r <= 1 / 3 ? "met" : "NOT met"
+	}'
+}
+
+echo
+echo "## veth benchmark: CPU ns per packet (median of $RUNS runs of $N packets; min-max)"
+echo
+echo "$(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $ncpu CPUs, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo
+echo "| configuration | flood 1: HTTP/1.1 request, 81 B frames (dropped) | wall | flood 2: 1400 B filler, 1454 B frames (passed) | wall |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for cfg in "${configs[@]}"; do
+	read -r m1 lo1 hi1 < <(stats "$cfg" http 3)
+	read -r w1 _ _ < <(stats "$cfg" http 4)
+	read -r m2 lo2 hi2 < <(stats "$cfg" filler 3)
+	read -r w2 _ _ < <(stats "$cfg" filler 4)
+	echo "| $(describe "$cfg") | $m1 ($lo1-$hi1) | $w1 | $m2 ($lo2-$hi2) | $w2 |"
+done
+echo
+has() { [[ " ${configs[*]} " == *" $1 "* ]]; }
+if has grain && has iptables; then
+	has dropall && echo "- flood 1, cost above the floor (drop-all): $(ratio http dropall)"
+	has none && echo "- flood 2, cost above no filter: $(ratio filler none)"
+fi
+if has grain; then
+	awk -v ns="$grain_events_ns" -v n=$((N * RUNS)) 'BEGIN {
+		printf "- grain emits one event per dropped packet (flood 1); its userspace, on the other CPUs and not in the figures, used %.0f ns per dropped packet\n", ns / n
+	}'
+fi
+for note in "${notes[@]}"; do
+	echo "- $note"
+done
+echo "- CPU = the sender thread's user+system time (getrusage) + its CPU's ksoftirqd, per packet; wall = elapsed per packet"
+echo "- passed packets end at a blackhole routing rule in the server namespace (no reply traffic)"
+echo
+extra=""
+[[ $GRAIN != bin/grain ]] && extra+=" GRAIN=$GRAIN"
+[[ $POLICIES != examples/block-http ]] && extra+=" POLICIES=$POLICIES"
+echo "Command: sudo N=$N RUNS=$RUNS CPU=$CPU CONFIGS=\"$CONFIGS\"$extra bench/veth/run.sh"
