@@ -387,11 +387,14 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 			e->dport = m->dport;
 			__builtin_memcpy(e->saddr, m->saddr, 16);
 			__builtin_memcpy(e->daddr, m->daddr, 16);
-			/* Wake the reader only for the first event it has not seen:
-			 * while it drains, further wakeups are wasted work. The
-			 * reader's read deadline bounds the delay of a lost wakeup. */
+			/* A wakeup costs the packet's CPU an interrupt (a VM exit on
+			 * virtual machines: microseconds), so the reader polls every
+			 * few milliseconds instead and is woken only when the ring
+			 * crosses an eighth of its size, to drain it before it fills. */
 			__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-			bpf_ringbuf_submit(e, pending > EVENT_RECORD_BYTES ? BPF_RB_NO_WAKEUP : 0);
+			__u64 wake_at = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+			int crossing = pending >= wake_at && pending < wake_at + EVENT_RECORD_BYTES;
+			bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 			if (cnt)
 				cnt->events++;
 		} else if (cnt) {

@@ -21,8 +21,10 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 )
 
-// readPollInterval bounds the delay of an event whose wakeup was skipped.
-const readPollInterval = 50 * time.Millisecond
+// readPollInterval is how often the reader looks for events: the kernel
+// wakes it only when the ring fills up (see bpf/xdp.c), so this bounds the
+// delay of an event on a quiet interface.
+const readPollInterval = 20 * time.Millisecond
 
 var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
@@ -47,8 +49,6 @@ func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
 	var rec ringbuf.Record
 	var line []byte
 	for {
-		// The kernel skips wakeups while events are pending (see xdp.c);
-		// the deadline bounds how long a missed one can delay an event.
 		rd.SetDeadline(time.Now().Add(readPollInterval))
 		if err := rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
