@@ -88,21 +88,28 @@ func (x *XDP) Unpin() error {
 	return errors.Join(errs...)
 }
 
-// EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (minimal
-// systems do not mount it at boot) and creates dir beneath it.
+// EnsureBPFFS makes sure dir lies on a bpffs and exists. Under
+// /sys/fs/bpf it mounts bpffs when it is not mounted (minimal systems do not
+// mount it at boot); elsewhere the caller must have mounted one.
 func EnsureBPFFS(dir string) error {
 	const root = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		if err := os.MkdirAll(root, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", root, err)
-		}
-		if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount bpffs at %s (needed to pin grain's state): %w", root, err)
+	if dir == root || strings.HasPrefix(dir, root+"/") {
+		var st unix.Statfs_t
+		if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+			if err := os.MkdirAll(root, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", root, err)
+			}
+			if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+				return fmt.Errorf("mount bpffs at %s (needed to pin grain's state): %w", root, err)
+			}
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin directory %s is not on a bpffs (mount -t bpf bpf DIR)", dir)
 	}
 	return nil
 }

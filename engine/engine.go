@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -50,6 +51,8 @@ type Engine struct {
 
 	pinPath string
 	adopted bool
+	// totals hold the counters of rule sets no longer in the maps.
+	totals map[string]RuleCounter
 	// grace is a one-slot map of maps: updating it returns only after an
 	// RCU grace period, after which no packet still reads a generation
 	// that was active before.
@@ -66,7 +69,8 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{log: log, xdp: x, links: map[string]link.Link{}, byEpoch: map[uint32]*codegen.Plan{}, pinPath: opts.PinPath}
+	e := &Engine{log: log, xdp: x, links: map[string]link.Link{}, byEpoch: map[uint32]*codegen.Plan{}, pinPath: opts.PinPath,
+		totals: map[string]RuleCounter{}}
 	if err := e.initGrace(); err != nil {
 		x.Close()
 		return nil, err
@@ -183,6 +187,9 @@ func (e *Engine) apply(plan *codegen.Plan, ifindex map[string]uint32, attach boo
 		return fmt.Errorf("wait for an RCU grace period: %w", err)
 	}
 	next := 1 - e.active
+	if err := e.harvest(next); err != nil {
+		return err
+	}
 	epoch := (e.epoch + 1) & maxEpoch
 	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
 		return fmt.Errorf("write rule generation %d: %w", next, err)
@@ -306,30 +313,76 @@ type RuleCounter struct {
 	EventsLost uint64 `json:"events_lost"`
 }
 
-// Counters sums the per-CPU counters of the active generation's rules.
-func (e *Engine) Counters() ([]RuleCounter, error) {
-	e.mu.Lock()
-	gen, plan := e.active, e.plans[e.active]
-	e.mu.Unlock()
+// generationCounters sums the per-CPU counters of the rules of plan,
+// written in generation gen, by policy name.
+func (e *Engine) generationCounters(gen uint32, plan *codegen.Plan) (map[string]RuleCounter, error) {
+	out := map[string]RuleCounter{}
 	if plan == nil {
-		return nil, nil
+		return out, nil
 	}
 	maps := e.xdp.Maps()
-	var out []RuleCounter
+	var perCPU []bpf.Counter
 	for _, r := range plan.Rules {
-		var perCPU []bpf.Counter
 		if err := maps.RuleCounters.Lookup(gen*bpf.MaxRules+uint32(r.Index), &perCPU); err != nil {
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
-		c := RuleCounter{Policy: r.Policy}
+		c := out[r.Policy]
+		c.Policy = r.Policy
 		for _, v := range perCPU {
 			c.Packets += v.Packets
 			c.Bytes += v.Bytes
 			c.Events += v.Events
 			c.EventsLost += v.EventsLost
 		}
+		out[r.Policy] = c
+	}
+	return out, nil
+}
+
+func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
+	for name, c := range from {
+		t := into[name]
+		t.Policy = name
+		t.Packets += c.Packets
+		t.Bytes += c.Bytes
+		t.Events += c.Events
+		t.EventsLost += c.EventsLost
+		into[name] = t
+	}
+}
+
+// harvest folds the counters of the plan last written into generation gen
+// into the running totals, before gen is rewritten (after a grace period,
+// so they are final).
+func (e *Engine) harvest(gen uint32) error {
+	c, err := e.generationCounters(gen, e.plans[gen])
+	if err != nil {
+		return err
+	}
+	addCounters(e.totals, c)
+	e.plans[gen] = nil
+	return nil
+}
+
+// Counters returns per-policy counters since the engine started, summed over
+// every rule set that was in force: they keep counting across reloads.
+func (e *Engine) Counters() ([]RuleCounter, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sum := map[string]RuleCounter{}
+	addCounters(sum, e.totals)
+	for gen := uint32(0); gen < bpf.Generations; gen++ {
+		c, err := e.generationCounters(gen, e.plans[gen])
+		if err != nil {
+			return nil, err
+		}
+		addCounters(sum, c)
+	}
+	out := make([]RuleCounter, 0, len(sum))
+	for _, c := range sum {
 		out = append(out, c)
 	}
+	slices.SortFunc(out, func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
 	return out, nil
 }
 

@@ -40,12 +40,23 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
-// pinPath is a bpffs directory of this test's own, removed afterwards.
+// pinPath is a directory on a bpffs of this test's own. Not under
+// /sys/fs/bpf: `ip netns exec` mounts a fresh /sys, so pins made there would
+// live only as long as the process; other mounts are shared with it.
 func pinPath(t *testing.T) string {
-	dir := filepath.Join("/sys/fs/bpf", "grain-test-"+strings.ReplaceAll(t.Name(), "/", "-"))
-	os.RemoveAll(dir)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	t.Helper()
+	mnt, err := os.MkdirTemp("", "grain-bpffs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs at %s: %v", mnt, err)
+	}
+	t.Cleanup(func() {
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		os.Remove(mnt)
+	})
+	return filepath.Join(mnt, "grain")
 }
 
 // daemon is `grain run` inside a namespace, with its event lines collected.
