@@ -40,6 +40,7 @@ type Reloader struct {
 
 	mu     sync.Mutex
 	status Status
+	cache  policies.Cache // decoded policies reused across reloads
 }
 
 // Reload applies the tree if its content changed since the last success
@@ -73,7 +74,7 @@ func (r *Reloader) Reload(force bool) error {
 }
 
 func (r *Reloader) apply() error {
-	snap, err := policies.Load(r.Dir)
+	snap, err := r.cache.Load(r.Dir)
 	if err != nil {
 		return err
 	}

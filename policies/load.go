@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -31,6 +33,31 @@ import (
 // in the user's files, with paths as root joined with the path below it.
 // Other errors (an unreadable directory, say) are returned as they are.
 func Load(root string) (*Snapshot, error) {
+	return (*Cache)(nil).Load(root)
+}
+
+// Cache keeps decoded policies between loads of a tree, so that a reload
+// after an edit unifies only the policies whose source changed. The CUE
+// context is still fresh for every load; only decoded Go values are kept.
+// A policy is reused when its declaration's source text, its position and
+// its file's other declarations (definitions it may refer to) are the
+// same, and it refers to nothing outside itself. The zero value is ready;
+// a nil *Cache does not cache.
+type Cache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]Policy
+	next    map[[32]byte]Policy // filled by the load in progress
+}
+
+// Load is the package's Load, reusing what earlier loads decoded.
+func (c *Cache) Load(root string) (*Snapshot, error) {
+	if c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.next = map[[32]byte]Policy{}
+		// Only what this load used is kept: removed policies are forgotten.
+		defer func() { c.entries, c.next = c.next, nil }()
+	}
 	names, err := findFiles(root)
 	if err != nil {
 		return nil, err
@@ -43,13 +70,13 @@ func Load(root string) (*Snapshot, error) {
 		}
 		files[i] = sourceFile{name: name, src: src}
 	}
-	return load(root, files)
+	return load(root, files, c)
 }
 
 // LoadBytes loads a single policy file held in memory, as Load would load
 // a file of that name; name is also the snapshot's Root.
 func LoadBytes(name string, src []byte) (*Snapshot, error) {
-	return load(name, []sourceFile{{name: name, src: src}})
+	return load(name, []sourceFile{{name: name, src: src}}, nil)
 }
 
 type sourceFile struct {
@@ -132,9 +159,10 @@ type loader struct {
 	declared map[string]Position
 	policies []Policy
 	errs     ErrorList
+	cache    *Cache
 }
 
-func load(root string, files []sourceFile) (*Snapshot, error) {
+func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 	ctx := cuecontext.New()
 	sch := ctx.CompileString(schema.Source, cue.Filename(schema.Filename))
 	if err := sch.Err(); err != nil {
@@ -145,6 +173,7 @@ func load(root string, files []sourceFile) (*Snapshot, error) {
 		schema:   sch,
 		policy:   sch.LookupPath(cue.ParsePath(schema.PolicyDefinition)),
 		declared: map[string]Position{},
+		cache:    cache,
 	}
 	snap := &Snapshot{Root: root}
 	for _, f := range files {
@@ -205,6 +234,7 @@ func (l *loader) loadFile(f sourceFile) {
 		return
 	}
 	labels := declarations(syntax)
+	keys := cacheKeys(f, syntax)
 	file := l.ctx.BuildFile(syntax)
 
 	it, err := file.Fields()
@@ -244,8 +274,88 @@ func (l *loader) loadFile(f sourceFile) {
 			continue
 		}
 		l.declared[name] = pos
+		key, cacheable := keys[it.Selector().String()]
+		if cacheable && l.cache != nil {
+			if p, ok := l.cache.entries[key]; ok {
+				l.cache.next[key] = p
+				l.policies = append(l.policies, p)
+				continue
+			}
+		}
+		n := len(l.policies)
 		l.loadPolicy(f.name, name, pos, it.Value())
+		if cacheable && l.cache != nil && len(l.policies) > n {
+			l.cache.next[key] = l.policies[n]
+		}
 	}
+}
+
+// cacheKeys returns, for each top-level policy declared once in the file
+// and referring to no identifier, a key over everything its decoded value
+// depends on: schema, file name, the other declarations of the file, and
+// the declaration's own text and position.
+func cacheKeys(f sourceFile, syntax *ast.File) map[string][32]byte {
+	count := map[string]int{}
+	var policies []*ast.Field
+	context := sha256.New()
+	context.Write([]byte(schema.Source))
+	context.Write([]byte(f.name))
+	for _, decl := range syntax.Decls {
+		if field, ok := decl.(*ast.Field); ok {
+			if name, isIdent, err := ast.LabelName(field.Label); err == nil &&
+				!(isIdent && (strings.HasPrefix(name, "#") || strings.HasPrefix(name, "_"))) {
+				key := cue.Str(name).String()
+				count[key]++
+				policies = append(policies, field)
+				continue
+			}
+		}
+		context.Write(sourceOf(f.src, decl))
+	}
+	base := context.Sum(nil)
+	keys := map[string][32]byte{}
+	for _, field := range policies {
+		name, _, _ := ast.LabelName(field.Label)
+		key := cue.Str(name).String()
+		if count[key] != 1 || refersToIdentifiers(field.Value) {
+			continue
+		}
+		h := sha256.New()
+		h.Write(base)
+		fmt.Fprintf(h, "%d:%d:%d", field.Pos().Line(), field.Pos().Column(), field.Pos().Offset())
+		h.Write(sourceOf(f.src, field))
+		keys[key] = [32]byte(h.Sum(nil))
+	}
+	return keys
+}
+
+// sourceOf is the source text of a node.
+func sourceOf(src []byte, n ast.Node) []byte {
+	start, end := n.Pos().Offset(), n.End().Offset()
+	if start < 0 || end > len(src) || start > end {
+		return nil
+	}
+	return src[start:end]
+}
+
+// refersToIdentifiers reports whether an expression uses any identifier as
+// a value (a reference whose meaning lies outside the expression).
+func refersToIdentifiers(expr ast.Expr) bool {
+	found := false
+	ast.Walk(expr, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.Field:
+			// The label is a name, not a reference: walk only the value.
+			if refersToIdentifiers(n.Value) {
+				found = true
+			}
+			return false
+		case *ast.Ident:
+			found = true
+		}
+		return !found
+	}, nil)
+	return found
 }
 
 // cueLabel turns a label as CUE prints it in paths back into a name.

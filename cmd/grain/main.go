@@ -164,7 +164,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	pinPath := fs.String("pin-path", defaultPinPath, "bpffs directory holding grain's pinned maps and links")
 	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
 	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
-	debounce := fs.Duration("debounce", 150*time.Millisecond, "quiet time after a file change before reloading")
+	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time after a file change before reloading")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
