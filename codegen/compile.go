@@ -55,38 +55,68 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 	}
 
 	plan := &Plan{Contents: []Content{}, Tables: Tables{CIDRDefaults: map[string]RuleSet{}, PrefixLengths: map[string][]int{}}}
-	var rules []rule
+	for _, name := range opts.Interfaces {
+		if err := CheckInterfacePattern(name); err != nil {
+			errs = append(errs, policies.Error{Msg: fmt.Sprintf("--interface: %v", err)})
+		}
+	}
+	// Interface names and patterns stay as written; the engine resolves
+	// them against the links that exist.
+	attachOf := func(p policies.Policy) []string {
+		if len(opts.Interfaces) > 0 {
+			return sortedSet(opts.Interfaces)
+		}
+		return sortedSet(p.XDP.Interfaces)
+	}
 	attach := map[string]bool{}
 	for _, p := range sorted {
 		if p.XDP == nil {
 			continue
 		}
-		r := rule{policy: p, src: nil, dst: nil}
-		ifaces := p.XDP.Interfaces
-		if len(opts.Interfaces) > 0 {
-			ifaces = opts.Interfaces
+		for _, name := range attachOf(p) {
+			attach[name] = true
 		}
+	}
+	names := make([]string, 0, len(attach))
+	for name := range attach {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+
+	var rules []rule
+	for _, p := range sorted {
+		if p.XDP == nil {
+			continue
+		}
+		r := rule{policy: p, src: nil, dst: nil}
+		bad := false
+		for _, f := range []struct {
+			field string
+			list  []string
+		}{{"xdp.interfaces", p.XDP.Interfaces}, {"match.interface", p.Match.Interfaces}} {
+			for i, name := range f.list {
+				if err := CheckInterfacePattern(name); err != nil {
+					fail(p, p.Pos, "%s[%d]: %v", f.field, i, err)
+					bad = true
+				}
+			}
+		}
+		if bad {
+			continue
+		}
+		ifaces := attachOf(p)
 		if len(ifaces) == 0 {
 			fail(p, p.Pos, "no interface to attach to: set xdp: interfaces: [\"eth0\"] or run with --interface")
 			continue
 		}
 		if len(p.Match.Interfaces) > 0 {
-			for _, name := range p.Match.Interfaces {
-				if slices.Contains(ifaces, name) {
-					r.interfaces = append(r.interfaces, name)
-				}
-			}
-			if len(r.interfaces) == 0 {
-				fail(p, p.Pos, "match.interface %v names none of the attached interfaces %v: the rule could never match", p.Match.Interfaces, ifaces)
+			var err error
+			if r.interfaces, err = narrowInterfaces(ifaces, sortedSet(p.Match.Interfaces), slices.Equal(ifaces, names)); err != nil {
+				fail(p, p.Pos, "%v", err)
 				continue
 			}
 		} else {
-			r.interfaces = slices.Clone(ifaces)
-		}
-		slices.Sort(r.interfaces)
-		r.interfaces = slices.Compact(r.interfaces)
-		for _, name := range ifaces {
-			attach[name] = true
+			r.interfaces = ifaces
 		}
 		r.protocols = impliedProtocols(p.Match)
 		for _, c := range p.Match.SourceCIDRs {
@@ -141,11 +171,6 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		return nil, err
 	}
 
-	names := make([]string, 0, len(attach))
-	for name := range attach {
-		names = append(names, name)
-	}
-	slices.Sort(names)
 	if len(rules) > 0 {
 		plan.Programs = []Program{{Name: XDPProgram, Type: "xdp"}}
 	}
@@ -156,6 +181,51 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		return nil, err
 	}
 	return plan, nil
+}
+
+// sortedSet returns the distinct strings of list, sorted.
+func sortedSet(list []string) []string {
+	out := slices.Clone(list)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// narrowInterfaces returns the interface names and patterns of a rule
+// attached to attach (names or patterns, sorted) whose match.interface is
+// match: each link the rule applies to matches one of the returned strings,
+// and each attached link that matches one of them is one the rule applies
+// to. wholeSet tells that attach is every interface of the plan, so that a
+// pattern of match alone selects, among the attached links, exactly those
+// of the rule.
+func narrowInterfaces(attach, match []string, wholeSet bool) ([]string, error) {
+	var out []string
+	for _, m := range match {
+		for _, a := range attach {
+			switch {
+			case m == a:
+				out = append(out, a)
+			case !IsInterfacePattern(m):
+				if InterfaceMatches(a, m) {
+					out = append(out, m)
+				}
+			case !IsInterfacePattern(a):
+				if InterfaceMatches(m, a) {
+					out = append(out, a)
+				}
+			case wholeSet:
+				out = append(out, m)
+			default:
+				// Two different patterns: the links both select cannot be
+				// written as one pattern, and m alone would also select
+				// links other policies attach to.
+				return nil, fmt.Errorf("match.interface pattern %q narrows xdp interface pattern %q, which grain cannot resolve into one pattern: in match.interface name the interfaces, or repeat the pattern of xdp: interfaces", m, a)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("match.interface %v names none of the attached interfaces %v: the rule could never match", match, attach)
+	}
+	return sortedSet(out), nil
 }
 
 // impliedProtocols returns the protocol numbers a rule is limited to:
@@ -273,12 +343,20 @@ func buildTables(plan *Plan, rules []rule, attached []string) error {
 	}
 
 	// Interfaces: only when rules differ in the interfaces they apply to.
+	// Names and patterns are compared as strings: rules whose patterns
+	// select the same links but are written differently use the field,
+	// which costs a lookup but is never wrong. The engine ORs the rules of
+	// every entry whose pattern matches a link's name.
 	t.InterfaceDefault = RuleSet{}
 	if slices.ContainsFunc(rules, func(r rule) bool { return !slices.Equal(r.interfaces, attached) }) {
 		fields["interface"] = true
 	}
 	if fields["interface"] {
-		for _, name := range attached {
+		keys := slices.Clone(attached)
+		for _, r := range rules {
+			keys = append(keys, r.interfaces...)
+		}
+		for _, name := range sortedSet(keys) {
 			t.Interfaces = append(t.Interfaces, InterfaceEntry{Interface: name, Rules: indices(len(rules), func(i int) bool {
 				return slices.Contains(rules[i].interfaces, name)
 			})})

@@ -5,19 +5,21 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
@@ -41,13 +43,19 @@ type Engine struct {
 
 	mu     sync.Mutex
 	active uint32 // generation the program reads
-	// plans[g] is the plan written into generation g, for counters.
-	plans [bpf.Generations]*codegen.Plan
+	// rules[g] are the rules written into generation g, for counters.
+	rules [bpf.Generations][]codegen.Rule
 	// epoch counts applies; events carry it in their rule id, so an event
-	// still queued after its generation was rewritten keeps its own plan.
-	epoch   uint32
-	byEpoch map[uint32]*codegen.Plan
-	links   map[string]link.Link // interface name -> XDP link
+	// still queued after its generation was rewritten keeps its own rules.
+	epoch uint32
+	// byEpoch names the rules of recent epochs for the event reader; its
+	// own lock keeps events flowing while an apply holds mu.
+	namesMu sync.RWMutex
+	byEpoch map[uint32][]codegen.Rule
+	links   map[string]xdpLink // interface name -> XDP link
+	// current is the plan last applied with its attachments (nil before
+	// the first Apply and after Close): link events re-apply it.
+	current *codegen.Plan
 
 	pinPath string
 	adopted bool
@@ -57,6 +65,13 @@ type Engine struct {
 	// RCU grace period, after which no packet still reads a generation
 	// that was active before.
 	grace, graceInner *ebpf.Map
+}
+
+// xdpLink is the XDP link of one interface and the ifindex it was
+// attached to (0 when unknown: an adopted link whose info cannot be read).
+type xdpLink struct {
+	link.Link
+	ifindex uint32
 }
 
 // New loads the generic XDP program. Nothing is attached yet.
@@ -69,7 +84,7 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{log: log, xdp: x, links: map[string]link.Link{}, byEpoch: map[uint32]*codegen.Plan{}, pinPath: opts.PinPath,
+	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, byEpoch: map[uint32][]codegen.Rule{}, pinPath: opts.PinPath,
 		totals: map[string]RuleCounter{}}
 	if err := e.initGrace(); err != nil {
 		x.Close()
@@ -139,11 +154,24 @@ func (e *Engine) adopt() error {
 			os.Remove(path)
 			continue
 		}
+		var ifindex uint32
+		if info, err := l.Info(); err == nil {
+			if xi := info.XDP(); xi != nil {
+				if xi.Ifindex == 0 {
+					// The interface was removed while no grain ran.
+					e.log.Info("dropping a pinned link whose interface is gone", "interface", ent.Name())
+					l.Unpin()
+					l.Close()
+					continue
+				}
+				ifindex = xi.Ifindex
+			}
+		}
 		if err := l.Update(e.xdp.Program()); err != nil {
 			l.Close()
 			return fmt.Errorf("switch the pinned XDP link on %s to this grain's program: %w", ent.Name(), err)
 		}
-		e.links[ent.Name()] = l
+		e.links[ent.Name()] = xdpLink{Link: l, ifindex: ifindex}
 		e.adopted = true
 		e.log.Info("adopted", "interface", ent.Name(), "generation", e.active)
 	}
@@ -154,32 +182,95 @@ func (e *Engine) adopt() error {
 // with BPF_PROG_TEST_RUN.
 func (e *Engine) XDP() *bpf.XDP { return e.xdp }
 
-// Apply makes plan the active rule set: it resolves the plan's interfaces,
-// writes the inactive generation, flips the active word (each packet reads
-// it once, so it sees the old rules or the new, never a mix) and then
-// attaches to new interfaces and detaches from ones the plan dropped.
+// Apply makes plan the active rule set: it resolves the plan's interface
+// names and patterns against the links of the network namespace, writes
+// the inactive generation, flips the active word (each packet reads it
+// once, so it sees the old rules or the new, never a mix) and then attaches
+// to new interfaces and detaches from ones the plan dropped. A name that
+// does not exist is an error; a pattern that matches nothing is not (the
+// program is attached when a matching link appears, see FollowLinks).
 func (e *Engine) Apply(plan *codegen.Plan) error {
-	ifindex := map[string]uint32{}
-	for _, a := range plan.Attachments {
-		iface, err := net.InterfaceByName(a.Interface)
-		if err != nil {
-			return fmt.Errorf("interface %q named by the policies does not exist (check `ip link`, or pass --interface): %w", a.Interface, err)
-		}
-		ifindex[a.Interface] = uint32(iface.Index)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	attach, present, err := e.resolve(plan, true)
+	if err != nil {
+		return err
 	}
-	return e.apply(plan, ifindex, true)
+	return e.apply(plan, attach, present)
+}
+
+// reapply applies the plan in force again, after links came or went. A
+// name that the policies give and that no longer exists is forgotten
+// rather than failing: the rules stay on every other interface.
+func (e *Engine) reapply() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.current == nil {
+		return nil
+	}
+	attach, present, err := e.resolve(e.current, false)
+	if err != nil {
+		return err
+	}
+	return e.apply(e.current, attach, present)
+}
+
+// resolve finds the links plan attaches to (name -> ifindex), and every
+// link of the namespace. strict makes a missing plain name an error.
+func (e *Engine) resolve(plan *codegen.Plan, strict bool) (attach, present map[string]uint32, err error) {
+	list, err := netlink.LinkList()
+	if err != nil {
+		return nil, nil, fmt.Errorf("list network interfaces: %w", err)
+	}
+	present = map[string]uint32{}
+	for _, l := range list {
+		present[l.Attrs().Name] = uint32(l.Attrs().Index)
+	}
+	attach = map[string]uint32{}
+	for _, a := range plan.Attachments {
+		n := 0
+		for name, index := range present {
+			if codegen.InterfaceMatches(a.Interface, name) {
+				attach[name] = index
+				n++
+			}
+		}
+		switch {
+		case n > 0:
+		case codegen.IsInterfacePattern(a.Interface):
+			e.log.Info("no interface matches the pattern yet", "pattern", a.Interface)
+		case strict:
+			return nil, nil, fmt.Errorf("interface %q named by the policies does not exist (check `ip link`, or pass --interface)", a.Interface)
+		default:
+			e.log.Warn("interface named by the policies does not exist", "interface", a.Interface)
+		}
+	}
+	return attach, present, nil
 }
 
 // ApplyTables writes and activates plan without touching attachments, with
 // interface indices given by the caller (tests run the program on crafted
-// packets with BPF_PROG_TEST_RUN).
+// packets with BPF_PROG_TEST_RUN). The plan's interface patterns are
+// matched against the names of ifindex.
 func (e *Engine) ApplyTables(plan *codegen.Plan, ifindex map[string]uint32) error {
-	return e.apply(plan, ifindex, false)
-}
-
-func (e *Engine) apply(plan *codegen.Plan, ifindex map[string]uint32, attach bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	return e.write(plan, ifindex)
+}
+
+// apply writes plan for the links attach and then attaches to them.
+// present holds every link of the namespace. e.mu must be held.
+func (e *Engine) apply(plan *codegen.Plan, attach, present map[string]uint32) error {
+	if err := e.write(plan, attach); err != nil {
+		return err
+	}
+	e.current = plan
+	return e.syncAttachments(attach, present)
+}
+
+// write writes plan into the inactive generation, with the interface
+// bitmaps of the links ifindex, and makes it active. e.mu must be held.
+func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
 	maps := e.xdp.Maps()
 	// The inactive generation may have been active until the last flip:
 	// wait until no packet can still be reading it.
@@ -194,57 +285,216 @@ func (e *Engine) apply(plan *codegen.Plan, ifindex map[string]uint32, attach boo
 	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
 		return fmt.Errorf("write rule generation %d: %w", next, err)
 	}
-	e.plans[next] = plan
+	e.rules[next] = plan.Rules
 	e.epoch = epoch
-	e.byEpoch[epoch] = plan
+	e.namesMu.Lock()
+	e.byEpoch[epoch] = plan.Rules
 	delete(e.byEpoch, (epoch-keptEpochs)&maxEpoch)
+	e.namesMu.Unlock()
 	if err := maps.Active.Put(uint32(0), bpf.Active{Generation: next}); err != nil {
 		return fmt.Errorf("activate rule generation %d: %w", next, err)
 	}
 	e.active = next
-	if !attach {
-		return nil
-	}
-	return e.syncAttachments(plan, ifindex)
+	return nil
 }
 
-func (e *Engine) syncAttachments(plan *codegen.Plan, ifindex map[string]uint32) error {
-	want := map[string]bool{}
+// syncAttachments attaches to every link of want (name -> ifindex) not yet
+// attached, and lets go of the others: links of interfaces the plan no
+// longer names are detached, links of removed interfaces (which the
+// kernel already detached) are forgotten. present holds every link of the
+// namespace. e.mu must be held.
+func (e *Engine) syncAttachments(want, present map[string]uint32) error {
 	var errs []error
-	for _, a := range plan.Attachments {
-		want[a.Interface] = true
-		if _, ok := e.links[a.Interface]; ok {
-			continue
-		}
-		mode := xdpMode(int(ifindex[a.Interface]))
-		l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(ifindex[a.Interface]), Flags: mode})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("attach XDP to %s: %w (another XDP program may be attached: `ip link set dev %s xdp off`)", a.Interface, err, a.Interface))
-			continue
-		}
-		if e.pinPath != "" {
-			if err := l.Pin(e.linkPath(a.Interface)); err != nil {
-				l.Close()
-				errs = append(errs, fmt.Errorf("pin XDP link of %s: %w", a.Interface, err))
-				continue
-			}
-		}
-		e.links[a.Interface] = l
-		e.log.Info("attached", "program", codegen.XDPProgram, "interface", a.Interface, "ifindex", ifindex[a.Interface], "mode", modeName(mode))
-	}
 	for name, l := range e.links {
-		if !want[name] {
-			if e.pinPath != "" {
-				l.Unpin()
-			}
-			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("detach from %s: %w", name, err))
-			}
-			delete(e.links, name)
+		index, ok := want[name]
+		if ok && (l.ifindex == 0 || l.ifindex == index) {
+			continue
+		}
+		gone := present[name] == 0 || (l.ifindex != 0 && present[name] != l.ifindex)
+		if err := e.drop(name, l); err != nil {
+			errs = append(errs, err)
+		}
+		if gone {
+			e.log.Info("forgot removed interface", "interface", name, "ifindex", l.ifindex)
+		} else {
 			e.log.Info("detached", "interface", name)
 		}
 	}
+	names := make([]string, 0, len(want))
+	for name := range want {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if _, ok := e.links[name]; ok {
+			continue
+		}
+		index := want[name]
+		mode := xdpMode(int(index))
+		l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: mode})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("attach XDP to %s: %w (another XDP program may be attached: `ip link set dev %s xdp off`)", name, err, name))
+			continue
+		}
+		if e.pinPath != "" {
+			if err := l.Pin(e.linkPath(name)); err != nil {
+				l.Close()
+				errs = append(errs, fmt.Errorf("pin XDP link of %s: %w", name, err))
+				continue
+			}
+		}
+		e.links[name] = xdpLink{Link: l, ifindex: index}
+		e.log.Info("attached", "program", codegen.XDPProgram, "interface", name, "ifindex", index, "mode", modeName(mode))
+	}
 	return errors.Join(errs...)
+}
+
+// drop closes the link of interface name, removes its pin and forgets it.
+func (e *Engine) drop(name string, l xdpLink) error {
+	delete(e.links, name)
+	if e.pinPath != "" {
+		l.Unpin()
+	}
+	if err := l.Close(); err != nil {
+		return fmt.Errorf("detach from %s: %w", name, err)
+	}
+	return nil
+}
+
+// FollowLinks keeps the attachments in step with the links of the network
+// namespace until ctx is done: when a link appears whose name a pattern (or
+// name) of the plan in force selects, or an attached link is removed or
+// renamed, the plan in force is applied again (a new generation with the
+// link in the interface bitmaps, then the attach; a removed link's XDP link
+// is closed, its pin removed and the link forgotten). Such a re-apply uses
+// the last plan applied, never the policy files, and takes the engine's
+// lock, so it is serialized with Apply. Events of one burst cost one
+// re-apply.
+//
+// It subscribes to the rtnetlink link group from the calling thread, whose
+// network namespace must be the process's (grain runs in it: `ip netns
+// exec`); a subscription that fails later is renewed from the process's
+// namespace, and the renewal lists every link again, so nothing is missed.
+func (e *Engine) FollowLinks(ctx context.Context) error {
+	updates, done, err := e.subscribeLinks()
+	if err != nil {
+		return err
+	}
+	go e.followLinks(ctx, updates, done)
+	return nil
+}
+
+func (e *Engine) subscribeLinks() (chan netlink.LinkUpdate, chan struct{}, error) {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+		// The links that exist now come first as RTM_NEWLINK: one created
+		// between the last Apply and the subscription is not missed.
+		ListExisting: true,
+		ErrorCallback: func(err error) {
+			select {
+			case <-done: // closing the subscription ends its reader
+			default:
+				e.log.Warn("interface events", "error", err)
+			}
+		},
+	})
+	if err != nil {
+		close(done)
+		return nil, nil, fmt.Errorf("subscribe to interface events (rtnetlink): %w", err)
+	}
+	return updates, done, nil
+}
+
+func (e *Engine) followLinks(ctx context.Context, updates chan netlink.LinkUpdate, done chan struct{}) {
+	stop := func() {
+		close(done)
+		for range updates { // until the subscription's reader has ended
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case u, ok := <-updates:
+			if !ok {
+				// The subscription ended (its error was logged): renew it.
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
+					var err error
+					if updates, done, err = e.subscribeLinks(); err == nil {
+						break
+					}
+					e.log.Warn("interface events", "error", err)
+				}
+				continue
+			}
+			if !e.linkChanged(u) {
+				continue
+			}
+			// Whatever else is queued is covered by this re-apply, which
+			// lists the links afresh.
+			for drained := false; !drained; {
+				select {
+				case _, ok := <-updates:
+					drained = !ok
+				default:
+					drained = true
+				}
+			}
+			e.log.Info("interfaces changed: applying the rules in force again", "interface", u.Attrs().Name, "event", linkEventName(u))
+			if err := e.reapply(); err != nil {
+				e.log.Error("applying the rules in force to changed interfaces", "error", err.Error())
+			}
+		}
+	}
+}
+
+func linkEventName(u netlink.LinkUpdate) string {
+	if u.Header.Type == unix.RTM_DELLINK {
+		return "removed"
+	}
+	return "new"
+}
+
+// linkChanged reports whether a link event changes what the plan in force
+// attaches to: a new link that it selects and that is not attached yet, or
+// an attached link removed or renamed.
+func (e *Engine) linkChanged(u netlink.LinkUpdate) bool {
+	name, index := u.Attrs().Name, uint32(u.Attrs().Index)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.current == nil {
+		return false
+	}
+	switch u.Header.Type {
+	case unix.RTM_DELLINK:
+		for n, l := range e.links {
+			if n == name || l.ifindex == index {
+				return true
+			}
+		}
+	case unix.RTM_NEWLINK:
+		for n, l := range e.links {
+			if l.ifindex == index && n != name {
+				return true // renamed
+			}
+		}
+		if l, ok := e.links[name]; ok && (l.ifindex == 0 || l.ifindex == index) {
+			return false // already attached (most events: state changes)
+		}
+		for _, a := range e.current.Attachments {
+			if codegen.InterfaceMatches(a.Interface, name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // xdpMode picks the XDP attach mode for an interface. veth gets generic
@@ -288,20 +538,20 @@ func (e *Engine) Interfaces() []string {
 const (
 	ruleIndexBits = 11 // bpf.MaxRules
 	maxEpoch      = 1<<(32-ruleIndexBits) - 1
-	keptEpochs    = 16 // plans kept to name events still queued
+	keptEpochs    = 3 // plans kept to name events still queued (the reader drains every 20 ms)
 )
 
 func ruleID(epoch uint32, index int) uint32 { return epoch<<ruleIndexBits | uint32(index) }
 
 // rule names the rule an event's id refers to, if its plan is still known.
 func (e *Engine) rule(id uint32) (codegen.Rule, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	plan, index := e.byEpoch[id>>ruleIndexBits], int(id&(1<<ruleIndexBits-1))
-	if plan == nil || index >= len(plan.Rules) {
+	e.namesMu.RLock()
+	defer e.namesMu.RUnlock()
+	rules, index := e.byEpoch[id>>ruleIndexBits], int(id&(1<<ruleIndexBits-1))
+	if index >= len(rules) {
 		return codegen.Rule{}, false
 	}
-	return plan.Rules[index], true
+	return rules[index], true
 }
 
 // RuleCounter is the per-rule packet count of the active generation.
@@ -313,16 +563,13 @@ type RuleCounter struct {
 	EventsLost uint64 `json:"events_lost"`
 }
 
-// generationCounters sums the per-CPU counters of the rules of plan,
-// written in generation gen, by policy name.
-func (e *Engine) generationCounters(gen uint32, plan *codegen.Plan) (map[string]RuleCounter, error) {
+// generationCounters sums the per-CPU counters of rules, written in
+// generation gen, by policy name.
+func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[string]RuleCounter, error) {
 	out := map[string]RuleCounter{}
-	if plan == nil {
-		return out, nil
-	}
 	maps := e.xdp.Maps()
 	var perCPU []bpf.Counter
-	for _, r := range plan.Rules {
+	for _, r := range rules {
 		if err := maps.RuleCounters.Lookup(gen*bpf.MaxRules+uint32(r.Index), &perCPU); err != nil {
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
@@ -355,12 +602,12 @@ func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
 // into the running totals, before gen is rewritten (after a grace period,
 // so they are final).
 func (e *Engine) harvest(gen uint32) error {
-	c, err := e.generationCounters(gen, e.plans[gen])
+	c, err := e.generationCounters(gen, e.rules[gen])
 	if err != nil {
 		return err
 	}
 	addCounters(e.totals, c)
-	e.plans[gen] = nil
+	e.rules[gen] = nil
 	return nil
 }
 
@@ -372,7 +619,7 @@ func (e *Engine) Counters() ([]RuleCounter, error) {
 	sum := map[string]RuleCounter{}
 	addCounters(sum, e.totals)
 	for gen := uint32(0); gen < bpf.Generations; gen++ {
-		c, err := e.generationCounters(gen, e.plans[gen])
+		c, err := e.generationCounters(gen, e.rules[gen])
 		if err != nil {
 			return nil, err
 		}
@@ -390,6 +637,7 @@ func (e *Engine) Counters() ([]RuleCounter, error) {
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.current = nil // link events no longer re-apply
 	var errs []error
 	for name, l := range e.links {
 		if e.pinPath != "" {
@@ -417,6 +665,7 @@ func (e *Engine) Close() error {
 func (e *Engine) Release() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.current = nil
 	for name, l := range e.links {
 		l.Close()
 		delete(e.links, name)

@@ -107,7 +107,7 @@ func (r *Reloader) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Rules = append([]string(nil), s.Rules...)
-	s.Interfaces = append([]string(nil), s.Interfaces...)
+	s.Interfaces = r.Engine.Interfaces() // links follow interface events between reloads
 	return s
 }
 

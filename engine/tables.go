@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -39,8 +40,32 @@ func (w tableWriter) bitmapKey(index int) uint32 {
 	return w.gen*bpf.BitmapsPerGen + uint32(index)
 }
 
+// interfaceRules gives each link of links (name -> ifindex) the rules of
+// every entry whose name or pattern matches the link's name. Links no entry
+// matches get none: their packets use the interface default.
+func interfaceRules(entries []codegen.InterfaceEntry, links map[string]uint32) map[uint32]codegen.RuleSet {
+	out := map[uint32]codegen.RuleSet{}
+	for name, idx := range links {
+		var rules codegen.RuleSet
+		matched := false
+		for _, e := range entries {
+			if codegen.InterfaceMatches(e.Interface, name) {
+				rules = append(rules, e.Rules...)
+				matched = true
+			}
+		}
+		if matched {
+			slices.Sort(rules)
+			out[idx] = slices.Compact(rules)
+		}
+	}
+	return out
+}
+
 // writeGeneration writes every table of plan into generation gen, which no
-// packet reads while this runs. ifindex resolves the plan's interfaces.
+// packet reads while this runs. ifindex holds the links the program sees
+// packets from (name -> ifindex), which the plan's interface names and
+// patterns are resolved against.
 func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, ifindex map[string]uint32) error {
 	w := tableWriter{maps: maps, gen: gen}
 	t := &plan.Tables
@@ -130,12 +155,8 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 	if err := deleteGeneration(maps.IfaceBitmaps, func(k bpf.IfaceKey) bool { return k.Generation == gen }); err != nil {
 		return fmt.Errorf("clear interface bitmaps: %w", err)
 	}
-	for _, e := range t.Interfaces {
-		idx, ok := ifindex[e.Interface]
-		if !ok {
-			continue // not present now; its rules cannot see packets from it
-		}
-		if err := maps.IfaceBitmaps.Put(bpf.IfaceKey{Generation: gen, Ifindex: idx}, bitmapOf(e.Rules)); err != nil {
+	for idx, rules := range interfaceRules(t.Interfaces, ifindex) {
+		if err := maps.IfaceBitmaps.Put(bpf.IfaceKey{Generation: gen, Ifindex: idx}, bitmapOf(rules)); err != nil {
 			return fmt.Errorf("write interface bitmap: %w", err)
 		}
 	}

@@ -127,7 +127,7 @@ func cmdCompile(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("compile", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var ifaces stringList
-	fs.Var(&ifaces, "interface", "attach to this interface instead of the policies' (repeatable)")
+	fs.Var(&ifaces, "interface", "attach to this interface, or to those matching this shell pattern (veth*), instead of the policies' (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -160,7 +160,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	dir := fs.String("policies", "", "directory of .cue policy files (watched: every change reloads)")
 	var ifaces stringList
-	fs.Var(&ifaces, "interface", "attach to this interface instead of the policies' (repeatable)")
+	fs.Var(&ifaces, "interface", "attach to this interface, or to those matching this shell pattern (veth*), instead of the policies' (repeatable)")
 	pinPath := fs.String("pin-path", defaultPinPath, "bpffs directory holding grain's pinned maps and links")
 	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
 	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
@@ -184,14 +184,26 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "grain:", err)
 		return 1
 	}
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log}
-	if err := reloader.Reload(true); err != nil {
-		fmt.Fprintln(stderr, "grain:", err)
+	// On a failed start, what an earlier grain left in force stays in force.
+	abandon := func() {
 		if eng.Adopted() {
-			eng.Release() // what an earlier grain left in force stays in force
+			eng.Release()
 		} else {
 			eng.Close()
 		}
+	}
+	// Watch before the first load: an edit made while it runs is not missed.
+	watcher, err := engine.NewWatcher(*dir, *debounce, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "grain: watch policies:", err)
+		abandon()
+		return 1
+	}
+	defer watcher.Close()
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log}
+	if err := reloader.Reload(true); err != nil {
+		fmt.Fprintln(stderr, "grain:", err)
+		abandon()
 		return 1
 	}
 	exit := func() {
@@ -203,25 +215,31 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	defer exit()
-	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
 
 	if ln, err := reloader.ServeStatus(*socket); err != nil {
 		log.Warn("no status socket", "error", err)
 	} else {
 		defer ln.Close()
 	}
-	watcher, err := engine.NewWatcher(*dir, *debounce, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "grain: watch policies:", err)
-		return 1
-	}
-	defer watcher.Close()
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+
+	// Interfaces follow: when a link that the policies name or match with
+	// a pattern appears, or an attached one goes, the engine applies the
+	// rule set in force again, itself, on its own goroutine. It does not
+	// go through the Reloader: the policy files are not read again, so a
+	// new link gets the last good policy even while the tree on disk is
+	// broken or half-saved, and within milliseconds. The engine's lock
+	// serializes this with the reloads of the loop below.
+	if err := eng.FollowLinks(ctx); err != nil {
+		log.Warn("interfaces will not follow: new links are attached at the next reload only", "error", err)
+	}
+	// Logged once grain watches files and links: from here on every change
+	// is seen (tests wait for this line).
+	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
 
 	streamErr := make(chan error, 1)
 	go func() { streamErr <- eng.StreamEvents(ctx, stdout) }()

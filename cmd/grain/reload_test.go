@@ -186,3 +186,82 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 		t.Errorf("pins left behind at %s after a detaching exit", pins)
 	}
 }
+
+// TestEachKindOfChangeReloadsOnce: an editor's save, an mv into the tree, a
+// ConfigMap-style ..data swap and 50 files written at once each lead to
+// exactly one successful reload of the running grain.
+func TestEachKindOfChangeReloadsOnce(t *testing.T) {
+	p := netns.NewPair(t)
+	dir := t.TempDir()
+	policy := func(name, pattern string) string {
+		return fmt.Sprintf("%s: {xdp: interfaces: [\"eth0\"], match: {protocol: \"tcp\", payload: %q}, then: \"drop\"}\n", name, pattern)
+	}
+	// ConfigMap layout: policy.cue -> ..data/policy.cue, ..data -> ..v1.
+	mustWrite := func(path, src string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(filepath.Join(dir, "..v1", "policy.cue"), policy("configmap", "v1"))
+	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/policy.cue", filepath.Join(dir, "policy.cue")); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "grain.sock")
+	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
+		"--pin-path", pinPath(t), "--status-socket", sock, "--debounce", "100ms")
+	applied := 1
+	expectOneReload := func(kind string) {
+		t.Helper()
+		applied++
+		d.waitLog(t, "policies applied", applied)
+		time.Sleep(600 * time.Millisecond)
+		if n := strings.Count(d.log(), "policies applied"); n != applied {
+			t.Errorf("%s: %d reloads, want exactly one", kind, n-applied+1)
+			applied = n
+		}
+		if strings.Contains(d.log(), "reload failed") {
+			t.Fatalf("%s: a reload failed; stderr:\n%s", kind, d.log())
+		}
+	}
+
+	writePolicy(t, filepath.Join(dir, "edited.cue"), policy("edited", "e1"))
+	expectOneReload("editor save (write a temporary file, rename it)")
+
+	outside := filepath.Join(t.TempDir(), "moved.cue")
+	mustWrite(outside, policy("moved", "m1"))
+	if err := os.Rename(outside, filepath.Join(dir, "moved.cue")); err != nil {
+		t.Fatal(err)
+	}
+	expectOneReload("mv into the tree")
+
+	mustWrite(filepath.Join(dir, "..v2", "policy.cue"), policy("configmap", "v2"))
+	if err := os.Symlink("..v2", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(dir, "..v1"))
+	expectOneReload("ConfigMap ..data swap")
+
+	for i := 0; i < 50; i++ {
+		mustWrite(filepath.Join(dir, "batch", fmt.Sprintf("p%02d.cue", i)), policy(fmt.Sprintf("batch%02d", i), fmt.Sprintf("b%02d", i)))
+	}
+	expectOneReload("50 files written at once")
+
+	out, err := exec.Command(buildGrainPath(t), "status", "--status-socket", sock).Output()
+	if err != nil {
+		t.Fatalf("grain status: %v", err)
+	}
+	var st struct{ Rules []string }
+	if err := json.Unmarshal(out, &st); err != nil || len(st.Rules) != 53 {
+		t.Errorf("status after all changes: %d rules, want 53 (configmap, edited, moved, 50 batch): %s %v", len(st.Rules), out, err)
+	}
+}

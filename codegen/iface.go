@@ -1,0 +1,33 @@
+package codegen
+
+import (
+	"fmt"
+	"path"
+	"strings"
+)
+
+// Interfaces in policies and in --interface are names or shell patterns in
+// path.Match syntax: "veth*", "eth?", "en[ps]0". A Plan keeps them as
+// written; the engine resolves them against the links that exist, and again
+// whenever a link appears or goes.
+
+// IsInterfacePattern reports whether s is a pattern rather than a plain
+// interface name.
+func IsInterfacePattern(s string) bool { return strings.ContainsAny(s, `*?[\`) }
+
+// InterfaceMatches reports whether the interface called name is selected by
+// pattern (a plain name selects only itself).
+func InterfaceMatches(pattern, name string) bool {
+	ok, err := path.Match(pattern, name)
+	return err == nil && ok
+}
+
+// CheckInterfacePattern returns an error saying what is wrong when s is not
+// a valid name or pattern.
+func CheckInterfacePattern(s string) error {
+	// path.Match checks the whole pattern, also past a mismatch.
+	if _, err := path.Match(s, ""); err != nil {
+		return fmt.Errorf("%q is not a valid interface pattern: want a name, or a shell pattern with * (any characters), ? (one character), [a-z] (one of a class) or \\ (escapes the next character); look for an unclosed [ or a trailing \\", s)
+	}
+	return nil
+}
