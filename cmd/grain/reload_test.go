@@ -111,6 +111,46 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 	if !blocked(t, p, port, "GET / HTTP/1.1") || blocked(t, p, port, "GET / HTTP/1.0") {
 		t.Fatal("after the fixing edit: want HTTP/1.1 blocked again")
 	}
+
+	// SIGHUP reapplies the tree even though it did not change.
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "policies applied", 4)
+	if !blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Fatal("after SIGHUP: want HTTP/1.1 still blocked")
+	}
+}
+
+// TestKeepOnExit: with --keep-on-exit, SIGTERM leaves enforcement and pins
+// in place; the next grain adopts them, and its plain exit detaches.
+func TestKeepOnExit(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+	pins := pinPath(t)
+	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	first := startGrain(t, p.ServerNS, append(args, "--keep-on-exit")...)
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if err := first.cmd.Wait(); err != nil {
+		t.Fatalf("grain --keep-on-exit exited with %v; stderr:\n%s", err, first.log())
+	}
+	if !strings.Contains(first.log(), "left attached") {
+		t.Errorf("grain --keep-on-exit did not say it left the program attached; stderr:\n%s", first.log())
+	}
+	if !blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Fatal("after grain --keep-on-exit exited, HTTP/1.1 is no longer blocked")
+	}
+	if _, err := os.Stat(filepath.Join(pins, "links", p.ServerIf)); err != nil {
+		t.Fatalf("the link pin is gone after --keep-on-exit: %v", err)
+	}
+	second := startGrain(t, p.ServerNS, args...)
+	if !strings.Contains(second.log(), "adopted") {
+		t.Errorf("the next grain did not adopt; stderr:\n%s", second.log())
+	}
+	second.cmd.Process.Signal(syscall.SIGTERM)
+	second.cmd.Wait()
+	if blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Error("after a plain exit, HTTP/1.1 is still blocked")
+	}
 }
 
 func buildGrainPath(t *testing.T) string {
