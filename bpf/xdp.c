@@ -724,8 +724,10 @@ int grain_xdp(struct xdp_md *ctx)
 	 * hold a candidate in every field are visited, so a packet that matches
 	 * no rule, or one rule among thousands, costs about the same as with a
 	 * single rule. */
-	__u64 words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
-		      bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
+	__u64 words = 1; /* up to 64 rules: one word, no summary to read */
+	if (gc->nrules > 64)
+		words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
+			bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
 	/* The common case, a single candidate among the first 64 rules, is
 	 * applied without a function call. */
 	if (words & 1) {
