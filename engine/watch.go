@@ -11,13 +11,14 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // Watcher reports changes to a policy tree (design decision 6). It watches
@@ -227,7 +228,7 @@ func (w *Watcher) inTree(dir string) bool {
 		return false
 	}
 	for part := range strings.SplitSeq(rel, string(filepath.Separator)) {
-		if skippedName(part) {
+		if policies.Skipped(part) {
 			return false
 		}
 	}
@@ -340,7 +341,7 @@ func collectDirs(dir string, dirs map[string]struct{}) error {
 			}
 			return nil
 		}
-		if path != dir && skippedName(d.Name()) {
+		if path != dir && policies.Skipped(d.Name()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -366,14 +367,6 @@ func collectDirs(dir string, dirs map[string]struct{}) error {
 	return errs
 }
 
-// skippedName reports whether the policy loader leaves out a file or
-// directory of this name below the root (policies.Load): hidden names,
-// including the ConfigMap "..data" links and editor swap files, underscore
-// drafts, and CUE module metadata.
-func skippedName(name string) bool {
-	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "cue.mod"
-}
-
 // TreeHash returns the hex SHA-256 of the policy files under root that the
 // policy loader reads, as relative paths and contents: .cue files, including
 // symbolic links to files, outside directories and files whose names start
@@ -384,7 +377,7 @@ func skippedName(name string) bool {
 // ignores, so a reload loop can skip reloading a tree whose hash did not
 // change, and export the hash of the tree it applied.
 func TreeHash(root string) (string, error) {
-	files, err := policyFiles(root)
+	files, err := policies.Files(root)
 	if err != nil {
 		return "", fmt.Errorf("engine: hash %s: %w", root, err)
 	}
@@ -395,75 +388,19 @@ func TreeHash(root string) (string, error) {
 		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
 		h.Write(b)
 	}
-	for _, f := range files {
-		src, err := os.ReadFile(f.path)
+	for _, path := range files {
+		src, err := os.ReadFile(path)
 		if err != nil {
 			return "", fmt.Errorf("engine: hash %s: %w", root, err)
 		}
-		field([]byte(f.rel))
+		// Paths below the root, so the hash does not depend on where the
+		// tree is.
+		rel, err := filepath.Rel(root, path)
+		if err != nil || rel == "." {
+			rel = filepath.Base(path)
+		}
+		field([]byte(filepath.ToSlash(rel)))
 		field(src)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-type policyFile struct {
-	path string // to read
-	rel  string // below root, with forward slashes
-}
-
-// policyFiles lists the files the policy loader reads, sorted by relative
-// path. It follows policies.Load, which keeps its own list unexported.
-func policyFiles(root string) ([]policyFile, error) {
-	info, err := os.Stat(root)
-	if err != nil {
-		return nil, err
-	}
-	if !info.IsDir() {
-		return []policyFile{{path: root, rel: filepath.Base(root)}}, nil
-	}
-	// WalkDir does not descend into a root that is a link.
-	real, err := filepath.EvalSymlinks(root)
-	if err != nil {
-		return nil, err
-	}
-	var files []policyFile
-	err = filepath.WalkDir(real, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if path == real {
-			return nil
-		}
-		if skippedName(d.Name()) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() || !strings.HasSuffix(d.Name(), ".cue") {
-			return nil
-		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			target, err := os.Stat(path)
-			if err != nil {
-				return err // the loader fails on a dangling link too
-			}
-			if !target.Mode().IsRegular() {
-				return nil
-			}
-		} else if !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(real, path)
-		if err != nil {
-			return err
-		}
-		files = append(files, policyFile{path: path, rel: filepath.ToSlash(rel)})
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	slices.SortFunc(files, func(a, b policyFile) int { return strings.Compare(a.rel, b.rel) })
-	return files, nil
 }

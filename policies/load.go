@@ -58,7 +58,7 @@ func (c *Cache) Load(root string) (*Snapshot, error) {
 		// Only what this load used is kept: removed policies are forgotten.
 		defer func() { c.entries, c.next = c.next, nil }()
 	}
-	names, err := findFiles(root)
+	names, err := Files(root)
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +84,9 @@ type sourceFile struct {
 	src  []byte
 }
 
-// findFiles lists the .cue files under root, sorted.
-func findFiles(root string) ([]string, error) {
+// Files lists the .cue files Load reads under root, sorted, as root joined
+// with the path below it.
+func Files(root string) ([]string, error) {
 	info, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
@@ -107,7 +108,7 @@ func findFiles(root string) ([]string, error) {
 		if path == real {
 			return nil
 		}
-		if skipped(d.Name()) {
+		if Skipped(d.Name()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -145,7 +146,7 @@ func findFiles(root string) ([]string, error) {
 // skipped reports whether a file or directory below the root is left out:
 // hidden and underscore names (editor backups, ConfigMap "..data" links),
 // and CUE module metadata.
-func skipped(name string) bool {
+func Skipped(name string) bool {
 	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "cue.mod"
 }
 
