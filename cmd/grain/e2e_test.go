@@ -114,6 +114,22 @@ func startGrain(t *testing.T, ns string, args ...string) *daemon {
 	return d
 }
 
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("grain exited with %v after SIGTERM; stderr:\n%s", err, d.log())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("grain did not exit within 10 s of SIGTERM")
+	}
+}
+
 func (d *daemon) log() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -207,17 +223,7 @@ func TestEndToEndBlockHTTP(t *testing.T) {
 	}
 
 	// SIGTERM detaches: the same HTTP/1.1 request succeeds again.
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("grain exited with %v after SIGTERM; stderr:\n%s", err, d.log())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("grain did not exit within 10 s of SIGTERM")
-	}
+	d.stop(t)
 	if !strings.Contains(d.log(), "detached") {
 		t.Errorf("grain did not log detaching; stderr:\n%s", d.log())
 	}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -166,17 +165,7 @@ func TestInterfacesFollowGlob(t *testing.T) {
 		t.Errorf("grain attached to %s, which gx* does not match", p.ServerIf)
 	}
 
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("grain exited with %v after SIGTERM; stderr:\n%s", err, d.log())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("grain did not exit within 10 s of SIGTERM")
-	}
+	d.stop(t)
 	for _, dev := range []string{"gx0", "gx1"} {
 		if xdpOn(t, p.ServerNS, dev) {
 			t.Errorf("XDP still attached to %s after grain exited", dev)
