@@ -137,6 +137,10 @@ struct grain_content {
 	__u8 pre1_byte, pre2_byte;
 	__u8 pre1_mask, pre2_mask;
 	__u8 _pad[5];
+	/* pattern bytes [len-8, len) as one little-endian word (for len < 8,
+	 * the low bytes are masked out) */
+	__u64 tail_pattern;
+	__u64 tail_mask;
 };
 
 struct grain_counter {

@@ -206,36 +206,30 @@ static __always_inline int pattern_at(struct xdp_md *ctx, __u32 off, const struc
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 len = c->len;
 
-	barrier_var(off);
-	if (off > MAX_FRAME_OFF || len > GRAIN_MAX_CONTENT_LEN)
+	/* The last eight bytes (ending where the pattern ends) are compared
+	 * with the tail word; the whole words before them one by one. No byte
+	 * loop: few paths for the verifier, few loads at run time. Payloads
+	 * start after at least 34 bytes of headers, so off + len >= 8. */
+	__u32 tail_off = off + len - 8;
+	barrier_var(tail_off);
+	if (off > MAX_FRAME_OFF || len > GRAIN_MAX_CONTENT_LEN || off + len < 8 || tail_off > MAX_FRAME_OFF)
+		return 0;
+	__u8 *t = data + tail_off;
+	if ((void *)(t + 8) > data_end)
+		return 0;
+	if ((*(__u64 *)t & c->tail_mask) != c->tail_pattern)
 		return 0;
 	__u8 *p = data + off;
 	barrier_var(p);
-	__u32 words = (len + 7) / 8;
-	__u32 i = 0;
-
-	/* Whole words while the frame holds them; the mask is zero past len. */
-	for (; i < GRAIN_MAX_CONTENT_LEN / 8; i++) {
+	__u32 words = len / 8; /* whole words; the tail covers the rest */
+	for (__u32 i = 0; i < GRAIN_MAX_CONTENT_LEN / 8; i++) {
 		if (i >= words)
-			return 1;
+			break;
 		__u8 *q = p + i * 8;
 		barrier_var(q);
 		if ((void *)(q + 8) > data_end)
-			break;
-		__u64 v = *(__u64 *)q;
-		__u64 m = *(__u64 *)(c->mask + i * 8);
-		__u64 want = *(__u64 *)(c->pattern + i * 8);
-		if ((v & m) != want)
 			return 0;
-	}
-	/* The last bytes of the frame: one at a time. */
-	for (__u32 k = 0; k < GRAIN_MAX_CONTENT_LEN; k++) {
-		__u32 j = i * 8 + k;
-		if (j >= len)
-			break;
-		if (j >= GRAIN_MAX_CONTENT_LEN || (void *)(p + j + 1) > data_end)
-			return 0;
-		if ((p[j] & c->mask[j]) != c->pattern[j])
+		if ((*(__u64 *)q & *(__u64 *)(c->mask + i * 8)) != *(__u64 *)(c->pattern + i * 8))
 			return 0;
 	}
 	return 1;

@@ -35,20 +35,23 @@ type xdpGrainCidrKey struct {
 }
 
 type xdpGrainContent struct {
-	_         structs.HostLayout
-	Pattern   [64]uint8
-	Mask      [64]uint8
-	Len       uint16
-	Offset    uint16
-	End       uint16
-	Flags     uint8
-	Pre1Index uint8
-	Pre2Index uint8
-	Pre1Byte  uint8
-	Pre2Byte  uint8
-	Pre1Mask  uint8
-	Pre2Mask  uint8
-	Pad       [5]uint8
+	_           structs.HostLayout
+	Pattern     [64]uint8
+	Mask        [64]uint8
+	Len         uint16
+	Offset      uint16
+	End         uint16
+	Flags       uint8
+	Pre1Index   uint8
+	Pre2Index   uint8
+	Pre1Byte    uint8
+	Pre2Byte    uint8
+	Pre1Mask    uint8
+	Pre2Mask    uint8
+	Pad         [5]uint8
+	_           [6]byte
+	TailPattern uint64
+	TailMask    uint64
 }
 
 type xdpGrainCounter struct {

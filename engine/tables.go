@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -176,6 +177,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		if c.Anchored {
 			v.Flags |= bpf.ContentAnchored
 		}
+		v.TailPattern, v.TailMask = tailWord(c.Pattern), tailWord(c.Mask)
 		v.Pre1Index, v.Pre2Index = uint8(c.Prefilter[0]), uint8(c.Prefilter[1])
 		v.Pre1Byte, v.Pre2Byte = c.Pattern[c.Prefilter[0]], c.Pattern[c.Prefilter[1]]
 		v.Pre1Mask, v.Pre2Mask = c.Mask[c.Prefilter[0]], c.Mask[c.Prefilter[1]]
@@ -216,6 +218,18 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		return fmt.Errorf("write generation config: %w", err)
 	}
 	return nil
+}
+
+// tailWord is the last eight bytes of b as the little-endian word the XDP
+// program loads from the packet, with zeros in front when b is shorter.
+func tailWord(b []byte) uint64 {
+	var w [8]byte
+	if len(b) >= 8 {
+		copy(w[:], b[len(b)-8:])
+	} else {
+		copy(w[8-len(b):], b)
+	}
+	return binary.LittleEndian.Uint64(w[:])
 }
 
 func copyLens(dst []uint8, lens []int) int {

@@ -208,6 +208,14 @@ func TestXDPContentOptions(t *testing.T) {
 		{`["POST", "HTTP/1.1"]`, "GET / HTTP/1.1", xdpPass},
 		{`["GET", {contains: "admin", not: true}]`, "GET /admin HTTP/1.1", xdpPass},
 		{`["GET", {contains: "admin", not: true}]`, "GET /index HTTP/1.1", xdpDrop},
+		// Patterns ending exactly at the end of the frame, of every length
+		// class the compare handles (short, whole words, whole words + tail).
+		{`{startswith: "abc"}`, "abc", xdpDrop},
+		{`{startswith: "abd"}`, "abc", xdpPass},
+		{`"HTTP/1.1 200"`, "xxHTTP/1.1 200", xdpDrop},
+		{`"HTTP/1.1 200"`, "xxHTTP/1.1 201", xdpPass},
+		{`"HTTP/1.1 200"`, "xxHTTP/1.1 20", xdpPass},
+		{`"0123456789abcdef"`, "--0123456789abcdef", xdpDrop},
 		{`"G"`, "xxxxxxxxxxxxxxxxxxxxxxG", xdpDrop},
 		{`"G"`, "xxxxxxxxxxxxxxxxxxxxxxg", xdpPass},
 		// A long pattern whose prefilter bytes occur often.
