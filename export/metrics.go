@@ -1,0 +1,193 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/grain-ebpf/grain/engine"
+)
+
+// Attribute keys of grain's own metrics and log records.
+const (
+	AttrPolicy       = attribute.Key("grain.policy")
+	AttrLossReason   = attribute.Key("grain.loss.reason")
+	AttrReloadResult = attribute.Key("grain.reload.result")
+	AttrPolicyHash   = attribute.Key("grain.policy.hash")
+	AttrVerdict      = attribute.Key("grain.verdict")
+)
+
+// MetricsConfig configures NewMetrics.
+type MetricsConfig struct {
+	Config
+	// Interval between exports. Zero leaves it to
+	// OTEL_METRIC_EXPORT_INTERVAL, or the SDK's 60s default.
+	Interval time.Duration
+	// Counters reads the per-policy cumulative counters, normally
+	// (*engine.Engine).Counters. Nil exports no rule metrics.
+	Counters func() ([]engine.RuleCounter, error)
+	// Status reads the reload status, normally (*engine.Reloader).Status.
+	// Nil exports no reload metrics (grain run with a fixed policy set).
+	Status func() engine.Status
+}
+
+// Metrics exports grain's counters as OpenTelemetry metrics. The values
+// are read only when the periodic reader collects, so there is no cost
+// between exports.
+type Metrics struct {
+	provider *sdkmetric.MeterProvider
+}
+
+// NewMetrics starts exporting. Every instrument is observable and read in
+// one callback, so a collection sees counters and status from the same
+// moment.
+func NewMetrics(ctx context.Context, cfg MetricsConfig) (*Metrics, error) {
+	exp, err := newMetricExporter(ctx, cfg.Config)
+	if err != nil {
+		return nil, err
+	}
+	res, err := newResource(ctx, cfg.Config)
+	if err != nil {
+		exp.Shutdown(ctx)
+		return nil, err
+	}
+	var readerOpts []sdkmetric.PeriodicReaderOption
+	if cfg.Interval > 0 {
+		// Only when set: an option would override
+		// OTEL_METRIC_EXPORT_INTERVAL, which the SDK reads otherwise.
+		readerOpts = append(readerOpts, sdkmetric.WithInterval(cfg.Interval))
+	}
+	provider := sdkmetric.NewMeterProvider(
+		sdkmetric.WithResource(res),
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, readerOpts...)),
+	)
+	if err := register(provider.Meter(instrumentationScope), cfg); err != nil {
+		provider.Shutdown(ctx)
+		return nil, err
+	}
+	return &Metrics{provider: provider}, nil
+}
+
+func newMetricExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, error) {
+	proto, err := cfg.protocol("METRICS")
+	if err != nil {
+		return nil, err
+	}
+	var exp sdkmetric.Exporter
+	switch proto {
+	case ProtocolGRPC:
+		var opts []otlpmetricgrpc.Option
+		if cfg.Endpoint != "" {
+			opts = append(opts, otlpmetricgrpc.WithEndpointURL(cfg.Endpoint))
+		}
+		exp, err = otlpmetricgrpc.New(ctx, opts...)
+	default:
+		var opts []otlpmetrichttp.Option
+		if cfg.Endpoint != "" {
+			u, err := signalURL(cfg.Endpoint, "v1/metrics")
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, otlpmetrichttp.WithEndpointURL(u))
+		}
+		exp, err = otlpmetrichttp.New(ctx, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create OTLP metric exporter (%s): %w", proto, err)
+	}
+	return exp, nil
+}
+
+// register creates the instruments and the callback that observes them.
+func register(meter metric.Meter, cfg MetricsConfig) error {
+	var errs []error
+	// counter creates a cumulative observable counter; the engine's values
+	// are already totals since grain started (they survive reloads), which
+	// is exactly what an observable counter reports.
+	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	packets := counter("grain.rule.packets", "{packet}", "Packets matched by each policy's rules.")
+	bytes := counter("grain.rule.bytes", "By", "Bytes of the packets matched by each policy's rules.")
+	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+	lost := counter("grain.events.lost", "{event}", "Events a policy could not emit.")
+	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
+	hash, err := meter.Int64ObservableGauge("grain.policy.active_hash",
+		metric.WithUnit("1"),
+		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("create instruments: %w", err)
+	}
+
+	// Attribute sets that never change are built once.
+	lossRingFull := AttrLossReason.String("ring_buffer_full")
+	reloadOK := metric.WithAttributes(AttrReloadResult.String("success"))
+	reloadFailed := metric.WithAttributes(AttrReloadResult.String("failure"))
+
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		if cfg.Counters != nil {
+			counters, err := cfg.Counters()
+			if err != nil {
+				// Nothing is observed for the rules: a gap is honest,
+				// while zeros would look like a counter reset. The error
+				// goes to the OpenTelemetry error handler rather than
+				// back to the SDK, which would fail ForceFlush and
+				// Shutdown although every point was exported.
+				otel.Handle(fmt.Errorf("read rule counters: %w", err))
+			}
+			for _, c := range counters {
+				policy := AttrPolicy.String(c.Policy)
+				byPolicy := metric.WithAttributes(policy)
+				o.ObserveInt64(packets, toInt64(c.Packets), byPolicy)
+				o.ObserveInt64(bytes, toInt64(c.Bytes), byPolicy)
+				o.ObserveInt64(emitted, toInt64(c.Events), byPolicy)
+				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
+			}
+		}
+		if cfg.Status != nil {
+			st := cfg.Status()
+			o.ObserveInt64(reloads, toInt64(st.ReloadsOK), reloadOK)
+			o.ObserveInt64(reloads, toInt64(st.ReloadsError), reloadFailed)
+			if st.PolicyHash != "" {
+				o.ObserveInt64(hash, 1, metric.WithAttributes(AttrPolicyHash.String(st.PolicyHash)))
+			}
+		}
+		return nil
+	}, packets, bytes, emitted, lost, reloads, hash)
+	if err != nil {
+		return fmt.Errorf("register metrics callback: %w", err)
+	}
+	return nil
+}
+
+// toInt64 converts a kernel counter for the int64 instruments, saturating
+// instead of wrapping to a negative value.
+func toInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
+
+// ForceFlush collects and exports now instead of at the next interval.
+func (m *Metrics) ForceFlush(ctx context.Context) error {
+	return m.provider.ForceFlush(ctx)
+}
+
+// Shutdown collects and exports a final time, then stops the exporter.
+// Metrics cannot be used afterwards.
+func (m *Metrics) Shutdown(ctx context.Context) error {
+	return m.provider.Shutdown(ctx)
+}

@@ -1,0 +1,147 @@
+package export
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// receiver is a minimal OTLP collector: it keeps every request it is sent,
+// over gRPC or HTTP, so tests can assert on what left the process.
+type receiver struct {
+	mu      sync.Mutex
+	metrics []*metricspb.ResourceMetrics
+	logs    []*logspb.ResourceLogs
+}
+
+func (r *receiver) addMetrics(req *colmetricspb.ExportMetricsServiceRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.metrics = append(r.metrics, req.GetResourceMetrics()...)
+}
+
+func (r *receiver) addLogs(req *collogspb.ExportLogsServiceRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logs = append(r.logs, req.GetResourceLogs()...)
+}
+
+func (r *receiver) snapshot() ([]*metricspb.ResourceMetrics, []*logspb.ResourceLogs) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*metricspb.ResourceMetrics(nil), r.metrics...), append([]*logspb.ResourceLogs(nil), r.logs...)
+}
+
+type metricsService struct {
+	colmetricspb.UnimplementedMetricsServiceServer
+	r *receiver
+}
+
+func (s metricsService) Export(_ context.Context, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
+	s.r.addMetrics(req)
+	return &colmetricspb.ExportMetricsServiceResponse{}, nil
+}
+
+type logsService struct {
+	collogspb.UnimplementedLogsServiceServer
+	r *receiver
+}
+
+func (s logsService) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
+	s.r.addLogs(req)
+	return &collogspb.ExportLogsServiceResponse{}, nil
+}
+
+// startGRPCReceiver serves the OTLP gRPC services on loopback and returns
+// the receiver and its endpoint URL.
+func startGRPCReceiver(t *testing.T) (*receiver, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{}
+	srv := grpc.NewServer()
+	colmetricspb.RegisterMetricsServiceServer(srv, metricsService{r: r})
+	collogspb.RegisterLogsServiceServer(srv, logsService{r: r})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return r, "http://" + lis.Addr().String()
+}
+
+// startHTTPReceiver serves OTLP/HTTP with protobuf bodies and returns the
+// receiver and its base URL.
+func startHTTPReceiver(t *testing.T) (*receiver, string) {
+	t.Helper()
+	r := &receiver{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/metrics", func(w http.ResponseWriter, req *http.Request) {
+		in := &colmetricspb.ExportMetricsServiceRequest{}
+		if !decodeOTLP(t, w, req, in) {
+			return
+		}
+		r.addMetrics(in)
+		writeOTLP(t, w, &colmetricspb.ExportMetricsServiceResponse{})
+	})
+	mux.HandleFunc("POST /v1/logs", func(w http.ResponseWriter, req *http.Request) {
+		in := &collogspb.ExportLogsServiceRequest{}
+		if !decodeOTLP(t, w, req, in) {
+			return
+		}
+		r.addLogs(in)
+		writeOTLP(t, w, &collogspb.ExportLogsServiceResponse{})
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return r, srv.URL
+}
+
+func decodeOTLP(t *testing.T, w http.ResponseWriter, req *http.Request, msg proto.Message) bool {
+	if ct := req.Header.Get("Content-Type"); ct != "application/x-protobuf" {
+		t.Errorf("OTLP/HTTP request Content-Type = %q, want application/x-protobuf", ct)
+		http.Error(w, "bad content type", http.StatusUnsupportedMediaType)
+		return false
+	}
+	var body io.Reader = req.Body
+	if req.Header.Get("Content-Encoding") == "gzip" {
+		zr, err := gzip.NewReader(req.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return false
+		}
+		body = zr
+	}
+	b, err := io.ReadAll(body)
+	if err == nil {
+		err = proto.Unmarshal(b, msg)
+	}
+	if err != nil {
+		t.Errorf("decode OTLP/HTTP request: %v", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return false
+	}
+	return true
+}
+
+func writeOTLP(t *testing.T, w http.ResponseWriter, msg proto.Message) {
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		t.Errorf("encode OTLP/HTTP response: %v", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	io.Copy(w, bytes.NewReader(b))
+}
