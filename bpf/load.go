@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -65,8 +66,22 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 		}
 		collOpts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}
 	}
+	var fresh []string // maps this load will pin, when none is pinned yet
+	if opts.PinPath != "" {
+		for name, m := range spec.Maps {
+			path := filepath.Join(opts.PinPath, name)
+			if _, err := os.Stat(path); m.Pinning == ebpf.PinByName && os.IsNotExist(err) {
+				fresh = append(fresh, path)
+			}
+		}
+	}
 	x := &XDP{}
 	if err := spec.LoadAndAssign(&x.objs, collOpts); err != nil {
+		// Maps are pinned before the program loads: a failed load must not
+		// leave new pins behind for the next grain to trip over.
+		for _, path := range fresh {
+			os.Remove(path)
+		}
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("maps pinned under %s by another grain version do not fit this one: stop it and remove the directory (rm -r %s): %w", opts.PinPath, opts.PinPath, err)
 		}

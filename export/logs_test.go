@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/grain-ebpf/grain/internal/otlptest"
+
 	"context"
 	"fmt"
 	"net/http"
@@ -69,7 +71,7 @@ func TestLogsExport(t *testing.T) {
 
 			var recs []*logspb.LogRecord
 			eventually(t, func() (bool, string) {
-				_, rls := recv.snapshot()
+				_, rls := recv.Snapshot()
 				recs = receivedRecords(rls)
 				return len(recs) >= 3, fmt.Sprintf("received %d records, want 3", len(recs))
 			})
@@ -123,7 +125,7 @@ func TestLogsExport(t *testing.T) {
 				t.Errorf("third record attributes = %v", got)
 			}
 
-			_, rls := recv.snapshot()
+			_, rls := recv.Snapshot()
 			if res := attrString(rls[0].GetResource().GetAttributes()); !strings.Contains(res, "service.name=grain") || !strings.Contains(res, "service.version=1.2.3") {
 				t.Errorf("resource = %s", res)
 			}
@@ -135,7 +137,7 @@ func TestLogsExport(t *testing.T) {
 // once, and Shutdown flushes what is queued.
 func TestLogsWholeObjectWithoutNewlineAndShutdownFlush(t *testing.T) {
 	cleanEnv(t)
-	recv, endpoint := startHTTPReceiver(t)
+	recv, endpoint := otlptest.StartHTTP(t)
 	ctx := context.Background()
 	l, err := NewLogs(ctx, LogsConfig{
 		Config:         Config{Endpoint: endpoint},
@@ -150,7 +152,7 @@ func TestLogsWholeObjectWithoutNewlineAndShutdownFlush(t *testing.T) {
 	if err := l.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, rls := recv.snapshot()
+	_, rls := recv.Snapshot()
 	recs := receivedRecords(rls)
 	if len(recs) != 2 {
 		t.Fatalf("received %d records after Shutdown, want 2", len(recs))

@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/grain-ebpf/grain/internal/otlptest"
+
 	"context"
 	"errors"
 	"fmt"
@@ -35,12 +37,12 @@ var transports = []struct {
 	name     string
 	protocol string // Config.Protocol
 	env      string // OTEL_EXPORTER_OTLP_PROTOCOL
-	start    func(*testing.T) (*receiver, string)
+	start    func(testing.TB) (*otlptest.Receiver, string)
 }{
-	{"grpc", ProtocolGRPC, "", startGRPCReceiver},
-	{"grpc-from-env", "", "grpc", startGRPCReceiver},
-	{"http", ProtocolHTTPProtobuf, "", startHTTPReceiver},
-	{"http-default", "", "", startHTTPReceiver},
+	{"grpc", ProtocolGRPC, "", otlptest.StartGRPC},
+	{"grpc-from-env", "", "grpc", otlptest.StartGRPC},
+	{"http", ProtocolHTTPProtobuf, "", otlptest.StartHTTP},
+	{"http-default", "", "", otlptest.StartHTTP},
 }
 
 // captureErrors routes otel.Handle to the test until it ends and returns
@@ -175,7 +177,7 @@ func TestMetricsExport(t *testing.T) {
 			defer m.Shutdown(ctx)
 
 			eventually(t, func() (bool, string) {
-				rms, _ := recv.snapshot()
+				rms, _ := recv.Snapshot()
 				got := latestPoints(rms)
 				for k, w := range want {
 					if g, ok := got[k]; !ok || g != w {
@@ -185,7 +187,7 @@ func TestMetricsExport(t *testing.T) {
 				return true, ""
 			})
 
-			rms, _ := recv.snapshot()
+			rms, _ := recv.Snapshot()
 			res := attrString(rms[0].GetResource().GetAttributes())
 			for _, a := range []string{"service.name=grain", "service.version=1.2.3", "deployment.environment.name=test", "os.type=linux", "host.name="} {
 				if !strings.Contains(res, a) {
@@ -201,7 +203,7 @@ func TestMetricsExport(t *testing.T) {
 func TestMetricsFollowCountersAndFlushOnShutdown(t *testing.T) {
 	cleanEnv(t)
 	t.Setenv("OTEL_SERVICE_NAME", "edge-firewall")
-	recv, endpoint := startGRPCReceiver(t)
+	recv, endpoint := otlptest.StartGRPC(t)
 	ctx := context.Background()
 	var packets atomic.Uint64
 	packets.Store(7)
@@ -223,7 +225,7 @@ func TestMetricsFollowCountersAndFlushOnShutdown(t *testing.T) {
 	if err := m.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rms, _ := recv.snapshot()
+	rms, _ := recv.Snapshot()
 	got := latestPoints(rms)
 	if p := got["grain.rule.packets{grain.policy=block_http}"]; p.value != 9 {
 		t.Errorf("after Shutdown grain.rule.packets = %d, want 9 (points %v)", p.value, got)
@@ -271,7 +273,7 @@ func TestProtocolAndEndpoint(t *testing.T) {
 // stop the reload metrics.
 func TestMetricsCounterErrorKeepsStatus(t *testing.T) {
 	cleanEnv(t)
-	recv, endpoint := startHTTPReceiver(t)
+	recv, endpoint := otlptest.StartHTTP(t)
 	ctx := context.Background()
 	m, err := NewMetrics(ctx, MetricsConfig{
 		Config:   Config{Protocol: ProtocolHTTPProtobuf, Endpoint: endpoint},
@@ -286,7 +288,7 @@ func TestMetricsCounterErrorKeepsStatus(t *testing.T) {
 	if err := m.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rms, _ := recv.snapshot()
+	rms, _ := recv.Snapshot()
 	got := latestPoints(rms)
 	if p, ok := got["grain.reloads{grain.reload.result=success}"]; !ok || p.value != 2 {
 		t.Errorf("grain.reloads success = %+v (present %v), want 2; points %v", p, ok, got)

@@ -69,11 +69,18 @@ type daemon struct {
 
 func startGrain(t *testing.T, ns string, args ...string) *daemon {
 	t.Helper()
+	return startGrainEnv(t, nil, ns, args...)
+}
+
+// startGrainEnv starts grain with extra environment variables.
+func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *daemon {
+	t.Helper()
 	bin, err := buildGrain()
 	if err != nil {
 		t.Fatalf("build grain: %v", err)
 	}
 	d := &daemon{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
+	d.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := d.cmd.StdoutPipe()
 	stderr, _ := d.cmd.StderrPipe()
 	if err := d.cmd.Start(); err != nil {
@@ -243,14 +250,18 @@ func TestRunErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(bin, "run", "--policies", "../../examples/block-http", "--interface", "nosuchif0").CombinedOutput()
+	pins := pinPath(t)
+	out, err := exec.Command(bin, "run", "--policies", "../../examples/block-http", "--interface", "nosuchif0", "--pin-path", pins).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `interface "nosuchif0" named by the policies does not exist`) {
 		t.Errorf("missing interface: %v: %s", err, out)
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("setpriv (util-linux) missing: cannot run grain as an unprivileged user")
 	}
-	out, err = exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo").CombinedOutput()
+	if entries, _ := os.ReadDir(pins); len(entries) != 0 {
+		t.Errorf("a failed start left pins behind in %s: %v", pins, entries)
+	}
+	out, err = exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo", "--pin-path", pins).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "grain needs root") {
 		t.Errorf("not root: %v: %s", err, out)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/export"
 	"github.com/grain-ebpf/grain/policies"
 	"github.com/grain-ebpf/grain/schema"
 )
@@ -165,6 +166,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
 	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time after a file change before reloading")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "also export metrics and events over OTLP to this collector URL (also enabled by OTEL_EXPORTER_OTLP_ENDPOINT; protocol from OTEL_EXPORTER_OTLP_PROTOCOL)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -241,8 +243,32 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// is seen (tests wait for this line).
 	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
 
+	events := stdout // JSON lines on stdout stay the default
+	if *otlpEndpoint != "" || otlpFromEnv() {
+		cfg := export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()}
+		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: cfg, Counters: eng.Counters, Status: reloader.Status})
+		if err != nil {
+			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
+			return 1
+		}
+		logs, err := export.NewLogs(ctx, export.LogsConfig{Config: cfg})
+		if err != nil {
+			fmt.Fprintln(stderr, "grain: OTLP logs:", err)
+			return 1
+		}
+		// On exit, export what is pending (bounded: a collector that is
+		// down must not hold up the exit).
+		defer func() {
+			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			logs.Shutdown(flush)
+			metrics.Shutdown(flush)
+		}()
+		events = io.MultiWriter(stdout, logs.Writer())
+		log.Info("exporting over OTLP", "endpoint", *otlpEndpoint)
+	}
 	streamErr := make(chan error, 1)
-	go func() { streamErr <- eng.StreamEvents(ctx, stdout) }()
+	go func() { streamErr <- eng.StreamEvents(ctx, events) }()
 	for {
 		select {
 		case <-watcher.Changes():
@@ -258,6 +284,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
+}
+
+// otlpFromEnv reports whether the standard OpenTelemetry variables name a
+// collector.
+func otlpFromEnv() bool {
+	for _, v := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"} {
+		if os.Getenv(v) != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) int {

@@ -1,4 +1,7 @@
-package export
+// Package otlptest is a minimal OTLP collector for tests: it serves the
+// OTLP gRPC services and OTLP/HTTP with protobuf bodies on loopback and
+// keeps every request it is sent.
+package otlptest
 
 import (
 	"bytes"
@@ -19,27 +22,28 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// receiver is a minimal OTLP collector: it keeps every request it is sent,
-// over gRPC or HTTP, so tests can assert on what left the process.
-type receiver struct {
+// Receiver keeps every request it is sent, over gRPC or HTTP, so tests can
+// assert on what left the process.
+type Receiver struct {
 	mu      sync.Mutex
 	metrics []*metricspb.ResourceMetrics
 	logs    []*logspb.ResourceLogs
 }
 
-func (r *receiver) addMetrics(req *colmetricspb.ExportMetricsServiceRequest) {
+func (r *Receiver) addMetrics(req *colmetricspb.ExportMetricsServiceRequest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.metrics = append(r.metrics, req.GetResourceMetrics()...)
 }
 
-func (r *receiver) addLogs(req *collogspb.ExportLogsServiceRequest) {
+func (r *Receiver) addLogs(req *collogspb.ExportLogsServiceRequest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.logs = append(r.logs, req.GetResourceLogs()...)
 }
 
-func (r *receiver) snapshot() ([]*metricspb.ResourceMetrics, []*logspb.ResourceLogs) {
+// Snapshot returns what arrived so far.
+func (r *Receiver) Snapshot() ([]*metricspb.ResourceMetrics, []*logspb.ResourceLogs) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]*metricspb.ResourceMetrics(nil), r.metrics...), append([]*logspb.ResourceLogs(nil), r.logs...)
@@ -47,7 +51,7 @@ func (r *receiver) snapshot() ([]*metricspb.ResourceMetrics, []*logspb.ResourceL
 
 type metricsService struct {
 	colmetricspb.UnimplementedMetricsServiceServer
-	r *receiver
+	r *Receiver
 }
 
 func (s metricsService) Export(_ context.Context, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
@@ -57,7 +61,7 @@ func (s metricsService) Export(_ context.Context, req *colmetricspb.ExportMetric
 
 type logsService struct {
 	collogspb.UnimplementedLogsServiceServer
-	r *receiver
+	r *Receiver
 }
 
 func (s logsService) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
@@ -65,15 +69,15 @@ func (s logsService) Export(_ context.Context, req *collogspb.ExportLogsServiceR
 	return &collogspb.ExportLogsServiceResponse{}, nil
 }
 
-// startGRPCReceiver serves the OTLP gRPC services on loopback and returns
-// the receiver and its endpoint URL.
-func startGRPCReceiver(t *testing.T) (*receiver, string) {
+// StartGRPC serves the OTLP gRPC services on loopback and returns the
+// receiver and its endpoint URL.
+func StartGRPC(t testing.TB) (*Receiver, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &receiver{}
+	r := &Receiver{}
 	srv := grpc.NewServer()
 	colmetricspb.RegisterMetricsServiceServer(srv, metricsService{r: r})
 	collogspb.RegisterLogsServiceServer(srv, logsService{r: r})
@@ -82,11 +86,22 @@ func startGRPCReceiver(t *testing.T) (*receiver, string) {
 	return r, "http://" + lis.Addr().String()
 }
 
-// startHTTPReceiver serves OTLP/HTTP with protobuf bodies and returns the
-// receiver and its base URL.
-func startHTTPReceiver(t *testing.T) (*receiver, string) {
+// StartHTTP serves OTLP/HTTP with protobuf bodies and returns the receiver
+// and its base URL.
+func StartHTTP(t testing.TB) (*Receiver, string) {
 	t.Helper()
-	r := &receiver{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return StartHTTPOn(t, ln)
+}
+
+// StartHTTPOn is StartHTTP on a listener of the caller's, for example one
+// opened inside a network namespace.
+func StartHTTPOn(t testing.TB, ln net.Listener) (*Receiver, string) {
+	t.Helper()
+	r := &Receiver{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/metrics", func(w http.ResponseWriter, req *http.Request) {
 		in := &colmetricspb.ExportMetricsServiceRequest{}
@@ -104,12 +119,15 @@ func startHTTPReceiver(t *testing.T) (*receiver, string) {
 		r.addLogs(in)
 		writeOTLP(t, w, &collogspb.ExportLogsServiceResponse{})
 	})
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return r, srv.URL
 }
 
-func decodeOTLP(t *testing.T, w http.ResponseWriter, req *http.Request, msg proto.Message) bool {
+func decodeOTLP(t testing.TB, w http.ResponseWriter, req *http.Request, msg proto.Message) bool {
 	if ct := req.Header.Get("Content-Type"); ct != "application/x-protobuf" {
 		t.Errorf("OTLP/HTTP request Content-Type = %q, want application/x-protobuf", ct)
 		http.Error(w, "bad content type", http.StatusUnsupportedMediaType)
@@ -136,7 +154,7 @@ func decodeOTLP(t *testing.T, w http.ResponseWriter, req *http.Request, msg prot
 	return true
 }
 
-func writeOTLP(t *testing.T, w http.ResponseWriter, msg proto.Message) {
+func writeOTLP(t testing.TB, w http.ResponseWriter, msg proto.Message) {
 	b, err := proto.Marshal(msg)
 	if err != nil {
 		t.Errorf("encode OTLP/HTTP response: %v", err)
