@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -166,6 +167,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
 	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time after a file change before reloading")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "also export metrics and events over OTLP to this collector URL (also enabled by OTEL_EXPORTER_OTLP_ENDPOINT; protocol from OTEL_EXPORTER_OTLP_PROTOCOL)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -266,6 +268,26 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}()
 		events = io.MultiWriter(stdout, logs.Writer())
 		log.Info("exporting over OTLP", "endpoint", *otlpEndpoint)
+	}
+	if *metricsAddr != "" {
+		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
+			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status})
+		if err != nil {
+			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
+			return 1
+		}
+		defer prom.Shutdown(context.Background())
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			fmt.Fprintln(stderr, "grain: --metrics-addr:", err)
+			return 1
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", handler)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("serving Prometheus metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	}
 	streamErr := make(chan error, 1)
 	go func() { streamErr <- eng.StreamEvents(ctx, events) }()

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"io"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +84,45 @@ func TestOTLPExport(t *testing.T) {
 	}
 	if !gotMetric {
 		t.Errorf("no grain.rule.packets point for block_http reached the OTLP receiver; grain stderr:\n%s", d.log())
+	}
+	d.stop(t)
+}
+
+// TestPrometheusEndpoint scrapes grain run's --metrics-addr over HTTP after
+// real traffic: the rule's packet counter shows the dropped packets.
+func TestPrometheusEndpoint(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
+		"--metrics-addr", p.ServerIP4.String()+":9464")
+	if _, _, err := rawRequest(t, p, p.ServerIP4, port, "GET / HTTP/1.1"); err == nil {
+		t.Fatal("HTTP/1.1 request answered, want it dropped")
+	}
+	// Scrape from the client namespace over the veth, with HTTP/1.0: grain
+	// drops every request line carrying HTTP/1.1, whatever the port.
+	conn, err := netns.DialContextIn(p.ClientNS)(context.Background(), "tcp", p.ServerIP4.String()+":9464")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(conn, "GET /metrics HTTP/1.0\r\n\r\n")
+	b, _ := io.ReadAll(conn)
+	body := string(b)
+	line, _, _ := strings.Cut(body, "\n")
+	if !strings.Contains(line, "200") {
+		t.Fatalf("scrape: %q", line)
+	}
+	var packets int
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, `grain_rule_packets_total{`) && strings.Contains(l, `grain_policy="block_http"`) {
+			fields := strings.Fields(l)
+			packets, _ = strconv.Atoi(fields[len(fields)-1])
+		}
+	}
+	if packets < 1 {
+		t.Errorf("grain_rule_packets_total for block_http = %d after a dropped request; scrape:\n%s\nstderr:\n%s", packets, body, d.log())
 	}
 	d.stop(t)
 }

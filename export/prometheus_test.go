@@ -1,0 +1,58 @@
+package export
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/grain-ebpf/grain/engine"
+)
+
+// The Prometheus endpoint, scraped over HTTP, shows the same counters as
+// the OTLP export.
+func TestPrometheusScrape(t *testing.T) {
+	packets := uint64(7)
+	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{
+		Counters: func() ([]engine.RuleCounter, error) {
+			return []engine.RuleCounter{{Policy: "block_http", Packets: packets, Bytes: 700, Events: 7, EventsLost: 1}}, nil
+		},
+		Status: func() engine.Status {
+			return engine.Status{PolicyHash: "abc123", ReloadsOK: 3, ReloadsError: 1}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Shutdown(context.Background())
+	srv := httptest.NewServer(handler)
+	defer srv.Close()
+	scrape := func() string {
+		resp, err := srv.Client().Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	body := scrape()
+	for _, want := range []string{
+		`grain_rule_packets_total{grain_policy="block_http"`,
+		`grain_rule_bytes_total{grain_policy="block_http"`,
+		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="block_http"`,
+		`grain_reloads_total{grain_reload_result="failure"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s:\n%s", want, body)
+		}
+	}
+	if !strings.Contains(body, "} 7\n") {
+		t.Errorf("scrape lacks the packet count 7:\n%s", body)
+	}
+	packets = 9
+	if body := scrape(); !strings.Contains(body, "} 9\n") {
+		t.Errorf("a second scrape does not read the counters again:\n%s", body)
+	}
+}
