@@ -29,6 +29,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * packet accesses (XDP frames are at most a few pages). */
 #define MAX_FRAME_OFF 0x3fff
 
+/* Re-derives the bound of an offset already checked against MAX_FRAME_OFF
+ * on the register that is about to be added to a packet pointer: clang may
+ * use another copy of the value than the one it compared, and older
+ * verifiers (6.1) do not carry the bound over to that copy. The barrier
+ * keeps clang from dropping the mask as redundant. */
+#define bound_offset(v)           \
+	do {                      \
+		barrier_var(v);   \
+		(v) &= MAX_FRAME_OFF; \
+	} while (0)
+
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
@@ -211,9 +222,10 @@ static __always_inline int pattern_at(struct xdp_md *ctx, __u32 off, const struc
 	 * loop: few paths for the verifier, few loads at run time. Payloads
 	 * start after at least 34 bytes of headers, so off + len >= 8. */
 	__u32 tail_off = off + len - 8;
-	barrier_var(tail_off);
 	if (off > MAX_FRAME_OFF || len > GRAIN_MAX_CONTENT_LEN || off + len < 8 || tail_off > MAX_FRAME_OFF)
 		return 0;
+	bound_offset(off);
+	bound_offset(tail_off);
 	__u8 *t = data + tail_off;
 	if ((void *)(t + 8) > data_end)
 		return 0;
@@ -297,9 +309,9 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 	 * prefilter bytes match; survivors are verified in full. */
 	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 8 + 1; step++) {
 		__u32 off = pos;
-		barrier_var(off);
 		if (off > last || off > MAX_FRAME_OFF)
 			break;
+		bound_offset(off);
 		/* barrier_var keeps clang from computing the pointers before the
 		 * offset is bounded, which the verifier could not follow. */
 		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
@@ -477,17 +489,22 @@ static __always_inline const struct grain_bitmap *port_lookup(__u32 gen, __u32 d
 	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BM_SPORT : GRAIN_BM_DPORT) + *cls);
 }
 
+/* Bit positions by the top six bits of (w & -w) * 0x03f79d71b4ca8b09. */
+static const volatile __u8 debruijn_index[64] = {
+	 0,  1, 56,  2, 57, 49, 28,  3, 61, 58, 42, 50, 38, 29, 17,  4,
+	62, 47, 59, 36, 45, 43, 51, 22, 53, 39, 33, 30, 24, 18, 12,  5,
+	63, 55, 48, 27, 60, 41, 37, 16, 46, 35, 44, 21, 52, 32, 23, 11,
+	54, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19,  9, 13,  8,  7,  6,
+};
+
 /* Lowest set bit of a non-zero word (BPF has no ctz instruction). */
 static __always_inline __u32 lowest_bit(__u64 w)
 {
-	__u32 n = 0;
-	if (!(w & 0xffffffffULL)) { n += 32; w >>= 32; }
-	if (!(w & 0xffffULL)) { n += 16; w >>= 16; }
-	if (!(w & 0xffULL)) { n += 8; w >>= 8; }
-	if (!(w & 0xfULL)) { n += 4; w >>= 4; }
-	if (!(w & 0x3ULL)) { n += 2; w >>= 2; }
-	if (!(w & 0x1ULL)) { n += 1; }
-	return n;
+	/* De Bruijn: isolate the lowest bit, multiply, look the top six bits
+	 * up. Branch-free, so the verifier sees one unknown index rather than
+	 * 64 constants to follow one by one. */
+	__u32 i = ((w & -w) * 0x03f79d71b4ca8b09ULL) >> 58;
+	return debruijn_index[i & 63] & 63;
 }
 
 /* Applies the candidate rules of one bitmap word in priority order (bit i
@@ -541,6 +558,9 @@ static __always_inline int parse(struct xdp_md *ctx, struct pkt_meta *m)
 		if ((ip->ver_ihl >> 4) != 4 || ihl < sizeof(*ip))
 			return -1;
 		__u32 tot = bpf_ntohs(ip->tot_len);
+		/* 6.1's verifier does not bound a byte swap's result */
+		barrier_var(tot);
+		tot &= 0xffff;
 		if (tot < ihl)
 			return -1;
 		if (cur + ihl > data_end)
@@ -560,7 +580,10 @@ static __always_inline int parse(struct xdp_md *ctx, struct pkt_meta *m)
 			return -1;
 		if ((bpf_ntohl(ip6->ver_tc_flow) >> 28) != 6)
 			return -1;
-		l3_end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
+		__u32 plen = bpf_ntohs(ip6->payload_len);
+		barrier_var(plen);
+		plen &= 0xffff;
+		l3_end = (void *)(ip6 + 1) + plen;
 		m->family = 6;
 		__builtin_memcpy(m->saddr, ip6->saddr, 16);
 		__builtin_memcpy(m->daddr, ip6->daddr, 16);
