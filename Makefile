@@ -21,6 +21,7 @@ demo: deps build
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -v ./...
+	./scripts/vm-kernel-test.sh
 	$(MAKE) check-generated
 
 # Rebuild the committed BPF objects with Debian's clang-19.
