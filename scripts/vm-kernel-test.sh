@@ -41,6 +41,6 @@ chmod +x "$work/initrd/init"
 (cd "$work/initrd" && find . | cpio -o -H newc 2>/dev/null | gzip >"$work/initrd.gz")
 timeout 600 qemu-system-x86_64 -machine accel=tcg -cpu max -m 1024 -nographic -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 quiet panic=-1" | tee "$work/out.log" |
-	grep -E '^(== guest|=== RUN|--- |PASS|FAIL)|verified'
+	tr -d '\r' | sed 's/^.*== guest/== guest/' | grep -E '== guest|^(=== RUN|--- |PASS|FAIL)|verified'
 grep -q '^FAIL' "$work/out.log" && exit 1
 grep -q '^PASS' "$work/out.log"
