@@ -73,13 +73,12 @@
 #define GRAIN_CONTENT_NEGATE (1 << 1)
 #define GRAIN_CONTENT_ANCHORED (1 << 2)
 
-/* Global per-CPU statistics, indices into the stats array. */
-#define GRAIN_STAT_PACKETS 0
-#define GRAIN_STAT_NOT_IP 1
-#define GRAIN_STAT_MALFORMED 2
-#define GRAIN_STAT_DROPPED 3
-#define GRAIN_STAT_NO_CONFIG 4
-#define GRAIN_STAT_MAX 8
+/* Per-CPU counts of packets no rule judged, indices into the stats array
+ * (what rules judge is in their own counters). */
+#define GRAIN_STAT_NOT_IP 0
+#define GRAIN_STAT_MALFORMED 1
+#define GRAIN_STAT_NO_CONFIG 2
+#define GRAIN_STAT_MAX 4
 
 struct grain_bitmap {
 	__u64 w[GRAIN_BITMAP_WORDS];

@@ -50,10 +50,8 @@ const (
 	ContentNoCase      = 1 << 0
 	ContentNegate      = 1 << 1
 	ContentAnchored    = 1 << 2
-	StatPackets        = 0
-	StatNotIP          = 1
-	StatMalformed      = 2
-	StatDropped        = 3
-	StatNoConfig       = 4
-	StatMax            = 8
+	StatNotIP          = 0
+	StatMalformed      = 1
+	StatNoConfig       = 2
+	StatMax            = 4
 )

@@ -35,8 +35,8 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"ACTION_COUNT": ActionCount, "ACTION_DROP": ActionDrop, "ACTION_PASS": ActionPass,
 		"RULE_EMIT": RuleEmit, "CONTENT_NOCASE": ContentNoCase, "CONTENT_NEGATE": ContentNegate,
 		"CONTENT_ANCHORED": ContentAnchored,
-		"STAT_PACKETS":     StatPackets, "STAT_NOT_IP": StatNotIP, "STAT_MALFORMED": StatMalformed,
-		"STAT_DROPPED": StatDropped, "STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,
+		"STAT_NOT_IP":      StatNotIP, "STAT_MALFORMED": StatMalformed,
+		"STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,
 	}
 	define := regexp.MustCompile(`(?m)^#define GRAIN_(\w+)\s+(.+?)\s*(/\*.*)?$`)
 	values := map[string]int{}

@@ -752,10 +752,8 @@ int grain_xdp(struct xdp_md *ctx)
 			   bm_flags->w[0] & bm_iface->w[0] & all->w[0];
 		if (w0 && !(w0 & (w0 - 1))) {
 			int v = rule_apply_inline(ctx, &m, gen, lowest_bit(w0));
-			if (v == 1 + GRAIN_ACTION_DROP) {
-				stat_inc(GRAIN_STAT_DROPPED);
+			if (v == 1 + GRAIN_ACTION_DROP)
 				return XDP_DROP;
-			}
 			if (v == 1 + GRAIN_ACTION_PASS)
 				return XDP_PASS;
 			words &= ~1ULL;
@@ -777,10 +775,8 @@ int grain_xdp(struct xdp_md *ctx)
 			v = rules_apply(ctx, &m, gen, i * 64, w);
 		else
 			v = rule_apply(ctx, &m, gen, i * 64 + lowest_bit(w));
-		if (v == 1 + GRAIN_ACTION_DROP) {
-			stat_inc(GRAIN_STAT_DROPPED);
+		if (v == 1 + GRAIN_ACTION_DROP)
 			return XDP_DROP;
-		}
 		if (v == 1 + GRAIN_ACTION_PASS)
 			return XDP_PASS;
 	}

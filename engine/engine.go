@@ -633,6 +633,30 @@ func (e *Engine) Counters() ([]RuleCounter, error) {
 	return out, nil
 }
 
+// PacketStats counts, since the program was loaded, the packets no rule
+// judged because they were not IP, were malformed or truncated (passed,
+// never misparsed), or arrived before any rule set was written.
+type PacketStats struct {
+	NotIP     uint64 `json:"not_ip"`
+	Malformed uint64 `json:"malformed"`
+	NoConfig  uint64 `json:"no_rules"`
+}
+
+// PacketStats sums the program's per-CPU statistics.
+func (e *Engine) PacketStats() (PacketStats, error) {
+	var st PacketStats
+	for idx, dst := range map[uint32]*uint64{bpf.StatNotIP: &st.NotIP, bpf.StatMalformed: &st.Malformed, bpf.StatNoConfig: &st.NoConfig} {
+		var perCPU []uint64
+		if err := e.xdp.Maps().Stats.Lookup(idx, &perCPU); err != nil {
+			return st, fmt.Errorf("read packet statistics: %w", err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return st, nil
+}
+
 // Close detaches every interface, removes the pins and unloads the program.
 func (e *Engine) Close() error {
 	e.mu.Lock()

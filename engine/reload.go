@@ -28,6 +28,8 @@ type Status struct {
 	LastSuccess  time.Time `json:"last_success"`
 	ReloadsOK    uint64    `json:"reloads_succeeded"`
 	ReloadsError uint64    `json:"reloads_failed"`
+	// Unjudged counts the packets the program passed without judging them.
+	Unjudged PacketStats `json:"unjudged_packets"`
 }
 
 // Reloader loads a policy tree and applies it, all or nothing: load,
@@ -107,7 +109,8 @@ func (r *Reloader) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Rules = append([]string(nil), s.Rules...)
-	s.Interfaces = r.Engine.Interfaces() // links follow interface events between reloads
+	s.Interfaces = r.Engine.Interfaces()   // links follow interface events between reloads
+	s.Unjudged, _ = r.Engine.PacketStats() // zero if the map cannot be read
 	return s
 }
 

@@ -160,8 +160,31 @@ func TestXDPParsing(t *testing.T) {
 		{"pattern straddling the window's end", tcp4(straddle), xdpPass},
 		{"pattern beyond the window", tcp4(beyond), xdpPass},
 		{"long payload without pattern", tcp4(long), xdpPass},
-		{"not ip (arp)", pktbuild.Frame{}, xdpPass},
+		{"not ip (arp)", pktbuild.ARP(), xdpPass},
 	})
+}
+
+// Packets no rule judged are counted by reason.
+func TestXDPUnjudgedPacketsAreCounted(t *testing.T) {
+	e := applyPolicy(t, blockHTTP)
+	before, err := e.PacketStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runXDP(t, e, pktbuild.ARP().Bytes())
+	runXDP(t, e, with(tcp4(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 20 + 10 }).Bytes())
+	runXDP(t, e, with(tcp4(request), func(f *pktbuild.Frame) { f.Truncate = 14 + 12 }).Bytes())
+	runXDP(t, e, tcp4(request).Bytes()) // judged: counted by its rule, not here
+	after, err := e.PacketStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after.NotIP - before.NotIP; got != 1 {
+		t.Errorf("not-IP packets counted: %d, want 1", got)
+	}
+	if got := after.Malformed - before.Malformed; got != 2 {
+		t.Errorf("malformed packets counted: %d, want 2", got)
+	}
 }
 
 func TestXDPPatternInEthernetPadding(t *testing.T) {

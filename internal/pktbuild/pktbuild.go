@@ -34,6 +34,15 @@ type Frame struct {
 	Payload        []byte
 	// Truncate cuts the frame to this many bytes when non-zero.
 	Truncate int
+	// EtherType, when set, makes a non-IP frame: Payload follows the
+	// Ethernet header directly (0x0806 with an ARP body, say).
+	EtherType uint16
+}
+
+// ARP is an ARP request frame.
+func ARP() Frame {
+	body := []byte{0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1}
+	return Frame{EtherType: 0x0806, Payload: body}
 }
 
 func pad4(b []byte) []byte {
@@ -45,6 +54,10 @@ func pad4(b []byte) []byte {
 
 // Bytes renders the frame.
 func (f Frame) Bytes() []byte {
+	if f.EtherType != 0 {
+		eth := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 2}
+		return append(binary.BigEndian.AppendUint16(eth, f.EtherType), f.Payload...)
+	}
 	var l4 []byte
 	switch f.Protocol {
 	case 6:
