@@ -29,13 +29,15 @@ type Policy struct {
 	Pos Position
 	// Priority orders rules: lower first; ties are broken by Name.
 	Priority int
-	// XDP is set for packet policies.
-	XDP *XDPHook
+	// XDP is set for packet policies; Probe for kernel-function,
+	// tracepoint and syscall policies. Exactly one is set.
+	XDP   *XDPHook
+	Probe *ProbeHook
 	// Match selects packets. Zero value matches every IP packet.
 	Match PacketMatch
-	// Then is the action: "drop", "pass" or "count".
+	// Then is the action of a packet policy: "drop", "pass" or "count".
 	Then string
-	// Emit, when set, sends an event for each matched packet.
+	// Emit, when set, sends an event for each matched packet or call.
 	Emit *Emit
 }
 
@@ -89,8 +91,114 @@ type Content struct {
 	Pos Position
 }
 
-// Emit describes the event sent for each matched packet.
+// Emit describes the event sent for each matched packet or call.
 type Emit struct {
 	Event  string
 	Fields []string
+	// RateLimit is the most events per second the rule emits (probe
+	// policies); 0 means no limit. Events over it are counted, not sent.
+	RateLimit int
 }
+
+// ProbeHook is a policy on a kernel event: a kernel function's entry or
+// return, a tracepoint, or system calls.
+type ProbeHook struct {
+	// Kind is "kprobe" (function entry), "kretprobe" (function return),
+	// "tracepoint" or "syscall" (raw syscall tracepoint filtered by number).
+	Kind string
+	// Target is the kernel function ("tcp_v4_connect"), the tracepoint as
+	// "category/name" ("sched/sched_process_exec"), or, for Kind
+	// "syscall", empty (Syscalls holds the names).
+	Target string
+	// Syscalls are the system call names of a "syscall" hook ("openat").
+	Syscalls []string
+	// Attach chooses the mechanism of a function hook: "auto" (fentry/fexit
+	// where the kernel has BTF trampolines, else kprobe/kretprobe),
+	// "kprobe" or "fentry". Empty for other kinds.
+	Attach string
+	// Args are the values the program reads at the hook, in order.
+	Args []Arg
+	// Selectors filter calls in the kernel: a call is selected when any
+	// selector holds (OR); a selector holds when all its filters do (AND).
+	// None: every call is selected.
+	Selectors []Selector
+	// Count aggregates selected calls in the kernel; nil: no counting.
+	Count *Count
+	// Signal is sent to the calling process on a selected call ("SIGKILL");
+	// empty: none.
+	Signal string
+	// Pos is where the hook is written.
+	Pos Position
+}
+
+// Arg is one typed value read at the hook.
+type Arg struct {
+	// Name is how match, emit and count refer to the value: given by the
+	// user or "arg<index>", "ret", or the tracepoint field's name.
+	Name string
+	// Source says where the value comes from: "arg" (function or syscall
+	// argument Index), "ret" (return value of a kretprobe/fexit), or
+	// "field" (tracepoint field Field).
+	Source string
+	Index  int
+	Field  string
+	// Type is one of ArgTypes.
+	Type string
+	Pos  Position
+}
+
+// ArgTypes are the types an argument can be read as:
+//   - int, uint: a signed or unsigned 64-bit integer (narrower integers are
+//     sign- or zero-extended);
+//   - string: NUL-terminated string at a kernel pointer; user_string: at a
+//     user pointer; both read at most MaxStringLen bytes (bpf limits);
+//   - sock: a struct sock *, giving family, saddr, daddr, sport, dport;
+//   - sockaddr: a struct sockaddr * in user memory, giving family, daddr,
+//     dport;
+//   - file: a struct file *, giving its path; path: a struct path *;
+//   - fd: a file descriptor of the calling process, giving its path.
+var ArgTypes = []string{"int", "uint", "string", "user_string", "sock", "sockaddr", "file", "path", "fd"}
+
+// Selector is one set of ANDed filters.
+type Selector struct {
+	Filters []Filter
+	Pos     Position
+}
+
+// Filter is one condition on a process property or an argument.
+type Filter struct {
+	// Field is a process property ("pid", "tgid", "uid", "gid", "comm",
+	// "cgroup"), an argument's Name, or a derived field of a sock or
+	// sockaddr argument ("family", "saddr", "daddr", "sport", "dport") or
+	// of a file/path/fd argument ("<name>" is its path).
+	Field string
+	// Op is "eq", "ne", "in", "notin", "prefix", "range" or "cidr".
+	// eq/ne take one value, in/notin a set; prefix is a string prefix
+	// (comm, paths, strings); range an inclusive integer range; cidr
+	// address prefixes.
+	Op string
+	// Exactly one of the value lists is used, by the field's type.
+	Ints    []int64
+	Ranges  [][2]int64
+	Strings []string
+	CIDRs   []string // canonical, as PacketMatch's
+	// Cgroup filters give paths; the engine resolves them to cgroup ids.
+	Pos Position
+}
+
+// Count aggregates selected calls in the kernel by labels.
+type Count struct {
+	// Metric is the metric name ("process.execs"); grain prefixes "grain.".
+	Metric string
+	// By are the labels: process properties, argument names or derived
+	// fields, as Filter.Field. Empty: one total per rule.
+	By []string
+	// Sum is an integer argument to add up instead of counting calls
+	// (bytes sent); empty: count calls.
+	Sum string
+}
+
+// ProcessFields are the process context fields every probe event can carry
+// and every selector can filter on. exe, container and host are added in
+// userspace; they can be emitted but not filtered in the kernel.
+var ProcessFields = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup", "exe", "container", "host"}
