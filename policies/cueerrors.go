@@ -89,11 +89,30 @@ func (p fieldPath) isPrefixOf(q fieldPath) bool {
 }
 
 // want says what the field at p takes, or "" when no table entry fits.
+// Argument conditions are keyed by the user's argument names, which the
+// table writes as "*".
 func want(p fieldPath) string {
-	if w, ok := fieldWants[p.key(true)]; ok {
-		return w
+	for _, q := range []fieldPath{p, p.withArgWildcard()} {
+		if w, ok := fieldWants[q.key(true)]; ok {
+			return w
+		}
+		if w, ok := fieldWants[q.key(false)]; ok {
+			return w
+		}
 	}
-	return fieldWants[p.key(false)]
+	return ""
+}
+
+// withArgWildcard replaces the argument name in match.args.NAME... by "*".
+func (p fieldPath) withArgWildcard() fieldPath {
+	q := slices.Clone(p)
+	for i := 0; i+1 < len(q); i++ {
+		if q[i] == "args" && i > 0 && (q[i-1] == "match" || isIndex(q[i-1])) {
+			q[i+1] = "*"
+			break
+		}
+	}
+	return q
 }
 
 // errorGroup is CUE's errors about one path. A disjunction fails once per

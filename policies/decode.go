@@ -11,9 +11,11 @@ import (
 	"cuelang.org/go/cue/ast"
 )
 
-// noHook is the error for a policy without a hook; xdp is the only hook
-// so far.
-const noHook = `no hook: add xdp: interfaces: ["eth0"]`
+// noHook is the error for a policy without a hook.
+const noHook = `no hook: add xdp: interfaces: ["eth0"], kprobe: "function", kretprobe: "function", tracepoint: "category/name" or syscall: "name"`
+
+// hookFields are the policy fields that choose a hook; a policy has one.
+var hookFields = []string{"xdp", "kprobe", "kretprobe", "tracepoint", "syscall"}
 
 // decoder turns one policy value that satisfies the schema into a Policy,
 // making the checks the schema leaves to Go. Each check records an error
@@ -62,16 +64,43 @@ func (d *decoder) decodePolicy(v cue.Value) {
 	p.Priority = int(prio)
 	p.Then, _ = v.LookupPath(cue.ParsePath("then")).String()
 
-	if xdp := v.LookupPath(cue.ParsePath("xdp")); xdp.Exists() {
-		p.XDP = &XDPHook{Interfaces: stringList(xdp.LookupPath(cue.ParsePath("interfaces")))}
-	} else {
+	var hooks []string
+	for _, h := range hookFields {
+		if v.LookupPath(cue.MakePath(cue.Str(h))).Exists() {
+			hooks = append(hooks, h)
+		}
+	}
+	switch {
+	case len(hooks) == 0:
 		d.errorf(p.Pos, "", noHook)
+		return
+	case len(hooks) > 1:
+		second := v.LookupPath(cue.MakePath(cue.Str(hooks[1])))
+		d.errorf(d.pos(second), hooks[1], "a policy has one hook, this one has %s: split it into one policy per hook", strings.Join(hooks, " and "))
+		return
+	case hooks[0] != "xdp":
+		d.decodeProbe(v, hooks[0])
+		return
+	}
+
+	p.XDP = &XDPHook{Interfaces: stringList(v.LookupPath(cue.ParsePath("xdp.interfaces")))}
+	for _, name := range probeOnlyFields {
+		if f := v.LookupPath(cue.MakePath(cue.Str(name))); f.Exists() {
+			d.errorf(d.pos(f), name, "%s is for kernel hooks (kprobe, kretprobe, tracepoint, syscall), not xdp: remove it", name)
+		}
+	}
+	if then := v.LookupPath(cue.ParsePath("then")); !then.Exists() {
+		d.errorf(p.Pos, "", `missing then: add then: "drop" | "pass" | "count"`)
 	}
 	if m := v.LookupPath(cue.ParsePath("match")); m.Exists() {
-		d.decodeMatch(m)
+		if m.Kind() == cue.ListKind {
+			d.errorf(d.pos(m), "match", "a list of matches is for kernel hooks; an xdp policy has one match struct (write one policy per alternative)")
+		} else {
+			d.decodeMatch(m)
+		}
 	}
 	if e := v.LookupPath(cue.ParsePath("emit")); e.Exists() {
-		d.decodeEmit(e)
+		d.decodeEmit(e, PacketEmitFields)
 	}
 }
 
@@ -140,6 +169,11 @@ func (d *decoder) decodeMatch(m cue.Value) {
 			if c, ok := d.content(e, elementPath(v, "match.payload", i)); ok {
 				pm.Payload = append(pm.Payload, c)
 			}
+		}
+	}
+	for _, name := range []string{"process", "args"} {
+		if v, ok := field(name); ok {
+			d.errorf(d.pos(v), "match."+name, "match.%s is for kernel hooks (kprobe, kretprobe, tracepoint, syscall), not xdp: remove it", name)
 		}
 	}
 	d.checkProtocols(m)
@@ -316,18 +350,43 @@ func (d *decoder) content(v cue.Value, path string) (Content, bool) {
 	return c, true
 }
 
-func (d *decoder) decodeEmit(v cue.Value) {
+// PacketEmitFields are the fields an xdp policy's events can carry.
+var PacketEmitFields = []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "ifindex"}
+
+// decodeEmit reads emit; fields must be among allowed.
+func (d *decoder) decodeEmit(v cue.Value, allowed []string) {
 	e := &Emit{}
 	e.Event, _ = v.LookupPath(cue.ParsePath("event")).String()
 	if f := v.LookupPath(cue.ParsePath("fields")); f.Exists() {
 		elems := oneOrMany(f)
 		for i, name := range stringList(f) {
-			if slices.Contains(e.Fields, name) {
-				d.errorf(d.pos(elems[i]), fmt.Sprintf("emit.fields[%d]", i), "%s is listed twice", name)
+			path := fmt.Sprintf("emit.fields[%d]", i)
+			switch {
+			case slices.Contains(e.Fields, name):
+				d.errorf(d.pos(elems[i]), path, "%s is listed twice", name)
+				continue
+			case !slices.Contains(allowed, name):
+				d.errorf(d.pos(elems[i]), path, "%s", unknownName("field", name, allowed))
 				continue
 			}
 			e.Fields = append(e.Fields, name)
 		}
 	}
+	if r := v.LookupPath(cue.ParsePath("rate_limit")); r.Exists() {
+		if d.policy.XDP != nil {
+			d.errorf(d.pos(r), "emit.rate_limit", "rate_limit is for kernel hooks, not xdp: remove it")
+		}
+		n, _ := r.Int64()
+		e.RateLimit = int(n)
+	}
 	d.policy.Emit = e
+}
+
+// unknownName says that name is not one of allowed and suggests the
+// closest.
+func unknownName(what, name string, allowed []string) string {
+	if s := closest(name, allowed); s != "" {
+		return fmt.Sprintf("unknown %s %q; did you mean %s?", what, name, s)
+	}
+	return fmt.Sprintf("unknown %s %q; want one of %s", what, name, strings.Join(allowed, ", "))
 }

@@ -161,6 +161,7 @@ type loader struct {
 	policies []Policy
 	errs     ErrorList
 	cache    *Cache
+	pipeline *Pipeline // the tree's `pipeline` field (pipeline.go)
 }
 
 func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
@@ -187,6 +188,7 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 	slices.Sort(snap.Files)
 	slices.SortFunc(l.policies, func(a, b Policy) int { return strings.Compare(a.Name, b.Name) })
 	snap.Policies = l.policies
+	snap.Pipeline = l.pipeline
 	return snap, nil
 }
 
@@ -268,6 +270,10 @@ func (l *loader) loadFile(f sourceFile) {
 		pos, ok := labels[it.Selector().String()]
 		if !ok {
 			pos = positionOf(it.Value().Pos())
+		}
+		if name == schema.PipelineField {
+			l.loadPipeline(f.name, pos, it.Value())
+			continue
 		}
 		if first, dup := l.declared[name]; dup {
 			l.errs = append(l.errs, Error{Pos: pos, Policy: name,
@@ -398,7 +404,9 @@ func (l *loader) loadPolicy(file, name string, pos Position, raw cue.Value) {
 		l.errs = append(l.errs, c.convert(err)...)
 		// A policy without a hook is worth saying even when other
 		// fields are wrong too.
-		if raw.IncompleteKind() == cue.StructKind && !raw.LookupPath(cue.ParsePath("xdp")).Exists() {
+		if raw.IncompleteKind() == cue.StructKind && !slices.ContainsFunc(hookFields, func(h string) bool {
+			return raw.LookupPath(cue.MakePath(cue.Str(h))).Exists()
+		}) {
 			l.errs = append(l.errs, Error{Pos: pos, Policy: name, Msg: noHook})
 		}
 		return

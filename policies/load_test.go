@@ -267,7 +267,7 @@ func TestLoadErrors(t *testing.T) {
 			`misspelt_field.cue:3:2: policy typo_top: matc: field not allowed; did you mean match?`,
 			`misspelt_field.cue:9:9: policy typo_match: match.paylod: field not allowed; did you mean payload?`,
 			`misspelt_field.cue:15:35: policy typo_content: match.payload[0].ofset: field not allowed; did you mean offset?`,
-			`misspelt_field.cue:22:2: policy unknown_field: colour: field not allowed; allowed fields: priority, xdp, match, then, emit`,
+			`misspelt_field.cue:22:2: policy unknown_field: colour: field not allowed; allowed fields: priority, xdp, kprobe, kretprobe, tracepoint, syscall, attach, args, match, then, emit, count, signal`,
 		}},
 		{"wrong_type.cue", []string{
 			`wrong_type.cue:3:8: policy numeric_then: then: got 3, want "drop", "pass" or "count"`,
@@ -289,11 +289,11 @@ func TestLoadErrors(t *testing.T) {
 			`tcp_flags.cue:15:38: policy flags_without_tcp: match.tcp_flags: tcp_flags need protocol tcp, but protocol is udp`,
 		}},
 		{"emit.cue", []string{
-			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: got "ttl", want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex`,
+			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: unknown field "ttl"; want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex`,
 			`emit.cue:10:2: policy no_event: emit: missing event: add event: "name"`,
 		}},
 		{"no_hook.cue", []string{
-			`no_hook.cue:1:1: policy hookless: no hook: add xdp: interfaces: ["eth0"]`,
+			`no_hook.cue:1:1: policy hookless: no hook: add xdp: interfaces: ["eth0"], kprobe: "function", kretprobe: "function", tracepoint: "category/name" or syscall: "name"`,
 		}},
 		{"patterns.cue", []string{
 			`patterns.cue:3:18: policy odd_hex: match.payload: bad hex block at byte 0 of "|48 5|": odd number of hex digits: write each byte as two digits, e.g. |0A|`,
@@ -302,6 +302,25 @@ func TestLoadErrors(t *testing.T) {
 			`patterns.cue:21:18: policy empty_pattern: match.payload: empty pattern: a content needs at least one byte`,
 			`patterns.cue:27:18: policy both_kinds: match.payload: a content has contains or startswith, not both`,
 			`patterns.cue:33:45: policy anchored_depth: match.payload.depth: startswith is anchored, its depth is the pattern length (3): remove depth, or use contains with depth`,
+		}},
+		{"probe.cue", []string{
+			`probe.cue:3:14: policy two_hooks: tracepoint: a policy has one hook, this one has kprobe and tracepoint: split it into one policy per hook`,
+			`probe.cue:7:14: policy no_action: a kernel hook needs an action: add emit: {event: "name"}, count: {metric: "name"} or signal: "SIGKILL"`,
+			`probe.cue:12:10: policy xdp_with_probe_fields: signal: signal is for kernel hooks (kprobe, kretprobe, tracepoint, syscall), not xdp: remove it`,
+			`probe.cue:16:8: policy probe_with_then: then: then is the verdict of xdp policies; a kernel hook acts with emit, count or signal: remove it`,
+			`probe.cue:21:35: policy bad_args: args[1]: a policy reads at most one sock or sockaddr argument, whose fields are family, saddr, daddr, sport and dport`,
+			`probe.cue:21:73: policy bad_args: args[2].field: field names a tracepoint field; a kprobe hook's arguments are numbered: write index: 0`,
+			`probe.cue:21:92: policy bad_args: args[3]: the name comm is taken (by a process field or another argument): give this argument another name: name: "..."`,
+			`probe.cue:28:10: policy bad_match: match.dport: dport is an integer: want a number or a range "first-last", the range "443-80" is reversed: write "80-443"`,
+			`probe.cue:29:18: policy bad_match: match.process.comm: a comm is at most 15 bytes (the kernel truncates process names), so "a-very-long-process-name" never matches: write "a-very-long-pro"`,
+			`probe.cue:30:15: policy bad_match: match.args.skk: no argument is named skk; did you mean sk?`,
+			`probe.cue:31:13: policy bad_match: match.protocol: protocol is a packet condition, for xdp policies only`,
+			`probe.cue:33:43: policy bad_match: emit.fields[1]: unknown field "dadr"; did you mean daddr?`,
+			`probe.cue:37:77: policy daddr_without_sock: args[1].type: a system call's arguments are integers, user memory or file descriptors: use one of int, uint, user_string, sockaddr, fd`,
+			`probe.cue:38:18: policy daddr_without_sock: match[0].daddr: daddr needs a sock or sockaddr argument: add args: [{index: 0, type: "sock"}]`,
+			`probe.cue:39:32: policy daddr_without_sock: count.by[0]: exe is looked up in userspace and cannot key a count in the kernel: count by tgid or comm`,
+			`probe.cue:39:45: policy daddr_without_sock: count.sum: sum names an int or uint argument to add up; filename is not one`,
+			`probe.cue:44:25: policy prefix_not_string: match.args.filename: got a struct, want a value, a range "first-last" (integers), a CIDR (addresses), a list of them, {not: ...} or {prefix: "..."}`,
 		}},
 		{"syntax.cue", []string{
 			`syntax.cue:3:15: expected '}', found 'EOF'`,
@@ -504,5 +523,109 @@ func TestEverySchemaFieldIsDescribed(t *testing.T) {
 				t.Errorf("fieldWants has no entry for %s", p)
 			}
 		}
+	}
+}
+
+// The examples of kernel hooks decode to exactly these policies.
+func TestLoadProbeExamples(t *testing.T) {
+	load := func(dir string) Policy {
+		t.Helper()
+		s, err := Load(filepath.Join("..", "examples", dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Policies) == 0 {
+			t.Fatalf("%s: no policies", dir)
+		}
+		p := s.Policies[0]
+		// Positions are checked elsewhere; compare the rest.
+		p.Pos = Position{}
+		p.Probe.Pos = Position{}
+		for i := range p.Probe.Args {
+			p.Probe.Args[i].Pos = Position{}
+		}
+		for i := range p.Probe.Selectors {
+			p.Probe.Selectors[i].Pos = Position{}
+			for j := range p.Probe.Selectors[i].Filters {
+				p.Probe.Selectors[i].Filters[j].Pos = Position{}
+			}
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		dir  string
+		want Policy
+	}{
+		{"file-access", Policy{Name: "etc_opens", Priority: 1000,
+			Probe: &ProbeHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
+				Args: []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
+				Selectors: []Selector{{Filters: []Filter{{Field: "filename", Op: "prefix", Strings: []string{"/etc/"}}}}},
+			},
+			Emit: &Emit{Event: "file_open", Fields: []string{"pid", "uid", "comm", "exe", "filename"}, RateLimit: 1000},
+		}},
+		{"process-exec", Policy{Name: "execs", Priority: 1000,
+			Probe: &ProbeHook{Kind: "tracepoint", Target: "sched/sched_process_exec",
+				Args:  []Arg{{Name: "filename", Source: "field", Index: -1, Field: "filename", Type: "string"}},
+				Count: &Count{Metric: "process.execs", By: []string{"comm", "uid"}},
+			},
+			Emit: &Emit{Event: "exec", Fields: []string{"pid", "ppid", "uid", "comm", "filename", "cgroup", "container"}},
+		}},
+		{"kill-on-open", Policy{Name: "kill_on_canary", Priority: 1000,
+			Probe: &ProbeHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
+				Args:      []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
+				Selectors: []Selector{{Filters: []Filter{{Field: "filename", Op: "eq", Strings: []string{"/tmp/grain-canary"}}}}},
+				Signal:    "SIGKILL",
+			},
+			Emit: &Emit{Event: "killed_on_open", Fields: []string{"pid", "comm", "exe", "filename"}},
+		}},
+		{"udp-traffic", Policy{Name: "udp_sent", Priority: 1000,
+			Probe: &ProbeHook{Kind: "kprobe", Target: "udp_sendmsg", Attach: "auto",
+				Args: []Arg{{Name: "arg0", Source: "arg", Index: 0, Type: "sock"},
+					{Name: "size", Source: "arg", Index: 2, Type: "uint"}},
+				Count: &Count{Metric: "udp.bytes_sent", By: []string{"comm", "daddr", "dport"}, Sum: "size"},
+			},
+		}},
+	} {
+		if got := load(tc.dir); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v\n got probe %+v\nwant probe %+v", tc.dir, got, tc.want, got.Probe, tc.want.Probe)
+		}
+	}
+}
+
+// Selectors: a list of matches is ORed, and each value form maps to its
+// operator.
+func TestLoadProbeSelectors(t *testing.T) {
+	s, err := LoadBytes("sel.cue", []byte(`
+connects: {
+	kretprobe: "tcp_v4_connect"
+	attach: "kprobe"
+	args: [{index: 0, type: "sock", name: "sk"}, {ret: true, type: "int"}]
+	match: [
+		{process: {comm: ["curl", "wget"], uid: {not: 0}}, daddr: ["10.0.0.0/8", "fd00::1"]},
+		{process: {pid: "100-200", comm: {prefix: "py"}, cgroup: "/system.slice"}, dport: [80, 443], args: ret: {not: [0, 1]}},
+	]
+	emit: event: "c"
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Policies[0].Probe
+	if h.Kind != "kretprobe" || h.Target != "tcp_v4_connect" || h.Attach != "kprobe" {
+		t.Errorf("hook %+v", h)
+	}
+	var got [][]string
+	for _, sel := range h.Selectors {
+		var fs []string
+		for _, f := range sel.Filters {
+			fs = append(fs, fmt.Sprintf("%s %s %v%v%v%v", f.Field, f.Op, f.Ints, f.Ranges, f.Strings, f.CIDRs))
+		}
+		got = append(got, fs)
+	}
+	want := [][]string{
+		{"daddr cidr [][][][10.0.0.0/8 fd00::1/128]", "uid ne [0][][][]", "comm in [][][curl wget][]"},
+		{"dport in [80 443][][][]", "pid range [][[100 200]][][]", "comm prefix [][][py][]", "cgroup in [][][/system.slice][]", "ret notin [0 1][][][]"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("selectors\n got %q\nwant %q", got, want)
 	}
 }

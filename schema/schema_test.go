@@ -19,7 +19,7 @@ func compile(t *testing.T) cue.Value {
 }
 
 // structs are the schema's closed struct definitions.
-var structs = []string{"#Policy", "#XDP", "#Match", "#Content", "#Emit"}
+var structs = []string{"#Policy", "#XDP", "#Match", "#Content", "#Emit", "#Arg", "#ProcessMatch", "#ValueOps", "#Count"}
 
 func TestPolicyDefinitionExists(t *testing.T) {
 	def := compile(t).LookupPath(cue.ParsePath(PolicyDefinition))
