@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/pipeline"
 )
 
 // readPollInterval is how often the reader looks for events: the kernel
@@ -31,9 +32,25 @@ var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6
 var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass"}
 
 // StreamEvents reads emitted events from the kernel and writes one JSON
-// object per line to out until ctx ends. Lines are flushed whenever the
-// ring buffer is drained, so a reader sees events without delay.
+// object per line to out until ctx ends: ReadEvents into a pipeline with
+// no stages and a JSON sink. Lines are flushed whenever the ring buffer
+// is drained, so a reader sees events without delay.
 func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
+	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(out)}})
+	runCtx, stop := context.WithCancel(context.Background())
+	go p.Run(runCtx)
+	err := e.ReadEvents(ctx, p.Producer())
+	stop()
+	<-p.Done()
+	return err
+}
+
+// ReadEvents reads emitted events from the kernel's ring buffer into the
+// pipeline until ctx ends. It never waits for the pipeline: batches are
+// handed over when the ring buffer is drained, when a batch is full and
+// at least every readPollInterval, and a batch that finds the queue full
+// is dropped and counted (pipeline.Stats.QueueFull).
+func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 	rd, err := ringbuf.NewReader(e.xdp.Maps().Events)
 	if err != nil {
 		return fmt.Errorf("open event ring buffer: %w", err)
@@ -42,19 +59,14 @@ func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
 		<-ctx.Done()
 		rd.Close()
 	}()
-	bootOffset := bootTimeOffset()
-	names := &ifaceNames{m: map[uint32]string{}}
-	w := bufio.NewWriterSize(out, 64<<10)
-	defer w.Flush()
+	defer pr.Flush()
+	d := eventDecoder{e: e, bootOffset: bootTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
 	var rec ringbuf.Record
-	var line []byte
 	for {
 		rd.SetDeadline(time.Now().Add(readPollInterval))
 		if err := rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if err := w.Flush(); err != nil {
-					return fmt.Errorf("write event: %w", err)
-				}
+				pr.Flush()
 				continue
 			}
 			if errors.Is(err, os.ErrClosed) {
@@ -65,15 +77,9 @@ func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
 		if len(rec.RawSample) < int(unsafe.Sizeof(bpf.Event{})) {
 			continue
 		}
-		ev := (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0]))
-		line = e.appendEvent(line[:0], ev, bootOffset, names)
-		if _, err := w.Write(line); err != nil {
-			return fmt.Errorf("write event: %w", err)
-		}
+		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0])))
 		if rd.AvailableBytes() == 0 {
-			if err := w.Flush(); err != nil {
-				return fmt.Errorf("write event: %w", err)
-			}
+			pr.Flush()
 		}
 	}
 }
@@ -124,54 +130,57 @@ func tcpFlagsString(f uint8) string {
 	return strings.Join(parts, ",")
 }
 
-// appendEvent appends one JSON line: time, policy, event, the fields the
-// policy asked for, interface and verdict, in that order.
-func (e *Engine) appendEvent(b []byte, ev *bpf.Event, bootOffset time.Duration, names *ifaceNames) []byte {
-	r, ok := e.rule(ev.RuleId)
-	ts := time.Unix(0, int64(ev.BootNs)+int64(bootOffset)).UTC()
-	b = append(b, `{"time":"`...)
-	b = ts.AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","policy":`...)
+// eventDecoder turns the kernel's events into pipeline events. It keeps
+// the rule of the last event: consecutive events mostly come from the
+// same rule.
+type eventDecoder struct {
+	e          *Engine
+	bootOffset time.Duration
+	names      *ifaceNames
+	lastID     uint32
+	last       codegen.Rule
+	lastOK     bool
+	haveLast   bool
+}
+
+// decode fills ev: policy, event name, the fields the policy asked for,
+// interface and verdict, in that order.
+func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
+	if !d.haveLast || ev.RuleId != d.lastID {
+		d.last, d.lastOK = d.e.rule(ev.RuleId)
+		d.lastID, d.haveLast = ev.RuleId, true
+	}
+	r, ok := d.last, d.lastOK
+	out.Time = time.Unix(0, int64(ev.BootNs)+int64(d.bootOffset))
 	if !ok {
-		b = strconv.AppendQuote(b, fmt.Sprintf("unknown-rule-%d", ev.RuleId))
+		out.Policy = "unknown-rule-" + strconv.FormatUint(uint64(ev.RuleId), 10)
 	} else {
-		b = strconv.AppendQuote(b, r.Policy)
-		b = append(b, `,"event":`...)
-		b = strconv.AppendQuote(b, r.Event)
+		out.Policy, out.Name = r.Policy, r.Event
 	}
 	for _, f := range r.Fields {
-		b = append(b, ',', '"')
-		b = append(b, f...)
-		b = append(b, '"', ':')
 		switch f {
 		case "saddr":
-			b = strconv.AppendQuote(b, eventAddr(ev.Family, &ev.Saddr).String())
+			out.AppendAddr(f, eventAddr(ev.Family, &ev.Saddr))
 		case "daddr":
-			b = strconv.AppendQuote(b, eventAddr(ev.Family, &ev.Daddr).String())
+			out.AppendAddr(f, eventAddr(ev.Family, &ev.Daddr))
 		case "sport":
-			b = strconv.AppendUint(b, uint64(ev.Sport), 10)
+			out.AppendUint(f, uint64(ev.Sport))
 		case "dport":
-			b = strconv.AppendUint(b, uint64(ev.Dport), 10)
+			out.AppendUint(f, uint64(ev.Dport))
 		case "protocol":
 			name, ok := protocolNames[ev.Protocol]
 			if !ok {
 				name = strconv.Itoa(int(ev.Protocol))
 			}
-			b = strconv.AppendQuote(b, name)
+			out.AppendString(f, name)
 		case "tcp_flags":
-			b = strconv.AppendQuote(b, tcpFlagsString(ev.TcpFlags))
+			out.AppendString(f, tcpFlagsString(ev.TcpFlags))
 		case "len":
-			b = strconv.AppendUint(b, uint64(ev.PacketLen), 10)
+			out.AppendUint(f, uint64(ev.PacketLen))
 		case "ifindex":
-			b = strconv.AppendUint(b, uint64(ev.Ifindex), 10)
-		default:
-			b = append(b, "null"...)
+			out.AppendUint(f, uint64(ev.Ifindex))
 		}
 	}
-	b = append(b, `,"interface":`...)
-	b = strconv.AppendQuote(b, names.name(ev.Ifindex))
-	b = append(b, `,"verdict":`...)
-	b = strconv.AppendQuote(b, verdictNames[ev.Verdict])
-	b = append(b, '}', '\n')
-	return b
+	out.AppendString("interface", d.names.name(ev.Ifindex))
+	out.AppendString("verdict", verdictNames[ev.Verdict])
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -40,6 +41,9 @@ type Reloader struct {
 	Interfaces []string // --interface override
 	Engine     *Engine
 	Log        *slog.Logger
+	// Pipeline, when set, gets the tree's event pipeline with every
+	// successful reload: the stages are part of the snapshot.
+	Pipeline *pipeline.Pipeline
 
 	mu     sync.Mutex
 	status Status
@@ -93,8 +97,15 @@ func (r *Reloader) apply() error {
 	if len(plan.Rules) == 0 {
 		return fmt.Errorf("%s holds no packet policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
 	}
+	stages, err := pipeline.Compile(snap.Pipeline)
+	if err != nil {
+		return err
+	}
 	if err := r.Engine.Apply(plan); err != nil {
 		return err
+	}
+	if r.Pipeline != nil {
+		r.Pipeline.Set(stages)
 	}
 	r.status.Rules = r.status.Rules[:0]
 	for _, rule := range plan.Rules {

@@ -12,6 +12,9 @@ type Snapshot struct {
 	Files []string
 	// Policies sorted by name.
 	Policies []Policy
+	// Pipeline is the tree's event pipeline (pipeline.go); nil when the
+	// tree declares none.
+	Pipeline *Pipeline
 }
 
 // Position names a place in a user's policy file.

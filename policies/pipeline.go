@@ -1,0 +1,246 @@
+package policies
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"cuelang.org/go/cue"
+
+	"github.com/grain-ebpf/grain/schema"
+)
+
+// Pipeline is the event pipeline of a tree: the top-level field
+// `pipeline` of one of its files (schema/pipeline.cue). Stages run in the
+// order of the fields: filters, samples, rate limits, rewrites, enrichment.
+type Pipeline struct {
+	// Pos is where the pipeline is declared.
+	Pos        Position
+	Filters    []EventFilter
+	Samples    []Sample
+	RateLimits []RateLimit
+	Rewrites   []Rewrite
+	Enrich     Enrich
+	// HashKey keys the hash rewrite; empty hashes with plain SHA-256.
+	HashKey string
+}
+
+// EventFilter drops the events (of Events, or all when empty) whose Field
+// equals one of Equals or lies in one of CIDRs.
+type EventFilter struct {
+	Events []string
+	Field  string
+	// Equals holds strings and integers; Ints[i] tells which.
+	Equals []string
+	Ints   []bool
+	CIDRs  []netip.Prefix
+	Pos    Position
+}
+
+// Sample keeps one event in OneIn of each event name.
+type Sample struct {
+	Events []string
+	OneIn  int
+	Pos    Position
+}
+
+// RateLimit lets at most PerSecond events of each event name through per
+// second, with bursts of Burst.
+type RateLimit struct {
+	Events    []string
+	PerSecond float64
+	Burst     int
+	Pos       Position
+}
+
+// Rewrite actions.
+const (
+	RewriteRename   = "rename"
+	RewriteRedact   = "redact"
+	RewriteHash     = "hash"
+	RewriteTruncate = "truncate"
+	RewritePrefix   = "prefix"
+)
+
+// Rewrite changes one field of the events of Events (all when empty).
+type Rewrite struct {
+	Events []string
+	Field  string
+	// Action is one of the Rewrite* constants.
+	Action string
+	// To is the new name (rename).
+	To string
+	// Length is the bytes a string keeps (truncate).
+	Length int
+	// IPv4Bits and IPv6Bits are the prefix lengths an address keeps
+	// (prefix; -1 leaves that family unchanged).
+	IPv4Bits, IPv6Bits int
+	Pos                Position
+}
+
+// Enrich adds fields to every event.
+type Enrich struct {
+	Host   bool
+	Cgroup bool
+}
+
+// loadPipeline decodes the tree's `pipeline` field.
+func (l *loader) loadPipeline(file string, pos Position, raw cue.Value) {
+	if l.pipeline != nil {
+		l.errs = append(l.errs, Error{Pos: pos, Policy: schema.PipelineField,
+			Msg: fmt.Sprintf("declared again; first declared at %s: a tree has one pipeline", l.pipeline.Pos)})
+		return
+	}
+	sch := l.ctx.CompileString(schema.PipelineSource, cue.Filename(schema.PipelineFilename))
+	if err := sch.Err(); err != nil {
+		l.errs = append(l.errs, Error{Pos: pos, Msg: "embedded pipeline schema: " + err.Error()})
+		return
+	}
+	v := raw.Unify(sch.LookupPath(cue.ParsePath(schema.PipelineDefinition)))
+	if err := v.Validate(cue.Concrete(true)); err != nil {
+		c := errorConverter{file: file, policy: schema.PipelineField, decl: pos, raw: raw, schema: sch}
+		l.errs = append(l.errs, c.convert(err)...)
+		return
+	}
+	d := pipelineDecoder{decoder: decoder{file: file, raw: raw, policy: &Policy{Name: schema.PipelineField, Pos: pos}}}
+	p := &Pipeline{Pos: pos}
+	d.decode(v, p)
+	if len(d.errs) > 0 {
+		l.errs = append(l.errs, d.errs...)
+		return
+	}
+	l.pipeline = p
+}
+
+type pipelineDecoder struct {
+	decoder
+}
+
+func (d *pipelineDecoder) list(v cue.Value, name string, each func(e cue.Value, path string)) {
+	f := v.LookupPath(cue.MakePath(cue.Str(name)))
+	if !f.Exists() {
+		return
+	}
+	for i, e := range oneOrMany(f) {
+		each(e, fmt.Sprintf("%s[%d]", name, i))
+	}
+}
+
+func lookup(v cue.Value, name string) (cue.Value, bool) {
+	f := v.LookupPath(cue.MakePath(cue.Str(name)))
+	return f, f.Exists()
+}
+
+func (d *pipelineDecoder) decode(v cue.Value, p *Pipeline) {
+	d.list(v, "filter", func(e cue.Value, path string) {
+		f := EventFilter{Events: events(e), Pos: d.pos(e)}
+		f.Field = d.field(e, path)
+		eq, hasEq := lookup(e, "equals")
+		cidr, hasCIDR := lookup(e, "cidr")
+		if hasEq == hasCIDR {
+			d.errorf(f.Pos, path, "give exactly one of equals and cidr")
+			return
+		}
+		for _, x := range oneOrMany(eq) {
+			if i, err := x.Int64(); err == nil {
+				f.Equals, f.Ints = append(f.Equals, strconv.FormatInt(i, 10)), append(f.Ints, true)
+			} else if s, err := x.String(); err == nil {
+				f.Equals, f.Ints = append(f.Equals, s), append(f.Ints, false)
+			}
+		}
+		if hasCIDR {
+			for i, x := range oneOrMany(cidr) {
+				s, _ := x.String()
+				pfx, err := parseCIDR(s)
+				if err != nil {
+					d.errorf(d.pos(x), elementPath(cidr, path+".cidr", i), "%v", err)
+					continue
+				}
+				f.CIDRs = append(f.CIDRs, pfx)
+			}
+		}
+		p.Filters = append(p.Filters, f)
+	})
+	d.list(v, "sample", func(e cue.Value, path string) {
+		n, _ := e.LookupPath(cue.ParsePath("one_in")).Int64()
+		p.Samples = append(p.Samples, Sample{Events: events(e), OneIn: int(n), Pos: d.pos(e)})
+	})
+	d.list(v, "rate_limit", func(e cue.Value, path string) {
+		r := RateLimit{Events: events(e), Pos: d.pos(e)}
+		r.PerSecond, _ = e.LookupPath(cue.ParsePath("per_second")).Float64()
+		if b, ok := lookup(e, "burst"); ok {
+			n, _ := b.Int64()
+			r.Burst = int(n)
+		} else {
+			r.Burst = max(1, int(r.PerSecond))
+		}
+		p.RateLimits = append(p.RateLimits, r)
+	})
+	d.list(v, "rewrite", func(e cue.Value, path string) {
+		r := Rewrite{Events: events(e), Pos: d.pos(e), IPv4Bits: -1, IPv6Bits: -1}
+		r.Field = d.field(e, path)
+		var actions []string
+		if x, ok := lookup(e, "rename"); ok {
+			actions = append(actions, RewriteRename)
+			r.To, _ = x.String()
+			if r.To == "" {
+				d.errorf(d.pos(x), path+".rename", "the new name is empty")
+			}
+		}
+		if _, ok := lookup(e, "redact"); ok {
+			actions = append(actions, RewriteRedact)
+		}
+		if _, ok := lookup(e, "hash"); ok {
+			actions = append(actions, RewriteHash)
+		}
+		if x, ok := lookup(e, "truncate"); ok {
+			actions = append(actions, RewriteTruncate)
+			n, _ := x.Int64()
+			r.Length = int(n)
+		}
+		if x, ok := lookup(e, "prefix"); ok {
+			actions = append(actions, RewritePrefix)
+			if b, ok := lookup(x, "ipv4"); ok {
+				n, _ := b.Int64()
+				r.IPv4Bits = int(n)
+			}
+			if b, ok := lookup(x, "ipv6"); ok {
+				n, _ := b.Int64()
+				r.IPv6Bits = int(n)
+			}
+			if r.IPv4Bits < 0 && r.IPv6Bits < 0 {
+				d.errorf(d.pos(x), path+".prefix", "give ipv4, ipv6 or both")
+			}
+		}
+		if len(actions) != 1 {
+			d.errorf(r.Pos, path, "give exactly one of rename, redact, hash, truncate and prefix (got %d)", len(actions))
+			return
+		}
+		r.Action = actions[0]
+		p.Rewrites = append(p.Rewrites, r)
+	})
+	if e, ok := lookup(v, "enrich"); ok {
+		p.Enrich.Host, _ = e.LookupPath(cue.ParsePath("host")).Bool()
+		p.Enrich.Cgroup, _ = e.LookupPath(cue.ParsePath("cgroup")).Bool()
+	}
+	if k, ok := lookup(v, "hash_key"); ok {
+		p.HashKey, _ = k.String()
+	}
+}
+
+// events reads a stage's event names; none means every event.
+func events(e cue.Value) []string {
+	if v, ok := lookup(e, "event"); ok {
+		return stringList(v)
+	}
+	return nil
+}
+
+func (d *pipelineDecoder) field(e cue.Value, path string) string {
+	v := e.LookupPath(cue.ParsePath("field"))
+	s, _ := v.String()
+	if s == "" || s == "time" || s == "policy" || s == "event" {
+		d.errorf(d.pos(v), path+".field", "%q cannot be filtered or rewritten: name a field of the event", s)
+	}
+	return s
+}
