@@ -4,6 +4,12 @@ SHELL := /bin/bash
 GOARCH ?= $(shell $(GO) env GOARCH)
 BIN := bin/grain
 
+# Tests run inside Debian's stock 6.1 kernels under QEMU by `make test`
+# (scripts/vm-test.sh): space-separated package:regex, the regex for -test.run
+# (no spaces; | is fine). Kprobe and fentry tests go here, not only on the host.
+VM_TESTS_AMD64 := ./bpf:TestLoadXDP ./engine:TestXDP ./internal/vmtest:.
+VM_TESTS_ARM64 := ./bpf:TestLoadXDP ./engine:TestXDP ./internal/vmtest:.
+
 .PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
 
 build:
@@ -21,7 +27,8 @@ demo: deps build
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -v ./...
-	./scripts/vm-kernel-test.sh
+	GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(foreach t,$(VM_TESTS_AMD64),'$(t)')
+	GO=$(GO) ./scripts/vm-test.sh --arch arm64 $(foreach t,$(VM_TESTS_ARM64),'$(t)')
 	$(MAKE) check-generated
 
 # Rebuild the committed BPF objects with Debian's clang-19.

@@ -147,7 +147,7 @@ func TestFentryFires(t *testing.T) {
 	defer prog.Close()
 	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, enotsupp) {
-		Missing(t, "fentry", err)
+		Missing(t, "fentry", fmt.Errorf("no BPF trampoline to %s: %w", probedFunc, err))
 	}
 	if err != nil {
 		t.Fatalf("attach fentry to %s: %v", probedFunc, err)

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Runs Go tests inside Debian's stock kernels under QEMU (software emulation,
+# no KVM needed): for kernel features this host lacks (kprobes, fentry), for
+# older verifiers, and for arm64. As root:
+#
+#   scripts/vm-test.sh [options] PACKAGE:REGEX...
+#   scripts/vm-test.sh --arch amd64 ./bpf:TestLoadXDP ./engine:'TestXDP|TestProbe'
+#   scripts/vm-test.sh --arch arm64 ./bpf:TestLoadXDP ./internal/vmtest:TestKprobe
+#
+# Each PACKAGE is built into a static test binary (CGO_ENABLED=0 GOARCH=<arch>
+# go test -c) and run in the guest with -test.v -test.run REGEX (REGEX "." when
+# omitted), in that package's directory of a copy of the source tree, so that
+# relative paths and testdata work as on the host.
+#
+# Options:
+#   --arch amd64|arm64  guest architecture (default amd64)
+#   --kernel PACKAGE    Debian kernel package (default linux-image-6.1.0-56-<arch>;
+#                       when the registry no longer has it, the current
+#                       linux-image-<arch> is used and named)
+#   --modules a,b       modules from the kernel package to insmod, with the
+#                       modules they depend on (default veth)
+#   --features "a b"    kernel features the guest has: a test that calls
+#                       vmtest.Missing for one of them fails instead of
+#                       skipping (default "kprobe fentry" on amd64, "kprobe"
+#                       on arm64)
+#   --timeout SECONDS   the whole guest run, boot included (default 300)
+#
+# The guest mounts proc, sysfs, devtmpfs, bpffs, tracefs, debugfs, cgroup2 and
+# a tmpfs on /tmp, brings lo up, is called grain-vm, and sets GRAIN_VM_KERNEL
+# (uname -r), GRAIN_VM_ARCH and GRAIN_VM_FEATURES (see internal/vmtest).
+#
+# Output: "== guest kernel <release> (<arch>)", then every test binary's -v
+# output, then one summary line. Exit status 1 when a test failed, a package
+# ran no test, or the guest crashed or timed out.
+#
+# What it needs is installed when missing (apt-get: qemu-system-x86 or
+# qemu-system-arm, cpio; dpkg --add-architecture arm64). Kernel and busybox
+# packages are fetched with apt-get download into $GRAIN_VM_CACHE (default
+# /var/cache/grain-vm) and unpacked there once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+
+arch=amd64 kpkg= modules=veth features=unset vm_timeout=300
+entries=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--arch) arch=$2; shift 2 ;;
+	--kernel) kpkg=$2; shift 2 ;;
+	--modules) modules=$2; shift 2 ;;
+	--features) features=$2; shift 2 ;;
+	--timeout) vm_timeout=$2; shift 2 ;;
+	-h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	-*) echo "vm-test: unknown option $1" >&2; exit 2 ;;
+	*) entries+=("$1"); shift ;;
+	esac
+done
+[ ${#entries[@]} -gt 0 ] || { echo "vm-test: no PACKAGE:REGEX given (see --help)" >&2; exit 2; }
+
+case $arch in
+amd64)
+	qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 console=ttyS0
+	machine=(-machine q35,accel=tcg -cpu max)
+	[ "$features" != unset ] || features="kprobe fentry"
+	;;
+arm64)
+	# pauth-impdef: QEMU's own pointer-authentication hash, much faster to
+	# emulate than the architected one.
+	qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm console=ttyAMA0
+	machine=(-machine virt,accel=tcg -cpu max,pauth-impdef=on)
+	[ "$features" != unset ] || features="kprobe"
+	;;
+*) echo "vm-test: --arch must be amd64 or arm64" >&2; exit 2 ;;
+esac
+pinned=linux-image-6.1.0-56-$arch
+kpkg=${kpkg:-$pinned}
+cache=${GRAIN_VM_CACHE:-/var/cache/grain-vm}
+start=$SECONDS
+
+# --- What the host needs.
+need=()
+command -v "$qemu" >/dev/null || need+=("$qemu_pkg")
+command -v cpio >/dev/null || need+=(cpio)
+command -v xz >/dev/null || need+=(xz-utils)
+updated=0
+apt_update() { [ $updated = 1 ] || { apt-get update -qq; updated=1; }; }
+if [ "$arch" != "$(dpkg --print-architecture)" ] &&
+	! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+	dpkg --add-architecture "$arch"
+	apt_update
+fi
+if [ ${#need[@]} -gt 0 ]; then
+	echo "vm-test: installing ${need[*]}"
+	apt_update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- Kernel and busybox packages, downloaded and unpacked once.
+mkdir -p "$cache/debs" "$cache/root"
+exec 9>"$cache/.lock"
+flock 9 # one runner at a time fetches and unpacks
+# fetch NAME: the path of NAME's .deb for $arch in the cache, downloading it
+# (apt-get download, refreshing the package lists once if needed).
+fetch() {
+	local name=$1 debs tmp
+	debs=("$cache"/debs/"$name"_*_"$arch".deb)
+	if [ ! -f "${debs[-1]}" ]; then
+		tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
+		if ! (cd "$tmp" && apt-get download -q=2 -o APT::Sandbox::User=root "$name:$arch" 2>/dev/null); then
+			apt_update
+			(cd "$tmp" && apt-get download -q=2 -o APT::Sandbox::User=root "$name:$arch") || { rm -rf "$tmp"; return 1; }
+		fi
+		mv "$tmp"/*.deb "$cache/debs/" && rmdir "$tmp"
+		debs=("$cache"/debs/"$name"_*_"$arch".deb)
+	fi
+	echo "${debs[-1]}"
+}
+# unpack NAME: the directory holding NAME's package unpacked.
+unpack() {
+	local deb dir
+	deb=$(fetch "$1") || return 1
+	dir=$cache/root/$(basename "$deb" .deb)
+	if [ ! -d "$dir" ]; then
+		rm -rf "$dir.tmp"
+		dpkg-deb -x "$deb" "$dir.tmp"
+		mv "$dir.tmp" "$dir"
+	fi
+	echo "$dir"
+}
+if ! kroot=$(unpack "$kpkg"); then
+	[ "$kpkg" = "$pinned" ] || { echo "vm-test: cannot download $kpkg for $arch" >&2; exit 1; }
+	kpkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-/ {sub(/:.*/, "", $2); print $2; exit}')
+	echo "vm-test: $pinned is gone from the registry; using the current $kpkg"
+	kroot=$(unpack "$kpkg")
+fi
+bbroot=$(unpack busybox-static)
+exec 9>&-
+vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+kver=${vmlinuz##*/vmlinuz-}
+moddir=$kroot/lib/modules/$kver
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+initrd=$work/initrd
+mkdir -p "$initrd"/{bin,dev,proc,sys,tmp,t,src,lib/modules}
+cp "$bbroot/bin/busybox" "$initrd/bin/" && ln -s busybox "$initrd/bin/sh"
+
+# --- Modules and the modules they depend on (the depends= field of their
+# .modinfo), in load order.
+declare -A added=()
+mods=()
+find "$moddir/kernel" -name '*.ko*' >"$work/modules.list"
+add_module() {
+	local m=${1//-/_} f deps d
+	[ -z "${added[$m]:-}" ] || return 0
+	added[$m]=1
+	f=$(grep -E "/(${m}|${m//_/-})\.ko(\.xz|\.zst|\.gz)?$" "$work/modules.list" | head -1) || true
+	if [ -z "$f" ]; then
+		grep -qE "/(${m}|${m//_/-})\.ko$" "$moddir/modules.builtin" 2>/dev/null && return 0
+		echo "vm-test: module $m is neither in $kpkg nor built in" >&2
+		exit 1
+	fi
+	case $f in
+	*.xz) xz -dc "$f" ;; *.zst) zstd -dc "$f" ;; *.gz) gzip -dc "$f" ;; *) cat "$f" ;;
+	esac >"$initrd/lib/modules/$m.ko"
+	deps=$(tr '\0' '\n' <"$initrd/lib/modules/$m.ko" | grep -a -m1 '^depends=' | cut -d= -f2) || true
+	for d in ${deps//,/ }; do add_module "$d"; done
+	mods+=("$m")
+}
+for m in ${modules//,/ }; do add_module "$m"; done
+
+# --- Test binaries and the source tree they run in.
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quoted for sh
+# Tracked and untracked-but-not-ignored files, as the working tree has them.
+git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do
+	[ -f "$f" ] && printf '%s\0' "$f"
+done | tar --null -T - -cf - | tar -xf - -C "$initrd/src"
+# Go's own timeout first, so that a hung test prints its goroutines.
+test_timeout=$((vm_timeout - vm_timeout / 10 - 5))
+[ $test_timeout -ge 1 ] || test_timeout=1
+runs=
+pids=()
+declare -A built=()
+for e in "${entries[@]}"; do
+	pkg=${e%%:*} regex=.
+	[[ $e != *:* ]] || regex=${e#*:}
+	dir=$($GO list -f '{{.Dir}}' "$pkg")
+	rel=$(realpath --relative-to=. "$dir")
+	bin=${rel//\//_}.test
+	if [ -z "${built[$bin]:-}" ]; then
+		built[$bin]=1
+		CGO_ENABLED=0 GOARCH=$arch $GO test -c -ldflags='-s -w' -o "$initrd/t/$bin" "$pkg" &
+		pids+=($!)
+	fi
+	runs+="echo $(q "== run $pkg -test.run $regex")
+(cd /src/$(q "$rel") && /t/$bin -test.v -test.timeout ${test_timeout}s -test.run $(q "$regex") 2>&1)
+echo $(q "== exit $pkg ")\$?
+"
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+cat >"$initrd/init" <<INIT
+#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin HOME=/tmp TMPDIR=/tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /sys/fs/bpf /sys/kernel/tracing /sys/kernel/debug /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hostname grain-vm
+ip link set lo up
+export GRAIN_VM_KERNEL=\$(uname -r) GRAIN_VM_ARCH=$arch GRAIN_VM_FEATURES=$(q "$features")
+echo "== guest kernel \$GRAIN_VM_KERNEL ($arch): \$(uname -v), \$(nproc) CPUs, features: \$GRAIN_VM_FEATURES"
+for m in ${mods[*]}; do insmod /lib/modules/\$m.ko || echo "== insmod \$m failed"; done
+[ -z "${mods[*]}" ] || echo "== modules loaded: \$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+$runs
+echo "== done"
+poweroff -f
+INIT
+chmod +x "$initrd/init"
+# Uncompressed: unpacking is faster than decompressing in an emulated CPU.
+(cd "$initrd" && find . | cpio -o -H newc --quiet >"$work/initrd.cpio")
+
+# --- Boot. The console carries the test output; everything from the guest's
+# first line on is shown as it comes.
+log=$work/console.log
+boot=$SECONDS
+set +e
+timeout -k 5 "$vm_timeout" "$qemu" "${machine[@]}" -smp 2 -m 1536 \
+	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
+	-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
+	-append "console=$console quiet panic=-1 oops=panic" </dev/null |
+	tr -d '\r' | tee "$log" | sed -u -n '/== guest kernel/,$ { s/^.*== guest kernel/== guest kernel/; p }'
+rc=${PIPESTATUS[0]}
+set -e
+
+# --- Verdict.
+awk -v arch="$arch" -v kpkg="$kpkg" -v rc="$rc" -v timeout="$vm_timeout" \
+	-v prep=$((boot - start)) -v vm=$((SECONDS - boot)) '
+/^== guest kernel/ { kernel = $4 }
+/^== run / { cur = ++n; entry[n] = $3 ":" $5 }
+/^=== RUN / && cur { tests[cur]++ }
+/^--- PASS/ { pass++ } /^--- SKIP/ { skip++; skipped = skipped " " $3 } /^--- FAIL/ { fail++; failed = failed " " $3 }
+/^== exit / { if ($NF != 0) bad = bad " " $3 " exited " $NF ";"; cur = 0 }
+/^== done/ { done = 1 }
+/^== insmod .* failed/ { bad = bad " insmod " $3 " failed;" }
+END {
+	for (i = 1; i <= n; i++) if (!tests[i]) bad = bad " " entry[i] " ran no test;"
+	if (!done) bad = bad (rc == 124 ? " guest timed out after " timeout " s;" : " guest stopped before the end (exit " rc ");")
+	if (kernel == "") kernel = kpkg " (did not start init)"
+	printf "== %s guest %s: %d passed, %d failed, %d skipped%s; %d s (%d s building) %s\n",
+		arch, kernel, pass, fail, skip, (skip ? " (" substr(skipped, 2) ")" : ""), prep + vm, prep,
+		(bad == "" ? "ok" : "FAILED:" bad)
+	exit bad != ""
+}' "$log" && exit 0
+# On a crash, show the end of the console, kernel messages included.
+grep -q '^== done' "$log" || { echo "== last console lines:"; tail -n 40 "$log"; }
+exit 1
