@@ -17,6 +17,8 @@ import (
 	"go.opentelemetry.io/otel/log"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // LogsConfig configures NewLogs.
@@ -70,6 +72,12 @@ func NewLogs(ctx context.Context, cfg LogsConfig) (*Logs, error) {
 }
 
 func newLogExporter(ctx context.Context, cfg Config) (sdklog.Exporter, error) {
+	return newLogExporterRetry(ctx, cfg, true)
+}
+
+// newLogExporterRetry makes the OTLP log exporter; without retry it
+// returns the first failure, for a caller that retries itself.
+func newLogExporterRetry(ctx context.Context, cfg Config, retry bool) (sdklog.Exporter, error) {
 	proto, err := cfg.protocol("LOGS")
 	if err != nil {
 		return nil, err
@@ -78,12 +86,23 @@ func newLogExporter(ctx context.Context, cfg Config) (sdklog.Exporter, error) {
 	switch proto {
 	case ProtocolGRPC:
 		var opts []otlploggrpc.Option
+		if !retry {
+			// Reconnect within seconds of the collector's return (gRPC's
+			// own default backs off to two minutes).
+			opts = append(opts, otlploggrpc.WithRetry(otlploggrpc.RetryConfig{Enabled: false}),
+				otlploggrpc.WithDialOption(grpc.WithConnectParams(grpc.ConnectParams{
+					Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+					MinConnectTimeout: time.Second})))
+		}
 		if cfg.Endpoint != "" {
 			opts = append(opts, otlploggrpc.WithEndpointURL(cfg.Endpoint))
 		}
 		exp, err = otlploggrpc.New(ctx, opts...)
 	default:
 		var opts []otlploghttp.Option
+		if !retry {
+			opts = append(opts, otlploghttp.WithRetry(otlploghttp.RetryConfig{Enabled: false}))
+		}
 		if cfg.Endpoint != "" {
 			u, err := signalURL(cfg.Endpoint, "v1/logs")
 			if err != nil {

@@ -15,6 +15,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/pipeline"
 )
 
 // Attribute keys of grain's own metrics and log records.
@@ -24,6 +25,9 @@ const (
 	AttrReloadResult = attribute.Key("grain.reload.result")
 	AttrPolicyHash   = attribute.Key("grain.policy.hash")
 	AttrVerdict      = attribute.Key("grain.verdict")
+	AttrEvent        = attribute.Key("grain.event")
+	AttrSink         = attribute.Key("grain.sink")
+	AttrDiscard      = attribute.Key("grain.discard.reason")
 )
 
 // MetricsConfig configures NewMetrics.
@@ -38,6 +42,9 @@ type MetricsConfig struct {
 	// Status reads the reload status, normally (*engine.Reloader).Status.
 	// Nil exports no reload metrics (grain run with a fixed policy set).
 	Status func() engine.Status
+	// Pipeline reads the event pipeline's counts, normally
+	// (*pipeline.Pipeline).Stats. Nil exports no pipeline metrics.
+	Pipeline func() pipeline.Stats
 }
 
 // Metrics exports grain's counters as OpenTelemetry metrics. The values
@@ -121,8 +128,14 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 	packets := counter("grain.rule.packets", "{packet}", "Packets matched by each policy's rules.")
 	bytes := counter("grain.rule.bytes", "By", "Bytes of the packets matched by each policy's rules.")
 	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
-	lost := counter("grain.events.lost", "{event}", "Events a policy could not emit.")
+	lost := counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
 	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
+	received := counter("grain.events.received", "{event}", "Events read from the kernel's ring buffer.")
+	discarded := counter("grain.events.discarded", "{event}", "Events the pipeline discarded as its stages say, by reason (filtered, sampled, rate_limited).")
+	exported := counter("grain.events.exported", "{event}", "Events written or accepted by the collector, by sink.")
+	pending, err := meter.Int64ObservableUpDownCounter("grain.events.pending", metric.WithUnit("{event}"),
+		metric.WithDescription("Events queued in a sink or being exported, by sink."))
+	errs = append(errs, err)
 	hash, err := meter.Int64ObservableGauge("grain.policy.active_hash",
 		metric.WithUnit("1"),
 		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))
@@ -133,6 +146,9 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 
 	// Attribute sets that never change are built once.
 	lossRingFull := AttrLossReason.String("ring_buffer_full")
+	lossQueueFull := AttrLossReason.String("queue_full")
+	lossExportQueueFull := AttrLossReason.String("export_queue_full")
+	lossExportFailed := AttrLossReason.String("export_failed")
 	reloadOK := metric.WithAttributes(AttrReloadResult.String("success"))
 	reloadFailed := metric.WithAttributes(AttrReloadResult.String("failure"))
 
@@ -156,6 +172,24 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
 			}
 		}
+		if cfg.Pipeline != nil {
+			st := cfg.Pipeline()
+			o.ObserveInt64(received, toInt64(st.Received))
+			for _, e := range st.Events {
+				ev := AttrEvent.String(e.Event)
+				o.ObserveInt64(lost, toInt64(e.QueueFull), metric.WithAttributes(ev, lossQueueFull))
+				o.ObserveInt64(discarded, toInt64(e.Filtered), metric.WithAttributes(ev, AttrDiscard.String("filtered")))
+				o.ObserveInt64(discarded, toInt64(e.Sampled), metric.WithAttributes(ev, AttrDiscard.String("sampled")))
+				o.ObserveInt64(discarded, toInt64(e.RateLimited), metric.WithAttributes(ev, AttrDiscard.String("rate_limited")))
+			}
+			for _, k := range st.Sinks {
+				sink := AttrSink.String(k.Sink)
+				o.ObserveInt64(exported, toInt64(k.Exported), metric.WithAttributes(sink))
+				o.ObserveInt64(lost, toInt64(k.QueueFull), metric.WithAttributes(sink, lossExportQueueFull))
+				o.ObserveInt64(lost, toInt64(k.Failed), metric.WithAttributes(sink, lossExportFailed))
+				o.ObserveInt64(pending, toInt64(k.Pending), metric.WithAttributes(sink))
+			}
+		}
 		if cfg.Status != nil {
 			st := cfg.Status()
 			o.ObserveInt64(reloads, toInt64(st.ReloadsOK), reloadOK)
@@ -165,7 +199,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			}
 		}
 		return nil
-	}, packets, bytes, emitted, lost, reloads, hash)
+	}, packets, bytes, emitted, lost, reloads, hash, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

@@ -18,9 +18,12 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel"
+
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/export"
+	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 	"github.com/grain-ebpf/grain/schema"
 )
@@ -169,6 +172,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time after a file change before reloading")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "also export metrics and events over OTLP to this collector URL (also enabled by OTEL_EXPORTER_OTLP_ENDPOINT; protocol from OTEL_EXPORTER_OTLP_PROTOCOL)")
+	toStdout := fs.Bool("stdout", true, "write events as JSON lines on stdout")
+	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
+	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
+	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -183,6 +190,33 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// The event pipeline and its sinks; the first reload installs the
+	// tree's stages.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
+	otlp := *otlpEndpoint != "" || otlpFromEnv()
+	otlpCfg := export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()}
+	var sinks []pipeline.Sink
+	if *toStdout {
+		sinks = append(sinks, pipeline.NewJSONSink(stdout))
+	}
+	if otlp {
+		logSink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{Config: otlpCfg, QueueSize: *otlpQueue, RetryFor: *otlpRetry})
+		if err != nil {
+			fmt.Fprintln(stderr, "grain: OTLP logs:", err)
+			return 1
+		}
+		// On exit, after the pipeline has drained: export what is pending,
+		// for at most 5 s (a collector that is down must not hold up the
+		// exit); what is left is counted as lost.
+		defer func() {
+			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			logSink.Shutdown(flush)
+		}()
+		sinks = append(sinks, logSink)
+	}
+	pipe := pipeline.New(pipeline.Options{QueueEvents: *eventQueue, Sinks: sinks})
+
 	eng, err := engine.New(engine.Options{Logger: log, PinPath: *pinPath})
 	if err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
@@ -204,7 +238,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer watcher.Close()
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log}
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log, Pipeline: pipe}
 	if err := reloader.Reload(true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		abandon()
@@ -245,33 +279,26 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// is seen (tests wait for this line).
 	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
 
-	events := stdout // JSON lines on stdout stay the default
-	if *otlpEndpoint != "" || otlpFromEnv() {
-		cfg := export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()}
-		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: cfg, Counters: eng.Counters, Status: reloader.Status})
+	if otlp {
+		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: otlpCfg, Counters: eng.Counters, Status: reloader.Status,
+			Pipeline: pipe.Stats})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
 			return 1
 		}
-		logs, err := export.NewLogs(ctx, export.LogsConfig{Config: cfg})
-		if err != nil {
-			fmt.Fprintln(stderr, "grain: OTLP logs:", err)
-			return 1
-		}
-		// On exit, export what is pending (bounded: a collector that is
-		// down must not hold up the exit).
+		// Runs before the log sink's shutdown (deferred earlier), so the
+		// final points do not count the events still being flushed.
 		defer func() {
 			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			logs.Shutdown(flush)
 			metrics.Shutdown(flush)
 		}()
-		events = io.MultiWriter(stdout, logs.Writer())
 		log.Info("exporting over OTLP", "endpoint", *otlpEndpoint)
 	}
 	if *metricsAddr != "" {
 		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
-			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status})
+			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status,
+			Pipeline: pipe.Stats})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
 			return 1
@@ -290,7 +317,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		log.Info("serving Prometheus metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	}
 	streamErr := make(chan error, 1)
-	go func() { streamErr <- eng.StreamEvents(ctx, events) }()
+	pipeCtx, stopPipe := context.WithCancel(context.Background())
+	go pipe.Run(pipeCtx)
+	go func() {
+		// The reader stops with ctx; the pipeline then drains its queue.
+		err := eng.ReadEvents(ctx, pipe.Producer())
+		stopPipe()
+		<-pipe.Done()
+		streamErr <- err
+	}()
 	for {
 		select {
 		case <-watcher.Changes():

@@ -25,9 +25,20 @@ import (
 // Receiver keeps every request it is sent, over gRPC or HTTP, so tests can
 // assert on what left the process.
 type Receiver struct {
-	mu      sync.Mutex
-	metrics []*metricspb.ResourceMetrics
-	logs    []*logspb.ResourceLogs
+	// DiscardLogs counts log records without keeping them (benchmarks).
+	DiscardLogs bool
+
+	mu         sync.Mutex
+	metrics    []*metricspb.ResourceMetrics
+	logs       []*logspb.ResourceLogs
+	logRecords int
+}
+
+// LogRecords is the number of log records received so far.
+func (r *Receiver) LogRecords() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.logRecords
 }
 
 func (r *Receiver) addMetrics(req *colmetricspb.ExportMetricsServiceRequest) {
@@ -37,9 +48,18 @@ func (r *Receiver) addMetrics(req *colmetricspb.ExportMetricsServiceRequest) {
 }
 
 func (r *Receiver) addLogs(req *collogspb.ExportLogsServiceRequest) {
+	n := 0
+	for _, rl := range req.GetResourceLogs() {
+		for _, sl := range rl.GetScopeLogs() {
+			n += len(sl.GetLogRecords())
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.logs = append(r.logs, req.GetResourceLogs()...)
+	r.logRecords += n
+	if !r.DiscardLogs {
+		r.logs = append(r.logs, req.GetResourceLogs()...)
+	}
 }
 
 // Snapshot returns what arrived so far.
@@ -78,12 +98,21 @@ func StartGRPC(t testing.TB) (*Receiver, string) {
 		t.Fatal(err)
 	}
 	r := &Receiver{}
+	url, stop := r.ServeGRPC(lis)
+	t.Cleanup(stop)
+	return r, url
+}
+
+// ServeGRPC serves the OTLP gRPC services on ln until stop is called,
+// which closes ln and every connection. The receiver keeps what it got,
+// so a test can stop it and serve it again on the same address: a
+// collector outage.
+func (r *Receiver) ServeGRPC(ln net.Listener) (url string, stop func()) {
 	srv := grpc.NewServer()
 	colmetricspb.RegisterMetricsServiceServer(srv, metricsService{r: r})
 	collogspb.RegisterLogsServiceServer(srv, logsService{r: r})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return r, "http://" + lis.Addr().String()
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), srv.Stop
 }
 
 // StartHTTP serves OTLP/HTTP with protobuf bodies and returns the receiver
@@ -102,6 +131,14 @@ func StartHTTP(t testing.TB) (*Receiver, string) {
 func StartHTTPOn(t testing.TB, ln net.Listener) (*Receiver, string) {
 	t.Helper()
 	r := &Receiver{}
+	url, stop := r.ServeHTTP(t, ln)
+	t.Cleanup(stop)
+	return r, url
+}
+
+// ServeHTTP serves OTLP/HTTP on ln until stop is called, which closes ln
+// and every connection; see ServeGRPC.
+func (r *Receiver) ServeHTTP(t testing.TB, ln net.Listener) (url string, stop func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/metrics", func(w http.ResponseWriter, req *http.Request) {
 		in := &colmetricspb.ExportMetricsServiceRequest{}
@@ -123,8 +160,7 @@ func StartHTTPOn(t testing.TB, ln net.Listener) (*Receiver, string) {
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.Start()
-	t.Cleanup(srv.Close)
-	return r, srv.URL
+	return srv.URL, srv.Close
 }
 
 func decodeOTLP(t testing.TB, w http.ResponseWriter, req *http.Request, msg proto.Message) bool {
