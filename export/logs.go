@@ -91,7 +91,7 @@ func newLogExporterRetry(ctx context.Context, cfg Config, retry bool) (sdklog.Ex
 			// own default backs off to two minutes).
 			opts = append(opts, otlploggrpc.WithRetry(otlploggrpc.RetryConfig{Enabled: false}),
 				otlploggrpc.WithDialOption(grpc.WithConnectParams(grpc.ConnectParams{
-					Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+					Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 					MinConnectTimeout: time.Second})))
 		}
 		if cfg.Endpoint != "" {
