@@ -1,0 +1,115 @@
+package policies
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+const pipelinePolicy = `
+web: {
+	xdp: interfaces: ["eth0"]
+	match: {protocol: "tcp", dport: 80}
+	then: "drop"
+	emit: {event: "web", fields: ["saddr", "dport"]}
+}
+`
+
+func TestLoadPipeline(t *testing.T) {
+	snap, err := LoadBytes("tree.cue", []byte(pipelinePolicy+`
+pipeline: {
+	hash_key: "k"
+	filter: [{event: "web", field: "saddr", cidr: ["10.0.0.0/8", "fd00::/64"]}, {field: "dport", equals: [22, "x"]}]
+	sample: [{one_in: 10}]
+	rate_limit: [{event: ["web", "dns"], per_second: 100}]
+	rewrite: [{field: "saddr", prefix: {ipv4: 24, ipv6: 48}}, {field: "dport", rename: "port"}]
+	enrich: host: true
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Policies) != 1 || snap.Policies[0].Name != "web" {
+		t.Fatalf("policies: %+v (pipeline is not a policy)", snap.Policies)
+	}
+	p := snap.Pipeline
+	if p == nil {
+		t.Fatal("no pipeline")
+	}
+	if p.Pos.Line != 9 || p.HashKey != "k" || !p.Enrich.Host || p.Enrich.Cgroup {
+		t.Errorf("pipeline: %+v", p)
+	}
+	if len(p.Filters) != 2 || p.Filters[0].CIDRs[1] != netip.MustParsePrefix("fd00::/64") ||
+		p.Filters[1].Equals[0] != "22" || !p.Filters[1].Ints[0] || p.Filters[1].Ints[1] {
+		t.Errorf("filters: %+v", p.Filters)
+	}
+	if len(p.Samples) != 1 || p.Samples[0].OneIn != 10 || p.Samples[0].Events != nil {
+		t.Errorf("samples: %+v", p.Samples)
+	}
+	if len(p.RateLimits) != 1 || p.RateLimits[0].Burst != 100 || len(p.RateLimits[0].Events) != 2 {
+		t.Errorf("rate limits: %+v", p.RateLimits)
+	}
+	r := p.Rewrites
+	if len(r) != 2 || r[0].Action != RewritePrefix || r[0].IPv4Bits != 24 || r[0].IPv6Bits != 48 ||
+		r[1].Action != RewriteRename || r[1].To != "port" {
+		t.Errorf("rewrites: %+v", r)
+	}
+}
+
+// Mistakes in the pipeline come back with the file:line:col of the
+// user's text, like those in policies.
+func TestPipelineErrors(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{`pipeline: {filtr: []}`, `tree.cue:1:12: policy pipeline: filtr: field not allowed`},
+		{"pipeline: {\n\tsample: [{one_in: 0}]\n}", `tree.cue:2:20: policy pipeline: sample[0].one_in: invalid value 0`},
+		{"pipeline: {\n\trewrite: [{field: \"saddr\", redact: true, hash: true}]\n}", `tree.cue:2:12: policy pipeline: rewrite[0]: give exactly one of rename, redact, hash, truncate and prefix (got 2)`},
+		{"pipeline: {\n\tfilter: [{field: \"saddr\", cidr: \"10.0.0.300/8\"}]\n}", `tree.cue:2:34: policy pipeline: filter[0].cidr:`},
+		{"pipeline: {\n\tfilter: [{field: \"saddr\"}]\n}", `tree.cue:2:11: policy pipeline: filter[0]: give exactly one of equals and cidr`},
+		{"pipeline: {\n\trewrite: [{field: \"time\", redact: true}]\n}", `tree.cue:2:20: policy pipeline: rewrite[0].field: "time" cannot be`},
+		{"pipeline: {}\npipeline: {}", ``}, // CUE unifies the two: one pipeline
+	} {
+		_, err := LoadBytes("tree.cue", []byte(pipelinePolicy+"\n"+c.src))
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", c.src, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%s: no error, want %q", c.src, c.want)
+			continue
+		}
+		// The policy text above takes 7 lines and a blank one.
+		want := shiftLine(c.want, 8)
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%s:\n got %v\nwant %s", c.src, err, want)
+		}
+	}
+}
+
+func TestPipelineTwoFiles(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/a.cue", pipelinePolicy+"\npipeline: {}\n")
+	writeFile(t, dir+"/b.cue", "pipeline: {sample: [{one_in: 2}]}\n")
+	_, err := Load(dir)
+	if err == nil || !strings.Contains(err.Error(), "b.cue:1:1: policy pipeline: declared again; first declared at "+dir+"/a.cue:9:1: a tree has one pipeline") {
+		t.Errorf("got %v", err)
+	}
+}
+
+// shiftLine adds n to the line of a "file:line:col: ..." message.
+func shiftLine(msg string, n int) string {
+	file, rest, _ := strings.Cut(msg, ":")
+	line, rest, _ := strings.Cut(rest, ":")
+	l := 0
+	for _, c := range line {
+		l = l*10 + int(c-'0')
+	}
+	return file + ":" + itoa(l+n) + ":" + rest
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}
