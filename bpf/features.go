@@ -1,0 +1,109 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// ProbeFeatures says which kernel hooks this kernel offers. A nil error
+// means the feature is there; otherwise the error names what is missing.
+type ProbeFeatures struct {
+	BTF          error // kernel BTF (/sys/kernel/btf/vmlinux): CO-RE, fentry
+	Kprobes      error // kprobes (CONFIG_KPROBES, the kprobe PMU or kprobe_events)
+	FentryErr    error // fentry/fexit programs load and attach
+	AttachCookie error // bpf_get_attach_cookie (Linux 5.15)
+	Tracepoints  error // tracefs with events
+}
+
+var (
+	featuresOnce sync.Once
+	featuresVal  ProbeFeatures
+)
+
+// DetectProbeFeatures probes the running kernel once and caches the result.
+func DetectProbeFeatures() ProbeFeatures {
+	featuresOnce.Do(func() { featuresVal = detectProbeFeatures() })
+	return featuresVal
+}
+
+// Fentry reports whether fentry/fexit can be used.
+func (f ProbeFeatures) Fentry() bool { return f.FentryErr == nil }
+
+// KprobesOK reports whether kprobes can be used.
+func (f ProbeFeatures) KprobesOK() bool { return f.Kprobes == nil }
+
+func detectProbeFeatures() ProbeFeatures {
+	var f ProbeFeatures
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		f.BTF = fmt.Errorf("kernel BTF missing (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %w", err)
+	}
+	_, pmuErr := os.Stat("/sys/bus/event_source/devices/kprobe/type")
+	if pmuErr != nil {
+		if err := EnsureTracefs(); err == nil {
+			if _, err := os.Stat(TracefsPath + "/kprobe_events"); err != nil {
+				f.Kprobes = errors.New("kernel has no kprobes (CONFIG_KPROBES off: no kprobe PMU, no kprobe_events)")
+			}
+		} else {
+			f.Kprobes = fmt.Errorf("kernel has no kprobe PMU and tracefs is unavailable: %w", err)
+		}
+	}
+	if err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetAttachCookie); err != nil {
+		f.AttachCookie = fmt.Errorf("kernel lacks bpf_get_attach_cookie (needs Linux 5.15): %w", err)
+	}
+	if f.BTF != nil {
+		f.FentryErr = fmt.Errorf("fentry needs kernel BTF: %w", f.BTF)
+	} else {
+		f.FentryErr = probeFentry()
+	}
+	if err := EnsureTracefs(); err != nil {
+		f.Tracepoints = err
+	} else if _, err := os.Stat(TracefsPath + "/events"); err != nil {
+		f.Tracepoints = fmt.Errorf("tracefs has no events (CONFIG_TRACEPOINTS off?): %w", err)
+	}
+	return f
+}
+
+// probeFentry loads and attaches a trivial fentry program to vfs_read.
+func probeFentry() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "vfs_read",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
+	})
+	if err != nil {
+		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines; load: %w)", err)
+	}
+	defer prog.Close()
+	return nil
+}
+
+// TracefsPath is where grain mounts tracefs when nothing has.
+const TracefsPath = "/sys/kernel/tracing"
+
+var tracefsMu sync.Mutex
+
+// EnsureTracefs mounts tracefs at /sys/kernel/tracing when it is not
+// mounted (minimal systems do not mount it at boot); tracepoint field
+// layouts are read from there.
+func EnsureTracefs() error {
+	tracefsMu.Lock()
+	defer tracefsMu.Unlock()
+	var st unix.Statfs_t
+	if err := unix.Statfs(TracefsPath, &st); err == nil && st.Type == unix.TRACEFS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(TracefsPath, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", TracefsPath, err)
+	}
+	if err := unix.Mount("tracefs", TracefsPath, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("mount tracefs at %s (needed for tracepoint layouts): %w", TracefsPath, err)
+	}
+	return nil
+}

@@ -1,0 +1,1012 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* grain's generic probe programs: one kprobe, one kretprobe, one fentry, one
+ * fexit, one tracepoint and one raw syscall tracepoint program. They never
+ * change with policies: every hook, rule and filter lives in the maps below,
+ * written by userspace (engine/probe.go) from a Plan (codegen/probe.go).
+ *
+ * One program serves every attach point of its type; the attach cookie (the
+ * hook slot) selects the hook's configuration. fentry/fexit programs name
+ * their target function at load time, so the engine loads this same bytecode
+ * once per function (and gives it the slot as cookie too). The raw syscall
+ * tracepoint has no cookie (before Linux 6.10): its hooks are found by
+ * syscall number.
+ *
+ * Per call: read the active generation and the hook once; fetch the raw
+ * argument values (registers, function arguments, tracepoint fields); then a
+ * global function (verified once) walks the hook's rules: a rule is selected
+ * when one of its selectors holds, a selector when all its filters do.
+ * Strings, paths and sockets are decoded only when a filter, label or event
+ * needs them. Selected rules count (per-CPU hash keyed by rule + labels),
+ * emit (ring buffer, rate limited) and signal. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "probe.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Minimal kernel structures, relocated by CO-RE against the running
+ * kernel's BTF: only the fields named here are used, wherever the kernel
+ * puts them. */
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs {
+	unsigned long r10, r9, r8, ax, cx, dx, si, di;
+} __attribute__((preserve_access_index));
+#define PARM0_FIELD di
+#define PARM3_FIELD cx
+#define RET_FIELD ax
+#define SYSPARM0_FIELD di
+#define PARM1_FIELD si
+#define PARM2_FIELD dx
+#define SYSPARM3_FIELD r10 /* the syscall ABI passes arg 3 in r10 */
+#define PARM4_FIELD r8
+#define PARM5_FIELD r9
+#elif defined(__TARGET_ARCH_arm64)
+struct pt_regs {
+	__u64 regs[31];
+	__u64 orig_x0;
+} __attribute__((preserve_access_index));
+#define PARM0_FIELD regs[0]
+#define PARM3_FIELD regs[3]
+#define RET_FIELD regs[0]
+#define SYSPARM0_FIELD orig_x0 /* regs[0] is the return value by sys_exit */
+#define PARM1_FIELD regs[1]
+#define PARM2_FIELD regs[2]
+#define SYSPARM3_FIELD regs[3]
+#define PARM4_FIELD regs[4]
+#define PARM5_FIELD regs[5]
+#else
+#error "build with -target amd64 or arm64 (bpf2go sets __TARGET_ARCH_*)"
+#endif
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct task_struct *real_parent;
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct qstr {
+	__u32 len;
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+} __attribute__((preserve_access_index));
+
+struct vfsmount {
+	struct dentry *mnt_root;
+} __attribute__((preserve_access_index));
+
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct path f_path;
+} __attribute__((preserve_access_index));
+
+struct in6_addr {
+	__u8 u6_addr8[16];
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+/* Path assembly buffer: components are written backwards ending at
+ * PATH_END; a path is at most GRAIN_PROBE_STR_LEN - 1 bytes, so writes stay
+ * in [PATH_END - STR_LEN, PATH_END]; the masks below only restate that to
+ * the verifier. */
+#define PATH_BUF 1536
+#define PATH_END 1023
+#define EVENT_BUF (GRAIN_PROBE_EVENT_MAX + 512)
+
+#define HAVE_UID (1 << 0)
+#define HAVE_COMM (1 << 1)
+#define HAVE_CGROUP (1 << 2)
+#define HAVE_PPID (1 << 3)
+
+/* Per-CPU working memory of one call (programs of these types do not nest
+ * on a CPU). */
+struct scratch {
+	struct grain_probe_val vals[GRAIN_PROBE_MAX_ARGS];
+	__u64 raw[GRAIN_PROBE_MAX_ARGS];
+	__u32 decoded; /* argument slots whose vals[] are filled */
+	__u32 have;    /* HAVE_* */
+	__u32 gen;
+	__u32 flags;   /* GRAIN_PROBE_EV_* */
+	__u64 pid_tgid;
+	__u64 uid_gid;
+	__u64 cgroup;
+	__u32 ppid;
+	__u32 hook;
+	__u64 syscall;
+	__u64 pw_dentry; /* path walk state */
+	__u64 pw_vfsmnt;
+	__u32 pw_pos;
+	__u32 pw_truncated;
+	char comm[16];
+	struct grain_probe_string_key skey;
+	struct grain_probe_count_key ckey;
+	__u8 ckey_spill[128]; /* label writes are masked to stay in here */
+	char path[PATH_BUF];
+	__u8 event[EVENT_BUF];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct grain_probe_active);
+} probe_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_HOOKS);
+	__type(key, __u32);
+	__type(value, struct grain_probe_hook);
+} probe_hooks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_SYSCALLS);
+	__type(key, __u32);
+	__type(value, struct grain_probe_syscall);
+} probe_syscalls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_probe_rule);
+} probe_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_FILTERS);
+	__type(key, __u32);
+	__type(value, struct grain_probe_filter);
+} probe_filters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GRAIN_PROBE_SET_ENTRIES);
+	__type(key, struct grain_probe_value_key);
+	__type(value, __u8);
+} probe_values SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, GRAIN_PROBE_STRING_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct grain_probe_string_key);
+	__type(value, __u8);
+} probe_strings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_probe_counter);
+} probe_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_probe_rate);
+} probe_rate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, GRAIN_PROBE_COUNT_ENTRIES);
+	__type(key, struct grain_probe_count_key);
+	__type(value, struct grain_probe_count);
+} probe_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} probe_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} probe_scratch SEC(".maps");
+
+/* Process context, fetched once per call when first needed. */
+static __always_inline void need(struct scratch *s, __u32 what)
+{
+	__u32 missing = what & ~s->have;
+	if (!missing)
+		return;
+	if (missing & HAVE_UID)
+		s->uid_gid = bpf_get_current_uid_gid();
+	if (missing & HAVE_COMM)
+		bpf_get_current_comm(s->comm, sizeof(s->comm));
+	if (missing & HAVE_CGROUP)
+		s->cgroup = bpf_get_current_cgroup_id();
+	if (missing & HAVE_PPID) {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		s->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	}
+	s->have |= missing;
+}
+
+/* path_step adds one component of the path being walked (state in
+ * s->pw_*) or crosses one mount point: 0 to go on, 1 when done. A global
+ * function, verified once, so that the walk's loop stays linear for the
+ * verifier. */
+__noinline int path_step(struct scratch *s)
+{
+	if (!s)
+		return 1;
+	struct dentry *d = (struct dentry *)s->pw_dentry;
+	struct vfsmount *vm = (struct vfsmount *)s->pw_vfsmnt;
+	struct mount *mnt = (struct mount *)((void *)vm - bpf_core_field_offset(struct mount, mnt));
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	struct dentry *root = vm ? BPF_CORE_READ(vm, mnt_root) : 0;
+	if (d == root || d == parent) {
+		struct mount *mp = vm ? BPF_CORE_READ(mnt, mnt_parent) : 0;
+		if (!vm || mp == mnt || !mp) {
+			s->pw_truncated = 0;
+			return 1;
+		}
+		/* Cross to the mount point in the parent mount. */
+		s->pw_dentry = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
+		s->pw_vfsmnt = (__u64)((void *)mp + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	__u32 len = BPF_CORE_READ(d, d_name.len);
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	__u32 pos = s->pw_pos;
+	if (len > 255 || pos > PATH_END || PATH_END - pos + len + 1 > GRAIN_PROBE_STR_LEN - 1)
+		return 1; /* too long: truncated */
+	pos -= len + 1;
+	__u32 at = pos & 1023;
+	bpf_probe_read_kernel(&s->path[(at + 1) & 1023], len & 255, name);
+	s->path[at] = '/';
+	s->pw_pos = pos;
+	s->pw_dentry = (__u64)parent;
+	return 0;
+}
+
+/* path_walk writes the path of (dentry, vfsmount) into vals[slot].str,
+ * walking up at most GRAIN_PROBE_PATH_DEPTH components and mount points;
+ * a longer path keeps its last components and sets
+ * GRAIN_PROBE_EV_TRUNCATED. */
+__noinline int path_walk(struct scratch *s, __u32 slot, __u64 dentry_p, __u64 vfsmnt_p)
+{
+	if (!s || slot >= GRAIN_PROBE_MAX_ARGS)
+		return 0;
+	s->pw_dentry = dentry_p;
+	s->pw_vfsmnt = vfsmnt_p;
+	s->pw_pos = PATH_END;
+	s->pw_truncated = 1;
+	s->path[PATH_END] = 0;
+	for (int i = 0; i < GRAIN_PROBE_PATH_DEPTH; i++) {
+		if (path_step(s))
+			break;
+	}
+	__u32 pos = s->pw_pos;
+	if (pos == PATH_END) { /* the root itself */
+		pos--;
+		s->path[PATH_END - 1] = '/';
+	}
+	if (s->pw_truncated)
+		s->flags |= GRAIN_PROBE_EV_TRUNCATED;
+	struct grain_probe_val *v = &s->vals[slot];
+	__u32 n = (PATH_END - pos) & (GRAIN_PROBE_STR_LEN - 1);
+	bpf_probe_read_kernel(v->str, n + 1, &s->path[pos & 1023]);
+	v->len = n;
+	return 0;
+}
+
+/* decode fills vals[slot] from the raw value by the argument's type. */
+__noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
+{
+	if (!s || !h || slot >= GRAIN_PROBE_MAX_ARGS)
+		return 0;
+	if (s->decoded & (1 << slot))
+		return 0;
+	s->decoded |= 1 << slot;
+	struct grain_probe_val *v = &s->vals[slot];
+	__u64 raw = s->raw[slot];
+	__u8 type = h->args[slot].type;
+	long n;
+	v->num = raw;
+	v->len = 0;
+	switch (type) {
+	case GRAIN_PROBE_T_STRING:
+		n = bpf_probe_read_kernel_str(v->str, GRAIN_PROBE_STR_LEN, (void *)raw);
+		v->len = n > 0 ? n - 1 : 0;
+		if (n <= 0)
+			v->str[0] = 0;
+		break;
+	case GRAIN_PROBE_T_USTRING:
+		n = bpf_probe_read_user_str(v->str, GRAIN_PROBE_STR_LEN, (void *)raw);
+		v->len = n > 0 ? n - 1 : 0;
+		if (n <= 0)
+			v->str[0] = 0;
+		break;
+	case GRAIN_PROBE_T_SOCK: {
+		struct sock *sk = (struct sock *)raw;
+		__builtin_memset(v->saddr, 0, 16);
+		__builtin_memset(v->daddr, 0, 16);
+		v->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		v->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		v->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		if (v->family == AF_INET) {
+			bpf_core_read(v->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+			bpf_core_read(v->daddr, 4, &sk->__sk_common.skc_daddr);
+		} else if (v->family == AF_INET6) {
+			bpf_core_read(v->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			bpf_core_read(v->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+		}
+		break;
+	}
+	case GRAIN_PROBE_T_SOCKADDR: {
+		/* sockaddr_in: family, port, addr at 4; sockaddr_in6: family,
+		 * port, flowinfo, addr at 8. */
+		__u8 *b = (__u8 *)v->str;
+		__builtin_memset(v->saddr, 0, 16);
+		__builtin_memset(v->daddr, 0, 16);
+		v->family = 0;
+		v->sport = 0;
+		v->dport = 0;
+		if (bpf_probe_read_user(b, 24, (void *)raw) < 0 &&
+		    bpf_probe_read_user(b, 16, (void *)raw) < 0)
+			break;
+		v->family = b[0] | (b[1] << 8);
+		v->dport = (b[2] << 8) | b[3];
+		if (v->family == AF_INET)
+			__builtin_memcpy(v->daddr, b + 4, 4);
+		else if (v->family == AF_INET6)
+			__builtin_memcpy(v->daddr, b + 8, 16);
+		else
+			v->dport = 0;
+		break;
+	}
+	case GRAIN_PROBE_T_FD: {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+		unsigned int max = BPF_CORE_READ(fdt, max_fds);
+		struct file **fds = BPF_CORE_READ(fdt, fd);
+		struct file *f = 0;
+		v->str[0] = 0;
+		if (raw >= max)
+			break;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[raw]);
+		if (!f)
+			break;
+		path_walk(s, slot, (__u64)BPF_CORE_READ(f, f_path.dentry), (__u64)BPF_CORE_READ(f, f_path.mnt));
+		break;
+	}
+	case GRAIN_PROBE_T_FILE: {
+		struct file *f = (struct file *)raw;
+		v->str[0] = 0;
+		if (!f)
+			break;
+		path_walk(s, slot, (__u64)BPF_CORE_READ(f, f_path.dentry), (__u64)BPF_CORE_READ(f, f_path.mnt));
+		break;
+	}
+	case GRAIN_PROBE_T_PATH: {
+		struct path *p = (struct path *)raw;
+		v->str[0] = 0;
+		if (!p)
+			break;
+		path_walk(s, slot, (__u64)BPF_CORE_READ(p, dentry), (__u64)BPF_CORE_READ(p, mnt));
+		break;
+	}
+	default: /* ints: already in num, extended by the fetch */
+		break;
+	}
+	return 0;
+}
+
+/* Integer value of a filter or label field. */
+static __always_inline __u64 int_field(struct scratch *s, struct grain_probe_hook *h, __u8 field, __u8 arg, __u8 sub)
+{
+	switch (field) {
+	case GRAIN_PROBE_F_PID:
+		return (__u32)s->pid_tgid;
+	case GRAIN_PROBE_F_TGID:
+		return s->pid_tgid >> 32;
+	case GRAIN_PROBE_F_PPID:
+		need(s, HAVE_PPID);
+		return s->ppid;
+	case GRAIN_PROBE_F_UID:
+		need(s, HAVE_UID);
+		return (__u32)s->uid_gid;
+	case GRAIN_PROBE_F_GID:
+		need(s, HAVE_UID);
+		return s->uid_gid >> 32;
+	case GRAIN_PROBE_F_CGROUP:
+		need(s, HAVE_CGROUP);
+		return s->cgroup;
+	case GRAIN_PROBE_F_SYSCALL:
+		return s->syscall;
+	case GRAIN_PROBE_F_ARG:
+		if (arg >= GRAIN_PROBE_MAX_ARGS)
+			return 0;
+		decode(s, h, arg);
+		switch (sub) {
+		case GRAIN_PROBE_SUB_FAMILY:
+			return s->vals[arg].family;
+		case GRAIN_PROBE_SUB_SPORT:
+			return s->vals[arg].sport;
+		case GRAIN_PROBE_SUB_DPORT:
+			return s->vals[arg].dport;
+		default:
+			return s->vals[arg].num;
+		}
+	}
+	return 0;
+}
+
+/* filter_holds evaluates filter index fi of the active generation. */
+__noinline int filter_holds(struct scratch *s, struct grain_probe_hook *h, __u32 fi)
+{
+	if (!s || !h)
+		return 0;
+	struct grain_probe_filter *f = bpf_map_lookup_elem(&probe_filters, &fi);
+	if (!f)
+		return 0;
+	int hit = 0;
+	if (f->op == GRAIN_PROBE_OP_TRIE) {
+		struct grain_probe_string_key *k = &s->skey;
+		k->filter = fi;
+		__u32 arg = f->arg;
+		if (f->field == GRAIN_PROBE_F_COMM) {
+			need(s, HAVE_COMM);
+			__builtin_memcpy(k->data, s->comm, 16);
+			k->data[16] = 0;
+			k->prefixlen = 32 + 8 * 17;
+		} else if (f->field == GRAIN_PROBE_F_ARG && arg < GRAIN_PROBE_MAX_ARGS) {
+			decode(s, h, arg);
+			struct grain_probe_val *v = &s->vals[arg];
+			if (f->sub == GRAIN_PROBE_SUB_SADDR || f->sub == GRAIN_PROBE_SUB_DADDR) {
+				__u8 *a = f->sub == GRAIN_PROBE_SUB_SADDR ? v->saddr : v->daddr;
+				if (v->family == AF_INET) {
+					k->data[0] = 4;
+					__builtin_memcpy(&k->data[1], a, 4);
+					k->prefixlen = 32 + 8 + 32;
+				} else if (v->family == AF_INET6) {
+					k->data[0] = 6;
+					__builtin_memcpy(&k->data[1], a, 16);
+					k->prefixlen = 32 + 8 + 128;
+				} else {
+					return f->negate;
+				}
+			} else {
+				__u32 len = v->len;
+				if (len > GRAIN_PROBE_MATCH_LEN)
+					len = GRAIN_PROBE_MATCH_LEN;
+				/* the string with its NUL: exact entries end with it */
+				bpf_probe_read_kernel(k->data, (len & 255) + 1, v->str);
+				k->data[len & 255] = 0;
+				k->prefixlen = 32 + 8 * (len + 1);
+			}
+		} else {
+			return f->negate;
+		}
+		hit = bpf_map_lookup_elem(&probe_strings, k) != 0;
+		return hit ^ f->negate;
+	}
+	__u64 x = int_field(s, h, f->field, f->arg, f->sub);
+	__u32 n = f->nvals;
+	if (f->op == GRAIN_PROBE_OP_IN) {
+		for (int i = 0; i < GRAIN_PROBE_MAX_INLINE; i++) {
+			if (i >= n)
+				break;
+			if (f->vals[i] == x) {
+				hit = 1;
+				break;
+			}
+		}
+	} else if (f->op == GRAIN_PROBE_OP_RANGE) {
+		for (int i = 0; i < GRAIN_PROBE_MAX_RANGES; i++) {
+			if (i >= n)
+				break;
+			if ((__s64)x >= (__s64)f->vals[2 * i] && (__s64)x <= (__s64)f->vals[2 * i + 1]) {
+				hit = 1;
+				break;
+			}
+		}
+	} else if (f->op == GRAIN_PROBE_OP_SET) {
+		struct grain_probe_value_key vk = {.filter = fi, .value = x};
+		hit = bpf_map_lookup_elem(&probe_values, &vk) != 0;
+	}
+	return hit ^ f->negate;
+}
+
+/* put_field copies the bytes of a label field into dst (size bytes, zero
+ * padded by the caller). */
+static __always_inline void put_label(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_label *l)
+{
+	__u32 off = l->offset & 127;
+	__u32 size = l->size;
+	__u8 *dst = &s->ckey.labels[off];
+	if (l->field == GRAIN_PROBE_F_COMM) {
+		need(s, HAVE_COMM);
+		__builtin_memcpy(dst, s->comm, 16);
+		return;
+	}
+	if (l->field == GRAIN_PROBE_F_ARG && l->arg < GRAIN_PROBE_MAX_ARGS) {
+		__u32 arg = l->arg;
+		decode(s, h, arg);
+		struct grain_probe_val *v = &s->vals[arg];
+		switch (l->sub) {
+		case GRAIN_PROBE_SUB_STR: {
+			__u32 n = v->len < size ? v->len : size;
+			bpf_probe_read_kernel(dst, n & 127, v->str);
+			return;
+		}
+		case GRAIN_PROBE_SUB_SADDR:
+			__builtin_memcpy(dst, v->saddr, 16);
+			return;
+		case GRAIN_PROBE_SUB_DADDR:
+			__builtin_memcpy(dst, v->daddr, 16);
+			return;
+		}
+	}
+	__u64 x = int_field(s, h, l->field, l->arg, l->sub);
+	__builtin_memcpy(dst, &x, 8);
+}
+
+__noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_rule *r, struct grain_probe_counter *c)
+{
+	if (!s || !h || !r)
+		return 0;
+	__builtin_memset(&s->ckey, 0, sizeof(s->ckey));
+	s->ckey.rule_id = r->id;
+	for (int i = 0; i < GRAIN_PROBE_MAX_LABELS; i++) {
+		if (i >= r->nlabels)
+			break;
+		put_label(s, h, &r->labels[i]);
+	}
+	__u64 sum = 0;
+	if (r->flags & GRAIN_PROBE_R_SUM)
+		sum = int_field(s, h, GRAIN_PROBE_F_ARG, r->sum_arg, GRAIN_PROBE_SUB_NUM);
+	struct grain_probe_count *v = bpf_map_lookup_elem(&probe_counts, &s->ckey);
+	if (!v) {
+		struct grain_probe_count init = {};
+		bpf_map_update_elem(&probe_counts, &s->ckey, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&probe_counts, &s->ckey);
+		if (!v) {
+			if (c)
+				c->count_errors++;
+			return 0;
+		}
+	}
+	v->calls++;
+	v->sum += sum;
+	return 0;
+}
+
+__noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_rule *r, struct grain_probe_counter *c, __u32 ri)
+{
+	if (!s || !h || !r || !c)
+		return 0;
+	if (r->rate_limit) {
+		struct grain_probe_rate *rs = bpf_map_lookup_elem(&probe_rate, &ri);
+		if (rs) {
+			__u64 sec = bpf_ktime_get_boot_ns() / 1000000000;
+			if (rs->window != sec) {
+				rs->window = sec;
+				rs->n = 0;
+			}
+			if (__sync_fetch_and_add(&rs->n, 1) >= r->rate_limit) {
+				c->events_limited++;
+				return 0;
+			}
+		}
+	}
+	need(s, HAVE_UID | HAVE_COMM | HAVE_CGROUP | HAVE_PPID);
+	struct grain_probe_event *e = (struct grain_probe_event *)s->event;
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->cgroup = s->cgroup;
+	e->rule_id = r->id;
+	e->pid = (__u32)s->pid_tgid;
+	e->tgid = s->pid_tgid >> 32;
+	e->ppid = s->ppid;
+	e->uid = (__u32)s->uid_gid;
+	e->gid = s->uid_gid >> 32;
+	e->hook = s->hook;
+	__builtin_memcpy(e->comm, s->comm, 16);
+	__u32 off = sizeof(*e);
+	__u32 nargs = 0;
+	__u32 mask = r->emit_args;
+	for (__u32 slot = 0; slot < GRAIN_PROBE_MAX_ARGS; slot++) {
+		if (!(mask & (1 << slot)))
+			continue;
+		decode(s, h, slot);
+		struct grain_probe_val *v = &s->vals[slot];
+		__u8 type = h->args[slot].type;
+		off &= 2047;
+		struct grain_probe_ev_arg *a = (struct grain_probe_ev_arg *)&s->event[off];
+		__u8 *data = &s->event[(off + sizeof(*a)) & 2047];
+		__u32 len;
+		switch (type) {
+		case GRAIN_PROBE_T_SOCK:
+		case GRAIN_PROBE_T_SOCKADDR:
+			len = 40; /* family, sport, dport, len, saddr, daddr */
+			__builtin_memcpy(data, &v->family, 40);
+			break;
+		case GRAIN_PROBE_T_STRING:
+		case GRAIN_PROBE_T_USTRING:
+		case GRAIN_PROBE_T_FILE:
+		case GRAIN_PROBE_T_PATH:
+		case GRAIN_PROBE_T_FD:
+			len = v->len & (GRAIN_PROBE_STR_LEN - 1);
+			bpf_probe_read_kernel(data, len, v->str);
+			break;
+		default:
+			len = 8;
+			__builtin_memcpy(data, &v->num, 8);
+		}
+		a->slot = slot;
+		a->type = type;
+		a->len = len;
+		a->_pad = 0;
+		off += sizeof(*a) + ((len + 7) & ~7);
+		nargs++;
+	}
+	off &= 2047;
+	e->size = off;
+	e->nargs = nargs;
+	e->flags = s->flags;
+	/* A wakeup costs the calling CPU an interrupt; the reader polls every
+	 * few milliseconds instead and is woken only when the ring crosses an
+	 * eighth of its size, to drain it before it fills. */
+	__u64 pending = bpf_ringbuf_query(&probe_events, BPF_RB_AVAIL_DATA);
+	__u64 wake_at = bpf_ringbuf_query(&probe_events, BPF_RB_RING_SIZE) / 8;
+	__u64 flags = pending < wake_at && pending + off + 8 >= wake_at ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&probe_events, s->event, off, flags) == 0)
+		c->events++;
+	else
+		c->events_lost++;
+	return 0;
+}
+
+/* rule_apply runs rule index ri (in the active generation) on one call. */
+__noinline int rule_apply(struct scratch *s, struct grain_probe_hook *h, __u32 ri)
+{
+	if (!s || !h)
+		return 0;
+	struct grain_probe_rule *r = bpf_map_lookup_elem(&probe_rules, &ri);
+	if (!r)
+		return 0;
+	__u32 nsel = r->nselectors;
+	if (nsel) {
+		int selected = 0;
+		for (int i = 0; i < GRAIN_PROBE_MAX_SELECTORS && !selected; i++) {
+			if (i >= nsel)
+				break;
+			__u32 first = s->gen * GRAIN_PROBE_MAX_FILTERS + r->selectors[i].first;
+			__u32 nf = r->selectors[i].nfilters;
+			int all = 1;
+			for (int j = 0; j < GRAIN_PROBE_MAX_SEL_FILTERS; j++) {
+				if (j >= nf)
+					break;
+				if (!filter_holds(s, h, first + j)) {
+					all = 0;
+					break;
+				}
+			}
+			selected = all;
+		}
+		if (!selected)
+			return 0;
+	}
+	struct grain_probe_counter *c = bpf_map_lookup_elem(&probe_counters, &ri);
+	if (c)
+		c->hits++;
+	if (r->flags & GRAIN_PROBE_R_COUNT)
+		do_count(s, h, r, c);
+	if (r->flags & GRAIN_PROBE_R_EMIT)
+		do_emit(s, h, r, c, ri);
+	if (r->flags & GRAIN_PROBE_R_SIGNAL) {
+		if (bpf_send_signal(r->signal) == 0 && c)
+			c->signals++;
+	}
+	return 0;
+}
+
+/* hook_run runs every rule of the hook, in order. */
+__noinline int hook_run(struct scratch *s, struct grain_probe_hook *h)
+{
+	if (!s || !h)
+		return 0;
+	__u32 n = h->nrules;
+	for (int i = 0; i < GRAIN_PROBE_MAX_HOOK_RULES; i++) {
+		if (i >= n)
+			break;
+		rule_apply(s, h, s->gen * GRAIN_PROBE_MAX_RULES + (h->rules[i] & (GRAIN_PROBE_MAX_RULES - 1)));
+	}
+	return 0;
+}
+
+/* Sign- or zero-extends the low size bytes of x. */
+static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
+{
+	switch (size) {
+	case 1:
+		return is_signed ? (__u64)(__s64)(__s8)x : (__u8)x;
+	case 2:
+		return is_signed ? (__u64)(__s64)(__s16)x : (__u16)x;
+	case 4:
+		return is_signed ? (__u64)(__s64)(__s32)x : (__u32)x;
+	}
+	return x;
+}
+
+/* begin starts a call: it returns the scratch space with the active
+ * generation, or 0 when grain itself is calling or nothing is configured. */
+static __always_inline struct scratch *begin(void)
+{
+	__u32 zero = 0;
+	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	if (!act)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if ((pid_tgid >> 32) == act->agent_tgid)
+		return 0;
+	struct scratch *s = bpf_map_lookup_elem(&probe_scratch, &zero);
+	if (!s)
+		return 0;
+	s->gen = act->generation & 1;
+	s->pid_tgid = pid_tgid;
+	s->have = 0;
+	s->decoded = 0;
+	s->flags = 0;
+	s->syscall = 0;
+	return s;
+}
+
+static __always_inline struct grain_probe_hook *hook_of(struct scratch *s, __u64 slot)
+{
+	__u32 key = s->gen * GRAIN_PROBE_MAX_HOOKS + (slot & (GRAIN_PROBE_MAX_HOOKS - 1));
+	s->hook = slot;
+	struct grain_probe_hook *h = bpf_map_lookup_elem(&probe_hooks, &key);
+	if (!h || !h->nrules)
+		return 0;
+	return h;
+}
+
+static __always_inline __u64 ext_arg(struct grain_probe_arg *a, __u64 x)
+{
+	if (a->type == GRAIN_PROBE_T_INT || a->type == GRAIN_PROBE_T_UINT)
+		return extend(x, a->width, a->type == GRAIN_PROBE_T_INT);
+	return x;
+}
+
+/* Registers are read with bpf_probe_read_kernel (CO-RE offsets): clang
+ * would otherwise turn the switch into a variable offset on the context
+ * pointer, which the verifier refuses. */
+static __always_inline __u64 regs_arg(struct pt_regs *r, __u32 i)
+{
+	switch (i) {
+	case 0:
+		return BPF_CORE_READ(r, PARM0_FIELD);
+	case 1:
+		return BPF_CORE_READ(r, PARM1_FIELD);
+	case 2:
+		return BPF_CORE_READ(r, PARM2_FIELD);
+	case 3:
+		return BPF_CORE_READ(r, PARM3_FIELD);
+	case 4:
+		return BPF_CORE_READ(r, PARM4_FIELD);
+	case 5:
+		return BPF_CORE_READ(r, PARM5_FIELD);
+	}
+	return 0;
+}
+
+static __always_inline int kprobe_run(struct pt_regs *ctx)
+{
+	struct scratch *s = begin();
+	if (!s)
+		return 0;
+	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	if (!h)
+		return 0;
+	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+		if (i >= h->nargs)
+			break;
+		struct grain_probe_arg *a = &h->args[i];
+		__u64 x = a->source == GRAIN_PROBE_SRC_RET ? BPF_CORE_READ(ctx, RET_FIELD) : regs_arg(ctx, a->index);
+		s->raw[i] = ext_arg(a, x);
+	}
+	return hook_run(s, h);
+}
+
+SEC("kprobe")
+int grain_kprobe(struct pt_regs *ctx)
+{
+	return kprobe_run(ctx);
+}
+
+SEC("kretprobe")
+int grain_kretprobe(struct pt_regs *ctx)
+{
+	return kprobe_run(ctx);
+}
+
+static __always_inline int tracing_run(__u64 *ctx)
+{
+	struct scratch *s = begin();
+	if (!s)
+		return 0;
+	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	if (!h)
+		return 0;
+	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+		if (i >= h->nargs)
+			break;
+		struct grain_probe_arg *a = &h->args[i];
+		__u64 x = 0;
+		if (a->source == GRAIN_PROBE_SRC_RET)
+			bpf_get_func_ret(ctx, &x);
+		else
+			bpf_get_func_arg(ctx, a->index, &x);
+		s->raw[i] = ext_arg(a, x);
+	}
+	return hook_run(s, h);
+}
+
+/* Loaded once per target function: the engine sets the attach target. */
+SEC("fentry")
+int grain_fentry(__u64 *ctx)
+{
+	return tracing_run(ctx);
+}
+
+SEC("fexit")
+int grain_fexit(__u64 *ctx)
+{
+	return tracing_run(ctx);
+}
+
+SEC("tracepoint")
+int grain_tracepoint(void *ctx)
+{
+	struct scratch *s = begin();
+	if (!s)
+		return 0;
+	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	if (!h)
+		return 0;
+	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+		if (i >= h->nargs)
+			break;
+		struct grain_probe_arg *a = &h->args[i];
+		__u32 off = a->offset & 0xffff;
+		if (a->flags & (GRAIN_PROBE_FIELD_DATA_LOC | GRAIN_PROBE_FIELD_ARRAY)) {
+			/* a string inside the record */
+			__u32 size = a->size;
+			if (a->flags & GRAIN_PROBE_FIELD_DATA_LOC) {
+				__u32 loc = 0;
+				bpf_probe_read_kernel(&loc, 4, ctx + off);
+				off = loc & 0xffff;
+				size = loc >> 16;
+			}
+			barrier_var(size);
+			if (size > GRAIN_PROBE_STR_LEN)
+				size = GRAIN_PROBE_STR_LEN;
+			struct grain_probe_val *v = &s->vals[i];
+			long n = bpf_probe_read_kernel_str(v->str, size, ctx + off);
+			v->len = n > 0 ? n - 1 : 0;
+			if (n <= 0)
+				v->str[0] = 0;
+			v->num = 0;
+			s->decoded |= 1 << i;
+			continue;
+		}
+		__u64 x = 0;
+		__u32 size = a->size;
+		barrier_var(size);
+		if (size > 8)
+			size = 8;
+		bpf_probe_read_kernel(&x, size, ctx + off);
+		s->raw[i] = ext_arg(a, x);
+	}
+	return hook_run(s, h);
+}
+
+/* Raw sys_enter: the hooks of a syscall come from its number. */
+SEC("raw_tracepoint/sys_enter")
+int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	if (!act)
+		return 0;
+	__u64 nr = ctx->args[1];
+	if (nr >= GRAIN_PROBE_SYSCALLS)
+		return 0;
+	__u32 key = (act->generation & 1) * GRAIN_PROBE_SYSCALLS + nr;
+	struct grain_probe_syscall *sc = bpf_map_lookup_elem(&probe_syscalls, &key);
+	if (!sc || !sc->nhooks)
+		return 0;
+	struct scratch *s = begin();
+	if (!s)
+		return 0;
+	s->syscall = nr;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	for (int k = 0; k < GRAIN_PROBE_SYSCALL_HOOKS; k++) {
+		if (k >= sc->nhooks)
+			break;
+		struct grain_probe_hook *h = hook_of(s, sc->hooks[k]);
+		if (!h)
+			continue;
+		s->decoded = 0; /* hooks of one syscall may read other types */
+		for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+			if (i >= h->nargs)
+				break;
+			struct grain_probe_arg *a = &h->args[i];
+			__u64 x = 0;
+			switch (a->index) {
+			case 0:
+				x = BPF_CORE_READ(regs, SYSPARM0_FIELD);
+				break;
+			case 1:
+				x = BPF_CORE_READ(regs, PARM1_FIELD);
+				break;
+			case 2:
+				x = BPF_CORE_READ(regs, PARM2_FIELD);
+				break;
+			case 3:
+				x = BPF_CORE_READ(regs, SYSPARM3_FIELD);
+				break;
+			case 4:
+				x = BPF_CORE_READ(regs, PARM4_FIELD);
+				break;
+			case 5:
+				x = BPF_CORE_READ(regs, PARM5_FIELD);
+				break;
+			}
+			s->raw[i] = ext_arg(a, x);
+		}
+		hook_run(s, h);
+	}
+	return 0;
+}

@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Limits and map layouts shared by grain's generic probe programs (kprobe,
+ * kretprobe, fentry, fexit, tracepoint, raw syscall tracepoint) and their Go
+ * loader. bpf/probe_limits.go mirrors the #defines; probe_limits_test.go
+ * checks that both agree. */
+#ifndef GRAIN_PROBE_H
+#define GRAIN_PROBE_H
+
+#include <linux/types.h>
+
+#define GRAIN_PROBE_GENERATIONS 2
+
+#define GRAIN_PROBE_MAX_HOOKS 256       /* attach points (cookie = hook slot) */
+#define GRAIN_PROBE_MAX_RULES 1024      /* rules per generation */
+#define GRAIN_PROBE_MAX_FILTERS 4096    /* filters per generation */
+#define GRAIN_PROBE_MAX_ARGS 6          /* values read per hook */
+#define GRAIN_PROBE_MAX_HOOK_RULES 16   /* rules per hook */
+#define GRAIN_PROBE_MAX_SELECTORS 4     /* ORed selectors per rule */
+#define GRAIN_PROBE_MAX_SEL_FILTERS 8   /* ANDed filters per selector */
+#define GRAIN_PROBE_MAX_INLINE 8        /* int values held in the filter itself */
+#define GRAIN_PROBE_MAX_RANGES 4        /* ranges per filter */
+#define GRAIN_PROBE_MAX_LABELS 4        /* count labels per rule */
+#define GRAIN_PROBE_LABEL_BYTES 96      /* packed label values of a count key */
+#define GRAIN_PROBE_STR_LEN 256         /* bytes of a string or path read (incl. NUL) */
+#define GRAIN_PROBE_MATCH_LEN 247       /* string bytes compared by filters */
+#define GRAIN_PROBE_PATH_DEPTH 24       /* path components (and mount crossings) walked */
+#define GRAIN_PROBE_SYSCALLS 512        /* syscall numbers per generation */
+#define GRAIN_PROBE_SYSCALL_HOOKS 7     /* hooks per syscall number */
+#define GRAIN_PROBE_SET_ENTRIES 65536   /* int set values in the hash (all filters) */
+#define GRAIN_PROBE_STRING_ENTRIES 16384 /* strings, prefixes, CIDRs in the trie */
+#define GRAIN_PROBE_COUNT_ENTRIES 65536 /* distinct count keys */
+#define GRAIN_PROBE_EVENT_MAX 2048      /* bytes of one event */
+
+/* Hook kinds. */
+#define GRAIN_PROBE_KIND_KPROBE 1
+#define GRAIN_PROBE_KIND_KRETPROBE 2
+#define GRAIN_PROBE_KIND_FENTRY 3
+#define GRAIN_PROBE_KIND_FEXIT 4
+#define GRAIN_PROBE_KIND_TRACEPOINT 5
+#define GRAIN_PROBE_KIND_SYSCALL 6
+
+/* Where an argument comes from. */
+#define GRAIN_PROBE_SRC_ARG 1    /* function or syscall argument index */
+#define GRAIN_PROBE_SRC_RET 2    /* return value */
+#define GRAIN_PROBE_SRC_FIELD 3  /* tracepoint field at offset/size */
+
+/* How an argument is read. */
+#define GRAIN_PROBE_T_INT 1
+#define GRAIN_PROBE_T_UINT 2
+#define GRAIN_PROBE_T_STRING 3      /* kernel pointer */
+#define GRAIN_PROBE_T_USTRING 4     /* user pointer */
+#define GRAIN_PROBE_T_SOCK 5
+#define GRAIN_PROBE_T_SOCKADDR 6    /* user pointer */
+#define GRAIN_PROBE_T_FILE 7
+#define GRAIN_PROBE_T_PATH 8
+#define GRAIN_PROBE_T_FD 9
+
+/* Tracepoint field flags. */
+#define GRAIN_PROBE_FIELD_SIGNED (1 << 0)
+#define GRAIN_PROBE_FIELD_DATA_LOC (1 << 1) /* __data_loc: u32 (len << 16 | offset) */
+#define GRAIN_PROBE_FIELD_ARRAY (1 << 2)    /* char name[size] inside the record */
+
+/* What a filter or a label looks at. */
+#define GRAIN_PROBE_F_PID 1      /* thread id (kernel pid) */
+#define GRAIN_PROBE_F_TGID 2     /* process id */
+#define GRAIN_PROBE_F_PPID 3
+#define GRAIN_PROBE_F_UID 4
+#define GRAIN_PROBE_F_GID 5
+#define GRAIN_PROBE_F_COMM 6
+#define GRAIN_PROBE_F_CGROUP 7
+#define GRAIN_PROBE_F_ARG 8      /* argument slot arg, part sub */
+#define GRAIN_PROBE_F_SYSCALL 9  /* syscall number (syscall hooks) */
+
+/* Parts of an argument value. */
+#define GRAIN_PROBE_SUB_NUM 0    /* the integer */
+#define GRAIN_PROBE_SUB_STR 1    /* the string or path */
+#define GRAIN_PROBE_SUB_FAMILY 2
+#define GRAIN_PROBE_SUB_SADDR 3
+#define GRAIN_PROBE_SUB_DADDR 4
+#define GRAIN_PROBE_SUB_SPORT 5
+#define GRAIN_PROBE_SUB_DPORT 6
+
+/* Filter operations; GRAIN_PROBE_OP_* with negate for ne/notin. */
+#define GRAIN_PROBE_OP_IN 1      /* value among vals[0..nvals) */
+#define GRAIN_PROBE_OP_RANGE 2   /* value in [vals[2i], vals[2i+1]] for some i < nvals */
+#define GRAIN_PROBE_OP_SET 3     /* value in the probe_values hash under this filter */
+#define GRAIN_PROBE_OP_TRIE 4    /* string prefix/exact or address CIDR in probe_strings */
+
+/* Rule flags. */
+#define GRAIN_PROBE_R_EMIT (1 << 0)
+#define GRAIN_PROBE_R_COUNT (1 << 1)
+#define GRAIN_PROBE_R_SIGNAL (1 << 2)
+#define GRAIN_PROBE_R_SUM (1 << 3)
+
+/* Event flags. */
+#define GRAIN_PROBE_EV_TRUNCATED (1 << 0) /* a path was longer than STR_LEN or PATH_DEPTH */
+
+struct grain_probe_active {
+	__u32 generation;
+	__u32 agent_tgid; /* grain's own process: never observed */
+};
+
+struct grain_probe_arg {
+	__u8 source;  /* GRAIN_PROBE_SRC_* */
+	__u8 type;    /* GRAIN_PROBE_T_* */
+	__u8 index;   /* argument index */
+	__u8 flags;   /* GRAIN_PROBE_FIELD_* */
+	__u16 offset; /* tracepoint field offset */
+	__u16 size;   /* tracepoint field bytes read (strings: array length) */
+	__u8 width;   /* integer bytes: 1, 2, 4 or 8, sign- or zero-extended */
+	__u8 _pad[3];
+};
+
+struct grain_probe_hook {
+	__u8 kind;    /* GRAIN_PROBE_KIND_* */
+	__u8 nargs;
+	__u8 nrules;
+	__u8 _pad;
+	__u32 _pad2;
+	struct grain_probe_arg args[GRAIN_PROBE_MAX_ARGS];
+	__u16 rules[GRAIN_PROBE_MAX_HOOK_RULES]; /* rule indices in the generation, in order */
+};
+
+struct grain_probe_syscall {
+	__u8 nhooks;
+	__u8 hooks[GRAIN_PROBE_SYSCALL_HOOKS];
+};
+
+struct grain_probe_selector {
+	__u16 first;  /* first filter index in the generation */
+	__u8 nfilters;
+	__u8 _pad;
+};
+
+struct grain_probe_label {
+	__u8 field;   /* GRAIN_PROBE_F_* */
+	__u8 arg;
+	__u8 sub;     /* GRAIN_PROBE_SUB_* */
+	__u8 offset;  /* in the key's label bytes */
+	__u8 size;    /* bytes: 8 ints, 16 comm/addresses, up to the rest for strings */
+	__u8 _pad[3];
+};
+
+struct grain_probe_rule {
+	__u32 id;       /* epoch << 10 | index: names the rule in events and counts */
+	__u8 flags;     /* GRAIN_PROBE_R_* */
+	__u8 signal;
+	__u8 nselectors;
+	__u8 nlabels;
+	__u32 rate_limit; /* events per second, 0: none */
+	__u8 emit_args;   /* bitmask of argument slots sent with events */
+	__u8 sum_arg;     /* argument slot added up by count (GRAIN_PROBE_R_SUM) */
+	__u8 _pad[2];
+	struct grain_probe_selector selectors[GRAIN_PROBE_MAX_SELECTORS];
+	struct grain_probe_label labels[GRAIN_PROBE_MAX_LABELS];
+};
+
+struct grain_probe_filter {
+	__u8 field;   /* GRAIN_PROBE_F_* */
+	__u8 arg;
+	__u8 sub;
+	__u8 op;      /* GRAIN_PROBE_OP_* */
+	__u8 negate;
+	__u8 nvals;
+	__u8 _pad[2];
+	__u64 vals[GRAIN_PROBE_MAX_INLINE];
+};
+
+struct grain_probe_value_key {
+	__u32 filter; /* generation * MAX_FILTERS + filter index */
+	__u32 _pad;
+	__u64 value;
+};
+
+/* LPM trie key: the first 32 bits (filter) always take part. Strings are
+ * stored with their NUL for exact matches and without it for prefixes;
+ * addresses as family byte (4 or 6) + address. */
+struct grain_probe_string_key {
+	__u32 prefixlen;
+	__u32 filter;
+	__u8 data[GRAIN_PROBE_MATCH_LEN + 1];
+	__u8 _pad[4];
+};
+
+struct grain_probe_counter {
+	__u64 hits;          /* selected calls */
+	__u64 events;        /* events sent */
+	__u64 events_lost;   /* events the ring buffer had no room for */
+	__u64 events_limited; /* events over the rule's rate limit */
+	__u64 signals;
+	__u64 count_errors;  /* count keys that did not fit the count map */
+};
+
+struct grain_probe_rate {
+	__u64 window; /* second (boot time) of the current window */
+	__u64 n;      /* events sent in it */
+};
+
+struct grain_probe_count_key {
+	__u32 rule_id;
+	__u32 _pad;
+	__u8 labels[GRAIN_PROBE_LABEL_BYTES];
+};
+
+struct grain_probe_count {
+	__u64 calls;
+	__u64 sum;
+};
+
+/* Event: this header, then for each emitted argument a grain_probe_ev_arg
+ * and its len bytes of data padded to 8. */
+struct grain_probe_event {
+	__u64 boot_ns;
+	__u64 cgroup;
+	__u32 rule_id;
+	__u32 pid;
+	__u32 tgid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u16 size;   /* bytes of the whole event */
+	__u8 nargs;
+	__u8 flags;   /* GRAIN_PROBE_EV_* */
+	__u32 hook;
+	char comm[16];
+};
+
+struct grain_probe_ev_arg {
+	__u8 slot;
+	__u8 type;
+	__u16 len;
+	__u32 _pad;
+};
+
+/* One value read at a hook. Sockets and socket addresses: family (AF_*),
+ * ports in host order, addresses (IPv4 in the first 4 bytes). */
+struct grain_probe_val {
+	__u64 num;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 len;    /* string bytes without NUL */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char str[GRAIN_PROBE_STR_LEN];
+};
+
+#endif

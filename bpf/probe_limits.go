@@ -1,0 +1,73 @@
+package bpf
+
+// Limits and layouts of the generic probe programs' maps. They mirror the
+// #defines of probe.h; probe_limits_test.go checks that both agree.
+const (
+	ProbeGenerations    = 2
+	ProbeMaxHooks       = 256
+	ProbeMaxRules       = 1024
+	ProbeMaxFilters     = 4096
+	ProbeMaxArgs        = 6
+	ProbeMaxHookRules   = 16
+	ProbeMaxSelectors   = 4
+	ProbeMaxSelFilters  = 8
+	ProbeMaxInline      = 8
+	ProbeMaxRanges      = 4
+	ProbeMaxLabels      = 4
+	ProbeLabelBytes     = 96
+	ProbeStrLen         = 256
+	ProbeMatchLen       = 247
+	ProbePathDepth      = 24
+	ProbeSyscalls       = 512
+	ProbeSyscallHooks   = 7
+	ProbeSetEntries     = 65536
+	ProbeStringEntries  = 16384
+	ProbeCountEntries   = 65536
+	ProbeEventMax       = 2048
+	ProbeKindKprobe     = 1
+	ProbeKindKretprobe  = 2
+	ProbeKindFentry     = 3
+	ProbeKindFexit      = 4
+	ProbeKindTracepoint = 5
+	ProbeKindSyscall    = 6
+	ProbeSrcArg         = 1
+	ProbeSrcRet         = 2
+	ProbeSrcField       = 3
+	ProbeTInt           = 1
+	ProbeTUint          = 2
+	ProbeTString        = 3
+	ProbeTUstring       = 4
+	ProbeTSock          = 5
+	ProbeTSockaddr      = 6
+	ProbeTFile          = 7
+	ProbeTPath          = 8
+	ProbeTFd            = 9
+	ProbeFieldSigned    = (1 << 0)
+	ProbeFieldDataLoc   = (1 << 1)
+	ProbeFieldArray     = (1 << 2)
+	ProbeFPid           = 1
+	ProbeFTgid          = 2
+	ProbeFPpid          = 3
+	ProbeFUid           = 4
+	ProbeFGid           = 5
+	ProbeFComm          = 6
+	ProbeFCgroup        = 7
+	ProbeFArg           = 8
+	ProbeFSyscall       = 9
+	ProbeSubNum         = 0
+	ProbeSubStr         = 1
+	ProbeSubFamily      = 2
+	ProbeSubSaddr       = 3
+	ProbeSubDaddr       = 4
+	ProbeSubSport       = 5
+	ProbeSubDport       = 6
+	ProbeOpIn           = 1
+	ProbeOpRange        = 2
+	ProbeOpSet          = 3
+	ProbeOpTrie         = 4
+	ProbeREmit          = (1 << 0)
+	ProbeRCount         = (1 << 1)
+	ProbeRSignal        = (1 << 2)
+	ProbeRSum           = (1 << 3)
+	ProbeEvTruncated    = (1 << 0)
+)

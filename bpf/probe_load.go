@@ -1,0 +1,191 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+)
+
+// Probe holds the maps of the generic probe programs and the programs
+// loaded so far. Programs are loaded when first needed: a kernel without
+// kprobes can still run tracepoint hooks. fentry/fexit programs are loaded
+// once per target function (the kernel binds them to it at load time);
+// every copy is the same bytecode and finds its configuration by cookie,
+// like the others.
+type Probe struct {
+	spec *ebpf.CollectionSpec
+	maps map[string]*ebpf.Map
+
+	mu      sync.Mutex
+	progs   map[string]*ebpf.Program // by program name
+	tracing map[string]*ebpf.Program // "grain_fentry:func"
+}
+
+// ProbeOptions tune the maps of the probe programs before loading.
+type ProbeOptions struct {
+	// RingBufferBytes sizes the event ring buffer (a power of two, at least
+	// one page). Zero keeps the compiled-in 4 MiB.
+	RingBufferBytes uint32
+}
+
+// Probe program names.
+const (
+	ProgKprobe     = "grain_kprobe"
+	ProgKretprobe  = "grain_kretprobe"
+	ProgFentry     = "grain_fentry"
+	ProgFexit      = "grain_fexit"
+	ProgTracepoint = "grain_tracepoint"
+	ProgSysEnter   = "grain_sys_enter"
+)
+
+// LoadProbe creates the maps of the generic probe programs. Programs are
+// loaded by Program and TracingProgram.
+func LoadProbe(opts ProbeOptions) (*Probe, error) {
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return nil, fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
+	}
+	spec, err := loadProbe()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded probe object: %w", err)
+	}
+	if opts.RingBufferBytes != 0 {
+		spec.Maps["probe_events"].MaxEntries = opts.RingBufferBytes
+	}
+	mapsOnly := spec.Copy()
+	mapsOnly.Programs = map[string]*ebpf.ProgramSpec{}
+	coll, err := ebpf.NewCollection(mapsOnly)
+	if err != nil {
+		return nil, fmt.Errorf("create probe maps: %w", err)
+	}
+	p := &Probe{spec: spec, maps: coll.Maps, progs: map[string]*ebpf.Program{}, tracing: map[string]*ebpf.Program{}}
+	return p, nil
+}
+
+// load loads one program of the object with the shared maps.
+func (p *Probe) load(name, attachTo string) (*ebpf.Program, error) {
+	cs := p.spec.Copy()
+	ps, ok := cs.Programs[name]
+	if !ok {
+		return nil, fmt.Errorf("probe object has no program %s", name)
+	}
+	if attachTo != "" {
+		ps.AttachTo = attachTo
+	}
+	cs.Programs = map[string]*ebpf.ProgramSpec{name: ps}
+	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{MapReplacements: p.maps})
+	if err != nil {
+		what := name
+		if attachTo != "" {
+			what += " for " + attachTo
+		}
+		return nil, explainLoadError(what, err)
+	}
+	prog := coll.Programs[name]
+	delete(coll.Programs, name)
+	coll.Close()
+	return prog, nil
+}
+
+// Program returns the program name (ProgKprobe, ProgKretprobe,
+// ProgTracepoint, ProgSysEnter), loading it on first use.
+func (p *Probe) Program(name string) (*ebpf.Program, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if prog, ok := p.progs[name]; ok {
+		return prog, nil
+	}
+	prog, err := p.load(name, "")
+	if err != nil {
+		return nil, err
+	}
+	p.progs[name] = prog
+	return prog, nil
+}
+
+// TracingProgram returns the fentry or fexit program (ProgFentry,
+// ProgFexit) bound to the kernel function fn, loading it on first use.
+func (p *Probe) TracingProgram(name, fn string) (*ebpf.Program, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := name + ":" + fn
+	if prog, ok := p.tracing[key]; ok {
+		return prog, nil
+	}
+	prog, err := p.load(name, fn)
+	if err != nil {
+		return nil, err
+	}
+	p.tracing[key] = prog
+	return prog, nil
+}
+
+// ReleaseTracingProgram unloads the fentry/fexit copy of fn (after its
+// link is closed).
+func (p *Probe) ReleaseTracingProgram(name, fn string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := name + ":" + fn
+	if prog, ok := p.tracing[key]; ok {
+		prog.Close()
+		delete(p.tracing, key)
+	}
+}
+
+// ProbeMaps are the maps of the probe programs.
+type ProbeMaps struct {
+	Active, Hooks, Syscalls, Rules, Filters, Values, Strings *ebpf.Map
+	Counters, Rate, Counts, Events                           *ebpf.Map
+}
+
+// Maps returns the probe maps.
+func (p *Probe) Maps() ProbeMaps {
+	m := p.maps
+	return ProbeMaps{
+		Active: m["probe_active"], Hooks: m["probe_hooks"], Syscalls: m["probe_syscalls"],
+		Rules: m["probe_rules"], Filters: m["probe_filters"], Values: m["probe_values"],
+		Strings: m["probe_strings"], Counters: m["probe_counters"], Rate: m["probe_rate"],
+		Counts: m["probe_counts"], Events: m["probe_events"],
+	}
+}
+
+// Close unloads every program and frees the maps held by this process.
+func (p *Probe) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, prog := range p.progs {
+		errs = append(errs, prog.Close())
+	}
+	for _, prog := range p.tracing {
+		errs = append(errs, prog.Close())
+	}
+	for _, m := range p.maps {
+		errs = append(errs, m.Close())
+	}
+	p.progs, p.tracing, p.maps = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// Map-value mirrors of probe.h, for the engine that fills the maps.
+type (
+	ProbeActive    = probeGrainProbeActive
+	ProbeArg       = probeGrainProbeArg
+	ProbeHook      = probeGrainProbeHook
+	ProbeSyscall   = probeGrainProbeSyscall
+	ProbeSelector  = probeGrainProbeSelector
+	ProbeLabel     = probeGrainProbeLabel
+	ProbeRule      = probeGrainProbeRule
+	ProbeFilter    = probeGrainProbeFilter
+	ProbeValueKey  = probeGrainProbeValueKey
+	ProbeStringKey = probeGrainProbeStringKey
+	ProbeCounter   = probeGrainProbeCounter
+	ProbeRate      = probeGrainProbeRate
+	ProbeCountKey  = probeGrainProbeCountKey
+	ProbeCount     = probeGrainProbeCount
+)
