@@ -27,7 +27,8 @@
 #
 # The guest mounts proc, sysfs, devtmpfs, bpffs, tracefs, debugfs, cgroup2 and
 # a tmpfs on /tmp, brings lo up, is called grain-vm, and sets GRAIN_VM_KERNEL
-# (uname -r), GRAIN_VM_ARCH and GRAIN_VM_FEATURES (see internal/vmtest).
+# (uname -r), GRAIN_VM_ARCH and GRAIN_VM_FEATURES (see internal/vmtest). Its
+# commands are busybox's, plus iproute2's ip (for ip netns).
 #
 # Output: "== guest kernel <release> (<arch>)", then every test binary's -v
 # output, then one summary line. Exit status 1 when a test failed, a package
@@ -134,6 +135,12 @@ if ! kroot=$(unpack "$kpkg"); then
 	kroot=$(unpack "$kpkg")
 fi
 bbroot=$(unpack busybox-static)
+# iproute2's ip (busybox's has no "ip netns", which internal/netns uses) and
+# the libraries it links, as Debian 12 builds it.
+userland=()
+for p in iproute2 libc6 libbpf1 libelf1 libmnl0 libbsd0 libcap2 zlib1g libmd0; do
+	userland+=("$(unpack "$p")")
+done
 exec 9>&-
 vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
 kver=${vmlinuz##*/vmlinuz-}
@@ -143,6 +150,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 initrd=$work/initrd
 mkdir -p "$initrd"/{bin,dev,proc,sys,tmp,t,src,lib/modules}
+for d in "${userland[@]}"; do
+	tar -C "$d" --exclude=./usr/share --exclude='./usr/lib/*/gconv' --exclude=./etc -cf - . |
+		tar -C "$initrd" --keep-directory-symlink -xf -
+done
 cp "$bbroot/bin/busybox" "$initrd/bin/" && ln -s busybox "$initrd/bin/sh"
 
 # --- Modules and the modules they depend on (the depends= field of their
@@ -202,7 +213,8 @@ for p in "${pids[@]}"; do wait "$p"; done
 cat >"$initrd/init" <<INIT
 #!/bin/sh
 /bin/busybox --install -s /bin
-export PATH=/bin HOME=/tmp TMPDIR=/tmp
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/tmp TMPDIR=/tmp
+mkdir -p /run /var && ln -s /run /var/run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -253,7 +265,7 @@ END {
 	for (i = 1; i <= n; i++) if (!tests[i]) bad = bad " " entry[i] " ran no test;"
 	if (!done) bad = bad (rc == 124 ? " guest timed out after " timeout " s;" : " guest stopped before the end (exit " rc ");")
 	if (kernel == "") kernel = kpkg " (did not start init)"
-	printf "== %s guest %s: %d passed, %d failed, %d skipped%s; %d s (%d s building) %s\n",
+	printf "== %s guest %s: %d passed, %d failed, %d skipped%s; %d s (%d s before boot) %s\n",
 		arch, kernel, pass, fail, skip, (skip ? " (" substr(skipped, 2) ")" : ""), prep + vm, prep,
 		(bad == "" ? "ok" : "FAILED:" bad)
 	exit bad != ""
