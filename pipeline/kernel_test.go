@@ -189,7 +189,7 @@ func testStages(t *testing.T, proto string) {
 		frames = append(frames, tcp("10.9.1."+strconv.Itoa(i+1), 1000, 80))
 	}
 	frames = append(frames, tcp("10.1.2.3", 40000, 80), tcp("10.1.2.4", 40001, 80)) // rewritten
-	for i := range 8 {                                                               // one in four kept
+	for i := range 8 {                                                              // one in four kept
 		frames = append(frames, udp("10.2.0.1", uint16(2000+i), 53))
 	}
 	for i := range 10 { // burst of 3 let through
