@@ -32,13 +32,15 @@
 #
 # Output: "== guest kernel <release> (<arch>)", then every test binary's -v
 # output, then one summary line. Exit status 1 when a test failed, a package
-# ran no test, or the guest crashed or timed out.
+# ran no test, a module did not load, the kernel warned (WARNING:/BUG:), or the
+# guest crashed (an oops panics it) or timed out.
 #
 # What it needs is installed when missing (apt-get: qemu-system-x86 or
 # qemu-system-arm, cpio; dpkg --add-architecture arm64). Kernel and busybox
 # packages are fetched with apt-get download into $GRAIN_VM_CACHE (default
 # /var/cache/grain-vm) and unpacked there once.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 
@@ -183,9 +185,13 @@ for m in ${modules//,/ }; do add_module "$m"; done
 # --- Test binaries and the source tree they run in.
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quoted for sh
 # Tracked and untracked-but-not-ignored files, as the working tree has them.
-git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do
-	[ -f "$f" ] && printf '%s\0' "$f"
-done | tar --null -T - -cf - | tar -xf - -C "$initrd/src"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do
+		[ ! -f "$f" ] || printf '%s\0' "$f"
+	done | tar --null -T - -cf - | tar -xf - -C "$initrd/src"
+else
+	tar --exclude=./.git --exclude=./bin --exclude='*.test' --exclude=./bench/out -cf - . | tar -xf - -C "$initrd/src"
+fi
 # Go's own timeout first, so that a hung test prints its goroutines.
 test_timeout=$((vm_timeout - vm_timeout / 10 - 5))
 [ $test_timeout -ge 1 ] || test_timeout=1
@@ -229,7 +235,7 @@ ip link set lo up
 export GRAIN_VM_KERNEL=\$(uname -r) GRAIN_VM_ARCH=$arch GRAIN_VM_FEATURES=$(q "$features")
 echo "== guest kernel \$GRAIN_VM_KERNEL ($arch): \$(uname -v), \$(nproc) CPUs, features: \$GRAIN_VM_FEATURES"
 for m in ${mods[*]}; do insmod /lib/modules/\$m.ko || echo "== insmod \$m failed"; done
-[ -z "${mods[*]}" ] || echo "== modules loaded: \$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+[ -z "${mods[*]}" ] || echo "== modules loaded:" \$(cut -d' ' -f1 /proc/modules)
 $runs
 echo "== done"
 poweroff -f
@@ -261,6 +267,7 @@ awk -v arch="$arch" -v kpkg="$kpkg" -v rc="$rc" -v timeout="$vm_timeout" \
 /^== exit / { if ($NF != 0) bad = bad " " $3 " exited " $NF ";"; cur = 0 }
 /^== done/ { done = 1 }
 /^== insmod .* failed/ { bad = bad " insmod " $3 " failed;" }
+/WARNING: CPU: |BUG: / && !kbug++ { bad = bad " kernel warning or bug (see above);" }
 END {
 	for (i = 1; i <= n; i++) if (!tests[i]) bad = bad " " entry[i] " ran no test;"
 	if (!done) bad = bad (rc == 124 ? " guest timed out after " timeout " s;" : " guest stopped before the end (exit " rc ");")
