@@ -167,6 +167,7 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 	if len(plan.Contents) > bpf.MaxContents {
 		fail(rules[0].policy, rules[0].policy.Pos, "too many payload contents in all: %d, at most %d", len(plan.Contents), bpf.MaxContents)
 	}
+	plan.Probes = compileProbes(sorted, &errs)
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}

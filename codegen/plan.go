@@ -19,6 +19,9 @@ type Plan struct {
 	Rules    []Rule    `json:"rules"`
 	Contents []Content `json:"contents"`
 	Tables   Tables    `json:"tables"`
+	// Probes holds the kernel-hook policies (codegen/probe.go); nil when
+	// there are none.
+	Probes *ProbePlan `json:"probes,omitempty"`
 }
 
 // Program names one generic program of the bpf package.

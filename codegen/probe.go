@@ -1,0 +1,449 @@
+package codegen
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// ProbePlan is the kernel-hook part of a Plan: the attach points (hooks)
+// with the values each reads, and the rules run at them. The engine resolves
+// what depends on the running kernel: kprobe or fentry, tracepoint field
+// offsets, syscall numbers, cgroup ids.
+type ProbePlan struct {
+	Hooks []ProbeHook `json:"hooks"`
+	Rules []ProbeRule `json:"rules"`
+}
+
+// ProbeHook is one attach point, shared by every policy on the same
+// function, tracepoint or set of system calls.
+type ProbeHook struct {
+	Index int `json:"index"`
+	// Kind is "kprobe", "kretprobe", "tracepoint" or "syscall".
+	Kind     string   `json:"kind"`
+	Target   string   `json:"target,omitempty"`
+	Syscalls []string `json:"syscalls,omitempty"`
+	// Attach is "auto", "kprobe" or "fentry" for kprobe/kretprobe hooks.
+	Attach string     `json:"attach,omitempty"`
+	Args   []ProbeArg `json:"args,omitempty"`
+	// Rules are indices into ProbePlan.Rules, in order.
+	Rules []int `json:"rules"`
+}
+
+// Key identifies the attach point: hooks with equal keys in two plans are
+// the same attachment, kept across a reload.
+func (h ProbeHook) Key() string {
+	return h.Kind + "|" + h.Attach + "|" + h.Target + "|" + strings.Join(h.Syscalls, ",")
+}
+
+// ProbeArg is one value the hook reads, in slot Slot.
+type ProbeArg struct {
+	Slot int `json:"slot"`
+	// Source is "arg" (Index), "ret" or "field" (Field).
+	Source string `json:"source"`
+	Index  int    `json:"index"`
+	Field  string `json:"field,omitempty"`
+	// Type is one of policies.ArgTypes; "string" fields of syscalls:*
+	// tracepoints are "user_string" here.
+	Type string `json:"type"`
+}
+
+// ProbeRef says where a named value comes from: a process property
+// (Kind "pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup"), the syscall
+// number ("syscall"), a value added in userspace ("exe", "container",
+// "host"), or part Part of argument slot Slot (Kind "arg"; Part "num",
+// "str", "family", "saddr", "daddr", "sport", "dport", or "text" for the
+// text form of a sock/sockaddr).
+type ProbeRef struct {
+	Kind string `json:"kind"`
+	Slot int    `json:"slot"`
+	Part string `json:"part,omitempty"`
+}
+
+// ProbeRule is one probe policy at its hook.
+type ProbeRule struct {
+	Index    int    `json:"index"`
+	Policy   string `json:"policy"`
+	Position string `json:"position"`
+	Priority int    `json:"priority"`
+	Hook     int    `json:"hook"`
+	// Selectors are ORed; none selects every call.
+	Selectors    []ProbeSelector `json:"selectors,omitempty"`
+	Emit         *ProbeEmit      `json:"emit,omitempty"`
+	Count        *ProbeCount     `json:"count,omitempty"`
+	Signal       string          `json:"signal,omitempty"`
+	SignalNumber int             `json:"signal_number,omitempty"`
+}
+
+// ProbeSelector holds ANDed filters.
+type ProbeSelector struct {
+	Filters []ProbeFilter `json:"filters"`
+}
+
+// ProbeFilter is one condition as the kernel evaluates it. Op is "in"
+// (Ints, held in the filter), "set" (Ints, in a hash map: more than
+// bpf.ProbeMaxInline values), "range" (Ranges), "trie" (exact Strings,
+// Prefixes or CIDRs in the LPM trie) or "cgroup" (Cgroups paths: the engine
+// resolves them to ids and uses "in" or "set"). Negate inverts it (ne,
+// notin).
+type ProbeFilter struct {
+	Field string `json:"field"`
+	ProbeRef
+	Op       string     `json:"op"`
+	Negate   bool       `json:"negate,omitempty"`
+	Ints     []int64    `json:"ints,omitempty"`
+	Ranges   [][2]int64 `json:"ranges,omitempty"`
+	Strings  []string   `json:"strings,omitempty"`
+	Prefixes []string   `json:"prefixes,omitempty"`
+	CIDRs    []string   `json:"cidrs,omitempty"`
+	Cgroups  []string   `json:"cgroups,omitempty"`
+}
+
+// ProbeEmit is the event of a rule.
+type ProbeEmit struct {
+	Event     string       `json:"event"`
+	Fields    []ProbeField `json:"fields,omitempty"`
+	RateLimit int          `json:"rate_limit,omitempty"`
+}
+
+// ProbeField is one named value of an event.
+type ProbeField struct {
+	Name string `json:"name"`
+	ProbeRef
+}
+
+// ProbeCount is the in-kernel aggregation of a rule.
+type ProbeCount struct {
+	Metric string       `json:"metric"`
+	Labels []ProbeLabel `json:"labels,omitempty"`
+	// Sum names the integer argument added up, in slot SumSlot.
+	Sum     string `json:"sum,omitempty"`
+	SumSlot int    `json:"sum_slot,omitempty"`
+}
+
+// ProbeLabel is one label of a count key: Size bytes at Offset of the
+// key's label bytes.
+type ProbeLabel struct {
+	Name string `json:"name"`
+	ProbeRef
+	Offset int `json:"offset"`
+	Size   int `json:"size"`
+}
+
+// signalNumbers are the signals a policy can send (equal on amd64 and
+// arm64).
+var signalNumbers = map[string]int{
+	"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGABRT": 6, "SIGKILL": 9,
+	"SIGUSR1": 10, "SIGUSR2": 12, "SIGTERM": 15, "SIGSTOP": 19,
+}
+
+// labelStringBytes is the most a string label keeps of its value.
+const labelStringBytes = 64
+
+var processKinds = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup"}
+
+// compileProbes compiles the probe policies of sorted (priority order)
+// into a ProbePlan; nil when there are none.
+func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePlan {
+	fail := func(p policies.Policy, pos policies.Position, format string, args ...any) {
+		*errs = append(*errs, policies.Error{Pos: pos, Policy: p.Name, Msg: fmt.Sprintf(format, args...)})
+	}
+	plan := &ProbePlan{}
+	hookOf := map[string]int{}
+	nfilters, nset, ntrie := 0, 0, 0
+	perSyscall := map[string]int{}
+	for _, p := range sorted {
+		h := p.Probe
+		if h == nil {
+			continue
+		}
+		hook := ProbeHook{Kind: h.Kind, Target: h.Target, Attach: h.Attach}
+		if h.Kind == "syscall" {
+			hook.Syscalls = sortedSet(h.Syscalls)
+			ok := true
+			for _, name := range hook.Syscalls {
+				if name == "*" {
+					continue
+				}
+				known := false
+				for _, arch := range bpf.SyscallArchs() {
+					if _, found := bpf.SyscallNumber(arch, name); found {
+						known = true
+					}
+				}
+				if !known {
+					fail(p, h.Pos, "no system call is named %s (on %s)", name, strings.Join(bpf.SyscallArchs(), " or "))
+					ok = false
+				}
+			}
+			if !ok {
+				continue
+			}
+		}
+		hi, ok := hookOf[hook.Key()]
+		if !ok {
+			if len(plan.Hooks) == bpf.ProbeMaxHooks {
+				fail(p, h.Pos, "too many kernel hooks: at most %d distinct functions, tracepoints and syscall sets", bpf.ProbeMaxHooks)
+				continue
+			}
+			hi = len(plan.Hooks)
+			hook.Index = hi
+			hook.Rules = []int{}
+			plan.Hooks = append(plan.Hooks, hook)
+			hookOf[hook.Key()] = hi
+			for _, name := range hook.Syscalls {
+				perSyscall[name]++
+				if perSyscall[name] > bpf.ProbeSyscallHooks {
+					fail(p, h.Pos, "too many policies with different syscall lists hook %s: at most %d; merge some", name, bpf.ProbeSyscallHooks)
+				}
+			}
+		}
+		hk := &plan.Hooks[hi]
+		if len(hk.Rules) == bpf.ProbeMaxHookRules {
+			fail(p, h.Pos, "too many policies on %s: at most %d per hook", hookName(*hk), bpf.ProbeMaxHookRules)
+			continue
+		}
+		// The policy's arguments, in the hook's slots.
+		names := map[string]ProbeRef{}
+		var sockSlot = -1
+		argsOK := true
+		for _, a := range h.Args {
+			pa := ProbeArg{Source: a.Source, Index: a.Index, Field: a.Field, Type: a.Type}
+			if a.Source != "arg" {
+				pa.Index = -1
+			}
+			if h.Kind == "tracepoint" && strings.HasPrefix(h.Target, "syscalls/") && a.Type == "string" {
+				pa.Type = "user_string" // syscall arguments point into user memory
+			}
+			slot := slices.IndexFunc(hk.Args, func(b ProbeArg) bool {
+				return b.Source == pa.Source && b.Index == pa.Index && b.Field == pa.Field && b.Type == pa.Type
+			})
+			if slot < 0 {
+				if len(hk.Args) == bpf.ProbeMaxArgs {
+					fail(p, a.Pos, "%s reads more than %d distinct values (all its policies together)", hookName(*hk), bpf.ProbeMaxArgs)
+					argsOK = false
+					continue
+				}
+				slot = len(hk.Args)
+				pa.Slot = slot
+				hk.Args = append(hk.Args, pa)
+			}
+			switch a.Type {
+			case "int", "uint":
+				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "num"}
+			case "sock", "sockaddr":
+				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "text"}
+				sockSlot = slot
+			default:
+				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "str"}
+			}
+		}
+		if !argsOK {
+			continue
+		}
+		ref := func(name string) (ProbeRef, bool) {
+			if r, ok := names[name]; ok {
+				return r, true
+			}
+			switch {
+			case slices.Contains(processKinds, name), name == "exe", name == "container", name == "host":
+				return ProbeRef{Kind: name}, true
+			case name == "syscall" && h.Kind == "syscall":
+				return ProbeRef{Kind: "syscall"}, true
+			case sockSlot >= 0 && slices.Contains([]string{"family", "saddr", "daddr", "sport", "dport"}, name):
+				return ProbeRef{Kind: "arg", Slot: sockSlot, Part: name}, true
+			}
+			return ProbeRef{}, false
+		}
+		index := len(plan.Rules)
+		r := ProbeRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi}
+		ok = true
+		if len(h.Selectors) > bpf.ProbeMaxSelectors {
+			fail(p, h.Selectors[bpf.ProbeMaxSelectors].Pos, "at most %d match selectors per policy", bpf.ProbeMaxSelectors)
+			ok = false
+		}
+		for _, sel := range h.Selectors {
+			if len(sel.Filters) > bpf.ProbeMaxSelFilters {
+				fail(p, sel.Pos, "at most %d conditions per match selector", bpf.ProbeMaxSelFilters)
+				ok = false
+				continue
+			}
+			var ps ProbeSelector
+			for _, f := range sel.Filters {
+				pf, err := compileProbeFilter(f, ref)
+				if err != nil {
+					fail(p, f.Pos, "match %s: %v", f.Field, err)
+					ok = false
+					continue
+				}
+				switch pf.Op {
+				case "set":
+					nset += len(pf.Ints)
+				case "trie":
+					ntrie += len(pf.Strings) + len(pf.Prefixes) + len(pf.CIDRs)
+				}
+				ps.Filters = append(ps.Filters, pf)
+				nfilters++
+			}
+			r.Selectors = append(r.Selectors, ps)
+		}
+		if p.Emit != nil {
+			e := &ProbeEmit{Event: p.Emit.Event, RateLimit: p.Emit.RateLimit}
+			for _, name := range p.Emit.Fields {
+				rf, found := ref(name)
+				if !found {
+					fail(p, h.Pos, "emit field %s is neither a process field nor an argument of this policy", name)
+					ok = false
+					continue
+				}
+				e.Fields = append(e.Fields, ProbeField{Name: name, ProbeRef: rf})
+			}
+			r.Emit = e
+		}
+		if h.Count != nil {
+			c := &ProbeCount{Metric: h.Count.Metric, Sum: h.Count.Sum}
+			off := 0
+			for i, name := range h.Count.By {
+				rf, found := ref(name)
+				if !found || rf.Kind == "exe" || rf.Kind == "container" || rf.Kind == "host" || rf.Part == "text" {
+					fail(p, h.Pos, "count label %s cannot be read in the kernel", name)
+					ok = false
+					continue
+				}
+				if i >= bpf.ProbeMaxLabels {
+					fail(p, h.Pos, "at most %d count labels", bpf.ProbeMaxLabels)
+					ok = false
+					break
+				}
+				size := 8
+				switch {
+				case rf.Kind == "comm", rf.Part == "saddr", rf.Part == "daddr":
+					size = 16
+				case rf.Part == "str":
+					size = min(labelStringBytes, bpf.ProbeLabelBytes-off)
+				}
+				if off+size > bpf.ProbeLabelBytes || size <= 0 {
+					fail(p, h.Pos, "count labels %v take more than the %d bytes of a count key (strings take up to %d)", h.Count.By, bpf.ProbeLabelBytes, labelStringBytes)
+					ok = false
+					break
+				}
+				c.Labels = append(c.Labels, ProbeLabel{Name: name, ProbeRef: rf, Offset: off, Size: size})
+				off += size
+			}
+			if c.Sum != "" {
+				rf, found := ref(c.Sum)
+				if !found || rf.Part != "num" {
+					fail(p, h.Pos, "count sum %s is not an integer argument", c.Sum)
+					ok = false
+				}
+				c.SumSlot = rf.Slot
+			}
+			r.Count = c
+		}
+		if h.Signal != "" {
+			n, found := signalNumbers[h.Signal]
+			if !found {
+				fail(p, h.Pos, "unknown signal %s (known: SIGKILL, SIGTERM, SIGSTOP, SIGINT, SIGHUP, SIGQUIT, SIGABRT, SIGUSR1, SIGUSR2)", h.Signal)
+				ok = false
+			}
+			r.Signal, r.SignalNumber = h.Signal, n
+		}
+		if !ok {
+			continue
+		}
+		if index == bpf.ProbeMaxRules {
+			fail(p, p.Pos, "too many kernel-hook policies: at most %d", bpf.ProbeMaxRules)
+			continue
+		}
+		hk.Rules = append(hk.Rules, index)
+		plan.Rules = append(plan.Rules, r)
+	}
+	if nfilters > bpf.ProbeMaxFilters {
+		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many match conditions in all kernel-hook policies: %d, at most %d", nfilters, bpf.ProbeMaxFilters)})
+	}
+	if nset > bpf.ProbeSetEntries {
+		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many integer match values in all: %d, at most %d", nset, bpf.ProbeSetEntries)})
+	}
+	if ntrie > bpf.ProbeStringEntries {
+		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many string, prefix and address match values in all: %d, at most %d", ntrie, bpf.ProbeStringEntries)})
+	}
+	if len(plan.Hooks) == 0 {
+		return nil
+	}
+	return plan
+}
+
+func hookName(h ProbeHook) string {
+	if h.Kind == "syscall" {
+		return "syscall " + strings.Join(h.Syscalls, ",")
+	}
+	return h.Kind + " " + h.Target
+}
+
+// compileProbeFilter turns a typed filter into the kernel's form.
+func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (ProbeFilter, error) {
+	r, ok := ref(f.Field)
+	if !ok {
+		return ProbeFilter{}, fmt.Errorf("%s is neither a process field nor an argument of this policy", f.Field)
+	}
+	pf := ProbeFilter{Field: f.Field, ProbeRef: r, Negate: f.Op == "ne" || f.Op == "notin"}
+	switch {
+	case r.Kind == "exe" || r.Kind == "container" || r.Kind == "host":
+		return pf, fmt.Errorf("%s is looked up in userspace and cannot be matched in the kernel", f.Field)
+	case r.Part == "text":
+		return pf, fmt.Errorf("match the fields of a socket argument (family, saddr, daddr, sport, dport), not its text form")
+	case r.Kind == "cgroup":
+		if len(f.Strings) == 0 {
+			return pf, fmt.Errorf("cgroup takes cgroup paths")
+		}
+		pf.Op, pf.Cgroups = "cgroup", sortedSet(f.Strings)
+	case r.Part == "saddr" || r.Part == "daddr":
+		if f.Op != "cidr" {
+			return pf, fmt.Errorf("addresses are matched by CIDR")
+		}
+		for _, c := range f.CIDRs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				return pf, err
+			}
+		}
+		pf.Op, pf.CIDRs = "trie", sortedSet(f.CIDRs)
+	case r.Kind == "comm" || r.Part == "str":
+		for _, s := range f.Strings {
+			if len(s) > bpf.ProbeMatchLen {
+				return pf, fmt.Errorf("%q is longer than the %d bytes the kernel compares", s, bpf.ProbeMatchLen)
+			}
+			if strings.IndexByte(s, 0) >= 0 {
+				return pf, fmt.Errorf("%q holds a NUL byte", s)
+			}
+		}
+		pf.Op = "trie"
+		if f.Op == "prefix" {
+			pf.Prefixes = sortedSet(f.Strings)
+		} else {
+			pf.Strings = sortedSet(f.Strings)
+		}
+	default: // integers
+		switch f.Op {
+		case "range":
+			if len(f.Ranges) > bpf.ProbeMaxRanges {
+				return pf, fmt.Errorf("at most %d ranges per condition", bpf.ProbeMaxRanges)
+			}
+			pf.Op, pf.Ranges = "range", f.Ranges
+		case "eq", "ne", "in", "notin":
+			ints := slices.Clone(f.Ints)
+			slices.Sort(ints)
+			pf.Ints = slices.Compact(ints)
+			pf.Op = "in"
+			if len(pf.Ints) > bpf.ProbeMaxInline {
+				pf.Op = "set"
+			}
+		default:
+			return pf, fmt.Errorf("%s is an integer: %s does not apply", f.Field, f.Op)
+		}
+	}
+	return pf, nil
+}
