@@ -7,10 +7,7 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
 command -v clang-19 >/dev/null || need+=(clang-19)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
-# The kernel tests also run in Debian's 6.1 kernel under QEMU.
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[ -x /bin/busybox ] || need+=(busybox-static)
-command -v cpio >/dev/null || need+=(cpio)
+# scripts/vm-test.sh installs what the kernel tests under QEMU need.
 if [ ${#need[@]} -gt 0 ]; then
 	echo "installing: ${need[*]}"
 	apt-get update -qq
