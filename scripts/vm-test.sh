@@ -98,7 +98,7 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# --- Kernel and busybox packages, downloaded and unpacked once.
+# --- Kernel, busybox and iproute2 packages, downloaded and unpacked once.
 mkdir -p "$cache/debs" "$cache/root"
 exec 9>"$cache/.lock"
 flock 9 # one runner at a time fetches and unpacks
