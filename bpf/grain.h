@@ -68,6 +68,14 @@
 #define GRAIN_ACTION_PASS 2
 
 #define GRAIN_RULE_EMIT (1 << 0)
+/* The rule's events also carry the start of the L4 payload: a
+ * struct grain_event_payload instead of a struct grain_event. */
+#define GRAIN_RULE_EMIT_PAYLOAD (1 << 1)
+
+/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule carries at
+ * most: a DNS header (12), the longest name (255) and the question's type
+ * and class (4), rounded up to 8. */
+#define GRAIN_EMIT_PAYLOAD_BYTES 272
 
 #define GRAIN_CONTENT_NOCASE (1 << 0)
 #define GRAIN_CONTENT_NEGATE (1 << 1)
@@ -163,6 +171,14 @@ struct grain_event {
 	__u16 dport;
 	__u8 saddr[16];
 	__u8 daddr[16];
+};
+
+/* The event of a rule that asked for payload bytes. */
+struct grain_event_payload {
+	struct grain_event ev;
+	__u16 payload_len;   /* bytes of payload[] that hold packet bytes */
+	__u16 _pad[3];
+	__u8 payload[GRAIN_EMIT_PAYLOAD_BYTES];
 };
 
 #endif

@@ -47,6 +47,8 @@ const (
 	ActionDrop         = 1
 	ActionPass         = 2
 	RuleEmit           = 1 << 0
+	RuleEmitPayload    = 1 << 1
+	EmitPayloadBytes   = 272
 	ContentNoCase      = 1 << 0
 	ContentNegate      = 1 << 1
 	ContentAnchored    = 1 << 2

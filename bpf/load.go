@@ -161,15 +161,16 @@ func explainLoadError(prog string, err error) error {
 
 // Map-value mirrors of grain.h, for the engine that fills the maps.
 type (
-	Bitmap    = xdpGrainBitmap
-	Active    = xdpGrainActive
-	GenConfig = xdpGrainGenConfig
-	CIDRKey   = xdpGrainCidrKey
-	IfaceKey  = xdpGrainIfaceKey
-	Rule      = xdpGrainRule
-	Content   = xdpGrainContent
-	Counter   = xdpGrainCounter
-	Event     = xdpGrainEvent
+	Bitmap       = xdpGrainBitmap
+	Active       = xdpGrainActive
+	GenConfig    = xdpGrainGenConfig
+	CIDRKey      = xdpGrainCidrKey
+	IfaceKey     = xdpGrainIfaceKey
+	Rule         = xdpGrainRule
+	Content      = xdpGrainContent
+	Counter      = xdpGrainCounter
+	Event        = xdpGrainEvent
+	EventPayload = xdpGrainEventPayload
 )
 
 // XDPMaps are the maps of the generic XDP program.

@@ -337,9 +337,105 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 
 #define VERDICT_CONTINUE 0
 
-/* One event in the ring buffer: the record plus its 8-byte header, rounded
- * up to 8 bytes. */
-#define EVENT_RECORD_BYTES (((sizeof(struct grain_event) + 8) + 7) / 8 * 8)
+/* Bytes one record takes in the ring buffer: the record plus its 8-byte
+ * header, rounded up to 8 bytes. */
+#define RECORD_BYTES(size) ((((size) + 8) + 7) / 8 * 8)
+
+static __always_inline void event_fill(struct grain_event *e, const struct pkt_meta *m, __u32 gen,
+				       const struct grain_rule *r)
+{
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->rule_id = r->id;
+	e->generation = gen;
+	e->ifindex = m->ifindex;
+	e->packet_len = m->len;
+	e->family = m->family;
+	e->protocol = m->protocol;
+	e->verdict = r->action;
+	e->tcp_flags = m->tcp_flags;
+	e->sport = m->sport;
+	e->dport = m->dport;
+	__builtin_memcpy(e->saddr, m->saddr, 16);
+	__builtin_memcpy(e->daddr, m->daddr, 16);
+}
+
+/* A wakeup costs the packet's CPU an interrupt (a VM exit on virtual
+ * machines: microseconds), so the reader polls every few milliseconds
+ * instead and is woken only when the ring crosses an eighth of its size, to
+ * drain it before it fills. The record was reserved, so the pending bytes
+ * include it: exactly one record crosses the mark. */
+static __always_inline void event_submit(void *e, __u64 record_bytes)
+{
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 wake_at = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+	int crossing = pending >= wake_at && pending < wake_at + record_bytes;
+	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* Copies the start of the L4 payload, at most GRAIN_EMIT_PAYLOAD_BYTES and
+ * never past the IP length, to dst; returns how many bytes. Whole words
+ * only, no byte loop: the last eight bytes are read as one word ending where
+ * the copy ends (overlapping the word before it; for a payload shorter than
+ * eight bytes the word starts in the headers and is shifted). */
+static __always_inline __u32 payload_copy(struct xdp_md *ctx, const struct pkt_meta *m, __u8 *dst)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = m->payload_off, end = m->payload_end;
+	if (off > MAX_FRAME_OFF || end > MAX_FRAME_OFF || end <= off)
+		return 0;
+	__u32 n = end - off;
+	if (n > GRAIN_EMIT_PAYLOAD_BYTES)
+		n = GRAIN_EMIT_PAYLOAD_BYTES;
+	__u32 tail_off = off + n - 8;
+	if (off + n < 8 || tail_off > MAX_FRAME_OFF)
+		return 0;
+	bound_offset(tail_off);
+	__u8 *t = data + tail_off;
+	if ((void *)(t + 8) > data_end)
+		return 0;
+	__u64 tail = *(__u64 *)t;
+	if (n < 8) {
+		/* little-endian: the payload is the word's high bytes */
+		*(__u64 *)dst = tail >> ((8 - n) * 8);
+		return n;
+	}
+	bound_offset(off);
+	__u8 *p = data + off;
+	barrier_var(p);
+	for (__u32 i = 0; i < GRAIN_EMIT_PAYLOAD_BYTES / 8; i++) {
+		if (i * 8 + 8 > n)
+			break;
+		__u8 *q = p + i * 8;
+		barrier_var(q);
+		if ((void *)(q + 8) > data_end)
+			return 0;
+		*(__u64 *)(dst + i * 8) = *(__u64 *)q;
+	}
+	__u32 last = n - 8;
+	barrier_var(last);
+	if (last > GRAIN_EMIT_PAYLOAD_BYTES - 8)
+		return 0;
+	*(__u64 *)(dst + last) = tail;
+	return n;
+}
+
+/* Sends the event of a rule that asked for payload bytes: a larger record,
+ * so only such rules pay for it. A global function: verified once. Returns
+ * whether the ring buffer had room. */
+__noinline int emit_payload_event(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
+{
+	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
+	if (!m || !r)
+		return 0;
+	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return 0;
+	event_fill(&e->ev, m, gen, r);
+	e->payload_len = payload_copy(ctx, m, e->payload);
+	event_submit(e, RECORD_BYTES(sizeof(*e)));
+	return 1;
+}
 
 /* Applies one candidate rule: contents, counters, event. Returns
  * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
@@ -378,33 +474,22 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 		cnt->bytes += m->len;
 	}
 	if (r->flags & GRAIN_RULE_EMIT) {
-		struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
-			e->boot_ns = bpf_ktime_get_boot_ns();
-			e->rule_id = r->id;
-			e->generation = gen;
-			e->ifindex = m->ifindex;
-			e->packet_len = m->len;
-			e->family = m->family;
-			e->protocol = m->protocol;
-			e->verdict = r->action;
-			e->tcp_flags = m->tcp_flags;
-			e->sport = m->sport;
-			e->dport = m->dport;
-			__builtin_memcpy(e->saddr, m->saddr, 16);
-			__builtin_memcpy(e->daddr, m->daddr, 16);
-			/* A wakeup costs the packet's CPU an interrupt (a VM exit on
-			 * virtual machines: microseconds), so the reader polls every
-			 * few milliseconds instead and is woken only when the ring
-			 * crosses an eighth of its size, to drain it before it fills. */
-			__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-			__u64 wake_at = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
-			int crossing = pending >= wake_at && pending < wake_at + EVENT_RECORD_BYTES;
-			bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-			if (cnt)
+		int sent = 0;
+		if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
+			sent = emit_payload_event(ctx, m, gen, key);
+		} else {
+			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			if (e) {
+				event_fill(e, m, gen, r);
+				event_submit(e, RECORD_BYTES(sizeof(*e)));
+				sent = 1;
+			}
+		}
+		if (cnt) {
+			if (sent)
 				cnt->events++;
-		} else if (cnt) {
-			cnt->events_lost++;
+			else
+				cnt->events_lost++;
 		}
 	}
 	if (r->action == GRAIN_ACTION_COUNT)
@@ -785,5 +870,6 @@ int grain_xdp(struct xdp_md *ctx)
 
 /* Keep the shared types in BTF so bpf2go can generate their Go mirrors. */
 const struct grain_event *unused_event __attribute__((unused));
+const struct grain_event_payload *unused_event_payload __attribute__((unused));
 const struct grain_counter *unused_counter __attribute__((unused));
 const struct grain_active *unused_active __attribute__((unused));

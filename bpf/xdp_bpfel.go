@@ -79,6 +79,14 @@ type xdpGrainEvent struct {
 	Daddr      [16]uint8
 }
 
+type xdpGrainEventPayload struct {
+	_          structs.HostLayout
+	Ev         xdpGrainEvent
+	PayloadLen uint16
+	Pad        [3]uint16
+	Payload    [272]uint8
+}
+
 type xdpGrainGenConfig struct {
 	_        structs.HostLayout
 	Nrules   uint32
@@ -113,21 +121,22 @@ type xdpGrainRule struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpMapActive        = "active"
-	xdpMapBitmaps       = "bitmaps"
-	xdpMapCidrClass     = "cidr_class"
-	xdpMapContents      = "contents"
-	xdpMapEvents        = "events"
-	xdpMapGenConfig     = "gen_config"
-	xdpMapIfaceBitmaps  = "iface_bitmaps"
-	xdpMapPortClass     = "port_class"
-	xdpMapRuleCounters  = "rule_counters"
-	xdpMapRules         = "rules"
-	xdpMapStats         = "stats"
-	xdpProgGrainXdp     = "grain_xdp"
-	xdpVarUnusedActive  = "unused_active"
-	xdpVarUnusedCounter = "unused_counter"
-	xdpVarUnusedEvent   = "unused_event"
+	xdpMapActive             = "active"
+	xdpMapBitmaps            = "bitmaps"
+	xdpMapCidrClass          = "cidr_class"
+	xdpMapContents           = "contents"
+	xdpMapEvents             = "events"
+	xdpMapGenConfig          = "gen_config"
+	xdpMapIfaceBitmaps       = "iface_bitmaps"
+	xdpMapPortClass          = "port_class"
+	xdpMapRuleCounters       = "rule_counters"
+	xdpMapRules              = "rules"
+	xdpMapStats              = "stats"
+	xdpProgGrainXdp          = "grain_xdp"
+	xdpVarUnusedActive       = "unused_active"
+	xdpVarUnusedCounter      = "unused_counter"
+	xdpVarUnusedEvent        = "unused_event"
+	xdpVarUnusedEventPayload = "unused_event_payload"
 )
 
 // loadXdp returns the embedded CollectionSpec for xdp.
@@ -196,9 +205,10 @@ type xdpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
-	UnusedActive  *ebpf.VariableSpec `ebpf:"unused_active"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedActive       *ebpf.VariableSpec `ebpf:"unused_active"`
+	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventPayload *ebpf.VariableSpec `ebpf:"unused_event_payload"`
 }
 
 // xdpObjects contains all objects after they have been loaded into the kernel.
@@ -254,9 +264,10 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
-	UnusedActive  *ebpf.Variable `ebpf:"unused_active"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedActive       *ebpf.Variable `ebpf:"unused_active"`
+	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventPayload *ebpf.Variable `ebpf:"unused_event_payload"`
 }
 
 // xdpPrograms contains all programs after they have been loaded into the kernel.

@@ -47,6 +47,10 @@ type Rule struct {
 	Contents []int    `json:"contents,omitempty"`
 	Event    string   `json:"event,omitempty"`
 	Fields   []string `json:"fields,omitempty"`
+	// EmitPayload makes the rule's events carry the start of the L4
+	// payload (bpf.EmitPayloadBytes at most), for the fields decoded from
+	// it.
+	EmitPayload bool `json:"emit_payload,omitempty"`
 }
 
 // Content is one payload condition as the XDP program evaluates it.

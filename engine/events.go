@@ -77,6 +77,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		if len(rec.RawSample) < int(unsafe.Sizeof(bpf.Event{})) {
 			continue
 		}
+		d.record = rec.RawSample
 		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0])))
 		if rd.AvailableBytes() == 0 {
 			pr.Flush()
@@ -141,6 +142,7 @@ type eventDecoder struct {
 	last       codegen.Rule
 	lastOK     bool
 	haveLast   bool
+	record     []byte // the whole record being decoded (payload fields: dns.go)
 }
 
 // decode fills ev: policy, event name, the fields the policy asked for,
@@ -179,6 +181,8 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 			out.AppendUint(f, uint64(ev.PacketLen))
 		case "ifindex":
 			out.AppendUint(f, uint64(ev.Ifindex))
+		case "payload", "dns_qname":
+			appendPayloadField(out, f, ev.Protocol, d.record)
 		}
 	}
 	out.AppendString("interface", d.names.name(ev.Ifindex))

@@ -191,6 +191,9 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		if r.Event != "" {
 			v.Flags |= bpf.RuleEmit
 		}
+		if r.EmitPayload {
+			v.Flags |= bpf.RuleEmitPayload
+		}
 		for i, c := range r.Contents {
 			v.Contents[i] = uint16(c)
 		}

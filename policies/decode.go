@@ -351,7 +351,7 @@ func (d *decoder) content(v cue.Value, path string) (Content, bool) {
 }
 
 // PacketEmitFields are the fields an xdp policy's events can carry.
-var PacketEmitFields = []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "ifindex"}
+var PacketEmitFields = []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "ifindex", "payload", "dns_qname"}
 
 // decodeEmit reads emit; fields must be among allowed.
 func (d *decoder) decodeEmit(v cue.Value, allowed []string) {

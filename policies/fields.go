@@ -71,7 +71,7 @@ var fieldWants = map[string]string{
 	"then":                      `"drop", "pass" or "count"`,
 	"emit":                      `a struct {event: "name", fields: [...]}`,
 	"emit.event":                "a name made of letters, digits, _ . and -, starting with a letter or _",
-	"emit.fields":               "a list of field names: for xdp saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex; for kernel hooks process fields and argument names",
+	"emit.fields":               "a list of field names: for xdp saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname; for kernel hooks process fields and argument names",
 	"emit.fields[]":             "a field name of lower-case letters, digits and _",
 }
 

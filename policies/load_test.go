@@ -289,7 +289,7 @@ func TestLoadErrors(t *testing.T) {
 			`tcp_flags.cue:15:38: policy flags_without_tcp: match.tcp_flags: tcp_flags need protocol tcp, but protocol is udp`,
 		}},
 		{"emit.cue", []string{
-			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: unknown field "ttl"; want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex`,
+			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: unknown field "ttl"; want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname`,
 			`emit.cue:10:2: policy no_event: emit: missing event: add event: "name"`,
 		}},
 		{"no_hook.cue", []string{
