@@ -360,7 +360,7 @@ func fieldKey(k string) attribute.Key {
 		return semconv.ProcessPIDKey
 	case "comm":
 		return semconv.ProcessExecutableNameKey
-	case "container.id":
+	case "container":
 		return semconv.ContainerIDKey
 	}
 	return attribute.Key("grain." + k)

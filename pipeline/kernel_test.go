@@ -259,7 +259,7 @@ func testStages(t *testing.T, proto string) {
 		if l["host"] != host {
 			t.Errorf("host = %v, want %q: %v", l["host"], host, l)
 		}
-		if _, ok := l["cgroup"]; ok {
+		if _, ok := l["cgroup_path"]; ok {
 			t.Errorf("XDP events carry no pid, yet a cgroup was added: %v", l)
 		}
 		if l["event"] == "web" {

@@ -228,15 +228,18 @@ func (s *Stages) apply(ev *Event, now time.Time, h *hasher) verdict {
 			}
 		}
 	}
-	if s.host != "" {
+	// Enrichment never replaces a field the event already has.
+	if s.host != "" && ev.Get("host") == nil {
 		ev.AppendString("host", s.host)
 	}
 	if s.cgroups != nil {
 		if pid := ev.Get("pid"); pid != nil && pid.Kind == Uint {
 			if cg, ok := s.cgroups.lookup(pid.Num); ok {
-				ev.AppendString("cgroup", cg.path)
-				if cg.container != "" {
-					ev.AppendString("container.id", cg.container)
+				if ev.Get("cgroup_path") == nil {
+					ev.AppendString("cgroup_path", cg.path)
+				}
+				if cg.container != "" && ev.Get("container") == nil {
+					ev.AppendString("container", cg.container)
 				}
 			}
 		}
