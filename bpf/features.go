@@ -77,8 +77,11 @@ func probeFentry() error {
 		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "vfs_read",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
 	})
+	if errors.Is(err, os.ErrPermission) {
+		return errors.New("kernel refuses fentry programs (loading one returns EPERM: no BPF trampolines here)")
+	}
 	if err != nil {
-		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines; load: %w)", err)
+		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines): %w", err)
 	}
 	defer prog.Close()
 	return nil

@@ -651,6 +651,7 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 	e->uid = (__u32)s->uid_gid;
 	e->gid = s->uid_gid >> 32;
 	e->hook = s->hook;
+	e->syscall = s->syscall;
 	__builtin_memcpy(e->comm, s->comm, 16);
 	__u32 off = sizeof(*e);
 	__u32 nargs = 0;

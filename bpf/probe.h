@@ -221,7 +221,8 @@ struct grain_probe_event {
 	__u16 size;   /* bytes of the whole event */
 	__u8 nargs;
 	__u8 flags;   /* GRAIN_PROBE_EV_* */
-	__u32 hook;
+	__u16 hook;   /* slot */
+	__u16 syscall; /* number, for syscall hooks */
 	char comm[16];
 };
 

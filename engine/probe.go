@@ -1,0 +1,1002 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+)
+
+// ProbeOptions configure Probes.
+type ProbeOptions struct {
+	Logger *slog.Logger
+	// RingBufferBytes sizes the probe event ring buffer; zero keeps 4 MiB.
+	RingBufferBytes uint32
+	// CgroupRoot is the cgroup v2 mount that cgroup paths are relative to;
+	// empty: found in /proc/self/mountinfo (usually /sys/fs/cgroup).
+	CgroupRoot string
+}
+
+// Probes owns the generic probe programs, their maps and their
+// attachments: the kernel-hook half of a Plan. Rule sets switch atomically:
+// every table exists in two generations, the programs read the active one
+// once per call, and Apply writes the inactive one, waits for no call to
+// still read it, and flips.
+type Probes struct {
+	log   *slog.Logger
+	p     *bpf.Probe
+	feats bpf.ProbeFeatures
+
+	mu     sync.Mutex
+	active uint32
+	epoch  uint32
+	// written[g] is what the plan of generation g put into the maps.
+	written [bpf.ProbeGenerations]*probeGeneration
+	// hooks by key: attachment, slot and mechanism, kept across reloads.
+	hooks   map[string]*probeAttachment
+	sysLink link.Link // raw sys_enter, while a syscall hook exists
+
+	namesMu sync.RWMutex
+	byEpoch map[uint32][]codegen.ProbeRule
+
+	// totals of rule sets no longer in the maps
+	ruleTotals  map[string]ProbeRuleCounter
+	countTotals map[string]*CountSample
+
+	cgroupRoot        string
+	grace, graceInner *ebpf.Map
+}
+
+// probeAttachment is one attached hook.
+type probeAttachment struct {
+	hook      codegen.ProbeHook
+	slot      int
+	mechanism string // "kprobe", "kretprobe", "fentry", "fexit", "tracepoint", "raw_tracepoint"
+	links     []link.Link
+	args      []bpf.ProbeArg
+	syscalls  []int
+	program   string // for fentry/fexit: the per-function copy to release
+}
+
+// probeGeneration remembers what one generation holds, to rewrite it.
+type probeGeneration struct {
+	epoch   uint32
+	rules   []codegen.ProbeRule
+	values  []bpf.ProbeValueKey
+	strings []bpf.ProbeStringKey
+}
+
+// ProbeAttachment reports how one hook is attached.
+type ProbeAttachment struct {
+	Kind   string `json:"kind"`
+	Target string `json:"target,omitempty"`
+	// Syscalls of a syscall hook.
+	Syscalls []string `json:"syscalls,omitempty"`
+	// Mechanism is what the kernel runs: "kprobe", "kretprobe", "fentry",
+	// "fexit", "tracepoint" or "raw_tracepoint" (syscalls).
+	Mechanism string `json:"mechanism"`
+	Cookie    int    `json:"cookie"`
+	Policies  []string `json:"policies"`
+}
+
+// NewProbes loads the probe maps; programs are loaded and attached by
+// Apply as policies need them.
+func NewProbes(opts ProbeOptions) (*Probes, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p, err := bpf.LoadProbe(bpf.ProbeOptions{RingBufferBytes: opts.RingBufferBytes})
+	if err != nil {
+		return nil, err
+	}
+	e := &Probes{log: log, p: p, feats: bpf.DetectProbeFeatures(), hooks: map[string]*probeAttachment{},
+		byEpoch: map[uint32][]codegen.ProbeRule{}, ruleTotals: map[string]ProbeRuleCounter{},
+		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot}
+	if e.feats.AttachCookie != nil {
+		p.Close()
+		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", e.feats.AttachCookie)
+	}
+	inner := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	if e.graceInner, err = ebpf.NewMap(inner); err == nil {
+		e.grace, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: inner})
+	}
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("create grace-period map (needs map-in-map support): %w", err)
+	}
+	if err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: 0, AgentTgid: uint32(os.Getpid())}); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("write the probe programs' active generation: %w", err)
+	}
+	return e, nil
+}
+
+// Features reports the kernel hooks this kernel offers.
+func (e *Probes) Features() bpf.ProbeFeatures { return e.feats }
+
+// Program exposes the loaded probe object, for tests and benchmarks.
+func (e *Probes) Program() *bpf.Probe { return e.p }
+
+// waitGracePeriod returns once every program run that began before it has
+// ended: the kernel waits for an RCU grace period on a map-of-maps update
+// (tracing programs run under rcu_read_lock).
+func (e *Probes) waitGracePeriod() error {
+	return e.grace.Put(uint32(0), e.graceInner)
+}
+
+// Apply makes the probe part of plan the active rule set: hooks it adds are
+// attached first (their configuration is empty until the flip), the
+// inactive generation is written and activated, then hooks it no longer
+// has are detached. A hook that cannot be attached fails the whole Apply
+// and leaves the rules in force untouched.
+func (e *Probes) Apply(plan *codegen.Plan) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var pp codegen.ProbePlan
+	if plan != nil && plan.Probes != nil {
+		pp = *plan.Probes
+	}
+	// Attach new hooks, on slots no current attachment uses.
+	want := map[string]*probeAttachment{}
+	var added []*probeAttachment
+	used := map[int]bool{}
+	for _, a := range e.hooks {
+		used[a.slot] = true
+	}
+	fail := func(err error) error {
+		for _, a := range added {
+			e.detach(a)
+		}
+		return err
+	}
+	for _, h := range pp.Hooks {
+		if a, ok := e.hooks[h.Key()]; ok {
+			// Same attach point; its arguments may differ: resolve them again.
+			args, syscalls, err := e.resolveArgs(h, a.mechanism)
+			if err != nil {
+				return fail(err)
+			}
+			want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: a.links, args: args, syscalls: syscalls, program: a.program}
+			continue
+		}
+		slot := 0
+		for used[slot] {
+			slot++
+		}
+		if slot >= bpf.ProbeMaxHooks {
+			return fail(fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.ProbeMaxHooks))
+		}
+		a, err := e.attach(h, slot)
+		if err != nil {
+			return fail(err)
+		}
+		used[slot] = true
+		added = append(added, a)
+		want[h.Key()] = a
+	}
+	if err := e.syncSysEnter(want); err != nil {
+		return fail(err)
+	}
+	if err := e.write(&pp, want); err != nil {
+		return fail(err)
+	}
+	for key, a := range e.hooks {
+		if _, ok := want[key]; !ok {
+			e.detach(a)
+			e.log.Info("detached", "hook", hookLabel(a.hook), "mechanism", a.mechanism)
+		}
+	}
+	e.hooks = want
+	for _, a := range added {
+		e.log.Info("attached", "hook", hookLabel(a.hook), "mechanism", a.mechanism, "cookie", a.slot)
+	}
+	if err := e.syncSysEnter(want); err != nil { // detach sys_enter when unused
+		return err
+	}
+	return nil
+}
+
+func hookLabel(h codegen.ProbeHook) string {
+	if h.Kind == "syscall" {
+		return "syscall:" + strings.Join(h.Syscalls, ",")
+	}
+	return h.Kind + ":" + h.Target
+}
+
+// syncSysEnter attaches the raw sys_enter program while some hook of want
+// is a syscall hook, and detaches it otherwise.
+func (e *Probes) syncSysEnter(want map[string]*probeAttachment) error {
+	need := false
+	for _, a := range want {
+		if a.hook.Kind == "syscall" {
+			need = true
+		}
+	}
+	switch {
+	case need && e.sysLink == nil:
+		prog, err := e.p.Program(bpf.ProgSysEnter)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_enter", Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach to raw tracepoint sys_enter: %w", err)
+		}
+		e.sysLink = l
+	case !need && e.sysLink != nil && len(e.hooksOfKind("syscall")) == 0:
+		e.sysLink.Close()
+		e.sysLink = nil
+	}
+	return nil
+}
+
+func (e *Probes) hooksOfKind(kind string) []*probeAttachment {
+	var out []*probeAttachment
+	for _, a := range e.hooks {
+		if a.hook.Kind == kind {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// attach resolves and attaches one hook with cookie slot.
+func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error) {
+	a := &probeAttachment{hook: h, slot: slot}
+	cookie := uint64(slot)
+	switch h.Kind {
+	case "tracepoint":
+		group, name, ok := strings.Cut(h.Target, "/")
+		if !ok {
+			return nil, fmt.Errorf("tracepoint %q: want category/name", h.Target)
+		}
+		a.mechanism = "tracepoint"
+		args, _, err := e.resolveArgs(h, a.mechanism)
+		if err != nil {
+			return nil, err
+		}
+		a.args = args
+		prog, err := e.p.Program(bpf.ProgTracepoint)
+		if err != nil {
+			return nil, err
+		}
+		l, err := link.Tracepoint(group, name, prog, &link.TracepointOptions{Cookie: cookie})
+		if err != nil {
+			return nil, fmt.Errorf("attach to tracepoint %s: %w", h.Target, err)
+		}
+		a.links = []link.Link{l}
+	case "syscall":
+		a.mechanism = "raw_tracepoint"
+		args, syscalls, err := e.resolveArgs(h, a.mechanism)
+		if err != nil {
+			return nil, err
+		}
+		a.args, a.syscalls = args, syscalls
+	case "kprobe", "kretprobe":
+		if err := e.attachFunction(a, cookie); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown hook kind %q", h.Kind)
+	}
+	return a, nil
+}
+
+// attachFunction attaches a kprobe/kretprobe hook by fentry/fexit or
+// kprobes, as its Attach asks and the kernel allows.
+func (e *Probes) attachFunction(a *probeAttachment, cookie uint64) error {
+	h := a.hook
+	ret := h.Kind == "kretprobe"
+	var fentryErr error
+	if h.Attach == "fentry" || h.Attach == "auto" || h.Attach == "" {
+		fentryErr = e.feats.FentryErr
+		if fentryErr == nil {
+			fentryErr = e.attachTracing(a, cookie, ret)
+			if fentryErr == nil {
+				return nil
+			}
+		}
+		if h.Attach == "fentry" {
+			return fmt.Errorf("%s %s: attach: fentry requested, but %w", h.Kind, h.Target, fentryErr)
+		}
+	}
+	if err := e.feats.Kprobes; err != nil {
+		if fentryErr != nil {
+			return fmt.Errorf("%s %s: this kernel offers neither fentry (%v) nor kprobes (%v)", h.Kind, h.Target, fentryErr, err)
+		}
+		return fmt.Errorf("%s %s: attach: kprobe requested, but %w", h.Kind, h.Target, err)
+	}
+	a.mechanism = "kprobe"
+	name := bpf.ProgKprobe
+	attach := link.Kprobe
+	if ret {
+		a.mechanism, name, attach = "kretprobe", bpf.ProgKretprobe, link.Kretprobe
+	}
+	args, _, err := e.resolveArgs(h, a.mechanism)
+	if err != nil {
+		return err
+	}
+	a.args = args
+	prog, err := e.p.Program(name)
+	if err != nil {
+		return err
+	}
+	l, err := attach(h.Target, prog, &link.KprobeOptions{Cookie: cookie})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", a.mechanism, h.Target, err)
+	}
+	a.links = []link.Link{l}
+	if fentryErr != nil {
+		e.log.Info("fentry unavailable, using kprobes", "function", h.Target, "reason", fentryErr.Error())
+	}
+	return nil
+}
+
+func (e *Probes) attachTracing(a *probeAttachment, cookie uint64, ret bool) error {
+	name, typ, mech := bpf.ProgFentry, ebpf.AttachTraceFEntry, "fentry"
+	if ret {
+		name, typ, mech = bpf.ProgFexit, ebpf.AttachTraceFExit, "fexit"
+	}
+	args, _, err := e.resolveArgs(a.hook, mech)
+	if err != nil {
+		return err
+	}
+	prog, err := e.p.TracingProgram(name, a.hook.Target)
+	if err != nil {
+		return err
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: typ, Cookie: cookie})
+	if err != nil {
+		e.p.ReleaseTracingProgram(name, a.hook.Target)
+		return fmt.Errorf("attach %s to %s: %w", mech, a.hook.Target, err)
+	}
+	a.mechanism, a.args, a.links, a.program = mech, args, []link.Link{l}, name
+	return nil
+}
+
+func (e *Probes) detach(a *probeAttachment) {
+	for _, l := range a.links {
+		l.Close()
+	}
+	a.links = nil
+	if a.program != "" {
+		e.p.ReleaseTracingProgram(a.program, a.hook.Target)
+	}
+}
+
+var argTypeCodes = map[string]uint8{
+	"int": bpf.ProbeTInt, "uint": bpf.ProbeTUint, "string": bpf.ProbeTString, "user_string": bpf.ProbeTUstring,
+	"sock": bpf.ProbeTSock, "sockaddr": bpf.ProbeTSockaddr, "file": bpf.ProbeTFile, "path": bpf.ProbeTPath, "fd": bpf.ProbeTFd,
+}
+
+// resolveArgs turns the hook's arguments into the kernel's form for the
+// chosen mechanism: tracepoint fields by the tracefs format, integer widths
+// by BTF or the syscall's tracepoint, syscall names by number.
+func (e *Probes) resolveArgs(h codegen.ProbeHook, mechanism string) ([]bpf.ProbeArg, []int, error) {
+	var fields map[string]tpField
+	var widths []tpField // per argument index, when known
+	var syscalls []int
+	switch h.Kind {
+	case "tracepoint":
+		var err error
+		if fields, _, err = tracepointFormat(h.Target); err != nil {
+			return nil, nil, err
+		}
+	case "syscall":
+		for _, name := range h.Syscalls {
+			if name == "*" {
+				for nr := 0; nr < bpf.ProbeSyscalls; nr++ {
+					syscalls = append(syscalls, nr)
+				}
+				continue
+			}
+			nr, ok := bpf.SyscallNumber(runtime.GOARCH, name)
+			if !ok {
+				return nil, nil, fmt.Errorf("syscall %s does not exist on %s", name, runtime.GOARCH)
+			}
+			if nr >= bpf.ProbeSyscalls {
+				return nil, nil, fmt.Errorf("syscall %s has number %d, beyond grain's table of %d", name, nr, bpf.ProbeSyscalls)
+			}
+			syscalls = append(syscalls, nr)
+		}
+		slices.Sort(syscalls)
+		syscalls = slices.Compact(syscalls)
+		if len(h.Syscalls) > 0 && h.Syscalls[0] != "*" {
+			if _, ordered, err := tracepointFormat("syscalls/sys_enter_" + h.Syscalls[0]); err == nil {
+				for _, f := range ordered {
+					if f.name != "__syscall_nr" && !strings.HasPrefix(f.name, "common_") {
+						widths = append(widths, f)
+					}
+				}
+			}
+		}
+	case "kprobe", "kretprobe":
+		widths = functionParams(h.Target)
+	}
+	out := make([]bpf.ProbeArg, 0, len(h.Args))
+	for _, a := range h.Args {
+		ka := bpf.ProbeArg{Type: argTypeCodes[a.Type], Index: uint8(max(a.Index, 0)), Width: 8}
+		switch a.Source {
+		case "arg":
+			ka.Source = bpf.ProbeSrcArg
+			if mechanism == "kretprobe" {
+				return nil, nil, fmt.Errorf("%s %s: a kretprobe cannot read the function's arguments (its registers are gone at return); this kernel has no fexit, which could: drop the index arguments or hook the entry", h.Kind, h.Target)
+			}
+			if a.Index < len(widths) {
+				ka.Width = widths[a.Index].width
+			}
+		case "ret":
+			ka.Source = bpf.ProbeSrcRet
+			if mechanism == "fexit" || mechanism == "kretprobe" {
+				if w := functionReturn(h.Target); w.width != 0 {
+					ka.Width = w.width
+				}
+			}
+		case "field":
+			ka.Source = bpf.ProbeSrcField
+			f, ok := fields[a.Field]
+			if !ok {
+				var names []string
+				for n := range fields {
+					if !strings.HasPrefix(n, "common_") {
+						names = append(names, n)
+					}
+				}
+				slices.Sort(names)
+				return nil, nil, fmt.Errorf("tracepoint %s has no field %q (fields: %s)", h.Target, a.Field, strings.Join(names, ", "))
+			}
+			ka.Offset, ka.Size, ka.Width = uint16(f.offset), uint16(f.size), f.width
+			if f.signed {
+				ka.Flags |= bpf.ProbeFieldSigned
+			}
+			isString := a.Type == "string" || a.Type == "user_string"
+			switch {
+			case f.dataLoc:
+				if !isString {
+					return nil, nil, fmt.Errorf("tracepoint %s field %s is a string (%s): declare it type: \"string\"", h.Target, a.Field, f.ctype)
+				}
+				ka.Flags |= bpf.ProbeFieldDataLoc
+				ka.Type = bpf.ProbeTString
+			case f.array:
+				if !isString {
+					return nil, nil, fmt.Errorf("tracepoint %s field %s is an array (%s): only char arrays can be read, as type: \"string\"", h.Target, a.Field, f.ctype)
+				}
+				ka.Flags |= bpf.ProbeFieldArray
+				ka.Type = bpf.ProbeTString
+			case f.size > 8:
+				return nil, nil, fmt.Errorf("tracepoint %s field %s (%s, %d bytes) is not an integer or pointer", h.Target, a.Field, f.ctype, f.size)
+			case isString && !strings.Contains(f.ctype, "*"):
+				return nil, nil, fmt.Errorf("tracepoint %s field %s (%s) is not a string", h.Target, a.Field, f.ctype)
+			}
+		}
+		out = append(out, ka)
+	}
+	return out, syscalls, nil
+}
+
+// tpField is one field of a tracepoint's record.
+type tpField struct {
+	name           string
+	ctype          string
+	offset, size   int
+	width          uint8 // integer width by the C type
+	signed         bool
+	dataLoc, array bool
+}
+
+// tracepointFormat reads /sys/kernel/tracing/events/CAT/NAME/format.
+func tracepointFormat(target string) (map[string]tpField, []tpField, error) {
+	if err := bpf.EnsureTracefs(); err != nil {
+		return nil, nil, err
+	}
+	path := filepath.Join(bpf.TracefsPath, "events", target, "format")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("tracepoint %s does not exist on this kernel (no %s)", target, path)
+		}
+		return nil, nil, fmt.Errorf("read tracepoint format: %w", err)
+	}
+	fields := map[string]tpField{}
+	var ordered []tpField
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "field:") {
+			continue
+		}
+		var f tpField
+		var decl string
+		for _, part := range strings.Split(line, ";") {
+			k, v, ok := strings.Cut(strings.TrimSpace(part), ":")
+			if !ok {
+				continue
+			}
+			switch k {
+			case "field":
+				decl = v
+			case "offset":
+				fmt.Sscan(v, &f.offset)
+			case "size":
+				fmt.Sscan(v, &f.size)
+			case "signed":
+				f.signed = v == "1"
+			}
+		}
+		f.dataLoc = strings.HasPrefix(decl, "__data_loc ")
+		decl = strings.TrimPrefix(decl, "__data_loc ")
+		i := strings.LastIndexAny(decl, " *")
+		f.name, f.ctype = decl[i+1:], strings.TrimSpace(decl[:i+1])
+		if j := strings.IndexByte(f.name, '['); j >= 0 {
+			f.ctype += f.name[j:]
+			f.name = f.name[:j]
+			f.array = !f.dataLoc
+		}
+		f.width = uint8(min(f.size, 8))
+		if w := cTypeWidth(f.ctype); w != 0 && w < f.width {
+			f.width = w // syscall tracepoints store an int in a long
+		}
+		fields[f.name] = f
+		ordered = append(ordered, f)
+	}
+	return fields, ordered, nil
+}
+
+// cTypeWidth is the width of common 32-bit C integer types, 0 otherwise.
+func cTypeWidth(ctype string) uint8 {
+	t := strings.TrimSpace(strings.TrimPrefix(ctype, "const "))
+	if strings.Contains(t, "*") || strings.Contains(t, "long") || strings.Contains(t, "64") || strings.Contains(t, "size_t") {
+		return 0
+	}
+	switch t {
+	case "int", "unsigned int", "unsigned", "pid_t", "uid_t", "gid_t", "key_serial_t", "clockid_t", "mqd_t", "u32", "s32", "__u32", "__s32", "rwf_t", "qid_t":
+		return 4
+	case "umode_t", "unsigned short", "short", "u16", "__u16":
+		return 2
+	}
+	return 0
+}
+
+var (
+	kernelBTFOnce sync.Once
+	kernelBTF     *btf.Spec
+)
+
+func loadKernelBTF() *btf.Spec {
+	kernelBTFOnce.Do(func() { kernelBTF, _ = btf.LoadKernelSpec() })
+	return kernelBTF
+}
+
+// functionParams returns the integer widths of fn's parameters from the
+// kernel's BTF (width 8 for pointers and when unknown).
+func functionParams(fn string) []tpField {
+	proto := functionProto(fn)
+	if proto == nil {
+		return nil
+	}
+	var out []tpField
+	for _, p := range proto.Params {
+		out = append(out, btfWidth(p.Type))
+	}
+	return out
+}
+
+func functionReturn(fn string) tpField {
+	proto := functionProto(fn)
+	if proto == nil {
+		return tpField{}
+	}
+	return btfWidth(proto.Return)
+}
+
+func functionProto(fn string) *btf.FuncProto {
+	spec := loadKernelBTF()
+	if spec == nil {
+		return nil
+	}
+	var f *btf.Func
+	if err := spec.TypeByName(fn, &f); err != nil {
+		return nil
+	}
+	proto, _ := f.Type.(*btf.FuncProto)
+	return proto
+}
+
+func btfWidth(t btf.Type) tpField {
+	t = btf.UnderlyingType(t)
+	switch v := t.(type) {
+	case *btf.Int:
+		return tpField{width: uint8(min(v.Size, 8)), signed: v.Encoding == btf.Signed}
+	case *btf.Enum:
+		return tpField{width: uint8(min(v.Size, 8)), signed: v.Signed}
+	}
+	return tpField{width: 8}
+}
+
+// cgroupID resolves a cgroup v2 path ("/system.slice/x.service") to its id,
+// the inode number of its directory.
+func (e *Probes) cgroupID(path string) (uint64, error) {
+	root := e.cgroupRoot
+	if root == "" {
+		root = cgroup2Mount()
+	}
+	var st unix.Stat_t
+	full := filepath.Join(root, filepath.Clean("/"+path))
+	if err := unix.Stat(full, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w (cgroup v2 mounted at %s)", path, err, root)
+	}
+	return st.Ino, nil
+}
+
+// cgroup2Mount finds where the cgroup v2 hierarchy is mounted.
+func cgroup2Mount() string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			pre, post, ok := strings.Cut(line, " - ")
+			if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+				continue
+			}
+			if f := strings.Fields(pre); len(f) >= 5 {
+				return f[4]
+			}
+		}
+	}
+	return "/sys/fs/cgroup"
+}
+
+// Rule ids in the probe maps are epoch<<probeIndexBits | index.
+const (
+	probeIndexBits = 10 // bpf.ProbeMaxRules
+	probeMaxEpoch  = 1<<(32-probeIndexBits) - 1
+)
+
+var filterKinds = map[string]uint8{
+	"pid": bpf.ProbeFPid, "tgid": bpf.ProbeFTgid, "ppid": bpf.ProbeFPpid, "uid": bpf.ProbeFUid,
+	"gid": bpf.ProbeFGid, "comm": bpf.ProbeFComm, "cgroup": bpf.ProbeFCgroup, "arg": bpf.ProbeFArg,
+	"syscall": bpf.ProbeFSyscall,
+}
+
+var partCodes = map[string]uint8{
+	"": bpf.ProbeSubNum, "num": bpf.ProbeSubNum, "str": bpf.ProbeSubStr, "family": bpf.ProbeSubFamily,
+	"saddr": bpf.ProbeSubSaddr, "daddr": bpf.ProbeSubDaddr, "sport": bpf.ProbeSubSport, "dport": bpf.ProbeSubDport,
+}
+
+// write fills the inactive generation with pp and flips to it. e.mu held.
+func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) error {
+	m := e.p.Maps()
+	if err := e.waitGracePeriod(); err != nil {
+		return fmt.Errorf("wait for an RCU grace period: %w", err)
+	}
+	next := 1 - e.active
+	epoch := (e.epoch + 1) & probeMaxEpoch
+	// Resolve what may fail before touching the maps.
+	type flat struct {
+		f  codegen.ProbeFilter
+		kf bpf.ProbeFilter
+	}
+	var filters []flat
+	kRules := make([]bpf.ProbeRule, len(pp.Rules))
+	for i, r := range pp.Rules {
+		kr := bpf.ProbeRule{Id: epoch<<probeIndexBits | uint32(i), Nselectors: uint8(len(r.Selectors))}
+		for si, sel := range r.Selectors {
+			kr.Selectors[si] = bpf.ProbeSelector{First: uint16(len(filters)), Nfilters: uint8(len(sel.Filters))}
+			for _, f := range sel.Filters {
+				kf := bpf.ProbeFilter{Field: filterKinds[f.Kind], Arg: uint8(f.Slot), Sub: partCodes[f.Part]}
+				if f.Negate {
+					kf.Negate = 1
+				}
+				ints := f.Ints
+				op := f.Op
+				if op == "cgroup" {
+					ints = nil
+					for _, path := range f.Cgroups {
+						id, err := e.cgroupID(path)
+						if err != nil {
+							return fmt.Errorf("policy %s: %w", r.Policy, err)
+						}
+						ints = append(ints, int64(id))
+					}
+					op = "in"
+					if len(ints) > bpf.ProbeMaxInline {
+						op = "set"
+					}
+					f.Ints = ints
+				}
+				switch op {
+				case "in":
+					kf.Op = bpf.ProbeOpIn
+					kf.Nvals = uint8(len(ints))
+					for j, v := range ints {
+						kf.Vals[j] = uint64(v)
+					}
+				case "set":
+					kf.Op = bpf.ProbeOpSet
+				case "range":
+					kf.Op = bpf.ProbeOpRange
+					kf.Nvals = uint8(len(f.Ranges))
+					for j, rg := range f.Ranges {
+						kf.Vals[2*j], kf.Vals[2*j+1] = uint64(rg[0]), uint64(rg[1])
+					}
+				case "trie":
+					kf.Op = bpf.ProbeOpTrie
+				default:
+					return fmt.Errorf("policy %s: unknown filter operation %q", r.Policy, f.Op)
+				}
+				f.Op = op
+				filters = append(filters, flat{f: f, kf: kf})
+			}
+		}
+		if r.Emit != nil {
+			kr.Flags |= bpf.ProbeREmit
+			kr.RateLimit = uint32(r.Emit.RateLimit)
+			for _, f := range r.Emit.Fields {
+				if f.Kind == "arg" {
+					kr.EmitArgs |= 1 << f.Slot
+				}
+			}
+		}
+		if r.Count != nil {
+			kr.Flags |= bpf.ProbeRCount
+			kr.Nlabels = uint8(len(r.Count.Labels))
+			for j, l := range r.Count.Labels {
+				kr.Labels[j] = bpf.ProbeLabel{Field: filterKinds[l.Kind], Arg: uint8(l.Slot), Sub: partCodes[l.Part], Offset: uint8(l.Offset), Size: uint8(l.Size)}
+			}
+			if r.Count.Sum != "" {
+				kr.Flags |= bpf.ProbeRSum
+				kr.SumArg = uint8(r.Count.SumSlot)
+			}
+		}
+		if r.SignalNumber != 0 {
+			kr.Flags |= bpf.ProbeRSignal
+			kr.Signal = uint8(r.SignalNumber)
+		}
+		kRules[i] = kr
+	}
+	if len(filters) > bpf.ProbeMaxFilters {
+		return fmt.Errorf("too many match conditions: %d, at most %d", len(filters), bpf.ProbeMaxFilters)
+	}
+
+	// The generation is no longer read by any program: fold its counters
+	// into the totals and clear what its plan wrote.
+	if err := e.harvest(next); err != nil {
+		return err
+	}
+	old := e.written[next]
+	if old != nil {
+		for _, k := range old.values {
+			m.Values.Delete(k)
+		}
+		for _, k := range old.strings {
+			m.Strings.Delete(k)
+		}
+	}
+	gen := &probeGeneration{epoch: epoch, rules: pp.Rules}
+	e.written[next] = gen
+	// Hooks: every slot of the generation.
+	kHooks := make([]bpf.ProbeHook, bpf.ProbeMaxHooks)
+	sysHooks := make([]bpf.ProbeSyscall, bpf.ProbeSyscalls)
+	for _, h := range pp.Hooks {
+		a := hooks[h.Key()]
+		kh := &kHooks[a.slot]
+		kh.Kind = kindCode(a.mechanism)
+		kh.Nargs = uint8(len(a.args))
+		copy(kh.Args[:], a.args)
+		kh.Nrules = uint8(len(h.Rules))
+		for j, ri := range h.Rules {
+			kh.Rules[j] = uint16(ri)
+		}
+		for _, nr := range a.syscalls {
+			s := &sysHooks[nr]
+			if int(s.Nhooks) == bpf.ProbeSyscallHooks {
+				return fmt.Errorf("syscall %d: more than %d hooks", nr, bpf.ProbeSyscallHooks)
+			}
+			s.Hooks[s.Nhooks] = uint8(a.slot)
+			s.Nhooks++
+		}
+	}
+	if err := putRange(m.Hooks, next*bpf.ProbeMaxHooks, kHooks); err != nil {
+		return fmt.Errorf("write hooks: %w", err)
+	}
+	if err := putRange(m.Syscalls, next*bpf.ProbeSyscalls, sysHooks); err != nil {
+		return fmt.Errorf("write syscall table: %w", err)
+	}
+	if err := putRange(m.Rules, next*bpf.ProbeMaxRules, kRules); err != nil {
+		return fmt.Errorf("write rules: %w", err)
+	}
+	kFilters := make([]bpf.ProbeFilter, len(filters))
+	for i, fl := range filters {
+		kFilters[i] = fl.kf
+		id := next*bpf.ProbeMaxFilters + uint32(i)
+		f := fl.f
+		switch f.Op {
+		case "set":
+			for _, v := range f.Ints {
+				k := bpf.ProbeValueKey{Filter: id, Value: uint64(v)}
+				if err := m.Values.Put(k, uint8(1)); err != nil {
+					return fmt.Errorf("write match value: %w", err)
+				}
+				gen.values = append(gen.values, k)
+			}
+		case "trie":
+			var keys []bpf.ProbeStringKey
+			for _, s := range f.Strings {
+				k := bpf.ProbeStringKey{Filter: id, Prefixlen: uint32(32 + 8*(len(s)+1))}
+				copy(k.Data[:], s) // the NUL after it is part of the key
+				keys = append(keys, k)
+			}
+			for _, s := range f.Prefixes {
+				k := bpf.ProbeStringKey{Filter: id, Prefixlen: uint32(32 + 8*len(s))}
+				copy(k.Data[:], s)
+				keys = append(keys, k)
+			}
+			for _, c := range f.CIDRs {
+				pfx := netip.MustParsePrefix(c)
+				k := bpf.ProbeStringKey{Filter: id}
+				if pfx.Addr().Is4() {
+					k.Data[0] = 4
+					a := pfx.Masked().Addr().As4()
+					copy(k.Data[1:], a[:])
+				} else {
+					k.Data[0] = 6
+					a := pfx.Masked().Addr().As16()
+					copy(k.Data[1:], a[:])
+				}
+				k.Prefixlen = uint32(32 + 8 + pfx.Bits())
+				keys = append(keys, k)
+			}
+			for _, k := range keys {
+				if err := m.Strings.Put(k, uint8(1)); err != nil {
+					return fmt.Errorf("write match string: %w", err)
+				}
+				gen.strings = append(gen.strings, k)
+			}
+		}
+	}
+	if err := putRange(m.Filters, next*bpf.ProbeMaxFilters, kFilters); err != nil {
+		return fmt.Errorf("write filters: %w", err)
+	}
+	// Fresh counters and rate windows for the generation's rules.
+	zero := make([]bpf.ProbeCounter, ebpfPossibleCPUs())
+	for i := range pp.Rules {
+		key := next*bpf.ProbeMaxRules + uint32(i)
+		if err := m.Counters.Put(key, zero); err != nil {
+			return fmt.Errorf("reset counters: %w", err)
+		}
+		if err := m.Rate.Put(key, bpf.ProbeRate{}); err != nil {
+			return fmt.Errorf("reset rate limit: %w", err)
+		}
+	}
+	e.namesMu.Lock()
+	e.byEpoch[epoch] = pp.Rules
+	delete(e.byEpoch, (epoch-keptEpochs)&probeMaxEpoch)
+	e.namesMu.Unlock()
+	if err := m.Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: uint32(os.Getpid())}); err != nil {
+		return fmt.Errorf("activate probe generation %d: %w", next, err)
+	}
+	e.active, e.epoch = next, epoch
+	return nil
+}
+
+func kindCode(mechanism string) uint8 {
+	return map[string]uint8{"kprobe": bpf.ProbeKindKprobe, "kretprobe": bpf.ProbeKindKretprobe, "fentry": bpf.ProbeKindFentry,
+		"fexit": bpf.ProbeKindFexit, "tracepoint": bpf.ProbeKindTracepoint, "raw_tracepoint": bpf.ProbeKindSyscall}[mechanism]
+}
+
+// putRange writes values at consecutive array keys from first, in one
+// batch where the kernel supports it.
+func putRange[T any](m *ebpf.Map, first uint32, values []T) error {
+	if len(values) == 0 {
+		return nil
+	}
+	keys := make([]uint32, len(values))
+	for i := range keys {
+		keys[i] = first + uint32(i)
+	}
+	if _, err := m.BatchUpdate(keys, values, nil); err == nil {
+		return nil
+	}
+	for i, v := range values {
+		if err := m.Put(keys[i], v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var (
+	possibleCPUsOnce sync.Once
+	possibleCPUs     int
+)
+
+func ebpfPossibleCPUs() int {
+	possibleCPUsOnce.Do(func() {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			n = runtime.NumCPU()
+		}
+		possibleCPUs = n
+	})
+	return possibleCPUs
+}
+
+// Attachments reports every attached hook and the mechanism chosen for it
+// (fentry or kprobe for functions), sorted by kind and target.
+func (e *Probes) Attachments() []ProbeAttachment {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	gen := e.written[e.active]
+	var out []ProbeAttachment
+	for _, a := range e.hooks {
+		pa := ProbeAttachment{Kind: a.hook.Kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
+		if gen != nil {
+			for _, ri := range a.hook.Rules {
+				if ri < len(gen.rules) {
+					pa.Policies = append(pa.Policies, gen.rules[ri].Policy)
+				}
+			}
+		}
+		out = append(out, pa)
+	}
+	slices.SortFunc(out, func(a, b ProbeAttachment) int {
+		if c := strings.Compare(a.Kind, b.Kind); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Target, b.Target); c != 0 {
+			return c
+		}
+		return strings.Compare(strings.Join(a.Syscalls, ","), strings.Join(b.Syscalls, ","))
+	})
+	return out
+}
+
+// Mechanism returns how the hook of kind on target ("tcp_v4_connect") is
+// attached ("fentry", "kprobe", ...), or "" when no such hook is attached.
+func (e *Probes) Mechanism(kind, target string) string {
+	for _, a := range e.Attachments() {
+		if a.Kind == kind && a.Target == target {
+			return a.Mechanism
+		}
+	}
+	return ""
+}
+
+// Close detaches every hook and frees the programs and maps.
+func (e *Probes) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, a := range e.hooks {
+		e.detach(a)
+	}
+	e.hooks = map[string]*probeAttachment{}
+	if e.sysLink != nil {
+		e.sysLink.Close()
+		e.sysLink = nil
+	}
+	var errs []error
+	if e.grace != nil {
+		errs = append(errs, e.grace.Close())
+	}
+	if e.graceInner != nil {
+		errs = append(errs, e.graceInner.Close())
+	}
+	if e.p != nil {
+		errs = append(errs, e.p.Close())
+		e.p = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,299 @@
+package engine
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+)
+
+// ProbeRuleCounter counts what one probe policy did since the engine
+// started, summed over every rule set that was in force.
+type ProbeRuleCounter struct {
+	Policy string `json:"policy"`
+	// Hits are the calls its selectors selected.
+	Hits   uint64 `json:"hits"`
+	Events uint64 `json:"events"`
+	// EventsLost found the ring buffer full; EventsLimited were over the
+	// policy's rate limit.
+	EventsLost    uint64 `json:"events_lost"`
+	EventsLimited uint64 `json:"events_limited"`
+	Signals       uint64 `json:"signals"`
+	// CountErrors are calls not counted because the count map was full.
+	CountErrors uint64 `json:"count_errors"`
+}
+
+func (c *ProbeRuleCounter) add(o ProbeRuleCounter) {
+	c.Hits += o.Hits
+	c.Events += o.Events
+	c.EventsLost += o.EventsLost
+	c.EventsLimited += o.EventsLimited
+	c.Signals += o.Signals
+	c.CountErrors += o.CountErrors
+}
+
+// CountSample is one in-kernel aggregation: a metric with its labels.
+type CountSample struct {
+	Metric string  `json:"metric"`
+	Policy string  `json:"policy"`
+	Labels []Label `json:"labels,omitempty"`
+	// Calls counts the selected calls; Sum adds up the policy's sum
+	// argument (0 without one); Value is Sum for a sum metric, else Calls.
+	Calls uint64 `json:"calls"`
+	Sum   uint64 `json:"sum"`
+	Value uint64 `json:"value"`
+	// IsSum tells that Value is a sum.
+	IsSum bool `json:"is_sum,omitempty"`
+}
+
+// Label is one label of a count.
+type Label struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+func (s *CountSample) key() string {
+	var b strings.Builder
+	b.WriteString(s.Policy)
+	b.WriteByte(0)
+	b.WriteString(s.Metric)
+	for _, l := range s.Labels {
+		b.WriteByte(0)
+		b.WriteString(l.Name)
+		b.WriteByte('=')
+		b.WriteString(l.Value)
+	}
+	return b.String()
+}
+
+// generationRuleCounters sums the per-CPU counters of the rules of
+// generation gen by policy.
+func (e *Probes) generationRuleCounters(gen uint32, into map[string]ProbeRuleCounter) error {
+	g := e.written[gen]
+	if g == nil {
+		return nil
+	}
+	var perCPU []bpf.ProbeCounter
+	for i, r := range g.rules {
+		if err := e.p.Maps().Counters.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &perCPU); err != nil {
+			return fmt.Errorf("read probe counters: %w", err)
+		}
+		c := into[r.Policy]
+		c.Policy = r.Policy
+		for _, v := range perCPU {
+			c.add(ProbeRuleCounter{Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
+				EventsLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors})
+		}
+		into[r.Policy] = c
+	}
+	return nil
+}
+
+// countSamples reads the count map: the samples of the epochs of the
+// generations still in the maps; with harvestEpoch set, the entries of
+// that epoch are folded into the totals and deleted instead.
+func (e *Probes) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
+	m := e.p.Maps().Counts
+	out := map[string]*CountSample{}
+	var key bpf.ProbeCountKey
+	var perCPU []bpf.ProbeCount
+	var stale []bpf.ProbeCountKey
+	it := m.Iterate()
+	for it.Next(&key, &perCPU) {
+		epoch := key.RuleId >> probeIndexBits
+		if harvestEpoch != nil && epoch != *harvestEpoch {
+			continue
+		}
+		rules := e.rulesOfEpoch(epoch)
+		index := int(key.RuleId & (1<<probeIndexBits - 1))
+		if rules == nil || index >= len(rules) || rules[index].Count == nil {
+			if harvestEpoch == nil && !e.epochInMaps(epoch) {
+				stale = append(stale, key) // of a rule set long gone
+			}
+			continue
+		}
+		s := decodeCountKey(rules[index], &key)
+		for _, v := range perCPU {
+			s.Calls += v.Calls
+			s.Sum += v.Sum
+		}
+		k := s.key()
+		if t, ok := out[k]; ok {
+			t.Calls += s.Calls
+			t.Sum += s.Sum
+		} else {
+			out[k] = s
+		}
+		if harvestEpoch != nil {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read probe counts: %w", err)
+	}
+	for _, k := range stale {
+		m.Delete(k)
+	}
+	return out, nil
+}
+
+func (e *Probes) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
+	for _, g := range e.written {
+		if g != nil && g.epoch == epoch {
+			return g.rules
+		}
+	}
+	return nil
+}
+
+func (e *Probes) epochInMaps(epoch uint32) bool {
+	for _, g := range e.written {
+		if g != nil && g.epoch == epoch {
+			return true
+		}
+	}
+	return false
+}
+
+// harvest folds generation gen's counters and counts into the totals
+// before gen is rewritten (after a grace period, so they are final).
+func (e *Probes) harvest(gen uint32) error {
+	g := e.written[gen]
+	if g == nil {
+		return nil
+	}
+	if err := e.generationRuleCounters(gen, e.ruleTotals); err != nil {
+		return err
+	}
+	samples, err := e.countSamples(&g.epoch)
+	if err != nil {
+		return err
+	}
+	addSamples(e.countTotals, samples)
+	return nil
+}
+
+func addSamples(into map[string]*CountSample, from map[string]*CountSample) {
+	for k, s := range from {
+		if t, ok := into[k]; ok {
+			t.Calls += s.Calls
+			t.Sum += s.Sum
+			continue
+		}
+		c := *s
+		c.Labels = slices.Clone(s.Labels)
+		into[k] = &c
+	}
+}
+
+// decodeCountKey turns a count key into a sample with named labels.
+func decodeCountKey(r codegen.ProbeRule, key *bpf.ProbeCountKey) *CountSample {
+	s := &CountSample{Metric: r.Count.Metric, Policy: r.Policy, IsSum: r.Count.Sum != ""}
+	for _, l := range r.Count.Labels {
+		if l.Offset+l.Size > len(key.Labels) {
+			continue
+		}
+		b := key.Labels[l.Offset : l.Offset+l.Size]
+		var v string
+		switch {
+		case l.Kind == "comm" || l.Part == "str":
+			if i := slices.Index(b, 0); i >= 0 {
+				b = b[:i]
+			}
+			v = string(b)
+		case l.Part == "saddr" || l.Part == "daddr":
+			v = labelAddr(b).String()
+		case l.Kind == "syscall":
+			n := int(le64(b))
+			if v = bpf.SyscallName("", n); v == "" {
+				v = strconv.Itoa(n)
+			}
+		case l.Kind == "arg" && l.Part == "num":
+			v = strconv.FormatInt(int64(le64(b)), 10)
+		default:
+			v = strconv.FormatUint(le64(b), 10)
+		}
+		s.Labels = append(s.Labels, Label{Name: l.Name, Value: v})
+	}
+	return s
+}
+
+// labelAddr reads a 16-byte address label: an IPv4 address fills the first
+// 4 bytes and leaves the others zero (the key has no family; an IPv6
+// address with 12 trailing zero bytes reads as IPv4).
+func labelAddr(b []byte) netip.Addr {
+	v4 := true
+	for _, x := range b[4:16] {
+		if x != 0 {
+			v4 = false
+		}
+	}
+	if v4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16([16]byte(b[:16]))
+}
+
+func le64(b []byte) uint64 {
+	var v uint64
+	for i := 0; i < 8 && i < len(b); i++ {
+		v |= uint64(b[i]) << (8 * i)
+	}
+	return v
+}
+
+// CountSnapshot returns every in-kernel aggregation since the engine
+// started (cumulative across reloads), sorted by metric, policy and labels.
+// The kernel keeps the counts; this reads them (no event per call).
+func (e *Probes) CountSnapshot() ([]CountSample, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sum := map[string]*CountSample{}
+	addSamples(sum, e.countTotals)
+	cur, err := e.countSamples(nil)
+	if err != nil {
+		return nil, err
+	}
+	addSamples(sum, cur)
+	out := make([]CountSample, 0, len(sum))
+	for _, s := range sum {
+		s.Value = s.Calls
+		if s.IsSum {
+			s.Value = s.Sum
+		}
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b CountSample) int {
+		if c := strings.Compare(a.Metric, b.Metric); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key(), b.key())
+	})
+	return out, nil
+}
+
+// Counters returns per-policy counters of the probe policies since the
+// engine started, summed over every rule set that was in force.
+func (e *Probes) Counters() ([]ProbeRuleCounter, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sum := map[string]ProbeRuleCounter{}
+	for k, v := range e.ruleTotals {
+		sum[k] = v
+	}
+	for gen := uint32(0); gen < bpf.ProbeGenerations; gen++ {
+		if err := e.generationRuleCounters(gen, sum); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]ProbeRuleCounter, 0, len(sum))
+	for _, c := range sum {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b ProbeRuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
+	return out, nil
+}

@@ -1,0 +1,658 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// The probe tests trigger real activity in child processes: grain filters
+// out its own process (the test binary) in the kernel. A child is this test
+// binary started with GRAIN_PROBE_CHILD set, or a copy of a system binary
+// under a unique name (a unique comm).
+func init() {
+	mode := os.Getenv("GRAIN_PROBE_CHILD")
+	if mode == "" {
+		return
+	}
+	os.Exit(probeChild(strings.Fields(mode)))
+}
+
+func probeChild(args []string) int {
+	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
+	switch args[0] {
+	case "close": // close N FD: N failing close(FD) calls
+		for range atoi(args[1]) {
+			syscall.Close(atoi(args[2]))
+		}
+	case "lseek": // lseek N FD OFFSET
+		for range atoi(args[1]) {
+			syscall.Seek(atoi(args[2]), int64(atoi(args[3])), 0)
+		}
+	case "open": // open PATH...: open and close each
+		for _, p := range args[1:] {
+			if fd, err := syscall.Open(p, syscall.O_RDONLY, 0); err == nil {
+				syscall.Close(fd)
+			}
+		}
+	case "connect": // connect ADDR: one TCP connection
+		c, err := net.Dial("tcp", args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		c.Close()
+	case "wait": // wait MODE...: read a line from stdin, then run MODE
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		return probeChild(args[1:])
+	}
+	return 0
+}
+
+// runChild runs this test binary as a child doing mode.
+func runChild(t *testing.T, mode string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD="+mode)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child %q: %v\n%s", mode, err, out)
+	}
+}
+
+func requireProbeRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (runs in .ci/run)")
+	}
+}
+
+// compileProbes compiles one policy file's source.
+func compilePolicies(t testing.TB, src string) *codegen.Plan {
+	t.Helper()
+	snap, err := policies.LoadBytes("test.cue", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plan
+}
+
+func newTestProbes(t testing.TB, opts ProbeOptions) *Probes {
+	t.Helper()
+	requireProbeRoot(t)
+	p, err := NewProbes(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func applyProbes(t testing.TB, p *Probes, src string) {
+	t.Helper()
+	if err := p.Apply(compilePolicies(t, src)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// collect reads events until done says so or timeout passes.
+func collect(t *testing.T, p *Probes, timeout time.Duration, done func([]ProbeEvent) bool) []ProbeEvent {
+	t.Helper()
+	r, err := p.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []ProbeEvent
+	end := time.Now().Add(timeout)
+	for time.Now().Before(end) && !done(out) {
+		r.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		var ev ProbeEvent
+		if err := r.Read(&ev); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// uniqueCopy copies a system binary to a temporary file named name: its
+// processes have comm name.
+func uniqueCopy(t *testing.T, bin, name string) string {
+	t.Helper()
+	src, err := exec.LookPath(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func fieldStr(ev ProbeEvent, name string) string {
+	if f := ev.Field(name); f != nil {
+		return fmt.Sprint(f.Value())
+	}
+	return "<missing>"
+}
+
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s%05d", prefix, rand.IntN(100000))
+}
+
+// TestProbeTracepointExec: sched/sched_process_exec with its __data_loc
+// filename, emitted and counted, filtered by comm.
+func TestProbeTracepointExec(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	comm := uniqueName("grainexec")
+	bin := uniqueCopy(t, "true", comm)
+	applyProbes(t, p, fmt.Sprintf(`
+execs: {
+	tracepoint: "sched/sched_process_exec"
+	args: [{field: "filename", type: "string"}, {field: "old_pid", type: "int"}]
+	match: process: comm: %q
+	emit: {event: "exec", fields: ["pid", "tgid", "ppid", "uid", "comm", "filename", "old_pid"]}
+	count: {metric: "process.execs", by: ["comm", "uid"]}
+}`, comm))
+	if got := p.Mechanism("tracepoint", "sched/sched_process_exec"); got != "tracepoint" {
+		t.Fatalf("mechanism %q", got)
+	}
+	var pids []int
+	for range 3 {
+		cmd := exec.Command(bin)
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, cmd.Process.Pid)
+	}
+	exec.Command("true").Run() // another comm: not selected
+	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 3 })
+	if len(evs) != 3 {
+		t.Fatalf("got %d events, want 3: %+v", len(evs), evs)
+	}
+	for i, ev := range evs {
+		if ev.Policy != "execs" || ev.Event != "exec" || ev.Comm != comm || int(ev.TGID) != pids[i] || ev.PPID != uint32(os.Getpid()) {
+			t.Errorf("event %d: %+v, want pid %d, ppid %d", i, ev, pids[i], os.Getpid())
+		}
+		if got := fieldStr(ev, "filename"); got != bin {
+			t.Errorf("filename %q, want %q", got, bin)
+		}
+		if got := fieldStr(ev, "old_pid"); got != strconv.Itoa(pids[i]) {
+			t.Errorf("old_pid %s, want %d", got, pids[i])
+		}
+		if got := fieldStr(ev, "pid"); got != strconv.Itoa(pids[i]) {
+			t.Errorf("pid field %s", got)
+		}
+	}
+	counts, err := p.CountSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := CountSample{Metric: "process.execs", Policy: "execs", Labels: []Label{{"comm", comm}, {"uid", "0"}}, Calls: 3, Value: 3}
+	if len(counts) != 1 || fmt.Sprint(counts[0]) != fmt.Sprint(want) {
+		t.Fatalf("counts %+v, want %+v", counts, want)
+	}
+	c, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c) != 1 || c[0].Hits != 3 || c[0].Events != 3 || c[0].EventsLost != 0 {
+		t.Fatalf("counters %+v", c)
+	}
+}
+
+// TestProbeSyscallFilters: raw sys_enter on openat with a user string,
+// filters on comm, path prefix and uid; selectors ORed.
+func TestProbeSyscallFilters(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	dir := t.TempDir()
+	commA, commB := uniqueName("graincatA"), uniqueName("graincatB")
+	catA, catB := uniqueCopy(t, "cat", commA), uniqueCopy(t, "cat", commB)
+	inside, outside := filepath.Join(dir, "watched", "f"), filepath.Join(dir, "other")
+	os.MkdirAll(filepath.Dir(inside), 0o755)
+	os.WriteFile(inside, []byte("x"), 0o644)
+	os.WriteFile(outside, []byte("x"), 0o644)
+	applyProbes(t, p, fmt.Sprintf(`
+opens: {
+	syscall: ["openat"]
+	args: [{index: 1, type: "user_string", name: "filename"}, {index: 0, type: "int", name: "dfd"}]
+	match: [
+		{process: {comm: %q, uid: 0}, args: filename: {prefix: %q}},
+		{process: comm: {prefix: "graincatB"}, args: filename: %q},
+	]
+	emit: {event: "open", fields: ["comm", "filename", "dfd", "syscall"]}
+}`, commA, filepath.Dir(inside)+"/", outside))
+	run := func(cmd *exec.Cmd) {
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", cmd.Args, err, out)
+		}
+	}
+	run(exec.Command(catA, inside))  // selected by the first selector
+	run(exec.Command(catA, outside)) // wrong path for A
+	run(exec.Command(catB, inside))  // wrong path for B
+	run(exec.Command(catB, outside)) // selected by the second selector
+	nobody := exec.Command(catA, inside)
+	nobody.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	for _, d := range []string{filepath.Dir(catA), filepath.Dir(filepath.Dir(catA)), dir, filepath.Dir(dir), filepath.Dir(inside)} {
+		os.Chmod(d, 0o755)
+	}
+	run(nobody) // uid 65534: not selected
+	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 2 })
+	var got []string
+	for _, ev := range evs {
+		got = append(got, fmt.Sprintf("%s %s %s %s", fieldStr(ev, "comm"), fieldStr(ev, "filename"), fieldStr(ev, "dfd"), fieldStr(ev, "syscall")))
+	}
+	want := []string{commA + " " + inside + " -100 openat", commB + " " + outside + " -100 openat"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestProbeSignal: a process opening the forbidden file is killed with
+// SIGKILL; one opening another file is not.
+func TestProbeSignal(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	dir := t.TempDir()
+	forbidden, allowed := filepath.Join(dir, "canary"), filepath.Join(dir, "fine")
+	os.WriteFile(forbidden, []byte("secret\n"), 0o644)
+	os.WriteFile(allowed, []byte("fine\n"), 0o644)
+	applyProbes(t, p, fmt.Sprintf(`
+kill_on_canary: {
+	syscall: ["openat", "openat2", "open"]
+	args: [{index: 1, type: "user_string", name: "filename"}]
+	match: args: filename: %q
+	signal: "SIGKILL"
+	emit: {event: "killed_on_open", fields: ["pid", "comm", "filename"]}
+}`, forbidden))
+	out, err := exec.Command("cat", forbidden).Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("cat of the canary: err %v, output %q; want killed by SIGKILL", err, out)
+	}
+	if len(out) != 0 {
+		t.Fatalf("the killed cat printed %q", out)
+	}
+	out, err = exec.Command("cat", allowed).Output()
+	if err != nil || string(out) != "fine\n" {
+		t.Fatalf("cat of another file: %v %q", err, out)
+	}
+	c, _ := p.Counters()
+	if len(c) != 1 || c[0].Signals != 1 || c[0].Hits != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}
+
+// TestProbeSyscallCount: per-call counts and sums in the kernel, keyed by
+// syscall and argument; an int set larger than the inline limit.
+func TestProbeSyscallCount(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	var set []string
+	for i := range bpf.ProbeMaxInline + 4 {
+		set = append(set, strconv.Itoa(987000+i))
+	}
+	applyProbes(t, p, fmt.Sprintf(`
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: args: fd: [%s]
+	count: {metric: "test.closes", by: ["syscall", "fd", "comm"]}
+}
+seeks: {
+	syscall: "lseek"
+	args: [{index: 0, type: "int", name: "fd"}, {index: 1, type: "int", name: "offset"}]
+	match: args: fd: {not: [1, 2, 3]}
+	match: args: offset: "1000-2000"
+	count: {metric: "test.seek_bytes", by: ["fd"], sum: "offset"}
+}`, strings.Join(set, ", ")))
+	plan := compilePolicies(t, "x: {syscall: \"close\", args: [{index: 0, type: \"int\", name: \"fd\"}], match: args: fd: ["+strings.Join(set, ",")+"], count: metric: \"m\"}")
+	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "set" {
+		t.Fatalf("a set of %d values compiles to %q, want set", len(set), op)
+	}
+	runChild(t, "close 1000 987003")
+	runChild(t, "close 7 987011")
+	runChild(t, "close 5 986999") // not in the set
+	runChild(t, "lseek 10 987500 1500")
+	runChild(t, "lseek 10 987500 2500") // offset out of range
+	counts, err := p.CountSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range counts {
+		var labels []string
+		for _, l := range c.Labels {
+			labels = append(labels, l.Name+"="+l.Value)
+		}
+		got = append(got, fmt.Sprintf("%s %s %d", c.Metric, strings.Join(labels, ","), c.Value))
+	}
+	want := []string{
+		"test.closes syscall=close,fd=987003,comm=engine.test 1000",
+		"test.closes syscall=close,fd=987011,comm=engine.test 7",
+		"test.seek_bytes fd=987500 15000",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("counts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestProbeFdPath: an fd argument resolved to its path through the task's
+// file table and a walk of dentries and mounts.
+func TestProbeFdPath(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	os.MkdirAll(dir, 0o755)
+	file := filepath.Join(dir, "target.txt")
+	os.WriteFile(file, []byte("x"), 0o644)
+	applyProbes(t, p, fmt.Sprintf(`
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "fd", name: "file"}]
+	match: args: file: {prefix: %q}
+	emit: {event: "close", fields: ["file"]}
+}`, filepath.Dir(dir)+"/"))
+	runChild(t, "open "+file+" /etc/hostname")
+	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 1 })
+	if len(evs) != 1 || fieldStr(evs[0], "file") != file || evs[0].Truncated {
+		t.Fatalf("events %+v, want one with file %s", evs, file)
+	}
+}
+
+// TestProbeCgroupFilter: events only from processes in a given cgroup.
+func TestProbeCgroupFilter(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	root := cgroup2Mount()
+	name := uniqueName("grain-test-")
+	dir := filepath.Join(root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create a cgroup (cgroup v2 at %s): %v", root, err)
+	}
+	defer os.Remove(dir)
+	applyProbes(t, p, fmt.Sprintf(`
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: {process: cgroup: "/%s", args: fd: 987777}
+	count: {metric: "test.closes", by: ["cgroup"]}
+}`, name))
+	runChild(t, "close 3 987777") // in the test's own cgroup: not counted
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD=close 5 987777")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child in cgroup: %v %s", err, out)
+	}
+	id, _ := p.cgroupID("/" + name)
+	counts, _ := p.CountSnapshot()
+	if len(counts) != 1 || counts[0].Value != 5 || counts[0].Labels[0].Value != strconv.FormatUint(id, 10) {
+		t.Fatalf("counts %+v, want 5 for cgroup %d", counts, id)
+	}
+}
+
+// TestProbeLossAccounting floods a small ring buffer with nobody reading:
+// events received + events counted lost = events generated.
+func TestProbeLossAccounting(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{RingBufferBytes: 64 << 10})
+	applyProbes(t, p, `
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: args: fd: 987654
+	emit: {event: "close", fields: ["pid", "fd"]}
+}`)
+	const n = 20000
+	runChild(t, fmt.Sprintf("close %d 987654", n))
+	evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return false })
+	c, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c) != 1 || c[0].Hits != n || c[0].Events != uint64(len(evs)) || c[0].Events+c[0].EventsLost != n || c[0].EventsLost == 0 {
+		t.Fatalf("generated %d, received %d, counters %+v", n, len(evs), c)
+	}
+	t.Logf("generated %d: received %d + lost %d", n, len(evs), c[0].EventsLost)
+}
+
+// TestProbeRateLimit: at most rate_limit events per second; the others
+// counted as limited.
+func TestProbeRateLimit(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	applyProbes(t, p, `
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: args: fd: 987655
+	emit: {event: "close", fields: ["fd"], rate_limit: 50}
+}`)
+	runChild(t, "close 1000 987655")
+	evs := collect(t, p, 500*time.Millisecond, func(e []ProbeEvent) bool { return false })
+	c, _ := p.Counters()
+	// The 1000 calls take well under a second: one or two windows.
+	if len(c) != 1 || c[0].Hits != 1000 || c[0].Events != uint64(len(evs)) || c[0].Events+c[0].EventsLimited != 1000 ||
+		c[0].Events < 50 || c[0].Events > 100 {
+		t.Fatalf("received %d, counters %+v", len(evs), c)
+	}
+}
+
+// TestProbeReload: hooks come and go with the policies; counts survive.
+func TestProbeReload(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	a := `a: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987600, count: metric: "m"}`
+	b := `b: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987600, count: metric: "m"}`
+	applyProbes(t, p, a)
+	runChild(t, "close 4 987600")
+	applyProbes(t, p, a+"\n"+b)
+	runChild(t, "close 3 987600")
+	applyProbes(t, p, b)
+	if got := p.Attachments(); len(got) != 1 || got[0].Mechanism != "tracepoint" || p.sysLink != nil {
+		t.Fatalf("attachments after dropping the syscall hook: %+v (sys_enter attached: %v)", got, p.sysLink != nil)
+	}
+	runChild(t, "close 2 987600")
+	counts, _ := p.CountSnapshot()
+	got := map[string]uint64{}
+	for _, c := range counts {
+		got[c.Policy] = c.Value
+	}
+	if got["a"] != 7 || got["b"] != 5 {
+		t.Fatalf("counts %+v, want a=7 b=5", counts)
+	}
+	if err := p.Apply(&codegen.Plan{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Attachments(); len(got) != 0 {
+		t.Fatalf("attachments after removing every policy: %+v", got)
+	}
+}
+
+// TestProbeStreamJSON: probe events as JSON lines.
+func TestProbeStreamJSON(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	applyProbes(t, p, `
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: args: fd: 987656
+	emit: {event: "close", fields: ["fd", "comm", "syscall"]}
+}`)
+	pr, pw := io.Pipe()
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	go func() { p.StreamEvents(ctx, pw); pw.Close() }()
+	time.Sleep(50 * time.Millisecond)
+	runChild(t, "close 1 987656")
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTail := `"policy":"closes","event":"close","fd":987656,"comm":"engine.test","syscall":"close"}` + "\n"
+	if !strings.HasPrefix(line, `{"time":"`) || !strings.HasSuffix(line, wantTail) {
+		t.Fatalf("line %q, want ...%s", line, wantTail)
+	}
+}
+
+func skipWithoutKprobes(t *testing.T) {
+	t.Helper()
+	if err := bpf.DetectProbeFeatures().Kprobes; err != nil {
+		t.Skipf("kernel feature missing: kprobes: %v", err)
+	}
+}
+
+func skipWithoutFentry(t *testing.T) {
+	t.Helper()
+	if err := bpf.DetectProbeFeatures().FentryErr; err != nil {
+		t.Skipf("kernel feature missing: fentry: %v", err)
+	}
+}
+
+// tcpConnectTest connects from a child to a listener on loopback and
+// checks the event of a hook on tcp_connect(struct sock *).
+func tcpConnectTest(t *testing.T, attach, wantMech string) {
+	p := newTestProbes(t, ProbeOptions{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	applyProbes(t, p, fmt.Sprintf(`
+tcp_connect: {
+	kprobe: "tcp_connect"
+	attach: %q
+	args: [{index: 0, type: "sock", name: "sk"}]
+	match: dport: %d
+	emit: {event: "tcp_connect", fields: ["pid", "comm", "saddr", "sport", "daddr", "dport", "family", "sk"]}
+	count: {metric: "tcp.connects", by: ["daddr", "dport"]}
+}`, attach, port))
+	if got := p.Mechanism("kprobe", "tcp_connect"); got != wantMech {
+		t.Fatalf("mechanism %q, want %q", got, wantMech)
+	}
+	runChild(t, "connect "+ln.Addr().String())
+	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 1 })
+	if len(evs) != 1 {
+		t.Fatalf("events %+v", evs)
+	}
+	ev := evs[0]
+	if fieldStr(ev, "daddr") != "127.0.0.1" || fieldStr(ev, "dport") != strconv.Itoa(port) || fieldStr(ev, "saddr") != "127.0.0.1" ||
+		fieldStr(ev, "family") != "2" || fieldStr(ev, "sport") == "0" || fieldStr(ev, "sk") != "127.0.0.1:"+strconv.Itoa(port) {
+		t.Fatalf("event %+v", ev)
+	}
+	counts, _ := p.CountSnapshot()
+	if len(counts) != 1 || counts[0].Value != 1 || counts[0].Labels[0].Value != "127.0.0.1" || counts[0].Labels[1].Value != strconv.Itoa(port) {
+		t.Fatalf("counts %+v", counts)
+	}
+}
+
+func TestProbeKprobeTCPConnect(t *testing.T) {
+	requireProbeRoot(t)
+	skipWithoutKprobes(t)
+	tcpConnectTest(t, "kprobe", "kprobe")
+}
+
+func TestProbeFentryTCPConnect(t *testing.T) {
+	requireProbeRoot(t)
+	skipWithoutFentry(t)
+	tcpConnectTest(t, "fentry", "fentry")
+}
+
+// TestProbeAutoAttach: attach: auto takes fentry where the kernel has it,
+// else kprobes, and says which; with neither, the error names both.
+func TestProbeAutoAttach(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	f := bpf.DetectProbeFeatures()
+	err := p.Apply(compilePolicies(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
+	switch {
+	case f.FentryErr == nil:
+		if err != nil || p.Mechanism("kprobe", "tcp_connect") != "fentry" {
+			t.Fatalf("fentry available: %v, mechanism %q", err, p.Mechanism("kprobe", "tcp_connect"))
+		}
+	case f.Kprobes == nil:
+		if err != nil || p.Mechanism("kprobe", "tcp_connect") != "kprobe" {
+			t.Fatalf("kprobes available: %v, mechanism %q", err, p.Mechanism("kprobe", "tcp_connect"))
+		}
+	default:
+		if err == nil || !strings.Contains(err.Error(), "neither fentry") || !strings.Contains(err.Error(), "kprobes") {
+			t.Fatalf("kernel without fentry and kprobes: error %v", err)
+		}
+		t.Logf("error names what is missing: %v", err)
+	}
+}
+
+// TestProbeKretprobeReturn: kretprobe (or fexit) return values, counted.
+func TestProbeKretprobeReturn(t *testing.T) {
+	requireProbeRoot(t)
+	f := bpf.DetectProbeFeatures()
+	if f.Kprobes != nil && f.FentryErr != nil {
+		t.Skipf("kernel feature missing: kprobes (%v) and fentry (%v)", f.Kprobes, f.FentryErr)
+	}
+	p := newTestProbes(t, ProbeOptions{})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "x")
+	os.WriteFile(file, nil, 0o644)
+	comm := uniqueName("grainret")
+	cat := uniqueCopy(t, "cat", comm)
+	applyProbes(t, p, fmt.Sprintf(`
+opens: {
+	kretprobe: "do_sys_openat2"
+	args: [{ret: true, type: "int", name: "fd"}]
+	match: process: comm: %q
+	count: {metric: "opens", by: ["fd"]}
+}`, comm))
+	t.Logf("kretprobe do_sys_openat2 attached with %s", p.Mechanism("kretprobe", "do_sys_openat2"))
+	exec.Command(cat, file, filepath.Join(dir, "missing")).Run()
+	counts, _ := p.CountSnapshot()
+	got := map[string]uint64{}
+	for _, c := range counts {
+		got[c.Labels[0].Value] = c.Value
+	}
+	// cat opens its libraries and locale files too (fd 3, closed each
+	// time), then x (fd 3) and the missing file (-2: ENOENT).
+	if got["-2"] == 0 || got["3"] == 0 {
+		t.Fatalf("counts %+v", counts)
+	}
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
