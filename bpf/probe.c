@@ -492,7 +492,14 @@ __noinline int filter_holds(struct scratch *s, struct grain_probe_hook *h, __u32
 		return 0;
 	int hit = 0;
 	if (f->op == GRAIN_PROBE_OP_TRIE) {
-		struct grain_probe_string_key *k = &s->skey;
+		/* The key must be map memory for the lookup helper (Linux 6.1
+		 * refuses a global function's pointer argument there): look the
+		 * per-CPU scratch up again, the same memory as s. */
+		__u32 zero = 0;
+		struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero);
+		if (!ms)
+			return 0;
+		struct grain_probe_string_key *k = &ms->skey;
 		k->filter = fi;
 		__u32 arg = f->arg;
 		if (f->field == GRAIN_PROBE_F_COMM) {
@@ -606,11 +613,15 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 	__u64 sum = 0;
 	if (r->flags & GRAIN_PROBE_R_SUM)
 		sum = int_field(s, h, GRAIN_PROBE_F_ARG, r->sum_arg, GRAIN_PROBE_SUB_NUM);
-	struct grain_probe_count *v = bpf_map_lookup_elem(&probe_counts, &s->ckey);
+	__u32 zero = 0;
+	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero); /* as in filter_holds */
+	if (!ms)
+		return 0;
+	struct grain_probe_count *v = bpf_map_lookup_elem(&probe_counts, &ms->ckey);
 	if (!v) {
 		struct grain_probe_count init = {};
-		bpf_map_update_elem(&probe_counts, &s->ckey, &init, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&probe_counts, &s->ckey);
+		bpf_map_update_elem(&probe_counts, &ms->ckey, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&probe_counts, &ms->ckey);
 		if (!v) {
 			if (c)
 				c->count_errors++;

@@ -20,6 +20,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -139,15 +140,12 @@ func collect(t *testing.T, p *Probes, timeout time.Duration, done func([]ProbeEv
 	return out
 }
 
-// uniqueCopy copies a system binary to a temporary file named name: its
-// processes have comm name.
-func uniqueCopy(t *testing.T, bin, name string) string {
+// uniqueChild copies this test binary to a temporary file named name: its
+// processes have comm name (a system binary could be a busybox applet that
+// would not run under another name). Run it with childCmd.
+func uniqueChild(t *testing.T, name string) string {
 	t.Helper()
-	src, err := exec.LookPath(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(src)
+	b, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +154,13 @@ func uniqueCopy(t *testing.T, bin, name string) string {
 		t.Fatal(err)
 	}
 	return dst
+}
+
+// childCmd runs bin (this test binary or a copy) as a child doing mode.
+func childCmd(bin, mode string) *exec.Cmd {
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD="+mode)
+	return cmd
 }
 
 func fieldStr(ev ProbeEvent, name string) string {
@@ -174,7 +179,7 @@ func uniqueName(prefix string) string {
 func TestProbeTracepointExec(t *testing.T) {
 	p := newTestProbes(t, ProbeOptions{})
 	comm := uniqueName("grainexec")
-	bin := uniqueCopy(t, "true", comm)
+	bin := uniqueChild(t, comm)
 	applyProbes(t, p, fmt.Sprintf(`
 execs: {
 	tracepoint: "sched/sched_process_exec"
@@ -188,13 +193,13 @@ execs: {
 	}
 	var pids []int
 	for range 3 {
-		cmd := exec.Command(bin)
+		cmd := childCmd(bin, "close 0 -1")
 		if err := cmd.Run(); err != nil {
 			t.Fatal(err)
 		}
 		pids = append(pids, cmd.Process.Pid)
 	}
-	exec.Command("true").Run() // another comm: not selected
+	runChild(t, "close 0 -1") // another comm: not selected
 	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 3 })
 	if len(evs) != 3 {
 		t.Fatalf("got %d events, want 3: %+v", len(evs), evs)
@@ -236,7 +241,7 @@ func TestProbeSyscallFilters(t *testing.T) {
 	p := newTestProbes(t, ProbeOptions{})
 	dir := t.TempDir()
 	commA, commB := uniqueName("graincatA"), uniqueName("graincatB")
-	catA, catB := uniqueCopy(t, "cat", commA), uniqueCopy(t, "cat", commB)
+	catA, catB := uniqueChild(t, commA), uniqueChild(t, commB)
 	inside, outside := filepath.Join(dir, "watched", "f"), filepath.Join(dir, "other")
 	os.MkdirAll(filepath.Dir(inside), 0o755)
 	os.WriteFile(inside, []byte("x"), 0o644)
@@ -256,11 +261,11 @@ opens: {
 			t.Fatalf("%v: %v %s", cmd.Args, err, out)
 		}
 	}
-	run(exec.Command(catA, inside))  // selected by the first selector
-	run(exec.Command(catA, outside)) // wrong path for A
-	run(exec.Command(catB, inside))  // wrong path for B
-	run(exec.Command(catB, outside)) // selected by the second selector
-	nobody := exec.Command(catA, inside)
+	run(childCmd(catA, "open "+inside))  // selected by the first selector
+	run(childCmd(catA, "open "+outside)) // wrong path for A
+	run(childCmd(catB, "open "+inside))  // wrong path for B
+	run(childCmd(catB, "open "+outside)) // selected by the second selector
+	nobody := childCmd(catA, "open "+inside)
 	nobody.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	for _, d := range []string{filepath.Dir(catA), filepath.Dir(filepath.Dir(catA)), dir, filepath.Dir(dir), filepath.Dir(inside)} {
 		os.Chmod(d, 0o755)
@@ -526,14 +531,14 @@ closes: {
 func skipWithoutKprobes(t *testing.T) {
 	t.Helper()
 	if err := bpf.DetectProbeFeatures().Kprobes; err != nil {
-		t.Skipf("kernel feature missing: kprobes: %v", err)
+		vmtest.Missing(t, "kprobe", err)
 	}
 }
 
 func skipWithoutFentry(t *testing.T) {
 	t.Helper()
 	if err := bpf.DetectProbeFeatures().FentryErr; err != nil {
-		t.Skipf("kernel feature missing: fentry: %v", err)
+		vmtest.Missing(t, "fentry", err)
 	}
 }
 
@@ -619,37 +624,60 @@ func TestProbeAutoAttach(t *testing.T) {
 	}
 }
 
-// TestProbeKretprobeReturn: kretprobe (or fexit) return values, counted.
+// TestProbeKretprobeReturn: return values by kretprobe and by fexit,
+// counted.
 func TestProbeKretprobeReturn(t *testing.T) {
-	requireProbeRoot(t)
-	f := bpf.DetectProbeFeatures()
-	if f.Kprobes != nil && f.FentryErr != nil {
-		t.Skipf("kernel feature missing: kprobes (%v) and fentry (%v)", f.Kprobes, f.FentryErr)
-	}
-	p := newTestProbes(t, ProbeOptions{})
-	dir := t.TempDir()
-	file := filepath.Join(dir, "x")
-	os.WriteFile(file, nil, 0o644)
-	comm := uniqueName("grainret")
-	cat := uniqueCopy(t, "cat", comm)
-	applyProbes(t, p, fmt.Sprintf(`
+	for _, attach := range []string{"kprobe", "fentry"} {
+		t.Run(attach, func(t *testing.T) {
+			requireProbeRoot(t)
+			if attach == "kprobe" {
+				skipWithoutKprobes(t)
+			} else {
+				skipWithoutFentry(t)
+			}
+			p := newTestProbes(t, ProbeOptions{})
+			dir := t.TempDir()
+			file := filepath.Join(dir, "x")
+			os.WriteFile(file, nil, 0o644)
+			comm := uniqueName("grainret")
+			bin := uniqueChild(t, comm)
+			applyProbes(t, p, fmt.Sprintf(`
 opens: {
 	kretprobe: "do_sys_openat2"
+	attach: %q
 	args: [{ret: true, type: "int", name: "fd"}]
 	match: process: comm: %q
 	count: {metric: "opens", by: ["fd"]}
-}`, comm))
-	t.Logf("kretprobe do_sys_openat2 attached with %s", p.Mechanism("kretprobe", "do_sys_openat2"))
-	exec.Command(cat, file, filepath.Join(dir, "missing")).Run()
-	counts, _ := p.CountSnapshot()
-	got := map[string]uint64{}
-	for _, c := range counts {
-		got[c.Labels[0].Value] = c.Value
-	}
-	// cat opens its libraries and locale files too (fd 3, closed each
-	// time), then x (fd 3) and the missing file (-2: ENOENT).
-	if got["-2"] == 0 || got["3"] == 0 {
-		t.Fatalf("counts %+v", counts)
+}`, attach, comm))
+			want := map[string]string{"kprobe": "kretprobe", "fentry": "fexit"}[attach]
+			if got := p.Mechanism("kretprobe", "do_sys_openat2"); got != want {
+				t.Fatalf("mechanism %q, want %q", got, want)
+			}
+			// The Go runtime of a child opens files of its own: count a child
+			// that opens nothing, then one that opens x, a missing file
+			// (ENOENT) and x again; the difference is exact.
+			snapshot := func(mode string) map[string]uint64 {
+				if out, err := childCmd(bin, mode).CombinedOutput(); err != nil {
+					t.Fatalf("%v %s", err, out)
+				}
+				counts, err := p.CountSnapshot()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := map[string]uint64{}
+				for _, c := range counts {
+					got[c.Labels[0].Value] = c.Value
+				}
+				return got
+			}
+			before := snapshot("open")
+			after := snapshot("open " + file + " " + filepath.Join(dir, "missing") + " " + file)
+			for fd, want := range map[string]uint64{"-2": 1, "3": 2} {
+				if got := after[fd] - 2*before[fd]; got != want {
+					t.Errorf("fd %s: %d opens, want %d (baseline child %v, second child %v)", fd, got, want, before, after)
+				}
+			}
+		})
 	}
 }
 
