@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,7 +72,8 @@ func detectProbeFeatures() ProbeFeatures {
 	return f
 }
 
-// probeFentry loads and attaches a trivial fentry program to vfs_read.
+// probeFentry loads and attaches a trivial fentry program to vfs_read
+// (arm64 6.1 loads it but has no trampolines to attach it).
 func probeFentry() error {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "vfs_read",
@@ -84,6 +86,11 @@ func probeFentry() error {
 		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines): %w", err)
 	}
 	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("kernel loads fentry programs but cannot attach them (no BPF trampolines on this kernel or architecture): %w", err)
+	}
+	l.Close()
 	return nil
 }
 
