@@ -1,14 +1,15 @@
 // Package export turns what grain's engine produces into OpenTelemetry
-// signals sent over OTLP: rule counters and reload status become metrics
-// (NewMetrics), and the JSON event lines of Engine.StreamEvents become log
-// records (NewLogs).
+// signals sent over OTLP: rule counters, reload status and the event
+// pipeline's counts become metrics (NewMetrics, NewPrometheus), and the
+// events leaving the pipeline become log records (NewLogSink, a sink of
+// package pipeline).
 //
 // Both follow the standard OpenTelemetry environment so that grain behaves
 // like any other instrumented program: OTEL_EXPORTER_OTLP_* choose the
 // collector, headers, TLS and compression, OTEL_EXPORTER_OTLP_PROTOCOL (or
 // its per-signal _METRICS_/_LOGS_ form) chooses between "grpc" and
 // "http/protobuf", OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES shape the
-// resource, OTEL_METRIC_EXPORT_INTERVAL and OTEL_BLRP_* tune the SDK.
+// resource, OTEL_METRIC_EXPORT_INTERVAL and OTEL_BLRP_* tune the export.
 // Fields set in Config take precedence over the environment.
 package export
 

@@ -13,8 +13,6 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/log"
-	sdklog "go.opentelemetry.io/otel/sdk/log"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/grain-ebpf/grain/pipeline"
@@ -37,6 +35,9 @@ type LogSinkConfig struct {
 	// ExportTimeout bounds one export attempt
 	// (OTEL_BLRP_EXPORT_TIMEOUT; default 30s).
 	ExportTimeout time.Duration
+	// Concurrency is the number of exports in flight at once, each over
+	// its own connection. Default 2.
+	Concurrency int
 	// RetryFor is how long a failed batch is retried, with exponential
 	// backoff from 100 ms to 5 s, before it is given up and counted
 	// (SinkStats.Failed). Default 30s.
@@ -71,6 +72,9 @@ func (c *LogSinkConfig) defaults() {
 	if c.ExportTimeout <= 0 {
 		c.ExportTimeout = envMillis("OTEL_BLRP_EXPORT_TIMEOUT", 30*time.Second)
 	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 2
+	}
 	if c.RetryFor <= 0 {
 		c.RetryFor = 30 * time.Second
 	}
@@ -79,17 +83,17 @@ func (c *LogSinkConfig) defaults() {
 // LogSink exports the events leaving the pipeline as OTLP log records.
 //
 // Emit copies the event into a bounded ring and returns: it never waits
-// for the network. One goroutine turns queued events into records and
-// exports them in batches; a failed export is retried with backoff for
-// RetryFor, then given up and counted. While the collector is down or
-// slow the ring fills up and further events are dropped and counted, so
-// memory stays bounded; export resumes when the collector answers again.
+// for the network. Export workers (Concurrency, each with its own exporter
+// and connection) turn queued events into records and export them in
+// batches, so that converting one batch overlaps sending another; a failed
+// export is retried with backoff for RetryFor, then given up and counted.
+// While the collector is down or slow the ring fills up and further
+// events are dropped and counted, so memory stays bounded (the ring plus
+// one batch per worker); export resumes when the collector answers again.
+// Records of different batches may arrive out of order.
 type LogSink struct {
-	cfg      LogSinkConfig
-	exporter sdklog.Exporter
-	provider *sdklog.LoggerProvider
-	logger   log.Logger
-	collect  *collector
+	cfg     LogSinkConfig
+	workers []*exportWorker
 
 	mu      sync.Mutex
 	ring    []pipeline.Event
@@ -99,48 +103,48 @@ type LogSink struct {
 	wake    chan struct{}
 	stop    chan struct{}
 	stopCtx context.Context // deadline of the final flush, set by Shutdown
-	done    chan struct{}
+	wg      sync.WaitGroup
 
 	exported, queueFull, failed, inFlight atomic.Uint64
 }
 
-// collector is the processor between the SDK's logger and the exporter:
-// the export goroutine emits a batch of records through the logger (which
-// stamps resource and scope) and collects them here, then exports them.
-type collector struct {
-	records []sdklog.Record
+// exportWorker is one connection to the collector and its encoder.
+type exportWorker struct {
+	client logClient
+	enc    *logEncoder
+	batch  []pipeline.Event
 }
 
-func (c *collector) Enabled(context.Context, sdklog.EnabledParameters) bool { return true }
-func (c *collector) OnEmit(_ context.Context, r *sdklog.Record) error {
-	c.records = append(c.records, r.Clone())
-	return nil
-}
-func (c *collector) Shutdown(context.Context) error   { return nil }
-func (c *collector) ForceFlush(context.Context) error { return nil }
-
-// NewLogSink starts the exporter.
+// NewLogSink starts the exporters. Nothing connects yet: a collector
+// that is down is found by the first export.
 func NewLogSink(ctx context.Context, cfg LogSinkConfig) (*LogSink, error) {
 	cfg.defaults()
-	exp, err := newLogExporterRetry(ctx, cfg.Config, false)
-	if err != nil {
+	if _, err := cfg.protocol("LOGS"); err != nil {
 		return nil, err
 	}
 	res, err := newResource(ctx, cfg.Config)
 	if err != nil {
-		exp.Shutdown(ctx)
 		return nil, err
 	}
-	c := &collector{}
-	provider := sdklog.NewLoggerProvider(sdklog.WithResource(res), sdklog.WithProcessor(c),
-		// grain's events carry up to a few dozen fields: no limit.
-		sdklog.WithAttributeCountLimit(-1))
 	s := &LogSink{
-		cfg: cfg, exporter: exp, provider: provider, logger: provider.Logger(instrumentationScope), collect: c,
+		cfg:  cfg,
 		ring: make([]pipeline.Event, cfg.QueueSize),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
-	go s.run()
+	for range cfg.Concurrency {
+		c, err := newLogClient(cfg.Config)
+		if err != nil {
+			for _, w := range s.workers {
+				w.client.close()
+			}
+			return nil, err
+		}
+		s.workers = append(s.workers, &exportWorker{client: c, enc: newLogEncoder(res, cfg.ServiceVersion)})
+	}
+	for _, w := range s.workers {
+		s.wg.Add(1)
+		go s.run(w)
+	}
 	return s, nil
 }
 
@@ -182,23 +186,26 @@ func (s *LogSink) Stats() pipeline.SinkStats {
 		Pending: queued + s.inFlight.Load()}
 }
 
-// take moves up to BatchSize queued events into batch.
-func (s *LogSink) take(batch []pipeline.Event) []pipeline.Event {
+// take moves up to BatchSize queued events into the worker's batch.
+func (s *LogSink) take(w *exportWorker) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := min(s.n, s.cfg.BatchSize)
-	for i := 0; i < k; i++ {
-		if len(batch) < cap(batch) {
-			batch = batch[:len(batch)+1]
+	w.batch = w.batch[:0]
+	for range k {
+		if len(w.batch) < cap(w.batch) {
+			w.batch = w.batch[:len(w.batch)+1]
 		} else {
-			batch = append(batch, pipeline.Event{})
+			w.batch = append(w.batch, pipeline.Event{})
 		}
-		batch[len(batch)-1].CopyFrom(&s.ring[s.head])
+		w.batch[len(w.batch)-1].CopyFrom(&s.ring[s.head])
 		s.head = (s.head + 1) % len(s.ring)
 	}
 	s.n -= k
-	s.inFlight.Store(uint64(k))
-	return batch
+	s.inFlight.Add(uint64(k))
+	if s.n >= s.cfg.BatchSize {
+		s.signal() // another full batch: wake another worker
+	}
 }
 
 func (s *LogSink) queued() int {
@@ -207,11 +214,10 @@ func (s *LogSink) queued() int {
 	return s.n
 }
 
-func (s *LogSink) run() {
-	defer close(s.done)
+func (s *LogSink) run(w *exportWorker) {
+	defer s.wg.Done()
 	tick := time.NewTicker(s.cfg.ExportInterval)
 	defer tick.Stop()
-	var batch []pipeline.Event
 	for {
 		stopping := false
 		select {
@@ -221,11 +227,11 @@ func (s *LogSink) run() {
 			stopping = true
 		}
 		for {
-			batch = s.take(batch[:0])
-			if len(batch) == 0 {
+			s.take(w)
+			if len(w.batch) == 0 {
 				break
 			}
-			s.export(batch, stopping)
+			s.export(w, stopping)
 			if !stopping && s.queued() < s.cfg.BatchSize {
 				break // wait for the batch to fill or the interval to pass
 			}
@@ -236,14 +242,12 @@ func (s *LogSink) run() {
 	}
 }
 
-// export sends one batch, retrying with backoff; the outcome is counted.
-func (s *LogSink) export(batch []pipeline.Event, stopping bool) {
-	defer s.inFlight.Store(0)
-	s.collect.records = s.collect.records[:0]
-	for i := range batch {
-		s.logger.Emit(context.Background(), eventRecord(&batch[i]))
-	}
-	records := s.collect.records
+// export sends the worker's batch, retrying with backoff; the outcome is
+// counted.
+func (s *LogSink) export(w *exportWorker, stopping bool) {
+	defer s.inFlight.Add(^uint64(len(w.batch) - 1))
+	body := w.enc.encode(w.batch, time.Now())
+	n := uint64(len(w.batch))
 	start := time.Now()
 	delay := 100 * time.Millisecond
 	for {
@@ -251,10 +255,16 @@ func (s *LogSink) export(batch []pipeline.Event, stopping bool) {
 		if stopping {
 			ctx, cancel = context.WithTimeout(s.stopCtx, s.cfg.ExportTimeout)
 		}
-		err := s.exporter.Export(ctx, records)
+		rejected, err := w.client.send(ctx, body)
 		cancel()
 		if err == nil {
-			s.exported.Add(uint64(len(records)))
+			// A partial success: the collector refused some records.
+			r := min(uint64(max(rejected, 0)), n)
+			s.exported.Add(n - r)
+			s.failed.Add(r)
+			if r > 0 {
+				otel.Handle(fmt.Errorf("OTLP collector rejected %d of %d events", r, n))
+			}
 			return
 		}
 		giveUp := time.Since(start)+delay > s.cfg.RetryFor
@@ -262,8 +272,8 @@ func (s *LogSink) export(batch []pipeline.Event, stopping bool) {
 			giveUp = giveUp || s.stopCtx.Err() != nil
 		}
 		if giveUp {
-			s.failed.Add(uint64(len(records)))
-			otel.Handle(fmt.Errorf("OTLP log export failed, %d events dropped: %w", len(records), err))
+			s.failed.Add(n)
+			otel.Handle(fmt.Errorf("OTLP log export failed, %d events dropped: %w", n, err))
 			return
 		}
 		// Full jitter keeps many grains from retrying in step.
@@ -286,7 +296,7 @@ func (s *LogSink) export(batch []pipeline.Event, stopping bool) {
 }
 
 // Shutdown exports what is queued (within ctx's deadline), counts what
-// could not be exported as failed, and stops the exporter. Events emitted
+// could not be exported as failed, and stops the exporters. Events emitted
 // afterwards are counted as dropped.
 func (s *LogSink) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -298,43 +308,18 @@ func (s *LogSink) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.stopCtx = ctx
 	close(s.stop)
-	<-s.done
+	s.wg.Wait()
 	// What the deadline left behind.
 	s.mu.Lock()
 	left := s.n
 	s.n = 0
 	s.mu.Unlock()
 	s.failed.Add(uint64(left))
-	return errors.Join(s.provider.Shutdown(ctx), s.exporter.Shutdown(ctx))
-}
-
-// eventRecord turns a pipeline event into a log record: the event name as
-// body and EventName, the fields as attributes with OpenTelemetry names.
-func eventRecord(ev *pipeline.Event) log.Record {
-	var rec log.Record
-	rec.SetTimestamp(ev.Time)
-	rec.SetSeverity(log.SeverityInfo)
-	rec.SetSeverityText("INFO")
-	name := ev.Name
-	if name == "" {
-		name = "unknown"
+	var errs []error
+	for _, w := range s.workers {
+		errs = append(errs, w.client.close())
 	}
-	rec.SetBody(attribute.StringValue(name))
-	rec.SetEventName(name)
-	rec.AddAttributes(AttrPolicy.String(ev.Policy), attribute.String("event.name", name))
-	for i := range ev.Fields {
-		f := &ev.Fields[i]
-		key := fieldKey(f.Key)
-		switch f.Kind {
-		case pipeline.Uint:
-			rec.AddAttributes(key.Int64(toInt64(f.Num)))
-		case pipeline.Addr:
-			rec.AddAttributes(key.String(f.Addr.String()))
-		default:
-			rec.AddAttributes(key.String(f.Str))
-		}
-	}
-	return rec
+	return errors.Join(errs...)
 }
 
 // fieldKey names an event field as an OpenTelemetry attribute.

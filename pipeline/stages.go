@@ -199,6 +199,12 @@ func (s *Stages) apply(ev *Event, now time.Time, h *hasher) verdict {
 		}
 		switch r.Action {
 		case policies.RewriteRename:
+			// A field that already has the new name gives way.
+			if i := slices.IndexFunc(ev.Fields, func(x Field) bool { return x.Key == r.To }); i >= 0 && &ev.Fields[i] != f {
+				key := f.Key
+				ev.Fields = slices.Delete(ev.Fields, i, i+1)
+				f = ev.Get(key)
+			}
 			f.Key = r.To
 		case policies.RewriteRedact:
 			*f = Field{Key: f.Key, Kind: String, Str: Redacted}

@@ -1,0 +1,441 @@
+package export
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/resource"
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/grain-ebpf/grain/pipeline"
+)
+
+// grain's events go to the collector through this small OTLP log client
+// rather than the SDK's record, transform and reflection-based protobuf
+// steps: it encodes the request straight from pipeline events with
+// protowire, which measured ~6x cheaper per record (BENCHMARKS.md). It
+// reads the same OTEL_EXPORTER_OTLP_* variables as the SDK's exporters.
+
+// logClient sends encoded ExportLogsServiceRequest bodies. rejected is the
+// collector's partial-success count of records it did not accept.
+type logClient interface {
+	send(ctx context.Context, body []byte) (rejected int64, err error)
+	close() error
+}
+
+// logsEnv reads OTEL_EXPORTER_OTLP_LOGS_<name>, then OTEL_EXPORTER_OTLP_<name>.
+func logsEnv(name string) string {
+	if v := os.Getenv("OTEL_EXPORTER_OTLP_LOGS_" + name); v != "" {
+		return v
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_" + name)
+}
+
+// exportHeaders parses OTEL_EXPORTER_OTLP_(LOGS_)HEADERS: "k=v,k2=v2"
+// with URL-encoded values.
+func exportHeaders() map[string]string {
+	h := map[string]string{}
+	for _, src := range []string{os.Getenv("OTEL_EXPORTER_OTLP_HEADERS"), os.Getenv("OTEL_EXPORTER_OTLP_LOGS_HEADERS")} {
+		for _, kv := range strings.Split(src, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				continue
+			}
+			if u, err := url.PathUnescape(strings.TrimSpace(v)); err == nil {
+				v = u
+			}
+			h[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return h
+}
+
+// exportTLS builds the TLS configuration from the certificate variables.
+func exportTLS() (*tls.Config, error) {
+	cfg := &tls.Config{}
+	if f := logsEnv("CERTIFICATE"); f != "" {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP certificate: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("OTLP certificate %s: no PEM certificate", f)
+		}
+		cfg.RootCAs = pool
+	}
+	cert, key := logsEnv("CLIENT_CERTIFICATE"), logsEnv("CLIENT_KEY")
+	if cert != "" && key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+func newLogClient(cfg Config) (logClient, error) {
+	proto, err := cfg.protocol("LOGS")
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := exportTLS()
+	if err != nil {
+		return nil, err
+	}
+	gz := logsEnv("COMPRESSION") == "gzip"
+	headers := exportHeaders()
+	if proto == ProtocolGRPC {
+		return newGRPCLogClient(cfg, tlsCfg, gz, headers)
+	}
+	// The URL: Config.Endpoint as a base, then the signal's own variable
+	// (used as is), then the general one as a base, then the default.
+	var u string
+	switch {
+	case cfg.Endpoint != "":
+		u, err = signalURL(cfg.Endpoint, "v1/logs")
+	case os.Getenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") != "":
+		u = os.Getenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+	case os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "":
+		u, err = signalURL(os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "v1/logs")
+	default:
+		u = "http://localhost:4318/v1/logs"
+	}
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	return &httpLogClient{url: u, gzip: gz, headers: headers, client: &http.Client{Transport: tr}}, nil
+}
+
+type httpLogClient struct {
+	url     string
+	gzip    bool
+	headers map[string]string
+	client  *http.Client
+	zbuf    bytes.Buffer
+	zw      *gzip.Writer
+}
+
+func (c *httpLogClient) send(ctx context.Context, body []byte) (int64, error) {
+	if c.gzip {
+		c.zbuf.Reset()
+		if c.zw == nil {
+			c.zw = gzip.NewWriter(&c.zbuf)
+		} else {
+			c.zw.Reset(&c.zbuf)
+		}
+		c.zw.Write(body)
+		c.zw.Close()
+		body = c.zbuf.Bytes()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/x-protobuf")
+	if c.gzip {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
+	for k, v := range c.headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return 0, fmt.Errorf("OTLP/HTTP %s: %s: %s", c.url, resp.Status, truncate(b, 200))
+	}
+	var out collogspb.ExportLogsServiceResponse
+	if err == nil && len(b) > 0 && proto.Unmarshal(b, &out) == nil {
+		return out.GetPartialSuccess().GetRejectedLogRecords(), nil
+	}
+	return 0, nil
+}
+
+func (c *httpLogClient) close() error {
+	c.client.CloseIdleConnections()
+	return nil
+}
+
+type grpcLogClient struct {
+	conn    *grpc.ClientConn
+	md      metadata.MD
+	callOps []grpc.CallOption
+}
+
+// rawCodec sends an already encoded request and decodes the response.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	return proto.Unmarshal(data, v.(proto.Message))
+}
+func (rawCodec) Name() string { return "proto" }
+
+func newGRPCLogClient(cfg Config, tlsCfg *tls.Config, gz bool, headers map[string]string) (logClient, error) {
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = logsEnv("ENDPOINT")
+	}
+	if endpoint == "" {
+		endpoint = "http://localhost:4317"
+	}
+	target, secure := endpoint, true
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		target, secure = u.Host, u.Scheme != "http"
+	}
+	if v, err := strconv.ParseBool(logsEnv("INSECURE")); err == nil && v {
+		secure = false
+	}
+	creds := insecure.NewCredentials()
+	if secure {
+		creds = credentials.NewTLS(tlsCfg)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
+		// Reconnect within seconds of the collector's return (gRPC's own
+		// default backs off to two minutes).
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: time.Second}))
+	if err != nil {
+		return nil, fmt.Errorf("OTLP/gRPC %s: %w", target, err)
+	}
+	c := &grpcLogClient{conn: conn, md: metadata.New(headers), callOps: []grpc.CallOption{grpc.ForceCodec(rawCodec{})}}
+	if gz {
+		c.callOps = append(c.callOps, grpc.UseCompressor("gzip"))
+	}
+	return c, nil
+}
+
+func (c *grpcLogClient) send(ctx context.Context, body []byte) (int64, error) {
+	if len(c.md) > 0 {
+		ctx = metadata.NewOutgoingContext(ctx, c.md)
+	}
+	var out collogspb.ExportLogsServiceResponse
+	err := c.conn.Invoke(ctx, "/opentelemetry.proto.collector.logs.v1.LogsService/Export", &body, &out, c.callOps...)
+	if err != nil {
+		return 0, err
+	}
+	return out.GetPartialSuccess().GetRejectedLogRecords(), nil
+}
+
+func (c *grpcLogClient) close() error { return c.conn.Close() }
+
+func truncate(b []byte, n int) string {
+	s := string(b)
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+// Field numbers of the OTLP protobuf messages (opentelemetry-proto).
+const (
+	reqResourceLogs     = 1 // ExportLogsServiceRequest.resource_logs
+	rlResource          = 1 // ResourceLogs.resource
+	rlScopeLogs         = 2
+	rlSchemaURL         = 3
+	resAttributes       = 1 // Resource.attributes
+	slScope             = 1 // ScopeLogs.scope
+	slLogRecords        = 2
+	scopeName           = 1 // InstrumentationScope.name
+	scopeVersion        = 2
+	lrTime              = 1 // LogRecord.time_unix_nano
+	lrSeverityNumber    = 2
+	lrSeverityText      = 3
+	lrBody              = 5
+	lrAttributes        = 6
+	lrObservedTime      = 11
+	lrEventName         = 12
+	kvKey               = 1 // KeyValue.key
+	kvValue             = 2
+	avString            = 1 // AnyValue.string_value
+	avBool              = 2
+	avInt               = 3
+	avDouble            = 4
+	avArray             = 5
+	arrayValues         = 1 // ArrayValue.values
+	severityInfo        = 9 // SeverityNumber INFO
+	maxInlineMessageLen = 1 << 14
+)
+
+// logEncoder encodes ExportLogsServiceRequest bodies. The resource and
+// scope never change, so they are encoded once.
+type logEncoder struct {
+	head    []byte // resource and schema URL of the ResourceLogs
+	scope   []byte // the InstrumentationScope message
+	records []byte // the log records of the batch being encoded
+	rec     []byte // one record
+	kv      []byte // one attribute
+	out     []byte
+}
+
+func newLogEncoder(res *resource.Resource, version string) *logEncoder {
+	e := &logEncoder{}
+	var attrs []byte
+	for _, kv := range res.Attributes() {
+		attrs = protowire.AppendTag(attrs, resAttributes, protowire.BytesType)
+		attrs = protowire.AppendBytes(attrs, appendKeyValue(nil, string(kv.Key), kv.Value))
+	}
+	e.head = protowire.AppendTag(e.head, rlResource, protowire.BytesType)
+	e.head = protowire.AppendBytes(e.head, attrs)
+	if s := res.SchemaURL(); s != "" {
+		e.head = protowire.AppendTag(e.head, rlSchemaURL, protowire.BytesType)
+		e.head = protowire.AppendString(e.head, s)
+	}
+	e.scope = protowire.AppendTag(e.scope, scopeName, protowire.BytesType)
+	e.scope = protowire.AppendString(e.scope, instrumentationScope)
+	if version != "" {
+		e.scope = protowire.AppendTag(e.scope, scopeVersion, protowire.BytesType)
+		e.scope = protowire.AppendString(e.scope, version)
+	}
+	return e
+}
+
+func appendAnyValue(b []byte, v attribute.Value) []byte {
+	switch v.Type() {
+	case attribute.BOOL:
+		b = protowire.AppendTag(b, avBool, protowire.VarintType)
+		return protowire.AppendVarint(b, protowire.EncodeBool(v.AsBool()))
+	case attribute.INT64:
+		b = protowire.AppendTag(b, avInt, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(v.AsInt64()))
+	case attribute.FLOAT64:
+		b = protowire.AppendTag(b, avDouble, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, math.Float64bits(v.AsFloat64()))
+	case attribute.STRINGSLICE, attribute.INT64SLICE, attribute.BOOLSLICE, attribute.FLOAT64SLICE:
+		var arr []byte
+		for _, s := range v.AsStringSlice() {
+			arr = protowire.AppendTag(arr, arrayValues, protowire.BytesType)
+			arr = protowire.AppendBytes(arr, appendAnyValue(nil, attribute.StringValue(s)))
+		}
+		if v.Type() != attribute.STRINGSLICE { // others as their string form
+			arr = arr[:0]
+			arr = protowire.AppendTag(arr, arrayValues, protowire.BytesType)
+			arr = protowire.AppendBytes(arr, appendAnyValue(nil, attribute.StringValue(v.Emit())))
+		}
+		b = protowire.AppendTag(b, avArray, protowire.BytesType)
+		return protowire.AppendBytes(b, arr)
+	}
+	b = protowire.AppendTag(b, avString, protowire.BytesType)
+	return protowire.AppendString(b, v.AsString())
+}
+
+func appendKeyValue(b []byte, key string, v attribute.Value) []byte {
+	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
+	b = protowire.AppendString(b, key)
+	val := appendAnyValue(nil, v)
+	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
+	return protowire.AppendBytes(b, val)
+}
+
+// appendStringAttr appends a KeyValue with a string value without
+// building it elsewhere first.
+func (e *logEncoder) appendStringAttr(b []byte, key, value string) []byte {
+	vlen := 1 + protowire.SizeBytes(len(value))
+	kvLen := 1 + protowire.SizeBytes(len(key)) + 1 + protowire.SizeBytes(vlen)
+	b = protowire.AppendTag(b, lrAttributes, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(kvLen))
+	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
+	b = protowire.AppendString(b, key)
+	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(vlen))
+	b = protowire.AppendTag(b, avString, protowire.BytesType)
+	return protowire.AppendString(b, value)
+}
+
+func (e *logEncoder) appendIntAttr(b []byte, key string, value int64) []byte {
+	vlen := 1 + protowire.SizeVarint(uint64(value))
+	kvLen := 1 + protowire.SizeBytes(len(key)) + 1 + protowire.SizeBytes(vlen)
+	b = protowire.AppendTag(b, lrAttributes, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(kvLen))
+	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
+	b = protowire.AppendString(b, key)
+	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(vlen))
+	b = protowire.AppendTag(b, avInt, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(value))
+}
+
+// encode returns the request body for events (valid until the next call).
+func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) []byte {
+	e.records = e.records[:0]
+	var addr [64]byte
+	for i := range events {
+		ev := &events[i]
+		name := ev.Name
+		if name == "" {
+			name = "unknown"
+		}
+		r := e.rec[:0]
+		r = protowire.AppendTag(r, lrTime, protowire.Fixed64Type)
+		r = protowire.AppendFixed64(r, uint64(ev.Time.UnixNano()))
+		r = protowire.AppendTag(r, lrObservedTime, protowire.Fixed64Type)
+		r = protowire.AppendFixed64(r, uint64(observed.UnixNano()))
+		r = protowire.AppendTag(r, lrSeverityNumber, protowire.VarintType)
+		r = protowire.AppendVarint(r, severityInfo)
+		r = protowire.AppendTag(r, lrSeverityText, protowire.BytesType)
+		r = protowire.AppendString(r, "INFO")
+		r = protowire.AppendTag(r, lrBody, protowire.BytesType)
+		r = protowire.AppendVarint(r, uint64(1+protowire.SizeBytes(len(name))))
+		r = protowire.AppendTag(r, avString, protowire.BytesType)
+		r = protowire.AppendString(r, name)
+		r = protowire.AppendTag(r, lrEventName, protowire.BytesType)
+		r = protowire.AppendString(r, name)
+		r = e.appendStringAttr(r, string(AttrPolicy), ev.Policy)
+		for j := range ev.Fields {
+			f := &ev.Fields[j]
+			key := string(fieldKey(f.Key))
+			switch f.Kind {
+			case pipeline.Uint:
+				r = e.appendIntAttr(r, key, toInt64(f.Num))
+			case pipeline.Addr:
+				r = e.appendStringAttr(r, key, string(f.Addr.AppendTo(addr[:0])))
+			default:
+				r = e.appendStringAttr(r, key, f.Str)
+			}
+		}
+		e.rec = r
+		e.records = protowire.AppendTag(e.records, slLogRecords, protowire.BytesType)
+		e.records = protowire.AppendBytes(e.records, r)
+	}
+	scopeLogsLen := 1 + protowire.SizeBytes(len(e.scope)) + len(e.records)
+	resourceLogsLen := len(e.head) + 1 + protowire.SizeBytes(scopeLogsLen)
+	out := e.out[:0]
+	out = protowire.AppendTag(out, reqResourceLogs, protowire.BytesType)
+	out = protowire.AppendVarint(out, uint64(resourceLogsLen))
+	out = append(out, e.head...)
+	out = protowire.AppendTag(out, rlScopeLogs, protowire.BytesType)
+	out = protowire.AppendVarint(out, uint64(scopeLogsLen))
+	out = protowire.AppendTag(out, slScope, protowire.BytesType)
+	out = protowire.AppendBytes(out, e.scope)
+	out = append(out, e.records...)
+	e.out = out
+	return out
+}
