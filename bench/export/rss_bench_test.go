@@ -109,11 +109,12 @@ func BenchmarkRunRSS(b *testing.B) {
 			peak = max(peak, rss(b, pid, "VmRSS"))
 		}
 		hwm := rss(b, pid, "VmHWM")
+		anon, file := rss(b, pid, "RssAnon"), rss(b, pid, "RssFile")
 		time.Sleep(2 * time.Second) // the last batches reach the receiver
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
-		b.Logf("100 policies, OTLP/HTTP export: %d datagrams sent in %v, %d log records received; RSS idle %.1f MiB, peak sampled %.1f MiB, VmHWM %.1f MiB",
-			sent.Load(), *rssDuration, recv.LogRecords(), mib(idle), mib(peak), mib(hwm))
+		b.Logf("100 policies, OTLP/HTTP export: %d datagrams sent in %v, %d log records received; RSS idle %.1f MiB, peak sampled %.1f MiB, VmHWM %.1f MiB; at the end anonymous %.1f MiB, file %.1f MiB",
+			sent.Load(), *rssDuration, recv.LogRecords(), mib(idle), mib(peak), mib(hwm), mib(anon), mib(file))
 		b.ReportMetric(mib(hwm), "MiB-VmHWM")
 		b.ReportMetric(float64(recv.LogRecords())/rssDuration.Seconds(), "records/s")
 	}

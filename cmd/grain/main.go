@@ -176,6 +176,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
+	memLimit := fs.Int64("memory-limit", 28<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -184,6 +185,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if os.Getenv("GOMEMLIMIT") == "" && *memLimit > 0 {
+		// Under a flood of events the queues fill with live events and
+		// the default GOGC lets garbage double the heap on top of them:
+		// a soft limit keeps grain's RSS within what a small device
+		// gives it (BENCHMARKS.md: 100 policies exporting).
+		debug.SetMemoryLimit(*memLimit)
+	}
 
 	// Validate before touching the kernel: a bad tree fails fast.
 	if _, _, err := compileDir(*dir, ifaces); err != nil {
