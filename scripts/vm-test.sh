@@ -184,14 +184,15 @@ for m in ${modules//,/ }; do add_module "$m"; done
 
 # --- Test binaries and the source tree they run in.
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quoted for sh
-# Tracked and untracked-but-not-ignored files, as the working tree has them.
+# Tracked and untracked-but-not-ignored files, as the working tree has them,
+# but no stray build output (files over 4 MiB).
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-	git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do
-		[ ! -f "$f" ] || printf '%s\0' "$f"
-	done | tar --null -T - -cf - | tar -xf - -C "$initrd/src"
+	git ls-files -z -co --exclude-standard
 else
-	tar --exclude=./.git --exclude=./bin --exclude='*.test' --exclude=./bench/out -cf - . | tar -xf - -C "$initrd/src"
-fi
+	find . -path ./.git -prune -o -type f -print0
+fi | while IFS= read -r -d '' f; do
+	[ ! -f "$f" ] || [ "$(stat -c %s "$f")" -gt 4194304 ] || printf '%s\0' "$f"
+done | tar --null -T - -cf - | tar -xf - -C "$initrd/src"
 # Go's own timeout first, so that a hung test prints its goroutines.
 test_timeout=$((vm_timeout - vm_timeout / 10 - 5))
 [ $test_timeout -ge 1 ] || test_timeout=1
