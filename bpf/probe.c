@@ -157,6 +157,7 @@ struct scratch {
 	__u32 ppid;
 	__u32 hook;
 	__u64 syscall;
+	__u64 wake_at;
 	__u64 pw_dentry; /* path walk state */
 	__u64 pw_vfsmnt;
 	__u32 pw_pos;
@@ -265,8 +266,9 @@ static __always_inline void need(struct scratch *s, __u32 what)
 	if (missing & HAVE_CGROUP)
 		s->cgroup = bpf_get_current_cgroup_id();
 	if (missing & HAVE_PPID) {
-		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-		s->ppid = BPF_CORE_READ(t, real_parent, tgid);
+		/* BTF pointers: plain loads, no helper calls */
+		struct task_struct *t = bpf_get_current_task_btf();
+		s->ppid = t->real_parent->tgid;
 	}
 	s->have |= missing;
 }
@@ -603,6 +605,15 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 {
 	if (!s || !h || !r)
 		return 0;
+	__u64 sum = 0;
+	if (r->flags & GRAIN_PROBE_R_SUM)
+		sum = int_field(s, h, GRAIN_PROBE_F_ARG, r->sum_arg, GRAIN_PROBE_SUB_NUM);
+	if (!r->nlabels) {
+		/* One total: the rule's per-CPU counter (hits) holds it. */
+		if (c)
+			c->sum += sum;
+		return 0;
+	}
 	__builtin_memset(&s->ckey, 0, sizeof(s->ckey));
 	s->ckey.rule_id = r->id;
 	for (int i = 0; i < GRAIN_PROBE_MAX_LABELS; i++) {
@@ -610,9 +621,6 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 			break;
 		put_label(s, h, &r->labels[i]);
 	}
-	__u64 sum = 0;
-	if (r->flags & GRAIN_PROBE_R_SUM)
-		sum = int_field(s, h, GRAIN_PROBE_F_ARG, r->sum_arg, GRAIN_PROBE_SUB_NUM);
 	__u32 zero = 0;
 	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero); /* as in filter_holds */
 	if (!ms)
@@ -710,7 +718,7 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 	 * few milliseconds instead and is woken only when the ring crosses an
 	 * eighth of its size, to drain it before it fills. */
 	__u64 pending = bpf_ringbuf_query(&probe_events, BPF_RB_AVAIL_DATA);
-	__u64 wake_at = bpf_ringbuf_query(&probe_events, BPF_RB_RING_SIZE) / 8;
+	__u64 wake_at = s->wake_at;
 	__u64 flags = pending < wake_at && pending + off + 8 >= wake_at ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&probe_events, s->event, off, flags) == 0)
 		c->events++;
@@ -793,12 +801,9 @@ static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
 
 /* begin starts a call: it returns the scratch space with the active
  * generation, or 0 when grain itself is calling or nothing is configured. */
-static __always_inline struct scratch *begin(void)
+static __always_inline struct scratch *begin_with(struct grain_probe_active *act)
 {
 	__u32 zero = 0;
-	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
-	if (!act)
-		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if ((pid_tgid >> 32) == act->agent_tgid)
 		return 0;
@@ -811,7 +816,17 @@ static __always_inline struct scratch *begin(void)
 	s->decoded = 0;
 	s->flags = 0;
 	s->syscall = 0;
+	s->wake_at = act->wake_at;
 	return s;
+}
+
+static __always_inline struct scratch *begin(void)
+{
+	__u32 zero = 0;
+	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	if (!act)
+		return 0;
+	return begin_with(act);
 }
 
 static __always_inline struct grain_probe_hook *hook_of(struct scratch *s, __u64 slot)
@@ -979,7 +994,7 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct grain_probe_syscall *sc = bpf_map_lookup_elem(&probe_syscalls, &key);
 	if (!sc || !sc->nhooks)
 		return 0;
-	struct scratch *s = begin();
+	struct scratch *s = begin_with(act);
 	if (!s)
 		return 0;
 	s->syscall = nr;

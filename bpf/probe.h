@@ -98,6 +98,7 @@
 struct grain_probe_active {
 	__u32 generation;
 	__u32 agent_tgid; /* grain's own process: never observed */
+	__u64 wake_at;    /* ring buffer bytes pending that wake the reader */
 };
 
 struct grain_probe_arg {
@@ -189,6 +190,7 @@ struct grain_probe_counter {
 	__u64 events_limited; /* events over the rule's rate limit */
 	__u64 signals;
 	__u64 count_errors;  /* count keys that did not fit the count map */
+	__u64 sum;           /* count without labels: the sum, kept here */
 };
 
 struct grain_probe_rate {

@@ -17,6 +17,7 @@ type probeGrainProbeActive struct {
 	_          structs.HostLayout
 	Generation uint32
 	AgentTgid  uint32
+	WakeAt     uint64
 }
 
 type probeGrainProbeArg struct {
@@ -52,6 +53,7 @@ type probeGrainProbeCounter struct {
 	EventsLimited uint64
 	Signals       uint64
 	CountErrors   uint64
+	Sum           uint64
 }
 
 type probeGrainProbeFilter struct {
@@ -160,6 +162,7 @@ type probeScratch struct {
 	Ppid        uint32
 	Hook        uint32
 	Syscall     uint64
+	WakeAt      uint64
 	PwDentry    uint64
 	PwVfsmnt    uint64
 	PwPos       uint32

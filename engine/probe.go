@@ -29,6 +29,9 @@ type ProbeOptions struct {
 	// CgroupRoot is the cgroup v2 mount that cgroup paths are relative to;
 	// empty: found in /proc/self/mountinfo (usually /sys/fs/cgroup).
 	CgroupRoot string
+	// ObserveSelf lets the hooks see grain's own process too, which they
+	// otherwise skip in the kernel (benchmarks run their load in-process).
+	ObserveSelf bool
 }
 
 // Probes owns the generic probe programs, their maps and their
@@ -58,6 +61,7 @@ type Probes struct {
 	countTotals map[string]*CountSample
 
 	cgroupRoot        string
+	agent             uint32 // tgid the programs skip
 	grace, graceInner *ebpf.Map
 }
 
@@ -88,8 +92,8 @@ type ProbeAttachment struct {
 	Syscalls []string `json:"syscalls,omitempty"`
 	// Mechanism is what the kernel runs: "kprobe", "kretprobe", "fentry",
 	// "fexit", "tracepoint" or "raw_tracepoint" (syscalls).
-	Mechanism string `json:"mechanism"`
-	Cookie    int    `json:"cookie"`
+	Mechanism string   `json:"mechanism"`
+	Cookie    int      `json:"cookie"`
 	Policies  []string `json:"policies"`
 }
 
@@ -106,7 +110,10 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 	}
 	e := &Probes{log: log, p: p, feats: bpf.DetectProbeFeatures(), hooks: map[string]*probeAttachment{},
 		byEpoch: map[uint32][]codegen.ProbeRule{}, ruleTotals: map[string]ProbeRuleCounter{},
-		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot}
+		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
+	if opts.ObserveSelf {
+		e.agent = 0 // the idle task's, which runs no hooked code
+	}
 	if e.feats.AttachCookie != nil {
 		p.Close()
 		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", e.feats.AttachCookie)
@@ -119,11 +126,17 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 		e.Close()
 		return nil, fmt.Errorf("create grace-period map (needs map-in-map support): %w", err)
 	}
-	if err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: 0, AgentTgid: uint32(os.Getpid())}); err != nil {
+	if err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: 0, AgentTgid: e.agent, WakeAt: e.wakeAt()}); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("write the probe programs' active generation: %w", err)
 	}
 	return e, nil
+}
+
+// wakeAt is how many pending ring-buffer bytes wake the event reader: an
+// eighth of the ring (the reader polls otherwise, see readPollInterval).
+func (e *Probes) wakeAt() uint64 {
+	return uint64(e.p.Maps().Events.MaxEntries()) / 8
 }
 
 // Features reports the kernel hooks this kernel offers.
@@ -885,7 +898,7 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 	e.byEpoch[epoch] = pp.Rules
 	delete(e.byEpoch, (epoch-keptEpochs)&probeMaxEpoch)
 	e.namesMu.Unlock()
-	if err := m.Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: uint32(os.Getpid())}); err != nil {
+	if err := m.Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: e.agent, WakeAt: e.wakeAt()}); err != nil {
 		return fmt.Errorf("activate probe generation %d: %w", next, err)
 	}
 	e.active, e.epoch = next, epoch

@@ -159,6 +159,32 @@ func (e *Probes) epochInMaps(epoch uint32) bool {
 	return false
 }
 
+// totalSamples returns the counts of the rules of generation gen that
+// count without labels: the kernel keeps them in the rules' counters.
+func (e *Probes) totalSamples(gen uint32) (map[string]*CountSample, error) {
+	out := map[string]*CountSample{}
+	g := e.written[gen]
+	if g == nil {
+		return out, nil
+	}
+	var perCPU []bpf.ProbeCounter
+	for i, r := range g.rules {
+		if r.Count == nil || len(r.Count.Labels) > 0 {
+			continue
+		}
+		if err := e.p.Maps().Counters.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("read probe counters: %w", err)
+		}
+		s := &CountSample{Metric: r.Count.Metric, Policy: r.Policy, IsSum: r.Count.Sum != ""}
+		for _, v := range perCPU {
+			s.Calls += v.Hits
+			s.Sum += v.Sum
+		}
+		addSamples(out, map[string]*CountSample{s.key(): s})
+	}
+	return out, nil
+}
+
 // harvest folds generation gen's counters and counts into the totals
 // before gen is rewritten (after a grace period, so they are final).
 func (e *Probes) harvest(gen uint32) error {
@@ -174,6 +200,11 @@ func (e *Probes) harvest(gen uint32) error {
 		return err
 	}
 	addSamples(e.countTotals, samples)
+	totals, err := e.totalSamples(gen)
+	if err != nil {
+		return err
+	}
+	addSamples(e.countTotals, totals)
 	return nil
 }
 
@@ -259,6 +290,13 @@ func (e *Probes) CountSnapshot() ([]CountSample, error) {
 		return nil, err
 	}
 	addSamples(sum, cur)
+	for gen := uint32(0); gen < bpf.ProbeGenerations; gen++ {
+		totals, err := e.totalSamples(gen)
+		if err != nil {
+			return nil, err
+		}
+		addSamples(sum, totals)
+	}
 	out := make([]CountSample, 0, len(sum))
 	for _, s := range sum {
 		s.Value = s.Calls
