@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,6 +32,8 @@ type Status struct {
 	ReloadsError uint64    `json:"reloads_failed"`
 	// Unjudged counts the packets the program passed without judging them.
 	Unjudged PacketStats `json:"unjudged_packets"`
+	// Hooks are the kernel hooks in force and how each is attached.
+	Hooks []ProbeAttachment `json:"hooks,omitempty"`
 }
 
 // Reloader loads a policy tree and applies it, all or nothing: load,
@@ -40,14 +43,20 @@ type Reloader struct {
 	Dir        string
 	Interfaces []string // --interface override
 	Engine     *Engine
-	Log        *slog.Logger
+	// Probes applies the kernel-hook policies. Nil when this kernel cannot
+	// run them (ProbesErr says why): a tree with such policies then fails
+	// to apply, naming the reason, and packet policies work as before.
+	Probes    *Probes
+	ProbesErr error
+	Log       *slog.Logger
 	// Pipeline, when set, gets the tree's event pipeline with every
 	// successful reload: the stages are part of the snapshot.
 	Pipeline *pipeline.Pipeline
 
-	mu     sync.Mutex
-	status Status
-	cache  policies.Cache // decoded policies reused across reloads
+	mu      sync.Mutex
+	status  Status
+	cache   policies.Cache // decoded policies reused across reloads
+	applied *codegen.Plan  // the plan in force
 }
 
 // Reload applies the tree if its content changed since the last success
@@ -94,22 +103,44 @@ func (r *Reloader) apply() error {
 	if err != nil {
 		return err
 	}
-	if len(plan.Rules) == 0 {
-		return fmt.Errorf("%s holds no packet policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
+	if len(plan.Rules) == 0 && plan.Probes == nil {
+		return fmt.Errorf("%s holds no policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
+	}
+	if plan.Probes != nil && r.Probes == nil {
+		return fmt.Errorf("kernel hook policies cannot run here: %w", r.ProbesErr)
 	}
 	stages, err := pipeline.Compile(snap.Pipeline)
 	if err != nil {
 		return err
 	}
+	// Kernel hooks first: attaching to a function the kernel lacks is the
+	// likelier failure, and it leaves both halves as they were.
+	if r.Probes != nil {
+		if err := r.Probes.Apply(plan); err != nil {
+			return err
+		}
+	}
 	if err := r.Engine.Apply(plan); err != nil {
+		if r.Probes != nil {
+			// Back to the hooks of the plan in force: all or nothing.
+			if rerr := r.Probes.Apply(r.applied); rerr != nil {
+				r.Log.Error("restoring the kernel hooks in force failed", "error", rerr)
+			}
+		}
 		return err
 	}
+	r.applied = plan
 	if r.Pipeline != nil {
 		r.Pipeline.Set(stages)
 	}
 	r.status.Rules = r.status.Rules[:0]
 	for _, rule := range plan.Rules {
 		r.status.Rules = append(r.status.Rules, rule.Policy)
+	}
+	if plan.Probes != nil {
+		for _, rule := range plan.Probes.Rules {
+			r.status.Rules = append(r.status.Rules, rule.Policy)
+		}
 	}
 	return nil
 }
@@ -122,6 +153,9 @@ func (r *Reloader) Status() Status {
 	s.Rules = append([]string(nil), s.Rules...)
 	s.Interfaces = r.Engine.Interfaces()   // links follow interface events between reloads
 	s.Unjudged, _ = r.Engine.PacketStats() // zero if the map cannot be read
+	if r.Probes != nil {
+		s.Hooks = r.Probes.Attachments()
+	}
 	return s
 }
 
@@ -154,4 +188,21 @@ func (r *Reloader) ServeStatus(path string) (net.Listener, error) {
 		}
 	}()
 	return ln, nil
+}
+
+// CountMetrics names the in-kernel count metrics of the plan in force.
+func (r *Reloader) CountMetrics() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.applied == nil || r.applied.Probes == nil {
+		return nil
+	}
+	var names []string
+	for _, rule := range r.applied.Probes.Rules {
+		if rule.Count != nil && !slices.Contains(names, rule.Count.Metric) {
+			names = append(names, rule.Count.Metric)
+		}
+	}
+	slices.Sort(names)
+	return names
 }

@@ -341,8 +341,20 @@ func fieldKey(k string) attribute.Key {
 		return AttrVerdict
 	case "host":
 		return semconv.HostNameKey
-	case "pid":
+	case "tgid":
+		// The kernel's tgid is what people call the process id; its pid
+		// names one thread.
 		return semconv.ProcessPIDKey
+	case "pid":
+		return semconv.ThreadIDKey
+	case "ppid":
+		return semconv.ProcessParentPIDKey
+	case "uid":
+		return semconv.ProcessRealUserIDKey
+	case "gid":
+		return attribute.Key("process.real_group.id")
+	case "exe":
+		return semconv.ProcessExecutablePathKey
 	case "comm":
 		return semconv.ProcessExecutableNameKey
 	case "container":

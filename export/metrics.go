@@ -45,6 +45,9 @@ type MetricsConfig struct {
 	// Pipeline reads the event pipeline's counts, normally
 	// (*pipeline.Pipeline).Stats. Nil exports no pipeline metrics.
 	Pipeline func() pipeline.Stats
+	// Probes reads the counters and counts of kernel-hook policies;
+	// zero: none are exported.
+	Probes ProbeMetricsConfig
 }
 
 // Metrics exports grain's counters as OpenTelemetry metrics. The values
@@ -52,6 +55,7 @@ type MetricsConfig struct {
 // between exports.
 type Metrics struct {
 	provider *sdkmetric.MeterProvider
+	probes   *probeMetrics
 }
 
 // NewMetrics starts exporting. Every instrument is observable and read in
@@ -77,11 +81,23 @@ func NewMetrics(ctx context.Context, cfg MetricsConfig) (*Metrics, error) {
 		sdkmetric.WithResource(res),
 		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, readerOpts...)),
 	)
-	if err := register(provider.Meter(instrumentationScope), cfg); err != nil {
+	m := &Metrics{provider: provider}
+	if err := m.register(cfg); err != nil {
 		provider.Shutdown(ctx)
 		return nil, err
 	}
-	return &Metrics{provider: provider}, nil
+	return m, nil
+}
+
+// register creates every instrument of cfg on m's provider.
+func (m *Metrics) register(cfg MetricsConfig) error {
+	meter := m.provider.Meter(instrumentationScope)
+	if err := register(meter, cfg); err != nil {
+		return err
+	}
+	pm, err := registerProbes(meter, cfg.Probes)
+	m.probes = pm
+	return err
 }
 
 func newMetricExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, error) {
@@ -223,5 +239,8 @@ func (m *Metrics) ForceFlush(ctx context.Context) error {
 // Shutdown collects and exports a final time, then stops the exporter.
 // Metrics cannot be used afterwards.
 func (m *Metrics) Shutdown(ctx context.Context) error {
+	if m.probes != nil {
+		m.probes.close()
+	}
 	return m.provider.Shutdown(ctx)
 }

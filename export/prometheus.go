@@ -27,9 +27,10 @@ func NewPrometheus(ctx context.Context, cfg MetricsConfig) (*Metrics, http.Handl
 		return nil, nil, err
 	}
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(reader))
-	if err := register(provider.Meter(instrumentationScope), cfg); err != nil {
+	m := &Metrics{provider: provider}
+	if err := m.register(cfg); err != nil {
 		provider.Shutdown(ctx)
 		return nil, nil, err
 	}
-	return &Metrics{provider: provider}, promhttp.HandlerFor(registry, promhttp.HandlerOpts{}), nil
+	return m, promhttp.HandlerFor(registry, promhttp.HandlerOpts{}), nil
 }

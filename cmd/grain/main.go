@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -246,13 +247,29 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer watcher.Close()
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Log: log, Pipeline: pipe}
+	// Kernel hooks (kprobe, tracepoint, syscall policies). A kernel that
+	// cannot run them still enforces packet policies; a tree that has
+	// kernel hooks then fails to apply, saying why.
+	probes, probesErr := engine.NewProbes(engine.ProbeOptions{Logger: log})
+	if probesErr != nil {
+		log.Warn("kernel hook policies unavailable", "error", probesErr)
+	}
+	closeProbes := func() {
+		if probes != nil {
+			probes.Close()
+		}
+	}
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Probes: probes, ProbesErr: probesErr,
+		Log: log, Pipeline: pipe}
 	if err := reloader.Reload(true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
+		closeProbes()
 		abandon()
 		return 1
 	}
 	exit := func() {
+		// Kernel hooks live as long as grain: their links are not pinned.
+		closeProbes()
 		if *keep {
 			eng.Release()
 		} else {
@@ -261,6 +278,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	defer exit()
+	var probeMetrics export.ProbeMetricsConfig
+	if probes != nil {
+		probeMetrics = export.ProbeMetricsConfig{Counters: probes.Counters, Counts: probes.CountSnapshot, MetricNames: reloader.CountMetrics}
+	}
 
 	if ln, err := reloader.ServeStatus(*socket); err != nil {
 		log.Warn("no status socket", "error", err)
@@ -289,7 +310,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	if otlp {
 		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: otlpCfg, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats})
+			Pipeline: pipe.Stats, Probes: probeMetrics})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
 			return 1
@@ -306,7 +327,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *metricsAddr != "" {
 		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
 			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats})
+			Pipeline: pipe.Stats, Probes: probeMetrics})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
 			return 1
@@ -328,8 +349,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	pipeCtx, stopPipe := context.WithCancel(context.Background())
 	go pipe.Run(pipeCtx)
 	go func() {
-		// The reader stops with ctx; the pipeline then drains its queue.
-		err := eng.ReadEvents(ctx, pipe.Producer())
+		// The readers stop with ctx; the pipeline then drains its queue.
+		probeErr := make(chan error, 1)
+		go func() {
+			if probes == nil {
+				probeErr <- nil
+				return
+			}
+			probeErr <- probes.ReadEvents(ctx, pipe.Producer())
+		}()
+		err := errors.Join(eng.ReadEvents(ctx, pipe.Producer()), <-probeErr)
 		stopPipe()
 		<-pipe.Done()
 		streamErr <- err

@@ -1,0 +1,188 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/grain-ebpf/grain/engine"
+)
+
+// ProbeMetricsConfig says where the metrics of kernel-hook policies come
+// from; every function is normally a method of the engine's Probes or
+// Reloader.
+type ProbeMetricsConfig struct {
+	// Counters reads each probe policy's cumulative counters.
+	Counters func() ([]engine.ProbeRuleCounter, error)
+	// Counts reads the in-kernel count aggregations.
+	Counts func() ([]engine.CountSample, error)
+	// MetricNames names the count metrics of the policies in force; an
+	// instrument is made for each as it appears.
+	MetricNames func() []string
+}
+
+// probeSyncInterval is how often new count metrics get their instrument:
+// a policy added by a reload is exported from the next collection after.
+const probeSyncInterval = time.Second
+
+// probeMetrics exports what kernel-hook policies count. Their count
+// metrics are named by the policies ("process.execs" is exported as
+// grain.process.execs), so instruments are made as reloads bring new
+// names; the OpenTelemetry SDK cannot make them from inside a collection.
+type probeMetrics struct {
+	meter metric.Meter
+	cfg   ProbeMetricsConfig
+
+	mu     sync.Mutex
+	counts map[string]metric.Int64ObservableCounter // by metric name
+	reg    metric.Registration
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, error) {
+	pm := &probeMetrics{meter: meter, cfg: cfg, counts: map[string]metric.Int64ObservableCounter{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	var errs []error
+	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	hits := counter("grain.probe.hits", "{call}", "Kernel calls selected by each kernel-hook policy.")
+	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+	lost := counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
+	limited := counter("grain.events.rate_limited", "{event}", "Events a kernel-hook policy's rate_limit kept in the kernel.")
+	signals := counter("grain.probe.signals", "{signal}", "Signals sent to processes by each kernel-hook policy.")
+	countErrors := counter("grain.probe.count_errors", "{call}", "Calls a count could not record because its map was full.")
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("create probe instruments: %w", err)
+	}
+	lossRingFull := AttrLossReason.String("ring_buffer_full")
+	if cfg.Counters != nil {
+		_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			counters, err := cfg.Counters()
+			if err != nil {
+				otel.Handle(fmt.Errorf("read probe counters: %w", err))
+			}
+			for _, c := range counters {
+				policy := AttrPolicy.String(c.Policy)
+				byPolicy := metric.WithAttributes(policy)
+				o.ObserveInt64(hits, toInt64(c.Hits), byPolicy)
+				o.ObserveInt64(emitted, toInt64(c.Events), byPolicy)
+				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
+				o.ObserveInt64(limited, toInt64(c.EventsLimited), byPolicy)
+				o.ObserveInt64(signals, toInt64(c.Signals), byPolicy)
+				o.ObserveInt64(countErrors, toInt64(c.CountErrors), byPolicy)
+			}
+			return nil
+		}, hits, emitted, lost, limited, signals, countErrors)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Counts == nil || cfg.MetricNames == nil {
+		close(pm.done)
+		return pm, nil
+	}
+	if err := pm.sync(); err != nil {
+		return nil, err
+	}
+	go pm.run()
+	return pm, nil
+}
+
+func (pm *probeMetrics) run() {
+	defer close(pm.done)
+	t := time.NewTicker(probeSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-pm.stop:
+			return
+		case <-t.C:
+			if err := pm.sync(); err != nil {
+				otel.Handle(err)
+			}
+		}
+	}
+}
+
+func (pm *probeMetrics) close() {
+	select {
+	case <-pm.done:
+		return
+	default:
+	}
+	close(pm.stop)
+	<-pm.done
+}
+
+// sync makes an instrument for every count metric that has none, and
+// registers one callback observing them all. Instruments of metrics no
+// longer in force stay: their totals are cumulative since grain started.
+func (pm *probeMetrics) sync() error {
+	pm.mu.Lock()
+	defer pm.mu.Unlock()
+	added := false
+	for _, name := range pm.cfg.MetricNames() {
+		if _, ok := pm.counts[name]; ok {
+			continue
+		}
+		c, err := pm.meter.Int64ObservableCounter("grain."+name,
+			metric.WithDescription("Counted in the kernel by the kernel-hook policies with count metric "+name+"."))
+		if err != nil {
+			return fmt.Errorf("create instrument for count metric %s: %w", name, err)
+		}
+		pm.counts[name] = c
+		added = true
+	}
+	if !added {
+		return nil
+	}
+	var insts []metric.Observable
+	for _, c := range pm.counts {
+		insts = append(insts, c)
+	}
+	reg, err := pm.meter.RegisterCallback(pm.observe, insts...)
+	if err != nil {
+		return err
+	}
+	if pm.reg != nil {
+		pm.reg.Unregister()
+	}
+	pm.reg = reg
+	return nil
+}
+
+// observe reports every aggregation, labels as attributes named by
+// OpenTelemetry's semantic conventions where one fits.
+func (pm *probeMetrics) observe(_ context.Context, o metric.Observer) error {
+	samples, err := pm.cfg.Counts()
+	if err != nil {
+		otel.Handle(fmt.Errorf("read probe counts: %w", err))
+		return nil
+	}
+	pm.mu.Lock()
+	defer pm.mu.Unlock()
+	attrs := make([]attribute.KeyValue, 0, 8)
+	for _, s := range samples {
+		c, ok := pm.counts[s.Metric]
+		if !ok {
+			continue // made at the next sync
+		}
+		attrs = append(attrs[:0], AttrPolicy.String(s.Policy))
+		for _, l := range s.Labels {
+			attrs = append(attrs, fieldKey(l.Name).String(l.Value))
+		}
+		o.ObserveInt64(c, toInt64(s.Value), metric.WithAttributeSet(attribute.NewSet(slices.Clone(attrs)...)))
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package export
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/grain-ebpf/grain/engine"
+)
+
+// Count metrics are named by the policies: one that a reload brings gets
+// its instrument, and its samples are exported with their labels as
+// semantic-convention attributes. The probe counters are exported per
+// policy.
+func TestProbeMetricsFollowReloads(t *testing.T) {
+	var mu sync.Mutex
+	names := []string{"process.execs"}
+	samples := []engine.CountSample{
+		{Metric: "process.execs", Policy: "execs", Labels: []engine.Label{{Name: "comm", Value: "curl"}, {Name: "uid", Value: "0"}}, Calls: 3, Value: 3},
+	}
+	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{Probes: ProbeMetricsConfig{
+		Counters: func() ([]engine.ProbeRuleCounter, error) {
+			return []engine.ProbeRuleCounter{{Policy: "execs", Hits: 3, Events: 2, EventsLost: 1, Signals: 0}}, nil
+		},
+		Counts: func() ([]engine.CountSample, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]engine.CountSample(nil), samples...), nil
+		},
+		MetricNames: func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]string(nil), names...)
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Shutdown(context.Background())
+	srv := httptest.NewServer(handler)
+	defer srv.Close()
+	scrape := func() string {
+		resp, err := srv.Client().Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	body := scrape()
+	for _, want := range []string{
+		`grain_process_execs_total{grain_policy="execs",otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version="",process_executable_name="curl",process_real_user_id="0"} 3`,
+		`grain_probe_hits_total{grain_policy="execs"`,
+		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="execs"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s:\n%s", want, body)
+		}
+	}
+
+	// A reload brings a new count metric.
+	mu.Lock()
+	names = append(names, "tcp.bytes_sent")
+	samples = append(samples, engine.CountSample{Metric: "tcp.bytes_sent", Policy: "tcp_bytes", IsSum: true,
+		Labels: []engine.Label{{Name: "daddr", Value: "10.0.0.1"}, {Name: "dport", Value: "80"}}, Calls: 2, Sum: 1500, Value: 1500})
+	mu.Unlock()
+	want := `grain_tcp_bytes_sent_total{destination_address="10.0.0.1",destination_port="80",grain_policy="tcp_bytes"`
+	deadline := time.Now().Add(5 * probeSyncInterval)
+	for body = scrape(); !strings.Contains(body, want); body = scrape() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new count metric was not exported within %v:\n%s", 5*probeSyncInterval, body)
+		}
+		time.Sleep(probeSyncInterval / 5)
+	}
+	if !strings.Contains(body, `otel_scope_version=""} 1500`) {
+		t.Errorf("the sum metric does not export the sum 1500:\n%s", body)
+	}
+}
