@@ -32,8 +32,8 @@ type LogSinkConfig struct {
 	// ExportInterval is the longest an event waits for a batch to fill
 	// (OTEL_BLRP_SCHEDULE_DELAY; default 1s).
 	ExportInterval time.Duration
-	// ExportTimeout bounds one export attempt
-	// (OTEL_BLRP_EXPORT_TIMEOUT; default 30s).
+	// ExportTimeout bounds one export attempt (OTEL_BLRP_EXPORT_TIMEOUT,
+	// then OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT; default 10s).
 	ExportTimeout time.Duration
 	// Concurrency is the number of exports in flight at once, each over
 	// its own connection. Default 2.
@@ -70,7 +70,11 @@ func (c *LogSinkConfig) defaults() {
 		c.ExportInterval = envMillis("OTEL_BLRP_SCHEDULE_DELAY", time.Second)
 	}
 	if c.ExportTimeout <= 0 {
-		c.ExportTimeout = envMillis("OTEL_BLRP_EXPORT_TIMEOUT", 30*time.Second)
+		def := 10 * time.Second // the OTLP exporter's default
+		if v, err := strconv.Atoi(logsEnv("TIMEOUT")); err == nil && v > 0 {
+			def = time.Duration(v) * time.Millisecond
+		}
+		c.ExportTimeout = envMillis("OTEL_BLRP_EXPORT_TIMEOUT", def)
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 2
