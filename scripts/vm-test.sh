@@ -33,7 +33,7 @@
 # Output: "== guest kernel <release> (<arch>)", then every test binary's -v
 # output, then one summary line. Exit status 1 when a test failed, a package
 # ran no test, a module did not load, the kernel warned (WARNING:/BUG:), or the
-# guest crashed (an oops panics it) or timed out.
+# guest crashed (an oops or a soft lockup panics it) or timed out.
 #
 # What it needs is installed when missing (apt-get: qemu-system-x86 or
 # qemu-system-arm, cpio; dpkg --add-architecture arm64). Kernel and busybox
@@ -253,7 +253,7 @@ set +e
 timeout -k 5 "$vm_timeout" "$qemu" "${machine[@]}" -smp 2 -m 1536 \
 	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
-	-append "console=$console quiet panic=-1 oops=panic" </dev/null |
+	-append "console=$console quiet panic=-1 oops=panic softlockup_panic=1" </dev/null |
 	sed -u 's/\r//g' | tee "$log" | sed -u -n '/== guest kernel/,$ { s/^.*== guest kernel/== guest kernel/; p }'
 rc=${PIPESTATUS[0]}
 set -e
