@@ -242,6 +242,13 @@ struct {
 } probe_counts SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, GRAIN_PROBE_COUNT_ENTRIES);
+	__type(key, struct grain_probe_count_key_small);
+	__type(value, struct grain_probe_count);
+} probe_counts_small SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } probe_events SEC(".maps");
@@ -493,6 +500,22 @@ __noinline int filter_holds(struct scratch *s, struct grain_probe_hook *h, __u32
 	if (!f)
 		return 0;
 	int hit = 0;
+	if (f->op == GRAIN_PROBE_OP_COMM) {
+		need(s, HAVE_COMM);
+		__u64 c0, c1;
+		__builtin_memcpy(&c0, s->comm, 8);
+		__builtin_memcpy(&c1, s->comm + 8, 8);
+		__u32 n = f->nvals;
+		for (int i = 0; i < GRAIN_PROBE_COMM_INLINE; i++) {
+			if (i >= n)
+				break;
+			if ((c0 & f->vals[4 * i + 2]) == f->vals[4 * i] && (c1 & f->vals[4 * i + 3]) == f->vals[4 * i + 1]) {
+				hit = 1;
+				break;
+			}
+		}
+		return hit ^ f->negate;
+	}
 	if (f->op == GRAIN_PROBE_OP_TRIE) {
 		/* The key must be map memory for the lookup helper (Linux 6.1
 		 * refuses a global function's pointer argument there): look the
@@ -614,7 +637,11 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 			c->sum += sum;
 		return 0;
 	}
-	__builtin_memset(&s->ckey, 0, sizeof(s->ckey));
+	int small = r->flags & GRAIN_PROBE_R_SMALL_KEY;
+	if (small)
+		__builtin_memset(&s->ckey, 0, sizeof(struct grain_probe_count_key_small));
+	else
+		__builtin_memset(&s->ckey, 0, sizeof(s->ckey));
 	s->ckey.rule_id = r->id;
 	for (int i = 0; i < GRAIN_PROBE_MAX_LABELS; i++) {
 		if (i >= r->nlabels)
@@ -625,11 +652,13 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero); /* as in filter_holds */
 	if (!ms)
 		return 0;
-	struct grain_probe_count *v = bpf_map_lookup_elem(&probe_counts, &ms->ckey);
+	/* the small map reads the first bytes of the same key */
+	void *map = small ? (void *)&probe_counts_small : (void *)&probe_counts;
+	struct grain_probe_count *v = bpf_map_lookup_elem(map, &ms->ckey);
 	if (!v) {
 		struct grain_probe_count init = {};
-		bpf_map_update_elem(&probe_counts, &ms->ckey, &init, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&probe_counts, &ms->ckey);
+		bpf_map_update_elem(map, &ms->ckey, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(map, &ms->ckey);
 		if (!v) {
 			if (c)
 				c->count_errors++;

@@ -85,12 +85,17 @@
 #define GRAIN_PROBE_OP_RANGE 2   /* value in [vals[2i], vals[2i+1]] for some i < nvals */
 #define GRAIN_PROBE_OP_SET 3     /* value in the probe_values hash under this filter */
 #define GRAIN_PROBE_OP_TRIE 4    /* string prefix/exact or address CIDR in probe_strings */
+#define GRAIN_PROBE_OP_COMM 5    /* comm: (comm & mask) == value for some of nvals
+                                  * entries of vals {w0, w1, mask0, mask1} */
+#define GRAIN_PROBE_COMM_INLINE 2 /* comm values and prefixes held inline */
 
 /* Rule flags. */
 #define GRAIN_PROBE_R_EMIT (1 << 0)
 #define GRAIN_PROBE_R_COUNT (1 << 1)
 #define GRAIN_PROBE_R_SIGNAL (1 << 2)
 #define GRAIN_PROBE_R_SUM (1 << 3)
+#define GRAIN_PROBE_R_SMALL_KEY (1 << 4) /* labels fit SMALL_LABEL_BYTES: probe_counts_small */
+#define GRAIN_PROBE_SMALL_LABEL_BYTES 24
 
 /* Event flags. */
 #define GRAIN_PROBE_EV_TRUNCATED (1 << 0) /* a path was longer than STR_LEN or PATH_DEPTH */
@@ -196,6 +201,14 @@ struct grain_probe_counter {
 struct grain_probe_rate {
 	__u64 window; /* second (boot time) of the current window */
 	__u64 n;      /* events sent in it */
+};
+
+/* The first bytes of a count key, for rules with few label bytes: a
+ * shorter key hashes faster. */
+struct grain_probe_count_key_small {
+	__u32 rule_id;
+	__u32 _pad;
+	__u8 labels[GRAIN_PROBE_SMALL_LABEL_BYTES];
 };
 
 struct grain_probe_count_key {

@@ -45,6 +45,13 @@ type probeGrainProbeCountKey struct {
 	Labels [96]uint8
 }
 
+type probeGrainProbeCountKeySmall struct {
+	_      structs.HostLayout
+	RuleId uint32
+	Pad    uint32
+	Labels [24]uint8
+}
+
 type probeGrainProbeCounter struct {
 	_             structs.HostLayout
 	Hits          uint64
@@ -183,6 +190,7 @@ const (
 	probeMapProbeActive      = "probe_active"
 	probeMapProbeCounters    = "probe_counters"
 	probeMapProbeCounts      = "probe_counts"
+	probeMapProbeCountsSmall = "probe_counts_small"
 	probeMapProbeEvents      = "probe_events"
 	probeMapProbeFilters     = "probe_filters"
 	probeMapProbeHooks       = "probe_hooks"
@@ -254,18 +262,19 @@ type probeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeMapSpecs struct {
-	ProbeActive   *ebpf.MapSpec `ebpf:"probe_active"`
-	ProbeCounters *ebpf.MapSpec `ebpf:"probe_counters"`
-	ProbeCounts   *ebpf.MapSpec `ebpf:"probe_counts"`
-	ProbeEvents   *ebpf.MapSpec `ebpf:"probe_events"`
-	ProbeFilters  *ebpf.MapSpec `ebpf:"probe_filters"`
-	ProbeHooks    *ebpf.MapSpec `ebpf:"probe_hooks"`
-	ProbeRate     *ebpf.MapSpec `ebpf:"probe_rate"`
-	ProbeRules    *ebpf.MapSpec `ebpf:"probe_rules"`
-	ProbeScratch  *ebpf.MapSpec `ebpf:"probe_scratch"`
-	ProbeStrings  *ebpf.MapSpec `ebpf:"probe_strings"`
-	ProbeSyscalls *ebpf.MapSpec `ebpf:"probe_syscalls"`
-	ProbeValues   *ebpf.MapSpec `ebpf:"probe_values"`
+	ProbeActive      *ebpf.MapSpec `ebpf:"probe_active"`
+	ProbeCounters    *ebpf.MapSpec `ebpf:"probe_counters"`
+	ProbeCounts      *ebpf.MapSpec `ebpf:"probe_counts"`
+	ProbeCountsSmall *ebpf.MapSpec `ebpf:"probe_counts_small"`
+	ProbeEvents      *ebpf.MapSpec `ebpf:"probe_events"`
+	ProbeFilters     *ebpf.MapSpec `ebpf:"probe_filters"`
+	ProbeHooks       *ebpf.MapSpec `ebpf:"probe_hooks"`
+	ProbeRate        *ebpf.MapSpec `ebpf:"probe_rate"`
+	ProbeRules       *ebpf.MapSpec `ebpf:"probe_rules"`
+	ProbeScratch     *ebpf.MapSpec `ebpf:"probe_scratch"`
+	ProbeStrings     *ebpf.MapSpec `ebpf:"probe_strings"`
+	ProbeSyscalls    *ebpf.MapSpec `ebpf:"probe_syscalls"`
+	ProbeValues      *ebpf.MapSpec `ebpf:"probe_values"`
 }
 
 // probeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -294,18 +303,19 @@ func (o *probeObjects) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeMaps struct {
-	ProbeActive   *ebpf.Map `ebpf:"probe_active"`
-	ProbeCounters *ebpf.Map `ebpf:"probe_counters"`
-	ProbeCounts   *ebpf.Map `ebpf:"probe_counts"`
-	ProbeEvents   *ebpf.Map `ebpf:"probe_events"`
-	ProbeFilters  *ebpf.Map `ebpf:"probe_filters"`
-	ProbeHooks    *ebpf.Map `ebpf:"probe_hooks"`
-	ProbeRate     *ebpf.Map `ebpf:"probe_rate"`
-	ProbeRules    *ebpf.Map `ebpf:"probe_rules"`
-	ProbeScratch  *ebpf.Map `ebpf:"probe_scratch"`
-	ProbeStrings  *ebpf.Map `ebpf:"probe_strings"`
-	ProbeSyscalls *ebpf.Map `ebpf:"probe_syscalls"`
-	ProbeValues   *ebpf.Map `ebpf:"probe_values"`
+	ProbeActive      *ebpf.Map `ebpf:"probe_active"`
+	ProbeCounters    *ebpf.Map `ebpf:"probe_counters"`
+	ProbeCounts      *ebpf.Map `ebpf:"probe_counts"`
+	ProbeCountsSmall *ebpf.Map `ebpf:"probe_counts_small"`
+	ProbeEvents      *ebpf.Map `ebpf:"probe_events"`
+	ProbeFilters     *ebpf.Map `ebpf:"probe_filters"`
+	ProbeHooks       *ebpf.Map `ebpf:"probe_hooks"`
+	ProbeRate        *ebpf.Map `ebpf:"probe_rate"`
+	ProbeRules       *ebpf.Map `ebpf:"probe_rules"`
+	ProbeScratch     *ebpf.Map `ebpf:"probe_scratch"`
+	ProbeStrings     *ebpf.Map `ebpf:"probe_strings"`
+	ProbeSyscalls    *ebpf.Map `ebpf:"probe_syscalls"`
+	ProbeValues      *ebpf.Map `ebpf:"probe_values"`
 }
 
 func (m *probeMaps) Close() error {
@@ -313,6 +323,7 @@ func (m *probeMaps) Close() error {
 		m.ProbeActive,
 		m.ProbeCounters,
 		m.ProbeCounts,
+		m.ProbeCountsSmall,
 		m.ProbeEvents,
 		m.ProbeFilters,
 		m.ProbeHooks,

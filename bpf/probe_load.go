@@ -140,7 +140,7 @@ func (p *Probe) ReleaseTracingProgram(name, fn string) {
 // ProbeMaps are the maps of the probe programs.
 type ProbeMaps struct {
 	Active, Hooks, Syscalls, Rules, Filters, Values, Strings *ebpf.Map
-	Counters, Rate, Counts, Events                           *ebpf.Map
+	Counters, Rate, Counts, CountsSmall, Events              *ebpf.Map
 }
 
 // Maps returns the probe maps.
@@ -150,7 +150,7 @@ func (p *Probe) Maps() ProbeMaps {
 		Active: m["probe_active"], Hooks: m["probe_hooks"], Syscalls: m["probe_syscalls"],
 		Rules: m["probe_rules"], Filters: m["probe_filters"], Values: m["probe_values"],
 		Strings: m["probe_strings"], Counters: m["probe_counters"], Rate: m["probe_rate"],
-		Counts: m["probe_counts"], Events: m["probe_events"],
+		Counts: m["probe_counts"], CountsSmall: m["probe_counts_small"], Events: m["probe_events"],
 	}
 }
 
@@ -174,18 +174,19 @@ func (p *Probe) Close() error {
 
 // Map-value mirrors of probe.h, for the engine that fills the maps.
 type (
-	ProbeActive    = probeGrainProbeActive
-	ProbeArg       = probeGrainProbeArg
-	ProbeHook      = probeGrainProbeHook
-	ProbeSyscall   = probeGrainProbeSyscall
-	ProbeSelector  = probeGrainProbeSelector
-	ProbeLabel     = probeGrainProbeLabel
-	ProbeRule      = probeGrainProbeRule
-	ProbeFilter    = probeGrainProbeFilter
-	ProbeValueKey  = probeGrainProbeValueKey
-	ProbeStringKey = probeGrainProbeStringKey
-	ProbeCounter   = probeGrainProbeCounter
-	ProbeRate      = probeGrainProbeRate
-	ProbeCountKey  = probeGrainProbeCountKey
-	ProbeCount     = probeGrainProbeCount
+	ProbeActive        = probeGrainProbeActive
+	ProbeArg           = probeGrainProbeArg
+	ProbeHook          = probeGrainProbeHook
+	ProbeSyscall       = probeGrainProbeSyscall
+	ProbeSelector      = probeGrainProbeSelector
+	ProbeLabel         = probeGrainProbeLabel
+	ProbeRule          = probeGrainProbeRule
+	ProbeFilter        = probeGrainProbeFilter
+	ProbeValueKey      = probeGrainProbeValueKey
+	ProbeStringKey     = probeGrainProbeStringKey
+	ProbeCounter       = probeGrainProbeCounter
+	ProbeRate          = probeGrainProbeRate
+	ProbeCountKey      = probeGrainProbeCountKey
+	ProbeCountKeySmall = probeGrainProbeCountKeySmall
+	ProbeCount         = probeGrainProbeCount
 )

@@ -86,8 +86,10 @@ type ProbeSelector struct {
 
 // ProbeFilter is one condition as the kernel evaluates it. Op is "in"
 // (Ints, held in the filter), "set" (Ints, in a hash map: more than
-// bpf.ProbeMaxInline values), "range" (Ranges), "trie" (exact Strings,
-// Prefixes or CIDRs in the LPM trie) or "cgroup" (Cgroups paths: the engine
+// bpf.ProbeMaxInline values), "range" (Ranges), "comm" (up to
+// bpf.ProbeCommInline exact Strings or Prefixes of comm, compared in the
+// filter), "trie" (exact Strings, Prefixes or CIDRs in the LPM trie) or
+// "cgroup" (Cgroups paths: the engine
 // resolves them to ids and uses "in" or "set"). Negate inverts it (ne,
 // notin).
 type ProbeFilter struct {
@@ -425,6 +427,9 @@ func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (P
 			pf.Prefixes = sortedSet(f.Strings)
 		} else {
 			pf.Strings = sortedSet(f.Strings)
+		}
+		if r.Kind == "comm" && len(f.Strings) <= bpf.ProbeCommInline {
+			pf.Op = "comm" // masked compares in the filter, no trie lookup
 		}
 	default: // integers
 		switch f.Op {

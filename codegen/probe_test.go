@@ -76,7 +76,7 @@ x: {
 	for _, f := range plan.Probes.Rules[0].Selectors[0].Filters {
 		got[f.Field] = f.Op
 	}
-	want := map[string]string{"uid": "set", "pid": "in", "comm": "trie", "cgroup": "cgroup", "daddr": "trie", "dport": "range"}
+	want := map[string]string{"uid": "set", "pid": "in", "comm": "comm", "cgroup": "cgroup", "daddr": "trie", "dport": "range"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("ops %v, want %v", got, want)
 	}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -747,6 +748,25 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 					}
 				case "trie":
 					kf.Op = bpf.ProbeOpTrie
+				case "comm":
+					kf.Op = bpf.ProbeOpComm
+					entries := append(slices.Clone(f.Strings), f.Prefixes...)
+					kf.Nvals = uint8(len(entries))
+					for j, v := range entries {
+						var val, mask [16]byte
+						n := len(v)
+						if j < len(f.Strings) {
+							n++ // an exact name: its NUL too
+						}
+						copy(val[:], v)
+						for k := 0; k < n && k < 16; k++ {
+							mask[k] = 0xff
+						}
+						kf.Vals[4*j] = binary.LittleEndian.Uint64(val[:8])
+						kf.Vals[4*j+1] = binary.LittleEndian.Uint64(val[8:])
+						kf.Vals[4*j+2] = binary.LittleEndian.Uint64(mask[:8])
+						kf.Vals[4*j+3] = binary.LittleEndian.Uint64(mask[8:])
+					}
 				default:
 					return fmt.Errorf("policy %s: unknown filter operation %q", r.Policy, f.Op)
 				}
@@ -766,8 +786,13 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 		if r.Count != nil {
 			kr.Flags |= bpf.ProbeRCount
 			kr.Nlabels = uint8(len(r.Count.Labels))
+			end := 0
 			for j, l := range r.Count.Labels {
 				kr.Labels[j] = bpf.ProbeLabel{Field: filterKinds[l.Kind], Arg: uint8(l.Slot), Sub: partCodes[l.Part], Offset: uint8(l.Offset), Size: uint8(l.Size)}
+				end = max(end, l.Offset+l.Size)
+			}
+			if end <= bpf.ProbeSmallLabelBytes {
+				kr.Flags |= bpf.ProbeRSmallKey
 			}
 			if r.Count.Sum != "" {
 				kr.Flags |= bpf.ProbeRSum

@@ -97,48 +97,68 @@ func (e *Probes) generationRuleCounters(gen uint32, into map[string]ProbeRuleCou
 // generations still in the maps; with harvestEpoch set, the entries of
 // that epoch are folded into the totals and deleted instead.
 func (e *Probes) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
-	m := e.p.Maps().Counts
 	out := map[string]*CountSample{}
+	maps := e.p.Maps()
+	// Rules whose labels fit in few bytes count in the small-key map.
+	var small bpf.ProbeCountKeySmall
 	var key bpf.ProbeCountKey
 	var perCPU []bpf.ProbeCount
+	var staleSmall []bpf.ProbeCountKeySmall
+	it := maps.CountsSmall.Iterate()
+	for it.Next(&small, &perCPU) {
+		key = bpf.ProbeCountKey{RuleId: small.RuleId}
+		copy(key.Labels[:], small.Labels[:])
+		if e.addCount(out, harvestEpoch, &key, perCPU) {
+			staleSmall = append(staleSmall, small)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read probe counts: %w", err)
+	}
 	var stale []bpf.ProbeCountKey
-	it := m.Iterate()
+	it = maps.Counts.Iterate()
 	for it.Next(&key, &perCPU) {
-		epoch := key.RuleId >> probeIndexBits
-		if harvestEpoch != nil && epoch != *harvestEpoch {
-			continue
-		}
-		rules := e.rulesOfEpoch(epoch)
-		index := int(key.RuleId & (1<<probeIndexBits - 1))
-		if rules == nil || index >= len(rules) || rules[index].Count == nil {
-			if harvestEpoch == nil && !e.epochInMaps(epoch) {
-				stale = append(stale, key) // of a rule set long gone
-			}
-			continue
-		}
-		s := decodeCountKey(rules[index], &key)
-		for _, v := range perCPU {
-			s.Calls += v.Calls
-			s.Sum += v.Sum
-		}
-		k := s.key()
-		if t, ok := out[k]; ok {
-			t.Calls += s.Calls
-			t.Sum += s.Sum
-		} else {
-			out[k] = s
-		}
-		if harvestEpoch != nil {
+		if e.addCount(out, harvestEpoch, &key, perCPU) {
 			stale = append(stale, key)
 		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read probe counts: %w", err)
 	}
+	for _, k := range staleSmall {
+		maps.CountsSmall.Delete(k)
+	}
 	for _, k := range stale {
-		m.Delete(k)
+		maps.Counts.Delete(k)
 	}
 	return out, nil
+}
+
+// addCount adds one count entry to out; it reports whether the entry is to
+// be deleted (harvested, or of a rule set long gone).
+func (e *Probes) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.ProbeCountKey, perCPU []bpf.ProbeCount) bool {
+	epoch := key.RuleId >> probeIndexBits
+	if harvestEpoch != nil && epoch != *harvestEpoch {
+		return false
+	}
+	rules := e.rulesOfEpoch(epoch)
+	index := int(key.RuleId & (1<<probeIndexBits - 1))
+	if rules == nil || index >= len(rules) || rules[index].Count == nil {
+		return harvestEpoch == nil && !e.epochInMaps(epoch)
+	}
+	s := decodeCountKey(rules[index], key)
+	for _, v := range perCPU {
+		s.Calls += v.Calls
+		s.Sum += v.Sum
+	}
+	k := s.key()
+	if t, ok := out[k]; ok {
+		t.Calls += s.Calls
+		t.Sum += s.Sum
+	} else {
+		out[k] = s
+	}
+	return harvestEpoch != nil
 }
 
 func (e *Probes) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
