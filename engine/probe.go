@@ -677,6 +677,9 @@ func cgroup2Mount() string {
 const (
 	probeIndexBits = 10 // bpf.ProbeMaxRules
 	probeMaxEpoch  = 1<<(32-probeIndexBits) - 1
+	// probeKeptEpochs plans stay known to name events still queued in the
+	// ring buffer: reloads can come every few milliseconds.
+	probeKeptEpochs = 256
 )
 
 var filterKinds = map[string]uint8{
@@ -921,7 +924,7 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 	}
 	e.namesMu.Lock()
 	e.byEpoch[epoch] = pp.Rules
-	delete(e.byEpoch, (epoch-keptEpochs)&probeMaxEpoch)
+	delete(e.byEpoch, (epoch-probeKeptEpochs)&probeMaxEpoch)
 	e.namesMu.Unlock()
 	if err := m.Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: e.agent, WakeAt: e.wakeAt()}); err != nil {
 		return fmt.Errorf("activate probe generation %d: %w", next, err)

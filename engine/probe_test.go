@@ -60,6 +60,15 @@ func probeChild(args []string) int {
 			return 1
 		}
 		c.Close()
+	case "alternate": // alternate N FD1 FD2: N close calls, FD1 and FD2 in turn
+		a, b := atoi(args[2]), atoi(args[3])
+		for i := range atoi(args[1]) {
+			if i%2 == 0 {
+				syscall.Close(a)
+			} else {
+				syscall.Close(b)
+			}
+		}
 	case "wait": // wait MODE...: read a line from stdin, then run MODE
 		bufio.NewReader(os.Stdin).ReadString('\n')
 		return probeChild(args[1:])
@@ -683,4 +692,77 @@ opens: {
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// TestProbeReloadAtomic: while a child closes two fds in turn, plans that
+// select one or the other (rule 0 and filter 0 in both) are applied over
+// and over. A call that read the rule of one generation and the filter of
+// the other would give an event of policy a for fd 987702 or of b for
+// 987701: none may arrive, and no event may be lost.
+func TestProbeReloadAtomic(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{RingBufferBytes: 16 << 20})
+	plan := func(name string, fd int) *codegen.Plan {
+		return compilePolicies(t, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: %d, emit: {event: "e", fields: ["fd"]}}`, name, fd))
+	}
+	a, b := plan("a", 987701), plan("b", 987702)
+	if err := p.Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := childCmd(os.Args[0], "alternate 400000 987701 987702")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	reloads := 0
+	seen := map[string]int{}
+	var ev ProbeEvent
+	read := func(d time.Duration) {
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			r.SetDeadline(time.Now().Add(5 * time.Millisecond))
+			if err := r.Read(&ev); err != nil {
+				continue
+			}
+			seen[ev.Policy+" "+fieldStr(ev, "fd")]++
+		}
+	}
+	for running := true; running; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running = false
+		default:
+			next := a
+			if reloads%2 == 0 {
+				next = b
+			}
+			if err := p.Apply(next); err != nil {
+				t.Fatal(err)
+			}
+			reloads++
+			read(2 * time.Millisecond)
+		}
+	}
+	read(200 * time.Millisecond)
+	c, _ := p.Counters()
+	var events, lost uint64
+	for _, x := range c {
+		events += x.Events
+		lost += x.EventsLost
+	}
+	t.Logf("%d reloads during the child's calls; events %v", reloads, seen)
+	if seen["a 987702"] != 0 || seen["b 987701"] != 0 || seen["a 987701"] == 0 || seen["b 987702"] == 0 || reloads < 10 {
+		t.Fatalf("mixed rule sets or too few reloads (%d): %v", reloads, seen)
+	}
+	if lost != 0 || uint64(seen["a 987701"]+seen["b 987702"]) != events {
+		t.Fatalf("received %v, kernel sent %d, lost %d", seen, events, lost)
+	}
 }
