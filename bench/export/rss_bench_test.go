@@ -110,6 +110,7 @@ func BenchmarkRunRSS(b *testing.B) {
 		}
 		hwm := rss(b, pid, "VmHWM")
 		anon, file := rss(b, pid, "RssAnon"), rss(b, pid, "RssFile")
+		b.Logf("mappings over 1 MiB resident: %s", bigMappings(pid))
 		time.Sleep(2 * time.Second) // the last batches reach the receiver
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
@@ -153,4 +154,30 @@ func bpffs(b *testing.B) string {
 		os.Remove(mnt)
 	})
 	return filepath.Join(mnt, "grain")
+}
+
+// bigMappings lists the mappings of pid with more than 1 MiB resident.
+func bigMappings(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	var name string
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			name = "[anon]"
+			if len(f) >= 6 {
+				name = f[5]
+			}
+			continue
+		}
+		if len(f) == 3 && f[0] == "Rss:" {
+			if kb, _ := strconv.Atoi(f[1]); kb > 1024 {
+				out = append(out, fmt.Sprintf("%s %.1f MiB", filepath.Base(name), float64(kb)/1024))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }

@@ -177,7 +177,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
-	memLimit := fs.Int64("memory-limit", 28<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
+	memLimit := fs.Int64("memory-limit", 24<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
