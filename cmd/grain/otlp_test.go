@@ -213,16 +213,8 @@ func recordsFrom(r *otlptest.Receiver, sport int) int {
 // and returns the grain_events_* series without their otel_scope labels.
 func scrape(t *testing.T, ns, addr string) map[string]float64 {
 	t.Helper()
-	conn, err := netns.DialContextIn(ns)(context.Background(), "tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(conn, "GET /metrics HTTP/1.0\r\n\r\n")
-	b, _ := io.ReadAll(conn)
 	out := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(scrapeBody(t, ns, addr), "\n") {
 		if !strings.HasPrefix(l, "grain_events_") {
 			continue
 		}
@@ -241,6 +233,20 @@ func scrape(t *testing.T, ns, addr string) map[string]float64 {
 		out[name+"{"+strings.Join(labels, ",")+"}"] = v
 	}
 	return out
+}
+
+// scrapeBody reads grain's Prometheus endpoint at addr inside namespace ns.
+func scrapeBody(t *testing.T, ns, addr string) string {
+	t.Helper()
+	conn, err := netns.DialContextIn(ns)(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(conn, "GET /metrics HTTP/1.0\r\n\r\n")
+	b, _ := io.ReadAll(conn)
+	return string(b)
 }
 
 // waitFor polls cond for up to 10 s.
