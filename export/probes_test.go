@@ -2,8 +2,6 @@ package export
 
 import (
 	"context"
-	"io"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -41,17 +39,7 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Shutdown(context.Background())
-	srv := httptest.NewServer(handler)
-	defer srv.Close()
-	scrape := func() string {
-		resp, err := srv.Client().Get(srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
+	scrape := scraper(t, handler)
 	body := scrape()
 	for _, want := range []string{
 		`grain_process_execs_total{grain_policy="execs",otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version="",process_executable_name="curl",process_real_user_id="0"} 3`,

@@ -3,6 +3,7 @@ package export
 import (
 	"context"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -26,17 +27,7 @@ func TestPrometheusScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Shutdown(context.Background())
-	srv := httptest.NewServer(handler)
-	defer srv.Close()
-	scrape := func() string {
-		resp, err := srv.Client().Get(srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
+	scrape := scraper(t, handler)
 	body := scrape()
 	for _, want := range []string{
 		`grain_rule_packets_total{grain_policy="block_http"`,
@@ -54,5 +45,20 @@ func TestPrometheusScrape(t *testing.T) {
 	packets = 9
 	if body := scrape(); !strings.Contains(body, "} 9\n") {
 		t.Errorf("a second scrape does not read the counters again:\n%s", body)
+	}
+}
+
+// scraper serves handler and returns a function that scrapes it.
+func scraper(t *testing.T, handler http.Handler) func() string {
+	srv := httptest.NewServer(handler)
+	t.Cleanup(srv.Close)
+	return func() string {
+		resp, err := srv.Client().Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
 	}
 }
