@@ -421,23 +421,33 @@ func (e *Probes) resolveArgs(h codegen.ProbeHook, mechanism string) ([]bpf.Probe
 			}
 			nr, ok := bpf.SyscallNumber(runtime.GOARCH, name)
 			if !ok {
-				return nil, nil, fmt.Errorf("syscall %s does not exist on %s", name, runtime.GOARCH)
+				// open exists on amd64, not on arm64: a policy names both.
+				e.log.Info("system call does not exist on this architecture", "syscall", name, "arch", runtime.GOARCH)
+				continue
 			}
 			if nr >= bpf.ProbeSyscalls {
 				return nil, nil, fmt.Errorf("syscall %s has number %d, beyond grain's table of %d", name, nr, bpf.ProbeSyscalls)
 			}
 			syscalls = append(syscalls, nr)
 		}
+		if len(syscalls) == 0 {
+			return nil, nil, fmt.Errorf("none of the system calls %s exists on %s", strings.Join(h.Syscalls, ", "), runtime.GOARCH)
+		}
 		slices.Sort(syscalls)
 		syscalls = slices.Compact(syscalls)
-		if len(h.Syscalls) > 0 && h.Syscalls[0] != "*" {
-			if _, ordered, err := tracepointFormat("syscalls/sys_enter_" + h.Syscalls[0]); err == nil {
-				for _, f := range ordered {
-					if f.name != "__syscall_nr" && !strings.HasPrefix(f.name, "common_") {
-						widths = append(widths, f)
-					}
+		// Argument widths from the first syscall's tracepoint format that
+		// this kernel has (syscalls of one hook have alike arguments).
+		for _, name := range h.Syscalls {
+			_, ordered, err := tracepointFormat("syscalls/sys_enter_" + name)
+			if name == "*" || err != nil {
+				continue
+			}
+			for _, f := range ordered {
+				if f.name != "__syscall_nr" && !strings.HasPrefix(f.name, "common_") {
+					widths = append(widths, f)
 				}
 			}
+			break
 		}
 	case "kprobe", "kretprobe":
 		widths = functionParams(h.Target)
