@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -444,4 +445,100 @@ func scrapeProm(t *testing.T, addr string) map[string]int64 {
 		out[name+"{"+strings.Join(labels, ",")+"}"] = int64(v)
 	}
 	return out
+}
+
+// cgroup2Root finds where the cgroup v2 hierarchy is mounted.
+func cgroup2Root(t *testing.T) string {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
+			return f[1]
+		}
+	}
+	t.Skip("no cgroup v2 hierarchy mounted")
+	return ""
+}
+
+// TestCgroupEnrichmentOnKernelEvents: a process in a cgroup named as
+// Docker names a container's closes a file descriptor; grain's syscall
+// hook reports it with its pid, and the pipeline's enrichment adds the
+// cgroup path and the container id read from /proc.
+func TestCgroupEnrichmentOnKernelEvents(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs and make cgroups")
+	}
+	root := cgroup2Root(t)
+	id := strings.Repeat("c0ffee", 10) + "abcd"
+	dir := root + "/grain-test-docker-" + id + ".scope"
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(dir)
+	probes, err := engine.NewProbes(engine.ProbeOptions{})
+	if err != nil {
+		t.Skipf("kernel hooks unavailable: %v", err)
+	}
+	defer probes.Close()
+	snap, err := policies.LoadBytes("tree.cue", []byte(`
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "int", name: "fd"}]
+	match: args: fd: 987657
+	emit: {event: "close", fields: ["tgid", "fd", "comm"]}
+}
+pipeline: enrich: {cgroup: true, host: true}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probes.Apply(plan); err != nil {
+		t.Fatal(err)
+	}
+	stages, err := pipeline.Compile(snap.Pipeline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(&out)}})
+	p.Set(stages)
+	runCtx, stopRun := context.WithCancel(context.Background())
+	go p.Run(runCtx)
+	readCtx, stopRead := context.WithCancel(context.Background())
+	readErr := make(chan error, 1)
+	go func() { readErr <- probes.ReadEvents(readCtx, p.Producer()) }()
+	time.Sleep(50 * time.Millisecond)
+
+	// The child joins the cgroup, closes the descriptor, and stays a
+	// moment: enrichment reads /proc/PID/cgroup after the event.
+	child := exec.Command("bash", "-c", "echo $$ > "+dir+"/cgroup.procs && exec 987657<&- ; sleep 1")
+	if out, err := child.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && len(out.lines(t)) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopRead()
+	<-readErr
+	stopRun()
+	<-p.Done()
+	lines := out.lines(t)
+	if len(lines) != 1 {
+		t.Fatalf("%d events, want 1: %v", len(lines), lines)
+	}
+	host, _ := os.Hostname()
+	want := map[string]any{"event": "close", "fd": 987657.0, "tgid": float64(child.Process.Pid), "host": host,
+		"cgroup_path": "/grain-test-docker-" + id + ".scope", "container": id}
+	for k, v := range want {
+		if lines[0][k] != v {
+			t.Errorf("%s = %v, want %v (%v)", k, lines[0][k], v, lines[0])
+		}
+	}
 }

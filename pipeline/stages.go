@@ -239,7 +239,12 @@ func (s *Stages) apply(ev *Event, now time.Time, h *hasher) verdict {
 		ev.AppendString("host", s.host)
 	}
 	if s.cgroups != nil {
-		if pid := ev.Get("pid"); pid != nil && pid.Kind == Uint {
+		// The process: tgid (kernel hooks' process id) or pid.
+		pid := ev.Get("tgid")
+		if pid == nil || pid.Kind != Uint {
+			pid = ev.Get("pid")
+		}
+		if pid != nil && pid.Kind == Uint {
 			if cg, ok := s.cgroups.lookup(pid.Num); ok {
 				if ev.Get("cgroup_path") == nil {
 					ev.AppendString("cgroup_path", cg.path)
