@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 
 	"cuelang.org/go/cue"
 
@@ -99,7 +100,9 @@ func (l *loader) loadPipeline(file string, pos Position, raw cue.Value) {
 	v := raw.Unify(sch.LookupPath(cue.ParsePath(schema.PipelineDefinition)))
 	if err := v.Validate(cue.Concrete(true)); err != nil {
 		c := errorConverter{file: file, policy: schema.PipelineField, decl: pos, raw: raw, schema: sch}
-		l.errs = append(l.errs, c.convert(err)...)
+		for _, e := range c.convert(err) {
+			l.errs = append(l.errs, suggestPipelineField(e, sch))
+		}
 		return
 	}
 	d := pipelineDecoder{decoder: decoder{file: file, raw: raw, policy: &Policy{Name: schema.PipelineField, Pos: pos}}}
@@ -243,4 +246,40 @@ func (d *pipelineDecoder) field(e cue.Value, path string) string {
 		d.errorf(d.pos(v), path+".field", "%q cannot be filtered or rewritten: name a field of the event", s)
 	}
 	return s
+}
+
+// pipelineStructs maps a path inside the pipeline, list indices left out,
+// to the definition of the struct there.
+var pipelineStructs = map[string]string{
+	"": "#Pipeline", "filter": "#Filter", "sample": "#Sample", "rate_limit": "#RateLimit",
+	"rewrite": "#Rewrite", "rewrite.prefix": "#Prefix", "enrich": "#Enrich",
+}
+
+// suggestPipelineField adds the closest allowed name to a "field not
+// allowed" error inside the pipeline, as policies get.
+func suggestPipelineField(e Error, sch cue.Value) Error {
+	path, msg, ok := strings.Cut(e.Msg, ": ")
+	if !ok || msg != msgNotAllowed {
+		return e
+	}
+	var p fieldPath
+	for _, part := range strings.Split(strings.ReplaceAll(path, "[", ".["), ".") {
+		if part != "" && !strings.HasPrefix(part, "[") {
+			p = append(p, part)
+		}
+	}
+	if len(p) == 0 {
+		return e
+	}
+	def, ok := pipelineStructs[p[:len(p)-1].key(false)]
+	if !ok {
+		return e
+	}
+	allowed := definitionFields(sch.LookupPath(cue.ParsePath(def)))
+	if c := closest(p[len(p)-1], allowed); c != "" {
+		e.Msg = fmt.Sprintf("%s: %s; did you mean %s?", path, msgNotAllowed, c)
+	} else {
+		e.Msg = fmt.Sprintf("%s: %s; allowed fields: %s", path, msgNotAllowed, strings.Join(allowed, ", "))
+	}
+	return e
 }

@@ -59,7 +59,9 @@ pipeline: {
 // user's text, like those in policies.
 func TestPipelineErrors(t *testing.T) {
 	for _, c := range []struct{ src, want string }{
-		{`pipeline: {filtr: []}`, `tree.cue:1:12: policy pipeline: filtr: field not allowed`},
+		{`pipeline: {filtr: []}`, `tree.cue:1:12: policy pipeline: filtr: field not allowed; did you mean filter?`},
+		{"pipeline: {\n\trewrite: [{field: \"saddr\", prefix: {ipv5: 24}}]\n}", `tree.cue:2:38: policy pipeline: rewrite[0].prefix.ipv5: field not allowed; did you mean ipv4?`},
+		{"pipeline: {\n\tenrich: {xyz: true}\n}", `tree.cue:2:11: policy pipeline: enrich.xyz: field not allowed; allowed fields: host, cgroup`},
 		{"pipeline: {\n\tsample: [{one_in: 0}]\n}", `tree.cue:2:20: policy pipeline: sample[0].one_in: invalid value 0`},
 		{"pipeline: {\n\trewrite: [{field: \"saddr\", redact: true, hash: true}]\n}", `tree.cue:2:12: policy pipeline: rewrite[0]: give exactly one of rename, redact, hash, truncate and prefix (got 2)`},
 		{"pipeline: {\n\tfilter: [{field: \"saddr\", cidr: \"10.0.0.300/8\"}]\n}", `tree.cue:2:34: policy pipeline: filter[0].cidr:`},
