@@ -66,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "help", "-h", "--help":
 		if len(args) > 1 && args[1] == "policy" {
-			fmt.Fprint(stdout, schema.Source)
+			fmt.Fprint(stdout, schema.Source, "\n", schema.PipelineSource)
 			return 0
 		}
 		fmt.Fprint(stdout, usage)
