@@ -66,10 +66,33 @@ struct pt_regs {
 #error "build with -target amd64 or arm64 (bpf2go sets __TARGET_ARCH_*)"
 #endif
 
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
+struct cred {
+	struct {
+		__u32 val;
+	} uid;
+	struct {
+		__u32 val;
+	} gid;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
+	const struct cred *cred;
+	struct css_set *cgroups;
 	struct task_struct *real_parent;
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
@@ -267,22 +290,25 @@ static __always_inline void need(struct scratch *s, __u32 what)
 	__u32 missing = what & ~s->have;
 	if (!missing)
 		return;
-	if (missing & HAVE_UID)
-		s->uid_gid = bpf_get_current_uid_gid();
+	/* Process context through the task's BTF pointer: plain loads where
+	 * the helpers would each cost a call (bpf_get_current_uid_gid,
+	 * bpf_get_current_cgroup_id read the same fields). */
+	struct task_struct *t = bpf_get_current_task_btf();
+	if (missing & HAVE_UID) {
+		const struct cred *cr = t->cred;
+		s->uid_gid = (__u64)cr->gid.val << 32 | cr->uid.val;
+	}
 	if (missing & HAVE_COMM) {
-		/* Two loads through the task's BTF pointer: much cheaper than
-		 * bpf_get_current_comm (measured: ~45 ns less per call). The
-		 * kernel keeps comm NUL-terminated and zero-padded. */
-		struct task_struct *t = bpf_get_current_task_btf();
+		/* Two loads instead of bpf_get_current_comm (measured: ~45 ns
+		 * less per call). The kernel keeps comm NUL-terminated and
+		 * zero-padded. */
 		__u64 *c = (__u64 *)s->comm;
 		c[0] = *(__u64 *)&t->comm[0];
 		c[1] = *(__u64 *)&t->comm[8];
 	}
 	if (missing & HAVE_CGROUP)
-		s->cgroup = bpf_get_current_cgroup_id();
+		s->cgroup = t->cgroups->dfl_cgrp->kn->id;
 	if (missing & HAVE_PPID) {
-		/* BTF pointers: plain loads, no helper calls */
-		struct task_struct *t = bpf_get_current_task_btf();
 		s->ppid = t->real_parent->tgid;
 	}
 	s->have |= missing;
