@@ -71,6 +71,13 @@
 /* The rule's events also carry the start of the L4 payload: a
  * struct grain_event_payload instead of a struct grain_event. */
 #define GRAIN_RULE_EMIT_PAYLOAD (1 << 1)
+/* The rule has a quick word: one masked compare of eight payload bytes
+ * that every packet it matches passes (the last eight bytes of an anchored,
+ * non-negated content), checked before any content is looked up. */
+#define GRAIN_RULE_QUICK (1 << 2)
+/* The quick word is the rule's whole payload condition (its only content,
+ * anchored, at most eight bytes): no content is looked up. */
+#define GRAIN_RULE_QUICK_ONLY (1 << 3)
 
 /* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule carries at
  * most: a DNS header (12), the longest name (255) and the question's type
@@ -93,11 +100,6 @@ struct grain_bitmap {
 	__u64 nonzero; /* bit i set when w[i] != 0 */
 };
 
-struct grain_active {
-	__u32 generation;
-	__u32 _pad;
-};
-
 struct grain_gen_config {
 	__u32 nrules;
 	__u32 fields;           /* GRAIN_F_* */
@@ -107,6 +109,21 @@ struct grain_gen_config {
 	__u8 dst4_lens[33];
 	__u8 src6_lens[129];
 	__u8 dst6_lens[129];
+	__u8 _pad[4];
+	/* With up to 64 rules: word 0 of each protocol's bitmap (the protocol
+	 * field's candidates without a bitmap lookup) */
+	__u64 proto_w0[256];
+};
+
+/* The one element of the active map: which generation is in force, and
+ * each generation's config, so that one lookup per packet gives both.
+ * Userspace writes the inactive generation's config, then flips the
+ * generation; each write rewrites the rest of the value with the bytes it
+ * already holds. */
+struct grain_active {
+	__u32 generation;
+	__u32 _pad;
+	struct grain_gen_config config[GRAIN_GENERATIONS];
 };
 
 struct grain_cidr_key {
@@ -129,6 +146,13 @@ struct grain_rule {
 	__u8 _pad;
 	__u32 id;            /* stable id userspace maps to a policy name */
 	__u16 contents[GRAIN_MAX_CONTENTS_PER_RULE];
+	/* GRAIN_RULE_QUICK: the eight payload bytes ending at quick_end,
+	 * loaded as a little-endian word and masked, equal quick_pattern */
+	__u16 quick_end;
+	__u16 _pad2[3];
+	__u64 quick_mask;
+	__u64 quick_pattern;
+	__u8 _pad3[24];      /* 64 bytes: the lookup shifts instead of multiplying */
 };
 
 struct grain_content {
@@ -158,7 +182,9 @@ struct grain_counter {
 };
 
 struct grain_event {
-	__u64 boot_ns;       /* bpf_ktime_get_boot_ns */
+	/* CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns): resolution one
+	 * scheduler tick; the precise clock cost ~13 ns per event here */
+	__u64 time_ns;
 	__u32 rule_id;
 	__u32 generation;
 	__u32 ifindex;

@@ -48,6 +48,8 @@ const (
 	ActionPass         = 2
 	RuleEmit           = 1 << 0
 	RuleEmitPayload    = 1 << 1
+	RuleQuick          = 1 << 2
+	RuleQuickOnly      = 1 << 3
 	EmitPayloadBytes   = 272
 	ContentNoCase      = 1 << 0
 	ContentNegate      = 1 << 1

@@ -33,7 +33,7 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"PORT_DIR_SRC": PortDirSrc, "PORT_DIR_DST": PortDirDst,
 		"CIDR_SRC4": CIDRSrc4, "CIDR_DST4": CIDRDst4, "CIDR_SRC6": CIDRSrc6, "CIDR_DST6": CIDRDst6,
 		"ACTION_COUNT": ActionCount, "ACTION_DROP": ActionDrop, "ACTION_PASS": ActionPass,
-		"RULE_EMIT": RuleEmit, "RULE_EMIT_PAYLOAD": RuleEmitPayload, "EMIT_PAYLOAD_BYTES": EmitPayloadBytes, "CONTENT_NOCASE": ContentNoCase, "CONTENT_NEGATE": ContentNegate,
+		"RULE_EMIT": RuleEmit, "RULE_EMIT_PAYLOAD": RuleEmitPayload, "RULE_QUICK": RuleQuick, "RULE_QUICK_ONLY": RuleQuickOnly, "EMIT_PAYLOAD_BYTES": EmitPayloadBytes, "CONTENT_NOCASE": ContentNoCase, "CONTENT_NEGATE": ContentNegate,
 		"CONTENT_ANCHORED": ContentAnchored,
 		"STAT_NOT_IP":      StatNotIP, "STAT_MALFORMED": StatMalformed,
 		"STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,

@@ -53,6 +53,9 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	}
 	if opts.RingBufferBytes != 0 {
 		spec.Maps["events"].MaxEntries = opts.RingBufferBytes
+		if err := spec.Variables["ring_wake_bytes"].Set(opts.RingBufferBytes / 8); err != nil {
+			return nil, fmt.Errorf("set ring_wake_bytes: %w", err)
+		}
 	}
 	var collOpts *ebpf.CollectionOptions
 	if opts.PinPath != "" {
@@ -94,7 +97,7 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 func (x *XDP) Unpin() error {
 	m := x.Maps()
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Active, m.GenConfig, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
+	for _, mp := range []*ebpf.Map{m.Active, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
 		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events} {
 		if mp.IsPinned() {
 			errs = append(errs, mp.Unpin())
@@ -175,15 +178,15 @@ type (
 
 // XDPMaps are the maps of the generic XDP program.
 type XDPMaps struct {
-	Active, GenConfig, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
-	Rules, Contents, RuleCounters, Stats, Events                   *ebpf.Map
+	Active, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
+	Rules, Contents, RuleCounters, Stats, Events        *ebpf.Map
 }
 
 // Maps returns the program's maps.
 func (x *XDP) Maps() XDPMaps {
 	m := x.objs.xdpMaps
 	return XDPMaps{
-		Active: m.Active, GenConfig: m.GenConfig, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
+		Active: m.Active, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
 		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
 		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events,
 	}

@@ -102,8 +102,8 @@ struct ports_ {
 struct pkt_meta {
 	__u32 payload_off;
 	__u32 payload_end;
-	__u32 ifindex;
 	__u32 len;
+	__u32 _pad0;
 	__u16 sport;
 	__u16 dport;
 	__u8 family;
@@ -123,12 +123,6 @@ struct {
 	__type(value, struct grain_active);
 } active SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_GENERATIONS);
-	__type(key, __u32);
-	__type(value, struct grain_gen_config);
-} gen_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -341,13 +335,13 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
  * header, rounded up to 8 bytes. */
 #define RECORD_BYTES(size) ((((size) + 8) + 7) / 8 * 8)
 
-static __always_inline void event_fill(struct grain_event *e, const struct pkt_meta *m, __u32 gen,
-				       const struct grain_rule *r)
+static __always_inline void event_fill(struct xdp_md *ctx, struct grain_event *e, const struct pkt_meta *m,
+				       __u32 gen, const struct grain_rule *r)
 {
-	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->time_ns = bpf_ktime_get_coarse_ns();
 	e->rule_id = r->id;
 	e->generation = gen;
-	e->ifindex = m->ifindex;
+	e->ifindex = ctx->ingress_ifindex;
 	e->packet_len = m->len;
 	e->family = m->family;
 	e->protocol = m->protocol;
@@ -359,6 +353,10 @@ static __always_inline void event_fill(struct grain_event *e, const struct pkt_m
 	__builtin_memcpy(e->daddr, m->daddr, 16);
 }
 
+/* An eighth of the event ring buffer's size; the loader sets it when it
+ * resizes the ring (a constant spares a helper call per event). */
+const volatile __u32 ring_wake_bytes = (1 << 20) / 8;
+
 /* A wakeup costs the packet's CPU an interrupt (a VM exit on virtual
  * machines: microseconds), so the reader polls every few milliseconds
  * instead and is woken only when the ring crosses an eighth of its size, to
@@ -367,7 +365,7 @@ static __always_inline void event_fill(struct grain_event *e, const struct pkt_m
 static __always_inline void event_submit(void *e, __u64 record_bytes)
 {
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 wake_at = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+	__u64 wake_at = ring_wake_bytes;
 	int crossing = pending >= wake_at && pending < wake_at + record_bytes;
 	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
@@ -431,7 +429,7 @@ __noinline int emit_payload_event(struct xdp_md *ctx, struct pkt_meta *m, __u32 
 	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
-	event_fill(&e->ev, m, gen, r);
+	event_fill(ctx, &e->ev, m, gen, r);
 	e->payload_len = payload_copy(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
@@ -439,7 +437,8 @@ __noinline int emit_payload_event(struct xdp_md *ctx, struct pkt_meta *m, __u32 
 
 /* Applies one candidate rule: contents, counters, event. Returns
  * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
-static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
+static __always_inline int rule_apply_inline(struct xdp_md *ctx, void *data, void *data_end, struct pkt_meta *m,
+					     __u32 gen, __u32 index)
 {
 	if (!m || index >= GRAIN_MAX_RULES)
 		return VERDICT_CONTINUE;
@@ -449,6 +448,22 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 		return VERDICT_CONTINUE;
 
 	__u32 n = r->ncontents;
+	__u8 rflags = r->flags;
+	if (rflags & GRAIN_RULE_QUICK) {
+		/* One masked compare before any content lookup. */
+		__u32 end = m->payload_off + r->quick_end;
+		__u32 off = end - 8;
+		if (end > m->payload_end || off > MAX_FRAME_OFF) /* end < 8 wraps off */
+			return VERDICT_CONTINUE;
+		bound_offset(off);
+		__u8 *q = data + off;
+		if ((void *)(q + 8) > data_end)
+			return VERDICT_CONTINUE;
+		if ((*(__u64 *)q & r->quick_mask) != r->quick_pattern)
+			return VERDICT_CONTINUE;
+		if (rflags & GRAIN_RULE_QUICK_ONLY)
+			n = 0;
+	}
 	for (__u32 i = 0; i < GRAIN_MAX_CONTENTS_PER_RULE; i++) {
 		if (i >= n)
 			break;
@@ -468,6 +483,7 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 			return VERDICT_CONTINUE;
 	}
 
+	m->len = ctx->data_end - ctx->data; /* for the counters and the event */
 	struct grain_counter *cnt = bpf_map_lookup_elem(&rule_counters, &key);
 	if (cnt) {
 		cnt->packets++;
@@ -480,7 +496,7 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 		} else {
 			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 			if (e) {
-				event_fill(e, m, gen, r);
+				event_fill(ctx, e, m, gen, r);
 				event_submit(e, RECORD_BYTES(sizeof(*e)));
 				sent = 1;
 			}
@@ -500,7 +516,7 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, struct pkt_meta
 /* The same, as a global function: verified once for every call site. */
 __noinline int rule_apply(struct xdp_md *ctx, struct pkt_meta *m, __u32 gen, __u32 index)
 {
-	return rule_apply_inline(ctx, m, gen, index);
+	return rule_apply_inline(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end, m, gen, index);
 }
 
 static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)
@@ -526,9 +542,11 @@ static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
 __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 {
 	__u32 fallback = GRAIN_BM_AUX + GRAIN_AUX_SRC4_DEFAULT + (field & 3);
-	const struct grain_gen_config *gc = bpf_map_lookup_elem(&gen_config, &gen);
-	if (!m || !gc)
+	__u32 zero = 0;
+	const struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
+	if (!m || !act)
 		return fallback;
+	const struct grain_gen_config *gc = &act->config[gen & 1];
 	const __u8 *lens;
 	__u32 n;
 	const __u8 *addr = field == GRAIN_CIDR_SRC4 || field == GRAIN_CIDR_SRC6 ? m->saddr : m->daddr;
@@ -574,22 +592,13 @@ static __always_inline const struct grain_bitmap *port_lookup(__u32 gen, __u32 d
 	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BM_SPORT : GRAIN_BM_DPORT) + *cls);
 }
 
-/* Bit positions by the top six bits of (w & -w) * 0x03f79d71b4ca8b09. */
-static const volatile __u8 debruijn_index[64] = {
-	 0,  1, 56,  2, 57, 49, 28,  3, 61, 58, 42, 50, 38, 29, 17,  4,
-	62, 47, 59, 36, 45, 43, 51, 22, 53, 39, 33, 30, 24, 18, 12,  5,
-	63, 55, 48, 27, 60, 41, 37, 16, 46, 35, 44, 21, 52, 32, 23, 11,
-	54, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19,  9, 13,  8,  7,  6,
-};
-
-/* Lowest set bit of a non-zero word (BPF has no ctz instruction). */
+/* Lowest set bit of a non-zero word. BPF has no ctz instruction: clang
+ * expands this into a multiply by a De Bruijn constant and a lookup in a
+ * 64-byte table, branch-free, so the verifier sees one unknown index rather
+ * than 64 constants to follow one by one. */
 static __always_inline __u32 lowest_bit(__u64 w)
 {
-	/* De Bruijn: isolate the lowest bit, multiply, look the top six bits
-	 * up. Branch-free, so the verifier sees one unknown index rather than
-	 * 64 constants to follow one by one. */
-	__u32 i = ((w & -w) * 0x03f79d71b4ca8b09ULL) >> 58;
-	return debruijn_index[i & 63] & 63;
+	return __builtin_ctzll(w) & 63;
 }
 
 /* Applies the candidate rules of one bitmap word in priority order (bit i
@@ -754,27 +763,103 @@ SEC("xdp")
 int grain_xdp(struct xdp_md *ctx)
 {
 	struct pkt_meta m = {};
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 
 	int rc = parse(ctx, &m);
 	if (rc != 0) {
 		stat_inc(rc > 0 ? GRAIN_STAT_NOT_IP : GRAIN_STAT_MALFORMED);
 		return XDP_PASS;
 	}
-	m.ifindex = ctx->ingress_ifindex;
-	m.len = ctx->data_end - ctx->data;
-
 	__u32 zero = 0;
 	struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
 	if (!act)
 		return XDP_PASS;
 	__u32 gen = act->generation & 1; /* read once: the whole packet sees one generation */
-	const struct grain_gen_config *gc = bpf_map_lookup_elem(&gen_config, &gen);
-	if (!gc || gc->nrules == 0) {
+	/* Both generations' fields are loaded and the active one selected
+	 * with a mask: the loads need not wait for the generation word, and
+	 * there is no branch for the verifier to follow twice. */
+	__u64 sel = -(__u64)gen;
+	barrier_var(sel);
+	const struct grain_gen_config *c0 = &act->config[0], *c1 = &act->config[1];
+	__u32 nrules = c0->nrules ^ ((c0->nrules ^ c1->nrules) & sel);
+	__u32 fields = c0->fields ^ ((c0->fields ^ c1->fields) & sel);
+	if (nrules == 0) {
 		stat_inc(GRAIN_STAT_NO_CONFIG);
 		return XDP_PASS;
 	}
-	__u32 fields = gc->fields;
 	int v6 = m.family == 6;
+
+	/* Up to 64 rules: one word of candidates. Each field some rule
+	 * constrains ANDs its word 0 in as soon as it is looked up; no bitmap
+	 * pointers are kept, and the rules that exist (0..nrules-1) need no
+	 * lookup. */
+	if (nrules <= 64) {
+		__u64 w0;
+		const struct grain_bitmap *b;
+		if (fields & GRAIN_F_PROTO) {
+			/* holds only rules that exist */
+			__u64 p0 = c0->proto_w0[m.protocol], p1 = c1->proto_w0[m.protocol];
+			w0 = p0 ^ ((p0 ^ p1) & sel);
+		} else {
+			w0 = nrules == 64 ? ~0ULL : (1ULL << nrules) - 1;
+		}
+		if (fields & GRAIN_F_SRC) {
+			b = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_SRC6 : GRAIN_CIDR_SRC4));
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (fields & GRAIN_F_DST) {
+			b = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_DST6 : GRAIN_CIDR_DST4));
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (fields & GRAIN_F_SPORT) {
+			b = port_lookup(gen, GRAIN_PORT_DIR_SRC, m.sport, m.has_ports);
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (fields & GRAIN_F_DPORT) {
+			b = port_lookup(gen, GRAIN_PORT_DIR_DST, m.dport, m.has_ports);
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (fields & GRAIN_F_FLAGS) {
+			b = bitmap_at(gen, m.has_flags ? GRAIN_BM_FLAGS + m.tcp_flags : GRAIN_BM_AUX + GRAIN_AUX_NOT_TCP);
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (fields & GRAIN_F_IFACE) {
+			struct grain_iface_key ik = {.generation = gen, .ifindex = ctx->ingress_ifindex};
+			b = bpf_map_lookup_elem(&iface_bitmaps, &ik);
+			if (!b)
+				b = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_IFACE_DEFAULT);
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
+		if (!w0)
+			return XDP_PASS;
+		int v;
+		/* The common case, a single candidate, is applied without a
+		 * function call. */
+		if (!(w0 & (w0 - 1))) {
+			/* The first rule is the usual single candidate (one policy,
+			 * or the highest-priority one): a predictable branch spares
+			 * it the dependent multiply and table load of lowest_bit. */
+			__u32 idx = w0 == 1 ? 0 : lowest_bit(w0);
+			v = rule_apply_inline(ctx, data, data_end, &m, gen, idx);
+		}
+		else
+			v = rules_apply(ctx, &m, gen, 0, w0);
+		return v == 1 + GRAIN_ACTION_DROP ? XDP_DROP : XDP_PASS;
+	}
+
 
 	/* A field no rule constrains uses the all-rules bitmap: no branch per
 	 * field in the word loop below keeps the verifier's state count small. */
@@ -814,7 +899,7 @@ int grain_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 	}
 	if (fields & GRAIN_F_IFACE) {
-		struct grain_iface_key ik = {.generation = gen, .ifindex = m.ifindex};
+		struct grain_iface_key ik = {.generation = gen, .ifindex = ctx->ingress_ifindex};
 		bm_iface = bpf_map_lookup_elem(&iface_bitmaps, &ik);
 		if (!bm_iface)
 			bm_iface = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_IFACE_DEFAULT);
@@ -826,24 +911,8 @@ int grain_xdp(struct xdp_md *ctx)
 	 * hold a candidate in every field are visited, so a packet that matches
 	 * no rule, or one rule among thousands, costs about the same as with a
 	 * single rule. */
-	__u64 words = 1; /* up to 64 rules: one word, no summary to read */
-	if (gc->nrules > 64)
-		words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
-			bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
-	/* The common case, a single candidate among the first 64 rules, is
-	 * applied without a function call. */
-	if (words & 1) {
-		__u64 w0 = bm_proto->w[0] & bm_src->w[0] & bm_dst->w[0] & bm_sport->w[0] & bm_dport->w[0] &
-			   bm_flags->w[0] & bm_iface->w[0] & all->w[0];
-		if (w0 && !(w0 & (w0 - 1))) {
-			int v = rule_apply_inline(ctx, &m, gen, lowest_bit(w0));
-			if (v == 1 + GRAIN_ACTION_DROP)
-				return XDP_DROP;
-			if (v == 1 + GRAIN_ACTION_PASS)
-				return XDP_PASS;
-			words &= ~1ULL;
-		}
-	}
+	__u64 words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
+		      bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
 	for (__u32 j = 0; j < GRAIN_BITMAP_WORDS; j++) {
 		if (!words)
 			break;

@@ -17,6 +17,7 @@ type xdpGrainActive struct {
 	_          structs.HostLayout
 	Generation uint32
 	Pad        uint32
+	Config     [2]xdpGrainGenConfig
 }
 
 type xdpGrainBitmap struct {
@@ -64,7 +65,7 @@ type xdpGrainCounter struct {
 
 type xdpGrainEvent struct {
 	_          structs.HostLayout
-	BootNs     uint64
+	TimeNs     uint64
 	RuleId     uint32
 	Generation uint32
 	Ifindex    uint32
@@ -99,6 +100,9 @@ type xdpGrainGenConfig struct {
 	Dst4Lens [33]uint8
 	Src6Lens [129]uint8
 	Dst6Lens [129]uint8
+	Pad      [4]uint8
+	_        [4]byte
+	ProtoW0  [256]uint64
 }
 
 type xdpGrainIfaceKey struct {
@@ -108,13 +112,18 @@ type xdpGrainIfaceKey struct {
 }
 
 type xdpGrainRule struct {
-	_         structs.HostLayout
-	Action    uint8
-	Flags     uint8
-	Ncontents uint8
-	Pad       uint8
-	Id        uint32
-	Contents  [4]uint16
+	_            structs.HostLayout
+	Action       uint8
+	Flags        uint8
+	Ncontents    uint8
+	Pad          uint8
+	Id           uint32
+	Contents     [4]uint16
+	QuickEnd     uint16
+	Pad2         [3]uint16
+	QuickMask    uint64
+	QuickPattern uint64
+	Pad3         [24]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -126,13 +135,13 @@ const (
 	xdpMapCidrClass          = "cidr_class"
 	xdpMapContents           = "contents"
 	xdpMapEvents             = "events"
-	xdpMapGenConfig          = "gen_config"
 	xdpMapIfaceBitmaps       = "iface_bitmaps"
 	xdpMapPortClass          = "port_class"
 	xdpMapRuleCounters       = "rule_counters"
 	xdpMapRules              = "rules"
 	xdpMapStats              = "stats"
 	xdpProgGrainXdp          = "grain_xdp"
+	xdpVarRingWakeBytes      = "ring_wake_bytes"
 	xdpVarUnusedActive       = "unused_active"
 	xdpVarUnusedCounter      = "unused_counter"
 	xdpVarUnusedEvent        = "unused_event"
@@ -193,7 +202,6 @@ type xdpMapSpecs struct {
 	CidrClass    *ebpf.MapSpec `ebpf:"cidr_class"`
 	Contents     *ebpf.MapSpec `ebpf:"contents"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
-	GenConfig    *ebpf.MapSpec `ebpf:"gen_config"`
 	IfaceBitmaps *ebpf.MapSpec `ebpf:"iface_bitmaps"`
 	PortClass    *ebpf.MapSpec `ebpf:"port_class"`
 	RuleCounters *ebpf.MapSpec `ebpf:"rule_counters"`
@@ -205,6 +213,7 @@ type xdpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
+	RingWakeBytes      *ebpf.VariableSpec `ebpf:"ring_wake_bytes"`
 	UnusedActive       *ebpf.VariableSpec `ebpf:"unused_active"`
 	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -236,7 +245,6 @@ type xdpMaps struct {
 	CidrClass    *ebpf.Map `ebpf:"cidr_class"`
 	Contents     *ebpf.Map `ebpf:"contents"`
 	Events       *ebpf.Map `ebpf:"events"`
-	GenConfig    *ebpf.Map `ebpf:"gen_config"`
 	IfaceBitmaps *ebpf.Map `ebpf:"iface_bitmaps"`
 	PortClass    *ebpf.Map `ebpf:"port_class"`
 	RuleCounters *ebpf.Map `ebpf:"rule_counters"`
@@ -251,7 +259,6 @@ func (m *xdpMaps) Close() error {
 		m.CidrClass,
 		m.Contents,
 		m.Events,
-		m.GenConfig,
 		m.IfaceBitmaps,
 		m.PortClass,
 		m.RuleCounters,
@@ -264,6 +271,7 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
+	RingWakeBytes      *ebpf.Variable `ebpf:"ring_wake_bytes"`
 	UnusedActive       *ebpf.Variable `ebpf:"unused_active"`
 	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`

@@ -291,7 +291,12 @@ func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
 	e.byEpoch[epoch] = plan.Rules
 	delete(e.byEpoch, (epoch-keptEpochs)&maxEpoch)
 	e.namesMu.Unlock()
-	if err := maps.Active.Put(uint32(0), bpf.Active{Generation: next}); err != nil {
+	var act bpf.Active // the generations' configs are written back unchanged
+	if err := maps.Active.Lookup(uint32(0), &act); err != nil {
+		return fmt.Errorf("read active generation: %w", err)
+	}
+	act.Generation = next
+	if err := maps.Active.Put(uint32(0), act); err != nil {
 		return fmt.Errorf("activate rule generation %d: %w", next, err)
 	}
 	e.active = next

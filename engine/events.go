@@ -60,7 +60,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		rd.Close()
 	}()
 	defer pr.Flush()
-	d := eventDecoder{e: e, bootOffset: bootTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
+	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
 	var rec ringbuf.Record
 	for {
 		rd.SetDeadline(time.Now().Add(readPollInterval))
@@ -153,7 +153,7 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 		d.lastID, d.haveLast = ev.RuleId, true
 	}
 	r, ok := d.last, d.lastOK
-	out.Time = time.Unix(0, int64(ev.BootNs)+int64(d.bootOffset))
+	out.Time = time.Unix(0, int64(ev.TimeNs)+int64(d.bootOffset))
 	if !ok {
 		out.Policy = "unknown-rule-" + strconv.FormatUint(uint64(ev.RuleId), 10)
 	} else {

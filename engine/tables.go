@@ -197,6 +197,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		for i, c := range r.Contents {
 			v.Contents[i] = uint16(c)
 		}
+		setQuick(&v, r, plan.Contents)
 		key := gen*bpf.MaxRules + uint32(r.Index)
 		if err := maps.Rules.Put(key, v); err != nil {
 			return fmt.Errorf("write rule: %w", err)
@@ -209,6 +210,15 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 
 	// The generation's config comes last: it is what makes it usable.
 	cfg := bpf.GenConfig{Nrules: uint32(len(plan.Rules))}
+	if len(plan.Rules) <= 64 {
+		for k := range cfg.ProtoW0 {
+			rs, ok := protocols[k]
+			if !ok {
+				rs = t.Protocol.Default
+			}
+			cfg.ProtoW0[k] = bitmapOf(rs).W[0]
+		}
+	}
 	for _, f := range plan.Fields {
 		cfg.Fields |= fieldBits[f]
 	}
@@ -217,10 +227,37 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 	cfg.N_dst4 = uint8(copyLens(cfg.Dst4Lens[:], lens["dst4"]))
 	cfg.N_src6 = uint8(copyLens(cfg.Src6Lens[:], lens["src6"]))
 	cfg.N_dst6 = uint8(copyLens(cfg.Dst6Lens[:], lens["dst6"]))
-	if err := maps.GenConfig.Put(gen, cfg); err != nil {
+	// It shares the active map's value with the generation in force,
+	// whose bytes are written back unchanged.
+	var act bpf.Active
+	if err := maps.Active.Lookup(uint32(0), &act); err != nil {
+		return fmt.Errorf("read active generation: %w", err)
+	}
+	act.Config[gen] = cfg
+	if err := maps.Active.Put(uint32(0), act); err != nil {
 		return fmt.Errorf("write generation config: %w", err)
 	}
 	return nil
+}
+
+// setQuick gives a rule its quick word: the tail word of its first
+// anchored, non-negated content, which every packet the rule matches
+// passes; when that content is the rule's only one and at most eight bytes
+// long, the quick word is the whole condition.
+func setQuick(v *bpf.Rule, r codegen.Rule, contents []codegen.Content) {
+	for _, i := range r.Contents {
+		c := contents[i]
+		if !c.Anchored || c.Negate {
+			continue
+		}
+		v.Flags |= bpf.RuleQuick
+		v.QuickEnd = uint16(c.Offset + len(c.Pattern))
+		v.QuickPattern, v.QuickMask = tailWord(c.Pattern), tailWord(c.Mask)
+		if len(r.Contents) == 1 && len(c.Pattern) <= 8 {
+			v.Flags |= bpf.RuleQuickOnly
+		}
+		return
+	}
 }
 
 // tailWord is the last eight bytes of b as the little-endian word the XDP
