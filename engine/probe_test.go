@@ -783,3 +783,73 @@ func TestProbeReloadAtomic(t *testing.T) {
 		t.Fatalf("received %v, kernel sent %d, lost %d", seen, events, lost)
 	}
 }
+
+// TestProbeFdPathTruncated: a path deeper than the walk's bound keeps its
+// last components and is flagged.
+func TestProbeFdPathTruncated(t *testing.T) {
+	t.Run("depth", func(t *testing.T) {
+		dir := t.TempDir()
+		for i := range bpf.ProbePathDepth + 6 {
+			dir = filepath.Join(dir, fmt.Sprintf("d%d", i))
+		}
+		truncatedPath(t, dir, func(file string) string {
+			parts := strings.Split(file, "/")
+			return "/" + strings.Join(parts[len(parts)-bpf.ProbePathDepth:], "/")
+		})
+	})
+	t.Run("bytes", func(t *testing.T) {
+		dir := t.TempDir()
+		for i := range 5 {
+			dir = filepath.Join(dir, strings.Repeat(string(rune('a'+i)), 60))
+		}
+		// Components are kept while the path stays within 255 bytes.
+		truncatedPath(t, dir, func(file string) string {
+			parts := strings.Split(file, "/")
+			out := ""
+			for i := len(parts) - 1; i > 0; i-- {
+				next := "/" + parts[i] + out
+				if len(next) > bpf.ProbeStrLen-1 {
+					break
+				}
+				out = next
+			}
+			return out
+		})
+	})
+}
+
+func truncatedPath(t *testing.T, dir string, wantOf func(string) string) {
+	p := newTestProbes(t, ProbeOptions{})
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "deep.txt")
+	os.WriteFile(file, []byte("x"), 0o644)
+	comm := uniqueName("graindeep")
+	bin := uniqueChild(t, comm)
+	applyProbes(t, p, fmt.Sprintf(`
+closes: {
+	syscall: "close"
+	args: [{index: 0, type: "fd", name: "file"}]
+	match: process: comm: %q
+	emit: {event: "close", fields: ["file"]}
+}`, comm))
+	if out, err := childCmd(bin, "open "+file).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	evs := collect(t, p, 3*time.Second, func(e []ProbeEvent) bool {
+		return slices.ContainsFunc(e, func(ev ProbeEvent) bool { return strings.HasSuffix(fieldStr(ev, "file"), "deep.txt") })
+	})
+	for _, ev := range evs {
+		got := fieldStr(ev, "file")
+		if !strings.HasSuffix(got, "deep.txt") {
+			continue
+		}
+		want := wantOf(file)
+		if !ev.Truncated || got != want {
+			t.Fatalf("path %q (truncated %v), want %q truncated", got, ev.Truncated, want)
+		}
+		return
+	}
+	t.Fatalf("no event for the deep file: %+v", evs)
+}
