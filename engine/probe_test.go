@@ -853,3 +853,50 @@ closes: {
 	}
 	t.Fatalf("no event for the deep file: %+v", evs)
 }
+
+// TestProbeSockaddr: a struct sockaddr * in user memory (connect's second
+// argument), IPv4 and IPv6, filtered by CIDR and port.
+func TestProbeSockaddr(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	var addrs []string
+	for _, network := range []string{"tcp4", "tcp6"} {
+		host := map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network]
+		ln, err := net.Listen(network, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		addrs = append(addrs, ln.Addr().String())
+	}
+	port := func(a string) string { _, p, _ := net.SplitHostPort(a); return p }
+	applyProbes(t, p, fmt.Sprintf(`
+connects: {
+	syscall: "connect"
+	args: [{index: 1, type: "sockaddr", name: "addr"}]
+	match: [{daddr: "127.0.0.0/8", dport: %s}, {daddr: "::1/128", dport: %s}]
+	emit: {event: "connect", fields: ["family", "daddr", "dport", "addr"]}
+}`, port(addrs[0]), port(addrs[1])))
+	runChild(t, "connect "+addrs[0])
+	runChild(t, "connect "+addrs[1])
+	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 2 })
+	var got []string
+	for _, ev := range evs {
+		got = append(got, fmt.Sprintf("%s %s %s %s", fieldStr(ev, "family"), fieldStr(ev, "daddr"), fieldStr(ev, "dport"), fieldStr(ev, "addr")))
+	}
+	want := []string{
+		fmt.Sprintf("2 127.0.0.1 %s %s", port(addrs[0]), addrs[0]),
+		fmt.Sprintf("10 ::1 %s %s", port(addrs[1]), addrs[1]),
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
