@@ -900,3 +900,33 @@ connects: {
 		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestProbeTracepointCharArray: sched_process_fork's parent_comm is a
+// char[16] inside the record on Linux 6.1 and a __data_loc string on 6.18:
+// both read as strings, beside integer fields.
+func TestProbeTracepointCharArray(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	comm := uniqueName("grainfork")
+	bin := uniqueChild(t, comm)
+	applyProbes(t, p, fmt.Sprintf(`
+forks: {
+	tracepoint: "sched/sched_process_fork"
+	args: [{field: "parent_comm", type: "string"}, {field: "parent_pid", type: "int"}, {field: "child_pid", type: "int"}]
+	match: args: parent_comm: %q
+	emit: {event: "fork", fields: ["parent_comm", "parent_pid", "child_pid", "tgid"]}
+}`, comm))
+	// The Go runtime of the child starts threads: clones with its comm.
+	cmd := childCmd(bin, "close 0 -1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return len(e) > 0 })
+	if len(evs) == 0 {
+		t.Fatal("no fork event")
+	}
+	for _, ev := range evs {
+		if fieldStr(ev, "parent_comm") != comm || fieldStr(ev, "tgid") != strconv.Itoa(cmd.Process.Pid) || fieldStr(ev, "child_pid") == "0" {
+			t.Fatalf("event %+v (child pid %d)", ev, cmd.Process.Pid)
+		}
+	}
+}
