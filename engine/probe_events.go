@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -93,7 +94,8 @@ type probeDecoder struct {
 	lastOK     bool
 	haveLast   bool
 	comms      map[[16]byte]string
-	exes       map[uint32]string
+	exes       map[exeKey]exeEntry
+	cgroups    *pipeline.CgroupResolver
 	host       string
 	args       [bpf.ProbeMaxArgs]struct {
 		typ  uint8
@@ -103,7 +105,8 @@ type probeDecoder struct {
 
 func (e *Probes) newDecoder() *probeDecoder {
 	host, _ := os.Hostname()
-	return &probeDecoder{e: e, bootOffset: bootTimeOffset(), comms: map[[16]byte]string{}, exes: map[uint32]string{}, host: host}
+	return &probeDecoder{e: e, bootOffset: bootTimeOffset(), comms: map[[16]byte]string{}, exes: map[exeKey]exeEntry{}, host: host,
+		cgroups: pipeline.NewCgroupResolver()}
 }
 
 // probeRule names the rule an event's id refers to, if its plan is still
@@ -140,17 +143,34 @@ func (d *probeDecoder) comm(b []byte) string {
 	return s
 }
 
-func (d *probeDecoder) exe(tgid uint32) string {
-	if s, ok := d.exes[tgid]; ok {
-		return s
+// exe returns the executable of process tgid, read from /proc while the
+// process lives. It is cached by process and comm for exeCacheTTL: an exec
+// keeps the process id but changes the executable (and usually the comm).
+func (d *probeDecoder) exe(tgid uint32, comm string) string {
+	now := time.Now()
+	k := exeKey{tgid: tgid, comm: comm}
+	if e, ok := d.exes[k]; ok && now.Sub(e.at) < exeCacheTTL {
+		return e.path
 	}
 	s, _ := os.Readlink("/proc/" + strconv.FormatUint(uint64(tgid), 10) + "/exe")
 	if len(d.exes) > 4096 {
 		clear(d.exes)
 	}
-	d.exes[tgid] = s
+	d.exes[k] = exeEntry{path: s, at: now}
 	return s
 }
+
+type exeKey struct {
+	tgid uint32
+	comm string
+}
+
+type exeEntry struct {
+	path string
+	at   time.Time
+}
+
+const exeCacheTTL = 2 * time.Second
 
 // decode fills ev from one raw event; false when the event is malformed.
 func (d *probeDecoder) decode(ev *ProbeEvent, raw []byte) bool {
@@ -227,7 +247,7 @@ func (d *probeDecoder) decode(ev *ProbeEvent, raw []byte) bool {
 				pf.Str = strconv.Itoa(ev.Syscall)
 			}
 		case "exe":
-			pf.Kind, pf.Str = FieldString, d.exe(ev.TGID)
+			pf.Kind, pf.Str = FieldString, d.exe(ev.TGID, ev.Comm)
 		case "host":
 			pf.Kind, pf.Str = FieldString, d.host
 		case "container":
@@ -361,17 +381,44 @@ func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 			}
 			return fmt.Errorf("read probe events: %w", err)
 		}
-		toPipeline(pr.Next(), &ev)
+		r.d.toPipeline(pr.Next(), &ev)
 		if r.Buffered() == 0 {
 			pr.Flush()
 		}
 	}
 }
 
-func toPipeline(out *pipeline.Event, ev *ProbeEvent) {
+// contextFields are the process context every kernel-hook event carries,
+// in this order, before the fields its policy's emit asks for.
+var contextFields = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup", "cgroup_path", "container", "exe", "host"}
+
+// toPipeline copies ev into out: the process context (with the userspace
+// enrichment: cgroup path and container of the process, its executable, the
+// host), then the policy's other fields.
+func (d *probeDecoder) toPipeline(out *pipeline.Event, ev *ProbeEvent) {
 	out.Time, out.Policy, out.Name = ev.Time, ev.Policy, ev.Event
+	out.AppendUint("pid", uint64(ev.PID))
+	out.AppendUint("tgid", uint64(ev.TGID))
+	out.AppendUint("ppid", uint64(ev.PPID))
+	out.AppendUint("uid", uint64(ev.UID))
+	out.AppendUint("gid", uint64(ev.GID))
+	out.AppendString("comm", ev.Comm)
+	out.AppendUint("cgroup", ev.Cgroup)
+	if path, container, ok := d.cgroups.Lookup(uint64(ev.TGID)); ok {
+		out.AppendString("cgroup_path", path)
+		if container != "" {
+			out.AppendString("container", container)
+		}
+	}
+	if exe := d.exe(ev.TGID, ev.Comm); exe != "" {
+		out.AppendString("exe", exe)
+	}
+	out.AppendString("host", d.host)
 	for i := range ev.Fields {
 		f := &ev.Fields[i]
+		if slices.Contains(contextFields, f.Name) {
+			continue
+		}
 		switch f.Kind {
 		case FieldUint:
 			out.AppendUint(f.Name, f.Uint)

@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -531,9 +532,28 @@ closes: {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantTail := `"policy":"closes","event":"close","fd":987656,"comm":"engine.test","syscall":"close"}` + "\n"
-	if !strings.HasPrefix(line, `{"time":"`) || !strings.HasSuffix(line, wantTail) {
-		t.Fatalf("line %q, want ...%s", line, wantTail)
+	// The process context comes first, then the policy's other fields;
+	// cgroup_path and exe are read from /proc and may be gone with the
+	// child, so they are left out of the comparison.
+	host, _ := os.Hostname()
+	wantHead := `{"time":"`
+	wantTail := `,"host":"` + host + `","fd":987656,"syscall":"close"}` + "\n"
+	if !strings.HasPrefix(line, wantHead) || !strings.HasSuffix(line, wantTail) ||
+		!strings.Contains(line, `"policy":"closes","event":"close","pid":`) ||
+		!strings.Contains(line, `"uid":0,"gid":0,"comm":"engine.test","cgroup":`) {
+		t.Fatalf("line %q, want %s...\"policy\":\"closes\",\"event\":\"close\",\"pid\":...,\"uid\":0,\"gid\":0,\"comm\":\"engine.test\",\"cgroup\":...%s", line, wantHead, wantTail)
+	}
+	var ev map[string]any
+	if err := json.Unmarshal([]byte(line), &ev); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"pid", "tgid", "ppid", "cgroup"} {
+		if n, ok := ev[k].(float64); !ok || n <= 0 {
+			t.Errorf("%s = %v, want a positive number: %s", k, ev[k], line)
+		}
+	}
+	if ev["ppid"] != float64(os.Getpid()) {
+		t.Errorf("ppid %v, want this test's pid %d", ev["ppid"], os.Getpid())
 	}
 }
 

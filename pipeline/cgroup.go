@@ -94,3 +94,20 @@ func readCgroup(file string) (cgroupInfo, bool) {
 	}
 	return info, true
 }
+
+// CgroupResolver finds the cgroup path and container id of processes for
+// readers that enrich events themselves (kernel-hook events carry them as
+// process context). It caches like the enrich stage and is not safe for
+// concurrent use.
+type CgroupResolver struct{ cache *cgroupCache }
+
+func NewCgroupResolver() *CgroupResolver {
+	return &CgroupResolver{cache: newCgroupCache(procRoot)}
+}
+
+// Lookup returns the cgroup path of process pid and its container id, ""
+// when it is in none; ok is false when the process is gone.
+func (r *CgroupResolver) Lookup(pid uint64) (path, container string, ok bool) {
+	info, ok := r.cache.lookup(pid)
+	return info.path, info.container, ok
+}
