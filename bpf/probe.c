@@ -284,6 +284,17 @@ struct {
 	__type(value, struct scratch);
 } probe_scratch SEC(".maps");
 
+/* A kretprobe cannot read the function's arguments at return: the engine
+ * also attaches grain_kprobe to the entry of such a hook (same cookie),
+ * which saves them here. LRU: calls that never return (or whose return
+ * the kernel missed) age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, GRAIN_PROBE_STASH_ENTRIES);
+	__type(key, struct grain_probe_stash_key);
+	__type(value, struct grain_probe_stash);
+} probe_stash SEC(".maps");
+
 /* Process context, fetched once per call when first needed. */
 static __always_inline void need(struct scratch *s, __u32 what)
 {
@@ -994,7 +1005,7 @@ static __always_inline __u64 regs_arg(struct pt_regs *r, __u32 i)
 	return 0;
 }
 
-static __always_inline int kprobe_run(struct pt_regs *ctx)
+static __always_inline int kprobe_run(struct pt_regs *ctx, int is_ret)
 {
 	struct scratch *s = begin();
 	if (!s)
@@ -1002,26 +1013,55 @@ static __always_inline int kprobe_run(struct pt_regs *ctx)
 	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
+	struct grain_probe_stash_key sk = {.pid_tgid = s->pid_tgid, .slot = s->hook};
+	if (!is_ret && h->kind == GRAIN_PROBE_KIND_KRETPROBE) {
+		/* the entry of a kretprobe hook: save the arguments */
+		if (!h->nargs)
+			return 0;
+		struct grain_probe_stash st = {};
+		for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+			if (i >= h->nargs)
+				break;
+			struct grain_probe_arg *a = &h->args[i];
+			if (a->source == GRAIN_PROBE_SRC_ARG)
+				st.raw[i] = ext_arg(a, regs_arg(ctx, a->index));
+		}
+		bpf_map_update_elem(&probe_stash, &sk, &st, BPF_ANY);
+		return 0;
+	}
+	struct grain_probe_stash *st = 0;
+	if (is_ret && h->flags & GRAIN_PROBE_HOOK_STASH) {
+		st = bpf_map_lookup_elem(&probe_stash, &sk);
+		if (!st)
+			return 0; /* entered before the hook was attached */
+	}
 	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
 		if (i >= h->nargs)
 			break;
 		struct grain_probe_arg *a = &h->args[i];
-		__u64 x = a->source == GRAIN_PROBE_SRC_RET ? BPF_CORE_READ(ctx, RET_FIELD) : regs_arg(ctx, a->index);
-		s->raw[i] = ext_arg(a, x);
+		if (a->source == GRAIN_PROBE_SRC_RET)
+			s->raw[i] = ext_arg(a, BPF_CORE_READ(ctx, RET_FIELD));
+		else if (st)
+			s->raw[i] = st->raw[i];
+		else
+			s->raw[i] = ext_arg(a, regs_arg(ctx, a->index));
 	}
-	return hook_run(s, h);
+	int ret = hook_run(s, h);
+	if (st)
+		bpf_map_delete_elem(&probe_stash, &sk);
+	return ret;
 }
 
 SEC("kprobe")
 int grain_kprobe(struct pt_regs *ctx)
 {
-	return kprobe_run(ctx);
+	return kprobe_run(ctx, 0);
 }
 
 SEC("kretprobe")
 int grain_kretprobe(struct pt_regs *ctx)
 {
-	return kprobe_run(ctx);
+	return kprobe_run(ctx, 1);
 }
 
 static __always_inline int tracing_run(__u64 *ctx)

@@ -30,6 +30,7 @@
 #define GRAIN_PROBE_STRING_ENTRIES 16384 /* strings, prefixes, CIDRs in the trie */
 #define GRAIN_PROBE_COUNT_ENTRIES 65536 /* distinct count keys */
 #define GRAIN_PROBE_EVENT_MAX 2048      /* bytes of one event */
+#define GRAIN_PROBE_STASH_ENTRIES 16384 /* calls in flight between a kretprobe's entry and return */
 
 /* Hook kinds. */
 #define GRAIN_PROBE_KIND_KPROBE 1
@@ -121,10 +122,24 @@ struct grain_probe_hook {
 	__u8 kind;    /* GRAIN_PROBE_KIND_* */
 	__u8 nargs;
 	__u8 nrules;
-	__u8 _pad;
+	__u8 flags;   /* GRAIN_PROBE_HOOK_* */
 	__u32 _pad2;
 	struct grain_probe_arg args[GRAIN_PROBE_MAX_ARGS];
 	__u16 rules[GRAIN_PROBE_MAX_HOOK_RULES]; /* rule indices in the generation, in order */
+};
+
+/* Hook flags. */
+#define GRAIN_PROBE_HOOK_STASH (1 << 0) /* kretprobe: arguments saved at entry */
+
+/* Arguments a kretprobe hook's entry kprobe saves for its return. */
+struct grain_probe_stash_key {
+	__u64 pid_tgid;
+	__u32 slot;
+	__u32 _pad;
+};
+
+struct grain_probe_stash {
+	__u64 raw[GRAIN_PROBE_MAX_ARGS];
 };
 
 struct grain_probe_syscall {

@@ -64,6 +64,8 @@ const (
 	ProbeOpIn            = 1
 	ProbeOpRange         = 2
 	ProbeOpSet           = 3
+	ProbeHookStash       = 1 << 0
+	ProbeStashEntries    = 16384
 	ProbeOpComm          = 5
 	ProbeCommInline      = 2
 	ProbeRSmallKey       = 1 << 4

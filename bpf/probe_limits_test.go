@@ -75,6 +75,8 @@ func TestProbeLimitsMatchHeader(t *testing.T) {
 		"OP_IN":             ProbeOpIn,
 		"OP_RANGE":          ProbeOpRange,
 		"OP_SET":            ProbeOpSet,
+		"HOOK_STASH":        ProbeHookStash,
+		"STASH_ENTRIES":     ProbeStashEntries,
 		"OP_COMM":           ProbeOpComm,
 		"COMM_INLINE":       ProbeCommInline,
 		"R_SMALL_KEY":       ProbeRSmallKey,

@@ -80,7 +80,7 @@ type probeGrainProbeHook struct {
 	Kind   uint8
 	Nargs  uint8
 	Nrules uint8
-	Pad    uint8
+	Flags  uint8
 	Pad2   uint32
 	Args   [6]probeGrainProbeArg
 	Rules  [16]uint16
@@ -122,6 +122,18 @@ type probeGrainProbeSelector struct {
 	First    uint16
 	Nfilters uint8
 	Pad      uint8
+}
+
+type probeGrainProbeStash struct {
+	_   structs.HostLayout
+	Raw [6]uint64
+}
+
+type probeGrainProbeStashKey struct {
+	_       structs.HostLayout
+	PidTgid uint64
+	Slot    uint32
+	Pad     uint32
 }
 
 type probeGrainProbeStringKey struct {
@@ -197,6 +209,7 @@ const (
 	probeMapProbeRate        = "probe_rate"
 	probeMapProbeRules       = "probe_rules"
 	probeMapProbeScratch     = "probe_scratch"
+	probeMapProbeStash       = "probe_stash"
 	probeMapProbeStrings     = "probe_strings"
 	probeMapProbeSyscalls    = "probe_syscalls"
 	probeMapProbeValues      = "probe_values"
@@ -272,6 +285,7 @@ type probeMapSpecs struct {
 	ProbeRate        *ebpf.MapSpec `ebpf:"probe_rate"`
 	ProbeRules       *ebpf.MapSpec `ebpf:"probe_rules"`
 	ProbeScratch     *ebpf.MapSpec `ebpf:"probe_scratch"`
+	ProbeStash       *ebpf.MapSpec `ebpf:"probe_stash"`
 	ProbeStrings     *ebpf.MapSpec `ebpf:"probe_strings"`
 	ProbeSyscalls    *ebpf.MapSpec `ebpf:"probe_syscalls"`
 	ProbeValues      *ebpf.MapSpec `ebpf:"probe_values"`
@@ -313,6 +327,7 @@ type probeMaps struct {
 	ProbeRate        *ebpf.Map `ebpf:"probe_rate"`
 	ProbeRules       *ebpf.Map `ebpf:"probe_rules"`
 	ProbeScratch     *ebpf.Map `ebpf:"probe_scratch"`
+	ProbeStash       *ebpf.Map `ebpf:"probe_stash"`
 	ProbeStrings     *ebpf.Map `ebpf:"probe_strings"`
 	ProbeSyscalls    *ebpf.Map `ebpf:"probe_syscalls"`
 	ProbeValues      *ebpf.Map `ebpf:"probe_values"`
@@ -330,6 +345,7 @@ func (m *probeMaps) Close() error {
 		m.ProbeRate,
 		m.ProbeRules,
 		m.ProbeScratch,
+		m.ProbeStash,
 		m.ProbeStrings,
 		m.ProbeSyscalls,
 		m.ProbeValues,

@@ -185,7 +185,21 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 			if err != nil {
 				return fail(err)
 			}
-			want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: a.links, args: args, syscalls: syscalls, program: a.program}
+			links := a.links
+			if a.mechanism == "kretprobe" && stashes(args) && len(links) == 1 {
+				// Now it reads arguments: add the entry kprobe that saves them.
+				prog, err := e.p.Program(bpf.ProgKprobe)
+				if err != nil {
+					return fail(err)
+				}
+				el, err := link.Kprobe(h.Target, prog, &link.KprobeOptions{Cookie: uint64(a.slot)})
+				if err != nil {
+					return fail(fmt.Errorf("attach the entry kprobe that saves %s's arguments for its kretprobe: %w", h.Target, err))
+				}
+				links = append(slices.Clip(links), el)
+				a.links = links
+			}
+			want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
 			continue
 		}
 		slot := 0
@@ -355,10 +369,36 @@ func (e *Probes) attachFunction(a *probeAttachment, cookie uint64) error {
 		return fmt.Errorf("attach %s to %s: %w", a.mechanism, h.Target, err)
 	}
 	a.links = []link.Link{l}
+	if ret && stashes(a.args) {
+		// The registers are gone at return: a kprobe at the entry (same
+		// cookie) saves the arguments for the kretprobe.
+		entry, err := e.p.Program(bpf.ProgKprobe)
+		if err == nil {
+			var el link.Link
+			if el, err = link.Kprobe(h.Target, entry, &link.KprobeOptions{Cookie: cookie}); err == nil {
+				a.links = append(a.links, el)
+			}
+		}
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("attach the entry kprobe that saves %s's arguments for its kretprobe: %w", h.Target, err)
+		}
+	}
 	if fentryErr != nil {
 		e.log.Info("fentry unavailable, using kprobes", "function", h.Target, "reason", fentryErr.Error())
 	}
 	return nil
+}
+
+// stashes reports whether a kretprobe reads arguments: they are saved at
+// the function's entry.
+func stashes(args []bpf.ProbeArg) bool {
+	for _, a := range args {
+		if a.Source == bpf.ProbeSrcArg {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Probes) attachTracing(a *probeAttachment, cookie uint64, ret bool) error {
@@ -458,9 +498,6 @@ func (e *Probes) resolveArgs(h codegen.ProbeHook, mechanism string) ([]bpf.Probe
 		switch a.Source {
 		case "arg":
 			ka.Source = bpf.ProbeSrcArg
-			if mechanism == "kretprobe" {
-				return nil, nil, fmt.Errorf("%s %s: a kretprobe cannot read the function's arguments (its registers are gone at return); this kernel has no fexit, which could: drop the index arguments or hook the entry", h.Kind, h.Target)
-			}
 			if a.Index < len(widths) {
 				ka.Width = widths[a.Index].width
 			}
@@ -845,6 +882,9 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 		a := hooks[h.Key()]
 		kh := &kHooks[a.slot]
 		kh.Kind = kindCode(a.mechanism)
+		if a.mechanism == "kretprobe" && stashes(a.args) {
+			kh.Flags |= bpf.ProbeHookStash
+		}
 		kh.Nargs = uint8(len(a.args))
 		copy(kh.Args[:], a.args)
 		kh.Nrules = uint8(len(h.Rules))

@@ -653,8 +653,9 @@ func TestProbeAutoAttach(t *testing.T) {
 	}
 }
 
-// TestProbeKretprobeReturn: return values by kretprobe and by fexit,
-// counted.
+// TestProbeKretprobeReturn: return values by kretprobe and by fexit, with
+// an argument of the call (kretprobe: saved by a kprobe at the entry),
+// filtered, emitted and counted.
 func TestProbeKretprobeReturn(t *testing.T) {
 	for _, attach := range []string{"kprobe", "fentry"} {
 		t.Run(attach, func(t *testing.T) {
@@ -666,45 +667,38 @@ func TestProbeKretprobeReturn(t *testing.T) {
 			}
 			p := newTestProbes(t, ProbeOptions{})
 			dir := t.TempDir()
-			file := filepath.Join(dir, "x")
+			file, missing := filepath.Join(dir, "x"), filepath.Join(dir, "missing")
 			os.WriteFile(file, nil, 0o644)
-			comm := uniqueName("grainret")
-			bin := uniqueChild(t, comm)
 			applyProbes(t, p, fmt.Sprintf(`
 opens: {
 	kretprobe: "do_sys_openat2"
 	attach: %q
-	args: [{ret: true, type: "int", name: "fd"}]
-	match: process: comm: %q
+	args: [{index: 1, type: "user_string", name: "filename"}, {ret: true, type: "int", name: "fd"}]
+	match: args: filename: {prefix: %q}
+	emit: {event: "open", fields: ["filename", "fd"]}
 	count: {metric: "opens", by: ["fd"]}
-}`, attach, comm))
+}`, attach, dir+"/"))
 			want := map[string]string{"kprobe": "kretprobe", "fentry": "fexit"}[attach]
 			if got := p.Mechanism("kretprobe", "do_sys_openat2"); got != want {
 				t.Fatalf("mechanism %q, want %q", got, want)
 			}
-			// The Go runtime of a child opens files of its own: count a child
-			// that opens nothing, then one that opens x, a missing file
-			// (ENOENT) and x again; the difference is exact.
-			snapshot := func(mode string) map[string]uint64 {
-				if out, err := childCmd(bin, mode).CombinedOutput(); err != nil {
-					t.Fatalf("%v %s", err, out)
-				}
-				counts, err := p.CountSnapshot()
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := map[string]uint64{}
-				for _, c := range counts {
-					got[c.Labels[0].Value] = c.Value
-				}
-				return got
+			runChild(t, "open "+file+" "+missing+" "+file)
+			evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return len(e) > 3 })
+			var got []string
+			for _, ev := range evs {
+				got = append(got, fieldStr(ev, "filename")+" "+fieldStr(ev, "fd"))
 			}
-			before := snapshot("open")
-			after := snapshot("open " + file + " " + filepath.Join(dir, "missing") + " " + file)
-			for fd, want := range map[string]uint64{"-2": 1, "3": 2} {
-				if got := after[fd] - 2*before[fd]; got != want {
-					t.Errorf("fd %s: %d opens, want %d (baseline child %v, second child %v)", fd, got, want, before, after)
-				}
+			wantEvs := []string{file + " 3", missing + " -2", file + " 3"}
+			if !slices.Equal(got, wantEvs) {
+				t.Errorf("events %q, want %q", got, wantEvs)
+			}
+			counts, _ := p.CountSnapshot()
+			byFd := map[string]uint64{}
+			for _, c := range counts {
+				byFd[c.Labels[0].Value] = c.Value
+			}
+			if len(byFd) != 2 || byFd["3"] != 2 || byFd["-2"] != 1 {
+				t.Errorf("counts %+v, want fd 3 twice and -2 once", counts)
 			}
 		})
 	}
