@@ -14,12 +14,18 @@
  * syscall number.
  *
  * Per call: read the active generation and the hook once; fetch the raw
- * argument values (registers, function arguments, tracepoint fields); then a
- * global function (verified once) walks the hook's rules: a rule is selected
- * when one of its selectors holds, a selector when all its filters do.
- * Strings, paths and sockets are decoded only when a filter, label or event
- * needs them. Selected rules count (per-CPU hash keyed by rule + labels),
- * emit (ring buffer, rate limited) and signal. */
+ * argument values (registers, function arguments, tracepoint fields); then
+ * run each of the hook's rules with one call of a global function (verified
+ * once, which keeps the verifier's work linear): a rule is selected when one
+ * of its selectors holds, a selector when all its filters do. Common filters
+ * (integer process fields, comm) are compared inline; the others, and the
+ * actions, are global functions too. Calls are kept off the common path:
+ * each call and return costs ~10 ns on AMD hosts with return thunks.
+ * Process context is read through the task's BTF pointer (loads, not
+ * helper calls). Strings, paths and sockets are decoded only when a filter,
+ * label or event needs them. Selected rules count (per-CPU hash keyed by
+ * rule + labels, or the rule's own counter), emit (ring buffer, rate
+ * limited) and signal. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
