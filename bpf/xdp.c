@@ -197,7 +197,9 @@ static __always_inline void stat_inc(__u32 idx)
 #define HIGH_BITS 0x8080808080808080ULL
 
 /* High bit of byte k set if byte k of v may be zero (exact for the lowest
- * zero byte; candidates are verified anyway). */
+ * zero byte; candidates are verified anyway). The scan ORs the two
+ * prefilter comparisons first: a byte of the OR is zero only where both
+ * match. */
 static __always_inline __u64 zero_bytes(__u64 v)
 {
 	return (v - REPEAT8(1)) & ~v & HIGH_BITS;
@@ -299,9 +301,12 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 	__u64 b2 = REPEAT8(c->pre2_byte), m2 = REPEAT8(c->pre2_mask);
 	__u32 pos = start;
 
-	/* Eight candidate positions per step: a position survives if both
-	 * prefilter bytes match; survivors are verified in full. */
-	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 8 + 1; step++) {
+	/* Thirty-two candidate positions per step, as four words per
+	 * prefilter byte: a position survives if both prefilter bytes match;
+	 * survivors are verified in full. One bounds check per pointer covers
+	 * the four words (a constant offset from a checked packet pointer keeps
+	 * its range). */
+	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 32 + 1; step++) {
 		__u32 off = pos;
 		if (off > last || off > MAX_FRAME_OFF)
 			break;
@@ -311,9 +316,36 @@ __noinline int content_match(struct xdp_md *ctx, __u32 payload_off, __u32 payloa
 		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
 		barrier_var(q1);
 		barrier_var(q2);
+		if ((void *)(q1 + 32) > data_end || (void *)(q2 + 32) > data_end)
+			break;
+		__u64 h0 = zero_bytes(((*(__u64 *)q1 & m1) ^ b1) | ((*(__u64 *)q2 & m2) ^ b2));
+		__u64 h1 = zero_bytes(((*(__u64 *)(q1 + 8) & m1) ^ b1) | ((*(__u64 *)(q2 + 8) & m2) ^ b2));
+		__u64 h2 = zero_bytes(((*(__u64 *)(q1 + 16) & m1) ^ b1) | ((*(__u64 *)(q2 + 16) & m2) ^ b2));
+		__u64 h3 = zero_bytes(((*(__u64 *)(q1 + 24) & m1) ^ b1) | ((*(__u64 *)(q2 + 24) & m2) ^ b2));
+		if (h0 | h1 | h2 | h3) {
+			if (h0 && content_verify_hits(ctx, pos, last, h0, slot))
+				return !negate;
+			if (h1 && content_verify_hits(ctx, pos + 8, last, h1, slot))
+				return !negate;
+			if (h2 && content_verify_hits(ctx, pos + 16, last, h2, slot))
+				return !negate;
+			if (h3 && content_verify_hits(ctx, pos + 24, last, h3, slot))
+				return !negate;
+		}
+		pos += 32;
+	}
+	/* Near the end of the frame: eight positions per step. */
+	for (__u32 step = 0; step < 5; step++) {
+		__u32 off = pos;
+		if (off > last || off > MAX_FRAME_OFF)
+			break;
+		bound_offset(off);
+		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
+		barrier_var(q1);
+		barrier_var(q2);
 		if ((void *)(q1 + 8) > data_end || (void *)(q2 + 8) > data_end)
 			break;
-		__u64 hits = zero_bytes((*(__u64 *)q1 & m1) ^ b1) & zero_bytes((*(__u64 *)q2 & m2) ^ b2);
+		__u64 hits = zero_bytes(((*(__u64 *)q1 & m1) ^ b1) | ((*(__u64 *)q2 & m2) ^ b2));
 		if (hits && content_verify_hits(ctx, pos, last, hits, slot))
 			return !negate;
 		pos += 8;
