@@ -1021,17 +1021,14 @@ static __always_inline int kprobe_run(struct pt_regs *ctx, int is_ret)
 		return 0;
 	struct grain_probe_stash_key sk = {.pid_tgid = s->pid_tgid, .slot = s->hook};
 	if (!is_ret && h->kind == GRAIN_PROBE_KIND_KRETPROBE) {
-		/* the entry of a kretprobe hook: save the arguments */
+		/* the entry of a kretprobe hook: save the argument registers
+		 * (straight-line: cheaper to verify than a loop by slot) */
 		if (!h->nargs)
 			return 0;
-		struct grain_probe_stash st = {};
-		for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
-			if (i >= h->nargs)
-				break;
-			struct grain_probe_arg *a = &h->args[i];
-			if (a->source == GRAIN_PROBE_SRC_ARG)
-				st.raw[i] = ext_arg(a, regs_arg(ctx, a->index));
-		}
+		struct grain_probe_stash st = {
+			.raw = {BPF_CORE_READ(ctx, PARM0_FIELD), BPF_CORE_READ(ctx, PARM1_FIELD), BPF_CORE_READ(ctx, PARM2_FIELD),
+				BPF_CORE_READ(ctx, PARM3_FIELD), BPF_CORE_READ(ctx, PARM4_FIELD), BPF_CORE_READ(ctx, PARM5_FIELD)},
+		};
 		bpf_map_update_elem(&probe_stash, &sk, &st, BPF_ANY);
 		return 0;
 	}
@@ -1048,7 +1045,7 @@ static __always_inline int kprobe_run(struct pt_regs *ctx, int is_ret)
 		if (a->source == GRAIN_PROBE_SRC_RET)
 			s->raw[i] = ext_arg(a, BPF_CORE_READ(ctx, RET_FIELD));
 		else if (st)
-			s->raw[i] = st->raw[i];
+			s->raw[i] = ext_arg(a, st->raw[a->index < GRAIN_PROBE_MAX_ARGS ? a->index : 0]);
 		else
 			s->raw[i] = ext_arg(a, regs_arg(ctx, a->index));
 	}

@@ -139,7 +139,7 @@ struct grain_probe_stash_key {
 };
 
 struct grain_probe_stash {
-	__u64 raw[GRAIN_PROBE_MAX_ARGS];
+	__u64 raw[GRAIN_PROBE_MAX_ARGS]; /* argument registers 0-5 */
 };
 
 struct grain_probe_syscall {
