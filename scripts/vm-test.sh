@@ -253,7 +253,7 @@ set +e
 timeout -k 5 "$vm_timeout" "$qemu" "${machine[@]}" -smp 2 -m 1536 \
 	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
-	-append "console=$console quiet panic=-1 oops=panic softlockup_panic=1" </dev/null |
+	-append "console=$console quiet panic=-1 oops=panic softlockup_panic=1 watchdog_thresh=60" </dev/null |
 	sed -u 's/\r//g' | tee "$log" | sed -u -n '/== guest kernel/,$ { s/^.*== guest kernel/== guest kernel/; p }'
 rc=${PIPESTATUS[0]}
 set -e
