@@ -52,6 +52,7 @@ type Engine struct {
 	// own lock keeps events flowing while an apply holds mu.
 	namesMu sync.RWMutex
 	byEpoch map[uint32][]codegen.Rule
+	retired []retiredEpoch // in byEpoch, oldest first
 	links   map[string]xdpLink // interface name -> XDP link
 	// current is the plan last applied with its attachments (nil before
 	// the first Apply and after Close): link events re-apply it.
@@ -289,7 +290,14 @@ func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
 	e.epoch = epoch
 	e.namesMu.Lock()
 	e.byEpoch[epoch] = plan.Rules
-	delete(e.byEpoch, (epoch-keptEpochs)&maxEpoch)
+	e.retired = append(e.retired, retiredEpoch{epoch: (epoch - 1) & maxEpoch, at: time.Now()})
+	// Forget an epoch once keptEpochs newer ones exist and it was retired
+	// long enough ago for the reader to have drained its events: reloads
+	// and link changes can come milliseconds apart.
+	for len(e.retired) > keptEpochs && time.Since(e.retired[0].at) > keptEpochFor {
+		delete(e.byEpoch, e.retired[0].epoch)
+		e.retired = e.retired[1:]
+	}
 	e.namesMu.Unlock()
 	var act bpf.Active // the generations' configs are written back unchanged
 	if err := maps.Active.Lookup(uint32(0), &act); err != nil {
@@ -544,7 +552,14 @@ const (
 	ruleIndexBits = 11 // bpf.MaxRules
 	maxEpoch      = 1<<(32-ruleIndexBits) - 1
 	keptEpochs    = 3 // plans kept to name events still queued (the reader drains every 20 ms)
+	keptEpochFor  = time.Second
 )
+
+// retiredEpoch is a rule set replaced at a time.
+type retiredEpoch struct {
+	epoch uint32
+	at    time.Time
+}
 
 func ruleID(epoch uint32, index int) uint32 { return epoch<<ruleIndexBits | uint32(index) }
 

@@ -439,3 +439,17 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Rules of a replaced rule set stay nameable for a while, however many
+// applies follow: events still queued from it keep their policy names when
+// reloads or link changes come milliseconds apart.
+func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
+	e := applyPolicy(t, `first: {xdp: interfaces: ["lo"], match: protocol: "udp", then: "drop"}`)
+	id := ruleID(e.epoch, 0)
+	for i := range 10 {
+		applyPolicy(t, fmt.Sprintf(`p%d: {xdp: interfaces: ["lo"], match: protocol: "tcp", then: "drop"}`, i))
+	}
+	if r, ok := e.rule(id); !ok || r.Policy != "first" {
+		t.Fatalf("rule %#x after 10 quick applies: %+v, %v; want policy first", id, r, ok)
+	}
+}
