@@ -5,6 +5,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ type Engine struct {
 	// own lock keeps events flowing while an apply holds mu.
 	namesMu sync.RWMutex
 	byEpoch map[uint32][]codegen.Rule
-	retired []retiredEpoch // in byEpoch, oldest first
+	retired []retiredEpoch     // in byEpoch, oldest first
 	links   map[string]xdpLink // interface name -> XDP link
 	// current is the plan last applied with its attachments (nil before
 	// the first Apply and after Close): link events re-apply it.
@@ -576,7 +577,11 @@ func (e *Engine) rule(id uint32) (codegen.Rule, bool) {
 
 // RuleCounter is the per-rule packet count of the active generation.
 type RuleCounter struct {
-	Policy     string `json:"policy"`
+	Policy string `json:"policy"`
+	// Verdict is the policy's action on the packets counted: "drop",
+	// "pass" or "count". A policy whose action changed over reloads has a
+	// counter per action.
+	Verdict    string `json:"verdict"`
 	Packets    uint64 `json:"packets"`
 	Bytes      uint64 `json:"bytes"`
 	Events     uint64 `json:"events"`
@@ -584,7 +589,7 @@ type RuleCounter struct {
 }
 
 // generationCounters sums the per-CPU counters of rules, written in
-// generation gen, by policy name.
+// generation gen, by policy name and verdict (counterKey).
 func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[string]RuleCounter, error) {
 	out := map[string]RuleCounter{}
 	maps := e.xdp.Maps()
@@ -593,28 +598,29 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 		if err := maps.RuleCounters.Lookup(gen*bpf.MaxRules+uint32(r.Index), &perCPU); err != nil {
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
-		c := out[r.Policy]
-		c.Policy = r.Policy
+		key := r.Policy + "\x00" + r.Action
+		c := out[key]
+		c.Policy, c.Verdict = r.Policy, r.Action
 		for _, v := range perCPU {
 			c.Packets += v.Packets
 			c.Bytes += v.Bytes
 			c.Events += v.Events
 			c.EventsLost += v.EventsLost
 		}
-		out[r.Policy] = c
+		out[key] = c
 	}
 	return out, nil
 }
 
 func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
-	for name, c := range from {
-		t := into[name]
-		t.Policy = name
+	for key, c := range from {
+		t := into[key]
+		t.Policy, t.Verdict = c.Policy, c.Verdict
 		t.Packets += c.Packets
 		t.Bytes += c.Bytes
 		t.Events += c.Events
 		t.EventsLost += c.EventsLost
-		into[name] = t
+		into[key] = t
 	}
 }
 
@@ -649,7 +655,9 @@ func (e *Engine) Counters() ([]RuleCounter, error) {
 	for _, c := range sum {
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
+	slices.SortFunc(out, func(a, b RuleCounter) int {
+		return cmp.Or(strings.Compare(a.Policy, b.Policy), strings.Compare(a.Verdict, b.Verdict))
+	})
 	return out, nil
 }
 

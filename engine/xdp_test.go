@@ -347,6 +347,21 @@ count_late: {priority: 30, xdp: interfaces: ["lo"], then: "count"}
 			t.Errorf("counter %s counted %d packets, want %d", name, got[name], n)
 		}
 	}
+	// Each counter names its policy's verdict.
+	counters, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	verdicts := map[string]string{"count_all": "count", "allow_lan": "pass", "drop_tcp": "drop"}
+	for _, c := range counters {
+		if v, ok := verdicts[c.Policy]; ok && c.Packets > 0 && c.Verdict != v {
+			t.Errorf("counter of %s has verdict %q, want %q", c.Policy, c.Verdict, v)
+		}
+		delete(verdicts, c.Policy)
+	}
+	if len(verdicts) > 0 {
+		t.Errorf("no counters for %v", verdicts)
+	}
 }
 
 func packetCounts(t *testing.T, e *Engine) map[string]uint64 {
@@ -357,7 +372,7 @@ func packetCounts(t *testing.T, e *Engine) map[string]uint64 {
 	}
 	out := map[string]uint64{}
 	for _, c := range counters {
-		out[c.Policy] = c.Packets
+		out[c.Policy] += c.Packets // over verdicts: tests reuse policy names
 	}
 	return out
 }

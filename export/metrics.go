@@ -181,11 +181,12 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			}
 			for _, c := range counters {
 				policy := AttrPolicy.String(c.Policy)
-				byPolicy := metric.WithAttributes(policy)
-				o.ObserveInt64(packets, toInt64(c.Packets), byPolicy)
-				o.ObserveInt64(bytes, toInt64(c.Bytes), byPolicy)
-				o.ObserveInt64(emitted, toInt64(c.Events), byPolicy)
-				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
+				verdict := AttrVerdict.String(c.Verdict)
+				byRule := metric.WithAttributes(policy, verdict)
+				o.ObserveInt64(packets, toInt64(c.Packets), byRule)
+				o.ObserveInt64(bytes, toInt64(c.Bytes), byRule)
+				o.ObserveInt64(emitted, toInt64(c.Events), byRule)
+				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, verdict, lossRingFull))
 			}
 		}
 		if cfg.Pipeline != nil {

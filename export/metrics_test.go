@@ -142,21 +142,21 @@ func latestPoints(rms []*metricspb.ResourceMetrics) map[string]point {
 
 func TestMetricsExport(t *testing.T) {
 	counters := []engine.RuleCounter{
-		{Policy: "block_http", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2},
-		{Policy: "log_ssh", Packets: 3, Bytes: 180, Events: 3},
+		{Policy: "block_http", Verdict: "drop", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2},
+		{Policy: "log_ssh", Verdict: "count", Packets: 3, Bytes: 180, Events: 3},
 	}
 	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1}
 	cum := metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
 	want := map[string]point{
-		"grain.rule.packets{grain.policy=block_http}":                                   {7, "sum", true, cum, "{packet}"},
-		"grain.rule.packets{grain.policy=log_ssh}":                                      {3, "sum", true, cum, "{packet}"},
-		"grain.rule.bytes{grain.policy=block_http}":                                     {420, "sum", true, cum, "By"},
-		"grain.events.emitted{grain.policy=block_http}":                                 {5, "sum", true, cum, "{event}"},
-		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=block_http}": {2, "sum", true, cum, "{event}"},
-		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=log_ssh}":    {0, "sum", true, cum, "{event}"},
-		"grain.reloads{grain.reload.result=success}":                                    {4, "sum", true, cum, "{reload}"},
-		"grain.reloads{grain.reload.result=failure}":                                    {1, "sum", true, cum, "{reload}"},
-		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                        {1, "gauge", false, 0, "1"},
+		"grain.rule.packets{grain.policy=block_http,grain.verdict=drop}":                                   {7, "sum", true, cum, "{packet}"},
+		"grain.rule.packets{grain.policy=log_ssh,grain.verdict=count}":                                     {3, "sum", true, cum, "{packet}"},
+		"grain.rule.bytes{grain.policy=block_http,grain.verdict=drop}":                                     {420, "sum", true, cum, "By"},
+		"grain.events.emitted{grain.policy=block_http,grain.verdict=drop}":                                 {5, "sum", true, cum, "{event}"},
+		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=block_http,grain.verdict=drop}": {2, "sum", true, cum, "{event}"},
+		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=log_ssh,grain.verdict=count}":   {0, "sum", true, cum, "{event}"},
+		"grain.reloads{grain.reload.result=success}":                                                       {4, "sum", true, cum, "{reload}"},
+		"grain.reloads{grain.reload.result=failure}":                                                       {1, "sum", true, cum, "{reload}"},
+		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                                           {1, "gauge", false, 0, "1"},
 	}
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -212,7 +212,7 @@ func TestMetricsFollowCountersAndFlushOnShutdown(t *testing.T) {
 		// Long enough that only ForceFlush and Shutdown export.
 		Interval: time.Hour,
 		Counters: func() ([]engine.RuleCounter, error) {
-			return []engine.RuleCounter{{Policy: "block_http", Packets: packets.Load()}}, nil
+			return []engine.RuleCounter{{Policy: "block_http", Verdict: "drop", Packets: packets.Load()}}, nil
 		},
 	})
 	if err != nil {
@@ -227,7 +227,7 @@ func TestMetricsFollowCountersAndFlushOnShutdown(t *testing.T) {
 	}
 	rms, _ := recv.Snapshot()
 	got := latestPoints(rms)
-	if p := got["grain.rule.packets{grain.policy=block_http}"]; p.value != 9 {
+	if p := got["grain.rule.packets{grain.policy=block_http,grain.verdict=drop}"]; p.value != 9 {
 		t.Errorf("after Shutdown grain.rule.packets = %d, want 9 (points %v)", p.value, got)
 	}
 	if len(rms) != 2 {

@@ -17,7 +17,7 @@ func TestPrometheusScrape(t *testing.T) {
 	packets := uint64(7)
 	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{
 		Counters: func() ([]engine.RuleCounter, error) {
-			return []engine.RuleCounter{{Policy: "block_http", Packets: packets, Bytes: 700, Events: 7, EventsLost: 1}}, nil
+			return []engine.RuleCounter{{Policy: "block_http", Verdict: "drop", Packets: packets, Bytes: 700, Events: 7, EventsLost: 1}}, nil
 		},
 		Status: func() engine.Status {
 			return engine.Status{PolicyHash: "abc123", ReloadsOK: 3, ReloadsError: 1}
@@ -30,9 +30,9 @@ func TestPrometheusScrape(t *testing.T) {
 	scrape := scraper(t, handler)
 	body := scrape()
 	for _, want := range []string{
-		`grain_rule_packets_total{grain_policy="block_http"`,
-		`grain_rule_bytes_total{grain_policy="block_http"`,
-		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="block_http"`,
+		`grain_rule_packets_total{grain_policy="block_http",grain_verdict="drop"`,
+		`grain_rule_bytes_total{grain_policy="block_http",grain_verdict="drop"`,
+		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="block_http",grain_verdict="drop"`,
 		`grain_reloads_total{grain_reload_result="failure"`,
 	} {
 		if !strings.Contains(body, want) {
