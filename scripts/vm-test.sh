@@ -63,14 +63,20 @@ done
 case $arch in
 amd64)
 	qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 console=ttyS0
-	machine=(-machine q35,accel=tcg -cpu max)
+	# One host thread for both vCPUs (thread=single): with a thread per
+	# vCPU, live kernel text patching (a static key flipped as the first
+	# raw sys_enter program attaches or the last detaches, while another
+	# vCPU runs through that site) left a vCPU spinning in
+	# syscall_trace_enter until the soft-lockup detector fired, in about
+	# one run of three.
+	machine=(-machine q35 -accel tcg,thread=single -cpu max)
 	[ "$features" != unset ] || features="kprobe fentry"
 	;;
 arm64)
 	# pauth-impdef: QEMU's own pointer-authentication hash, much faster to
 	# emulate than the architected one.
 	qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm console=ttyAMA0
-	machine=(-machine virt,accel=tcg -cpu max,pauth-impdef=on)
+	machine=(-machine virt -accel tcg,thread=single -cpu max,pauth-impdef=on)
 	[ "$features" != unset ] || features="kprobe"
 	;;
 *) echo "vm-test: --arch must be amd64 or arm64" >&2; exit 2 ;;
