@@ -359,6 +359,8 @@ func fieldKey(k string) attribute.Key {
 		return attribute.Key("process.real_group.id")
 	case "exe":
 		return semconv.ProcessExecutablePathKey
+	case "dns_qname":
+		return semconv.DNSQuestionNameKey
 	case "comm":
 		return semconv.ProcessExecutableNameKey
 	case "container":
