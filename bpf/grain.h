@@ -174,6 +174,19 @@ struct grain_content {
 	__u64 tail_mask;
 };
 
+/* Per-interface verdict counters: slot ifindex % GRAIN_IFACE_SLOTS when
+ * the engine gave that slot to the interface, else GRAIN_IFACE_SLOTS
+ * (every other interface). */
+#define GRAIN_IFACE_SLOTS 256
+#define GRAIN_VERDICTS 3 /* indexed by GRAIN_ACTION_* */
+
+struct grain_iface_counter {
+	__u32 ifindex; /* written by the engine: the interface this slot counts */
+	__u32 _pad;
+	__u64 packets[GRAIN_VERDICTS];
+	__u64 bytes[GRAIN_VERDICTS];
+};
+
 struct grain_counter {
 	__u64 packets;
 	__u64 bytes;

@@ -58,4 +58,6 @@ const (
 	StatMalformed      = 1
 	StatNoConfig       = 2
 	StatMax            = 4
+	IfaceSlots         = 256
+	Verdicts           = 3
 )

@@ -37,6 +37,7 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"CONTENT_ANCHORED": ContentAnchored,
 		"STAT_NOT_IP":      StatNotIP, "STAT_MALFORMED": StatMalformed,
 		"STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,
+		"IFACE_SLOTS": IfaceSlots, "VERDICTS": Verdicts,
 	}
 	define := regexp.MustCompile(`(?m)^#define GRAIN_(\w+)\s+(.+?)\s*(/\*.*)?$`)
 	values := map[string]int{}

@@ -98,7 +98,7 @@ func (x *XDP) Unpin() error {
 	m := x.Maps()
 	var errs []error
 	for _, mp := range []*ebpf.Map{m.Active, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
-		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events} {
+		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events, m.IfaceCounters} {
 		if mp.IsPinned() {
 			errs = append(errs, mp.Unpin())
 		}
@@ -172,6 +172,7 @@ type (
 	Rule         = xdpGrainRule
 	Content      = xdpGrainContent
 	Counter      = xdpGrainCounter
+	IfaceCounter = xdpGrainIfaceCounter
 	Event        = xdpGrainEvent
 	EventPayload = xdpGrainEventPayload
 )
@@ -180,6 +181,7 @@ type (
 type XDPMaps struct {
 	Active, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
 	Rules, Contents, RuleCounters, Stats, Events        *ebpf.Map
+	IfaceCounters                                       *ebpf.Map
 }
 
 // Maps returns the program's maps.
@@ -188,6 +190,6 @@ func (x *XDP) Maps() XDPMaps {
 	return XDPMaps{
 		Active: m.Active, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
 		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
-		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events,
+		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events, IfaceCounters: m.IfaceCounters,
 	}
 }

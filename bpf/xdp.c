@@ -176,6 +176,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRAIN_IFACE_SLOTS + 1);
+	__type(key, __u32);
+	__type(value, struct grain_iface_counter);
+} iface_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, GRAIN_STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -520,6 +527,19 @@ static __always_inline int rule_apply_inline(struct xdp_md *ctx, void *data, voi
 	if (cnt) {
 		cnt->packets++;
 		cnt->bytes += m->len;
+	}
+	/* The verdict, by interface. */
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 islot = ifindex % GRAIN_IFACE_SLOTS;
+	struct grain_iface_counter *ic = bpf_map_lookup_elem(&iface_counters, &islot);
+	if (ic && ic->ifindex != ifindex) {
+		islot = GRAIN_IFACE_SLOTS;
+		ic = bpf_map_lookup_elem(&iface_counters, &islot);
+	}
+	__u32 action = r->action;
+	if (ic && action < GRAIN_VERDICTS) {
+		ic->packets[action]++;
+		ic->bytes[action] += m->len;
 	}
 	if (r->flags & GRAIN_RULE_EMIT) {
 		int sent = 0;

@@ -105,6 +105,14 @@ type xdpGrainGenConfig struct {
 	ProtoW0  [256]uint64
 }
 
+type xdpGrainIfaceCounter struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Pad     uint32
+	Packets [3]uint64
+	Bytes   [3]uint64
+}
+
 type xdpGrainIfaceKey struct {
 	_          structs.HostLayout
 	Generation uint32
@@ -136,6 +144,7 @@ const (
 	xdpMapContents           = "contents"
 	xdpMapEvents             = "events"
 	xdpMapIfaceBitmaps       = "iface_bitmaps"
+	xdpMapIfaceCounters      = "iface_counters"
 	xdpMapPortClass          = "port_class"
 	xdpMapRuleCounters       = "rule_counters"
 	xdpMapRules              = "rules"
@@ -197,16 +206,17 @@ type xdpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpMapSpecs struct {
-	Active       *ebpf.MapSpec `ebpf:"active"`
-	Bitmaps      *ebpf.MapSpec `ebpf:"bitmaps"`
-	CidrClass    *ebpf.MapSpec `ebpf:"cidr_class"`
-	Contents     *ebpf.MapSpec `ebpf:"contents"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	IfaceBitmaps *ebpf.MapSpec `ebpf:"iface_bitmaps"`
-	PortClass    *ebpf.MapSpec `ebpf:"port_class"`
-	RuleCounters *ebpf.MapSpec `ebpf:"rule_counters"`
-	Rules        *ebpf.MapSpec `ebpf:"rules"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	Active        *ebpf.MapSpec `ebpf:"active"`
+	Bitmaps       *ebpf.MapSpec `ebpf:"bitmaps"`
+	CidrClass     *ebpf.MapSpec `ebpf:"cidr_class"`
+	Contents      *ebpf.MapSpec `ebpf:"contents"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	IfaceBitmaps  *ebpf.MapSpec `ebpf:"iface_bitmaps"`
+	IfaceCounters *ebpf.MapSpec `ebpf:"iface_counters"`
+	PortClass     *ebpf.MapSpec `ebpf:"port_class"`
+	RuleCounters  *ebpf.MapSpec `ebpf:"rule_counters"`
+	Rules         *ebpf.MapSpec `ebpf:"rules"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // xdpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -240,16 +250,17 @@ func (o *xdpObjects) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpMaps struct {
-	Active       *ebpf.Map `ebpf:"active"`
-	Bitmaps      *ebpf.Map `ebpf:"bitmaps"`
-	CidrClass    *ebpf.Map `ebpf:"cidr_class"`
-	Contents     *ebpf.Map `ebpf:"contents"`
-	Events       *ebpf.Map `ebpf:"events"`
-	IfaceBitmaps *ebpf.Map `ebpf:"iface_bitmaps"`
-	PortClass    *ebpf.Map `ebpf:"port_class"`
-	RuleCounters *ebpf.Map `ebpf:"rule_counters"`
-	Rules        *ebpf.Map `ebpf:"rules"`
-	Stats        *ebpf.Map `ebpf:"stats"`
+	Active        *ebpf.Map `ebpf:"active"`
+	Bitmaps       *ebpf.Map `ebpf:"bitmaps"`
+	CidrClass     *ebpf.Map `ebpf:"cidr_class"`
+	Contents      *ebpf.Map `ebpf:"contents"`
+	Events        *ebpf.Map `ebpf:"events"`
+	IfaceBitmaps  *ebpf.Map `ebpf:"iface_bitmaps"`
+	IfaceCounters *ebpf.Map `ebpf:"iface_counters"`
+	PortClass     *ebpf.Map `ebpf:"port_class"`
+	RuleCounters  *ebpf.Map `ebpf:"rule_counters"`
+	Rules         *ebpf.Map `ebpf:"rules"`
+	Stats         *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *xdpMaps) Close() error {
@@ -260,6 +271,7 @@ func (m *xdpMaps) Close() error {
 		m.Contents,
 		m.Events,
 		m.IfaceBitmaps,
+		m.IfaceCounters,
 		m.PortClass,
 		m.RuleCounters,
 		m.Rules,

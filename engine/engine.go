@@ -63,6 +63,8 @@ type Engine struct {
 	adopted bool
 	// totals hold the counters of rule sets no longer in the maps.
 	totals map[string]RuleCounter
+	// ifaces knows which interface each verdict counter slot counts.
+	ifaces ifaceSlots
 	// grace is a one-slot map of maps: updating it returns only after an
 	// RCU grace period, after which no packet still reads a generation
 	// that was active before.
@@ -282,6 +284,9 @@ func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
 	next := 1 - e.active
 	if err := e.harvest(next); err != nil {
 		return err
+	}
+	if err := e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
+		return fmt.Errorf("interface counters: %w", err)
 	}
 	epoch := (e.epoch + 1) & maxEpoch
 	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {

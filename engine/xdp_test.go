@@ -468,3 +468,40 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		t.Fatalf("rule %#x after 10 quick applies: %+v, %v; want policy first", id, r, ok)
 	}
 }
+
+// Verdicts are counted per interface: packets judged on lo count under lo,
+// by verdict, with their bytes.
+func TestXDPInterfaceCounters(t *testing.T) {
+	e := applyPolicy(t, `
+iface_drop: {xdp: interfaces: ["lo"], match: {protocol: "udp"}, then: "drop"}
+iface_count: {xdp: interfaces: ["lo"], match: {protocol: "tcp"}, then: "count"}
+`)
+	read := func() map[string]InterfaceCounter {
+		cs, err := e.InterfaceCounters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]InterfaceCounter{}
+		for _, c := range cs {
+			out[c.Interface+" "+c.Verdict] = c
+		}
+		return out
+	}
+	before := read()
+	udp := with(tcp4([]byte("x")), func(f *pktbuild.Frame) { f.Protocol = 17 })
+	tcp := tcp4([]byte("y"))
+	runXDP(t, e, udp.Bytes())
+	runXDP(t, e, udp.Bytes())
+	runXDP(t, e, tcp.Bytes())
+	after := read()
+	for key, want := range map[string][2]uint64{
+		"lo drop":  {2, 2 * uint64(len(udp.Bytes()))},
+		"lo count": {1, uint64(len(tcp.Bytes()))},
+		"lo pass":  {0, 0},
+	} {
+		got := [2]uint64{after[key].Packets - before[key].Packets, after[key].Bytes - before[key].Bytes}
+		if got != want {
+			t.Errorf("%s: %d packets, %d bytes; want %d, %d", key, got[0], got[1], want[0], want[1])
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/pipeline"
@@ -45,6 +46,9 @@ type MetricsConfig struct {
 	// Pipeline reads the event pipeline's counts, normally
 	// (*pipeline.Pipeline).Stats. Nil exports no pipeline metrics.
 	Pipeline func() pipeline.Stats
+	// Interfaces reads the verdicts by interface, normally
+	// (*engine.Engine).InterfaceCounters. Nil exports none.
+	Interfaces func() ([]engine.InterfaceCounter, error)
 	// Probes reads the counters and counts of kernel-hook policies;
 	// zero: none are exported.
 	Probes ProbeMetricsConfig
@@ -144,6 +148,8 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 	packets := counter("grain.rule.packets", "{packet}", "Packets matched by each policy's rules.")
 	bytes := counter("grain.rule.bytes", "By", "Bytes of the packets matched by each policy's rules.")
 	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+	ifacePackets := counter("grain.interface.packets", "{packet}", "Packets judged by a rule on each interface, by verdict.")
+	ifaceBytes := counter("grain.interface.bytes", "By", "Bytes of the packets judged by a rule on each interface, by verdict.")
 	lost := counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
 	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
 	received := counter("grain.events.received", "{event}", "Events read from the kernel's ring buffer.")
@@ -189,6 +195,17 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, verdict, lossRingFull))
 			}
 		}
+		if cfg.Interfaces != nil {
+			ifaces, err := cfg.Interfaces()
+			if err != nil {
+				otel.Handle(fmt.Errorf("read interface counters: %w", err))
+			}
+			for _, c := range ifaces {
+				attrs := metric.WithAttributes(semconv.NetworkInterfaceName(c.Interface), AttrVerdict.String(c.Verdict))
+				o.ObserveInt64(ifacePackets, toInt64(c.Packets), attrs)
+				o.ObserveInt64(ifaceBytes, toInt64(c.Bytes), attrs)
+			}
+		}
 		if cfg.Pipeline != nil {
 			st := cfg.Pipeline()
 			o.ObserveInt64(received, toInt64(st.Received))
@@ -216,7 +233,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			}
 		}
 		return nil
-	}, packets, bytes, emitted, lost, reloads, hash, received, discarded, exported, pending)
+	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, reloads, hash, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

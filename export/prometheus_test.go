@@ -22,6 +22,9 @@ func TestPrometheusScrape(t *testing.T) {
 		Status: func() engine.Status {
 			return engine.Status{PolicyHash: "abc123", ReloadsOK: 3, ReloadsError: 1}
 		},
+		Interfaces: func() ([]engine.InterfaceCounter, error) {
+			return []engine.InterfaceCounter{{Interface: "eth0", Verdict: "drop", Packets: 5, Bytes: 500}}, nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -34,6 +37,8 @@ func TestPrometheusScrape(t *testing.T) {
 		`grain_rule_bytes_total{grain_policy="block_http",grain_verdict="drop"`,
 		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="block_http",grain_verdict="drop"`,
 		`grain_reloads_total{grain_reload_result="failure"`,
+		`grain_interface_packets_total{grain_verdict="drop",network_interface_name="eth0",otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version=""} 5`,
+		`grain_interface_bytes_total{grain_verdict="drop",network_interface_name="eth0",otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version=""} 500`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s:\n%s", want, body)

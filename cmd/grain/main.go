@@ -310,7 +310,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	if otlp {
 		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: otlpCfg, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Probes: probeMetrics})
+			Pipeline: pipe.Stats, Probes: probeMetrics, Interfaces: eng.InterfaceCounters})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
 			return 1
@@ -327,7 +327,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *metricsAddr != "" {
 		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
 			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Probes: probeMetrics})
+			Pipeline: pipe.Stats, Probes: probeMetrics, Interfaces: eng.InterfaceCounters})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
 			return 1

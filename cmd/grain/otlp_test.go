@@ -128,6 +128,17 @@ func TestPrometheusEndpoint(t *testing.T) {
 	if packets < 1 {
 		t.Errorf("grain_rule_packets_total for block_http = %d after a dropped request; scrape:\n%s\nstderr:\n%s", packets, body, d.log())
 	}
+	// The same drops, by interface and verdict.
+	var onIface int
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, `grain_interface_packets_total{grain_verdict="drop",network_interface_name="`+p.ServerIf+`"`) {
+			fields := strings.Fields(l)
+			onIface, _ = strconv.Atoi(fields[len(fields)-1])
+		}
+	}
+	if onIface != packets {
+		t.Errorf("grain_interface_packets_total for %s, drop = %d, want %d (the rule's packets); scrape:\n%s", p.ServerIf, onIface, packets, body)
+	}
 	d.stop(t)
 }
 
