@@ -162,6 +162,10 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 		metric.WithUnit("1"),
 		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))
 	errs = append(errs, err)
+	rulesActive, err := meter.Int64ObservableGauge("grain.policy.rules",
+		metric.WithUnit("{rule}"),
+		metric.WithDescription("Policies in force (packet and kernel-hook rules)."))
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("create instruments: %w", err)
 	}
@@ -230,10 +234,11 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			o.ObserveInt64(reloads, toInt64(st.ReloadsError), reloadFailed)
 			if st.PolicyHash != "" {
 				o.ObserveInt64(hash, 1, metric.WithAttributes(AttrPolicyHash.String(st.PolicyHash)))
+				o.ObserveInt64(rulesActive, int64(len(st.Rules)))
 			}
 		}
 		return nil
-	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, reloads, hash, received, discarded, exported, pending)
+	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, reloads, hash, rulesActive, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

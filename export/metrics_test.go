@@ -145,7 +145,7 @@ func TestMetricsExport(t *testing.T) {
 		{Policy: "block_http", Verdict: "drop", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2},
 		{Policy: "log_ssh", Verdict: "count", Packets: 3, Bytes: 180, Events: 3},
 	}
-	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1}
+	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1, Rules: []string{"block_http", "log_ssh"}}
 	cum := metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
 	want := map[string]point{
 		"grain.rule.packets{grain.policy=block_http,grain.verdict=drop}":                                   {7, "sum", true, cum, "{packet}"},
@@ -157,6 +157,7 @@ func TestMetricsExport(t *testing.T) {
 		"grain.reloads{grain.reload.result=success}":                                                       {4, "sum", true, cum, "{reload}"},
 		"grain.reloads{grain.reload.result=failure}":                                                       {1, "sum", true, cum, "{reload}"},
 		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                                           {1, "gauge", false, 0, "1"},
+		"grain.policy.rules{}": {2, "gauge", false, 0, "{rule}"},
 	}
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
