@@ -558,8 +558,11 @@ const (
 	ruleIndexBits = 11 // bpf.MaxRules
 	maxEpoch      = 1<<(32-ruleIndexBits) - 1
 	keptEpochs    = 3 // plans kept to name events still queued (the reader drains every 20 ms)
-	keptEpochFor  = time.Second
 )
+
+// keptEpochFor is how long a replaced plan stays known beyond keptEpochs
+// (a variable for tests).
+var keptEpochFor = time.Second
 
 // retiredEpoch is a rule set replaced at a time.
 type retiredEpoch struct {
