@@ -114,14 +114,18 @@ func (r *Reloader) apply() error {
 		return err
 	}
 	// Kernel hooks first: attaching to a function the kernel lacks is the
-	// likelier failure, and it leaves both halves as they were.
-	if r.Probes != nil {
+	// likelier failure, and it leaves both halves as they were. A tree
+	// that had and has none skips them: their write waits for a grace
+	// period, which packet-only reloads need not pay.
+	hadProbes := r.applied != nil && r.applied.Probes != nil
+	probes := r.Probes != nil && (plan.Probes != nil || hadProbes)
+	if probes {
 		if err := r.Probes.Apply(plan); err != nil {
 			return err
 		}
 	}
 	if err := r.Engine.Apply(plan); err != nil {
-		if r.Probes != nil {
+		if probes {
 			// Back to the hooks of the plan in force: all or nothing.
 			if rerr := r.Probes.Apply(r.applied); rerr != nil {
 				r.Log.Error("restoring the kernel hooks in force failed", "error", rerr)
