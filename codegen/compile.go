@@ -331,17 +331,37 @@ func buildTables(plan *Plan, rules []rule, attached []string) error {
 		t.CIDRDefaults[f.name] = indices(len(rules), wildcard)
 		slices.SortFunc(prefixes, comparePrefix)
 		prefixes = slices.Compact(prefixes)
+		// The rules of each prefix, to find an entry's rules from its
+		// ancestors' (one map lookup per prefix length in use) rather than
+		// by testing every rule against every entry.
+		byPrefix := map[netip.Prefix][]int{}
+		for i, r := range rules {
+			for _, p := range f.prefix(r) {
+				if p.Addr().Is6() == f.v6 && !slices.Contains(byPrefix[p], i) {
+					byPrefix[p] = append(byPrefix[p], i)
+				}
+			}
+		}
 		var lens []int
 		for _, entry := range prefixes {
 			lens = append(lens, entry.Bits())
-			t.CIDRs = append(t.CIDRs, CIDRClass{Field: f.name, Prefix: entry.String(), Rules: indices(len(rules), func(i int) bool {
-				return wildcard(i) || slices.ContainsFunc(f.prefix(rules[i]), func(p netip.Prefix) bool {
-					return p.Bits() <= entry.Bits() && p.Contains(entry.Addr())
-				})
-			})})
+		}
+		slices.Sort(lens)
+		lens = slices.Compact(lens)
+		for _, entry := range prefixes {
+			set := slices.Clone(t.CIDRDefaults[f.name])
+			for _, bits := range lens {
+				if bits > entry.Bits() {
+					break
+				}
+				ancestor, _ := entry.Addr().Prefix(bits)
+				set = append(set, byPrefix[ancestor]...)
+			}
+			slices.Sort(set)
+			t.CIDRs = append(t.CIDRs, CIDRClass{Field: f.name, Prefix: entry.String(), Rules: slices.Compact(set)})
 		}
 		sort.Sort(sort.Reverse(sort.IntSlice(lens)))
-		t.PrefixLengths[f.name] = slices.Compact(lens)
+		t.PrefixLengths[f.name] = lens
 	}
 	if len(t.CIDRs) > bpf.MaxCIDREntries {
 		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
@@ -391,15 +411,33 @@ func portClasses(rules []rule, ranges func(rule) []policies.PortRange) []PortCla
 	}
 	slices.Sort(cuts)
 	cuts = slices.Compact(cuts)
+	// The rules of each run: a rule is in every run its ranges cover (runs
+	// start at cuts, so a range covers whole runs), in rule order.
+	sets := make([]RuleSet, len(cuts)-1)
+	for j, r := range rules {
+		rs := ranges(r)
+		if len(rs) == 0 {
+			for i := range sets {
+				sets[i] = append(sets[i], j)
+			}
+			continue
+		}
+		for _, pr := range rs {
+			first, _ := slices.BinarySearch(cuts, int(pr.First))
+			for i := first; i < len(sets) && cuts[i] <= int(pr.Last); i++ {
+				if n := len(sets[i]); n == 0 || sets[i][n-1] != j {
+					sets[i] = append(sets[i], j)
+				}
+			}
+		}
+	}
 	var classes []PortClass
 	for i := 0; i+1 < len(cuts); i++ {
 		first, last := cuts[i], cuts[i+1]-1
-		set := indices(len(rules), func(j int) bool {
-			rs := ranges(rules[j])
-			return len(rs) == 0 || slices.ContainsFunc(rs, func(pr policies.PortRange) bool {
-				return int(pr.First) <= first && last <= int(pr.Last)
-			})
-		})
+		set := sets[i]
+		if set == nil {
+			set = RuleSet{}
+		}
 		// Adjacent runs with the same rules merge into one class.
 		if n := len(classes); n > 0 && slices.Equal(classes[n-1].Rules, set) {
 			classes[n-1].Last = last

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -193,5 +194,77 @@ func TestPrefilterPicksRareBytes(t *testing.T) {
 	}
 	if got := prefilterPositions([]byte("x"), false); got != [2]int{0, 0} {
 		t.Errorf("one-byte pattern prefilter %v", got)
+	}
+}
+
+// The port classes and address entries of random rule sets hold exactly
+// the rules a brute-force check finds: every rule whose ranges cover the
+// class's ports (or that has none), every rule with a prefix containing the
+// entry (or none for that family and direction).
+func TestTablesMatchBruteForce(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	for round := range 20 {
+		var ps []policies.Policy
+		for i := range 60 {
+			p := policies.Policy{Name: "r" + string(rune('a'+i/26)) + string(rune('a'+i%26)), Priority: 1000,
+				XDP: &policies.XDPHook{Interfaces: []string{"eth0"}}, Then: "drop"}
+			p.Match.Protocols = []string{"tcp"}
+			for range rng.IntN(3) {
+				a := uint16(rng.IntN(2000))
+				p.Match.DestinationPorts = append(p.Match.DestinationPorts, policies.PortRange{First: a, Last: a + uint16(rng.IntN(300))})
+			}
+			for range rng.IntN(3) {
+				bits := []int{8, 16, 24, 32}[rng.IntN(4)]
+				addr := netip.AddrFrom4([4]byte{10, byte(rng.IntN(3)), byte(rng.IntN(3)), byte(rng.IntN(3))})
+				pfx, _ := addr.Prefix(bits)
+				p.Match.SourceCIDRs = append(p.Match.SourceCIDRs, pfx.String())
+			}
+			ps = append(ps, p)
+		}
+		plan, err := Compile(ps, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]policies.Policy{}
+		for _, p := range ps {
+			byName[p.Name] = p
+		}
+		rules := make([]policies.Policy, len(plan.Rules))
+		for _, r := range plan.Rules {
+			rules[r.Index] = byName[r.Policy]
+		}
+		for _, c := range plan.Tables.DestinationPorts {
+			for _, port := range []int{c.First, c.Last, (c.First + c.Last) / 2} {
+				var want RuleSet = RuleSet{}
+				for i, r := range rules {
+					if len(r.Match.DestinationPorts) == 0 || slices.ContainsFunc(r.Match.DestinationPorts, func(pr policies.PortRange) bool {
+						return int(pr.First) <= port && port <= int(pr.Last)
+					}) {
+						want = append(want, i)
+					}
+				}
+				if !slices.Equal(c.Rules, want) {
+					t.Fatalf("round %d: port %d (class %d-%d): rules %v, want %v", round, port, c.First, c.Last, c.Rules, want)
+				}
+			}
+		}
+		for _, c := range plan.Tables.CIDRs {
+			if c.Field != "src4" {
+				continue
+			}
+			entry := netip.MustParsePrefix(c.Prefix)
+			var want RuleSet = RuleSet{}
+			for i, r := range rules {
+				if len(r.Match.SourceCIDRs) == 0 || slices.ContainsFunc(r.Match.SourceCIDRs, func(s string) bool {
+					p := netip.MustParsePrefix(s)
+					return p.Bits() <= entry.Bits() && p.Contains(entry.Addr())
+				}) {
+					want = append(want, i)
+				}
+			}
+			if !slices.Equal(c.Rules, want) {
+				t.Fatalf("round %d: prefix %s: rules %v, want %v", round, c.Prefix, c.Rules, want)
+			}
+		}
 	}
 }
