@@ -558,7 +558,7 @@ func TestLoadProbeExamples(t *testing.T) {
 	}{
 		{"file-access", Policy{Name: "etc_opens", Priority: 1000,
 			Probe: &ProbeHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
-				Args: []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
+				Args:      []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
 				Selectors: []Selector{{Filters: []Filter{{Field: "filename", Op: "prefix", Strings: []string{"/etc/"}}}}},
 			},
 			Emit: &Emit{Event: "file_open", Fields: []string{"pid", "uid", "comm", "exe", "filename"}, RateLimit: 1000},

@@ -66,7 +66,9 @@ func TestEndToEndKernelHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.waitEvent(t, map[string]any{"event": "exec", "comm": name})
-	if !waitFor(func() bool { return scrapeLine(t, p.ServerNS, metricsAddr, "grain_process_execs_total{", `process_executable_name="`+name+`"`) == "1" }) {
+	if !waitFor(func() bool {
+		return scrapeLine(t, p.ServerNS, metricsAddr, "grain_process_execs_total{", `process_executable_name="`+name+`"`) == "1"
+	}) {
 		t.Errorf("grain_process_execs_total for comm %s is not 1; stderr:\n%s", name, d.log())
 	}
 	var st engine.Status
