@@ -410,7 +410,13 @@ func (d *probeDecoder) toPipeline(out *pipeline.Event, ev *ProbeEvent) {
 			out.AppendString("container", container)
 		}
 	}
-	if exe := d.exe(ev.TGID, ev.Comm); exe != "" {
+	exe := ""
+	if f := ev.Field("exe"); f != nil {
+		exe = f.Str // decode looked it up already: the policy emits it
+	} else {
+		exe = d.exe(ev.TGID, ev.Comm)
+	}
+	if exe != "" {
 		out.AppendString("exe", exe)
 	}
 	out.AppendString("host", d.host)

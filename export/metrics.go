@@ -135,29 +135,47 @@ func newMetricExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, err
 }
 
 // register creates the instruments and the callback that observes them.
+// counters creates cumulative observable counters on a meter and collects
+// the errors. The engine's values are already totals since grain started
+// (they survive reloads), which is exactly what an observable counter
+// reports.
+type counters struct {
+	meter metric.Meter
+	errs  []error
+}
+
+func (c *counters) counter(name, unit, desc string) metric.Int64ObservableCounter {
+	inst, err := c.meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	c.errs = append(c.errs, err)
+	return inst
+}
+
+// Packet and kernel-hook policies report their events on the same two
+// instruments; one definition keeps them identical.
+func (c *counters) eventsEmitted() metric.Int64ObservableCounter {
+	return c.counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+}
+
+func (c *counters) eventsLost() metric.Int64ObservableCounter {
+	return c.counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
+}
+
 func register(meter metric.Meter, cfg MetricsConfig) error {
-	var errs []error
-	// counter creates a cumulative observable counter; the engine's values
-	// are already totals since grain started (they survive reloads), which
-	// is exactly what an observable counter reports.
-	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
-		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return c
-	}
+	cs := &counters{meter: meter}
+	counter := cs.counter
 	packets := counter("grain.rule.packets", "{packet}", "Packets matched by each policy's rules.")
 	bytes := counter("grain.rule.bytes", "By", "Bytes of the packets matched by each policy's rules.")
-	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+	emitted := cs.eventsEmitted()
 	ifacePackets := counter("grain.interface.packets", "{packet}", "Packets judged by a rule on each interface, by verdict.")
 	ifaceBytes := counter("grain.interface.bytes", "By", "Bytes of the packets judged by a rule on each interface, by verdict.")
-	lost := counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
+	lost := cs.eventsLost()
 	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
 	received := counter("grain.events.received", "{event}", "Events read from the kernel's ring buffer.")
 	discarded := counter("grain.events.discarded", "{event}", "Events the pipeline discarded as its stages say, by reason (filtered, sampled, rate_limited).")
 	exported := counter("grain.events.exported", "{event}", "Events written or accepted by the collector, by sink.")
 	pending, err := meter.Int64ObservableUpDownCounter("grain.events.pending", metric.WithUnit("{event}"),
 		metric.WithDescription("Events queued in a sink or being exported, by sink."))
-	errs = append(errs, err)
+	errs := append(cs.errs, err)
 	hash, err := meter.Int64ObservableGauge("grain.policy.active_hash",
 		metric.WithUnit("1"),
 		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))

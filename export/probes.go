@@ -50,19 +50,15 @@ type probeMetrics struct {
 func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, error) {
 	pm := &probeMetrics{meter: meter, cfg: cfg, counts: map[string]metric.Int64ObservableCounter{},
 		stop: make(chan struct{}), done: make(chan struct{})}
-	var errs []error
-	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
-		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return c
-	}
+	cs := &counters{meter: meter}
+	counter := cs.counter
 	hits := counter("grain.probe.hits", "{call}", "Kernel calls selected by each kernel-hook policy.")
-	emitted := counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
-	lost := counter("grain.events.lost", "{event}", "Events lost on their way from the kernel to a sink or the collector, by reason.")
+	emitted := cs.eventsEmitted()
+	lost := cs.eventsLost()
 	limited := counter("grain.events.rate_limited", "{event}", "Events a kernel-hook policy's rate_limit kept in the kernel.")
 	signals := counter("grain.probe.signals", "{signal}", "Signals sent to processes by each kernel-hook policy.")
 	countErrors := counter("grain.probe.count_errors", "{call}", "Calls a count could not record because its map was full.")
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(cs.errs...); err != nil {
 		return nil, fmt.Errorf("create probe instruments: %w", err)
 	}
 	lossRingFull := AttrLossReason.String("ring_buffer_full")

@@ -234,7 +234,8 @@ func (pd *probeDecoder) selector(m cue.Value, path string) {
 		for it.Next() {
 			name := it.Selector().Unquoted()
 			fpath := path + ".args." + name
-			if _, ok := pd.fields[name]; !ok || slices.Contains(userspaceFields, name) || isProcessField(name) {
+			// Process fields are filtered under match.process, not args.
+			if _, ok := pd.fields[name]; !ok || slices.Contains(ProcessFields, name) {
 				var args []string
 				for _, arg := range pd.hook.Args {
 					args = append(args, arg.Name)
@@ -256,10 +257,6 @@ func (pd *probeDecoder) selector(m cue.Value, path string) {
 		}
 	}
 	pd.hook.Selectors = append(pd.hook.Selectors, sel)
-}
-
-func isProcessField(name string) bool {
-	return slices.Contains(ProcessFields, name)
 }
 
 // filter reads one #ValueMatch on field into a Filter, by the field's kind.
