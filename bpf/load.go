@@ -6,15 +6,34 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
 
-// XDP is the loaded generic XDP program with its maps.
+// XDP is the loaded generic XDP program with its maps, and the same rules
+// as a TC program, loaded on first use (TCProgram).
 type XDP struct {
-	objs xdpObjects
+	objs xdpLoaded
+	spec *ebpf.CollectionSpec // for the TC program
+
+	tcMu sync.Mutex
+	tc   *ebpf.Program
+}
+
+// xdpLoaded is what LoadXDP loads: the maps, the XDP program and the
+// variables, not the TC program (its verification costs as much as the XDP
+// program's, and only veth links need it).
+type xdpLoaded struct {
+	xdpMaps
+	xdpVariables
+	GrainXdp *ebpf.Program `ebpf:"grain_xdp"`
+}
+
+func (o *xdpLoaded) Close() error {
+	return errors.Join(o.GrainXdp.Close(), o.xdpMaps.Close())
 }
 
 // XDPOptions tune the maps of the generic XDP program before loading.
@@ -31,8 +50,47 @@ type XDPOptions struct {
 // Program is the XDP program.
 func (x *XDP) Program() *ebpf.Program { return x.objs.GrainXdp }
 
-// Close releases the program and maps held by this process.
-func (x *XDP) Close() error { return x.objs.Close() }
+// Close releases the programs and maps held by this process.
+func (x *XDP) Close() error {
+	x.tcMu.Lock()
+	defer x.tcMu.Unlock()
+	var err error
+	if x.tc != nil {
+		err = x.tc.Close()
+		x.tc = nil
+	}
+	return errors.Join(err, x.objs.Close())
+}
+
+// TCProgram is the same rule walk as Program for tc ingress (tcx): it
+// reads the same maps, so both see every apply at once. Loaded on the first
+// call.
+func (x *XDP) TCProgram() (*ebpf.Program, error) {
+	x.tcMu.Lock()
+	defer x.tcMu.Unlock()
+	if x.tc != nil {
+		return x.tc, nil
+	}
+	m := x.Maps()
+	shared := map[string]*ebpf.Map{
+		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
+		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
+		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
+	}
+	for name := range x.spec.Maps {
+		if _, ok := shared[name]; !ok && !strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("load grain_tc: map %q is not shared with grain_xdp (a grain bug)", name)
+		}
+	}
+	var o struct {
+		Program *ebpf.Program `ebpf:"grain_tc"`
+	}
+	if err := x.spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
+		return nil, explainLoadError("grain_tc", err)
+	}
+	x.tc = o.Program
+	return x.tc, nil
+}
 
 // LoadXDP loads the generic XDP program and its maps into the kernel. Errors
 // say which kernel feature is missing or, for a verifier rejection, the tail
@@ -78,7 +136,7 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 			}
 		}
 	}
-	x := &XDP{}
+	x := &XDP{spec: spec}
 	if err := spec.LoadAndAssign(&x.objs, collOpts); err != nil {
 		// Maps are pinned before the program loads: a failed load must not
 		// leave new pins behind for the next grain to trip over.

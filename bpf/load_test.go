@@ -3,6 +3,8 @@ package bpf
 import (
 	"os"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 func requireRoot(t testing.TB) {
@@ -22,6 +24,51 @@ func TestLoadXDP(t *testing.T) {
 	info, err := x.Program().Info()
 	if err != nil {
 		t.Fatal(err)
+	}
+	insns, _ := info.VerifiedInstructions()
+	t.Logf("verified instructions: %d", insns)
+}
+
+// The TC program shares the XDP program's maps: loading it twice returns
+// the same program, and it reads the rules the XDP program reads (the
+// packet tests in engine/ run both on the same crafted packets).
+func TestLoadTC(t *testing.T) {
+	requireRoot(t)
+	x, err := LoadXDP(XDPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	tc, err := x.TCProgram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := x.TCProgram()
+	if err != nil || again != tc {
+		t.Fatalf("second TCProgram: %v, %v (want the first program)", again, err)
+	}
+	if tc.Type() != ebpf.SchedCLS {
+		t.Fatalf("TC program type %v, want SchedCLS", tc.Type())
+	}
+	info, err := tc.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := info.MapIDs()
+	want := map[ebpf.MapID]bool{}
+	for _, m := range []*ebpf.Map{x.Maps().Rules, x.Maps().Active, x.Maps().Events} {
+		mi, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := mi.ID()
+		want[id] = true
+	}
+	for _, id := range ids {
+		delete(want, id)
+	}
+	if len(want) != 0 {
+		t.Fatalf("TC program does not use the XDP program's maps %v (uses %v)", want, ids)
 	}
 	insns, _ := info.VerifiedInstructions()
 	t.Logf("verified instructions: %d", insns)

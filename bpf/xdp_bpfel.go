@@ -149,6 +149,7 @@ const (
 	xdpMapRuleCounters       = "rule_counters"
 	xdpMapRules              = "rules"
 	xdpMapStats              = "stats"
+	xdpProgGrainTc           = "grain_tc"
 	xdpProgGrainXdp          = "grain_xdp"
 	xdpVarRingWakeBytes      = "ring_wake_bytes"
 	xdpVarUnusedActive       = "unused_active"
@@ -199,6 +200,7 @@ type xdpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpProgramSpecs struct {
+	GrainTc  *ebpf.ProgramSpec `ebpf:"grain_tc"`
 	GrainXdp *ebpf.ProgramSpec `ebpf:"grain_xdp"`
 }
 
@@ -294,11 +296,13 @@ type xdpVariables struct {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpPrograms struct {
+	GrainTc  *ebpf.Program `ebpf:"grain_tc"`
 	GrainXdp *ebpf.Program `ebpf:"grain_xdp"`
 }
 
 func (p *xdpPrograms) Close() error {
 	return _XdpClose(
+		p.GrainTc,
 		p.GrainXdp,
 	)
 }

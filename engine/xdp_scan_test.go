@@ -121,7 +121,7 @@ func TestXDPContainsMatchesReference(t *testing.T) {
 				matched++
 			}
 			checked++
-			if got := runXDP(t, e, tcp4(payload).Bytes()); got != want {
+			if got := runBoth(t, e, tcp4(payload).Bytes()); got != want {
 				t.Fatalf("%s on a %d-byte payload: verdict %s, want %s\npayload %q", content, size, verdictName(got), verdictName(want), payload)
 			}
 		}

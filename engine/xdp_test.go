@@ -3,7 +3,9 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
@@ -80,6 +83,47 @@ func runXDP(t testing.TB, e *Engine, frame []byte) uint32 {
 	return ret
 }
 
+// tcx verdicts of the TC program.
+const (
+	tcxDrop = 2
+	tcxNext = 0xffffffff // -1
+)
+
+// runBoth runs frame through the XDP program and through the TC program
+// (the same rules at tc ingress, used on veth) and fails the test unless
+// they agree. Both count the packet: tests that check counters or events
+// use runXDP.
+func runBoth(t testing.TB, e *Engine, frame []byte) uint32 {
+	t.Helper()
+	verdict := runXDP(t, e, frame)
+	tc, err := e.XDP().TCProgram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The packet arrives on lo, as in the XDP test run: ingress_ifindex
+	// is the one field of __sk_buff's first 40 bytes set here.
+	var skb [40]byte
+	binary.NativeEndian.PutUint32(skb[36:], loIndex)
+	ret, err := tc.Run(&ebpf.RunOptions{Data: frame, Context: skb[:]})
+	if errors.Is(err, unix.EINVAL) && len(frame) < 14+40 {
+		// The kernel's test runner refuses an skb shorter than its IP
+		// header (tc would see one on a real interface).
+		t.Logf("tc test run refuses a %d-byte frame: compared on XDP only", len(frame))
+		return verdict
+	}
+	if err != nil {
+		t.Fatalf("BPF_PROG_TEST_RUN (tc) on a %d-byte frame: %v", len(frame), err)
+	}
+	want := uint32(tcxNext)
+	if verdict == xdpDrop {
+		want = tcxDrop
+	}
+	if ret != want {
+		t.Errorf("the TC program returned %d where the XDP program said %s", int32(ret), verdictName(verdict))
+	}
+	return verdict
+}
+
 func verdictName(v uint32) string {
 	switch v {
 	case xdpDrop:
@@ -100,7 +144,7 @@ func runCases(t *testing.T, policy string, cases []packetCase) {
 	t.Helper()
 	e := applyPolicy(t, policy)
 	for _, c := range cases {
-		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+		if got := runBoth(t, e, c.frame.Bytes()); got != c.want {
 			t.Errorf("%s: verdict %s, want %s", c.name, verdictName(got), verdictName(c.want))
 		}
 	}
@@ -192,7 +236,7 @@ func TestXDPPatternInEthernetPadding(t *testing.T) {
 	// The IP length says the payload is 2 bytes; the rest is link padding.
 	frame := tcp4([]byte("ab")).Bytes()
 	frame = append(frame, "HTTP/1.1"...)
-	if got := runXDP(t, e, frame); got != xdpPass {
+	if got := runBoth(t, e, frame); got != xdpPass {
 		t.Errorf("pattern in padding past the IP length: %s, want pass", verdictName(got))
 	}
 }
@@ -247,7 +291,7 @@ func TestXDPContentOptions(t *testing.T) {
 	}
 	for _, c := range cases {
 		e := applyPolicy(t, policy(c.content))
-		if got := runXDP(t, e, tcp4([]byte(c.payload)).Bytes()); got != c.want {
+		if got := runBoth(t, e, tcp4([]byte(c.payload)).Bytes()); got != c.want {
 			t.Errorf("payload %s on %q: %s, want %s", c.content, c.payload, verdictName(got), verdictName(c.want))
 		}
 	}
@@ -303,7 +347,7 @@ func TestXDPMatchFields(t *testing.T) {
 	}
 	for _, c := range cases {
 		e := applyPolicy(t, rule(c.match))
-		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+		if got := runBoth(t, e, c.frame.Bytes()); got != c.want {
 			t.Errorf("match %s: %s, want %s", c.match, verdictName(got), verdictName(c.want))
 		}
 	}
@@ -332,7 +376,7 @@ count_late: {priority: 30, xdp: interfaces: ["lo"], then: "count"}
 		{"udp: a_drop sorts before b_pass", udp, xdpDrop},
 		{"icmp: only count rules", icmp, xdpPass},
 	} {
-		if got := runXDP(t, e, c.frame.Bytes()); got != c.want {
+		if got := runBoth(t, e, c.frame.Bytes()); got != c.want {
 			t.Errorf("%s: %s, want %s", c.name, verdictName(got), verdictName(c.want))
 		}
 	}
@@ -341,7 +385,8 @@ count_late: {priority: 30, xdp: interfaces: ["lo"], then: "count"}
 	for name, n := range after {
 		got[name] = n - before[name]
 	}
-	want := map[string]uint64{"count_all": 4, "allow_lan": 1, "drop_tcp": 1, "a_drop": 1, "b_pass": 0, "count_late": 1}
+	// runBoth ran each packet through the XDP and the TC program: both count.
+	want := map[string]uint64{"count_all": 8, "allow_lan": 2, "drop_tcp": 2, "a_drop": 2, "b_pass": 0, "count_late": 2}
 	for name, n := range want {
 		if got[name] != n {
 			t.Errorf("counter %s counted %d packets, want %d", name, got[name], n)
@@ -385,11 +430,11 @@ func TestXDPManyRules(t *testing.T) {
 	}
 	e := applyPolicy(t, b.String())
 	hit := pktbuild.TCP4("10.3.249.7", "10.0.0.1", 5, 1999, pktbuild.ACK, nil) // rule 999
-	if got := runXDP(t, e, hit.Bytes()); got != xdpDrop {
+	if got := runBoth(t, e, hit.Bytes()); got != xdpDrop {
 		t.Errorf("rule 999: %s, want drop", verdictName(got))
 	}
 	miss := pktbuild.TCP4("10.3.249.7", "10.0.0.1", 5, 1998, pktbuild.ACK, nil) // port of rule 998, prefix of 999
-	if got := runXDP(t, e, miss.Bytes()); got != xdpPass {
+	if got := runBoth(t, e, miss.Bytes()); got != xdpPass {
 		t.Errorf("mixed rule fields: %s, want pass", verdictName(got))
 	}
 }
