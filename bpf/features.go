@@ -22,6 +22,10 @@ type ProbeFeatures struct {
 	FentryErr    error // fentry/fexit programs load and attach
 	AttachCookie error // bpf_get_attach_cookie (Linux 5.15)
 	Tracepoints  error // tracefs with events
+	// RawTracepointCookie: raw tracepoint programs read a bpf cookie set at
+	// attach (Linux 6.10); field-less tracepoint hooks then run as raw
+	// tracepoints, cheaper than perf-event tracepoints.
+	RawTracepointCookie error
 }
 
 var (
@@ -37,6 +41,10 @@ func DetectProbeFeatures() ProbeFeatures {
 
 // Fentry reports whether fentry/fexit can be used.
 func (f ProbeFeatures) Fentry() bool { return f.FentryErr == nil }
+
+// RawTracepoints reports whether tracepoint hooks that read no record
+// field can attach as raw tracepoints (by cookie).
+func (f ProbeFeatures) RawTracepoints() bool { return f.RawTracepointCookie == nil }
 
 // KprobesOK reports whether kprobes can be used.
 func (f ProbeFeatures) KprobesOK() bool { return f.Kprobes == nil }
@@ -64,6 +72,7 @@ func detectProbeFeatures() ProbeFeatures {
 	} else {
 		f.FentryErr = probeFentry()
 	}
+	f.RawTracepointCookie = probeRawTracepointCookie()
 	if err := EnsureTracefs(); err != nil {
 		f.Tracepoints = err
 	} else if _, err := os.Stat(TracefsPath + "/events"); err != nil {
@@ -89,6 +98,26 @@ func probeFentry() error {
 	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 	if err != nil {
 		return fmt.Errorf("kernel loads fentry programs but cannot attach them (no BPF trampolines on this kernel or architecture): %w", err)
+	}
+	l.Close()
+	return nil
+}
+
+// probeRawTracepointCookie loads a raw tracepoint program that reads its
+// cookie (the verifier refuses the helper there before 6.10) and attaches
+// it with one to task_rename (rare; the program does nothing).
+func probeRawTracepointCookie() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.RawTracepoint, License: "GPL",
+		Instructions: asm.Instructions{asm.FnGetAttachCookie.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("%w (bpf_get_attach_cookie refused in raw tracepoint programs): %w", errNoRawTracepointCookie, err)
+	}
+	defer prog.Close()
+	l, err := AttachRawTracepointCookie("task_rename", prog, 1)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errNoRawTracepointCookie, err)
 	}
 	l.Close()
 	return nil

@@ -39,6 +39,9 @@ const (
 	ProgFexit      = "grain_fexit"
 	ProgTracepoint = "grain_tracepoint"
 	ProgSysEnter   = "grain_sys_enter"
+	// ProgRawTracepoint serves tracepoint hooks that read no record field,
+	// where raw tracepoints take a cookie (Linux 6.10).
+	ProgRawTracepoint = "grain_raw_tracepoint"
 )
 
 // LoadProbe creates the maps of the generic probe programs. Programs are
@@ -93,7 +96,7 @@ func (p *Probe) load(name, attachTo string) (*ebpf.Program, error) {
 }
 
 // Program returns the program name (ProgKprobe, ProgKretprobe,
-// ProgTracepoint, ProgSysEnter), loading it on first use.
+// ProgTracepoint, ProgRawTracepoint, ProgSysEnter), loading it on first use.
 func (p *Probe) Program(name string) (*ebpf.Program, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -199,26 +199,27 @@ type probeScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	probeMapProbeActive      = "probe_active"
-	probeMapProbeCounters    = "probe_counters"
-	probeMapProbeCounts      = "probe_counts"
-	probeMapProbeCountsSmall = "probe_counts_small"
-	probeMapProbeEvents      = "probe_events"
-	probeMapProbeFilters     = "probe_filters"
-	probeMapProbeHooks       = "probe_hooks"
-	probeMapProbeRate        = "probe_rate"
-	probeMapProbeRules       = "probe_rules"
-	probeMapProbeScratch     = "probe_scratch"
-	probeMapProbeStash       = "probe_stash"
-	probeMapProbeStrings     = "probe_strings"
-	probeMapProbeSyscalls    = "probe_syscalls"
-	probeMapProbeValues      = "probe_values"
-	probeProgGrainFentry     = "grain_fentry"
-	probeProgGrainFexit      = "grain_fexit"
-	probeProgGrainKprobe     = "grain_kprobe"
-	probeProgGrainKretprobe  = "grain_kretprobe"
-	probeProgGrainSysEnter   = "grain_sys_enter"
-	probeProgGrainTracepoint = "grain_tracepoint"
+	probeMapProbeActive         = "probe_active"
+	probeMapProbeCounters       = "probe_counters"
+	probeMapProbeCounts         = "probe_counts"
+	probeMapProbeCountsSmall    = "probe_counts_small"
+	probeMapProbeEvents         = "probe_events"
+	probeMapProbeFilters        = "probe_filters"
+	probeMapProbeHooks          = "probe_hooks"
+	probeMapProbeRate           = "probe_rate"
+	probeMapProbeRules          = "probe_rules"
+	probeMapProbeScratch        = "probe_scratch"
+	probeMapProbeStash          = "probe_stash"
+	probeMapProbeStrings        = "probe_strings"
+	probeMapProbeSyscalls       = "probe_syscalls"
+	probeMapProbeValues         = "probe_values"
+	probeProgGrainFentry        = "grain_fentry"
+	probeProgGrainFexit         = "grain_fexit"
+	probeProgGrainKprobe        = "grain_kprobe"
+	probeProgGrainKretprobe     = "grain_kretprobe"
+	probeProgGrainRawTracepoint = "grain_raw_tracepoint"
+	probeProgGrainSysEnter      = "grain_sys_enter"
+	probeProgGrainTracepoint    = "grain_tracepoint"
 )
 
 // loadProbe returns the embedded CollectionSpec for probe.
@@ -263,12 +264,13 @@ type probeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeProgramSpecs struct {
-	GrainFentry     *ebpf.ProgramSpec `ebpf:"grain_fentry"`
-	GrainFexit      *ebpf.ProgramSpec `ebpf:"grain_fexit"`
-	GrainKprobe     *ebpf.ProgramSpec `ebpf:"grain_kprobe"`
-	GrainKretprobe  *ebpf.ProgramSpec `ebpf:"grain_kretprobe"`
-	GrainSysEnter   *ebpf.ProgramSpec `ebpf:"grain_sys_enter"`
-	GrainTracepoint *ebpf.ProgramSpec `ebpf:"grain_tracepoint"`
+	GrainFentry        *ebpf.ProgramSpec `ebpf:"grain_fentry"`
+	GrainFexit         *ebpf.ProgramSpec `ebpf:"grain_fexit"`
+	GrainKprobe        *ebpf.ProgramSpec `ebpf:"grain_kprobe"`
+	GrainKretprobe     *ebpf.ProgramSpec `ebpf:"grain_kretprobe"`
+	GrainRawTracepoint *ebpf.ProgramSpec `ebpf:"grain_raw_tracepoint"`
+	GrainSysEnter      *ebpf.ProgramSpec `ebpf:"grain_sys_enter"`
+	GrainTracepoint    *ebpf.ProgramSpec `ebpf:"grain_tracepoint"`
 }
 
 // probeMapSpecs contains maps before they are loaded into the kernel.
@@ -362,12 +364,13 @@ type probeVariables struct {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probePrograms struct {
-	GrainFentry     *ebpf.Program `ebpf:"grain_fentry"`
-	GrainFexit      *ebpf.Program `ebpf:"grain_fexit"`
-	GrainKprobe     *ebpf.Program `ebpf:"grain_kprobe"`
-	GrainKretprobe  *ebpf.Program `ebpf:"grain_kretprobe"`
-	GrainSysEnter   *ebpf.Program `ebpf:"grain_sys_enter"`
-	GrainTracepoint *ebpf.Program `ebpf:"grain_tracepoint"`
+	GrainFentry        *ebpf.Program `ebpf:"grain_fentry"`
+	GrainFexit         *ebpf.Program `ebpf:"grain_fexit"`
+	GrainKprobe        *ebpf.Program `ebpf:"grain_kprobe"`
+	GrainKretprobe     *ebpf.Program `ebpf:"grain_kretprobe"`
+	GrainRawTracepoint *ebpf.Program `ebpf:"grain_raw_tracepoint"`
+	GrainSysEnter      *ebpf.Program `ebpf:"grain_sys_enter"`
+	GrainTracepoint    *ebpf.Program `ebpf:"grain_tracepoint"`
 }
 
 func (p *probePrograms) Close() error {
@@ -376,6 +379,7 @@ func (p *probePrograms) Close() error {
 		p.GrainFexit,
 		p.GrainKprobe,
 		p.GrainKretprobe,
+		p.GrainRawTracepoint,
 		p.GrainSysEnter,
 		p.GrainTracepoint,
 	)

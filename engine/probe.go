@@ -53,6 +53,9 @@ type Probes struct {
 	// hooks by key: attachment, slot and mechanism, kept across reloads.
 	hooks   map[string]*probeAttachment
 	sysLink link.Link // raw sys_enter, while a syscall hook exists
+	// noRaw: tracepoints that have no raw tracepoint of their name (e.g.
+	// syscalls:*, ftrace events): perf-event tracepoints only.
+	noRaw map[string]bool
 
 	namesMu sync.RWMutex
 	byEpoch map[uint32][]codegen.ProbeRule
@@ -70,7 +73,7 @@ type Probes struct {
 type probeAttachment struct {
 	hook      codegen.ProbeHook
 	slot      int
-	mechanism string // "kprobe", "kretprobe", "fentry", "fexit", "tracepoint", "raw_tracepoint"
+	mechanism string // "kprobe", "kretprobe", "fentry", "fexit", "tracepoint", "raw_tracepoint" (syscall hooks, field-less tracepoints)
 	links     []link.Link
 	args      []bpf.ProbeArg
 	syscalls  []int
@@ -92,7 +95,8 @@ type ProbeAttachment struct {
 	// Syscalls of a syscall hook.
 	Syscalls []string `json:"syscalls,omitempty"`
 	// Mechanism is what the kernel runs: "kprobe", "kretprobe", "fentry",
-	// "fexit", "tracepoint" or "raw_tracepoint" (syscalls).
+	// "fexit", "tracepoint" (perf event) or "raw_tracepoint" (syscalls, and
+	// tracepoints that read no field where raw tracepoints take cookies).
 	Mechanism string   `json:"mechanism"`
 	Cookie    int      `json:"cookie"`
 	Policies  []string `json:"policies"`
@@ -109,7 +113,7 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Probes{log: log, p: p, feats: bpf.DetectProbeFeatures(), hooks: map[string]*probeAttachment{},
+	e := &Probes{log: log, p: p, feats: bpf.DetectProbeFeatures(), hooks: map[string]*probeAttachment{}, noRaw: map[string]bool{},
 		byEpoch: map[uint32][]codegen.ProbeRule{}, ruleTotals: map[string]ProbeRuleCounter{},
 		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
@@ -178,8 +182,17 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 		}
 		return err
 	}
+	var replaced []*probeAttachment
 	for _, h := range pp.Hooks {
-		if a, ok := e.hooks[h.Key()]; ok {
+		a, ok := e.hooks[h.Key()]
+		if ok && h.Kind == "tracepoint" && a.mechanism != e.tracepointMechanism(h) {
+			// Its fields changed which tracepoint it needs (a raw one has no
+			// record): attach anew on another slot, detach the old after
+			// the flip; each generation sees only one of the two.
+			replaced = append(replaced, a)
+			ok = false
+		}
+		if ok {
 			// Same attach point; its arguments may differ: resolve them again.
 			args, syscalls, err := e.resolveArgs(h, a.mechanism)
 			if err != nil {
@@ -228,6 +241,10 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 			e.detach(a)
 			e.log.Info("detached", "hook", hookLabel(a.hook), "mechanism", a.mechanism)
 		}
+	}
+	for _, a := range replaced {
+		e.detach(a)
+		e.log.Info("detached", "hook", hookLabel(a.hook), "mechanism", a.mechanism, "cookie", a.slot)
 	}
 	e.hooks = want
 	for _, a := range added {
@@ -299,6 +316,15 @@ func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error)
 			return nil, err
 		}
 		a.args = args
+		if e.tracepointMechanism(h) == "raw_tracepoint" {
+			l, err := e.attachRawTracepoint(name, cookie)
+			if err == nil {
+				a.mechanism, a.links = "raw_tracepoint", []link.Link{l}
+				break
+			}
+			e.noRaw[h.Target] = true
+			e.log.Info("no raw tracepoint, using the perf-event tracepoint", "tracepoint", h.Target, "reason", err.Error())
+		}
 		prog, err := e.p.Program(bpf.ProgTracepoint)
 		if err != nil {
 			return nil, err
@@ -323,6 +349,27 @@ func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error)
 		return nil, fmt.Errorf("unknown hook kind %q", h.Kind)
 	}
 	return a, nil
+}
+
+// tracepointMechanism chooses how a tracepoint hook attaches: a raw
+// tracepoint (~60 ns cheaper per call: no perf record is built) when it
+// reads no record field and the kernel gives raw tracepoints cookies
+// (Linux 6.10); else the perf-event tracepoint, which has the record.
+func (e *Probes) tracepointMechanism(h codegen.ProbeHook) string {
+	if len(h.Args) == 0 && e.feats.RawTracepoints() && !e.noRaw[h.Target] && !strings.HasPrefix(h.Target, "syscalls/") {
+		return "raw_tracepoint"
+	}
+	return "tracepoint"
+}
+
+// attachRawTracepoint attaches grain_raw_tracepoint to the raw tracepoint
+// name (the tracepoint's name without its category).
+func (e *Probes) attachRawTracepoint(name string, cookie uint64) (link.Link, error) {
+	prog, err := e.p.Program(bpf.ProgRawTracepoint)
+	if err != nil {
+		return nil, err
+	}
+	return bpf.AttachRawTracepointCookie(name, prog, cookie)
 }
 
 // attachFunction attaches a kprobe/kretprobe hook by fentry/fexit or
@@ -882,6 +929,9 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 		a := hooks[h.Key()]
 		kh := &kHooks[a.slot]
 		kh.Kind = kindCode(a.mechanism)
+		if h.Kind == "tracepoint" {
+			kh.Kind = bpf.ProbeKindTracepoint // raw or perf event
+		}
 		if a.mechanism == "kretprobe" && stashes(a.args) {
 			kh.Flags |= bpf.ProbeHookStash
 		}

@@ -70,6 +70,8 @@ func probeChild(args []string) int {
 				syscall.Close(b)
 			}
 		}
+	case "rename": // rename N NAME: N prctl(PR_SET_NAME, NAME) from one thread
+		renameLoop(atoi(args[1]), args[2])
 	case "wait": // wait MODE...: read a line from stdin, then run MODE
 		bufio.NewReader(os.Stdin).ReadString('\n')
 		return probeChild(args[1:])
