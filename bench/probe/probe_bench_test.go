@@ -3,6 +3,7 @@
 // reach decoded Go values.
 //
 //	go test -run '^$' -bench . -benchtime 2000000x ./bench/probe
+//	go test -run '^$' -bench TracepointOverhead -benchtime 300000x ./bench/probe
 package probe
 
 import (
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -72,6 +74,18 @@ func loop(n int) {
 	}
 }
 
+// renameName is what renameLoop names the calling thread, every time.
+var renameName = append([]byte("grainbench"), 0)
+
+// renameLoop makes n prctl(PR_SET_NAME) calls, each firing the tracepoint
+// task/task_rename (the caller locks its OS thread).
+func renameLoop(n int) {
+	p := uintptr(unsafe.Pointer(&renameName[0]))
+	for range n {
+		syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_NAME, p, 0)
+	}
+}
+
 // BenchmarkProbeOverhead: ns per getppid call with each kind of hook, and
 // the overhead over the same loop without hooks. Machines here are shared
 // and noisy: each sub-benchmark alternates hooked and unhooked loops of b.N
@@ -114,8 +128,8 @@ func BenchmarkProbeOverhead(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			var hooked, base, diff, prog []float64
 			for range 5 {
-				h, pr := measure(b, p, c.name, c.policy)
-				u, _ := measure(b, p, "baseline", "")
+				h, pr := measure(b, p, c.name, c.policy, loop)
+				u, _ := measure(b, p, "baseline", "", loop)
 				hooked, base, diff, prog = append(hooked, h), append(base, u), append(diff, h-u), append(prog, pr)
 			}
 			b.ReportMetric(median(hooked), "ns/op")
@@ -128,11 +142,67 @@ func BenchmarkProbeOverhead(b *testing.B) {
 	}
 }
 
-// measure applies policy (for empty_program: attaches an empty program
-// instead) and returns ns per call of b.N calls, and the ns per run of
+// BenchmarkProbeTracepointOverhead: ns per prctl(PR_SET_NAME) call hooked
+// on the tracepoint task/task_rename, which grain attaches as a raw
+// tracepoint when its policy reads no record field (Linux 6.10+), against
+// the same loop unhooked, medians of 5 alternating rounds as
+// BenchmarkProbeOverhead. The empty programs give the floors of the two
+// mechanisms.
+func BenchmarkProbeTracepointOverhead(b *testing.B) {
+	p := newProbes(b, engine.ProbeOptions{})
+	if !p.Features().RawTracepoints() {
+		b.Logf("no raw tracepoint cookies (%v): grain uses the perf-event tracepoint", p.Features().RawTracepointCookie)
+	}
+	if *progStatsOn {
+		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			b.Fatalf("enable BPF run-time statistics: %v", err)
+		}
+		defer stats.Close()
+	}
+	pid := os.Getpid()
+	const tp = `tracepoint: "task/task_rename"`
+	cases := []struct{ name, policy string }{
+		// empty programs: the raw tracepoint's floor, and the perf-event
+		// tracepoint's (what a policy reading record fields pays).
+		{"empty_raw_program", ""},
+		{"empty_perf_program", ""},
+		{"filtered_pid", `x: {` + tp + `, match: process: pid: 1, count: metric: "m"}`},
+		{"filtered_comm", `x: {` + tp + `, match: process: comm: "nomatch", count: metric: "m"}`},
+		{"counted", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, count: metric: "m"}`, pid)},
+		{"counted_by_comm", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, count: {metric: "m", by: ["comm"]}}`, pid)},
+		{"emitted", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, emit: {event: "e", fields: ["pid", "comm"]}}`, pid)},
+		// reading a record field keeps the perf-event tracepoint
+		{"counted_field_perf", fmt.Sprintf(`x: {`+tp+`, args: [{field: "newcomm", type: "string"}], match: process: tgid: %d, count: metric: "m"}`, pid)},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			var hooked, base, diff, prog []float64
+			mech := ""
+			for range 5 {
+				h, pr := measure(b, p, c.name, c.policy, renameLoop)
+				mech = p.Mechanism("tracepoint", "task/task_rename")
+				u, _ := measure(b, p, "baseline", "", renameLoop)
+				hooked, base, diff, prog = append(hooked, h), append(base, u), append(diff, h-u), append(prog, pr)
+			}
+			if mech != "" {
+				b.Logf("attached as %s", mech)
+			}
+			b.ReportMetric(median(hooked), "ns/op")
+			b.ReportMetric(median(base), "base-ns")
+			b.ReportMetric(median(diff), "overhead-ns")
+			if *progStatsOn {
+				b.ReportMetric(median(prog), "prog-ns")
+			}
+		})
+	}
+}
+
+// measure applies policy (for empty_*: attaches an empty program instead)
+// and returns ns per call of b.N calls of run, and the ns per run of
 // grain's program by the kernel's BPF statistics (bpf_stats_enabled): its
 // own cost, without the tracing path's.
-func measure(b *testing.B, p *engine.Probes, name, policy string) (float64, float64) {
+func measure(b *testing.B, p *engine.Probes, name, policy string, run func(int)) (float64, float64) {
 	plan := &codegen.Plan{}
 	if policy != "" {
 		plan = compile(b, policy)
@@ -145,13 +215,17 @@ func measure(b *testing.B, p *engine.Probes, name, policy string) (float64, floa
 	switch name {
 	case "empty_program":
 		stop, prog = attachEmpty(b)
+	case "empty_raw_program":
+		stop, prog = attachEmptyRawRename(b)
+	case "empty_perf_program":
+		stop, prog = attachEmptyPerfRename(b)
 	case "emitted":
 		stop = drain(b, p)
 	}
 	st0 := progStats(prog)
 	runtime.LockOSThread()
 	start := time.Now()
-	loop(b.N)
+	run(b.N)
 	elapsed := time.Since(start)
 	runtime.UnlockOSThread()
 	st1 := progStats(prog)
@@ -164,12 +238,15 @@ func measure(b *testing.B, p *engine.Probes, name, policy string) (float64, floa
 }
 
 func progOf(b *testing.B, p *engine.Probes, policy string) *ebpf.Program {
+	if policy == "" {
+		return nil
+	}
 	name := bpf.ProgSysEnter
 	if strings.Contains(policy, "tracepoint:") {
 		name = bpf.ProgTracepoint
-	}
-	if policy == "" {
-		return nil
+		if p.Mechanism("tracepoint", strings.Split(policy, `"`)[1]) == "raw_tracepoint" {
+			name = bpf.ProgRawTracepoint
+		}
 	}
 	prog, err := p.Program().Program(name)
 	if err != nil {
@@ -302,6 +379,44 @@ func attachEmpty(b *testing.B) (func(), *ebpf.Program) {
 		b.Fatal(err)
 	}
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_enter", Program: prog})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() { l.Close(); prog.Close() }, prog
+}
+
+// emptyProg is a program of type typ that only returns.
+func emptyProg(b *testing.B, typ ebpf.ProgramType) *ebpf.Program {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: typ, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return prog
+}
+
+// attachEmptyRawRename attaches an empty program to the raw tracepoint
+// task_rename (with a cookie, as grain does, where the kernel takes one).
+func attachEmptyRawRename(b *testing.B) (func(), *ebpf.Program) {
+	prog := emptyProg(b, ebpf.RawTracepoint)
+	var l link.Link
+	var err error
+	if bpf.DetectProbeFeatures().RawTracepoints() {
+		l, err = bpf.AttachRawTracepointCookie("task_rename", prog, 1)
+	} else {
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "task_rename", Program: prog})
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() { l.Close(); prog.Close() }, prog
+}
+
+// attachEmptyPerfRename attaches an empty program to the perf-event
+// tracepoint task/task_rename.
+func attachEmptyPerfRename(b *testing.B) (func(), *ebpf.Program) {
+	prog := emptyProg(b, ebpf.TracePoint)
+	l, err := link.Tracepoint("task", "task_rename", prog, &link.TracepointOptions{Cookie: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
