@@ -3,13 +3,16 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +50,10 @@ type XDPOptions struct {
 	PinPath string
 }
 
+// ProgTC names the TC program (the XDP program's name is in codegen's
+// Plan).
+const ProgTC = "grain_tc"
+
 // Program is the XDP program.
 func (x *XDP) Program() *ebpf.Program { return x.objs.GrainXdp }
 
@@ -79,14 +86,14 @@ func (x *XDP) TCProgram() (*ebpf.Program, error) {
 	}
 	for name := range x.spec.Maps {
 		if _, ok := shared[name]; !ok && !strings.HasPrefix(name, ".") {
-			return nil, fmt.Errorf("load grain_tc: map %q is not shared with grain_xdp (a grain bug)", name)
+			return nil, fmt.Errorf("load %s: map %q is not shared with grain_xdp (a grain bug)", ProgTC, name)
 		}
 	}
 	var o struct {
 		Program *ebpf.Program `ebpf:"grain_tc"`
 	}
 	if err := x.spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
-		return nil, explainLoadError("grain_tc", err)
+		return nil, explainLoadError(ProgTC, err)
 	}
 	x.tc = o.Program
 	return x.tc, nil
@@ -150,6 +157,31 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	}
 	return x, nil
 }
+
+// HaveTCX reports whether the kernel attaches tc programs with tcx links
+// (Linux 6.6): an attach to an interface that cannot exist fails with
+// ENODEV where tcx exists, with another error where it does not.
+func HaveTCX() error {
+	tcxOnce.Do(func() {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+		if err != nil {
+			tcxErr = fmt.Errorf("kernel lacks tc BPF programs: %w", err)
+			return
+		}
+		defer prog.Close()
+		_, err = link.AttachTCX(link.TCXOptions{Interface: math.MaxInt32, Program: prog, Attach: ebpf.AttachTCXIngress})
+		if !errors.Is(err, unix.ENODEV) {
+			tcxErr = fmt.Errorf("kernel lacks tcx links (Linux 6.6): %w", err)
+		}
+	})
+	return tcxErr
+}
+
+var (
+	tcxOnce sync.Once
+	tcxErr  error
+)
 
 // Unpin removes the maps' pins, so that they are freed once closed.
 func (x *XDP) Unpin() error {

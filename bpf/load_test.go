@@ -1,10 +1,13 @@
 package bpf
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 func requireRoot(t testing.TB) {
@@ -72,4 +75,29 @@ func TestLoadTC(t *testing.T) {
 	}
 	insns, _ := info.VerifiedInstructions()
 	t.Logf("verified instructions: %d", insns)
+}
+
+// tcx came with Linux 6.6: the probe must say so on both sides of it (the
+// VM tests run Debian's 6.1).
+func TestHaveTCX(t *testing.T) {
+	requireRoot(t)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", release, err)
+	}
+	err := HaveTCX()
+	t.Logf("kernel %s: tcx: %v", release, err)
+	switch has := major > 6 || major == 6 && minor >= 6; {
+	case has && err != nil:
+		t.Errorf("kernel %s has tcx, the probe says: %v", release, err)
+	case !has && err == nil:
+		t.Errorf("kernel %s has no tcx, the probe found it", release)
+	case !has && !strings.Contains(err.Error(), "tcx"):
+		t.Errorf("the error does not name tcx: %v", err)
+	}
 }

@@ -1,0 +1,124 @@
+package engine
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
+)
+
+// On veth grain runs at tcx ingress where the kernel has tcx, in generic
+// XDP mode where it does not (or when told so): real frames sent into the
+// pair's other end are judged and counted either way.
+func TestXDPVethHook(t *testing.T) {
+	e := testEngine(t)
+	const dev, peer = "grain-hk0", "grain-hk1"
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev}, PeerName: peer}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("create veth %s: %v", dev, err)
+	}
+	t.Cleanup(func() {
+		netlink.LinkDel(veth)
+		// Detach (the links of the deleted pair are forgotten).
+		if err := e.Apply(&codegen.Plan{}); err != nil {
+			t.Errorf("apply an empty plan: %v", err)
+		}
+	})
+	sender := upLink(t, peer)
+	upLink(t, dev)
+
+	wantTCX := bpf.HaveTCX() == nil
+	for _, forceXDP := range []bool{false, true} {
+		e.mu.Lock()
+		saved := e.noTCX
+		e.noTCX = saved || forceXDP
+		e.mu.Unlock()
+		// A fresh attach for each mode: detach first.
+		if err := e.Apply(&codegen.Plan{}); err != nil {
+			t.Fatal(err)
+		}
+		err := e.Apply(compilePolicy(t, `p: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", dport: 9}, then: "drop"}`))
+		e.mu.Lock()
+		e.noTCX = saved
+		l := e.links[dev]
+		e.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcx := wantTCX && !forceXDP
+		switch {
+		case tcx && info.Type != link.TCXType:
+			t.Errorf("link on veth is of type %v, want tcx (the kernel has tcx)", info.Type)
+		case !tcx && info.Type != link.XDPType:
+			t.Errorf("link on veth is of type %v, want XDP (tcx: %v, forced off: %v)", info.Type, wantTCX, forceXDP)
+		}
+
+		before := counted(t, e, "p")
+		udp := pktbuild.Frame{Src: netip.MustParseAddr("10.9.0.2"), Dst: netip.MustParseAddr("10.9.0.1"), Protocol: 17, SPort: 4000, DPort: 9}
+		other := udp
+		other.DPort = 10
+		sendFrames(t, sender, udp.Bytes(), udp.Bytes(), udp.Bytes(), other.Bytes())
+		// The frames are judged in the sender's context on veth; the
+		// counters are read once they arrived.
+		deadline := time.Now().Add(5 * time.Second)
+		for counted(t, e, "p")-before < 3 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := counted(t, e, "p") - before; got != 3 {
+			t.Errorf("tcx %v: the drop rule counted %d frames, want the 3 sent to port 9", tcx, got)
+		}
+	}
+}
+
+func upLink(t *testing.T, name string) int {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Index
+}
+
+func counted(t *testing.T, e *Engine, policy string) uint64 {
+	t.Helper()
+	cs, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range cs {
+		if c.Policy == policy {
+			n += c.Packets
+		}
+	}
+	return n
+}
+
+// sendFrames writes whole Ethernet frames to the interface ifindex.
+func sendFrames(t *testing.T, ifindex int, frames ...[]byte) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+	if err != nil {
+		t.Fatalf("AF_PACKET socket: %v", err)
+	}
+	defer unix.Close(fd)
+	for _, f := range frames {
+		if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6}); err != nil {
+			t.Fatalf("send frame: %v", err)
+		}
+	}
+}
