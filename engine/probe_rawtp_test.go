@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -68,6 +69,20 @@ func ruleHits(t *testing.T, p *Probes, policy string) uint64 {
 // counts and emits every selected call exactly.
 func TestProbeTracepointRawNoFields(t *testing.T) {
 	p := newTestProbes(t, ProbeOptions{})
+	testRenameNoFields(t, p, wantTracepointMechanism(t, p))
+}
+
+// TestProbeTracepointNoCookieFallback: as if the kernel had no raw
+// tracepoint cookies (Debian's 6.1), the same policy runs on the
+// perf-event tracepoint, with the same outcome.
+func TestProbeTracepointNoCookieFallback(t *testing.T) {
+	p := newTestProbes(t, ProbeOptions{})
+	p.feats.RawTracepointCookie = errors.New("raw tracepoint cookies switched off by the test")
+	testRenameNoFields(t, p, "tracepoint")
+}
+
+func testRenameNoFields(t *testing.T, p *Probes, want string) {
+	t.Helper()
 	comm := uniqueName("grainren")
 	bin := uniqueChild(t, comm)
 	applyProbes(t, p, fmt.Sprintf(`
@@ -77,7 +92,6 @@ renames: {
 	emit: {event: "rename", fields: ["pid", "tgid", "comm"]}
 	count: {metric: "test.renames", by: ["comm"]}
 }`, comm))
-	want := wantTracepointMechanism(t, p)
 	if got := p.Mechanism("tracepoint", "task/task_rename"); got != want {
 		t.Fatalf("mechanism %q, want %q", got, want)
 	}
@@ -135,8 +149,9 @@ renames: {
 	rawWant := wantTracepointMechanism(t, p)
 	phases := []struct {
 		src, mech string
+		fields    bool
 		n         int
-	}{{withFields, "tracepoint", 4}, {noFields, rawWant, 3}, {withFields, "tracepoint", 6}}
+	}{{withFields, "tracepoint", true, 4}, {noFields, rawWant, false, 3}, {withFields, "tracepoint", true, 6}}
 	total := uint64(0)
 	for i, ph := range phases {
 		applyProbes(t, p, ph.src)
@@ -156,7 +171,7 @@ renames: {
 		}
 		runChild(t, "rename 5 grainother") // filtered out either way
 		n := ph.n
-		if ph.mech == "tracepoint" {
+		if ph.fields {
 			n++
 		}
 		total += uint64(n)
@@ -171,7 +186,7 @@ renames: {
 			if int(ev.TGID) != cmd.Process.Pid {
 				t.Fatalf("phase %d: event %+v, want tgid %d", i, ev, cmd.Process.Pid)
 			}
-			if ph.mech == "tracepoint" {
+			if ph.fields {
 				if fieldStr(ev, "newcomm") != newName || fieldStr(ev, "tp_pid") != strconv.Itoa(int(ev.PID)) {
 					t.Fatalf("phase %d: fields of %+v", i, ev)
 				}
