@@ -77,6 +77,17 @@ __noinline int FN(content_verify_hits)(CTX *ctx, __u32 pos, __u32 last, __u64 hi
 	return 0;
 }
 
+/* The second stage of the scan for one word of positions: first, the
+ * first-stage flags; q, the word at the second prefilter byte. */
+static __always_inline int FN(content_hits)(CTX *ctx, __u32 pos, __u32 last, __u64 first, const __u8 *q,
+					    __u64 m2, __u64 b2, __u32 slot)
+{
+	if (!first)
+		return 0;
+	__u64 hits = first & zero_bytes((*(const __u64 *)q & m2) ^ b2);
+	return hits && FN(content_verify_hits)(ctx, pos, last, hits, slot);
+}
+
 /* Returns whether the content (slot in the contents array) holds for the
  * payload [payload_off, payload_end), negation applied. */
 __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end, __u32 slot)
@@ -107,12 +118,16 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 	__u64 b2 = REPEAT8(c->pre2_byte), m2 = REPEAT8(c->pre2_mask);
 	__u32 pos = start;
 
-	/* Thirty-two candidate positions per step, as four words per
-	 * prefilter byte: a position survives if both prefilter bytes match;
-	 * survivors are verified in full. One bounds check per pointer covers
-	 * the four words (a constant offset from a checked packet pointer keeps
-	 * its range). */
-	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 32 + 1; step++) {
+	/* Sixty-four candidate positions per step, in two stages. The first
+	 * compares the first prefilter byte (the rarer one, codegen puts it
+	 * first) at eight words; only a word with a candidate also has its
+	 * second prefilter byte compared, and positions that pass both are
+	 * verified in full. Payloads without the rarer byte, the usual case,
+	 * cost five operations per eight positions. One bounds check per
+	 * pointer covers the eight words (a constant offset from a checked
+	 * packet pointer keeps its range). zero_bytes never misses a zero
+	 * byte, so ANDing the two stages' flags keeps every true candidate. */
+	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 64 + 1; step++) {
 		__u32 off = pos;
 		if (off > last || off > MAX_FRAME_OFF)
 			break;
@@ -122,26 +137,31 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
 		barrier_var(q1);
 		barrier_var(q2);
-		if ((void *)(q1 + 32) > data_end || (void *)(q2 + 32) > data_end)
+		if ((void *)(q1 + 64) > data_end || (void *)(q2 + 64) > data_end)
 			break;
-		__u64 h0 = zero_bytes(((*(__u64 *)q1 & m1) ^ b1) | ((*(__u64 *)q2 & m2) ^ b2));
-		__u64 h1 = zero_bytes(((*(__u64 *)(q1 + 8) & m1) ^ b1) | ((*(__u64 *)(q2 + 8) & m2) ^ b2));
-		__u64 h2 = zero_bytes(((*(__u64 *)(q1 + 16) & m1) ^ b1) | ((*(__u64 *)(q2 + 16) & m2) ^ b2));
-		__u64 h3 = zero_bytes(((*(__u64 *)(q1 + 24) & m1) ^ b1) | ((*(__u64 *)(q2 + 24) & m2) ^ b2));
-		if (h0 | h1 | h2 | h3) {
-			if (h0 && FN(content_verify_hits)(ctx, pos, last, h0, slot))
-				return !negate;
-			if (h1 && FN(content_verify_hits)(ctx, pos + 8, last, h1, slot))
-				return !negate;
-			if (h2 && FN(content_verify_hits)(ctx, pos + 16, last, h2, slot))
-				return !negate;
-			if (h3 && FN(content_verify_hits)(ctx, pos + 24, last, h3, slot))
+		/* First stage: only an accumulator stays live (BPF has ten
+		 * registers; eight flag words would spill to the stack). */
+		__u64 acc = first_stage(q1, m1, b1) | first_stage(q1 + 8, m1, b1) | first_stage(q1 + 16, m1, b1) |
+			    first_stage(q1 + 24, m1, b1) | first_stage(q1 + 32, m1, b1) | first_stage(q1 + 40, m1, b1) |
+			    first_stage(q1 + 48, m1, b1) | first_stage(q1 + 56, m1, b1);
+		if (acc & HIGH_BITS) {
+			/* Rare: recompute each word's flags (the barrier keeps
+			 * clang from keeping them live from above). */
+			barrier_var(q1);
+			if (FN(content_hits)(ctx, pos, last, zero_bytes((*(__u64 *)q1 & m1) ^ b1), q2, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 8, last, zero_bytes((*(__u64 *)(q1 + 8) & m1) ^ b1), q2 + 8, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 16, last, zero_bytes((*(__u64 *)(q1 + 16) & m1) ^ b1), q2 + 16, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 24, last, zero_bytes((*(__u64 *)(q1 + 24) & m1) ^ b1), q2 + 24, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 32, last, zero_bytes((*(__u64 *)(q1 + 32) & m1) ^ b1), q2 + 32, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 40, last, zero_bytes((*(__u64 *)(q1 + 40) & m1) ^ b1), q2 + 40, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 48, last, zero_bytes((*(__u64 *)(q1 + 48) & m1) ^ b1), q2 + 48, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 56, last, zero_bytes((*(__u64 *)(q1 + 56) & m1) ^ b1), q2 + 56, m2, b2, slot))
 				return !negate;
 		}
-		pos += 32;
+		pos += 64;
 	}
 	/* Near the end of the frame: eight positions per step. */
-	for (__u32 step = 0; step < 5; step++) {
+	for (__u32 step = 0; step < 9; step++) {
 		__u32 off = pos;
 		if (off > last || off > MAX_FRAME_OFF)
 			break;

@@ -213,6 +213,14 @@ static __always_inline __u64 zero_bytes(__u64 v)
 	return (v - REPEAT8(1)) & ~v & HIGH_BITS;
 }
 
+/* zero_bytes of the word at q compared with byte b under mask m, without
+ * the final mask: the scan ORs eight of these and masks once. */
+static __always_inline __u64 first_stage(const __u8 *q, __u64 m, __u64 b)
+{
+	__u64 x = (*(const __u64 *)q & m) ^ b;
+	return (x - REPEAT8(1)) & ~x;
+}
+
 #define VERDICT_CONTINUE 0
 
 /* Bytes one record takes in the ring buffer: the record plus its 8-byte

@@ -45,8 +45,9 @@ func compileContent(c policies.Content, index int) (Content, error) {
 func isLetter(b byte) bool { return (b|0x20) >= 'a' && (b|0x20) <= 'z' }
 
 // prefilterPositions picks the two rarest bytes among the pattern's first
-// bpf.PrefilterSpan bytes: the fewer payload positions pass the prefilter,
-// the fewer full compares the scan does.
+// bpf.PrefilterSpan bytes, the rarest first: the fewer payload positions
+// pass the prefilter, the fewer full compares the scan does, and the scan
+// compares the first alone before it looks at the second.
 func prefilterPositions(pattern []byte, nocase bool) [2]int {
 	span := min(len(pattern), bpf.PrefilterSpan)
 	if span == 1 {
@@ -65,10 +66,7 @@ func prefilterPositions(pattern []byte, nocase bool) [2]int {
 			best[1] = i
 		}
 	}
-	if best[0] > best[1] {
-		best[0], best[1] = best[1], best[0]
-	}
-	return best
+	return best // rarest first: the scan's first stage compares it alone
 }
 
 // commonness ranks how often a byte appears in typical payloads (text

@@ -65,7 +65,7 @@ type Content struct {
 	Negate   bool `json:"negate,omitempty"`
 	Anchored bool `json:"anchored,omitempty"`
 	// Prefilter holds the two pattern positions checked eight payload
-	// positions at a time before a full compare.
+	// positions at a time before a full compare, the rarer byte first.
 	Prefilter [2]int `json:"prefilter"`
 }
 
