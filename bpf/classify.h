@@ -88,6 +88,62 @@ static __always_inline int FN(content_hits)(CTX *ctx, __u32 pos, __u32 last, __u
 	return hits && FN(content_verify_hits)(ctx, pos, last, hits, slot);
 }
 
+#define SCAN_FOUND 0xffffffff
+
+/* The body of content_match's scan: sixty-four candidate positions per
+ * step, in two stages. The first compares the first prefilter byte (the
+ * rarer one, codegen puts it first) at eight words, with only an
+ * accumulator live (BPF has ten registers; eight flag words would spill to
+ * the stack); only when it flags a position are the words looked at again,
+ * each with its second prefilter byte, and positions that pass both are
+ * verified in full. One bounds check per pointer covers the eight words (a
+ * constant offset from a checked packet pointer keeps its range).
+ * zero_bytes never misses a zero byte, so ANDing the two stages' flags keeps
+ * every true candidate. Returns where the steps stopped, or SCAN_FOUND.
+ * masked is a constant: clang builds a copy without the first byte's mask. */
+static __always_inline __u32 FN(scan_blocks)(CTX *ctx, __u32 pos, __u32 last, __u32 i1, __u32 i2, __u64 m1,
+					     __u64 b1, __u64 m2, __u64 b2, __u32 slot, const int masked)
+{
+	void *data = CTX_DATA(ctx);
+	void *data_end = CTX_DATA_END(ctx);
+	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 64 + 1; step++) {
+		__u32 off = pos;
+		if (off > last || off > MAX_FRAME_OFF)
+			break;
+		bound_offset(off);
+		/* barrier_var keeps clang from computing the pointer before the
+		 * offset is bounded, which the verifier could not follow. */
+		__u8 *q1 = data + off + i1;
+		barrier_var(q1);
+		if ((void *)(q1 + 64) > data_end)
+			break;
+		__u64 acc = first_stage(q1, m1, b1, masked) | first_stage(q1 + 8, m1, b1, masked) |
+			    first_stage(q1 + 16, m1, b1, masked) | first_stage(q1 + 24, m1, b1, masked) |
+			    first_stage(q1 + 32, m1, b1, masked) | first_stage(q1 + 40, m1, b1, masked) |
+			    first_stage(q1 + 48, m1, b1, masked) | first_stage(q1 + 56, m1, b1, masked);
+		if (acc & HIGH_BITS) {
+			/* Rare: recompute each word's flags (the barrier keeps
+			 * clang from keeping them live from above). */
+			__u8 *q2 = data + off + i2;
+			barrier_var(q1);
+			barrier_var(q2);
+			if ((void *)(q2 + 64) > data_end)
+				break; /* the eight-position steps take over */
+			if (FN(content_hits)(ctx, pos, last, zero_bytes((*(__u64 *)q1 & m1) ^ b1), q2, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 8, last, zero_bytes((*(__u64 *)(q1 + 8) & m1) ^ b1), q2 + 8, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 16, last, zero_bytes((*(__u64 *)(q1 + 16) & m1) ^ b1), q2 + 16, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 24, last, zero_bytes((*(__u64 *)(q1 + 24) & m1) ^ b1), q2 + 24, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 32, last, zero_bytes((*(__u64 *)(q1 + 32) & m1) ^ b1), q2 + 32, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 40, last, zero_bytes((*(__u64 *)(q1 + 40) & m1) ^ b1), q2 + 40, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 48, last, zero_bytes((*(__u64 *)(q1 + 48) & m1) ^ b1), q2 + 48, m2, b2, slot) ||
+			    FN(content_hits)(ctx, pos + 56, last, zero_bytes((*(__u64 *)(q1 + 56) & m1) ^ b1), q2 + 56, m2, b2, slot))
+				return SCAN_FOUND;
+		}
+		pos += 64;
+	}
+	return pos;
+}
+
 /* Returns whether the content (slot in the contents array) holds for the
  * payload [payload_off, payload_end), negation applied. */
 __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end, __u32 slot)
@@ -118,48 +174,14 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 	__u64 b2 = REPEAT8(c->pre2_byte), m2 = REPEAT8(c->pre2_mask);
 	__u32 pos = start;
 
-	/* Sixty-four candidate positions per step, in two stages. The first
-	 * compares the first prefilter byte (the rarer one, codegen puts it
-	 * first) at eight words; only a word with a candidate also has its
-	 * second prefilter byte compared, and positions that pass both are
-	 * verified in full. Payloads without the rarer byte, the usual case,
-	 * cost five operations per eight positions. One bounds check per
-	 * pointer covers the eight words (a constant offset from a checked
-	 * packet pointer keeps its range). zero_bytes never misses a zero
-	 * byte, so ANDing the two stages' flags keeps every true candidate. */
-	for (__u32 step = 0; step < GRAIN_SCAN_WINDOW / 64 + 1; step++) {
-		__u32 off = pos;
-		if (off > last || off > MAX_FRAME_OFF)
-			break;
-		bound_offset(off);
-		/* barrier_var keeps clang from computing the pointers before the
-		 * offset is bounded, which the verifier could not follow. */
-		__u8 *q1 = data + off + i1, *q2 = data + off + i2;
-		barrier_var(q1);
-		barrier_var(q2);
-		if ((void *)(q1 + 64) > data_end || (void *)(q2 + 64) > data_end)
-			break;
-		/* First stage: only an accumulator stays live (BPF has ten
-		 * registers; eight flag words would spill to the stack). */
-		__u64 acc = first_stage(q1, m1, b1) | first_stage(q1 + 8, m1, b1) | first_stage(q1 + 16, m1, b1) |
-			    first_stage(q1 + 24, m1, b1) | first_stage(q1 + 32, m1, b1) | first_stage(q1 + 40, m1, b1) |
-			    first_stage(q1 + 48, m1, b1) | first_stage(q1 + 56, m1, b1);
-		if (acc & HIGH_BITS) {
-			/* Rare: recompute each word's flags (the barrier keeps
-			 * clang from keeping them live from above). */
-			barrier_var(q1);
-			if (FN(content_hits)(ctx, pos, last, zero_bytes((*(__u64 *)q1 & m1) ^ b1), q2, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 8, last, zero_bytes((*(__u64 *)(q1 + 8) & m1) ^ b1), q2 + 8, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 16, last, zero_bytes((*(__u64 *)(q1 + 16) & m1) ^ b1), q2 + 16, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 24, last, zero_bytes((*(__u64 *)(q1 + 24) & m1) ^ b1), q2 + 24, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 32, last, zero_bytes((*(__u64 *)(q1 + 32) & m1) ^ b1), q2 + 32, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 40, last, zero_bytes((*(__u64 *)(q1 + 40) & m1) ^ b1), q2 + 40, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 48, last, zero_bytes((*(__u64 *)(q1 + 48) & m1) ^ b1), q2 + 48, m2, b2, slot) ||
-			    FN(content_hits)(ctx, pos + 56, last, zero_bytes((*(__u64 *)(q1 + 56) & m1) ^ b1), q2 + 56, m2, b2, slot))
-				return !negate;
-		}
-		pos += 64;
-	}
+	/* Most prefilter bytes are case-sensitive (mask 0xff): their scan
+	 * skips the mask, one operation in eight. */
+	if (m1 == ~0ULL)
+		pos = FN(scan_blocks)(ctx, pos, last, i1, i2, m1, b1, m2, b2, slot, 0);
+	else
+		pos = FN(scan_blocks)(ctx, pos, last, i1, i2, m1, b1, m2, b2, slot, 1);
+	if (pos == SCAN_FOUND)
+		return !negate;
 	/* Near the end of the frame: eight positions per step. */
 	for (__u32 step = 0; step < 9; step++) {
 		__u32 off = pos;

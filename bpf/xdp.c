@@ -213,11 +213,15 @@ static __always_inline __u64 zero_bytes(__u64 v)
 	return (v - REPEAT8(1)) & ~v & HIGH_BITS;
 }
 
-/* zero_bytes of the word at q compared with byte b under mask m, without
- * the final mask: the scan ORs eight of these and masks once. */
-static __always_inline __u64 first_stage(const __u8 *q, __u64 m, __u64 b)
+/* zero_bytes of the word at q compared with byte b (under mask m when
+ * masked), without the final mask: the scan ORs eight of these and masks
+ * once. */
+static __always_inline __u64 first_stage(const __u8 *q, __u64 m, __u64 b, const int masked)
 {
-	__u64 x = (*(const __u64 *)q & m) ^ b;
+	__u64 x = *(const __u64 *)q;
+	if (masked)
+		x &= m;
+	x ^= b;
 	return (x - REPEAT8(1)) & ~x;
 }
 
