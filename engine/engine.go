@@ -78,6 +78,7 @@ type Engine struct {
 type xdpLink struct {
 	link.Link
 	ifindex uint32
+	hook    string // hookXDP, hookXDPGeneric or hookTCX
 }
 
 // New loads the generic XDP program. Nothing is attached yet.
@@ -166,7 +167,8 @@ func (e *Engine) adopt() error {
 			continue
 		}
 		var ifindex uint32
-		prog, hook := e.xdp.Program(), "XDP"
+		// An adopted XDP link does not say its mode: it is reported as xdp.
+		prog, hook := e.xdp.Program(), hookXDP
 		if info, err := l.Info(); err == nil {
 			found := false
 			if xi := info.XDP(); xi != nil {
@@ -174,7 +176,7 @@ func (e *Engine) adopt() error {
 			}
 			if ti := info.TCX(); ti != nil {
 				ifindex, found = ti.Ifindex, true
-				hook = "tcx"
+				hook = hookTCX
 				if prog, err = e.xdp.TCProgram(); err != nil {
 					l.Close()
 					return err
@@ -190,9 +192,9 @@ func (e *Engine) adopt() error {
 		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
-			return fmt.Errorf("switch the pinned %s link on %s to this grain's program: %w", hook, ent.Name(), err)
+			return fmt.Errorf("switch the pinned link (%s) on %s to this grain's program: %w", hook, ent.Name(), err)
 		}
-		e.links[ent.Name()] = xdpLink{Link: l, ifindex: ifindex}
+		e.links[ent.Name()] = xdpLink{Link: l, ifindex: ifindex, hook: hook}
 		e.adopted = true
 		e.log.Info("adopted", "interface", ent.Name(), "generation", e.active)
 	}
@@ -378,7 +380,7 @@ func (e *Engine) syncAttachments(want, present map[string]uint32) error {
 				continue
 			}
 		}
-		e.links[name] = xdpLink{Link: l, ifindex: index}
+		e.links[name] = xdpLink{Link: l, ifindex: index, hook: hook}
 		prog := codegen.XDPProgram
 		if hook == hookTCX {
 			prog = bpf.ProgTC
@@ -595,6 +597,18 @@ func (e *Engine) Interfaces() []string {
 		out = append(out, name)
 	}
 	slices.Sort(out)
+	return out
+}
+
+// InterfaceHooks says where the packet program runs on each interface it
+// is attached to: "xdp", "xdp generic" or "tcx ingress".
+func (e *Engine) InterfaceHooks() map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]string, len(e.links))
+	for name, l := range e.links {
+		out[name] = l.hook
+	}
 	return out
 }
 

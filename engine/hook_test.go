@@ -57,6 +57,13 @@ func TestXDPVethHook(t *testing.T) {
 			t.Fatal(err)
 		}
 		tcx := wantTCX && !forceXDP
+		wantHook := hookXDPGeneric
+		if tcx {
+			wantHook = hookTCX
+		}
+		if got := e.InterfaceHooks()[dev]; got != wantHook {
+			t.Errorf("InterfaceHooks()[%s] = %q, want %q", dev, got, wantHook)
+		}
 		switch {
 		case tcx && info.Type != link.TCXType:
 			t.Errorf("link on veth is of type %v, want tcx (the kernel has tcx)", info.Type)

@@ -20,16 +20,19 @@ import (
 
 // Status is what `grain status` prints.
 type Status struct {
-	Policies     string    `json:"policies"`
-	PolicyHash   string    `json:"policy_hash"`
-	Rules        []string  `json:"rules"`
-	Interfaces   []string  `json:"interfaces"`
-	LastReload   time.Time `json:"last_reload"`
-	LastResult   string    `json:"last_result"`
-	LastError    string    `json:"last_error,omitempty"`
-	LastSuccess  time.Time `json:"last_success"`
-	ReloadsOK    uint64    `json:"reloads_succeeded"`
-	ReloadsError uint64    `json:"reloads_failed"`
+	Policies   string   `json:"policies"`
+	PolicyHash string   `json:"policy_hash"`
+	Rules      []string `json:"rules"`
+	Interfaces []string `json:"interfaces"`
+	// InterfaceHooks says where the packet program runs on each interface:
+	// "xdp", "xdp generic" (veth without tcx) or "tcx ingress" (veth).
+	InterfaceHooks map[string]string `json:"interface_hooks,omitempty"`
+	LastReload     time.Time         `json:"last_reload"`
+	LastResult     string            `json:"last_result"`
+	LastError      string            `json:"last_error,omitempty"`
+	LastSuccess    time.Time         `json:"last_success"`
+	ReloadsOK      uint64            `json:"reloads_succeeded"`
+	ReloadsError   uint64            `json:"reloads_failed"`
 	// Unjudged counts the packets the program passed without judging them.
 	Unjudged PacketStats `json:"unjudged_packets"`
 	// Hooks are the kernel hooks in force and how each is attached.
@@ -155,7 +158,8 @@ func (r *Reloader) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Rules = append([]string(nil), s.Rules...)
-	s.Interfaces = r.Engine.Interfaces()   // links follow interface events between reloads
+	s.Interfaces = r.Engine.Interfaces() // links follow interface events between reloads
+	s.InterfaceHooks = r.Engine.InterfaceHooks()
 	s.Unjudged, _ = r.Engine.PacketStats() // zero if the map cannot be read
 	if r.Probes != nil {
 		s.Hooks = r.Probes.Attachments()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/netns"
 )
 
@@ -97,6 +98,7 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 		LastError  string `json:"last_error"`
 		Rules      []string
 		Interfaces []string
+		Hooks      map[string]string `json:"interface_hooks"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("grain status output %q: %v", out, err)
@@ -104,6 +106,14 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 	if st.LastResult != "failure" || !strings.Contains(st.LastError, "thne") || len(st.PolicyHash) != 64 ||
 		len(st.Rules) != 1 || st.Rules[0] != "block" || len(st.Interfaces) != 1 || st.Interfaces[0] != p.ServerIf {
 		t.Errorf("status after a broken edit: %s", out)
+	}
+	// The pair's server end is a veth: tc ingress where the kernel has tcx.
+	wantHook := "xdp generic"
+	if bpf.HaveTCX() == nil {
+		wantHook = "tcx ingress"
+	}
+	if st.Hooks[p.ServerIf] != wantHook {
+		t.Errorf("status: interface_hooks %v, want %s on %s", st.Hooks, wantHook, p.ServerIf)
 	}
 
 	writePolicy(t, file, fmt.Sprintf(blockVersion, "HTTP/1.1"))
