@@ -8,7 +8,7 @@ BIN := bin/grain
 # (scripts/vm-test.sh): space-separated package:regex, the regex for -test.run
 # (no spaces; | is fine). Kprobe and fentry tests go here, not only on the host.
 VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe ./engine:TestXDP|TestProbe ./internal/vmtest:. ./examples:TestExample
-VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec ./internal/vmtest:. ./examples:TestExampleKprobe
+VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe
 
 .PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
 

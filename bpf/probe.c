@@ -173,9 +173,17 @@ struct sock {
 #define HAVE_CGROUP (1 << 2)
 #define HAVE_PPID (1 << 3)
 
-/* Per-CPU working memory of one call (programs of these types do not nest
- * on a CPU). */
+/* Per-CPU working memory of one call. The kernel keeps kprobe and
+ * perf-event programs from running inside one another on a CPU, not raw
+ * tracepoint programs (raw sys_enter, grain_raw_tracepoint), nor fentry/fexit
+ * programs of different functions (which run preemptible on a preemptible
+ * kernel): a hook firing in an interrupt while another grain program runs on
+ * the CPU takes the next free level of probe_scratch (claim); when all
+ * GRAIN_PROBE_NEST_LEVELS are busy the call is skipped and counted
+ * (probe_nesting). */
 struct scratch {
+	__u32 busy;  /* claimed by a running program: set by cmpxchg, cleared by its owner */
+	__u32 level; /* this level's key in probe_scratch */
 	struct grain_probe_val vals[GRAIN_PROBE_MAX_ARGS];
 	__u64 raw[GRAIN_PROBE_MAX_ARGS];
 	__u32 decoded; /* argument slots whose vals[] are filled */
@@ -286,10 +294,18 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, GRAIN_PROBE_NEST_LEVELS);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } probe_scratch SEC(".maps");
+
+/* Touched only by calls that found their CPU's level 0 busy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct grain_probe_nesting);
+} probe_nesting SEC(".maps");
 
 /* A kretprobe cannot read the function's arguments at return: the engine
  * also attaches grain_kprobe to the entry of such a hook (same cookie),
@@ -571,9 +587,9 @@ __noinline int filter_holds(struct scratch *s, struct grain_probe_hook *h, __u32
 	if (f->op == GRAIN_PROBE_OP_TRIE) {
 		/* The key must be map memory for the lookup helper (Linux 6.1
 		 * refuses a global function's pointer argument there): look the
-		 * per-CPU scratch up again, the same memory as s. */
-		__u32 zero = 0;
-		struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero);
+		 * per-CPU scratch level up again, the same memory as s. */
+		__u32 level = s->level;
+		struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &level);
 		if (!ms)
 			return 0;
 		struct grain_probe_string_key *k = &ms->skey;
@@ -700,8 +716,8 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 			break;
 		put_label(s, h, &r->labels[i]);
 	}
-	__u32 zero = 0;
-	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &zero); /* as in filter_holds */
+	__u32 level = s->level;
+	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &level); /* as in filter_holds */
 	if (!ms)
 		return 0;
 	/* the small map reads the first bytes of the same key */
@@ -943,15 +959,81 @@ static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
 	return x;
 }
 
-/* begin starts a call: it returns the scratch space with the active
- * generation, or 0 when grain itself is calling or nothing is configured. */
-static __always_inline struct scratch *begin_with(struct grain_probe_active *act)
+static __always_inline void count_nesting(int skipped)
 {
 	__u32 zero = 0;
+	struct grain_probe_nesting *n = bpf_map_lookup_elem(&probe_nesting, &zero);
+	if (!n)
+		return;
+	/* atomic: a deeper interrupt may count between a load and a store */
+	if (skipped)
+		__sync_fetch_and_add(&n->skipped, 1);
+	else
+		__sync_fetch_and_add(&n->nested, 1);
+}
+
+/* claim takes the first free scratch level of this CPU, or returns 0 (and
+ * counts the call skipped) when every level is busy. A level is taken by
+ * compare-and-swap, not a depth counter: a preempted fentry/fexit program
+ * may finish after the program that preempted it started, so levels are
+ * not released in stack order, and a load-then-store could hand one level
+ * to two programs. The common path: one lookup (inlined by the verifier
+ * from Linux 6.10) and one compare-and-swap; deeper levels only when
+ * nested. */
+static __always_inline struct scratch *claim(void)
+{
+	__u32 key = 0;
+	struct scratch *s = bpf_map_lookup_elem(&probe_scratch, &key);
+	if (!s)
+		return 0;
+	if (__sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
+		s->level = 0;
+		return s;
+	}
+	for (__u32 l = 1; l < GRAIN_PROBE_NEST_LEVELS; l++) {
+		key = l;
+		s = bpf_map_lookup_elem(&probe_scratch, &key);
+		if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
+			s->level = l;
+			count_nesting(0);
+			return s;
+		}
+	}
+	count_nesting(1);
+	return 0;
+}
+
+/* release frees the level claim took; only its owner writes a busy word
+ * that is set. */
+static __always_inline void release(struct scratch *s)
+{
+	barrier(); /* every use of the level before this store */
+	s->busy = 0;
+}
+
+/* GUARDED runs body (a statement using s) with the scratch level that
+ * begin_expr claimed, and releases the level after it; nothing when
+ * begin_expr returned 0. Program bodies are functions that return into
+ * here, never out of the program: no path can keep a level busy. */
+#define GUARDED(begin_expr, body)                 \
+	({                                        \
+		struct scratch *s = (begin_expr); \
+		if (s) {                          \
+			body;                     \
+			release(s);               \
+		}                                 \
+		0;                                \
+	})
+
+/* begin starts a call: it returns a claimed scratch level with the active
+ * generation, or 0 when grain itself is calling, nothing is configured or
+ * the CPU has no free level. The caller releases the level (GUARDED). */
+static __always_inline struct scratch *begin_with(struct grain_probe_active *act)
+{
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if ((pid_tgid >> 32) == act->agent_tgid)
 		return 0;
-	struct scratch *s = bpf_map_lookup_elem(&probe_scratch, &zero);
+	struct scratch *s = claim();
 	if (!s)
 		return 0;
 	s->gen = act->generation & 1;
@@ -1012,11 +1094,8 @@ static __always_inline __u64 regs_arg(struct pt_regs *r, __u32 i)
 	return 0;
 }
 
-static __always_inline int kprobe_run(struct pt_regs *ctx, int is_ret)
+static __always_inline int kprobe_run(struct scratch *s, struct pt_regs *ctx, int is_ret)
 {
-	struct scratch *s = begin();
-	if (!s)
-		return 0;
 	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
@@ -1059,20 +1138,17 @@ static __always_inline int kprobe_run(struct pt_regs *ctx, int is_ret)
 SEC("kprobe")
 int grain_kprobe(struct pt_regs *ctx)
 {
-	return kprobe_run(ctx, 0);
+	return GUARDED(begin(), kprobe_run(s, ctx, 0));
 }
 
 SEC("kretprobe")
 int grain_kretprobe(struct pt_regs *ctx)
 {
-	return kprobe_run(ctx, 1);
+	return GUARDED(begin(), kprobe_run(s, ctx, 1));
 }
 
-static __always_inline int tracing_run(__u64 *ctx)
+static __always_inline int tracing_run(struct scratch *s, __u64 *ctx)
 {
-	struct scratch *s = begin();
-	if (!s)
-		return 0;
 	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
@@ -1094,21 +1170,17 @@ static __always_inline int tracing_run(__u64 *ctx)
 SEC("fentry")
 int grain_fentry(__u64 *ctx)
 {
-	return tracing_run(ctx);
+	return GUARDED(begin(), tracing_run(s, ctx));
 }
 
 SEC("fexit")
 int grain_fexit(__u64 *ctx)
 {
-	return tracing_run(ctx);
+	return GUARDED(begin(), tracing_run(s, ctx));
 }
 
-SEC("tracepoint")
-int grain_tracepoint(void *ctx)
+static __always_inline int tracepoint_run(struct scratch *s, void *ctx)
 {
-	struct scratch *s = begin();
-	if (!s)
-		return 0;
 	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
@@ -1149,40 +1221,32 @@ int grain_tracepoint(void *ctx)
 	return hook_run(s, h);
 }
 
+SEC("tracepoint")
+int grain_tracepoint(void *ctx)
+{
+	return GUARDED(begin(), tracepoint_run(s, ctx));
+}
+
 /* Any tracepoint, raw (Linux 6.10+: raw tracepoints take a cookie): for
  * hooks that read no record field, only process context. It skips the perf
  * event's record building, ~60 ns per call on this kind of host; its ctx
  * holds the tracepoint's C arguments, which grain does not read. */
-SEC("raw_tracepoint")
-int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int raw_tracepoint_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx)
 {
-	struct scratch *s = begin();
-	if (!s)
-		return 0;
 	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
 	return hook_run(s, h);
 }
 
-/* Raw sys_enter: the hooks of a syscall come from its number. */
-SEC("raw_tracepoint/sys_enter")
-int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+SEC("raw_tracepoint")
+int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 zero = 0;
-	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
-	if (!act)
-		return 0;
-	__u64 nr = ctx->args[1];
-	if (nr >= GRAIN_PROBE_SYSCALLS)
-		return 0;
-	__u32 key = (act->generation & 1) * GRAIN_PROBE_SYSCALLS + nr;
-	struct grain_probe_syscall *sc = bpf_map_lookup_elem(&probe_syscalls, &key);
-	if (!sc || !sc->nhooks)
-		return 0;
-	struct scratch *s = begin_with(act);
-	if (!s)
-		return 0;
+	return GUARDED(begin(), raw_tracepoint_run(s, ctx));
+}
+
+static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx, struct grain_probe_syscall *sc, __u64 nr)
+{
 	s->syscall = nr;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	for (int k = 0; k < GRAIN_PROBE_SYSCALL_HOOKS; k++) {
@@ -1222,4 +1286,22 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		hook_run(s, h);
 	}
 	return 0;
+}
+
+/* Raw sys_enter: the hooks of a syscall come from its number. */
+SEC("raw_tracepoint/sys_enter")
+int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	if (!act)
+		return 0;
+	__u64 nr = ctx->args[1];
+	if (nr >= GRAIN_PROBE_SYSCALLS)
+		return 0;
+	__u32 key = (act->generation & 1) * GRAIN_PROBE_SYSCALLS + nr;
+	struct grain_probe_syscall *sc = bpf_map_lookup_elem(&probe_syscalls, &key);
+	if (!sc || !sc->nhooks)
+		return 0;
+	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }

@@ -31,6 +31,7 @@
 #define GRAIN_PROBE_COUNT_ENTRIES 65536 /* distinct count keys */
 #define GRAIN_PROBE_EVENT_MAX 2048      /* bytes of one event */
 #define GRAIN_PROBE_STASH_ENTRIES 16384 /* calls in flight between a kretprobe's entry and return */
+#define GRAIN_PROBE_NEST_LEVELS 4       /* per-CPU scratch levels: programs running inside another on a CPU */
 
 /* Hook kinds. */
 #define GRAIN_PROBE_KIND_KPROBE 1
@@ -211,6 +212,13 @@ struct grain_probe_counter {
 	__u64 signals;
 	__u64 count_errors;  /* count keys that did not fit the count map */
 	__u64 sum;           /* count without labels: the sum, kept here */
+};
+
+/* Per CPU: calls that found another grain program running on their CPU
+ * (an interrupt, or a preempted fentry/fexit program). */
+struct grain_probe_nesting {
+	__u64 nested;  /* served in a deeper scratch level */
+	__u64 skipped; /* every level busy: the call was not looked at */
 };
 
 struct grain_probe_rate {

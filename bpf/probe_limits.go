@@ -66,6 +66,7 @@ const (
 	ProbeOpSet           = 3
 	ProbeHookStash       = 1 << 0
 	ProbeStashEntries    = 16384
+	ProbeNestLevels      = 4
 	ProbeOpComm          = 5
 	ProbeCommInline      = 2
 	ProbeRSmallKey       = 1 << 4

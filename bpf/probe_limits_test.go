@@ -77,6 +77,7 @@ func TestProbeLimitsMatchHeader(t *testing.T) {
 		"OP_SET":            ProbeOpSet,
 		"HOOK_STASH":        ProbeHookStash,
 		"STASH_ENTRIES":     ProbeStashEntries,
+		"NEST_LEVELS":       ProbeNestLevels,
 		"OP_COMM":           ProbeOpComm,
 		"COMM_INLINE":       ProbeCommInline,
 		"R_SMALL_KEY":       ProbeRSmallKey,

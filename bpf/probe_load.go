@@ -144,6 +144,10 @@ func (p *Probe) ReleaseTracingProgram(name, fn string) {
 type ProbeMaps struct {
 	Active, Hooks, Syscalls, Rules, Filters, Values, Strings *ebpf.Map
 	Counters, Rate, Counts, CountsSmall, Events              *ebpf.Map
+	// Scratch holds each CPU's working memory, one value per nesting
+	// level (ProbeNestLevels); Nesting counts, per CPU, the calls that
+	// found another grain program running on their CPU (ProbeNesting).
+	Scratch, Nesting *ebpf.Map
 }
 
 // Maps returns the probe maps.
@@ -154,6 +158,7 @@ func (p *Probe) Maps() ProbeMaps {
 		Rules: m["probe_rules"], Filters: m["probe_filters"], Values: m["probe_values"],
 		Strings: m["probe_strings"], Counters: m["probe_counters"], Rate: m["probe_rate"],
 		Counts: m["probe_counts"], CountsSmall: m["probe_counts_small"], Events: m["probe_events"],
+		Scratch: m["probe_scratch"], Nesting: m["probe_nesting"],
 	}
 }
 
@@ -192,4 +197,5 @@ type (
 	ProbeCountKey      = probeGrainProbeCountKey
 	ProbeCountKeySmall = probeGrainProbeCountKeySmall
 	ProbeCount         = probeGrainProbeCount
+	ProbeNesting       = probeGrainProbeNesting
 )

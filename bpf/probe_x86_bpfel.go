@@ -96,6 +96,12 @@ type probeGrainProbeLabel struct {
 	Pad    [3]uint8
 }
 
+type probeGrainProbeNesting struct {
+	_       structs.HostLayout
+	Nested  uint64
+	Skipped uint64
+}
+
 type probeGrainProbeRate struct {
 	_      structs.HostLayout
 	Window uint64
@@ -158,8 +164,10 @@ type probeGrainProbeValueKey struct {
 }
 
 type probeScratch struct {
-	_    structs.HostLayout
-	Vals [6]struct {
+	_     structs.HostLayout
+	Busy  uint32
+	Level uint32
+	Vals  [6]struct {
 		_      structs.HostLayout
 		Num    uint64
 		Family uint16
@@ -206,6 +214,7 @@ const (
 	probeMapProbeEvents         = "probe_events"
 	probeMapProbeFilters        = "probe_filters"
 	probeMapProbeHooks          = "probe_hooks"
+	probeMapProbeNesting        = "probe_nesting"
 	probeMapProbeRate           = "probe_rate"
 	probeMapProbeRules          = "probe_rules"
 	probeMapProbeScratch        = "probe_scratch"
@@ -284,6 +293,7 @@ type probeMapSpecs struct {
 	ProbeEvents      *ebpf.MapSpec `ebpf:"probe_events"`
 	ProbeFilters     *ebpf.MapSpec `ebpf:"probe_filters"`
 	ProbeHooks       *ebpf.MapSpec `ebpf:"probe_hooks"`
+	ProbeNesting     *ebpf.MapSpec `ebpf:"probe_nesting"`
 	ProbeRate        *ebpf.MapSpec `ebpf:"probe_rate"`
 	ProbeRules       *ebpf.MapSpec `ebpf:"probe_rules"`
 	ProbeScratch     *ebpf.MapSpec `ebpf:"probe_scratch"`
@@ -326,6 +336,7 @@ type probeMaps struct {
 	ProbeEvents      *ebpf.Map `ebpf:"probe_events"`
 	ProbeFilters     *ebpf.Map `ebpf:"probe_filters"`
 	ProbeHooks       *ebpf.Map `ebpf:"probe_hooks"`
+	ProbeNesting     *ebpf.Map `ebpf:"probe_nesting"`
 	ProbeRate        *ebpf.Map `ebpf:"probe_rate"`
 	ProbeRules       *ebpf.Map `ebpf:"probe_rules"`
 	ProbeScratch     *ebpf.Map `ebpf:"probe_scratch"`
@@ -344,6 +355,7 @@ func (m *probeMaps) Close() error {
 		m.ProbeEvents,
 		m.ProbeFilters,
 		m.ProbeHooks,
+		m.ProbeNesting,
 		m.ProbeRate,
 		m.ProbeRules,
 		m.ProbeScratch,

@@ -355,3 +355,37 @@ func (e *Probes) Counters() ([]ProbeRuleCounter, error) {
 	slices.SortFunc(out, func(a, b ProbeRuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
 	return out, nil
 }
+
+// ProbeNesting counts, since the programs were loaded, the kernel calls
+// whose probe program started while another grain probe program was
+// running on the same CPU: a hook firing in an interrupt (raw tracepoints
+// and raw sys_enter are not kept from nesting by the kernel) or a
+// preempted fentry/fexit program. Each program works in a per-CPU scratch
+// level; bpf.ProbeNestLevels levels serve that many programs at once on a
+// CPU.
+type ProbeNesting struct {
+	// Nested calls were served in a deeper scratch level, as usual.
+	Nested uint64 `json:"nested"`
+	// Skipped calls found every level busy: no policy saw them (not
+	// counted, not emitted).
+	Skipped uint64 `json:"skipped"`
+}
+
+// Nesting sums the nesting counters of every CPU.
+func (e *Probes) Nesting() (ProbeNesting, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var n ProbeNesting
+	if e.p == nil {
+		return n, nil
+	}
+	var perCPU []bpf.ProbeNesting
+	if err := e.p.Maps().Nesting.Lookup(uint32(0), &perCPU); err != nil {
+		return n, fmt.Errorf("read probe nesting counters: %w", err)
+	}
+	for _, v := range perCPU {
+		n.Nested += v.Nested
+		n.Skipped += v.Skipped
+	}
+	return n, nil
+}
