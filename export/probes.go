@@ -26,6 +26,9 @@ type ProbeMetricsConfig struct {
 	// MetricNames names the count metrics of the policies in force; an
 	// instrument is made for each as it appears.
 	MetricNames func() []string
+	// Nesting reads the calls whose probe program started while another
+	// ran on the same CPU: served in a deeper scratch level, or skipped.
+	Nesting func() (engine.ProbeNesting, error)
 }
 
 // probeSyncInterval is how often new count metrics get their instrument:
@@ -58,6 +61,10 @@ func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, 
 	limited := counter("grain.events.rate_limited", "{event}", "Events a kernel-hook policy's rate_limit kept in the kernel.")
 	signals := counter("grain.probe.signals", "{signal}", "Signals sent to processes by each kernel-hook policy.")
 	countErrors := counter("grain.probe.count_errors", "{call}", "Calls a count could not record because its map was full.")
+	nested := counter("grain.probe.nested", "{call}",
+		"Kernel calls whose probe program started while another grain probe program ran on the same CPU (an interrupt), served in a deeper per-CPU scratch level.")
+	nestedSkipped := counter("grain.probe.nested_skipped", "{call}",
+		"Kernel calls no kernel-hook policy saw: their probe program found every per-CPU scratch level busy with grain programs it interrupted.")
 	if err := errors.Join(cs.errs...); err != nil {
 		return nil, fmt.Errorf("create probe instruments: %w", err)
 	}
@@ -80,6 +87,21 @@ func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, 
 			}
 			return nil
 		}, hits, emitted, lost, limited, signals, countErrors)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Nesting != nil {
+		_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			n, err := cfg.Nesting()
+			if err != nil {
+				otel.Handle(err)
+				return nil
+			}
+			o.ObserveInt64(nested, toInt64(n.Nested))
+			o.ObserveInt64(nestedSkipped, toInt64(n.Skipped))
+			return nil
+		}, nested, nestedSkipped)
 		if err != nil {
 			return nil, err
 		}

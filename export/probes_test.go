@@ -13,7 +13,7 @@ import (
 // Count metrics are named by the policies: one that a reload brings gets
 // its instrument, and its samples are exported with their labels as
 // semantic-convention attributes. The probe counters are exported per
-// policy.
+// policy, the nesting counters once.
 func TestProbeMetricsFollowReloads(t *testing.T) {
 	var mu sync.Mutex
 	names := []string{"process.execs"}
@@ -34,6 +34,7 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 			defer mu.Unlock()
 			return append([]string(nil), names...)
 		},
+		Nesting: func() (engine.ProbeNesting, error) { return engine.ProbeNesting{Nested: 5, Skipped: 2}, nil },
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +46,8 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 		`grain_process_execs_total{grain_policy="execs",otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version="",process_executable_name="curl",process_real_user_id="0"} 3`,
 		`grain_probe_hits_total{grain_policy="execs"`,
 		`grain_events_lost_total{grain_loss_reason="ring_buffer_full",grain_policy="execs"`,
+		`grain_probe_nested_total{otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version=""} 5`,
+		`grain_probe_nested_skipped_total{otel_scope_name="github.com/grain-ebpf/grain/export",otel_scope_schema_url="",otel_scope_version=""} 2`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s:\n%s", want, body)

@@ -280,7 +280,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer exit()
 	var probeMetrics export.ProbeMetricsConfig
 	if probes != nil {
-		probeMetrics = export.ProbeMetricsConfig{Counters: probes.Counters, Counts: probes.CountSnapshot, MetricNames: reloader.CountMetrics}
+		probeMetrics = export.ProbeMetricsConfig{Counters: probes.Counters, Counts: probes.CountSnapshot,
+			MetricNames: reloader.CountMetrics, Nesting: probes.Nesting}
 	}
 
 	if ln, err := reloader.ServeStatus(*socket); err != nil {
