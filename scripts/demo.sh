@@ -40,7 +40,7 @@ show() {
 fail() { printf '\n%sDEMO FAILED: %s%s\n' "$red" "$*" "$off" >&2; exit 1; }
 
 # Checks before anything is made, each saying what to do.
-[[ $EUID -eq 0 ]] || fail "run as root: the demo creates network namespaces and attaches XDP (sudo make demo)"
+[[ $EUID -eq 0 ]] || fail "run as root: the demo creates network namespaces and attaches BPF programs (sudo make demo)"
 [[ -x $GRAIN ]] || fail "$GRAIN not found: build it first (make build, or go build -o bin/grain ./cmd/grain)"
 for tool in ip curl go; do
 	command -v "$tool" >/dev/null || fail "$tool is missing (ip: apt-get install iproute2; curl: apt-get install curl)"
@@ -151,7 +151,7 @@ grep -Eq "\"saddr\": ?\"$CLI_IP4\"" "$tmp/events.jsonl" || fail "no event with s
 grep -Eq "\"saddr\": ?\"$CLI_IP6\"" "$tmp/events.jsonl" || fail "no event with saddr $CLI_IP6 for the blocked IPv6 request"
 say "$(wc -l <"$tmp/events.jsonl") events"
 
-step "Removing the policy: stopping grain (SIGTERM) detaches its XDP program"
+step "Removing the policy: stopping grain (SIGTERM) detaches its packet program (tc ingress on this veth, XDP elsewhere)"
 printf '    %s$ kill -TERM %s%s\n' "$bold" "$grain_pid" "$off"
 kill -TERM "$grain_pid"
 for ((i = 0; i < 50; i++)); do
