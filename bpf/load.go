@@ -22,8 +22,9 @@ type XDP struct {
 	objs xdpLoaded
 	spec *ebpf.CollectionSpec // for the TC program
 
-	tcMu sync.Mutex
-	tc   *ebpf.Program
+	tcMu   sync.Mutex
+	tc     *ebpf.Program
+	closed bool // set by Close: TCProgram must not load over closed maps
 }
 
 // xdpLoaded is what LoadXDP loads: the maps, the XDP program and the
@@ -61,6 +62,7 @@ func (x *XDP) Program() *ebpf.Program { return x.objs.GrainXdp }
 func (x *XDP) Close() error {
 	x.tcMu.Lock()
 	defer x.tcMu.Unlock()
+	x.closed = true
 	var err error
 	if x.tc != nil {
 		err = x.tc.Close()
@@ -77,6 +79,9 @@ func (x *XDP) TCProgram() (*ebpf.Program, error) {
 	defer x.tcMu.Unlock()
 	if x.tc != nil {
 		return x.tc, nil
+	}
+	if x.closed {
+		return nil, errors.New("load grain_tc: the XDP program and its maps are closed")
 	}
 	m := x.Maps()
 	shared := map[string]*ebpf.Map{
