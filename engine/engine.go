@@ -554,17 +554,20 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	if veth && !e.noTCX {
 		tc, err := e.xdp.TCProgram()
 		if err != nil {
-			return nil, "", err
+			// The XDP program loaded: enforce with it rather than not at all.
+			e.noTCX = true
+			e.log.Warn("the tc program did not load: veth interfaces get generic XDP", "error", err.Error())
+		} else {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: int(index), Program: tc, Attach: ebpf.AttachTCXIngress})
+			if err == nil {
+				return l, hookTCX, nil
+			}
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return nil, "", fmt.Errorf("attach the tc program to %s at tcx ingress: %w", name, err)
+			}
+			e.noTCX = true
+			e.log.Info("the kernel lacks tcx (Linux 6.6): veth interfaces get generic XDP", "error", err)
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: int(index), Program: tc, Attach: ebpf.AttachTCXIngress})
-		if err == nil {
-			return l, hookTCX, nil
-		}
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return nil, "", fmt.Errorf("attach the tc program to %s at tcx ingress: %w", name, err)
-		}
-		e.noTCX = true
-		e.log.Info("the kernel lacks tcx (Linux 6.6): veth interfaces get generic XDP", "error", err)
 	}
 	mode, hook := link.XDPAttachFlags(0), hookXDP
 	if veth {
