@@ -69,7 +69,8 @@ type Engine struct {
 	// RCU grace period, after which no packet still reads a generation
 	// that was active before.
 	grace, graceInner *ebpf.Map
-	// noTCX is set once attaching at tcx failed for want of kernel support.
+	// noTCX: veth gets generic XDP, because the kernel lacks tcx or the tc
+	// program did not load. Guarded by mu.
 	noTCX bool
 }
 
