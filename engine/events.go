@@ -36,10 +36,16 @@ var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "d
 // no stages and a JSON sink. Lines are flushed whenever the ring buffer
 // is drained, so a reader sees events without delay.
 func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
+	return streamJSON(ctx, out, e.ReadEvents)
+}
+
+// streamJSON runs read, an event reader, into a pipeline with no stages
+// and a JSON sink on out, until ctx ends.
+func streamJSON(ctx context.Context, out io.Writer, read func(context.Context, *pipeline.Producer) error) error {
 	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(out)}})
 	runCtx, stop := context.WithCancel(context.Background())
 	go p.Run(runCtx)
-	err := e.ReadEvents(ctx, p.Producer())
+	err := read(ctx, p.Producer())
 	stop()
 	<-p.Done()
 	return err

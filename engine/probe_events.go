@@ -446,11 +446,5 @@ func (d *probeDecoder) toPipeline(out *pipeline.Event, ev *ProbeEvent) {
 // ReadEvents into a pipeline with no stages and a JSON sink (the XDP
 // events' format: time, policy, event, then the policy's fields).
 func (e *Probes) StreamEvents(ctx context.Context, out io.Writer) error {
-	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(out)}})
-	runCtx, stop := context.WithCancel(context.Background())
-	go p.Run(runCtx)
-	err := e.ReadEvents(ctx, p.Producer())
-	stop()
-	<-p.Done()
-	return err
+	return streamJSON(ctx, out, e.ReadEvents)
 }

@@ -145,18 +145,7 @@ func TestProbeNestingLevels(t *testing.T) {
 	run()
 	check("levels free again", 4, ProbeNesting{Nested: 2, Skipped: 1})
 
-	counts, err := p.CountSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, c := range counts {
-		var labels []string
-		for _, l := range c.Labels {
-			labels = append(labels, l.Name+"="+l.Value)
-		}
-		got = append(got, fmt.Sprintf("%s %s %d", c.Metric, strings.Join(labels, ","), c.Value))
-	}
+	got := countLines(t, p)
 	want := []string{fmt.Sprintf("test.nested tgid=%d,syscall=getppid 4", os.Getpid())}
 	if !slices.Equal(got, want) {
 		t.Fatalf("counts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -203,22 +192,13 @@ softirq: {
 	if got := ruleHits(t, p, "calls"); got != n {
 		t.Fatalf("getppid: %d hits, want %d", got, n)
 	}
-	counts, err := p.CountSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var getppid []string
-	for _, c := range counts {
-		if c.Metric != "test.getppid" {
-			continue
+	for _, line := range countLines(t, p) {
+		if strings.HasPrefix(line, "test.getppid ") {
+			getppid = append(getppid, line)
 		}
-		var labels []string
-		for _, l := range c.Labels {
-			labels = append(labels, l.Name+"="+l.Value)
-		}
-		getppid = append(getppid, fmt.Sprintf("%s %d", strings.Join(labels, ","), c.Value))
 	}
-	want := []string{fmt.Sprintf("tgid=%d,syscall=getppid %d", pid, n)}
+	want := []string{fmt.Sprintf("test.getppid tgid=%d,syscall=getppid %d", pid, n)}
 	if !slices.Equal(getppid, want) {
 		t.Fatalf("getppid counts:\n%s\nwant:\n%s", strings.Join(getppid, "\n"), strings.Join(want, "\n"))
 	}

@@ -359,18 +359,7 @@ seeks: {
 	runChild(t, "close 5 986999") // not in the set
 	runChild(t, "lseek 10 987500 1500")
 	runChild(t, "lseek 10 987500 2500") // offset out of range
-	counts, err := p.CountSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, c := range counts {
-		var labels []string
-		for _, l := range c.Labels {
-			labels = append(labels, l.Name+"="+l.Value)
-		}
-		got = append(got, fmt.Sprintf("%s %s %d", c.Metric, strings.Join(labels, ","), c.Value))
-	}
+	got := countLines(t, p)
 	want := []string{
 		"test.closes syscall=close,fd=987003,comm=engine.test 1000",
 		"test.closes syscall=close,fd=987011,comm=engine.test 7",
@@ -379,6 +368,24 @@ seeks: {
 	if !slices.Equal(got, want) {
 		t.Fatalf("counts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// countLines is every in-kernel count of p as "metric label=value,... n".
+func countLines(t *testing.T, p *Probes) []string {
+	t.Helper()
+	counts, err := p.CountSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, c := range counts {
+		var labels []string
+		for _, l := range c.Labels {
+			labels = append(labels, l.Name+"="+l.Value)
+		}
+		lines = append(lines, fmt.Sprintf("%s %s %d", c.Metric, strings.Join(labels, ","), c.Value))
+	}
+	return lines
 }
 
 // TestProbeFdPath: an fd argument resolved to its path through the task's
@@ -573,15 +580,15 @@ func skipWithoutFentry(t *testing.T) {
 	}
 }
 
-// tcpConnectTest connects from a child to a listener on loopback and
-// checks the event of a hook on tcp_connect(struct sock *).
-func tcpConnectTest(t *testing.T, attach, wantMech string) {
-	p := newTestProbes(t, ProbeOptions{})
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+// acceptAndClose listens on address until the test ends, closing every
+// connection it accepts, and returns the address it listens on.
+func acceptAndClose(t *testing.T, network, address string) string {
+	t.Helper()
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -591,7 +598,16 @@ func tcpConnectTest(t *testing.T, attach, wantMech string) {
 			c.Close()
 		}
 	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().String()
+}
+
+// tcpConnectTest connects from a child to a listener on loopback and
+// checks the event of a hook on tcp_connect(struct sock *).
+func tcpConnectTest(t *testing.T, attach, wantMech string) {
+	p := newTestProbes(t, ProbeOptions{})
+	addr := acceptAndClose(t, "tcp4", "127.0.0.1:0")
+	_, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
 	applyProbes(t, p, fmt.Sprintf(`
 tcp_connect: {
 	kprobe: "tcp_connect"
@@ -604,7 +620,7 @@ tcp_connect: {
 	if got := p.Mechanism("kprobe", "tcp_connect"); got != wantMech {
 		t.Fatalf("mechanism %q, want %q", got, wantMech)
 	}
-	runChild(t, "connect "+ln.Addr().String())
+	runChild(t, "connect "+addr)
 	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 1 })
 	if len(evs) != 1 {
 		t.Fatalf("events %+v", evs)
@@ -877,21 +893,7 @@ func TestProbeSockaddr(t *testing.T) {
 	var addrs []string
 	for _, network := range []string{"tcp4", "tcp6"} {
 		host := map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network]
-		ln, err := net.Listen(network, host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-		addrs = append(addrs, ln.Addr().String())
+		addrs = append(addrs, acceptAndClose(t, network, host))
 	}
 	port := func(a string) string { _, p, _ := net.SplitHostPort(a); return p }
 	applyProbes(t, p, fmt.Sprintf(`

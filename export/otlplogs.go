@@ -292,7 +292,6 @@ type logEncoder struct {
 	scope   []byte // the InstrumentationScope message
 	records []byte // the log records of the batch being encoded
 	rec     []byte // one record
-	kv      []byte // one attribute
 	out     []byte
 }
 

@@ -39,6 +39,20 @@ import (
 // every program, and so to the measured per-call overhead.
 var progStatsOn = flag.Bool("prog-stats", false, "report the programs' own ns per run (kernel.bpf_stats_enabled)")
 
+// enableProgStats turns the kernel's BPF run-time statistics on for the
+// benchmark when -prog-stats asks for them.
+func enableProgStats(b *testing.B) {
+	b.Helper()
+	if !*progStatsOn {
+		return
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable BPF run-time statistics: %v", err)
+	}
+	b.Cleanup(func() { stats.Close() })
+}
+
 func compile(b testing.TB, src string) *codegen.Plan {
 	b.Helper()
 	snap, err := policies.LoadBytes("bench.cue", []byte(src))
@@ -95,13 +109,7 @@ func renameLoop(n int) {
 // (ObserveSelf).
 func BenchmarkProbeOverhead(b *testing.B) {
 	p := newProbes(b, engine.ProbeOptions{})
-	if *progStatsOn {
-		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-		if err != nil {
-			b.Fatalf("enable BPF run-time statistics: %v", err)
-		}
-		defer stats.Close()
-	}
+	enableProgStats(b)
 	pid := os.Getpid()
 	cases := []struct{ name, policy string }{
 		// an empty program on raw sys_enter: what the kernel's syscall
@@ -153,13 +161,7 @@ func BenchmarkProbeTracepointOverhead(b *testing.B) {
 	if !p.Features().RawTracepoints() {
 		b.Logf("no raw tracepoint cookies (%v): grain uses the perf-event tracepoint", p.Features().RawTracepointCookie)
 	}
-	if *progStatsOn {
-		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-		if err != nil {
-			b.Fatalf("enable BPF run-time statistics: %v", err)
-		}
-		defer stats.Close()
-	}
+	enableProgStats(b)
 	pid := os.Getpid()
 	const tp = `tracepoint: "task/task_rename"`
 	cases := []struct{ name, policy string }{

@@ -148,21 +148,9 @@ func (d *daemon) waitEvent(t *testing.T, want map[string]any) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		d.mu.Lock()
-		for _, ev := range d.events {
-			match := true
-			for k, v := range want {
-				if ev[k] != v {
-					match = false
-					break
-				}
-			}
-			if match {
-				d.mu.Unlock()
-				return
-			}
+		if d.hasEvent(want) {
+			return
 		}
-		d.mu.Unlock()
 		time.Sleep(20 * time.Millisecond)
 	}
 	d.mu.Lock()

@@ -105,15 +105,7 @@ func TestPrometheusEndpoint(t *testing.T) {
 	}
 	// Scrape from the client namespace over the veth, with HTTP/1.0: grain
 	// drops every request line carrying HTTP/1.1, whatever the port.
-	conn, err := netns.DialContextIn(p.ClientNS)(context.Background(), "tcp", p.ServerIP4.String()+":9464")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(conn, "GET /metrics HTTP/1.0\r\n\r\n")
-	b, _ := io.ReadAll(conn)
-	body := string(b)
+	body := scrapeBody(t, p.ClientNS, p.ServerIP4.String()+":9464")
 	line, _, _ := strings.Cut(body, "\n")
 	if !strings.Contains(line, "200") {
 		t.Fatalf("scrape: %q", line)
