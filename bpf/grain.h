@@ -115,14 +115,37 @@ struct grain_gen_config {
 	__u64 proto_w0[256];
 };
 
+/* A generation's gate for one L4 protocol (GRAIN_GATE_TCP, _UDP): eight
+ * payload bytes ending at payload offset end, loaded as a little-endian
+ * word and masked, that every packet some rule of the generation matches
+ * has equal to pattern. Every rule that admits the protocol has a quick
+ * word ending there (an anchored content), and the mask keeps the bits on
+ * which all of them agree. A plain IPv4 or IPv6 packet of that protocol
+ * that fails the gate (or is too short for it) can match no rule, and is
+ * passed before the full parse. end == 0: no gate, every packet takes the
+ * full path. */
+struct grain_gate {
+	__u16 end;
+	__u16 _pad[3];
+	__u64 mask;
+	__u64 pattern;
+	__u64 _pad2; /* 32 bytes: the lookup shifts instead of multiplying */
+};
+
+#define GRAIN_GATE_TCP 0
+#define GRAIN_GATE_UDP 1
+#define GRAIN_GATES 2
+
 /* The one element of the active map: which generation is in force, and
- * each generation's config, so that one lookup per packet gives both.
+ * each generation's gates and config, so that one lookup per packet gives
+ * all of them (the gates first, in the cache line of the generation).
  * Userspace writes the inactive generation's config, then flips the
  * generation; each write rewrites the rest of the value with the bytes it
  * already holds. */
 struct grain_active {
 	__u32 generation;
 	__u32 _pad;
+	struct grain_gate gate[GRAIN_GENERATIONS][GRAIN_GATES];
 	struct grain_gen_config config[GRAIN_GENERATIONS];
 };
 

@@ -60,4 +60,7 @@ const (
 	StatMax            = 4
 	IfaceSlots         = 256
 	Verdicts           = 3
+	GateTCP            = 0
+	GateUDP            = 1
+	Gates              = 2
 )

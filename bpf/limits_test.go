@@ -38,6 +38,7 @@ func TestLimitsMatchHeader(t *testing.T) {
 		"STAT_NOT_IP":      StatNotIP, "STAT_MALFORMED": StatMalformed,
 		"STAT_NO_CONFIG": StatNoConfig, "STAT_MAX": StatMax,
 		"IFACE_SLOTS": IfaceSlots, "VERDICTS": Verdicts,
+		"GATE_TCP": GateTCP, "GATE_UDP": GateUDP, "GATES": Gates,
 	}
 	define := regexp.MustCompile(`(?m)^#define GRAIN_(\w+)\s+(.+?)\s*(/\*.*)?$`)
 	values := map[string]int{}

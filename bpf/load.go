@@ -261,6 +261,7 @@ func explainLoadError(prog string, err error) error {
 type (
 	Bitmap       = xdpGrainBitmap
 	Active       = xdpGrainActive
+	Gate         = xdpGrainGate
 	GenConfig    = xdpGrainGenConfig
 	CIDRKey      = xdpGrainCidrKey
 	IfaceKey     = xdpGrainIfaceKey

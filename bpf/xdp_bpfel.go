@@ -17,6 +17,7 @@ type xdpGrainActive struct {
 	_          structs.HostLayout
 	Generation uint32
 	Pad        uint32
+	Gate       [2][2]xdpGrainGate
 	Config     [2]xdpGrainGenConfig
 }
 
@@ -86,6 +87,15 @@ type xdpGrainEventPayload struct {
 	PayloadLen uint16
 	Pad        [3]uint16
 	Payload    [272]uint8
+}
+
+type xdpGrainGate struct {
+	_       structs.HostLayout
+	End     uint16
+	Pad     [3]uint16
+	Mask    uint64
+	Pattern uint64
+	Pad2    uint64
 }
 
 type xdpGrainGenConfig struct {

@@ -186,6 +186,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		}
 	}
 	zero := make([]bpf.Counter, ebpf.MustPossibleCPU())
+	written := make([]bpf.Rule, len(plan.Rules))
 	for _, r := range plan.Rules {
 		v := bpf.Rule{Action: actions[r.Action], Id: ruleID(epoch, r.Index), Ncontents: uint8(len(r.Contents))}
 		if r.Event != "" {
@@ -198,6 +199,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 			v.Contents[i] = uint16(c)
 		}
 		setQuick(&v, r, plan.Contents)
+		written[r.Index] = v
 		key := gen*bpf.MaxRules + uint32(r.Index)
 		if err := maps.Rules.Put(key, v); err != nil {
 			return fmt.Errorf("write rule: %w", err)
@@ -234,6 +236,13 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		return fmt.Errorf("read active generation: %w", err)
 	}
 	act.Config[gen] = cfg
+	for i, proto := range [bpf.Gates]int{bpf.GateTCP: 6, bpf.GateUDP: 17} {
+		rs, ok := protocols[proto]
+		if !ok {
+			rs = t.Protocol.Default
+		}
+		act.Gate[gen][i] = gateOf(written, rs)
+	}
 	if err := maps.Active.Put(uint32(0), act); err != nil {
 		return fmt.Errorf("write generation config: %w", err)
 	}
@@ -258,6 +267,36 @@ func setQuick(v *bpf.Rule, r codegen.Rule, contents []codegen.Content) {
 		}
 		return
 	}
+}
+
+// gateOf is the gate of the rules that admit one protocol (grain.h, struct
+// grain_gate): the payload word that all their quick words check, on the
+// bits where all of them agree. There is none (End 0) when some of them
+// has no quick word, when their words end at different offsets, or when
+// they agree on no bit; and none for no rules, so that a generation
+// without rules still counts its packets as unconfigured.
+func gateOf(rules []bpf.Rule, admitted codegen.RuleSet) bpf.Gate {
+	if len(admitted) == 0 {
+		return bpf.Gate{}
+	}
+	first := rules[admitted[0]]
+	if first.Flags&bpf.RuleQuick == 0 {
+		return bpf.Gate{}
+	}
+	mask := first.QuickMask
+	for _, i := range admitted[1:] {
+		r := rules[i]
+		if r.Flags&bpf.RuleQuick == 0 || r.QuickEnd != first.QuickEnd {
+			return bpf.Gate{}
+		}
+		// Bits outside a rule's mask or where patterns differ say
+		// nothing about every matching packet.
+		mask &= r.QuickMask &^ (r.QuickPattern ^ first.QuickPattern)
+	}
+	if mask == 0 {
+		return bpf.Gate{}
+	}
+	return bpf.Gate{End: first.QuickEnd, Mask: mask, Pattern: first.QuickPattern & mask}
 }
 
 // tailWord is the last eight bytes of b as the little-endian word the XDP
