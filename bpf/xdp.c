@@ -6,7 +6,9 @@
  * It never changes with policies: every rule lives in the maps below,
  * written by userspace (engine/) from a Plan (codegen/).
  *
- * Per packet: parse L2-L4 once; read the active generation once; look up one
+ * Per packet: first the generation's gate (classify.h, gate_fails), which
+ * passes at once a plain TCP or UDP packet whose payload word no rule can
+ * accept; then parse L2-L4 once; read the active generation once; look up one
  * bitmap of candidate rules per constrained field (protocol, addresses, ports,
  * TCP flags, interface); AND them word by word; walk the set bits in priority
  * order (bit i = rule i), checking payload contents only for rules that are
