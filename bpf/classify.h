@@ -618,13 +618,12 @@ static __always_inline int FN(gate_fails)(CTX *ctx)
 	return (*(__u64 *)(word_end - 8) & g->mask) != g->pattern;
 }
 
-/* Judges one packet: XDP_DROP or XDP_PASS, whatever the hook (the TC entry
- * translates). */
-static __always_inline int FN(classify)(CTX *ctx)
+/* Judges one packet by the full parse and the rule walk: XDP_DROP or
+ * XDP_PASS, whatever the hook (the TC entry translates). A global function:
+ * the program's own body is only the gate, whose registers the JIT then
+ * saves alone (no frame of the full path on the gate's way). */
+__noinline int FN(classify_full)(CTX *ctx)
 {
-	if (FN(gate_fails)(ctx))
-		return XDP_PASS;
-
 	struct pkt_meta m = {};
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
@@ -797,4 +796,12 @@ static __always_inline int FN(classify)(CTX *ctx)
 			return XDP_PASS;
 	}
 	return XDP_PASS;
+}
+
+/* Judges one packet: the gate, then the full path. */
+static __always_inline int FN(classify)(CTX *ctx)
+{
+	if (FN(gate_fails)(ctx))
+		return XDP_PASS;
+	return FN(classify_full)(ctx);
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,11 +48,13 @@ func compile(tb testing.TB, src string) *codegen.Plan {
 // fills up measures failed reserves instead of events.)
 const eventRing = 32 << 20
 
-// drainer reads one ring buffer until closed, counting records, as a
-// consumer on another CPU does in production.
+// drainer empties one ring buffer between measurements, counting records.
+// It does not read during a measurement: what is measured is the program's
+// own cost of an event, not a consumer's competing for the ring's cache
+// lines (bench/veth measures that, with real traffic).
 type drainer struct {
 	rd   *ringbuf.Reader
-	read atomic.Uint64
+	read uint64
 }
 
 func newDrainer(tb testing.TB, m *ebpf.Map) *drainer {
@@ -63,28 +64,23 @@ func newDrainer(tb testing.TB, m *ebpf.Map) *drainer {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { rd.Close() })
-	d := &drainer{rd: rd}
-	go func() {
-		var rec ringbuf.Record
-		for {
-			// grain wakes its reader only when the ring crosses an
-			// eighth of its size (bpf/xdp.c): poll, as the engine does.
-			rd.SetDeadline(time.Now().Add(2 * time.Millisecond))
-			if err := rd.ReadInto(&rec); errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			} else if err != nil {
-				return
-			}
-			d.read.Add(1)
-		}
-	}()
-	return d
+	return &drainer{rd: rd}
 }
 
-// wait returns once the ring is empty.
-func (d *drainer) wait() {
+// drain reads every record in the ring.
+func (d *drainer) drain(tb testing.TB) {
+	tb.Helper()
+	var rec ringbuf.Record
 	for d.rd.AvailableBytes() > 0 {
-		time.Sleep(time.Millisecond)
+		// grain wakes no reader below an eighth of the ring (bpf/xdp.c):
+		// a deadline, not a wakeup, ends a read that finds nothing.
+		d.rd.SetDeadline(time.Now().Add(time.Millisecond))
+		if err := d.rd.ReadInto(&rec); errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		} else if err != nil {
+			tb.Fatal(err)
+		}
+		d.read++
 	}
 }
 
@@ -185,7 +181,7 @@ func BenchmarkPerPacket(b *testing.B) {
 		for r := 0; r < rounds; r++ {
 			for _, c := range cases {
 				if c.events != nil {
-					c.events.wait()
+					c.events.drain(b)
 				}
 				ret, d, err := c.prog.Benchmark(c.frame, repeat, nil)
 				if err != nil {
@@ -200,8 +196,8 @@ func BenchmarkPerPacket(b *testing.B) {
 	}
 	// Every event of the matching cases was delivered: what was measured
 	// is the cost of an event, not of a full ring.
-	baseEvents.wait()
-	anchoredEvents.wait()
+	baseEvents.drain(b)
+	anchoredEvents.drain(b)
 	counters, err := anchoredEngine.Counters()
 	if err != nil {
 		b.Fatal(err)
@@ -212,9 +208,9 @@ func BenchmarkPerPacket(b *testing.B) {
 	}
 	// (A test run interrupted by a signal is run again in full by
 	// cilium/ebpf: at least, not exactly, rounds × repeat.)
-	if runs := uint64(rounds * b.N * repeat); lost != 0 || emitted < runs || anchoredEvents.read.Load() != emitted || baseEvents.read.Load() < runs {
+	if runs := uint64(rounds * b.N * repeat); lost != 0 || emitted < runs || anchoredEvents.read != emitted || baseEvents.read < runs {
 		b.Fatalf("events: grain emitted %d, lost %d, read %d; the hand-written probe's read %d; want at least %d each, all read, none lost",
-			emitted, lost, anchoredEvents.read.Load(), baseEvents.read.Load(), runs)
+			emitted, lost, anchoredEvents.read, baseEvents.read, runs)
 	}
 	ns := map[string]float64{}
 	for _, c := range cases {

@@ -177,12 +177,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
+	ringBytes := fs.Uint("event-ring-bytes", 1<<20, "size of the kernel's packet-event ring buffer in bytes (a power of two, at least 4096): it holds the events of a burst until grain reads them")
 	memLimit := fs.Int64("memory-limit", 24<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *dir == "" || fs.NArg() != 0 {
 		fmt.Fprintln(stderr, "usage: grain run --policies DIR [--interface IFACE]... [--keep-on-exit]")
+		return 2
+	}
+	if r := *ringBytes; r < 4096 || r > 1<<30 || r&(r-1) != 0 {
+		fmt.Fprintf(stderr, "grain: --event-ring-bytes %d: must be a power of two from 4096 to 1073741824\n", r)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -226,7 +231,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	pipe := pipeline.New(pipeline.Options{QueueEvents: *eventQueue, Sinks: sinks})
 
-	eng, err := engine.New(engine.Options{Logger: log, PinPath: *pinPath})
+	eng, err := engine.New(engine.Options{Logger: log, PinPath: *pinPath, RingBufferBytes: uint32(*ringBytes)})
 	if err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		return 1

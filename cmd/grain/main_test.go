@@ -52,6 +52,13 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("grain %v: exit %d, want 2", args, code)
 		}
 	}
+	for _, size := range []string{"1000", "2048", "3145728"} {
+		errOut.Reset()
+		args := []string{"run", "--policies", "testdata", "--event-ring-bytes", size}
+		if code := run(args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "power of two") {
+			t.Errorf("grain %v: exit %d, %q; want 2 and the rule", args, code, errOut.String())
+		}
+	}
 	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "grain ") {
 		t.Errorf("version: %d %q", code, out.String())
 	}
