@@ -575,6 +575,8 @@ static __always_inline int FN(gate_fails)(CTX *ctx)
 	if (!act)
 		return 0;
 	const struct grain_gate *gates = act->gate[act->generation & 1];
+	if (!(gates[GRAIN_GATE_TCP].end | gates[GRAIN_GATE_UDP].end))
+		return 0; /* no gate: the packet need not be looked at twice */
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
 	__u8 *l3 = data + sizeof(struct ethhdr_);
@@ -619,10 +621,11 @@ static __always_inline int FN(gate_fails)(CTX *ctx)
 }
 
 /* Judges one packet by the full parse and the rule walk: XDP_DROP or
- * XDP_PASS, whatever the hook (the TC entry translates). A global function:
- * the program's own body is only the gate, whose registers the JIT then
- * saves alone (no frame of the full path on the gate's way). */
-__noinline int FN(classify_full)(CTX *ctx)
+ * XDP_PASS, whatever the hook (the TC entry translates). Inlined into the
+ * program: as a global function of its own, its frame on top of the
+ * program's took the deepest call chain past the 512 bytes of stack that
+ * Linux 6.1's verifier allows. */
+static __always_inline int FN(classify_full)(CTX *ctx)
 {
 	struct pkt_meta m = {};
 	void *data = CTX_DATA(ctx);

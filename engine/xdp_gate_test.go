@@ -134,6 +134,7 @@ b: {priority: 2, xdp: interfaces: ["lo"], match: {protocol: "tcp", saddr: "10.0.
 		edit(17, func(b []byte) { binary.BigEndian.PutUint16(b[16:], 40) })
 	}
 
+	t.Logf("%d frames under %d rule sets", len(frames), len(policySets))
 	for _, ps := range policySets {
 		e := applyPolicy(t, ps.src)
 		written := gates(t, e)
