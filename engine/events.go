@@ -68,11 +68,15 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 	defer pr.Flush()
 	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
 	var rec ringbuf.Record
+	// The deadline matters only when the reader waits, after the ring was
+	// found empty: it is set then, not for every record (it takes the
+	// reader's lock).
+	rd.SetDeadline(time.Now().Add(readPollInterval))
 	for {
-		rd.SetDeadline(time.Now().Add(readPollInterval))
 		if err := rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				pr.Flush()
+				rd.SetDeadline(time.Now().Add(readPollInterval))
 				continue
 			}
 			if errors.Is(err, os.ErrClosed) {
@@ -87,6 +91,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0])))
 		if rd.AvailableBytes() == 0 {
 			pr.Flush()
+			rd.SetDeadline(time.Now().Add(readPollInterval))
 		}
 	}
 }
@@ -149,6 +154,10 @@ type eventDecoder struct {
 	lastOK     bool
 	haveLast   bool
 	record     []byte // the whole record being decoded (payload fields: dns.go)
+	// the interface of the last event, named without the shared cache's lock
+	lastIfindex uint32
+	lastIface   string
+	haveIface   bool
 }
 
 // decode fills ev: policy, event name, the fields the policy asked for,
@@ -191,6 +200,9 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 			appendPayloadField(out, f, ev.Protocol, d.record)
 		}
 	}
-	out.AppendString("interface", d.names.name(ev.Ifindex))
+	if !d.haveIface || ev.Ifindex != d.lastIfindex {
+		d.lastIfindex, d.lastIface, d.haveIface = ev.Ifindex, d.names.name(ev.Ifindex), true
+	}
+	out.AppendString("interface", d.lastIface)
 	out.AppendString("verdict", verdictNames[ev.Verdict])
 }

@@ -90,8 +90,29 @@ func (f *Field) String() string {
 // AppendJSON appends e as one JSON object and a newline: time, policy,
 // event, then the fields in order.
 func (e *Event) AppendJSON(b []byte) []byte {
+	var stamp timeStamp
+	return e.appendJSON(b, &stamp)
+}
+
+// timeStamp keeps the text of the last time formatted: events of a burst
+// share the kernel's coarse timestamp (one scheduler tick), so a sink
+// formats each tick once.
+type timeStamp struct {
+	t    time.Time
+	text []byte
+}
+
+func (s *timeStamp) format(t time.Time) []byte {
+	if s.text == nil || !t.Equal(s.t) {
+		s.t = t
+		s.text = t.UTC().AppendFormat(s.text[:0], time.RFC3339Nano)
+	}
+	return s.text
+}
+
+func (e *Event) appendJSON(b []byte, stamp *timeStamp) []byte {
 	b = append(b, `{"time":"`...)
-	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, stamp.format(e.Time)...)
 	b = append(b, `","policy":`...)
 	b = appendJSONString(b, e.Policy)
 	if e.Name != "" {

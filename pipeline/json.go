@@ -12,6 +12,7 @@ type JSONSink struct {
 	out      io.Writer
 	w        *bufio.Writer
 	line     []byte
+	stamp    timeStamp
 	buffered uint64 // lines in w not yet flushed
 	exported atomic.Uint64
 	failed   atomic.Uint64
@@ -25,7 +26,7 @@ func NewJSONSink(w io.Writer) *JSONSink {
 func (s *JSONSink) Name() string { return "stdout" }
 
 func (s *JSONSink) Emit(ev *Event) {
-	s.line = ev.AppendJSON(s.line[:0])
+	s.line = ev.appendJSON(s.line[:0], &s.stamp)
 	if s.w.Available() < len(s.line) {
 		s.Flush()
 	}

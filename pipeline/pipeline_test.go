@@ -112,3 +112,27 @@ func TestCgroupContainerID(t *testing.T) {
 		}
 	}
 }
+
+// The JSON sink formats each timestamp once and reuses the text while
+// events share it: its lines are AppendJSON's, whatever the order of
+// times.
+func TestJSONSinkTimeStamps(t *testing.T) {
+	base := time.Date(2026, 12, 2, 1, 2, 3, 4000000, time.UTC)
+	times := []time.Time{base, base, base.Add(time.Nanosecond), base.In(time.FixedZone("x", 3600)), base.Add(4 * time.Millisecond), base}
+	var out strings.Builder
+	sink := NewJSONSink(&out)
+	var want []byte
+	for _, tm := range times {
+		ev := &Event{Time: tm, Policy: "p", Name: "e"}
+		ev.AppendUint("sport", 80)
+		sink.Emit(ev)
+		want = ev.AppendJSON(want)
+	}
+	sink.Flush()
+	if out.String() != string(want) {
+		t.Errorf("sink wrote\n%s\nAppendJSON gives\n%s", out.String(), want)
+	}
+	if !strings.Contains(out.String(), `"time":"2026-12-02T01:02:03.004000001Z"`) {
+		t.Errorf("no line with the nanosecond later time:\n%s", out.String())
+	}
+}
