@@ -89,7 +89,10 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		}
 		d.record = rec.RawSample
 		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0])))
-		if rd.AvailableBytes() == 0 {
+		// Remaining comes from the producer position the read loaded:
+		// asking the ring again would load that cache line, which the
+		// packet's CPU writes on every event, once more per event.
+		if rec.Remaining == 0 {
 			pr.Flush()
 			rd.SetDeadline(time.Now().Add(readPollInterval))
 		}
