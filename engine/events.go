@@ -160,7 +160,6 @@ type eventDecoder struct {
 	// the interface of the last event, named without the shared cache's lock
 	lastIfindex uint32
 	lastIface   string
-	haveIface   bool
 }
 
 // decode fills ev: policy, event name, the fields the policy asked for,
@@ -203,8 +202,8 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 			appendPayloadField(out, f, ev.Protocol, d.record)
 		}
 	}
-	if !d.haveIface || ev.Ifindex != d.lastIfindex {
-		d.lastIfindex, d.lastIface, d.haveIface = ev.Ifindex, d.names.name(ev.Ifindex), true
+	if d.lastIface == "" || ev.Ifindex != d.lastIfindex { // a name is never empty
+		d.lastIfindex, d.lastIface = ev.Ifindex, d.names.name(ev.Ifindex)
 	}
 	out.AppendString("interface", d.lastIface)
 	out.AppendString("verdict", verdictNames[ev.Verdict])

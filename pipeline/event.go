@@ -90,8 +90,7 @@ func (f *Field) String() string {
 // AppendJSON appends e as one JSON object and a newline: time, policy,
 // event, then the fields in order.
 func (e *Event) AppendJSON(b []byte) []byte {
-	var stamp timeStamp
-	return e.appendJSON(b, &stamp)
+	return e.appendJSON(b, nil)
 }
 
 // timeStamp keeps the text of the last time formatted: events of a burst
@@ -110,9 +109,14 @@ func (s *timeStamp) format(t time.Time) []byte {
 	return s.text
 }
 
+// appendJSON is AppendJSON with the time's text from stamp, when not nil.
 func (e *Event) appendJSON(b []byte, stamp *timeStamp) []byte {
 	b = append(b, `{"time":"`...)
-	b = append(b, stamp.format(e.Time)...)
+	if stamp != nil {
+		b = append(b, stamp.format(e.Time)...)
+	} else {
+		b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	}
 	b = append(b, `","policy":`...)
 	b = appendJSONString(b, e.Policy)
 	if e.Name != "" {
