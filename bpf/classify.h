@@ -210,9 +210,10 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 }
 
 static __always_inline void FN(event_fill)(CTX *ctx, struct grain_event *e, const struct pkt_meta *m,
-				       __u32 gen, const struct grain_rule *r)
+				       __u32 gen, const struct grain_rule *r, __u64 now, __u32 repeated)
 {
-	e->time_ns = bpf_ktime_get_coarse_ns();
+	e->time_ns = now;
+	e->repeated = repeated;
 	e->rule_id = r->id;
 	e->generation = gen;
 	e->ifindex = CTX_IFINDEX(ctx);
@@ -286,7 +287,7 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
-	FN(event_fill)(ctx, &e->ev, m, gen, r);
+	FN(event_fill)(ctx, &e->ev, m, gen, r, bpf_ktime_get_coarse_ns(), 0);
 	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
@@ -360,18 +361,38 @@ static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *dat
 		ic->bytes[action] += m->len;
 	}
 	if (r->flags & GRAIN_RULE_EMIT) {
-		int sent = 0;
+		int sent = 0, deduplicated = 0;
 		if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
 			sent = FN(emit_payload_event)(ctx, m, gen, key);
 		} else {
-			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
+			__u64 window = r->dedup_ns;
+			__u32 repeated = 0;
+			if (window && cnt) {
+				int same = dedup_same(&cnt->dedup_key, m, r->dedup_fields, ifindex);
+				if (same && now < cnt->dedup_until_ns) {
+					cnt->dedup_repeats++;
+					cnt->events_deduplicated++;
+					deduplicated = 1;
+				} else if (same) {
+					repeated = cnt->dedup_repeats;
+				}
+				/* The repeats of another event, ended by this one, are
+				 * in events_deduplicated only. */
+			}
+			struct grain_event *e = deduplicated ? 0 : bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 			if (e) {
-				FN(event_fill)(ctx, e, m, gen, r);
+				FN(event_fill)(ctx, e, m, gen, r, now, repeated);
 				event_submit(e, RECORD_BYTES(sizeof(*e)));
 				sent = 1;
+				if (window && cnt) {
+					dedup_remember(&cnt->dedup_key, m, ifindex);
+					cnt->dedup_until_ns = now + window;
+					cnt->dedup_repeats = 0;
+				}
 			}
 		}
-		if (cnt) {
+		if (cnt && !deduplicated) {
 			if (sent)
 				cnt->events++;
 			else

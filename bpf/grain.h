@@ -79,6 +79,17 @@
  * anchored, at most eight bytes): no content is looked up. */
 #define GRAIN_RULE_QUICK_ONLY (1 << 3)
 
+/* Fields of an event that deduplication compares (grain_rule.dedup_fields):
+ * those the policy's event carries. The interface and the address family
+ * are always compared. */
+#define GRAIN_DEDUP_SADDR (1 << 0)
+#define GRAIN_DEDUP_DADDR (1 << 1)
+#define GRAIN_DEDUP_SPORT (1 << 2)
+#define GRAIN_DEDUP_DPORT (1 << 3)
+#define GRAIN_DEDUP_PROTOCOL (1 << 4)
+#define GRAIN_DEDUP_TCP_FLAGS (1 << 5)
+#define GRAIN_DEDUP_LEN (1 << 6)
+
 /* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule carries at
  * most: a DNS header (12), the longest name (255) and the question's type
  * and class (4), rounded up to 8. */
@@ -175,7 +186,12 @@ struct grain_rule {
 	__u16 _pad2[3];
 	__u64 quick_mask;
 	__u64 quick_pattern;
-	__u8 _pad3[24];      /* 64 bytes: the lookup shifts instead of multiplying */
+	/* GRAIN_RULE_EMIT: an event equal, in dedup_fields, to the last one
+	 * this rule sent on this CPU less than dedup_ns ago is counted, not
+	 * sent (0: every event is sent) */
+	__u64 dedup_ns;
+	__u8 dedup_fields;   /* GRAIN_DEDUP_* */
+	__u8 _pad3[15];      /* 64 bytes: the lookup shifts instead of multiplying */
 };
 
 struct grain_content {
@@ -210,11 +226,33 @@ struct grain_iface_counter {
 	__u64 bytes[GRAIN_VERDICTS];
 };
 
+/* The fields of the last event a rule sent on a CPU, as deduplication
+ * compares them: the ones the rule's dedup_fields leaves out are zero. */
+struct grain_dedup_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 ifindex;
+	__u32 len;
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 protocol;
+	__u8 tcp_flags;
+	__u8 _pad;
+};
+
 struct grain_counter {
 	__u64 packets;
 	__u64 bytes;
 	__u64 events;
 	__u64 events_lost;
+	__u64 events_deduplicated; /* counted, not sent (grain_rule.dedup_ns) */
+	/* deduplication's state: the last event sent, when its window ends,
+	 * and the repeats counted since */
+	__u64 dedup_until_ns;
+	__u32 dedup_repeats;
+	__u32 _pad;
+	struct grain_dedup_key dedup_key;
 };
 
 struct grain_event {
@@ -233,6 +271,10 @@ struct grain_event {
 	__u16 dport;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	/* identical events this rule counted but did not send on this CPU
+	 * since it last sent this one (grain_rule.dedup_ns) */
+	__u32 repeated;
+	__u32 _pad;
 };
 
 /* The event of a rule that asked for payload bytes. */

@@ -50,6 +50,13 @@ const (
 	RuleEmitPayload    = 1 << 1
 	RuleQuick          = 1 << 2
 	RuleQuickOnly      = 1 << 3
+	DedupSaddr         = 1 << 0
+	DedupDaddr         = 1 << 1
+	DedupSport         = 1 << 2
+	DedupDport         = 1 << 3
+	DedupProtocol      = 1 << 4
+	DedupTCPFlags      = 1 << 5
+	DedupLen           = 1 << 6
 	EmitPayloadBytes   = 272
 	ContentNoCase      = 1 << 0
 	ContentNegate      = 1 << 1

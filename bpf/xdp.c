@@ -250,6 +250,47 @@ static __always_inline void event_submit(void *e, __u64 record_bytes)
 	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* Whether the packet's event equals the last one a rule sent (k) in the
+ * fields deduplication compares: those of the rule's dedup_fields, the
+ * interface and the address family. */
+static __always_inline int dedup_same(const struct grain_dedup_key *k, const struct pkt_meta *m, __u8 fields,
+				      __u32 ifindex)
+{
+	__u64 diff = (k->ifindex ^ ifindex) | (k->family ^ m->family);
+	if (fields & GRAIN_DEDUP_SADDR)
+		diff |= (*(const __u64 *)&k->saddr[0] ^ *(const __u64 *)&m->saddr[0]) |
+			(*(const __u64 *)&k->saddr[8] ^ *(const __u64 *)&m->saddr[8]);
+	if (fields & GRAIN_DEDUP_DADDR)
+		diff |= (*(const __u64 *)&k->daddr[0] ^ *(const __u64 *)&m->daddr[0]) |
+			(*(const __u64 *)&k->daddr[8] ^ *(const __u64 *)&m->daddr[8]);
+	if (fields & GRAIN_DEDUP_SPORT)
+		diff |= k->sport ^ m->sport;
+	if (fields & GRAIN_DEDUP_DPORT)
+		diff |= k->dport ^ m->dport;
+	if (fields & GRAIN_DEDUP_PROTOCOL)
+		diff |= k->protocol ^ m->protocol;
+	if (fields & GRAIN_DEDUP_TCP_FLAGS)
+		diff |= k->tcp_flags ^ m->tcp_flags;
+	if (fields & GRAIN_DEDUP_LEN)
+		diff |= k->len ^ m->len;
+	return diff == 0;
+}
+
+/* Records the packet's event as the last one sent (every field: the
+ * comparison picks). */
+static __always_inline void dedup_remember(struct grain_dedup_key *k, const struct pkt_meta *m, __u32 ifindex)
+{
+	__builtin_memcpy(k->saddr, m->saddr, 16);
+	__builtin_memcpy(k->daddr, m->daddr, 16);
+	k->ifindex = ifindex;
+	k->len = m->len;
+	k->sport = m->sport;
+	k->dport = m->dport;
+	k->family = m->family;
+	k->protocol = m->protocol;
+	k->tcp_flags = m->tcp_flags;
+}
+
 static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)
 {
 	__u32 key = gen * GRAIN_BM_PER_GEN + index;

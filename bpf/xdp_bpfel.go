@@ -57,11 +57,28 @@ type xdpGrainContent struct {
 }
 
 type xdpGrainCounter struct {
-	_          structs.HostLayout
-	Packets    uint64
-	Bytes      uint64
-	Events     uint64
-	EventsLost uint64
+	_                  structs.HostLayout
+	Packets            uint64
+	Bytes              uint64
+	Events             uint64
+	EventsLost         uint64
+	EventsDeduplicated uint64
+	DedupUntilNs       uint64
+	DedupRepeats       uint32
+	Pad                uint32
+	DedupKey           struct {
+		_        structs.HostLayout
+		Saddr    [16]uint8
+		Daddr    [16]uint8
+		Ifindex  uint32
+		Len      uint32
+		Sport    uint16
+		Dport    uint16
+		Family   uint8
+		Protocol uint8
+		TcpFlags uint8
+		Pad      uint8
+	}
 }
 
 type xdpGrainEvent struct {
@@ -79,6 +96,8 @@ type xdpGrainEvent struct {
 	Dport      uint16
 	Saddr      [16]uint8
 	Daddr      [16]uint8
+	Repeated   uint32
+	Pad        uint32
 }
 
 type xdpGrainEventPayload struct {
@@ -141,7 +160,9 @@ type xdpGrainRule struct {
 	Pad2         [3]uint16
 	QuickMask    uint64
 	QuickPattern uint64
-	Pad3         [24]uint8
+	DedupNs      uint64
+	DedupFields  uint8
+	Pad3         [15]uint8
 }
 
 // Names of all BPF objects in the ELF.

@@ -51,6 +51,9 @@ type Rule struct {
 	// payload (bpf.EmitPayloadBytes at most), for the fields decoded from
 	// it.
 	EmitPayload bool `json:"emit_payload,omitempty"`
+	// DedupNs is the rule's deduplication window in nanoseconds
+	// (policies.Emit.Dedup); 0 sends every event.
+	DedupNs int64 `json:"dedup_ns,omitempty"`
 }
 
 // Content is one payload condition as the XDP program evaluates it.

@@ -657,6 +657,9 @@ type RuleCounter struct {
 	Bytes      uint64 `json:"bytes"`
 	Events     uint64 `json:"events"`
 	EventsLost uint64 `json:"events_lost"`
+	// EventsDeduplicated repeated an event sent less than the policy's
+	// emit.dedup before: counted, not sent.
+	EventsDeduplicated uint64 `json:"events_deduplicated"`
 }
 
 // generationCounters sums the per-CPU counters of rules, written in
@@ -677,6 +680,7 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 			c.Bytes += v.Bytes
 			c.Events += v.Events
 			c.EventsLost += v.EventsLost
+			c.EventsDeduplicated += v.EventsDeduplicated
 		}
 		out[key] = c
 	}
@@ -691,6 +695,7 @@ func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
 		t.Bytes += c.Bytes
 		t.Events += c.Events
 		t.EventsLost += c.EventsLost
+		t.EventsDeduplicated += c.EventsDeduplicated
 		into[key] = t
 	}
 }

@@ -163,7 +163,8 @@ type eventDecoder struct {
 }
 
 // decode fills ev: policy, event name, the fields the policy asked for,
-// interface and verdict, in that order.
+// interface, verdict and, after deduplicated repeats, how many there were,
+// in that order.
 func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 	if !d.haveLast || ev.RuleId != d.lastID {
 		d.last, d.lastOK = d.e.rule(ev.RuleId)
@@ -207,4 +208,7 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 	}
 	out.AppendString("interface", d.lastIface)
 	out.AppendString("verdict", verdictNames[ev.Verdict])
+	if ev.Repeated > 0 {
+		out.AppendUint("repeated", uint64(ev.Repeated))
+	}
 }

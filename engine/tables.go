@@ -195,6 +195,9 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		if r.EmitPayload {
 			v.Flags |= bpf.RuleEmitPayload
 		}
+		if r.DedupNs > 0 {
+			v.DedupNs, v.DedupFields = uint64(r.DedupNs), dedupFields(r.Fields)
+		}
 		for i, c := range r.Contents {
 			v.Contents[i] = uint16(c)
 		}
@@ -338,4 +341,21 @@ func deleteGeneration[K any](m *ebpf.Map, match func(K) bool) error {
 		}
 	}
 	return nil
+}
+
+// dedupFieldBits are the event fields deduplication compares when a rule's
+// event carries them (bpf/grain.h: GRAIN_DEDUP_*); ifindex is compared
+// always, as the interface every event names.
+var dedupFieldBits = map[string]uint8{
+	"saddr": bpf.DedupSaddr, "daddr": bpf.DedupDaddr, "sport": bpf.DedupSport, "dport": bpf.DedupDport,
+	"protocol": bpf.DedupProtocol, "tcp_flags": bpf.DedupTCPFlags, "len": bpf.DedupLen,
+}
+
+// dedupFields is the GRAIN_DEDUP_* mask of an event's fields.
+func dedupFields(fields []string) uint8 {
+	var bits uint8
+	for _, f := range fields {
+		bits |= dedupFieldBits[f]
+	}
+	return bits
 }

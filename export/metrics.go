@@ -169,6 +169,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 	ifacePackets := counter("grain.interface.packets", "{packet}", "Packets judged by a rule on each interface, by verdict.")
 	ifaceBytes := counter("grain.interface.bytes", "By", "Bytes of the packets judged by a rule on each interface, by verdict.")
 	lost := cs.eventsLost()
+	deduplicated := counter("grain.events.deduplicated", "{event}", "Events of xdp policies counted in the kernel instead of sent: repeats of an event sent less than the policy's emit.dedup before.")
 	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
 	received := counter("grain.events.received", "{event}", "Events read from the kernel's ring buffer.")
 	discarded := counter("grain.events.discarded", "{event}", "Events the pipeline discarded as its stages say, by reason (filtered, sampled, rate_limited).")
@@ -215,6 +216,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 				o.ObserveInt64(bytes, toInt64(c.Bytes), byRule)
 				o.ObserveInt64(emitted, toInt64(c.Events), byRule)
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, verdict, lossRingFull))
+				o.ObserveInt64(deduplicated, toInt64(c.EventsDeduplicated), byRule)
 			}
 		}
 		if cfg.Interfaces != nil {

@@ -30,25 +30,27 @@ import (
 	"github.com/grain-ebpf/grain/policies"
 )
 
-// tree has three emitting policies and a pipeline with every stage.
+// tree has three emitting policies and a pipeline with every stage. Their
+// events are not deduplicated (dedup "0s"): the test counts what each
+// stage does to every packet's event.
 const tree = `
 web: {
 	xdp: interfaces: ["lo"]
 	match: {protocol: "tcp", dport: 80}
 	then: "drop"
-	emit: {event: "web", fields: ["saddr", "daddr", "sport", "dport", "protocol"]}
+	emit: {event: "web", fields: ["saddr", "daddr", "sport", "dport", "protocol"], dedup: "0s"}
 }
 dns: {
 	xdp: interfaces: ["lo"]
 	match: {protocol: "udp", dport: 53}
 	then: "pass"
-	emit: {event: "dns", fields: ["saddr", "dport"]}
+	emit: {event: "dns", fields: ["saddr", "dport"], dedup: "0s"}
 }
 burst: {
 	xdp: interfaces: ["lo"]
 	match: {protocol: "tcp", dport: 81}
 	then: "drop"
-	emit: {event: "burst", fields: ["sport"]}
+	emit: {event: "burst", fields: ["sport"], dedup: "0s"}
 }
 pipeline: {
 	hash_key: "k3y"

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -374,12 +375,47 @@ func (d *decoder) decodeEmit(v cue.Value, allowed []string) {
 	}
 	if r := v.LookupPath(cue.ParsePath("rate_limit")); r.Exists() {
 		if d.policy.XDP != nil {
-			d.errorf(d.pos(r), "emit.rate_limit", "rate_limit is for kernel hooks, not xdp: remove it")
+			d.errorf(d.pos(r), "emit.rate_limit", "rate_limit is for kernel hooks, not xdp (xdp events are deduplicated, see emit.dedup): remove it")
 		}
 		n, _ := r.Int64()
 		e.RateLimit = int(n)
 	}
+	d.decodeDedup(v, e)
 	d.policy.Emit = e
+}
+
+// DefaultDedup is how long an xdp policy's event is deduplicated when the
+// policy does not say: a flood from one sender then costs an event a
+// second, not one per packet, and the rule's counters still count every
+// packet.
+const DefaultDedup = time.Second
+
+// maxDedup bounds emit.dedup: longer would hide a sender for longer than
+// an operator watching the events would expect.
+const maxDedup = time.Hour
+
+// decodeDedup reads emit.dedup into e (xdp policies only).
+func (d *decoder) decodeDedup(v cue.Value, e *Emit) {
+	payload := slices.Contains(e.Fields, "payload") || slices.Contains(e.Fields, "dns_qname")
+	r := v.LookupPath(cue.ParsePath("dedup"))
+	if !r.Exists() {
+		if d.policy.XDP != nil && !payload {
+			e.Dedup = DefaultDedup
+		}
+		return
+	}
+	s, _ := r.String()
+	dur, err := time.ParseDuration(s)
+	switch {
+	case d.policy.XDP == nil:
+		d.errorf(d.pos(r), "emit.dedup", "dedup is for xdp policies; a kernel hook's events are limited with rate_limit: remove it")
+	case err != nil || dur > maxDedup:
+		d.errorf(d.pos(r), "emit.dedup", "dedup %q is longer than the longest window, \"60m\": use a shorter one", s)
+	case payload && dur != 0:
+		d.errorf(d.pos(r), "emit.dedup", "events with payload or dns_qname are not deduplicated (the kernel does not compare payloads): remove dedup or set it to \"0s\"")
+	default:
+		e.Dedup = dur
+	}
 }
 
 // unknownName says that name is not one of allowed and suggests the

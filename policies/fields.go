@@ -41,6 +41,7 @@ var fieldWants = map[string]string{
 	"match.process.comm.prefix": "a string or a list of strings",
 	"match.process.comm.not":    "a process name or a list of them",
 	"emit.rate_limit":           "an integer >= 1: events per second",
+	"emit.dedup":                `a duration in ms, s or m, e.g. "1s", "250ms" or "0s" (every event)`,
 	"priority":                  "an integer 0..1000000 (lower runs first)",
 	"xdp":                       `a struct {interfaces: ["eth0", ...]}`,
 	"xdp.interfaces":            `a list of interface names, e.g. ["eth0"]`,

@@ -4,6 +4,8 @@
 // user's file.
 package policies
 
+import "time"
+
 // Snapshot is one consistent load of a policy tree.
 type Snapshot struct {
 	// Root is the directory the snapshot was loaded from.
@@ -101,6 +103,10 @@ type Emit struct {
 	// RateLimit is the most events per second the rule emits (probe
 	// policies); 0 means no limit. Events over it are counted, not sent.
 	RateLimit int
+	// Dedup (xdp policies) is how long after sending an event the kernel
+	// counts, instead of sending, events equal to it in their fields and
+	// interface; 0 sends every event.
+	Dedup time.Duration
 }
 
 // ProbeHook is a policy on a kernel event: a kernel function's entry or

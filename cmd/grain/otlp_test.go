@@ -134,12 +134,14 @@ func TestPrometheusEndpoint(t *testing.T) {
 	d.stop(t)
 }
 
-// udpDropPolicy drops UDP datagrams to port 9999 and reports each.
+// udpDropPolicy drops UDP datagrams to port 9999 and reports each (no
+// deduplication: the datagrams come from one socket, and the tests count
+// one record per datagram).
 const udpDropPolicy = `udp_9999: {
 	xdp: interfaces: []
 	match: {protocol: "udp", dport: 9999}
 	then: "drop"
-	emit: {event: "udp_dropped", fields: ["saddr", "sport", "dport"]}
+	emit: {event: "udp_dropped", fields: ["saddr", "sport", "dport"], dedup: "0s"}
 }
 `
 
