@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The grain demo (`make demo`): two network namespaces joined by a veth pair,
 # a web server in one, curl in the other. grain, with the block-http policy on
-# the server's interface, drops the HTTP/1.1 requests and prints one JSON
-# event per dropped packet; once grain is stopped, the same request works.
+# the server's interface, drops the HTTP/1.1 requests and prints a JSON
+# event for each (a retransmission within a second is counted, not printed:
+# emit.dedup); once grain is stopped, the same request works.
 #
 # Needs root, iproute2, curl and Go (for the small web server), and bin/grain
 # (the Makefile builds it first). All traffic stays inside the two namespaces.
@@ -140,7 +141,7 @@ if show ip netns exec "$CLI_NS" curl --http1.1 -sS -m 3 -g "$URL6"; then
 	fail "the IPv6 request was not blocked"
 fi
 
-step "The events grain printed on stdout, one JSON line per dropped packet"
+step "The events grain printed on stdout: one JSON line per blocked request, retransmissions deduplicated (\"repeated\")"
 # Events reach stdout asynchronously: give the last ones a moment.
 for ((i = 0; i < 20; i++)); do
 	grep -q "\"$CLI_IP6\"" "$tmp/events.jsonl" && break

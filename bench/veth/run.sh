@@ -13,8 +13,11 @@
 #
 # and, on request through CONFIGS, informational ones: xdp-generic-passall,
 # xdp-generic-dropall (the same programs in generic/skb mode), tcx-passall,
-# tcx-dropall (at tc ingress, which keeps veth's normal receive path), and
-# grain-noemit (the policy without its emit line: grain without events).
+# tcx-dropall (at tc ingress, which keeps veth's normal receive path),
+# grain-every (the policy with dedup "0s": an event for every dropped
+# packet, where grain's default sends one per second for a flood that
+# repeats one event) and grain-noemit (the policy without its emit line:
+# grain without events).
 #
 # and two floods: (1) short HTTP/1.1 requests (dropped by every filter) and
 # (2) 1400-byte payloads without the pattern (passed by every filter but
@@ -112,7 +115,7 @@ notes=()
 for cfg in $CONFIGS; do
 	case $cfg in
 	none | passall | dropall | iptables | xdp-generic-passall | xdp-generic-dropall | tcx-passall | tcx-dropall) configs+=("$cfg") ;;
-	grain | grain-noemit)
+	grain | grain-every | grain-noemit)
 		if [[ -x $GRAIN ]]; then
 			configs+=("$cfg")
 		else
@@ -175,6 +178,13 @@ for cfg in "${configs[@]}"; do
 	iptables) ip netns exec "$srv" iptables -t raw -A PREROUTING -p tcp -m string --algo bm --string HTTP/1.1 -j DROP ;;
 	# stdout (one JSON event per dropped packet) goes to /dev/null.
 	grain) start_helper "$cfg" "$GRAIN" run --policies "$POLICIES" --interface "$SRV_IF" ;;
+	grain-every)
+		mkdir "$tmp/every"
+		for f in "$POLICIES"/*.cue; do
+			sed 's/emit: {/emit: {dedup: "0s", /' "$f" >"$tmp/every/${f##*/}"
+		done
+		start_helper "$cfg" "$GRAIN" run --policies "$tmp/every" --interface "$SRV_IF"
+		;;
 	grain-noemit)
 		mkdir "$tmp/noemit"
 		for f in "$POLICIES"/*.cue; do
@@ -218,16 +228,17 @@ for cfg in "${configs[@]}"; do
 	done
 done
 
-grain_events_ns=0
+# grain's userspace CPU time during flood 1, by configuration.
+declare -A userspace_ns
 for ((r = 1; r <= RUNS; r++)); do
 	log "round $r of $RUNS"
 	for cfg in "${configs[@]}"; do
 		for flood in "${floods[@]}"; do
 			before=0
-			[[ $cfg == grain && $flood == http ]] && before=$(proc_cpu_ns "${helper_pid[grain]}")
+			[[ $cfg == grain* && $flood == http ]] && before=$(proc_cpu_ns "${helper_pid[$cfg]}")
 			send "$cfg" "$flood" "$N" >>"$tmp/results"
-			if [[ $cfg == grain && $flood == http ]]; then
-				grain_events_ns=$((grain_events_ns + $(proc_cpu_ns "${helper_pid[grain]}") - before))
+			if [[ $cfg == grain* && $flood == http ]]; then
+				userspace_ns[$cfg]=$((${userspace_ns[$cfg]:-0} + $(proc_cpu_ns "${helper_pid[$cfg]}") - before))
 			fi
 		done
 	done
@@ -250,20 +261,21 @@ describe() {
 	passall) echo "XDP pass-all (informational)" ;;
 	dropall) echo "XDP drop-all (the floor)" ;;
 	iptables) echo "iptables raw string --algo bm" ;;
-	grain) echo "grain, $POLICIES (events to /dev/null)" ;;
+	grain) echo "grain, $POLICIES (events to /dev/null; default dedup)" ;;
+	grain-every) echo "grain, $POLICIES with dedup \"0s\": an event per dropped packet (informational)" ;;
 	grain-noemit) echo "grain, $POLICIES without emit (informational)" ;;
 	xdp-generic-*) echo "XDP generic-mode ${1##*-} (informational)" ;;
 	tcx-*) echo "tcx ingress ${1##*-} (informational)" ;;
 	esac
 }
 
-# ratio NAME BASE: "X ns / Y ns = R (goal <= 0.33: met|NOT met)" for grain
-# against iptables, both above BASE, flood NAME.
+# ratio NAME BASE [CFG]: "X ns / Y ns = R (goal <= 0.33: met|NOT met)" for
+# grain (or CFG) against iptables, both above BASE, flood NAME.
 ratio() {
 	local flood=$1 base=$2 b g i
 	b=$(median "$base" "$flood")
 	i=$(median iptables "$flood")
-	g=$(median grain "$flood")
+	g=$(median "${3:-grain}" "$flood")
 	awk -v b="$b" -v i="$i" -v g="$g" 'BEGIN {
 		if (b == "" || i == "" || g == "") { print "n/a (a configuration is missing)"; exit }
 		gi = g - b; ii = i - b
@@ -293,11 +305,15 @@ if has grain && has iptables; then
 	has dropall && echo "- flood 1, cost above the floor (drop-all): $(ratio http dropall)"
 	has none && echo "- flood 2, cost above no filter: $(ratio filler none)"
 fi
-if has grain; then
-	awk -v ns="$grain_events_ns" -v n=$((N * RUNS)) 'BEGIN {
-		printf "- grain emits one event per dropped packet (flood 1); its userspace, on the other CPUs and not in the figures, used %.0f ns per dropped packet\n", ns / n
-	}'
+if has grain-every && has iptables && has dropall; then
+	echo "- the same with an event for every dropped packet (grain-every): $(ratio http dropall grain-every)"
 fi
+for cfg in grain grain-every grain-noemit; do
+	has $cfg || continue
+	awk -v cfg="$cfg" -v ns="${userspace_ns[$cfg]:-0}" -v n=$((N * RUNS)) 'BEGIN {
+		printf "- %s: its userspace, on the other CPUs and not in the figures, used %.1f ns per dropped packet during flood 1\n", cfg, ns / n
+	}'
+done
 for note in "${notes[@]}"; do
 	echo "- $note"
 done
