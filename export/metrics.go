@@ -258,7 +258,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			}
 		}
 		return nil
-	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, reloads, hash, rulesActive, received, discarded, exported, pending)
+	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, deduplicated, reloads, hash, rulesActive, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}
