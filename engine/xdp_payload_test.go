@@ -1,13 +1,10 @@
 package engine
 
 import (
-	"context"
 	"encoding/hex"
-	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
@@ -41,34 +38,13 @@ func udp(src, dst string, sport, dport uint16, payload []byte) pktbuild.Frame {
 // lines they produced, decoded.
 func eventsOf(t *testing.T, e *Engine, frames [][]byte, wantVerdicts []uint32) []map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- e.StreamEvents(ctx, &out) }()
-	// Let the reader drain events of earlier tests first.
-	time.Sleep(200 * time.Millisecond)
-	before := len(out.String())
-	for i, f := range frames {
-		if got := runXDP(t, e, f); got != wantVerdicts[i] {
-			t.Errorf("frame %d: verdict %s, want %s", i, verdictName(got), verdictName(wantVerdicts[i]))
+	events := eventLines(t, e, len(frames), func() {
+		for i, f := range frames {
+			if got := runXDP(t, e, f); got != wantVerdicts[i] {
+				t.Errorf("frame %d: verdict %s, want %s", i, verdictName(got), verdictName(wantVerdicts[i]))
+			}
 		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for strings.Count(out.String()[before:], "\n") < len(frames) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	var events []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(out.String()[before:]), "\n") {
-		var ev map[string]any
-		if err := json.Unmarshal([]byte(line), &ev); err != nil {
-			t.Fatalf("event is not JSON: %v: %s", err, line)
-		}
-		events = append(events, ev)
-	}
+	})
 	if len(events) != len(frames) {
 		t.Fatalf("got %d events, want %d: %v", len(events), len(frames), events)
 	}

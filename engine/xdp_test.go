@@ -2,9 +2,7 @@ package engine
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -442,38 +440,21 @@ func TestXDPManyRules(t *testing.T) {
 // Emitted events carry the packet's addresses and ports.
 func TestXDPEmitEvent(t *testing.T) {
 	e := applyPolicy(t, blockHTTP)
-	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- e.StreamEvents(ctx, &out) }()
-	// Let the reader drain events of earlier tests, then send two packets.
-	time.Sleep(200 * time.Millisecond)
-	before := len(out.String())
-	runXDP(t, e, tcp4(request).Bytes())
-	runXDP(t, e, tcp6(request).Bytes())
-	deadline := time.Now().Add(5 * time.Second)
-	for strings.Count(out.String()[before:], "\n") < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSpace(out.String()[before:]), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("got %d event lines, want 2: %q", len(lines), out.String())
+	events := eventLines(t, e, 2, func() {
+		runXDP(t, e, tcp4(request).Bytes())
+		runXDP(t, e, tcp6(request).Bytes())
+	})
+	if len(events) != 2 {
+		t.Fatalf("got %d events, want 2: %v", len(events), events)
 	}
 	for i, want := range []map[string]any{
 		{"policy": "block_http", "event": "http_blocked", "saddr": "10.0.0.2", "daddr": "10.0.0.1", "sport": 40000.0, "dport": 80.0, "interface": "lo", "verdict": "drop"},
 		{"policy": "block_http", "event": "http_blocked", "saddr": "fd00::2", "daddr": "fd00::1", "sport": 40000.0, "dport": 80.0, "interface": "lo", "verdict": "drop"},
 	} {
-		var got map[string]any
-		if err := json.Unmarshal([]byte(lines[i]), &got); err != nil {
-			t.Fatalf("event %d is not JSON: %v: %s", i, err, lines[i])
-		}
+		got := events[i]
 		for k, v := range want {
 			if got[k] != v {
-				t.Errorf("event %d: %s = %v, want %v (%s)", i, k, got[k], v, lines[i])
+				t.Errorf("event %d: %s = %v, want %v (%v)", i, k, got[k], v, got)
 			}
 		}
 		ts, err := time.Parse(time.RFC3339Nano, got["time"].(string))

@@ -165,6 +165,16 @@ start_helper() {
 	die "$cfg: $1 did not report \"attached\" within 10 s: $(cat "$tmp/$cfg.log")"
 }
 
+# start_grain_variant CFG SED: grain with the policies edited by a sed
+# script (into a directory of the configuration's own).
+start_grain_variant() {
+	mkdir "$tmp/$1"
+	for f in "$POLICIES"/*.cue; do
+		sed "$2" "$f" >"$tmp/$1/${f##*/}"
+	done
+	start_helper "$1" "$GRAIN" run --policies "$tmp/$1" --interface "$SRV_IF"
+}
+
 for cfg in "${configs[@]}"; do
 	log "setting up $cfg"
 	make_pair "$cfg"
@@ -176,22 +186,10 @@ for cfg in "${configs[@]}"; do
 	xdp-generic-passall | tcx-passall) start_helper "$cfg" "$tmp/dropall" -hook "${cfg%-*}" -pass -interface "$SRV_IF" ;;
 	xdp-generic-dropall | tcx-dropall) start_helper "$cfg" "$tmp/dropall" -hook "${cfg%-*}" -interface "$SRV_IF" ;;
 	iptables) ip netns exec "$srv" iptables -t raw -A PREROUTING -p tcp -m string --algo bm --string HTTP/1.1 -j DROP ;;
-	# stdout (one JSON event per dropped packet) goes to /dev/null.
+	# stdout (the JSON events) goes to /dev/null.
 	grain) start_helper "$cfg" "$GRAIN" run --policies "$POLICIES" --interface "$SRV_IF" ;;
-	grain-every)
-		mkdir "$tmp/every"
-		for f in "$POLICIES"/*.cue; do
-			sed 's/emit: {/emit: {dedup: "0s", /' "$f" >"$tmp/every/${f##*/}"
-		done
-		start_helper "$cfg" "$GRAIN" run --policies "$tmp/every" --interface "$SRV_IF"
-		;;
-	grain-noemit)
-		mkdir "$tmp/noemit"
-		for f in "$POLICIES"/*.cue; do
-			sed '/^[[:space:]]*emit:/d' "$f" >"$tmp/noemit/${f##*/}"
-		done
-		start_helper "$cfg" "$GRAIN" run --policies "$tmp/noemit" --interface "$SRV_IF"
-		;;
+	grain-every) start_grain_variant "$cfg" 's/emit: {/emit: {dedup: "0s", /' ;;
+	grain-noemit) start_grain_variant "$cfg" '/^[[:space:]]*emit:/d' ;;
 	esac
 done
 
