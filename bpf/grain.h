@@ -226,8 +226,9 @@ struct grain_iface_counter {
 	__u64 bytes[GRAIN_VERDICTS];
 };
 
-/* The fields of the last event a rule sent on a CPU, as deduplication
- * compares them: the ones the rule's dedup_fields leaves out are zero. */
+/* The fields of the last event a rule sent on a CPU. All are recorded;
+ * deduplication compares those of the rule's dedup_fields, the interface
+ * and the family. */
 struct grain_dedup_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
