@@ -107,8 +107,10 @@ func TestLogSinkCollectorDown(t *testing.T) {
 	for i := range 30 {
 		s.Emit(testEvent(i))
 	}
+	// Pending counts the queue and the batch being exported: the worker
+	// may have taken one batch of 5 off the queue while events came in.
 	st := s.Stats()
-	if st.QueueFull < 20 || st.QueueFull+st.Pending != 30 || st.Pending > 10 {
+	if st.QueueFull < 15 || st.QueueFull+st.Pending != 30 || st.Pending > 15 {
 		t.Errorf("after 30 events into a 10-event queue: %+v", st)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
