@@ -279,7 +279,7 @@ static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m
 /* Sends the event of a rule that asked for payload bytes: a larger record,
  * so only such rules pay for it. A global function: verified once. Returns
  * whether the ring buffer had room. */
-__noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
+__noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key, __u64 now)
 {
 	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
 	if (!m || !r)
@@ -287,7 +287,7 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
-	FN(event_fill)(ctx, &e->ev, m, gen, r, bpf_ktime_get_coarse_ns(), 0);
+	FN(event_fill)(ctx, &e->ev, m, gen, r, now, 0);
 	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
@@ -361,26 +361,27 @@ static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *dat
 		ic->bytes[action] += m->len;
 	}
 	if (r->flags & GRAIN_RULE_EMIT) {
-		int sent = 0, deduplicated = 0;
-		if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
-			sent = FN(emit_payload_event)(ctx, m, gen, key);
+		__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
+		__u64 window = r->dedup_ns; /* 0 for payload events */
+		__u32 repeated = 0;
+		int deduplicated = 0, limited = 0, sent = 0;
+		if (window && cnt) {
+			int same = dedup_same(&cnt->dedup_key, m, r->dedup_fields, ifindex);
+			if (same && now < cnt->dedup_until_ns)
+				deduplicated = 1;
+			else if (same)
+				repeated = cnt->dedup_repeats;
+			/* The repeats of another event, ended by this one, are in
+			 * events_deduplicated only. */
+		}
+		if (!deduplicated && r->rate_limit)
+			limited = rate_exceeded(key, r->rate_limit, now);
+		if (deduplicated || limited) {
+			/* counted below */
+		} else if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
+			sent = FN(emit_payload_event)(ctx, m, gen, key, now);
 		} else {
-			__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
-			__u64 window = r->dedup_ns;
-			__u32 repeated = 0;
-			if (window && cnt) {
-				int same = dedup_same(&cnt->dedup_key, m, r->dedup_fields, ifindex);
-				if (same && now < cnt->dedup_until_ns) {
-					cnt->dedup_repeats++;
-					cnt->events_deduplicated++;
-					deduplicated = 1;
-				} else if (same) {
-					repeated = cnt->dedup_repeats;
-				}
-				/* The repeats of another event, ended by this one, are
-				 * in events_deduplicated only. */
-			}
-			struct grain_event *e = deduplicated ? 0 : bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 			if (e) {
 				FN(event_fill)(ctx, e, m, gen, r, now, repeated);
 				event_submit(e, RECORD_BYTES(sizeof(*e)));
@@ -392,11 +393,17 @@ static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *dat
 				}
 			}
 		}
-		if (cnt && !deduplicated) {
-			if (sent)
+		if (cnt) {
+			if (deduplicated) {
+				cnt->dedup_repeats++;
+				cnt->events_deduplicated++;
+			} else if (limited) {
+				cnt->events_rate_limited++;
+			} else if (sent) {
 				cnt->events++;
-			else
+			} else {
 				cnt->events_lost++;
+			}
 		}
 	}
 	if (r->action == GRAIN_ACTION_COUNT)

@@ -191,7 +191,17 @@ struct grain_rule {
 	 * sent (0: every event is sent) */
 	__u64 dedup_ns;
 	__u8 dedup_fields;   /* GRAIN_DEDUP_* */
-	__u8 _pad3[15];      /* 64 bytes: the lookup shifts instead of multiplying */
+	__u8 _pad3[3];
+	/* GRAIN_RULE_EMIT: at most this many events a second, across CPUs
+	 * (rate_windows); 0: no limit */
+	__u32 rate_limit;
+	__u8 _pad4[8];       /* 64 bytes: the lookup shifts instead of multiplying */
+};
+
+/* A rule's event count in the current second (grain_rule.rate_limit). */
+struct grain_rate {
+	__u64 window; /* second of the coarse monotonic clock */
+	__u64 n;      /* events let through in it */
 };
 
 struct grain_content {
@@ -248,6 +258,7 @@ struct grain_counter {
 	__u64 events;
 	__u64 events_lost;
 	__u64 events_deduplicated; /* counted, not sent (grain_rule.dedup_ns) */
+	__u64 events_rate_limited; /* counted, not sent (grain_rule.rate_limit) */
 	/* deduplication's state: the last event sent, when its window ends,
 	 * and the repeats counted since */
 	__u64 dedup_until_ns;

@@ -88,6 +88,7 @@ func (x *XDP) TCProgram() (*ebpf.Program, error) {
 		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
 		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
 		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
+		"rate_windows": m.RateWindows,
 	}
 	for name := range x.spec.Maps {
 		if _, ok := shared[name]; !ok && !strings.HasPrefix(name, ".") {
@@ -193,7 +194,7 @@ func (x *XDP) Unpin() error {
 	m := x.Maps()
 	var errs []error
 	for _, mp := range []*ebpf.Map{m.Active, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
-		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events, m.IfaceCounters} {
+		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events, m.IfaceCounters, m.RateWindows} {
 		if mp.IsPinned() {
 			errs = append(errs, mp.Unpin())
 		}
@@ -268,6 +269,7 @@ type (
 	Rule         = xdpGrainRule
 	Content      = xdpGrainContent
 	Counter      = xdpGrainCounter
+	Rate         = xdpGrainRate
 	IfaceCounter = xdpGrainIfaceCounter
 	Event        = xdpGrainEvent
 	EventPayload = xdpGrainEventPayload
@@ -277,7 +279,7 @@ type (
 type XDPMaps struct {
 	Active, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
 	Rules, Contents, RuleCounters, Stats, Events        *ebpf.Map
-	IfaceCounters                                       *ebpf.Map
+	IfaceCounters, RateWindows                          *ebpf.Map
 }
 
 // Maps returns the program's maps.
@@ -287,5 +289,6 @@ func (x *XDP) Maps() XDPMaps {
 		Active: m.Active, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
 		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
 		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events, IfaceCounters: m.IfaceCounters,
+		RateWindows: m.RateWindows,
 	}
 }

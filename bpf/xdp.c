@@ -178,6 +178,13 @@ struct {
 } rule_counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct grain_rate);
+} rate_windows SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, GRAIN_IFACE_SLOTS + 1);
 	__type(key, __u32);
@@ -289,6 +296,23 @@ static __always_inline void dedup_remember(struct grain_dedup_key *k, const stru
 	k->family = m->family;
 	k->protocol = m->protocol;
 	k->tcp_flags = m->tcp_flags;
+}
+
+/* Whether rule slot key already let its rate_limit events through in the
+ * current second; counts this one otherwise. The window's reset races
+ * between CPUs at a second's turn: the limit holds to within a few events,
+ * like the kernel-hook programs' (probe.c). */
+static __always_inline int rate_exceeded(__u32 key, __u32 limit, __u64 now)
+{
+	struct grain_rate *rs = bpf_map_lookup_elem(&rate_windows, &key);
+	if (!rs)
+		return 0;
+	__u64 sec = now / 1000000000;
+	if (rs->window != sec) {
+		rs->window = sec;
+		rs->n = 0;
+	}
+	return __sync_fetch_and_add(&rs->n, 1) >= limit;
 }
 
 static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)

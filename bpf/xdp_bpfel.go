@@ -63,6 +63,7 @@ type xdpGrainCounter struct {
 	Events             uint64
 	EventsLost         uint64
 	EventsDeduplicated uint64
+	EventsRateLimited  uint64
 	DedupUntilNs       uint64
 	DedupRepeats       uint32
 	Pad                uint32
@@ -148,6 +149,12 @@ type xdpGrainIfaceKey struct {
 	Ifindex    uint32
 }
 
+type xdpGrainRate struct {
+	_      structs.HostLayout
+	Window uint64
+	N      uint64
+}
+
 type xdpGrainRule struct {
 	_            structs.HostLayout
 	Action       uint8
@@ -162,7 +169,9 @@ type xdpGrainRule struct {
 	QuickPattern uint64
 	DedupNs      uint64
 	DedupFields  uint8
-	Pad3         [15]uint8
+	Pad3         [3]uint8
+	RateLimit    uint32
+	Pad4         [8]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -177,6 +186,7 @@ const (
 	xdpMapIfaceBitmaps       = "iface_bitmaps"
 	xdpMapIfaceCounters      = "iface_counters"
 	xdpMapPortClass          = "port_class"
+	xdpMapRateWindows        = "rate_windows"
 	xdpMapRuleCounters       = "rule_counters"
 	xdpMapRules              = "rules"
 	xdpMapStats              = "stats"
@@ -247,6 +257,7 @@ type xdpMapSpecs struct {
 	IfaceBitmaps  *ebpf.MapSpec `ebpf:"iface_bitmaps"`
 	IfaceCounters *ebpf.MapSpec `ebpf:"iface_counters"`
 	PortClass     *ebpf.MapSpec `ebpf:"port_class"`
+	RateWindows   *ebpf.MapSpec `ebpf:"rate_windows"`
 	RuleCounters  *ebpf.MapSpec `ebpf:"rule_counters"`
 	Rules         *ebpf.MapSpec `ebpf:"rules"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
@@ -291,6 +302,7 @@ type xdpMaps struct {
 	IfaceBitmaps  *ebpf.Map `ebpf:"iface_bitmaps"`
 	IfaceCounters *ebpf.Map `ebpf:"iface_counters"`
 	PortClass     *ebpf.Map `ebpf:"port_class"`
+	RateWindows   *ebpf.Map `ebpf:"rate_windows"`
 	RuleCounters  *ebpf.Map `ebpf:"rule_counters"`
 	Rules         *ebpf.Map `ebpf:"rules"`
 	Stats         *ebpf.Map `ebpf:"stats"`
@@ -306,6 +318,7 @@ func (m *xdpMaps) Close() error {
 		m.IfaceBitmaps,
 		m.IfaceCounters,
 		m.PortClass,
+		m.RateWindows,
 		m.RuleCounters,
 		m.Rules,
 		m.Stats,

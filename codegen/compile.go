@@ -147,7 +147,7 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		if p.Emit != nil {
 			pr.Event, pr.Fields = p.Emit.Event, p.Emit.Fields
 			pr.EmitPayload = slices.ContainsFunc(p.Emit.Fields, func(f string) bool { return slices.Contains(payloadFields, f) })
-			pr.DedupNs = p.Emit.Dedup.Nanoseconds()
+			pr.DedupNs, pr.RateLimit = p.Emit.Dedup.Nanoseconds(), p.Emit.RateLimit
 		}
 		ok := true
 		for _, c := range p.Match.Payload {

@@ -54,6 +54,9 @@ type Rule struct {
 	// DedupNs is the rule's deduplication window in nanoseconds
 	// (policies.Emit.Dedup); 0 sends every event.
 	DedupNs int64 `json:"dedup_ns,omitempty"`
+	// RateLimit is the most events per second the rule sends
+	// (policies.Emit.RateLimit); 0 is no limit.
+	RateLimit int `json:"rate_limit,omitempty"`
 }
 
 // Content is one payload condition as the XDP program evaluates it.

@@ -660,6 +660,9 @@ type RuleCounter struct {
 	// EventsDeduplicated repeated an event sent less than the policy's
 	// emit.dedup before: counted, not sent.
 	EventsDeduplicated uint64 `json:"events_deduplicated"`
+	// EventsRateLimited were over the policy's emit.rate_limit: counted,
+	// not sent.
+	EventsRateLimited uint64 `json:"events_rate_limited"`
 }
 
 // generationCounters sums the per-CPU counters of rules, written in
@@ -681,6 +684,7 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 			c.Events += v.Events
 			c.EventsLost += v.EventsLost
 			c.EventsDeduplicated += v.EventsDeduplicated
+			c.EventsRateLimited += v.EventsRateLimited
 		}
 		out[key] = c
 	}
@@ -696,6 +700,7 @@ func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
 		t.Events += c.Events
 		t.EventsLost += c.EventsLost
 		t.EventsDeduplicated += c.EventsDeduplicated
+		t.EventsRateLimited += c.EventsRateLimited
 		into[key] = t
 	}
 }

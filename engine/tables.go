@@ -198,6 +198,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		if r.DedupNs > 0 {
 			v.DedupNs, v.DedupFields = uint64(r.DedupNs), dedupFields(r.Fields)
 		}
+		v.RateLimit = uint32(r.RateLimit)
 		for i, c := range r.Contents {
 			v.Contents[i] = uint16(c)
 		}
@@ -207,9 +208,13 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		if err := maps.Rules.Put(key, v); err != nil {
 			return fmt.Errorf("write rule: %w", err)
 		}
-		// Counters start from zero for each generation's rules.
+		// Counters and rate windows start from zero for each
+		// generation's rules.
 		if err := maps.RuleCounters.Put(key, zero); err != nil {
 			return fmt.Errorf("reset counters: %w", err)
+		}
+		if err := maps.RateWindows.Put(key, bpf.Rate{}); err != nil {
+			return fmt.Errorf("reset rate window: %w", err)
 		}
 	}
 

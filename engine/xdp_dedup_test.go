@@ -179,3 +179,38 @@ func TestXDPEventDeduplicationComparesTheFamily(t *testing.T) {
 		t.Errorf("counters %+v, want 1 deduplicated", c)
 	}
 }
+
+// emit.rate_limit lets at most so many events a second through, across
+// CPUs, after deduplication; the others are counted as rate-limited.
+func TestXDPEventRateLimit(t *testing.T) {
+	e := applyPolicy(t, `limited: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: "HTTP/1.1"}
+	then: "drop"
+	emit: {event: "limited", fields: ["sport"], dedup: "0s", rate_limit: 3}
+}`)
+	events := eventLines(t, e, 3, func() {
+		// The window is a second of the coarse monotonic clock, which the
+		// kernel's helper and clock_gettime read alike: the ten packets
+		// are sent early in one.
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if ts.Nsec > 500_000_000 {
+			time.Sleep(time.Duration(1_050_000_000 - ts.Nsec))
+		}
+		for i := range 10 {
+			runXDP(t, e, pktbuild.TCP4("10.0.0.2", "10.0.0.1", uint16(40000+i), 80, pktbuild.PSH|pktbuild.ACK, request).Bytes())
+		}
+	})
+	c := counterOf(t, e, "limited")
+	if len(events) != 3 || c.Events != 3 || c.EventsRateLimited != 7 || c.Packets != 10 {
+		t.Fatalf("%d events, counters %+v; want 3 events, 7 rate-limited, 10 packets", len(events), c)
+	}
+	for i, ev := range events {
+		if ev["sport"] != float64(40000+i) {
+			t.Errorf("event %d: %v, want the packet from port %d (the first three are let through)", i, ev, 40000+i)
+		}
+	}
+}

@@ -150,10 +150,14 @@ func (c *counters) counter(name, unit, desc string) metric.Int64ObservableCounte
 	return inst
 }
 
-// Packet and kernel-hook policies report their events on the same two
+// Packet and kernel-hook policies report their events on the same
 // instruments; one definition keeps them identical.
 func (c *counters) eventsEmitted() metric.Int64ObservableCounter {
 	return c.counter("grain.events.emitted", "{event}", "Events written to the ring buffer by each policy.")
+}
+
+func (c *counters) eventsRateLimited() metric.Int64ObservableCounter {
+	return c.counter("grain.events.rate_limited", "{event}", "Events a policy's emit.rate_limit kept in the kernel: counted, not sent.")
 }
 
 func (c *counters) eventsLost() metric.Int64ObservableCounter {
@@ -169,6 +173,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 	ifacePackets := counter("grain.interface.packets", "{packet}", "Packets judged by a rule on each interface, by verdict.")
 	ifaceBytes := counter("grain.interface.bytes", "By", "Bytes of the packets judged by a rule on each interface, by verdict.")
 	lost := cs.eventsLost()
+	rateLimited := cs.eventsRateLimited()
 	deduplicated := counter("grain.events.deduplicated", "{event}", "Events of xdp policies counted in the kernel instead of sent: repeats of an event sent less than the policy's emit.dedup before.")
 	reloads := counter("grain.reloads", "{reload}", "Policy reloads by result.")
 	received := counter("grain.events.received", "{event}", "Events read from the kernel's ring buffer.")
@@ -217,6 +222,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 				o.ObserveInt64(emitted, toInt64(c.Events), byRule)
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, verdict, lossRingFull))
 				o.ObserveInt64(deduplicated, toInt64(c.EventsDeduplicated), byRule)
+				o.ObserveInt64(rateLimited, toInt64(c.EventsRateLimited), byRule)
 			}
 		}
 		if cfg.Interfaces != nil {
@@ -258,7 +264,7 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			}
 		}
 		return nil
-	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, deduplicated, reloads, hash, rulesActive, received, discarded, exported, pending)
+	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, deduplicated, rateLimited, reloads, hash, rulesActive, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

@@ -142,7 +142,7 @@ func latestPoints(rms []*metricspb.ResourceMetrics) map[string]point {
 
 func TestMetricsExport(t *testing.T) {
 	counters := []engine.RuleCounter{
-		{Policy: "block_http", Verdict: "drop", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2, EventsDeduplicated: 9},
+		{Policy: "block_http", Verdict: "drop", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2, EventsDeduplicated: 9, EventsRateLimited: 4},
 		{Policy: "log_ssh", Verdict: "count", Packets: 3, Bytes: 180, Events: 3},
 	}
 	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1, Rules: []string{"block_http", "log_ssh"}}
@@ -153,6 +153,7 @@ func TestMetricsExport(t *testing.T) {
 		"grain.rule.bytes{grain.policy=block_http,grain.verdict=drop}":                                     {420, "sum", true, cum, "By"},
 		"grain.events.emitted{grain.policy=block_http,grain.verdict=drop}":                                 {5, "sum", true, cum, "{event}"},
 		"grain.events.deduplicated{grain.policy=block_http,grain.verdict=drop}":                            {9, "sum", true, cum, "{event}"},
+		"grain.events.rate_limited{grain.policy=block_http,grain.verdict=drop}":                            {4, "sum", true, cum, "{event}"},
 		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=block_http,grain.verdict=drop}": {2, "sum", true, cum, "{event}"},
 		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=log_ssh,grain.verdict=count}":   {0, "sum", true, cum, "{event}"},
 		"grain.reloads{grain.reload.result=success}":                                                       {4, "sum", true, cum, "{reload}"},

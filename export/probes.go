@@ -58,7 +58,7 @@ func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, 
 	hits := counter("grain.probe.hits", "{call}", "Kernel calls selected by each kernel-hook policy.")
 	emitted := cs.eventsEmitted()
 	lost := cs.eventsLost()
-	limited := counter("grain.events.rate_limited", "{event}", "Events a kernel-hook policy's rate_limit kept in the kernel.")
+	limited := cs.eventsRateLimited()
 	signals := counter("grain.probe.signals", "{signal}", "Signals sent to processes by each kernel-hook policy.")
 	countErrors := counter("grain.probe.count_errors", "{call}", "Calls a count could not record because its map was full.")
 	nested := counter("grain.probe.nested", "{call}",

@@ -374,9 +374,6 @@ func (d *decoder) decodeEmit(v cue.Value, allowed []string) {
 		}
 	}
 	if r := v.LookupPath(cue.ParsePath("rate_limit")); r.Exists() {
-		if d.policy.XDP != nil {
-			d.errorf(d.pos(r), "emit.rate_limit", "rate_limit is for kernel hooks, not xdp (xdp events are deduplicated, see emit.dedup): remove it")
-		}
 		n, _ := r.Int64()
 		e.RateLimit = int(n)
 	}

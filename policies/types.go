@@ -100,8 +100,8 @@ type Content struct {
 type Emit struct {
 	Event  string
 	Fields []string
-	// RateLimit is the most events per second the rule emits (probe
-	// policies); 0 means no limit. Events over it are counted, not sent.
+	// RateLimit is the most events per second the rule emits; 0 means no
+	// limit. Events over it are counted, not sent.
 	RateLimit int
 	// Dedup (xdp policies) is how long after sending an event the kernel
 	// counts, instead of sending, events equal to it in their fields and
