@@ -293,6 +293,63 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	return 1;
 }
 
+/* Sends (or deduplicates, or rate-limits) the event of rule slot key that
+ * matched, and counts which. A global function: the rule walk of rules
+ * that do not emit does not carry its registers and stack. */
+__noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
+{
+	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
+	struct grain_counter *cnt = bpf_map_lookup_elem(&rule_counters, &key);
+	if (!m || !r)
+		return 0;
+	__u32 ifindex = CTX_IFINDEX(ctx);
+	__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
+	__u64 window = r->dedup_ns; /* 0 for payload events */
+	__u32 repeated = 0;
+	int deduplicated = 0, limited = 0, sent = 0;
+	if (window && cnt) {
+		int same = dedup_same(&cnt->dedup_key, m, r->dedup_fields, ifindex);
+		if (same && now < cnt->dedup_until_ns)
+			deduplicated = 1;
+		else if (same)
+			repeated = cnt->dedup_repeats;
+		/* The repeats of another event, ended by this one, are in
+		 * events_deduplicated only. */
+	}
+	if (!deduplicated && r->rate_limit)
+		limited = rate_exceeded(key, r->rate_limit, now);
+	if (deduplicated || limited) {
+		/* counted below */
+	} else if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
+		sent = FN(emit_payload_event)(ctx, m, gen, key, now);
+	} else {
+		struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (e) {
+			FN(event_fill)(ctx, e, m, gen, r, now, repeated);
+			event_submit(e, RECORD_BYTES(sizeof(*e)));
+			sent = 1;
+			if (window && cnt) {
+				dedup_remember(&cnt->dedup_key, m, ifindex);
+				cnt->dedup_until_ns = now + window;
+				cnt->dedup_repeats = 0;
+			}
+		}
+	}
+	if (cnt) {
+		if (deduplicated) {
+			cnt->dedup_repeats++;
+			cnt->events_deduplicated++;
+		} else if (limited) {
+			cnt->events_rate_limited++;
+		} else if (sent) {
+			cnt->events++;
+		} else {
+			cnt->events_lost++;
+		}
+	}
+	return 0;
+}
+
 /* Applies one candidate rule: contents, counters, event. Returns
  * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
 static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *data_end, struct pkt_meta *m,
@@ -360,52 +417,8 @@ static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *dat
 		ic->packets[action]++;
 		ic->bytes[action] += m->len;
 	}
-	if (r->flags & GRAIN_RULE_EMIT) {
-		__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
-		__u64 window = r->dedup_ns; /* 0 for payload events */
-		__u32 repeated = 0;
-		int deduplicated = 0, limited = 0, sent = 0;
-		if (window && cnt) {
-			int same = dedup_same(&cnt->dedup_key, m, r->dedup_fields, ifindex);
-			if (same && now < cnt->dedup_until_ns)
-				deduplicated = 1;
-			else if (same)
-				repeated = cnt->dedup_repeats;
-			/* The repeats of another event, ended by this one, are in
-			 * events_deduplicated only. */
-		}
-		if (!deduplicated && r->rate_limit)
-			limited = rate_exceeded(key, r->rate_limit, now);
-		if (deduplicated || limited) {
-			/* counted below */
-		} else if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
-			sent = FN(emit_payload_event)(ctx, m, gen, key, now);
-		} else {
-			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-			if (e) {
-				FN(event_fill)(ctx, e, m, gen, r, now, repeated);
-				event_submit(e, RECORD_BYTES(sizeof(*e)));
-				sent = 1;
-				if (window && cnt) {
-					dedup_remember(&cnt->dedup_key, m, ifindex);
-					cnt->dedup_until_ns = now + window;
-					cnt->dedup_repeats = 0;
-				}
-			}
-		}
-		if (cnt) {
-			if (deduplicated) {
-				cnt->dedup_repeats++;
-				cnt->events_deduplicated++;
-			} else if (limited) {
-				cnt->events_rate_limited++;
-			} else if (sent) {
-				cnt->events++;
-			} else {
-				cnt->events_lost++;
-			}
-		}
-	}
+	if (r->flags & GRAIN_RULE_EMIT)
+		FN(rule_emit)(ctx, m, gen, key);
 	if (r->action == GRAIN_ACTION_COUNT)
 		return VERDICT_CONTINUE;
 	return 1 + r->action;
