@@ -21,20 +21,8 @@ import (
 // pair's other end are judged and counted either way.
 func TestXDPVethHook(t *testing.T) {
 	e := testEngine(t)
-	const dev, peer = "grain-hk0", "grain-hk1"
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev}, PeerName: peer}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("create veth %s: %v", dev, err)
-	}
-	t.Cleanup(func() {
-		netlink.LinkDel(veth)
-		// Detach (the links of the deleted pair are forgotten).
-		if err := e.Apply(&codegen.Plan{}); err != nil {
-			t.Errorf("apply an empty plan: %v", err)
-		}
-	})
-	sender := upLink(t, peer)
-	upLink(t, dev)
+	const dev = "grain-hk0"
+	sender := vethPair(t, e, dev, "grain-hk1", 1500)
 
 	wantTCX := bpf.HaveTCX() == nil
 	for _, forceXDP := range []bool{false, true} {
@@ -90,6 +78,30 @@ func TestXDPVethHook(t *testing.T) {
 	}
 }
 
+// vethPair creates the veth pair dev-peer with both ends up at mtu, and
+// returns the index of peer, where the test sends frames that dev
+// receives. Cleanup deletes the pair and detaches grain from it.
+func vethPair(t *testing.T, e *Engine, dev, peer string, mtu int) int {
+	t.Helper()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev, MTU: mtu}, PeerName: peer}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("create veth %s: %v", dev, err)
+	}
+	t.Cleanup(func() {
+		netlink.LinkDel(veth)
+		// Detach (the links of the deleted pair are forgotten).
+		if err := e.Apply(&codegen.Plan{}); err != nil {
+			t.Errorf("apply an empty plan: %v", err)
+		}
+	})
+	if l, err := netlink.LinkByName(peer); err != nil || netlink.LinkSetMTU(l, mtu) != nil {
+		t.Fatalf("set the MTU of %s: %v", peer, err)
+	}
+	sender := upLink(t, peer)
+	upLink(t, dev)
+	return sender
+}
+
 func upLink(t *testing.T, name string) int {
 	t.Helper()
 	l, err := netlink.LinkByName(name)
@@ -142,22 +154,8 @@ func TestTCFragmentedSocketBuffers(t *testing.T) {
 		vmtest.Missing(t, "tcx", err)
 	}
 	e := testEngine(t)
-	const dev, peer = "grain-fr0", "grain-fr1"
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: dev, MTU: 9000}, PeerName: peer}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("create veth %s: %v", dev, err)
-	}
-	t.Cleanup(func() {
-		netlink.LinkDel(veth)
-		if err := e.Apply(&codegen.Plan{}); err != nil {
-			t.Errorf("apply an empty plan: %v", err)
-		}
-	})
-	if l, err := netlink.LinkByName(peer); err != nil || netlink.LinkSetMTU(l, 9000) != nil {
-		t.Fatalf("set the MTU of %s: %v", peer, err)
-	}
-	sender := upLink(t, peer)
-	upLink(t, dev)
+	const dev = "grain-fr0"
+	sender := vethPair(t, e, dev, "grain-fr1", 9000)
 	// An anchored content: the generation has a UDP gate.
 	if err := e.Apply(compilePolicy(t, `frag: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", payload: {startswith: "DROP-ME!", offset: 1000}}, then: "drop"}`)); err != nil {
 		t.Fatal(err)
