@@ -40,11 +40,15 @@ func TestEndToEndDeduplication(t *testing.T) {
 	// the CPU that sent it: the datagrams are sent from one CPU.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var one unix.CPUSet
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
 	one.Set(0)
 	if err := unix.SchedSetaffinity(0, &one); err != nil {
 		t.Fatal(err)
 	}
+	defer unix.SchedSetaffinity(0, &old) // before the thread goes back to the runtime
 
 	const flood = 500
 	s.send(t, flood)
