@@ -24,10 +24,6 @@ const XDPProgram = "grain_xdp"
 
 var protocolNumbers = map[string]int{"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
-// payloadFields are the emit fields read from the L4 payload: their events
-// carry its first bytes.
-var payloadFields = []string{"payload", "dns_qname"}
-
 var tcpFlagBits = map[string]uint8{
 	"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08,
 	"ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80,
@@ -146,7 +142,7 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		pr := Rule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Action: p.Then}
 		if p.Emit != nil {
 			pr.Event, pr.Fields = p.Emit.Event, p.Emit.Fields
-			pr.EmitPayload = slices.ContainsFunc(p.Emit.Fields, func(f string) bool { return slices.Contains(payloadFields, f) })
+			pr.EmitPayload = p.Emit.CarriesPayload()
 			pr.DedupNs, pr.RateLimit = p.Emit.Dedup.Nanoseconds(), p.Emit.RateLimit
 		}
 		ok := true

@@ -665,6 +665,16 @@ type RuleCounter struct {
 	EventsRateLimited uint64 `json:"events_rate_limited"`
 }
 
+// add adds o's counts to c's.
+func (c *RuleCounter) add(o RuleCounter) {
+	c.Packets += o.Packets
+	c.Bytes += o.Bytes
+	c.Events += o.Events
+	c.EventsLost += o.EventsLost
+	c.EventsDeduplicated += o.EventsDeduplicated
+	c.EventsRateLimited += o.EventsRateLimited
+}
+
 // generationCounters sums the per-CPU counters of rules, written in
 // generation gen, by policy name and verdict (counterKey).
 func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[string]RuleCounter, error) {
@@ -679,12 +689,8 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 		c := out[key]
 		c.Policy, c.Verdict = r.Policy, r.Action
 		for _, v := range perCPU {
-			c.Packets += v.Packets
-			c.Bytes += v.Bytes
-			c.Events += v.Events
-			c.EventsLost += v.EventsLost
-			c.EventsDeduplicated += v.EventsDeduplicated
-			c.EventsRateLimited += v.EventsRateLimited
+			c.add(RuleCounter{Packets: v.Packets, Bytes: v.Bytes, Events: v.Events, EventsLost: v.EventsLost,
+				EventsDeduplicated: v.EventsDeduplicated, EventsRateLimited: v.EventsRateLimited})
 		}
 		out[key] = c
 	}
@@ -695,12 +701,7 @@ func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
 	for key, c := range from {
 		t := into[key]
 		t.Policy, t.Verdict = c.Policy, c.Verdict
-		t.Packets += c.Packets
-		t.Bytes += c.Bytes
-		t.Events += c.Events
-		t.EventsLost += c.EventsLost
-		t.EventsDeduplicated += c.EventsDeduplicated
-		t.EventsRateLimited += c.EventsRateLimited
+		t.add(c)
 		into[key] = t
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,24 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/testcpu"
 )
-
-// onOneCPU runs the rest of the test on CPU 0: deduplication keeps its
-// state per CPU, and a test run executes on the CPU of the calling thread.
-func onOneCPU(t *testing.T) {
-	t.Helper()
-	runtime.LockOSThread()
-	t.Cleanup(runtime.UnlockOSThread)
-	var old, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		t.Fatal(err)
-	}
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.SchedSetaffinity(0, &old) })
-}
 
 // eventLines streams the engine's events while send runs and returns the
 // JSON objects of those that send caused (want of them, waiting up to 5 s).
@@ -86,7 +69,8 @@ func counterOf(t *testing.T, e *Engine, policy string) RuleCounter {
 // sent within the window is counted, not sent; another event is sent and
 // ends the run; dedup "0s" sends every event.
 func TestXDPEventDeduplication(t *testing.T) {
-	onOneCPU(t)
+	// Deduplication keeps its state per CPU.
+	testcpu.Pin(t, 0)
 	from := func(sport, dport uint16) []byte {
 		return pktbuild.TCP4("10.0.0.2", "10.0.0.1", sport, dport, pktbuild.PSH|pktbuild.ACK, request).Bytes()
 	}
@@ -157,7 +141,8 @@ func TestXDPEventDeduplication(t *testing.T) {
 // ports of an IPv4 one is another event, even when the event carries no
 // address.
 func TestXDPEventDeduplicationComparesTheFamily(t *testing.T) {
-	onOneCPU(t)
+	// Deduplication keeps its state per CPU.
+	testcpu.Pin(t, 0)
 	e := applyPolicy(t, `dedup_family: {
 	xdp: interfaces: ["lo"]
 	match: {protocol: "tcp", payload: "HTTP/1.1"}

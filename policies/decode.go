@@ -393,7 +393,7 @@ const maxDedup = time.Hour
 
 // decodeDedup reads emit.dedup into e (xdp policies only).
 func (d *decoder) decodeDedup(v cue.Value, e *Emit) {
-	payload := slices.Contains(e.Fields, "payload") || slices.Contains(e.Fields, "dns_qname")
+	payload := e.CarriesPayload()
 	r := v.LookupPath(cue.ParsePath("dedup"))
 	if !r.Exists() {
 		if d.policy.XDP != nil && !payload {

@@ -4,7 +4,10 @@
 // user's file.
 package policies
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Snapshot is one consistent load of a policy tree.
 type Snapshot struct {
@@ -107,6 +110,16 @@ type Emit struct {
 	// counts, instead of sending, events equal to it in their fields and
 	// interface; 0 sends every event.
 	Dedup time.Duration
+}
+
+// payloadEmitFields are the xdp emit fields read from the L4 payload: their
+// events carry its first bytes.
+var payloadEmitFields = []string{"payload", "dns_qname"}
+
+// CarriesPayload reports whether the event has fields read from the L4
+// payload (a larger record, never deduplicated).
+func (e *Emit) CarriesPayload() bool {
+	return slices.ContainsFunc(e.Fields, func(f string) bool { return slices.Contains(payloadEmitFields, f) })
 }
 
 // ProbeHook is a policy on a kernel event: a kernel function's entry or

@@ -3,13 +3,11 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/testcpu"
 )
 
 // A flood of datagrams from one socket, through grain with the default
@@ -38,17 +36,7 @@ func TestEndToEndDeduplication(t *testing.T) {
 
 	// Deduplication keeps its state per CPU, and veth receives a frame on
 	// the CPU that sent it: the datagrams are sent from one CPU.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var old, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		t.Fatal(err)
-	}
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.SchedSetaffinity(0, &old) // before the thread goes back to the runtime
+	testcpu.Pin(t, 0)
 
 	const flood = 500
 	s.send(t, flood)
