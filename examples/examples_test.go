@@ -261,9 +261,9 @@ func TestExampleFileAccess(t *testing.T) {
 		t.Fatalf("got %d file_open events of %s, want 1 (only the open under /etc): %+v", len(evs), name, evs)
 	}
 	ev := evs[0]
-	if ev.Event != "file_open" || field(&ev, "filename") != "/etc/hostname" || field(&ev, "pid") != uint64(pidEtc) ||
+	if ev.Event != "file_open" || field(&ev, "filename") != "/etc/hostname" || field(&ev, "tgid") != uint64(pidEtc) ||
 		field(&ev, "comm") != name || !strings.HasSuffix(fmt.Sprint(field(&ev, "exe")), "/"+name) {
-		t.Errorf("event %+v; want file_open of /etc/hostname by pid %d, comm and exe %s", ev, pidEtc, name)
+		t.Errorf("event %+v; want file_open of /etc/hostname by process (tgid) %d, comm and exe %s", ev, pidEtc, name)
 	}
 }
 
@@ -282,8 +282,8 @@ func TestExampleKillOnOpen(t *testing.T) {
 		t.Fatalf("the child that opened another file ended with %v, want exit 0", err)
 	}
 	evs := c.events(5*time.Second, func(ev *engine.ProbeEvent) bool { return ev.Comm == name })
-	if len(evs) != 1 || field(&evs[0], "pid") != uint64(pid) || field(&evs[0], "filename") != "/tmp/grain-canary" {
-		t.Fatalf("events %+v; want one killed_on_open of pid %d for /tmp/grain-canary", evs, pid)
+	if len(evs) != 1 || field(&evs[0], "tgid") != uint64(pid) || field(&evs[0], "filename") != "/tmp/grain-canary" {
+		t.Fatalf("events %+v; want one killed_on_open of process (tgid) %d for /tmp/grain-canary", evs, pid)
 	}
 	counters, err := p.Counters()
 	if err != nil {
