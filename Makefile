@@ -7,8 +7,12 @@ BIN := bin/grain
 # Tests run inside Debian's stock 6.1 kernels under QEMU by `make test`
 # (scripts/vm-test.sh): space-separated package:regex, the regex for -test.run
 # (no spaces; | is fine). Kprobe and fentry tests go here, not only on the host.
-VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe ./engine:TestXDP|TestProbe ./internal/vmtest:. ./examples:TestExample
-VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe
+VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper ./engine:TestXDP|TestProbe ./internal/vmtest:. ./examples:TestExample
+VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe
+# A kernel older than grain supports (Debian 11's 5.10): grain must refuse
+# it with an error that names what it lacks.
+VM_TESTS_OLD := ./engine:TestOldKernelRefused ./bpf:TestHelper
+VM_OLD_KERNEL := --kernel linux-image-5.10.0-32-amd64 --suite bullseye --modules '' --features older-than-5.15
 
 .PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
 
@@ -29,6 +33,7 @@ test: deps build
 	$(GO) test -count=1 -v ./...
 	GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(foreach t,$(VM_TESTS_AMD64),'$(t)')
 	GO=$(GO) ./scripts/vm-test.sh --arch arm64 $(foreach t,$(VM_TESTS_ARM64),'$(t)')
+	GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)')
 	$(MAKE) check-generated
 
 # Rebuild the committed BPF objects with Debian's clang-19.

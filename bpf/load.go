@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,7 +100,7 @@ func (x *XDP) TCProgram() (*ebpf.Program, error) {
 		Program *ebpf.Program `ebpf:"grain_tc"`
 	}
 	if err := x.spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
-		return nil, explainLoadError(ProgTC, err)
+		return nil, explainLoadError(ProgTC, x.spec.Programs[ProgTC], err)
 	}
 	x.tc = o.Program
 	return x.tc, nil
@@ -159,7 +160,7 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("maps pinned under %s by another grain version do not fit this one: stop it and remove the directory (rm -r %s): %w", opts.PinPath, opts.PinPath, err)
 		}
-		return nil, explainLoadError("grain_xdp", err)
+		return nil, explainLoadError("grain_xdp", spec.Programs["grain_xdp"], err)
 	}
 	return x, nil
 }
@@ -233,24 +234,49 @@ func CheckPrivileges() error {
 	if os.Geteuid() != 0 {
 		return errors.New("grain needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to load eBPF programs: run it with sudo")
 	}
+	// A no-op from Linux 5.11, which charges maps to the memory cgroup.
+	// Before, map creation would fail with EPERM under the default limit,
+	// ahead of the load error that names what such a kernel lacks.
+	memlockOnce.Do(func() { _ = rlimit.RemoveMemlock() })
 	return nil
 }
 
+var memlockOnce sync.Once
+
 // explainLoadError turns a program load failure into a message that says
-// what to do, keeping the verifier's log tail for rejections.
-func explainLoadError(prog string, err error) error {
+// what to do, keeping the verifier's log tail for rejections. On a kernel
+// older than grain supports, it names a helper the program calls that the
+// kernel lacks or, failing that, the release.
+func explainLoadError(prog string, ps *ebpf.ProgramSpec, err error) error {
+	if ps != nil {
+		if herr := missingHelper(ps); herr != nil {
+			return fmt.Errorf("load %s: %w", prog, herr)
+		}
+	}
 	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
+	isVerifier := errors.As(err, &ve)
+	if release, old := olderThanMinKernel(); old {
+		said := err.Error()
+		if isVerifier && len(ve.Log) > 0 {
+			said = ve.Log[len(ve.Log)-1]
+			if len(ve.Log) > 1 && strings.HasPrefix(said, "processed ") {
+				said = ve.Log[len(ve.Log)-2]
+			}
+		}
+		return fmt.Errorf("load %s: %w: %s is older than Linux %s, which grain needs (the kernel said: %s)",
+			prog, ErrKernelTooOld, release, MinKernel, said)
+	}
+	if isVerifier {
 		lines := ve.Log
 		const tail = 20
 		if len(lines) > tail {
 			lines = lines[len(lines)-tail:]
 		}
-		return fmt.Errorf("the kernel's verifier rejected %s: %v\n(grain needs Linux 5.15 or later; on such a kernel this is a grain bug: report it with this log)\nverifier log tail:\n  %s",
-			prog, ve.Cause, strings.Join(lines, "\n  "))
+		return fmt.Errorf("the kernel's verifier rejected %s: %v\n(grain needs Linux %s or later; on such a kernel this is a grain bug: report it with this log)\nverifier log tail:\n  %s",
+			prog, ve.Cause, MinKernel, strings.Join(lines, "\n  "))
 	}
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		return fmt.Errorf("load %s: a kernel feature is missing (grain needs Linux 5.15 or later): %w", prog, err)
+		return fmt.Errorf("load %s: a kernel feature is missing (grain needs Linux %s or later): %w", prog, MinKernel, err)
 	}
 	if errors.Is(err, os.ErrPermission) {
 		return fmt.Errorf("load %s: permission denied: run grain as root (with CAP_BPF and CAP_NET_ADMIN): %w", prog, err)

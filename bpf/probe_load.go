@@ -87,7 +87,7 @@ func (p *Probe) load(name, attachTo string) (*ebpf.Program, error) {
 		if attachTo != "" {
 			what += " for " + attachTo
 		}
-		return nil, explainLoadError(what, err)
+		return nil, explainLoadError(what, ps, err)
 	}
 	prog := coll.Programs[name]
 	delete(coll.Programs, name)

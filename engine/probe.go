@@ -109,19 +109,20 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Before any map: on a kernel without attach cookies, that is the error.
+	feats := bpf.DetectProbeFeatures()
+	if feats.AttachCookie != nil {
+		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", feats.AttachCookie)
+	}
 	p, err := bpf.LoadProbe(bpf.ProbeOptions{RingBufferBytes: opts.RingBufferBytes})
 	if err != nil {
 		return nil, err
 	}
-	e := &Probes{log: log, p: p, feats: bpf.DetectProbeFeatures(), hooks: map[string]*probeAttachment{}, noRaw: map[string]bool{},
+	e := &Probes{log: log, p: p, feats: feats, hooks: map[string]*probeAttachment{}, noRaw: map[string]bool{},
 		byEpoch: map[uint32][]codegen.ProbeRule{}, ruleTotals: map[string]ProbeRuleCounter{},
 		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
-	}
-	if e.feats.AttachCookie != nil {
-		p.Close()
-		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", e.feats.AttachCookie)
 	}
 	inner := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
 	if e.graceInner, err = ebpf.NewMap(inner); err == nil {
@@ -740,7 +741,7 @@ func btfWidth(t btf.Type) tpField {
 func (e *Probes) cgroupID(path string) (uint64, error) {
 	root := e.cgroupRoot
 	if root == "" {
-		root = cgroup2Mount()
+		root = Cgroup2Mount()
 	}
 	var st unix.Stat_t
 	full := filepath.Join(root, filepath.Clean("/"+path))
@@ -750,8 +751,11 @@ func (e *Probes) cgroupID(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// cgroup2Mount finds where the cgroup v2 hierarchy is mounted.
-func cgroup2Mount() string {
+// Cgroup2Mount finds where the cgroup v2 hierarchy is mounted: the first
+// cgroup2 mount point that still is one (a later mount can hide an earlier
+// one, e.g. cgroup2 mounted over a hybrid /sys/fs/cgroup that holds
+// /sys/fs/cgroup/unified).
+func Cgroup2Mount() string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -759,7 +763,8 @@ func cgroup2Mount() string {
 			if !ok || !strings.HasPrefix(post, "cgroup2 ") {
 				continue
 			}
-			if f := strings.Fields(pre); len(f) >= 5 {
+			var st unix.Statfs_t
+			if f := strings.Fields(pre); len(f) >= 5 && unix.Statfs(f[4], &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
 				return f[4]
 			}
 		}

@@ -413,7 +413,7 @@ closes: {
 // TestProbeCgroupFilter: events only from processes in a given cgroup.
 func TestProbeCgroupFilter(t *testing.T) {
 	p := newTestProbes(t, ProbeOptions{})
-	root := cgroup2Mount()
+	root := Cgroup2Mount()
 	name := uniqueName("grain-test-")
 	dir := filepath.Join(root, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {

@@ -449,21 +449,6 @@ func scrapeProm(t *testing.T, addr string) map[string]int64 {
 	return out
 }
 
-// cgroup2Root finds where the cgroup v2 hierarchy is mounted.
-func cgroup2Root(t *testing.T) string {
-	data, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
-			return f[1]
-		}
-	}
-	t.Skip("no cgroup v2 hierarchy mounted")
-	return ""
-}
-
 // TestCgroupEnrichmentOnKernelEvents: a process in a cgroup named as
 // Docker names a container's closes a file descriptor; grain's syscall
 // hook reports it with its pid, and the pipeline's enrichment adds the
@@ -472,7 +457,7 @@ func TestCgroupEnrichmentOnKernelEvents(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load BPF programs and make cgroups")
 	}
-	root := cgroup2Root(t)
+	root := engine.Cgroup2Mount()
 	id := strings.Repeat("c0ffee", 10) + "abcd"
 	dir := root + "/grain-test-docker-" + id + ".scope"
 	if err := os.Mkdir(dir, 0o755); err != nil {

@@ -17,6 +17,10 @@
 #   --kernel PACKAGE    Debian kernel package (default linux-image-6.1.0-56-<arch>;
 #                       when the registry no longer has it, the current
 #                       linux-image-<arch> is used and named)
+#   --suite SUITE       Debian suite to download --kernel from, when it is not
+#                       one of the host's (e.g. bullseye, for its 5.10 kernel:
+#                       a kernel older than grain supports); its package list
+#                       is kept under $GRAIN_VM_CACHE, apart from the host's
 #   --modules a,b       modules from the kernel package to insmod, with the
 #                       modules they depend on (default veth)
 #   --features "a b"    kernel features the guest has: a test that calls
@@ -44,12 +48,13 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 
-arch=amd64 kpkg= modules=veth features=unset vm_timeout=300
+arch=amd64 kpkg= suite= modules=veth features=unset vm_timeout=300
 entries=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--arch) arch=$2; shift 2 ;;
 	--kernel) kpkg=$2; shift 2 ;;
+	--suite) suite=$2; shift 2 ;;
 	--modules) modules=$2; shift 2 ;;
 	--features) features=$2; shift 2 ;;
 	--timeout) vm_timeout=$2; shift 2 ;;
@@ -108,11 +113,26 @@ fi
 mkdir -p "$cache/debs" "$cache/root"
 exec 9>"$cache/.lock"
 flock 9 # one runner at a time fetches and unpacks
+# suite_apt ARGS: apt-get with $suite's main as its only source, its package
+# lists and cache under $cache/apt-$suite (the host's stay as they are).
+suite_apt() {
+	local d=$cache/apt-$suite
+	mkdir -p "$d/lists/partial" "$d/archives/partial"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$d/sources.list"
+	apt-get -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+		-o Dir::State::Lists="$d/lists" -o Dir::Cache="$d" -o APT::Sandbox::User=root "$@"
+}
 # fetch NAME: the path of NAME's .deb for $arch in the cache, downloading it
 # (apt-get download, refreshing the package lists once if needed).
 fetch() {
 	local name=$1 debs tmp
 	debs=("$cache"/debs/"$name"_*_"$arch".deb)
+	if [ ! -f "${debs[-1]}" ] && [ -n "$suite" ] && [ "$name" = "$kpkg" ]; then
+		tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
+		{ suite_apt update -qq && (cd "$tmp" && suite_apt download -q=2 "$name:$arch"); } || { rm -rf "$tmp"; return 1; }
+		mv "$tmp"/*.deb "$cache/debs/" && rmdir "$tmp"
+		debs=("$cache"/debs/"$name"_*_"$arch".deb)
+	fi
 	if [ ! -f "${debs[-1]}" ]; then
 		tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
 		if ! (cd "$tmp" && apt-get download -q=2 -o APT::Sandbox::User=root "$name:$arch" 2>/dev/null); then
@@ -137,7 +157,7 @@ unpack() {
 	echo "$dir"
 }
 if ! kroot=$(unpack "$kpkg"); then
-	[ "$kpkg" = "$pinned" ] || { echo "vm-test: cannot download $kpkg for $arch" >&2; exit 1; }
+	[ "$kpkg" = "$pinned" ] || { echo "vm-test: cannot download $kpkg for $arch${suite:+ from $suite}" >&2; exit 1; }
 	kpkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-/ {sub(/:.*/, "", $2); print $2; exit}')
 	echo "vm-test: $pinned is gone from the registry; using the current $kpkg"
 	kroot=$(unpack "$kpkg")

@@ -1,0 +1,81 @@
+package bpf
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+)
+
+func TestHelperName(t *testing.T) {
+	for fn, want := range map[asm.BuiltinFunc]string{
+		asm.FnKtimeGetCoarseNs:  "bpf_ktime_get_coarse_ns",
+		asm.FnGetAttachCookie:   "bpf_get_attach_cookie",
+		asm.FnGetCurrentTaskBtf: "bpf_get_current_task_btf",
+		asm.FnMapLookupElem:     "bpf_map_lookup_elem",
+	} {
+		if got := helperName(fn); got != want {
+			t.Errorf("helperName(%v) = %q, want %q", fn, got, want)
+		}
+	}
+}
+
+// Every helper grain's programs call has the release that added it, for
+// the message of a kernel that lacks it.
+func TestHelperSinceCoversThePrograms(t *testing.T) {
+	xdp, err := loadXdp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := loadProbe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []*ebpf.CollectionSpec{xdp, probe} {
+		for name, ps := range spec.Programs {
+			for _, ins := range ps.Instructions {
+				if fn := asm.BuiltinFunc(ins.Constant); ins.IsBuiltinCall() && helperSince[fn] == "" {
+					t.Errorf("%s calls %s, which helperSince lacks", name, helperName(fn))
+				}
+			}
+		}
+	}
+}
+
+// On a kernel grain supports, every helper of the programs whose type the
+// kernel can be asked about is there (this also runs in the 6.1 guests); a helper the program's type cannot
+// call (what an older kernel answers for one it lacks) is named.
+func TestMissingHelper(t *testing.T) {
+	requireRoot(t)
+	xdp, err := loadXdp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := loadProbe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []*ebpf.CollectionSpec{xdp, probe} {
+		for name, ps := range spec.Programs {
+			if name == ProgRawTracepoint {
+				continue // Linux 6.10; grain falls back when it is missing (features.go)
+			}
+			if err := missingHelper(ps); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
+	}
+	if err := features.HaveProgramHelper(ebpf.XDP, asm.FnSkbPullData); !errors.Is(err, ebpf.ErrNotSupported) {
+		t.Fatalf("this kernel offers bpf_skb_pull_data to XDP programs (%v): the test needs a helper XDP cannot call", err)
+	}
+	ps := &ebpf.ProgramSpec{Type: ebpf.XDP, Instructions: asm.Instructions{
+		asm.FnKtimeGetCoarseNs.Call(), asm.FnSkbPullData.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+	}}
+	err = missingHelper(ps)
+	if !errors.Is(err, ErrKernelTooOld) || !strings.Contains(err.Error(), "bpf_skb_pull_data (Linux 4.9) in XDP programs: grain needs Linux 5.15 or later") {
+		t.Fatalf("missingHelper: %v; want ErrKernelTooOld naming bpf_skb_pull_data", err)
+	}
+}
