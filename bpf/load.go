@@ -238,10 +238,26 @@ func CheckPrivileges() error {
 	// Before, map creation would fail with EPERM under the default limit,
 	// ahead of the load error that names what such a kernel lacks.
 	memlockOnce.Do(func() { _ = rlimit.RemoveMemlock() })
-	return nil
+	return checkBPFSyscall()
 }
 
 var memlockOnce sync.Once
+
+// checkBPFSyscall makes one bpf() call, creating a one-entry array map, so
+// that a refused or missing system call is reported as such rather than as
+// the first program type or map type probed being missing.
+func checkBPFSyscall() error {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	switch {
+	case err == nil:
+		return m.Close()
+	case errors.Is(err, unix.ENOSYS):
+		return errors.New("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL off, or a seccomp profile that hides it): grain cannot run here")
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("the kernel refuses the bpf() system call (%v): in a container, its seccomp profile or missing capabilities refuse it (run it privileged, or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and a profile that allows bpf); on a host, a security module (kernel lockdown, SELinux)", unix.EPERM)
+	}
+	return fmt.Errorf("the bpf() system call fails: %w", err)
+}
 
 // explainLoadError turns a program load failure into a message that says
 // what to do, keeping the verifier's log tail for rejections. On a kernel

@@ -109,7 +109,11 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	// Before any map: on a kernel without attach cookies, that is the error.
+	// Before any map: on a kernel without attach cookies, that is the error
+	// (after the errors of not being root, or of a refused bpf()).
+	if err := bpf.CheckPrivileges(); err != nil {
+		return nil, err
+	}
 	feats := bpf.DetectProbeFeatures()
 	if feats.AttachCookie != nil {
 		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", feats.AttachCookie)
