@@ -79,3 +79,23 @@ func TestMissingHelper(t *testing.T) {
 		t.Fatalf("missingHelper: %v; want ErrKernelTooOld naming bpf_skb_pull_data", err)
 	}
 }
+
+// A program the verifier rejects on a kernel grain supports: the message
+// says so and carries the tail of the verifier's log.
+func TestExplainVerifierRejection(t *testing.T) {
+	requireRoot(t)
+	ps := &ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Reg(asm.R0, asm.R2), // R2 is not initialised
+		asm.Return(),
+	}}
+	_, err := ebpf.NewProgram(ps)
+	if err == nil {
+		t.Fatal("the verifier accepted a program that reads an uninitialised register")
+	}
+	msg := explainLoadError("test_prog", ps, err).Error()
+	for _, want := range []string{"the kernel's verifier rejected test_prog", "verifier log tail:", "R2 !read_ok"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
+	}
+}
