@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -81,21 +82,28 @@ func detectProbeFeatures() ProbeFeatures {
 	return f
 }
 
-// probeFentry loads and attaches a trivial fentry program to vfs_read
-// (arm64 6.1 loads it but has no trampolines to attach it).
+// probeFentry loads and attaches, with a cookie, a trivial fentry program
+// that reads its cookie, as grain's do, to vfs_read (arm64 6.1 loads it but
+// has no trampolines to attach it; 5.15 has trampolines but no cookies for
+// them).
 func probeFentry() error {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "vfs_read",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
-	})
+	spec := &ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "vfs_read", License: "GPL",
+		Instructions: asm.Instructions{asm.FnGetAttachCookie.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}
+	prog, err := ebpf.NewProgram(spec)
 	if errors.Is(err, os.ErrPermission) {
 		return errors.New("kernel refuses fentry programs (loading one returns EPERM: no BPF trampolines here)")
+	}
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) && strings.Contains(strings.Join(ve.Log, "\n"), "func bpf_get_attach_cookie") {
+		return fmt.Errorf("fentry programs cannot read an attach cookie (Linux 5.19): %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines): %w", err)
 	}
 	defer prog.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, Cookie: 1})
 	if err != nil {
 		return fmt.Errorf("kernel loads fentry programs but cannot attach them (no BPF trampolines on this kernel or architecture): %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -27,9 +28,10 @@ const (
 )
 
 var (
-	sharedOnce   sync.Once
-	sharedEngine *Engine
-	sharedErr    error
+	sharedOnce     sync.Once
+	sharedEngine   *Engine
+	sharedErr      error
+	sharedTCUsable bool // see tcTestRunUsable
 )
 
 // testEngine loads the XDP program once for all kernel tests of the
@@ -39,7 +41,12 @@ func testEngine(t testing.TB) *Engine {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load BPF programs (runs in .ci/run)")
 	}
-	sharedOnce.Do(func() { sharedEngine, sharedErr = New(Options{}) })
+	sharedOnce.Do(func() {
+		sharedEngine, sharedErr = New(Options{})
+		if sharedErr == nil {
+			sharedTCUsable, sharedErr = tcTestRunUsable(sharedEngine)
+		}
+	})
 	if sharedErr != nil {
 		t.Fatal(sharedErr)
 	}
@@ -94,6 +101,12 @@ const (
 func runBoth(t testing.TB, e *Engine, frame []byte) uint32 {
 	t.Helper()
 	verdict := runXDP(t, e, frame)
+	if !sharedTCUsable {
+		if _, logged := tcUnusedLogged.LoadOrStore(t.Name(), true); !logged {
+			t.Logf("%s: no tcx, and the tc test run refuses its context: compared on XDP only", vmtest.Where())
+		}
+		return verdict
+	}
 	tc, err := e.XDP().TCProgram()
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +133,29 @@ func runBoth(t testing.TB, e *Engine, frame []byte) uint32 {
 		t.Errorf("the TC program returned %d where the XDP program said %s", int32(ret), verdictName(verdict))
 	}
 	return verdict
+}
+
+// tcUnusedLogged: the tests that said once that runBoth compares on XDP only.
+var tcUnusedLogged sync.Map
+
+// tcTestRunUsable reports whether runBoth can run the TC program too, asked
+// before any plan is applied (the packet counts nowhere). Linux 5.15 refuses
+// a test-run context that sets ingress_ifindex; it has no tcx either, so
+// grain never runs the TC program there (every interface gets XDP) and there
+// is nothing to compare. Where tcx exists, a refusal is an error.
+func tcTestRunUsable(e *Engine) (bool, error) {
+	tc, err := e.XDP().TCProgram()
+	if err != nil {
+		return false, err
+	}
+	var skb [40]byte
+	binary.NativeEndian.PutUint32(skb[36:], loIndex)
+	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 1, 2, pktbuild.ACK, []byte("probe")).Bytes()
+	_, err = tc.Run(&ebpf.RunOptions{Data: frame, Context: skb[:]})
+	if errors.Is(err, unix.EINVAL) && bpf.HaveTCX() != nil {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 func verdictName(v uint32) string {
@@ -383,10 +419,15 @@ count_late: {priority: 30, xdp: interfaces: ["lo"], then: "count"}
 	for name, n := range after {
 		got[name] = n - before[name]
 	}
-	// runBoth ran each packet through the XDP and the TC program: both count.
-	want := map[string]uint64{"count_all": 8, "allow_lan": 2, "drop_tcp": 2, "a_drop": 2, "b_pass": 0, "count_late": 2}
+	// runBoth ran each packet through the XDP and the TC program: both
+	// count (where it runs the TC program at all).
+	runs := uint64(2)
+	if !sharedTCUsable {
+		runs = 1
+	}
+	want := map[string]uint64{"count_all": 4, "allow_lan": 1, "drop_tcp": 1, "a_drop": 1, "b_pass": 0, "count_late": 1}
 	for name, n := range want {
-		if got[name] != n {
+		if n *= runs; got[name] != n {
 			t.Errorf("counter %s counted %d packets, want %d", name, got[name], n)
 		}
 	}

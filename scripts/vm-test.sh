@@ -21,6 +21,11 @@
 #                       one of the host's (e.g. bullseye, for its 5.10 kernel:
 #                       a kernel older than grain supports); its package list
 #                       is kept under $GRAIN_VM_CACHE, apart from the host's
+#   --deb URL#SHA256    a kernel package by address, checked against its SHA-256
+#                       (repeat for a kernel split in several packages, as
+#                       Ubuntu's image and modules), instead of --kernel: for
+#                       a kernel no Debian suite has (Ubuntu 22.04's 5.15,
+#                       grain's minimum)
 #   --modules a,b       modules from the kernel package to insmod, with the
 #                       modules they depend on (default veth)
 #   --features "a b"    kernel features the guest has: a test that calls
@@ -49,12 +54,13 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 
 arch=amd64 kpkg= suite= modules=veth features=unset vm_timeout=300
-entries=()
+entries=() kdebs=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--arch) arch=$2; shift 2 ;;
 	--kernel) kpkg=$2; shift 2 ;;
 	--suite) suite=$2; shift 2 ;;
+	--deb) kdebs+=("$2"); shift 2 ;;
 	--modules) modules=$2; shift 2 ;;
 	--features) features=$2; shift 2 ;;
 	--timeout) vm_timeout=$2; shift 2 ;;
@@ -96,6 +102,7 @@ need=()
 command -v "$qemu" >/dev/null || need+=("$qemu_pkg")
 command -v cpio >/dev/null || need+=(cpio)
 command -v xz >/dev/null || need+=(xz-utils)
+[ ${#kdebs[@]} -eq 0 ] || command -v curl >/dev/null || need+=(curl)
 updated=0
 apt_update() { [ $updated = 1 ] || { apt-get update -qq; updated=1; }; }
 if [ "$arch" != "$(dpkg --print-architecture)" ] &&
@@ -156,7 +163,32 @@ unpack() {
 	fi
 	echo "$dir"
 }
-if ! kroot=$(unpack "$kpkg"); then
+# unpack_urls: the directory holding the --deb packages unpacked together,
+# each downloaded once and checked against its SHA-256.
+unpack_urls() {
+	local d url sum f dir
+	dir=$cache/root/url-$(printf '%s\n' "${kdebs[@]}" | sha256sum | cut -c1-16)
+	if [ ! -d "$dir" ]; then
+		rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+		for d in "${kdebs[@]}"; do
+			url=${d%#*} sum=${d##*#} f=$cache/debs/${d##*/}
+			f=${f%#*}
+			if ! [ -f "$f" ] || ! echo "$sum  $f" | sha256sum -c --quiet >/dev/null 2>&1; then
+				curl -fsS --retry 3 -m 900 -o "$f.tmp" "$url" || { echo "vm-test: cannot download $url" >&2; return 1; }
+				echo "$sum  $f.tmp" | sha256sum -c --quiet >/dev/null 2>&1 ||
+					{ echo "vm-test: $url does not have SHA-256 $sum" >&2; rm -f "$f.tmp"; return 1; }
+				mv "$f.tmp" "$f"
+			fi
+			dpkg-deb -x "$f" "$dir.tmp"
+		done
+		mv "$dir.tmp" "$dir"
+	fi
+	echo "$dir"
+}
+if [ ${#kdebs[@]} -gt 0 ]; then
+	kpkg=${kdebs[0]##*/} kpkg=${kpkg%%_*}
+	kroot=$(unpack_urls) || exit 1
+elif ! kroot=$(unpack "$kpkg"); then
 	[ "$kpkg" = "$pinned" ] || { echo "vm-test: cannot download $kpkg for $arch${suite:+ from $suite}" >&2; exit 1; }
 	kpkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-/ {sub(/:.*/, "", $2); print $2; exit}')
 	echo "vm-test: $pinned is gone from the registry; using the current $kpkg"
