@@ -103,7 +103,7 @@ func probeFentry() error {
 		return fmt.Errorf("kernel refuses fentry programs (BPF trampolines): %w", err)
 	}
 	defer prog.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog, Cookie: 1})
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceFEntry, Cookie: 1})
 	if err != nil {
 		return fmt.Errorf("kernel loads fentry programs but cannot attach them (no BPF trampolines on this kernel or architecture): %w", err)
 	}

@@ -36,7 +36,8 @@
 #
 # The guest mounts proc, sysfs, devtmpfs, bpffs, tracefs, debugfs, cgroup2 and
 # a tmpfs on /tmp, brings lo up, is called grain-vm, and sets GRAIN_VM_KERNEL
-# (uname -r), GRAIN_VM_ARCH and GRAIN_VM_FEATURES (see internal/vmtest). Its
+# (uname -r), GRAIN_VM_ARCH and GRAIN_VM_FEATURES (see internal/vmtest), and
+# GRAIN_BIN, a grain binary built for the guest (for cmd/grain's tests). Its
 # commands are busybox's, plus iproute2's ip (for ip netns).
 #
 # Output: "== guest kernel <release> (<arch>)", then every test binary's -v
@@ -273,6 +274,10 @@ for e in "${entries[@]}"; do
 echo $(q "== exit $pkg ")\$?
 "
 done
+# The grain binary, for the end-to-end tests (cmd/grain's buildGrain reads
+# GRAIN_BIN: there is no Go toolchain in the guest).
+CGO_ENABLED=0 GOARCH=$arch $GO build -ldflags='-s -w' -o "$initrd/t/grain" ./cmd/grain &
+pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 
 cat >"$initrd/init" <<INIT
@@ -291,7 +296,7 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hostname grain-vm
 ip link set lo up
-export GRAIN_VM_KERNEL=\$(uname -r) GRAIN_VM_ARCH=$arch GRAIN_VM_FEATURES=$(q "$features")
+export GRAIN_VM_KERNEL=\$(uname -r) GRAIN_VM_ARCH=$arch GRAIN_VM_FEATURES=$(q "$features") GRAIN_BIN=/t/grain
 echo "== guest kernel \$GRAIN_VM_KERNEL ($arch): \$(uname -v), \$(nproc) CPUs, features: \$GRAIN_VM_FEATURES"
 for m in ${mods[*]}; do insmod /lib/modules/\$m.ko || echo "== insmod \$m failed"; done
 [ -z "${mods[*]}" ] || echo "== modules loaded:" \$(cut -d' ' -f1 /proc/modules)

@@ -19,8 +19,13 @@ import (
 	"github.com/grain-ebpf/grain/internal/netns"
 )
 
-// buildGrain builds the grain binary once per test run.
+// buildGrain builds the grain binary once per test run, or returns the one
+// $GRAIN_BIN names (the VM guests of scripts/vm-test.sh have no Go
+// toolchain: the runner builds it for the guest).
 var buildGrain = sync.OnceValues(func() (string, error) {
+	if bin := os.Getenv("GRAIN_BIN"); bin != "" {
+		return bin, nil
+	}
 	dir, err := os.MkdirTemp("", "grain-e2e-")
 	if err != nil {
 		return "", err

@@ -14,11 +14,17 @@ import (
 	"github.com/grain-ebpf/grain/internal/netns"
 )
 
-// runRenamed runs a copy of /bin/cat named name (its comm) on args and
-// returns how it ended.
+// runRenamed runs a copy of the test binary named name (its comm) that
+// reads the files args name, as cat would (TestMain, catEnv), and returns
+// how it ended. Not a copy of /bin/cat: in the VM guests that is busybox,
+// which picks its applet by name.
 func runRenamed(t *testing.T, name string, args ...string) error {
 	t.Helper()
-	data, err := os.ReadFile("/bin/cat")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +32,9 @@ func runRenamed(t *testing.T, name string, args ...string) error {
 	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return exec.Command(bin, args...).Run()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), catEnv+"=1")
+	return cmd.Run()
 }
 
 const blockHTTPPolicy = `block_http: {
