@@ -46,7 +46,8 @@ var helperSince = map[asm.BuiltinFunc]string{
 }
 
 // missingHelper names the first helper that program ps calls and this
-// kernel does not offer to its program type, wrapping ErrKernelTooOld; nil
+// kernel does not offer to its program type, wrapping ErrKernelTooOld on a
+// release older than MinKernel; nil
 // when every helper is there or the kernel cannot be asked (cilium/ebpf has
 // no helper probe for fentry programs). It loads a small program per helper,
 // so it runs only to explain a failed load.
@@ -65,12 +66,20 @@ func missingHelper(ps *ebpf.ProgramSpec) error {
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			continue // there, or no conclusive answer
 		}
+		release, old := olderThanMinKernel()
+		if !old {
+			// Some helpers reach a program type later than they appear
+			// (the attach cookie in raw tracepoints: 6.10); grain asks
+			// before it loads those, so this is not the user's kernel.
+			return fmt.Errorf("%s does not offer the BPF helper %s to %s programs (grain bug: report it)",
+				release, helperName(fn), ps.Type)
+		}
 		since := ""
 		if v, ok := helperSince[fn]; ok {
 			since = " (Linux " + v + ")"
 		}
 		return fmt.Errorf("%w: %s lacks the BPF helper %s%s in %s programs: grain needs Linux %s or later",
-			ErrKernelTooOld, kernelRelease(), helperName(fn), since, ps.Type, MinKernel)
+			ErrKernelTooOld, release, helperName(fn), since, ps.Type, MinKernel)
 	}
 	return nil
 }
