@@ -37,8 +37,11 @@ func TestMain(m *testing.M) {
 		if err == nil {
 			err = refuseBPF(syscall.Errno(errno))
 		}
+		args := argsAfterDashes(os.Args)
+		if err == nil && len(args) == 0 {
+			err = fmt.Errorf("no command after -- in %q", os.Args)
+		}
 		if err == nil {
-			args := flagArgs(os.Args)
 			err = syscall.Exec(args[0], args, os.Environ())
 		}
 		fmt.Fprintln(os.Stderr, "seccomp launcher:", err)
@@ -47,8 +50,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// flagArgs is what follows "--" on the launcher's command line.
-func flagArgs(args []string) []string {
+// argsAfterDashes is what follows "--" on the launcher's command line.
+func argsAfterDashes(args []string) []string {
 	for i, a := range args {
 		if a == "--" {
 			return args[i+1:]
@@ -58,7 +61,8 @@ func flagArgs(args []string) []string {
 }
 
 // refuseBPF installs, for every thread of the process and what it executes,
-// a seccomp filter under which bpf() fails with errno.
+// a seccomp filter under which bpf() fails with errno. It does not check the
+// architecture: a test's filter, not a sandbox.
 func refuseBPF(errno syscall.Errno) error {
 	const (
 		retErrno = 0x00050000 // SECCOMP_RET_ERRNO
