@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 
@@ -23,23 +24,27 @@ func TestHelperName(t *testing.T) {
 	}
 }
 
+// grainPrograms are the programs of grain's BPF objects, by name.
+func grainPrograms(t *testing.T) map[string]*ebpf.ProgramSpec {
+	t.Helper()
+	progs := map[string]*ebpf.ProgramSpec{}
+	for _, load := range []func() (*ebpf.CollectionSpec, error){loadXdp, loadProbe} {
+		spec, err := load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		maps.Copy(progs, spec.Programs)
+	}
+	return progs
+}
+
 // Every helper grain's programs call has the release that added it, for
 // the message of a kernel that lacks it.
 func TestHelperSinceCoversThePrograms(t *testing.T) {
-	xdp, err := loadXdp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := loadProbe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, spec := range []*ebpf.CollectionSpec{xdp, probe} {
-		for name, ps := range spec.Programs {
-			for _, ins := range ps.Instructions {
-				if fn := asm.BuiltinFunc(ins.Constant); ins.IsBuiltinCall() && helperSince[fn] == "" {
-					t.Errorf("%s calls %s, which helperSince lacks", name, helperName(fn))
-				}
+	for name, ps := range grainPrograms(t) {
+		for _, ins := range ps.Instructions {
+			if fn := asm.BuiltinFunc(ins.Constant); ins.IsBuiltinCall() && helperSince[fn] == "" {
+				t.Errorf("%s calls %s, which helperSince lacks", name, helperName(fn))
 			}
 		}
 	}
@@ -51,22 +56,12 @@ func TestHelperSinceCoversThePrograms(t *testing.T) {
 // kernel too old.
 func TestMissingHelper(t *testing.T) {
 	requireRoot(t)
-	xdp, err := loadXdp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := loadProbe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, spec := range []*ebpf.CollectionSpec{xdp, probe} {
-		for name, ps := range spec.Programs {
-			if name == ProgRawTracepoint {
-				continue // Linux 6.10; grain falls back when it is missing (features.go)
-			}
-			if err := missingHelper(ps); err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
+	for name, ps := range grainPrograms(t) {
+		if name == ProgRawTracepoint {
+			continue // Linux 6.10; grain falls back when it is missing (features.go)
+		}
+		if err := missingHelper(ps); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 	if err := features.HaveProgramHelper(ebpf.XDP, asm.FnSkbPullData); !errors.Is(err, ebpf.ErrNotSupported) {
@@ -77,7 +72,7 @@ func TestMissingHelper(t *testing.T) {
 	}}
 	// This kernel is not too old: the message names the helper and does
 	// not blame the release (the 5.10 guest checks that case).
-	err = missingHelper(ps)
+	err := missingHelper(ps)
 	if err == nil || errors.Is(err, ErrKernelTooOld) || !strings.Contains(err.Error(), "does not offer the BPF helper bpf_skb_pull_data to XDP programs") {
 		t.Fatalf("missingHelper: %v; want an error naming bpf_skb_pull_data, not ErrKernelTooOld", err)
 	}

@@ -234,19 +234,18 @@ func CheckPrivileges() error {
 	if os.Geteuid() != 0 {
 		return errors.New("grain needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to load eBPF programs: run it with sudo")
 	}
-	// A no-op from Linux 5.11, which charges maps to the memory cgroup.
-	// Before, map creation would fail with EPERM under the default limit,
-	// ahead of the load error that names what such a kernel lacks.
-	memlockOnce.Do(func() { _ = rlimit.RemoveMemlock() })
-	return checkBPFSyscall()
+	return bpfUsable()
 }
 
-var memlockOnce sync.Once
-
-// checkBPFSyscall makes one bpf() call, creating a one-entry array map, so
-// that a refused or missing system call is reported as such rather than as
-// the first program type or map type probed being missing.
-func checkBPFSyscall() error {
+// bpfUsable prepares and checks the bpf() system call once per process.
+// RemoveMemlock is a no-op from Linux 5.11, which charges maps to the memory
+// cgroup; before, map creation would fail with EPERM under the default
+// limit, ahead of the load error that names what such a kernel lacks. The
+// one bpf() call, creating a one-entry array map, reports a refused or
+// missing system call as such rather than as the first program type or map
+// type probed being missing.
+var bpfUsable = sync.OnceValue(func() error {
+	_ = rlimit.RemoveMemlock()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	switch {
 	case err == nil:
@@ -257,7 +256,7 @@ func checkBPFSyscall() error {
 		return fmt.Errorf("the kernel refuses the bpf() system call (%v): in a container, its seccomp profile or missing capabilities refuse it (run it privileged, or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and a profile that allows bpf); on a host, a security module (kernel lockdown, SELinux)", unix.EPERM)
 	}
 	return fmt.Errorf("the bpf() system call fails: %w", err)
-}
+})
 
 // explainLoadError turns a program load failure into a message that says
 // what to do, keeping the verifier's log tail for rejections. On a kernel
