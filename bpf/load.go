@@ -23,6 +23,12 @@ type XDP struct {
 	objs xdpLoaded
 	spec *ebpf.CollectionSpec // for the TC program
 
+	// pinPath is where the maps are pinned (XDPOptions.PinPath);
+	// pinPending is set while they are not, because maps of another
+	// layout were pinned there (TakeOverPins).
+	pinPath    string
+	pinPending bool
+
 	tcMu   sync.Mutex
 	tc     *ebpf.Program
 	closed bool // set by Close: TCProgram must not load over closed maps
@@ -72,6 +78,18 @@ func (x *XDP) Close() error {
 	return errors.Join(err, x.objs.Close())
 }
 
+// mapsByName is every map of the program by its name in the object (and
+// its pin's name).
+func (x *XDP) mapsByName() map[string]*ebpf.Map {
+	m := x.Maps()
+	return map[string]*ebpf.Map{
+		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
+		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
+		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
+		"rate_windows": m.RateWindows,
+	}
+}
+
 // TCProgram is the same rule walk as Program for tc ingress (tcx): it
 // reads the same maps, so both see every apply at once. Loaded on the first
 // call.
@@ -84,13 +102,7 @@ func (x *XDP) TCProgram() (*ebpf.Program, error) {
 	if x.closed {
 		return nil, errors.New("load grain_tc: the XDP program and its maps are closed")
 	}
-	m := x.Maps()
-	shared := map[string]*ebpf.Map{
-		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
-		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
-		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
-		"rate_windows": m.RateWindows,
-	}
+	shared := x.mapsByName()
 	for name := range x.spec.Maps {
 		if _, ok := shared[name]; !ok && !strings.HasPrefix(name, ".") {
 			return nil, fmt.Errorf("load %s: map %q is not shared with grain_xdp (a grain bug)", ProgTC, name)
@@ -150,19 +162,75 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 			}
 		}
 	}
-	x := &XDP{spec: spec}
-	if err := spec.LoadAndAssign(&x.objs, collOpts); err != nil {
+	if opts.PinPath != "" {
+		// Pins of a grain that stopped within TakeOverPins.
+		leftovers, _ := filepath.Glob(filepath.Join(opts.PinPath, pendingPinPrefix+"*"))
+		for _, path := range leftovers {
+			os.Remove(path)
+		}
+	}
+	x := &XDP{spec: spec, pinPath: opts.PinPath}
+	err = spec.LoadAndAssign(&x.objs, collOpts)
+	if err != nil {
 		// Maps are pinned before the program loads: a failed load must not
 		// leave new pins behind for the next grain to trip over.
 		for _, path := range fresh {
 			os.Remove(path)
 		}
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("maps pinned under %s by another grain version do not fit this one: stop it and remove the directory (rm -r %s): %w", opts.PinPath, opts.PinPath, err)
+	}
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Another grain version, or another --event-ring-bytes, pinned
+		// maps that this program cannot use. The links pinned beside them
+		// still run that grain's program on those maps: they stay in
+		// force, untouched, while this program loads with maps of its own,
+		// which replace the pins once its rules are in them and the links
+		// run it (TakeOverPins). Reusing none of the old maps keeps the set
+		// consistent.
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
 		}
+		x.pinPending = true
+		err = spec.LoadAndAssign(&x.objs, nil)
+	}
+	if err != nil {
 		return nil, explainLoadError("grain_xdp", spec.Programs["grain_xdp"], err)
 	}
 	return x, nil
+}
+
+// PinPending reports that maps of another layout are pinned where this
+// program's maps belong (LoadXDP): until TakeOverPins, what is pinned there
+// is an earlier grain's, still in force.
+func (x *XDP) PinPending() bool { return x.pinPending }
+
+// pendingPinPrefix names a map pin before it is renamed into place (bpffs
+// refuses names with a dot).
+const pendingPinPrefix = "replacing-"
+
+// TakeOverPins pins this program's maps in place of the maps of another
+// layout that LoadXDP found pinned, once the caller has made them the
+// ones in force (rules written, links switched to this program). Each pin
+// is replaced by a rename, so that every name always holds a map: a grain
+// started in between finds the old map or the new one, and a set that
+// still holds an old one does not fit, so it loads its own again.
+func (x *XDP) TakeOverPins() error {
+	if !x.pinPending {
+		return nil
+	}
+	for name, m := range x.mapsByName() {
+		pin := filepath.Join(x.pinPath, name)
+		tmp := filepath.Join(x.pinPath, pendingPinPrefix+name)
+		os.Remove(tmp) // left by a grain that stopped here
+		if err := m.Pin(tmp); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+		if err := os.Rename(tmp, pin); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("replace the pinned map %s: %w", pin, err)
+		}
+	}
+	x.pinPending = false
+	return nil
 }
 
 // HaveTCX reports whether the kernel attaches tc programs with tcx links
@@ -190,14 +258,19 @@ var (
 	tcxErr  error
 )
 
-// Unpin removes the maps' pins, so that they are freed once closed.
+// Unpin removes the maps' pins, so that they are freed once closed. Pins
+// of another layout that this program never took over are not its own:
+// they stay.
 func (x *XDP) Unpin() error {
-	m := x.Maps()
+	if x.pinPath == "" || x.pinPending {
+		return nil
+	}
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Active, m.Bitmaps, m.PortClass, m.CIDRClass, m.IfaceBitmaps,
-		m.Rules, m.Contents, m.RuleCounters, m.Stats, m.Events, m.IfaceCounters, m.RateWindows} {
-		if mp.IsPinned() {
-			errs = append(errs, mp.Unpin())
+	// By path: a pin TakeOverPins renamed into place is not where the map
+	// handle remembers pinning it.
+	for name := range x.mapsByName() {
+		if err := os.Remove(filepath.Join(x.pinPath, name)); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

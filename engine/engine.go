@@ -61,6 +61,11 @@ type Engine struct {
 
 	pinPath string
 	adopted bool
+	// takeOver: the pinned state of an earlier grain uses maps this
+	// program cannot (another version, another ring size). It stays in
+	// force until the first apply has written this program's maps; that
+	// apply then switches the pinned links and replaces the map pins.
+	takeOver bool
 	// totals hold the counters of rule sets no longer in the maps.
 	totals map[string]RuleCounter
 	// ifaces knows which interface each verdict counter slot counts.
@@ -142,6 +147,11 @@ func (e *Engine) adopt() error {
 	if e.pinPath == "" {
 		return nil
 	}
+	if e.xdp.PinPending() {
+		e.takeOver = true
+		e.log.Info("the state pinned by an earlier grain does not fit this one's maps (another grain version or --event-ring-bytes): it stays in force until the first apply, which then takes it over", "pin_path", e.pinPath)
+		return nil
+	}
 	var act bpf.Active
 	if err := e.xdp.Maps().Active.Lookup(uint32(0), &act); err != nil {
 		return fmt.Errorf("read active generation: %w", err)
@@ -151,6 +161,13 @@ func (e *Engine) adopt() error {
 	if err := e.xdp.Maps().Rules.Lookup(e.active*bpf.MaxRules, &r); err == nil {
 		e.epoch = r.Id >> ruleIndexBits // continue after the adopted rules' epoch
 	}
+	return e.adoptLinks()
+}
+
+// adoptLinks switches the links pinned by an earlier grain to this
+// process's program, with a bpf_link update: the interface is never
+// without a program.
+func (e *Engine) adoptLinks() error {
 	dir := filepath.Join(e.pinPath, "links")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -287,6 +304,16 @@ func (e *Engine) ApplyTables(plan *codegen.Plan, ifindex map[string]uint32) erro
 func (e *Engine) apply(plan *codegen.Plan, attach, present map[string]uint32) error {
 	if err := e.write(plan, attach); err != nil {
 		return err
+	}
+	if e.takeOver {
+		// This program's maps now hold the rules: its turn.
+		if err := e.adoptLinks(); err != nil {
+			return err
+		}
+		if err := e.xdp.TakeOverPins(); err != nil {
+			return err
+		}
+		e.takeOver = false
 	}
 	e.current = plan
 	return e.syncAttachments(attach, present)
@@ -589,8 +616,14 @@ const (
 )
 
 // Adopted reports whether the engine took over enforcement pinned by an
-// earlier grain.
-func (e *Engine) Adopted() bool { return e.adopted }
+// earlier grain, or found such enforcement that its first apply takes
+// over: either way, what is pinned is in force and a failed start must
+// leave it (Release, not Close).
+func (e *Engine) Adopted() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.adopted || e.takeOver
+}
 
 // Interfaces lists the interfaces the program is attached to.
 func (e *Engine) Interfaces() []string {

@@ -29,7 +29,7 @@ func TestEndToEndDeduplication(t *testing.T) {
 	}
 	metricsAddr := p.ServerIP4.String() + ":9464"
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
 		"--metrics-addr", metricsAddr)
 	received := udpServer(t, p)
 	s := newUDPSender(t, p)

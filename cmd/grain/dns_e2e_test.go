@@ -20,7 +20,7 @@ import (
 func TestEndToEndDNSQueries(t *testing.T) {
 	p := netns.NewPair(t)
 	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/dns-queries", "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 
 	dial := netns.DialContextIn(p.ClientNS)
 	for _, c := range []struct {

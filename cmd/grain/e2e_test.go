@@ -45,25 +45,6 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
-// pinPath is a directory on a bpffs of this test's own. Not under
-// /sys/fs/bpf: `ip netns exec` mounts a fresh /sys, so pins made there would
-// live only as long as the process; other mounts are shared with it.
-func pinPath(t *testing.T) string {
-	t.Helper()
-	mnt, err := os.MkdirTemp("", "grain-bpffs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount bpffs at %s: %v", mnt, err)
-	}
-	t.Cleanup(func() {
-		syscall.Unmount(mnt, syscall.MNT_DETACH)
-		os.Remove(mnt)
-	})
-	return filepath.Join(mnt, "grain")
-}
-
 // daemon is `grain run` inside a namespace, with its event lines collected.
 type daemon struct {
 	cmd    *exec.Cmd
@@ -197,7 +178,7 @@ func TestEndToEndBlockHTTP(t *testing.T) {
 	}
 
 	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 
 	for _, c := range []struct {
 		server, client netip.Addr
@@ -243,7 +224,7 @@ func TestRunErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pins := pinPath(t)
+	pins := netns.PinDir(t)
 	out, err := exec.Command(bin, "run", "--policies", "../../examples/block-http", "--interface", "nosuchif0", "--pin-path", pins).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `interface "nosuchif0" named by the policies does not exist`) {
 		t.Errorf("missing interface: %v: %s", err, out)

@@ -116,7 +116,7 @@ func TestInterfacesFollowGlob(t *testing.T) {
 	pairPort := p.HTTPServer(t)
 	dir := t.TempDir()
 	writePolicy(t, filepath.Join(dir, "policy.cue"), blockHTTPGlob)
-	pins := pinPath(t)
+	pins := netns.PinDir(t)
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--pin-path", pins,
 		"--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 	if !strings.Contains(d.log(), `no interface matches the pattern yet" pattern=gx*`) {

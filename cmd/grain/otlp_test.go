@@ -36,7 +36,7 @@ func TestOTLPExport(t *testing.T) {
 		"OTEL_BLRP_SCHEDULE_DELAY=100",
 		"OTEL_SERVICE_NAME=grain-e2e",
 	}, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 
 	_, sport, err := rawRequest(t, p, p.ServerIP4, port, "GET / HTTP/1.1")
 	if err == nil {
@@ -98,7 +98,7 @@ func TestPrometheusEndpoint(t *testing.T) {
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
 		"--metrics-addr", p.ServerIP4.String()+":9464")
 	if _, _, err := rawRequest(t, p, p.ServerIP4, port, "GET / HTTP/1.1"); err == nil {
 		t.Fatal("HTTP/1.1 request answered, want it dropped")
@@ -306,7 +306,7 @@ func testOutage(t *testing.T, proto string) {
 		"OTEL_METRIC_EXPORT_INTERVAL=200",
 		"OTEL_BLRP_SCHEDULE_DELAY=50",
 	}, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"),
 		"--otlp-queue", "64", "--otlp-retry", "1s", "--metrics-addr", metricsAddr)
 
 	before := newUDPSender(t, p)
@@ -395,7 +395,7 @@ func TestPipelineReload(t *testing.T) {
 	}
 	write(`pipeline: rewrite: [{field: "saddr", prefix: ipv4: 24}]` + "\n")
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
 	s := newUDPSender(t, p)
 	s.send(t, 1)
 	network := netip.PrefixFrom(p.ClientIP4, 24).Masked().Addr().String()

@@ -67,7 +67,7 @@ func TestEndToEndKernelHooks(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "grain.sock")
 	metricsAddr := p.ServerIP4.String() + ":9465"
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", sock, "--metrics-addr", metricsAddr)
+		"--pin-path", netns.PinDir(t), "--status-socket", sock, "--metrics-addr", metricsAddr)
 
 	const name = "grain-e2e-exec"
 	if err := runRenamed(t, name, "/dev/null"); err != nil {

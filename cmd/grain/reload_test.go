@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/netns"
 )
@@ -68,7 +70,7 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 	writePolicy(t, file, fmt.Sprintf(blockVersion, "HTTP/1.1"))
 	sock := filepath.Join(t.TempDir(), "grain.sock")
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", sock, "--debounce", "100ms")
+		"--pin-path", netns.PinDir(t), "--status-socket", sock, "--debounce", "100ms")
 
 	if !blocked(t, p, port, "GET / HTTP/1.1") || blocked(t, p, port, "GET / HTTP/1.0") {
 		t.Fatal("initial policy: want HTTP/1.1 blocked and HTTP/1.0 passed")
@@ -135,7 +137,7 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 func TestKeepOnExit(t *testing.T) {
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
-	pins := pinPath(t)
+	pins := netns.PinDir(t)
 	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
 		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
 	first := startGrain(t, p.ServerNS, append(args, "--keep-on-exit")...)
@@ -178,7 +180,7 @@ func buildGrainPath(t *testing.T) string {
 func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
-	pins := pinPath(t)
+	pins := netns.PinDir(t)
 	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
 		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
 	first := startGrain(t, p.ServerNS, args...)
@@ -237,6 +239,86 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 	}
 }
 
+// TestRestartOnMapsOfAnotherLayout restarts grain (--keep-on-exit) with
+// another --event-ring-bytes, as after an upgrade that changed a map: the
+// pinned maps do not fit the new grain. The old program keeps enforcing
+// until the new grain has applied its rules, then the new one takes over
+// the link and the pins. A client retries HTTP/1.1 requests throughout and
+// none may get through.
+func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+	pins := netns.PinDir(t)
+	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	first := startGrain(t, p.ServerNS, append(args, "--keep-on-exit", "--event-ring-bytes", "65536")...)
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if err := first.cmd.Wait(); err != nil {
+		t.Fatalf("grain --keep-on-exit exited with %v; stderr:\n%s", err, first.log())
+	}
+
+	var tries, leaks atomic.Int64
+	stop := make(chan struct{})
+	var clients sync.WaitGroup
+	for range 4 {
+		clients.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tries.Add(1)
+				if _, _, err := p.Get(netns.HTTPURL(p.ServerIP4, port)); err == nil {
+					leaks.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	second := startGrain(t, p.ServerNS, append(args, "--keep-on-exit", "--event-ring-bytes", "131072")...)
+	second.waitLog(t, "adopted", 1)
+	if !strings.Contains(second.log(), "does not fit this one's maps") {
+		t.Errorf("the new grain did not say the pinned maps do not fit; stderr:\n%s", second.log())
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	clients.Wait()
+	t.Logf("%d HTTP/1.1 requests during the restart, %d got through", tries.Load(), leaks.Load())
+	if tries.Load() < 4 {
+		t.Errorf("only %d requests were tried", tries.Load())
+	}
+	if leaks.Load() != 0 {
+		t.Errorf("%d of %d HTTP/1.1 requests got through during the restart", leaks.Load(), tries.Load())
+	}
+	ring, err := ebpf.LoadPinnedMap(filepath.Join(pins, "events"), nil)
+	if err != nil {
+		t.Fatalf("the pinned event ring: %v", err)
+	}
+	if got := ring.MaxEntries(); got != 131072 {
+		t.Errorf("the pinned event ring holds %d bytes, want the new grain's 131072", got)
+	}
+	ring.Close()
+	if !blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Error("after the restart, HTTP/1.1 is not blocked")
+	}
+	// A grain that detaches on exit removes the state it took over.
+	second.cmd.Process.Signal(syscall.SIGTERM)
+	second.cmd.Wait()
+	third := startGrain(t, p.ServerNS, append(args, "--event-ring-bytes", "131072")...)
+	if !strings.Contains(third.log(), "adopted") {
+		t.Errorf("a grain of the same layout did not adopt at once; stderr:\n%s", third.log())
+	}
+	third.cmd.Process.Signal(syscall.SIGTERM)
+	third.cmd.Wait()
+	if _, _, err := p.Get(netns.HTTPURL(p.ServerIP4, port)); err != nil {
+		t.Errorf("after a detaching exit, HTTP/1.1 is still blocked: %v", err)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("pins left behind at %s after a detaching exit", pins)
+	}
+}
+
 // TestEachKindOfChangeReloadsOnce: an editor's save, an mv into the tree, a
 // ConfigMap-style ..data swap and 50 files written at once each lead to
 // exactly one successful reload of the running grain.
@@ -265,7 +347,7 @@ func TestEachKindOfChangeReloadsOnce(t *testing.T) {
 	}
 	sock := filepath.Join(t.TempDir(), "grain.sock")
 	d := startGrain(t, p.ServerNS, "run", "--policies", dir, "--interface", p.ServerIf,
-		"--pin-path", pinPath(t), "--status-socket", sock, "--debounce", "100ms")
+		"--pin-path", netns.PinDir(t), "--status-socket", sock, "--debounce", "100ms")
 	applied := 1
 	expectOneReload := func(kind string) {
 		t.Helper()

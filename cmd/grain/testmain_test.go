@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/internal/netns"
 )
 
 // refuseBPFEnv makes the test binary a launcher: it installs a seccomp
@@ -103,7 +105,7 @@ func TestRunBPFUnavailable(t *testing.T) {
 		{unix.EPERM, "the kernel refuses the bpf() system call (operation not permitted)"},
 		{unix.ENOSYS, "this kernel has no bpf() system call"},
 	} {
-		cmd := exec.Command(self, "--", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo", "--pin-path", pinPath(t))
+		cmd := exec.Command(self, "--", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo", "--pin-path", netns.PinDir(t))
 		cmd.Env = append(os.Environ(), refuseBPFEnv+"="+strconv.Itoa(int(c.errno)))
 		out, err := cmd.CombinedOutput()
 		t.Logf("bpf() failing with %v: %s", c.errno, out)

@@ -294,3 +294,23 @@ func runIP(args ...string) ([]byte, error) {
 	defer cancel()
 	return exec.CommandContext(ctx, "ip", args...).CombinedOutput()
 }
+
+// PinDir is a directory on a bpffs of the test's own, for grain's pins.
+// Not under /sys/fs/bpf: `ip netns exec` mounts a fresh /sys, so pins made
+// there would live only as long as the process; other mounts are shared
+// with it.
+func PinDir(t testing.TB) string {
+	t.Helper()
+	mnt, err := os.MkdirTemp("", "grain-bpffs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs at %s: %v", mnt, err)
+	}
+	t.Cleanup(func() {
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		os.Remove(mnt)
+	})
+	return filepath.Join(mnt, "grain")
+}
