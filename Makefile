@@ -8,7 +8,7 @@ BIN := bin/grain
 # (scripts/vm-test.sh): space-separated package:regex, the regex for -test.run
 # (no spaces; | is fine). Kprobe and fentry tests go here, not only on the host,
 # and the end-to-end tests (veth there gets generic XDP: no tcx before 6.6).
-VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbe ./internal/vmtest:. ./examples:TestExample ./cmd/grain:TestEndToEnd|TestKill9KeepsEnforcementAndRestartAdopts|TestReloadKeepsLastGoodPolicy
+VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbe|TestTakeOverPins ./internal/vmtest:. ./examples:TestExample ./cmd/grain:TestEndToEnd|TestKill9KeepsEnforcementAndRestartAdopts|TestReloadKeepsLastGoodPolicy|TestRestartOnMapsOfAnotherLayout
 VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe ./cmd/grain:TestEndToEndBlockHTTP
 # A kernel older than grain supports (Debian 11's 5.10): grain must refuse
 # it with an error that names what it lacks.
