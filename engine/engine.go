@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -185,12 +186,12 @@ func (e *Engine) adoptLinks() error {
 			continue
 		}
 		var ifindex uint32
-		// An adopted XDP link does not say its mode: it is reported as xdp.
 		prog, hook := e.xdp.Program(), hookXDP
 		if info, err := l.Info(); err == nil {
 			found := false
 			if xi := info.XDP(); xi != nil {
 				ifindex, found = xi.Ifindex, true
+				hook = xdpHookOf(ifindex)
 			}
 			if ti := info.TCX(); ti != nil {
 				ifindex, found = ti.Ifindex, true
@@ -597,15 +598,49 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 			e.log.Info("the kernel lacks tcx (Linux 6.6): veth interfaces get generic XDP", "error", err)
 		}
 	}
-	mode, hook := link.XDPAttachFlags(0), hookXDP
 	if veth {
-		mode, hook = link.XDPGenericMode, hookXDPGeneric
+		l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
+		if err != nil {
+			return nil, "", attachXDPError(name, err)
+		}
+		return l, hookXDPGeneric, nil
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: mode})
-	if err != nil {
-		return nil, "", fmt.Errorf("attach XDP to %s: %w (another XDP program may be attached: `ip link set dev %s xdp off`)", name, err, name)
+	// The kernel's default: native (driver) XDP where the driver has it,
+	// generic otherwise.
+	l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index)})
+	if err == nil {
+		return l, xdpHookOf(index), nil
 	}
-	return l, hook, nil
+	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+		return nil, "", attachXDPError(name, err)
+	}
+	// The driver has native XDP but refuses it here (an MTU too large for
+	// XDP, LRO or GRO_HW on, too few queues): generic XDP judges the same
+	// packets, later and at a higher cost, rather than none.
+	l, genericErr := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
+	if genericErr != nil {
+		return nil, "", attachXDPError(name, errors.Join(err, genericErr))
+	}
+	e.log.Warn("the driver refused native XDP: attached in generic mode, which costs more per packet (check the MTU, and LRO/GRO_HW with ethtool -k)",
+		"interface", name, "error", err.Error())
+	return l, hookXDPGeneric, nil
+}
+
+func attachXDPError(name string, err error) error {
+	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("attach XDP to %s: %w (another XDP program is attached: `ip link set dev %s xdp off`)", name, err, name)
+	}
+	return fmt.Errorf("attach XDP to %s: %w", name, err)
+}
+
+// xdpHookOf says in which mode the kernel attached XDP to link index: an
+// attach in the default mode is generic when the driver has no native XDP.
+func xdpHookOf(index uint32) string {
+	l, err := netlink.LinkByIndex(int(index))
+	if err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == nl.XDP_ATTACHED_SKB {
+		return hookXDPGeneric
+	}
+	return hookXDP
 }
 
 // Where the packet program runs on an interface, as logged and reported.

@@ -27,8 +27,12 @@
 #                       a kernel no Debian suite has (Ubuntu 22.04's 5.15,
 #                       grain's minimum)
 #   --modules a,b       modules from the kernel package to insmod, with the
-#                       modules they depend on (default veth)
-#   --features "a b"    kernel features the guest has: a test that calls
+#                       modules they depend on (default veth, ifb and
+#                       virtio_net with virtio_pci: the guest has a spare
+#                       virtio-net NIC, connected to nothing, for the tests
+#                       of native XDP on a real driver)
+#   --features "a b"    kernel features the guest has (spare-nic is added
+#                       when virtio_net is loaded): a test that calls
 #                       vmtest.Missing for one of them fails instead of
 #                       skipping (default "kprobe fentry" on amd64, "kprobe"
 #                       on arm64)
@@ -54,7 +58,7 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 
-arch=amd64 kpkg= suite= modules=veth features=unset vm_timeout=300
+arch=amd64 kpkg= suite= modules=veth,ifb,virtio_pci,virtio_net features=unset vm_timeout=300
 entries=() kdebs=()
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -93,6 +97,8 @@ arm64)
 	;;
 *) echo "vm-test: --arch must be amd64 or arm64" >&2; exit 2 ;;
 esac
+# With its driver loaded, the spare NIC is a feature the tests may count on.
+case ,$modules, in *,virtio_net,*) features="$features spare-nic" ;; esac
 pinned=linux-image-6.1.0-56-$arch
 kpkg=${kpkg:-$pinned}
 cache=${GRAIN_VM_CACHE:-/var/cache/grain-vm}
@@ -315,6 +321,7 @@ boot=$SECONDS
 set +e
 timeout -k 5 "$vm_timeout" "$qemu" "${machine[@]}" -smp 2 -m 1536 \
 	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
+	-netdev hubport,id=spare,hubid=0 -device virtio-net-pci,netdev=spare \
 	-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
 	-append "console=$console quiet panic=-1 oops=panic softlockup_panic=1 watchdog_thresh=60" </dev/null |
 	sed -u 's/\r//g' | tee "$log" | sed -u -n '/== guest kernel/,$ { s/^.*== guest kernel/== guest kernel/; p }'

@@ -12,7 +12,9 @@
 package vmtest
 
 import (
+	"errors"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -47,6 +49,27 @@ func Where() string {
 		release = unix.ByteSliceToString(u.Release[:])
 	}
 	return "host kernel " + release + " (" + runtime.GOARCH + ")"
+}
+
+// SpareNICFeature is the feature the runner declares when the guest has a
+// virtio-net NIC that nothing uses (connected to no network): a real driver
+// with native XDP that tests may attach to, reconfigure and move.
+const SpareNICFeature = "spare-nic"
+
+// SpareNIC names the guest's spare virtio-net NIC in the calling thread's
+// network namespace. On the host it never names one, whatever the host has:
+// tests must not touch the machine's own NICs.
+func SpareNIC() (string, error) {
+	if !Guest() {
+		return "", errors.New("the host's NICs are not for tests")
+	}
+	drivers, _ := filepath.Glob("/sys/class/net/*/device/driver")
+	for _, d := range drivers {
+		if target, err := os.Readlink(d); err == nil && filepath.Base(target) == "virtio_net" {
+			return filepath.Base(filepath.Dir(filepath.Dir(d))), nil
+		}
+	}
+	return "", errors.New("no virtio-net interface in this network namespace")
 }
 
 // Expected reports whether the runner declared that this kernel has feature.

@@ -1,0 +1,75 @@
+package engine
+
+import (
+	"fmt"
+	"os/exec"
+	"testing"
+
+	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
+)
+
+// TestXDPAttachModes attaches to interfaces that are not veth, where grain
+// asks for the kernel's default XDP mode, and checks the mode it reports
+// (the kernel's, read back) and the fallback when a driver refuses native
+// XDP.
+func TestXDPAttachModes(t *testing.T) {
+	p := netns.NewPair(t)
+	e, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	attach := func(t *testing.T, iface string) string {
+		t.Helper()
+		plan := compilePolicy(t, fmt.Sprintf(`block: {xdp: interfaces: [%q], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`, iface))
+		if err := netns.Do(p.ServerNS, func() error { return e.Apply(plan) }); err != nil {
+			t.Fatalf("apply on %s: %v", iface, err)
+		}
+		return e.InterfaceHooks()[iface]
+	}
+
+	// An ifb device has no native XDP: the kernel attaches in generic
+	// mode, and grain says so.
+	t.Run("driver without native XDP", func(t *testing.T) {
+		if out, err := p.Run(p.ServerNS, "ip", "link", "add", "gifb0", "type", "ifb"); err != nil {
+			t.Skipf("kernel lacks ifb devices (CONFIG_IFB): %v: %s", err, out)
+		}
+		if got := attach(t, "gifb0"); got != hookXDPGeneric {
+			t.Errorf("hook on an ifb device = %q, want %q", got, hookXDPGeneric)
+		}
+	})
+
+	// virtio-net, the NIC of most virtual machines, has native XDP and
+	// refuses it when the MTU does not fit a page, as real drivers refuse
+	// it for their own reasons: grain falls back to generic XDP. Only the
+	// VM guests have a NIC to spare (vmtest.SpareNIC).
+	t.Run("driver with native XDP", func(t *testing.T) {
+		nic, err := vmtest.SpareNIC()
+		if err != nil {
+			vmtest.Missing(t, vmtest.SpareNICFeature, err)
+		}
+		// Back in the initial namespace when the pair's is deleted.
+		if out, err := exec.Command("ip", "link", "set", "dev", nic, "netns", p.ServerNS).CombinedOutput(); err != nil {
+			t.Fatalf("move %s into %s: %v: %s", nic, p.ServerNS, err, out)
+		}
+		if out, err := p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "up"); err != nil {
+			t.Fatalf("bring up %s: %v: %s", nic, err, out)
+		}
+		if got := attach(t, nic); got != hookXDP {
+			t.Fatalf("hook on virtio-net at MTU 1500 = %q, want native %q", got, hookXDP)
+		}
+		// The driver refuses an MTU beyond a page while XDP is attached: a
+		// plan on another interface detaches it first.
+		attach(t, p.ServerIf)
+		if got := e.InterfaceHooks()[nic]; got != "" {
+			t.Fatalf("a plan without %s left it attached (%q)", nic, got)
+		}
+		if out, err := p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "mtu", "9000"); err != nil {
+			t.Fatalf("set MTU 9000 on %s: %v: %s", nic, err, out)
+		}
+		if got := attach(t, nic); got != hookXDPGeneric {
+			t.Errorf("hook on virtio-net at MTU 9000 = %q, want the generic fallback %q", got, hookXDPGeneric)
+		}
+	})
+}
