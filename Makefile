@@ -9,7 +9,7 @@ BIN := bin/grain
 # (no spaces; | is fine). Kprobe and fentry tests go here, not only on the host,
 # and the end-to-end tests (veth there gets generic XDP: no tcx before 6.6).
 VM_TESTS_AMD64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbe|TestTakeOverPins ./internal/vmtest:. ./examples:TestExample ./cmd/grain:TestEndToEnd|TestKill9KeepsEnforcementAndRestartAdopts|TestReloadKeepsLastGoodPolicy|TestRestartOnMapsOfAnotherLayout
-VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe ./cmd/grain:TestEndToEndBlockHTTP
+VM_TESTS_ARM64 := ./bpf:TestLoadXDP|TestLoadTC|TestHaveTCX|TestLoadProbe|TestMissingHelper|TestExplainVerifierRejection ./engine:TestXDP|TestProbeKprobe|TestProbeKretprobe|TestProbeAutoAttach|TestProbeTracepointExec|TestProbeNestingLevels ./internal/vmtest:. ./examples:TestExampleKprobe ./cmd/grain:TestEndToEndBlockHTTP|TestEndToEndNativeXDP
 # A kernel older than grain supports (Debian 11's 5.10): grain must refuse
 # it with an error that names what it lacks.
 VM_TESTS_OLD := ./engine:TestOldKernelRefused ./bpf:TestHelper

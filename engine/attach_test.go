@@ -43,13 +43,14 @@ func TestXDPAttachModes(t *testing.T) {
 	// virtio-net, the NIC of most virtual machines, has native XDP and
 	// refuses it when the MTU does not fit a page, as real drivers refuse
 	// it for their own reasons: grain falls back to generic XDP. Only the
-	// VM guests have a NIC to spare (vmtest.SpareNIC).
+	// VM guests have a NIC to spare (vmtest.SpareNICs).
 	t.Run("driver with native XDP", func(t *testing.T) {
-		nic, err := vmtest.SpareNIC()
+		nics, err := vmtest.SpareNICs()
 		if err != nil {
 			vmtest.Missing(t, vmtest.SpareNICFeature, err)
 		}
-		// Back in the initial namespace when the pair's is deleted.
+		nic := nics[0]
+		// The pair's cleanup moves it back to the initial namespace.
 		if out, err := exec.Command("ip", "link", "set", "dev", nic, "netns", p.ServerNS).CombinedOutput(); err != nil {
 			t.Fatalf("move %s into %s: %v: %s", nic, p.ServerNS, err, out)
 		}
@@ -68,6 +69,11 @@ func TestXDPAttachModes(t *testing.T) {
 		if out, err := p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "mtu", "9000"); err != nil {
 			t.Fatalf("set MTU 9000 on %s: %v: %s", nic, err, out)
 		}
+		// Runs before the pair's cleanup moves the NIC back.
+		t.Cleanup(func() {
+			attach(t, p.ServerIf)
+			p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "mtu", "1500")
+		})
 		if got := attach(t, nic); got != hookXDPGeneric {
 			t.Errorf("hook on virtio-net at MTU 9000 = %q, want the generic fallback %q", got, hookXDPGeneric)
 		}

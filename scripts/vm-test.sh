@@ -28,9 +28,10 @@
 #                       grain's minimum)
 #   --modules a,b       modules from the kernel package to insmod, with the
 #                       modules they depend on (default veth, ifb and
-#                       virtio_net with virtio_pci: the guest has a spare
-#                       virtio-net NIC, connected to nothing, for the tests
-#                       of native XDP on a real driver)
+#                       virtio_net with virtio_pci: the guest has two spare
+#                       virtio-net NICs, wired to each other through a QEMU
+#                       hub and to nothing else, for the tests of native XDP
+#                       on a real driver)
 #   --features "a b"    kernel features the guest has (spare-nic is added
 #                       when virtio_net is loaded): a test that calls
 #                       vmtest.Missing for one of them fails instead of
@@ -321,7 +322,8 @@ boot=$SECONDS
 set +e
 timeout -k 5 "$vm_timeout" "$qemu" "${machine[@]}" -smp 2 -m 1536 \
 	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
-	-netdev hubport,id=spare,hubid=0 -device virtio-net-pci,netdev=spare \
+	-netdev hubport,id=nic0,hubid=0 -device virtio-net-pci,netdev=nic0 \
+	-netdev hubport,id=nic1,hubid=0 -device virtio-net-pci,netdev=nic1 \
 	-kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
 	-append "console=$console quiet panic=-1 oops=panic softlockup_panic=1 watchdog_thresh=60" </dev/null |
 	sed -u 's/\r//g' | tee "$log" | sed -u -n '/== guest kernel/,$ { s/^.*== guest kernel/== guest kernel/; p }'

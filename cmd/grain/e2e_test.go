@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // buildGrain builds the grain binary once per test run, or returns the one
@@ -169,7 +171,29 @@ func rawRequest(t *testing.T, p *netns.Pair, server netip.Addr, port int, reques
 // server end of a veth pair and sends real requests from the client
 // namespace, over IPv4 and IPv6.
 func TestEndToEndBlockHTTP(t *testing.T) {
-	p := netns.NewPair(t)
+	endToEndBlockHTTP(t, netns.NewPair(t))
+}
+
+// TestEndToEndNativeXDP is the same on a real driver with native XDP: two
+// virtio-net NICs of the VM guests, wired to each other, in place of the
+// veth pair. grain must attach in native (driver) mode.
+func TestEndToEndNativeXDP(t *testing.T) {
+	nics, err := vmtest.SpareNICs()
+	if err != nil {
+		vmtest.Missing(t, vmtest.SpareNICFeature, err)
+	}
+	d := endToEndBlockHTTP(t, netns.NewPairOn(t, nics[0], nics[1]))
+	native := regexp.MustCompile(`attached program=grain_xdp interface=` + regexp.QuoteMeta(nics[0]) + ` ifindex=\d+ hook=xdp\n`)
+	if !native.MatchString(d.log()) {
+		t.Errorf("grain did not attach to %s in native mode (hook=xdp); stderr:\n%s", nics[0], d.log())
+	}
+}
+
+// endToEndBlockHTTP runs `grain run` with examples/block-http on the server
+// end of p, checks real requests over IPv4 and IPv6 and the events, stops
+// grain and checks the requests pass again. It returns the stopped grain.
+func endToEndBlockHTTP(t *testing.T, p *netns.Pair) *daemon {
+	t.Helper()
 	port := p.HTTPServer(t)
 	for _, addr := range []netip.Addr{p.ServerIP4, p.ServerIP6} {
 		if _, _, err := p.Get(netns.HTTPURL(addr, port)); err != nil {
@@ -213,6 +237,7 @@ func TestEndToEndBlockHTTP(t *testing.T) {
 			t.Errorf("after grain exited, GET %s: %q, %v", addr, body, err)
 		}
 	}
+	return d
 }
 
 // Errors a user meets first: a missing interface, not being root.

@@ -44,7 +44,7 @@ const runTimeout = time.Minute
 var seq atomic.Uint32
 
 // Pair is two network namespaces, a server and a client, joined by a veth
-// pair. The server end carries ServerIP4/24 and ServerIP6/64, the client end
+// pair (or two wired NICs, NewPairOn). The server end carries ServerIP4/24 and ServerIP6/64, the client end
 // ClientIP4 and ClientIP6 in the same subnets.
 type Pair struct {
 	ServerNS, ClientNS   string // names under /var/run/netns
@@ -55,6 +55,7 @@ type Pair struct {
 	ServerMAC            net.HardwareAddr // ServerIf's MAC address
 
 	t      testing.TB
+	nics   bool            // NewPairOn: the ends are NICs, not a veth pair
 	ctx    context.Context // cancelled at cleanup: stops background processes
 	cancel context.CancelFunc
 }
@@ -64,6 +65,19 @@ type Pair struct {
 // It skips the test when it is not run as root or when iproute2's ip is
 // missing, and fails it when the kernel refuses a step.
 func NewPair(t testing.TB) *Pair {
+	t.Helper()
+	return newPair(t, "", "")
+}
+
+// NewPairOn is NewPair with two NICs of the initial namespace, wired to
+// each other, in place of the veth pair: they are moved into the
+// namespaces (and back when these are deleted) and keep their names.
+func NewPairOn(t testing.TB, serverNIC, clientNIC string) *Pair {
+	t.Helper()
+	return newPair(t, serverNIC, clientNIC)
+}
+
+func newPair(t testing.TB, serverNIC, clientNIC string) *Pair {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("netns: needs root to create network namespaces and veth pairs (run the test as root, as .ci/run does)")
@@ -102,11 +116,17 @@ func NewPair(t testing.TB) *Pair {
 	mustIP("netns", "add", p.ServerNS)
 	t.Cleanup(p.destroy)
 	mustIP("netns", "add", p.ClientNS)
-	// Creating both ends directly inside their namespaces means the names
-	// never exist in the host namespace, so they cannot clash with the host's
-	// interfaces or with another test binary's pairs.
-	mustIP("link", "add", p.ServerIf, "netns", p.ServerNS, "type", "veth",
-		"peer", "name", p.ClientIf, "netns", p.ClientNS)
+	if serverNIC != "" {
+		p.ServerIf, p.ClientIf, p.nics = serverNIC, clientNIC, true
+		mustIP("link", "set", "dev", serverNIC, "netns", p.ServerNS)
+		mustIP("link", "set", "dev", clientNIC, "netns", p.ClientNS)
+	} else {
+		// Creating both ends directly inside their namespaces means the
+		// names never exist in the host namespace, so they cannot clash
+		// with the host's interfaces or with another test binary's pairs.
+		mustIP("link", "add", p.ServerIf, "netns", p.ServerNS, "type", "veth",
+			"peer", "name", p.ClientIf, "netns", p.ClientNS)
+	}
 	for _, side := range []struct {
 		ns, dev  string
 		ip4, ip6 netip.Addr
@@ -142,6 +162,11 @@ func NewPair(t testing.TB) *Pair {
 func (p *Pair) destroy() {
 	p.cancel()
 	for _, c := range []struct{ ns, dev string }{{p.ServerNS, p.ServerIf}, {p.ClientNS, p.ClientIf}} {
+		if p.nics {
+			// Back to the initial namespace, as the next test expects it.
+			runIP("-n", c.ns, "link", "set", "dev", c.dev, "netns", "1")
+			continue
+		}
 		runIP("-n", c.ns, "link", "del", c.dev) // fails harmlessly once the peer is gone
 	}
 	for _, ns := range []string{p.ServerNS, p.ClientNS} {

@@ -13,6 +13,7 @@ package vmtest
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -51,25 +52,31 @@ func Where() string {
 	return "host kernel " + release + " (" + runtime.GOARCH + ")"
 }
 
-// SpareNICFeature is the feature the runner declares when the guest has a
-// virtio-net NIC that nothing uses (connected to no network): a real driver
-// with native XDP that tests may attach to, reconfigure and move.
+// SpareNICFeature is the feature the runner declares when the guest has two
+// virtio-net NICs that nothing uses, wired to each other and to nothing
+// else: a real driver with native XDP, which tests may attach to,
+// reconfigure, move between namespaces and send packets through.
 const SpareNICFeature = "spare-nic"
 
-// SpareNIC names the guest's spare virtio-net NIC in the calling thread's
-// network namespace. On the host it never names one, whatever the host has:
-// tests must not touch the machine's own NICs.
-func SpareNIC() (string, error) {
+// SpareNICs names the guest's spare virtio-net NICs in the calling thread's
+// network namespace, sorted. On the host it names none, whatever the host
+// has: tests must not touch the machine's own NICs.
+func SpareNICs() ([]string, error) {
 	if !Guest() {
-		return "", errors.New("the host's NICs are not for tests")
+		return nil, errors.New("the host's NICs are not for tests")
 	}
+	var nics []string
 	drivers, _ := filepath.Glob("/sys/class/net/*/device/driver")
 	for _, d := range drivers {
 		if target, err := os.Readlink(d); err == nil && filepath.Base(target) == "virtio_net" {
-			return filepath.Base(filepath.Dir(filepath.Dir(d))), nil
+			nics = append(nics, filepath.Base(filepath.Dir(filepath.Dir(d))))
 		}
 	}
-	return "", errors.New("no virtio-net interface in this network namespace")
+	if len(nics) < 2 {
+		return nil, fmt.Errorf("want two virtio-net interfaces in this network namespace, found %v", nics)
+	}
+	slices.Sort(nics)
+	return nics, nil
 }
 
 // Expected reports whether the runner declared that this kernel has feature.
