@@ -2,8 +2,14 @@ package engine
 
 import (
 	"fmt"
+	"net"
 	"os/exec"
+	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -37,6 +43,42 @@ func TestXDPAttachModes(t *testing.T) {
 		}
 		if got := attach(t, "gifb0"); got != hookXDPGeneric {
 			t.Errorf("hook on an ifb device = %q, want %q", got, hookXDPGeneric)
+		}
+	})
+
+	// An interface that runs another XDP program is not taken from it.
+	t.Run("interface with another XDP program", func(t *testing.T) {
+		if out, err := p.Run(p.ServerNS, "ip", "link", "add", "gifb1", "type", "ifb"); err != nil {
+			t.Skipf("kernel lacks ifb devices (CONFIG_IFB): %v: %s", err, out)
+		}
+		other, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		err = netns.Do(p.ServerNS, func() error {
+			ifc, err := net.InterfaceByName("gifb1")
+			if err != nil {
+				return err
+			}
+			l, err := link.AttachXDP(link.XDPOptions{Program: other, Interface: ifc.Index})
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { l.Close() })
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("attach another XDP program to gifb1: %v", err)
+		}
+		plan := compilePolicy(t, `block: {xdp: interfaces: ["gifb1"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`)
+		err = netns.Do(p.ServerNS, func() error { return e.Apply(plan) })
+		if err == nil || !strings.Contains(err.Error(), "another XDP program is attached: `ip link set dev gifb1 xdp off`") {
+			t.Errorf("apply on an interface with another XDP program: %v; want the error to say so", err)
+		}
+		if got := e.InterfaceHooks()["gifb1"]; got != "" {
+			t.Errorf("grain attached to gifb1 (%q) beside another XDP program", got)
 		}
 	})
 
