@@ -61,6 +61,7 @@ type Engine struct {
 	current *codegen.Plan
 
 	pinPath string
+	pinLock *os.File // flock held on pinPath while this engine uses it
 	adopted bool
 	// takeOver: the pinned state of an earlier grain uses maps this
 	// program cannot (another version, another ring size). It stays in
@@ -94,19 +95,29 @@ func New(opts Options) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	var pinLock *os.File
+	if opts.PinPath != "" {
+		var err error
+		if pinLock, err = lockPinPath(opts.PinPath); err != nil {
+			return nil, err
+		}
+	}
 	x, err := bpf.LoadXDP(bpf.XDPOptions{RingBufferBytes: opts.RingBufferBytes, PinPath: opts.PinPath})
 	if err != nil {
+		if pinLock != nil {
+			pinLock.Close()
+		}
 		return nil, err
 	}
 	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, byEpoch: map[uint32][]codegen.Rule{}, pinPath: opts.PinPath,
-		totals: map[string]RuleCounter{}, noTCX: bpf.HaveTCX() != nil}
+		pinLock: pinLock, totals: map[string]RuleCounter{}, noTCX: bpf.HaveTCX() != nil}
 	if !e.noTCX {
 		// veth links get the tc program: verify it now, beside the
 		// first apply, rather than when the first veth appears.
 		go x.TCProgram()
 	}
 	if err := e.initGrace(); err != nil {
-		x.Close()
+		e.closeFDs()
 		return nil, err
 	}
 	if err := e.adopt(); err != nil {
@@ -114,6 +125,28 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// lockPinPath takes the pin directory for this process: two grains on the
+// same pinned state would each write the generation they think inactive,
+// one of them the other's active one. The lock is the directory's flock,
+// which the kernel releases when the process ends however it ends.
+func lockPinPath(dir string) (*os.File, error) {
+	if err := bpf.EnsureBPFFS(dir); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another grain is running with the pin directory %s: stop it first (an upgrade: stop it with --keep-on-exit), or give this one its own --pin-path", dir)
+		}
+		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 func (e *Engine) initGrace() error {
@@ -882,5 +915,8 @@ func (e *Engine) closeFDs() error {
 		errs = append(errs, e.grace.Close(), e.graceInner.Close())
 	}
 	errs = append(errs, e.xdp.Close())
+	if e.pinLock != nil {
+		errs = append(errs, e.pinLock.Close()) // last: the state is let go
+	}
 	return errors.Join(errs...)
 }

@@ -173,6 +173,10 @@ func (r *Reloader) ServeStatus(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("status socket %s: another grain answers on it (give this one its own --status-socket)", path)
+	}
 	os.Remove(path) // a stale socket of a killed grain
 	ln, err := net.Listen("unix", path)
 	if err != nil {

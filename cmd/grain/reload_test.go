@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -317,6 +318,45 @@ func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pins left behind at %s after a detaching exit", pins)
 	}
+}
+
+// TestSecondGrainLeavesTheFirstAlone starts a second grain beside a running
+// one: on the same pin directory it is refused (two grains would write each
+// other's rule generations), and with its own pin directory but the same
+// status socket it runs without taking the socket. The first keeps
+// enforcing and answering throughout.
+func TestSecondGrainLeavesTheFirstAlone(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+	pins := netns.PinDir(t)
+	socket := filepath.Join(t.TempDir(), "grain.sock")
+	first := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", socket)
+	bin := buildGrainPath(t)
+
+	// Bounded: a second grain that is not refused keeps running.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", p.ServerNS, bin, "run", "--policies", "../../examples/block-http",
+		"--interface", p.ServerIf, "--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "other.sock")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another grain is running with the pin directory "+pins) {
+		t.Errorf("a second grain on the same pin directory: %v; want it refused, saying why; output:\n%s", err, out)
+	}
+
+	second := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", "lo",
+		"--pin-path", netns.PinDir(t), "--status-socket", socket)
+	if !strings.Contains(second.log(), "another grain answers on it") {
+		t.Errorf("the second grain did not say the status socket is taken; stderr:\n%s", second.log())
+	}
+	status, err := exec.Command(bin, "status", "--status-socket", socket).CombinedOutput()
+	if err != nil || !strings.Contains(string(status), `"`+p.ServerIf+`"`) || strings.Contains(string(status), `"lo"`) {
+		t.Errorf("grain status on the first grain's socket: %v\n%s\nwant the first grain's status (%s, not lo)", err, status, p.ServerIf)
+	}
+	if !blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Error("with a second grain started, the first no longer blocks HTTP/1.1")
+	}
+	second.stop(t)
+	first.stop(t)
 }
 
 // TestEachKindOfChangeReloadsOnce: an editor's save, an mv into the tree, a
