@@ -22,7 +22,7 @@ VM_OLD_KERNEL := --kernel linux-image-5.10.0-32-amd64 --suite bullseye --modules
 UBUNTU_POOL := http://archive.ubuntu.com/ubuntu/pool/main/l/linux
 VM_515_KERNEL := --deb $(UBUNTU_POOL)/linux-image-unsigned-5.15.0-204-generic_5.15.0-204.214_amd64.deb\#2fa65ba92f39485b97c53d68b4245931a2fb6abadadf250769b48f86f7eaa815 \
 	--deb $(UBUNTU_POOL)/linux-modules-5.15.0-204-generic_5.15.0-204.214_amd64.deb\#e205a3933a1f6551dc04e3975b46df119fe12a0ba4b5ea37bdcd30862ad69a98 \
-	--features kprobe --timeout 600
+	--features kprobe --timeout 900
 
 .PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
 
@@ -41,8 +41,8 @@ demo: deps build
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -v ./...
-	GO=$(GO) ./scripts/vm-test.sh --arch amd64 --timeout 600 $(foreach t,$(VM_TESTS_AMD64),'$(t)')
-	GO=$(GO) ./scripts/vm-test.sh --arch arm64 --timeout 600 $(foreach t,$(VM_TESTS_ARM64),'$(t)')
+	GO=$(GO) ./scripts/vm-test.sh --arch amd64 --timeout 900 $(foreach t,$(VM_TESTS_AMD64),'$(t)')
+	GO=$(GO) ./scripts/vm-test.sh --arch arm64 --timeout 900 $(foreach t,$(VM_TESTS_ARM64),'$(t)')
 	GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)')
 	@if curl -fsS -m 20 -o /dev/null http://archive.ubuntu.com/ubuntu/dists/jammy/Release; then \
 		GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_515_KERNEL) $(foreach t,$(VM_TESTS_AMD64),'$(t)'); \
