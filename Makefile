@@ -32,8 +32,12 @@ VM_513_KERNEL := --deb $(UBUNTU_POOL_513)/linux-image-unsigned-5.13.0-52-generic
 
 .PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
 
+# The version is the commit (GOFLAGS=-buildvcs=false, set on some machines,
+# keeps Go from stamping it itself).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
+
 build:
-	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -o $(BIN) ./cmd/grain
+	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/grain
 
 # deps installs what the demo and the tests use when it is missing (root).
 deps:
