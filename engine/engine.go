@@ -95,6 +95,11 @@ func New(opts Options) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Not root, or no bpf(): say so before the pin directory says
+	// "permission denied".
+	if err := bpf.CheckPrivileges(); err != nil {
+		return nil, err
+	}
 	var pinLock *os.File
 	if opts.PinPath != "" {
 		var err error

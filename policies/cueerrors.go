@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/ast"
 	cueerrors "cuelang.org/go/cue/errors"
 	"cuelang.org/go/cue/token"
 )
@@ -283,6 +284,72 @@ func (c *errorConverter) notAllowed(p fieldPath) string {
 		return fmt.Sprintf("%s; did you mean %s?", msg, s)
 	}
 	return fmt.Sprintf("%s; allowed fields: %s", msg, strings.Join(allowed, ", "))
+}
+
+// unknownFields finds the fields of the user's policy that the schema does
+// not allow, with the errors the converter already has, so that every one
+// is reported. CUE reports such a field only when nothing else in its
+// struct is wrong: a struct that also fails on another field fails as a
+// whole (in the disjunction "one match or a list of them"), and the
+// field's own error is lost with it.
+func (c *errorConverter) unknownFields(have []Error) []Error {
+	var out []Error
+	var walk func(v cue.Value, p fieldPath)
+	walk = func(v cue.Value, p fieldPath) {
+		switch v.IncompleteKind() {
+		case cue.StructKind:
+			allowed := c.allowedFields(p)
+			it, err := v.Fields()
+			if err != nil {
+				return
+			}
+			for it.Next() {
+				q := append(slices.Clip(p), it.Selector().Unquoted())
+				if len(allowed) == 0 || slices.Contains(allowed, q[len(q)-1]) {
+					walk(it.Value(), q)
+					continue
+				}
+				prefix := q.String() + ": "
+				if slices.ContainsFunc(have, func(e Error) bool { return strings.HasPrefix(e.Msg, prefix) }) {
+					continue
+				}
+				pos, ok := c.labelPosition(v, q[len(q)-1])
+				if !ok {
+					pos = c.nearestPosition(q)
+				}
+				out = append(out, Error{Pos: pos, Policy: c.policy, Msg: prefix + c.notAllowed(q)})
+			}
+		case cue.ListKind:
+			it, err := v.List()
+			if err != nil {
+				return
+			}
+			for i := 0; it.Next(); i++ {
+				walk(it.Value(), append(slices.Clip(p), strconv.Itoa(i)))
+			}
+		}
+	}
+	walk(c.raw, nil)
+	return out
+}
+
+// labelPosition is where the user wrote the label of field name in the
+// struct v, as CUE positions its own "not allowed" errors.
+func (c *errorConverter) labelPosition(v cue.Value, name string) (Position, bool) {
+	lit, ok := v.Source().(*ast.StructLit)
+	if !ok {
+		return Position{}, false
+	}
+	for _, elt := range lit.Elts {
+		f, ok := elt.(*ast.Field)
+		if !ok {
+			continue
+		}
+		if label, _, err := ast.LabelName(f.Label); err == nil && label == name && f.Label.Pos().Filename() == c.file {
+			return positionOf(f.Label.Pos()), true
+		}
+	}
+	return Position{}, false
 }
 
 // allowedFields lists the fields the schema allows in the struct at p.

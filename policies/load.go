@@ -401,7 +401,9 @@ func (l *loader) loadPolicy(file, name string, pos Position, raw cue.Value) {
 	v := raw.Unify(l.policy)
 	if err := v.Validate(cue.Concrete(true)); err != nil {
 		c := errorConverter{file: file, policy: name, decl: pos, raw: raw, schema: l.schema}
-		l.errs = append(l.errs, c.convert(err)...)
+		errs := c.convert(err)
+		l.errs = append(l.errs, errs...)
+		l.errs = append(l.errs, c.unknownFields(errs)...)
 		// A policy without a hook is worth saying even when other
 		// fields are wrong too.
 		if raw.IncompleteKind() == cue.StructKind && !slices.ContainsFunc(hookFields, func(h string) bool {

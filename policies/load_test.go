@@ -268,6 +268,11 @@ func TestLoadErrors(t *testing.T) {
 			`misspelt_field.cue:9:9: policy typo_match: match.paylod: field not allowed; did you mean payload?`,
 			`misspelt_field.cue:15:35: policy typo_content: match.payload[0].ofset: field not allowed; did you mean offset?`,
 			`misspelt_field.cue:22:2: policy unknown_field: colour: field not allowed; allowed fields: priority, xdp, kprobe, kretprobe, tracepoint, syscall, attach, args, match, then, emit, count, signal`,
+			`misspelt_field.cue:29:38: policy typo_and_bad_port: match.dport: got 70000, want a port 0..65535, a range string "first-last" or a list of them`,
+			`misspelt_field.cue:29:45: policy typo_and_bad_port: match.protocl: field not allowed; did you mean protocol?`,
+			`misspelt_field.cue:35:28: policy typos_in_a_list: match[0].dprt: field not allowed; did you mean dport?`,
+			`misspelt_field.cue:35:64: policy typos_in_a_list: match[1].dport: got 99999, want a port 0..65535, a range string "first-last" or a list of them`,
+			`misspelt_field.cue:36:8: policy typos_in_a_list: then: got "dorp", want "drop", "pass" or "count"`,
 		}},
 		{"wrong_type.cue", []string{
 			`wrong_type.cue:3:8: policy numeric_then: then: got 3, want "drop", "pass" or "count"`,
