@@ -92,7 +92,8 @@ func TestXDPAttachModes(t *testing.T) {
 			vmtest.Missing(t, vmtest.SpareNICFeature, err)
 		}
 		nic := nics[0]
-		// The pair's cleanup moves it back to the initial namespace.
+		// The kernel moves it back to the initial namespace when the
+		// pair's namespace is deleted.
 		if out, err := exec.Command("ip", "link", "set", "dev", nic, "netns", p.ServerNS).CombinedOutput(); err != nil {
 			t.Fatalf("move %s into %s: %v: %s", nic, p.ServerNS, err, out)
 		}
@@ -111,7 +112,7 @@ func TestXDPAttachModes(t *testing.T) {
 		if out, err := p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "mtu", "9000"); err != nil {
 			t.Fatalf("set MTU 9000 on %s: %v: %s", nic, err, out)
 		}
-		// Runs before the pair's cleanup moves the NIC back.
+		// Runs before the pair's namespace, with the NIC, goes.
 		t.Cleanup(func() {
 			attach(t, p.ServerIf)
 			p.Run(p.ServerNS, "ip", "link", "set", "dev", nic, "mtu", "1500")

@@ -44,8 +44,9 @@ const runTimeout = time.Minute
 var seq atomic.Uint32
 
 // Pair is two network namespaces, a server and a client, joined by a veth
-// pair (or two wired NICs, NewPairOn). The server end carries ServerIP4/24 and ServerIP6/64, the client end
-// ClientIP4 and ClientIP6 in the same subnets.
+// pair (or two wired NICs, NewPairOn). The server end carries ServerIP4/24
+// and ServerIP6/64, the client end ClientIP4 and ClientIP6 in the same
+// subnets.
 type Pair struct {
 	ServerNS, ClientNS   string // names under /var/run/netns
 	ServerIf, ClientIf   string // veth ends, each inside its namespace
