@@ -649,7 +649,7 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	if err == nil {
 		return l, xdpHookOf(index), nil
 	}
-	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+	if otherXDPProgram(err) {
 		return nil, "", attachXDPError(name, err)
 	}
 	// The driver has native XDP but refuses it here (an MTU too large for
@@ -664,8 +664,14 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	return l, hookXDPGeneric, nil
 }
 
+// otherXDPProgram reports an attach refused because the interface runs
+// another XDP program (in this mode or the other).
+func otherXDPProgram(err error) bool {
+	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)
+}
+
 func attachXDPError(name string, err error) error {
-	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+	if otherXDPProgram(err) {
 		return fmt.Errorf("attach XDP to %s: %w (another XDP program is attached: `ip link set dev %s xdp off`)", name, err, name)
 	}
 	return fmt.Errorf("attach XDP to %s: %w", name, err)

@@ -174,6 +174,53 @@ func buildGrainPath(t *testing.T) string {
 	return bin
 }
 
+// retryingClients send HTTP/1.1 requests that grain must drop, in a loop,
+// while a test restarts grain.
+type retryingClients struct {
+	tries, leaks atomic.Int64
+	stop         chan struct{}
+	wg           sync.WaitGroup
+}
+
+// retryHTTP11 starts four clients in a loop: each blocked request keeps
+// retransmitting (200 ms, 400 ms, ...), so packets arrive all through a
+// restart.
+func retryHTTP11(p *netns.Pair, port int) *retryingClients {
+	c := &retryingClients{stop: make(chan struct{})}
+	for range 4 {
+		c.wg.Go(func() {
+			for {
+				select {
+				case <-c.stop:
+					return
+				default:
+				}
+				c.tries.Add(1)
+				if _, _, err := p.Get(netns.HTTPURL(p.ServerIP4, port)); err == nil {
+					c.leaks.Add(1)
+				}
+			}
+		})
+	}
+	return c
+}
+
+// stopAndCheck stops the clients and fails the test unless they tried and
+// none of their requests got through.
+func (c *retryingClients) stopAndCheck(t *testing.T, during string) {
+	t.Helper()
+	close(c.stop)
+	c.wg.Wait()
+	tries, leaks := c.tries.Load(), c.leaks.Load()
+	t.Logf("%d HTTP/1.1 requests %s, %d got through", tries, during, leaks)
+	if tries < 4 {
+		t.Errorf("only %d requests were tried", tries)
+	}
+	if leaks != 0 {
+		t.Errorf("%d of %d HTTP/1.1 requests got through %s", leaks, tries, during)
+	}
+}
+
 // TestKill9KeepsEnforcementAndRestartAdopts kills grain with SIGKILL: the
 // pinned link keeps dropping; a new grain adopts the pinned state and swaps
 // in its own program with a link update. A client retries HTTP/1.1 requests
@@ -186,26 +233,7 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
 	first := startGrain(t, p.ServerNS, args...)
 
-	var tries, leaks atomic.Int64
-	stop := make(chan struct{})
-	var clients sync.WaitGroup
-	// Four clients in a loop: each blocked request keeps retransmitting
-	// (200 ms, 400 ms, ...), so packets arrive all through the restart.
-	for range 4 {
-		clients.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				tries.Add(1)
-				if _, _, err := p.Get(netns.HTTPURL(p.ServerIP4, port)); err == nil {
-					leaks.Add(1)
-				}
-			}
-		})
-	}
+	clients := retryHTTP11(p, port)
 
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	first.cmd.Wait()
@@ -218,15 +246,7 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 		t.Errorf("the new grain did not adopt the pinned link; stderr:\n%s", second.log())
 	}
 	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	clients.Wait()
-	t.Logf("%d HTTP/1.1 requests during kill -9 and restart, %d got through", tries.Load(), leaks.Load())
-	if tries.Load() < 4 {
-		t.Errorf("only %d requests were tried", tries.Load())
-	}
-	if leaks.Load() != 0 {
-		t.Errorf("%d of %d HTTP/1.1 requests got through during kill -9 and restart", leaks.Load(), tries.Load())
-	}
+	clients.stopAndCheck(t, "during kill -9 and restart")
 	if !blocked(t, p, port, "GET / HTTP/1.1") {
 		t.Error("after the restart, HTTP/1.1 is not blocked")
 	}
@@ -258,24 +278,7 @@ func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
 		t.Fatalf("grain --keep-on-exit exited with %v; stderr:\n%s", err, first.log())
 	}
 
-	var tries, leaks atomic.Int64
-	stop := make(chan struct{})
-	var clients sync.WaitGroup
-	for range 4 {
-		clients.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				tries.Add(1)
-				if _, _, err := p.Get(netns.HTTPURL(p.ServerIP4, port)); err == nil {
-					leaks.Add(1)
-				}
-			}
-		})
-	}
+	clients := retryHTTP11(p, port)
 	time.Sleep(300 * time.Millisecond)
 	second := startGrain(t, p.ServerNS, append(args, "--keep-on-exit", "--event-ring-bytes", "131072")...)
 	second.waitLog(t, "adopted", 1)
@@ -283,15 +286,7 @@ func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
 		t.Errorf("the new grain did not say the pinned maps do not fit; stderr:\n%s", second.log())
 	}
 	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	clients.Wait()
-	t.Logf("%d HTTP/1.1 requests during the restart, %d got through", tries.Load(), leaks.Load())
-	if tries.Load() < 4 {
-		t.Errorf("only %d requests were tried", tries.Load())
-	}
-	if leaks.Load() != 0 {
-		t.Errorf("%d of %d HTTP/1.1 requests got through during the restart", leaks.Load(), tries.Load())
-	}
+	clients.stopAndCheck(t, "during the restart")
 	ring, err := ebpf.LoadPinnedMap(filepath.Join(pins, "events"), nil)
 	if err != nil {
 		t.Fatalf("the pinned event ring: %v", err)
