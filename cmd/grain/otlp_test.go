@@ -361,9 +361,13 @@ func testOutage(t *testing.T, proto string) {
 
 	// Every event is accounted for: what the pipeline passed to the OTLP
 	// sink was exported (and arrived), or counted lost, or is pending.
+	// Waited for until the last event sent has gone through the pipeline
+	// to both sinks: one scrape can fall between its receipt and its
+	// delivery.
 	ok = waitFor(func() bool {
 		m = scrape(t, p.ServerNS, metricsAddr)
-		return m[`grain_events_pending`+otlp] == 0
+		return m[`grain_events_pending`+otlp] == 0 &&
+			m[`grain_events_exported_total{grain_sink="stdout"}`] == m[`grain_events_received_total{}`]
 	})
 	exported := m[`grain_events_exported_total`+otlp]
 	lost := m[`grain_events_lost_total{grain_loss_reason="export_queue_full",grain_sink="otlp"}`] +
