@@ -288,6 +288,7 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	if (!e)
 		return 0;
 	FN(event_fill)(ctx, &e->ev, m, gen, r, now, 0);
+	e->ev.counter_key = key;
 	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
@@ -303,8 +304,12 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 	if (!m || !r)
 		return 0;
 	__u32 ifindex = CTX_IFINDEX(ctx);
-	__u64 now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
 	__u64 window = r->dedup_ns; /* 0 for payload events */
+	/* A staged event without deduplication or a rate limit takes its
+	 * stage's time instead (bpf/xdp.c): one clock read a batch. */
+	__u64 now = 0;
+	if (window || r->rate_limit || (r->flags & GRAIN_RULE_EMIT_PAYLOAD))
+		now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
 	__u32 repeated = 0;
 	int deduplicated = 0, limited = 0, sent = 0;
 	if (window && cnt) {
@@ -321,13 +326,33 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 	if (deduplicated || limited) {
 		/* counted below */
 	} else if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
+		stage_drain(bpf_get_smp_processor_id());
 		sent = FN(emit_payload_event)(ctx, m, gen, key, now);
 	} else {
-		struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
+		__u32 cpu = bpf_get_smp_processor_id(), slot = 0;
+		struct event_stage *st = stage_reserve(cpu, &slot);
+		if (st && slot < EVENT_STAGE_SLOTS) {
+			struct grain_event *e = &st->ev[slot];
+			if (!now) {
+				if (slot == 0)
+					st->time_ns = bpf_ktime_get_coarse_ns();
+				now = st->time_ns;
+			}
 			FN(event_fill)(ctx, e, m, gen, r, now, repeated);
-			event_submit(e, RECORD_BYTES(sizeof(*e)));
-			sent = 1;
+			e->counter_key = key;
+			sent = stage_publish(st, cpu, slot);
+		} else {
+			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			if (e) {
+				if (!now)
+					now = bpf_ktime_get_coarse_ns();
+				FN(event_fill)(ctx, e, m, gen, r, now, repeated);
+				e->counter_key = key;
+				event_submit(e, RECORD_BYTES(sizeof(*e)));
+				sent = 1;
+			}
+		}
+		if (sent) {
 			if (window && cnt) {
 				dedup_remember(&cnt->dedup_key, m, ifindex);
 				cnt->dedup_until_ns = now + window;

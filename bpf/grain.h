@@ -269,7 +269,9 @@ struct grain_counter {
 
 struct grain_event {
 	/* CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns): resolution one
-	 * scheduler tick; the precise clock cost ~13 ns per event here */
+	 * scheduler tick; the precise clock cost ~13 ns per event here. An
+	 * event of a rule without deduplication or rate limit has the time of
+	 * its batch's first event, at most 1 ms before its own (bpf/xdp.c). */
 	__u64 time_ns;
 	__u32 rule_id;
 	__u32 generation;
@@ -286,7 +288,9 @@ struct grain_event {
 	/* identical events this rule counted but did not send on this CPU
 	 * since it last sent this one (grain_rule.dedup_ns) */
 	__u32 repeated;
-	__u32 _pad;
+	/* the rule's rule_counters key: a batch that finds the ring buffer
+	 * full counts each of its events lost to its rule (bpf/xdp.c) */
+	__u32 counter_key;
 };
 
 /* The event of a rule that asked for payload bytes. */

@@ -25,6 +25,7 @@ var helperSince = map[asm.BuiltinFunc]string{
 	asm.FnMapLookupElem:      "3.19",
 	asm.FnMapUpdateElem:      "3.19",
 	asm.FnMapDeleteElem:      "3.19",
+	asm.FnGetSmpProcessorId:  "4.1",
 	asm.FnGetCurrentPidTgid:  "4.2",
 	asm.FnGetCurrentTask:     "4.8",
 	asm.FnSkbPullData:        "4.9",
@@ -41,6 +42,9 @@ var helperSince = map[asm.BuiltinFunc]string{
 	asm.FnKtimeGetCoarseNs:   "5.11",
 	asm.FnGetCurrentTaskBtf:  "5.11",
 	asm.FnGetAttachCookie:    "5.15",
+	asm.FnTimerInit:          "5.15",
+	asm.FnTimerSetCallback:   "5.15",
+	asm.FnTimerStart:         "5.15",
 	asm.FnGetFuncArg:         "5.17",
 	asm.FnGetFuncRet:         "5.17",
 }

@@ -48,9 +48,14 @@ func (o *xdpLoaded) Close() error {
 }
 
 // XDPOptions tune the maps of the generic XDP program before loading.
+// MinRingBufferBytes is the smallest event ring buffer LoadXDP takes: it
+// holds three full batches of staged events (64 events of 72 bytes each,
+// bpf/xdp.c). A smaller ring could not take a full batch at all.
+const MinRingBufferBytes = 16384
+
 type XDPOptions struct {
 	// RingBufferBytes sizes the event ring buffer (a power of two, at least
-	// one page). Zero keeps the compiled-in 1 MiB.
+	// MinRingBufferBytes). Zero keeps the compiled-in 1 MiB.
 	RingBufferBytes uint32
 	// PinPath, when set, is a bpffs directory where the maps are pinned by
 	// name; maps already pinned there (by an earlier grain) are reused, so
@@ -86,7 +91,7 @@ func (x *XDP) mapsByName() map[string]*ebpf.Map {
 		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
 		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
 		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
-		"rate_windows": m.RateWindows,
+		"rate_windows": m.RateWindows, "event_stages": x.objs.EventStages,
 	}
 }
 
@@ -135,7 +140,15 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded XDP object: %w", err)
 	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["event_stages"].MaxEntries = uint32(cpus)
 	if opts.RingBufferBytes != 0 {
+		if opts.RingBufferBytes < MinRingBufferBytes {
+			return nil, fmt.Errorf("event ring buffer of %d bytes: the smallest is %d (three batches of events)", opts.RingBufferBytes, MinRingBufferBytes)
+		}
 		spec.Maps["events"].MaxEntries = opts.RingBufferBytes
 		if err := spec.Variables["ring_wake_bytes"].Set(opts.RingBufferBytes / 8); err != nil {
 			return nil, fmt.Errorf("set ring_wake_bytes: %w", err)

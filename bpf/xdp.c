@@ -257,6 +257,212 @@ static __always_inline void event_submit(void *e, __u64 record_bytes)
 	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* Events are staged per CPU and reach the ring buffer in batches: a ring
+ * buffer record costs a spin lock with interrupts off (shared by every CPU),
+ * which was most of an event's cost (BENCHMARKS.md). A CPU's programs write
+ * their events into its stage; the stage is sent as one record of up to
+ * EVENT_STAGE_SLOTS events when it is full, and otherwise by a timer
+ * stage_flush_ns after its first event, so an event waits at most that long
+ * (the reader polls every 20 ms anyway). A payload event, and an event that
+ * finds its stage full and being sent, go to the ring buffer directly.
+ *
+ * Concurrency. Only programs on the stage's CPU add events (network
+ * programs on one CPU do not nest), but the timer may fire on another CPU
+ * while they run. Adding writes ev[count] and publishes it by raising count
+ * from what it read (compare-and-swap). A flush holds busy, sends ev[start,
+ * count) and empties the stage by swapping count back to 0 from what it
+ * read; when events were added meanwhile the swap fails, and the flush
+ * leaves them to the next one (start = what it sent up to). An add that
+ * finds the stage emptied while it wrote moves its event to ev[0]. BPF
+ * atomics that return a value are fully ordered, which makes armed safe too
+ * (see stage_publish).
+ *
+ * Where the kernel can pin a timer to the CPU that starts it (Linux 6.7),
+ * the timer fires on the stage's CPU, where it cannot interrupt an add:
+ * there adding publishes with a plain store, which spares the atomic
+ * (about 3 ns an event here). The stage learns which at its first timer
+ * start (shared). When a CPU goes offline its pinned timers move to another
+ * CPU, which is safe: nothing adds on an offline CPU, and the timer fires
+ * within stage_flush_ns, long before the CPU can come back. */
+#define EVENT_STAGE_SLOTS 64
+
+struct event_stage {
+	__u32 count; /* events staged: ev[start, count) are still to send */
+	__u32 start; /* written by the flush holding busy */
+	__u32 busy;  /* a flush is sending */
+	__u32 armed; /* the flush timer is pending */
+	__u32 shared; /* the timer may fire on another CPU: adds use atomics */
+	__u32 _pad;
+	/* the coarse clock at the first event of the batch: the time of the
+	 * batch's events without deduplication or rate limit (one clock read a
+	 * batch), at most stage_flush_ns off, which is within the clock's own
+	 * resolution of a tick at HZ up to 1000 */
+	__u64 time_ns;
+	struct bpf_timer timer;
+	/* Events use the first EVENT_STAGE_SLOTS; the rest only lets the
+	 * verifier prove a send of up to that many from ev[start]. */
+	struct grain_event ev[2 * EVENT_STAGE_SLOTS];
+};
+
+/* One stage per possible CPU: the loader sets max_entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_stage);
+} event_stages SEC(".maps");
+
+/* How long a staged event waits for more before its stage is sent. */
+const volatile __u64 stage_flush_ns = 1000000;
+
+#define CLOCK_MONOTONIC 1
+#define TIMER_CPU_PIN (1ULL << 1) /* BPF_F_TIMER_CPU_PIN, Linux 6.7 */
+#define EINVAL 22
+
+/* Sends bytes from src as one ring buffer record, waking the reader when
+ * the ring crosses ring_wake_bytes (as event_submit). */
+static __always_inline int ring_output(const void *src, __u64 bytes)
+{
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 wake_at = ring_wake_bytes;
+	int crossing = pending < wake_at && pending + RECORD_BYTES(bytes) >= wake_at;
+	return bpf_ringbuf_output(&events, (void *)src, bytes, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP) == 0;
+}
+
+/* Sends the staged events of CPU cpu and empties its stage. Returns 0,
+ * sending nothing, when another flush holds the stage. A global function:
+ * verified once, not at each caller. */
+__noinline int stage_flush(__u32 cpu)
+{
+	struct event_stage *st = bpf_map_lookup_elem(&event_stages, &cpu);
+	if (!st || __sync_val_compare_and_swap(&st->busy, 0, 1) != 0)
+		return 0;
+	__u32 count = __sync_fetch_and_add(&st->count, 0);
+	if (count > EVENT_STAGE_SLOTS)
+		count = EVENT_STAGE_SLOTS;
+	__u32 start = st->start;
+	if (start > count)
+		start = count;
+	__u32 n = count - start;
+	barrier_var(n);
+	if (n > EVENT_STAGE_SLOTS)
+		n = 0;
+	if (n && !ring_output(&st->ev[start], (__u64)n * sizeof(struct grain_event))) {
+		/* The ring is full: each event moves from sent to lost in
+		 * its rule's counters (on this CPU's counters, perhaps not
+		 * the event's; userspace reads the sums over CPUs). */
+		for (__u32 i = 0; i < EVENT_STAGE_SLOTS; i++) {
+			__u32 j = start + i;
+			if (j >= count || j >= EVENT_STAGE_SLOTS)
+				break;
+			__u32 key = st->ev[j].counter_key;
+			struct grain_counter *c = bpf_map_lookup_elem(&rule_counters, &key);
+			if (c) {
+				c->events--;
+				c->events_lost++;
+			}
+		}
+	}
+	if (__sync_val_compare_and_swap(&st->count, count, 0) == count)
+		st->start = 0;
+	else
+		st->start = count;
+	__sync_lock_test_and_set(&st->busy, 0);
+	return 1;
+}
+
+static int stage_timer_fired(void *map, __u32 *key, struct event_stage *st)
+{
+	/* Cleared before the flush reads count: an event published after
+	 * that read finds armed clear and arms the timer again. */
+	__sync_lock_test_and_set(&st->armed, 0);
+	/* When the stage is busy, its own CPU is sending it (full): that
+	 * flush empties it, and the CPU's next event arms the timer. */
+	stage_flush(*key);
+	return 0;
+}
+
+/* Makes sure the timer will send the stage. Without a timer the stage is
+ * sent at once: the kernel frees a map's timers when no userspace
+ * reference to the map is left, as when a grain is killed after it switched
+ * the pinned links to its program and before it pinned its maps. */
+static __always_inline void stage_arm(struct event_stage *st, __u32 cpu)
+{
+	st->armed = 1;
+	if (bpf_timer_start(&st->timer, stage_flush_ns, st->shared ? 0 : TIMER_CPU_PIN) == 0)
+		return;
+	/* first event on this CPU: set the timer up */
+	bpf_timer_init(&st->timer, &event_stages, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(&st->timer, stage_timer_fired);
+	long err = bpf_timer_start(&st->timer, stage_flush_ns, TIMER_CPU_PIN);
+	if (err == -EINVAL) {
+		/* a kernel older than 6.7: adds use atomics from now on */
+		st->shared = 1;
+		err = bpf_timer_start(&st->timer, stage_flush_ns, 0);
+	}
+	if (err == 0)
+		return;
+	st->armed = 0;
+	stage_flush(cpu);
+}
+
+/* Publishes ev[n], written by the caller; returns whether it was staged. */
+static __always_inline int stage_publish(struct event_stage *st, __u32 cpu, __u32 n)
+{
+	if (n >= EVENT_STAGE_SLOTS)
+		return 0;
+	if (!st->shared) {
+		/* only this CPU sends the stage (see above) */
+		st->count = n + 1;
+		if (!st->armed)
+			stage_arm(st, cpu);
+		return 1;
+	}
+	__u32 seen = __sync_val_compare_and_swap(&st->count, n, n + 1);
+	if (seen != n) {
+		/* a flush on another CPU sent the stage and emptied it while
+		 * the event was written */
+		if (seen != 0)
+			return 0;
+		__builtin_memcpy(&st->ev[0], &st->ev[n], sizeof(struct grain_event));
+		if (__sync_val_compare_and_swap(&st->count, 0, 1) != 0)
+			return 0;
+	}
+	/* Read after the swap, which orders it: a timer that cleared armed
+	 * before this read reads count after clearing it, and so sends this
+	 * event; one that clears it later was still pending. */
+	if (!st->armed)
+		stage_arm(st, cpu);
+	return 1;
+}
+
+/* Sends the staged events of CPU cpu, if any, so that an event sent
+ * directly (with payload bytes) comes after them, in order. */
+static __always_inline void stage_drain(__u32 cpu)
+{
+	struct event_stage *st = bpf_map_lookup_elem(&event_stages, &cpu);
+	if (st && st->count)
+		stage_flush(cpu);
+}
+
+/* The stage of CPU cpu with a free slot, returned in *n, or 0: the caller
+ * sends its event directly. A full stage is sent first. */
+static __always_inline struct event_stage *stage_reserve(__u32 cpu, __u32 *n)
+{
+	struct event_stage *st = bpf_map_lookup_elem(&event_stages, &cpu);
+	if (!st)
+		return 0;
+	__u32 c = st->count;
+	if (c >= EVENT_STAGE_SLOTS) {
+		stage_flush(cpu);
+		c = st->count;
+	}
+	if (c >= EVENT_STAGE_SLOTS)
+		return 0;
+	*n = c;
+	return st;
+}
+
 /* Whether the packet's event equals the last one a rule sent (k) in the
  * fields deduplication compares: those of the rule's dedup_fields, the
  * interface and the address family. */

@@ -13,6 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpEventStage struct {
+	_      structs.HostLayout
+	Count  uint32
+	Start  uint32
+	Busy   uint32
+	Armed  uint32
+	Shared uint32
+	Pad    uint32
+	TimeNs uint64
+	Timer  struct {
+		_ structs.HostLayout
+		_ [16]byte
+	}
+	Ev [128]xdpGrainEvent
+}
+
 type xdpGrainActive struct {
 	_          structs.HostLayout
 	Generation uint32
@@ -98,7 +114,7 @@ type xdpGrainEvent struct {
 	Saddr      [16]uint8
 	Daddr      [16]uint8
 	Repeated   uint32
-	Pad        uint32
+	CounterKey uint32
 }
 
 type xdpGrainEventPayload struct {
@@ -182,6 +198,7 @@ const (
 	xdpMapBitmaps            = "bitmaps"
 	xdpMapCidrClass          = "cidr_class"
 	xdpMapContents           = "contents"
+	xdpMapEventStages        = "event_stages"
 	xdpMapEvents             = "events"
 	xdpMapIfaceBitmaps       = "iface_bitmaps"
 	xdpMapIfaceCounters      = "iface_counters"
@@ -193,6 +210,7 @@ const (
 	xdpProgGrainTc           = "grain_tc"
 	xdpProgGrainXdp          = "grain_xdp"
 	xdpVarRingWakeBytes      = "ring_wake_bytes"
+	xdpVarStageFlushNs       = "stage_flush_ns"
 	xdpVarUnusedActive       = "unused_active"
 	xdpVarUnusedCounter      = "unused_counter"
 	xdpVarUnusedEvent        = "unused_event"
@@ -253,6 +271,7 @@ type xdpMapSpecs struct {
 	Bitmaps       *ebpf.MapSpec `ebpf:"bitmaps"`
 	CidrClass     *ebpf.MapSpec `ebpf:"cidr_class"`
 	Contents      *ebpf.MapSpec `ebpf:"contents"`
+	EventStages   *ebpf.MapSpec `ebpf:"event_stages"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	IfaceBitmaps  *ebpf.MapSpec `ebpf:"iface_bitmaps"`
 	IfaceCounters *ebpf.MapSpec `ebpf:"iface_counters"`
@@ -268,6 +287,7 @@ type xdpMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
 	RingWakeBytes      *ebpf.VariableSpec `ebpf:"ring_wake_bytes"`
+	StageFlushNs       *ebpf.VariableSpec `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.VariableSpec `ebpf:"unused_active"`
 	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -298,6 +318,7 @@ type xdpMaps struct {
 	Bitmaps       *ebpf.Map `ebpf:"bitmaps"`
 	CidrClass     *ebpf.Map `ebpf:"cidr_class"`
 	Contents      *ebpf.Map `ebpf:"contents"`
+	EventStages   *ebpf.Map `ebpf:"event_stages"`
 	Events        *ebpf.Map `ebpf:"events"`
 	IfaceBitmaps  *ebpf.Map `ebpf:"iface_bitmaps"`
 	IfaceCounters *ebpf.Map `ebpf:"iface_counters"`
@@ -314,6 +335,7 @@ func (m *xdpMaps) Close() error {
 		m.Bitmaps,
 		m.CidrClass,
 		m.Contents,
+		m.EventStages,
 		m.Events,
 		m.IfaceBitmaps,
 		m.IfaceCounters,
@@ -330,6 +352,7 @@ func (m *xdpMaps) Close() error {
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
 	RingWakeBytes      *ebpf.Variable `ebpf:"ring_wake_bytes"`
+	StageFlushNs       *ebpf.Variable `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.Variable `ebpf:"unused_active"`
 	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`

@@ -84,17 +84,32 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 			}
 			return fmt.Errorf("read events: %w", err)
 		}
-		if len(rec.RawSample) < int(unsafe.Sizeof(bpf.Event{})) {
-			continue
-		}
-		d.record = rec.RawSample
-		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&rec.RawSample[0])))
+		forEachEvent(rec.RawSample, func(record []byte) {
+			d.record = record
+			d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&record[0])))
+		})
 		// Remaining comes from the producer position the read loaded:
 		// asking the ring again would load that cache line, which the
 		// packet's CPU writes on every event, once more per event.
 		if rec.Remaining == 0 {
 			pr.Flush()
 			rd.SetDeadline(time.Now().Add(readPollInterval))
+		}
+	}
+}
+
+// forEachEvent calls fn with each event of one ring buffer record: an event
+// with payload bytes (bpf.EventPayload), or a batch of one or more events
+// (bpf.Event) that one CPU staged (bpf/xdp.c). A record of neither size is
+// skipped.
+func forEachEvent(rec []byte, fn func(event []byte)) {
+	size := int(unsafe.Sizeof(bpf.Event{}))
+	switch {
+	case len(rec) == int(unsafe.Sizeof(bpf.EventPayload{})):
+		fn(rec)
+	case len(rec) > 0 && len(rec)%size == 0:
+		for off := 0; off < len(rec); off += size {
+			fn(rec[off : off+size : off+size])
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 
+	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/export"
@@ -177,7 +178,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
-	ringBytes := fs.Uint("event-ring-bytes", 1<<20, "size of the kernel's packet-event ring buffer in bytes (a power of two, at least 4096): it holds the events of a burst until grain reads them")
+	ringBytes := fs.Uint("event-ring-bytes", 1<<20, fmt.Sprintf("size of the kernel's packet-event ring buffer in bytes (a power of two, at least %d): it holds the events of a burst until grain reads them", bpf.MinRingBufferBytes))
 	memLimit := fs.Int64("memory-limit", 24<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -186,8 +187,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: grain run --policies DIR [--interface IFACE]... [--keep-on-exit]")
 		return 2
 	}
-	if r := *ringBytes; r < 4096 || r > 1<<30 || r&(r-1) != 0 {
-		fmt.Fprintf(stderr, "grain: --event-ring-bytes %d: must be a power of two from 4096 to 1073741824\n", r)
+	if r := *ringBytes; r < bpf.MinRingBufferBytes || r > 1<<30 || r&(r-1) != 0 {
+		fmt.Fprintf(stderr, "grain: --event-ring-bytes %d: must be a power of two from %d to 1073741824\n", r, bpf.MinRingBufferBytes)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))

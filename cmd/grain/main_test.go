@@ -52,7 +52,7 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("grain %v: exit %d, want 2", args, code)
 		}
 	}
-	for _, size := range []string{"1000", "2048", "3145728"} {
+	for _, size := range []string{"1000", "2048", "8192", "3145728"} {
 		errOut.Reset()
 		args := []string{"run", "--policies", "testdata", "--event-ring-bytes", size}
 		if code := run(args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "power of two") {

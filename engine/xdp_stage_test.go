@@ -1,0 +1,271 @@
+package engine
+
+import (
+	"errors"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/testcpu"
+)
+
+// everyEvent sends an event for every matching packet: no deduplication.
+const everyEvent = `every_event: {
+	xdp: interfaces: ["lo"]
+	match: {protocol: "tcp", payload: "HTTP/1.1"}
+	then: "drop"
+	emit: {event: "http", fields: ["saddr", "sport"], dedup: "0s"}
+}`
+
+// stagingEngine is an engine of its own (its own ring of ringBytes, its
+// own stages) with everyEvent applied, and a reader of its ring.
+func stagingEngine(t *testing.T, ringBytes uint32) (*Engine, *ringbuf.Reader) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (runs in .ci/run)")
+	}
+	e, err := New(Options{RingBufferBytes: ringBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(e.XDP().Maps().Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	return e, rd
+}
+
+// readEvents reads records until want events came and, after that, none
+// for 100 ms (so that extra events are seen), or 10 s passed. It returns
+// the events and the number of events of each record.
+func readEvents(t *testing.T, rd *ringbuf.Reader, want int) ([]bpf.Event, []int) {
+	t.Helper()
+	var events []bpf.Event
+	var batches []int
+	var rec ringbuf.Record
+	deadline, quiet := time.Now().Add(10*time.Second), time.Time{}
+	for time.Now().Before(deadline) {
+		// grain wakes a reader only when the ring fills up (bpf/xdp.c):
+		// it polls, as grain's reader does.
+		rd.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		if err := rd.ReadInto(&rec); errors.Is(err, os.ErrDeadlineExceeded) {
+			if len(events) >= want {
+				if quiet.IsZero() {
+					quiet = time.Now().Add(100 * time.Millisecond)
+				} else if time.Now().After(quiet) {
+					break
+				}
+			}
+			continue
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		quiet = time.Time{}
+		n := 0
+		forEachEvent(rec.RawSample, func(b []byte) {
+			events = append(events, *(*bpf.Event)(unsafe.Pointer(&b[0])))
+			n++
+		})
+		if n == 0 {
+			t.Fatalf("a record of %d bytes holds no event", len(rec.RawSample))
+		}
+		batches = append(batches, n)
+	}
+	return events, batches
+}
+
+func httpFrom(sport uint16) []byte {
+	return pktbuild.TCP4("10.0.0.2", "10.0.0.1", sport, 80, pktbuild.PSH|pktbuild.ACK, request).Bytes()
+}
+
+func runRepeat(t testing.TB, e *Engine, frame []byte, repeat int) {
+	t.Helper()
+	ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: frame, Repeat: uint32(repeat)})
+	if err != nil || ret != 1 {
+		t.Fatalf("BPF_PROG_TEST_RUN: verdict %d, %v; want XDP_DROP", ret, err)
+	}
+}
+
+// Events are staged per CPU and sent in batches: a lone event arrives (by
+// the stage's timer), a burst arrives in full batches and its remainder,
+// and every event arrives exactly once with its own fields.
+func TestXDPEventStaging(t *testing.T) {
+	e, rd := stagingEngine(t, 0)
+	testcpu.Pin(t, 0)
+
+	runXDP(t, e, httpFrom(1234))
+	events, batches := readEvents(t, rd, 1)
+	if len(events) != 1 || events[0].Sport != 1234 || events[0].Family != 4 {
+		t.Fatalf("a lone event: got %+v in records of %v events, want the one of sport 1234", events, batches)
+	}
+	var now unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
+	if age := time.Duration(now.Nano() - int64(events[0].TimeNs)); age < -time.Second || age > 10*time.Second {
+		t.Errorf("the event's time is %v from now", age)
+	}
+
+	// A burst in one test run: full batches of 64 and the remainder.
+	runRepeat(t, e, httpFrom(2000), 3*64+5)
+	events, batches = readEvents(t, rd, 3*64+5)
+	full := 0
+	for _, n := range batches {
+		if n > 64 {
+			t.Errorf("a record of %d events; a stage holds 64", n)
+		}
+		if n == 64 {
+			full++
+		}
+	}
+	if len(events) != 3*64+5 || full == 0 {
+		t.Errorf("a burst of %d events: got %d, in records of %v events; want all, and full batches of 64", 3*64+5, len(events), batches)
+	}
+	for _, ev := range events {
+		if ev.Sport != 2000 || ev.Saddr[0] != 10 || ev.Saddr[3] != 2 {
+			t.Fatalf("an event of the burst is %+v, want sport 2000 from 10.0.0.2", ev)
+		}
+	}
+
+	// Packets one by one, each its own source port: each event exactly
+	// once, in the order sent (one CPU, and nothing sends a busy stage's
+	// events around it here, on one CPU with the reader on another).
+	const single = 150
+	for p := 0; p < single; p++ {
+		runXDP(t, e, httpFrom(uint16(10000+p)))
+	}
+	events, batches = readEvents(t, rd, single)
+	if len(events) != single {
+		t.Fatalf("%d packets one by one: got %d events in records of %v", single, len(events), batches)
+	}
+	seen := map[uint16]bool{}
+	for _, ev := range events {
+		if seen[ev.Sport] || ev.Sport < 10000 || ev.Sport >= 10000+single {
+			t.Fatalf("event of sport %d: repeated or not sent", ev.Sport)
+		}
+		seen[ev.Sport] = true
+	}
+	c := counterOf(t, e, "every_event")
+	if total := uint64(1 + 3*64 + 5 + single); c.Events != total || c.EventsLost != 0 {
+		t.Errorf("counters: %d events, %d lost; want %d and 0", c.Events, c.EventsLost, total)
+	}
+}
+
+// A batch that finds the ring full is lost as a whole and counted: the
+// events counter holds what the reader gets, events_lost the rest.
+func TestXDPEventStagingFullRing(t *testing.T) {
+	e, rd := stagingEngine(t, bpf.MinRingBufferBytes)
+	testcpu.Pin(t, 0)
+	const sent = 640
+	runRepeat(t, e, httpFrom(3000), sent) // nothing reads meanwhile
+	// The last batch leaves on the timer: wait until it was counted.
+	var c RuleCounter
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if c = counterOf(t, e, "every_event"); c.Events+c.EventsLost == sent && c.EventsLost >= sent-3*64 {
+			break
+		}
+	}
+	events, batches := readEvents(t, rd, int(c.Events))
+	if c.EventsLost == 0 || c.Events+c.EventsLost != sent || uint64(len(events)) != c.Events || len(events) < 64 {
+		t.Errorf("a burst of %d into a ring of %d bytes: %d events read in records of %v; counters %d events, %d lost; want the events counted read, the rest counted lost",
+			sent, bpf.MinRingBufferBytes, len(events), batches, c.Events, c.EventsLost)
+	}
+}
+
+// Every CPU adds to its own stage while timers send them, possibly from
+// another CPU (before Linux 6.7 a timer cannot be pinned): each event is
+// read exactly once, none lost.
+func TestXDPEventStagingEveryCPU(t *testing.T) {
+	e, rd := stagingEngine(t, 4<<20)
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		t.Fatal(err)
+	}
+	const rounds, repeat = 40, 300
+	var wg sync.WaitGroup
+	total := 0
+	for cpu := 0; cpu < 1024; cpu++ {
+		if !cpus.IsSet(cpu) {
+			continue
+		}
+		total += rounds * repeat
+		wg.Add(1)
+		go func(cpu int) {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var one unix.CPUSet
+			one.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &one); err != nil {
+				t.Error(err)
+				return
+			}
+			defer unix.SchedSetaffinity(0, &cpus)
+			for r := 0; r < rounds; r++ {
+				ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: httpFrom(uint16(cpu)), Repeat: repeat})
+				if err != nil || ret != 1 {
+					t.Errorf("CPU %d: verdict %d, %v", cpu, ret, err)
+					return
+				}
+				// Now and then let the stage's timer send it while
+				// this CPU adds again.
+				time.Sleep(time.Duration(r%3) * 400 * time.Microsecond)
+			}
+		}(cpu)
+	}
+	var events []bpf.Event
+	done := make(chan struct{})
+	go func() {
+		events, _ = readEvents(t, rd, total)
+		close(done)
+	}()
+	wg.Wait()
+	<-done
+	perCPU := map[uint16]int{}
+	for _, ev := range events {
+		perCPU[ev.Sport]++
+	}
+	c := counterOf(t, e, "every_event")
+	if len(events) != total || c.Events != uint64(total) || c.EventsLost != 0 {
+		t.Errorf("%d events read (per CPU: %v), counters %d events, %d lost; want %d, none lost", len(events), perCPU, c.Events, c.EventsLost, total)
+	}
+	for cpu, n := range perCPU {
+		if n != rounds*repeat {
+			t.Errorf("CPU %d: %d events, want %d", cpu, n, rounds*repeat)
+		}
+	}
+}
+
+// forEachEvent tells a payload event from a batch by its size alone.
+func TestForEachEvent(t *testing.T) {
+	event, payload := int(unsafe.Sizeof(bpf.Event{})), int(unsafe.Sizeof(bpf.EventPayload{}))
+	if payload%event == 0 {
+		t.Fatalf("a payload event (%d bytes) is as long as a batch of %d events", payload, payload/event)
+	}
+	for _, c := range []struct {
+		bytes, events int
+	}{{event, 1}, {3 * event, 3}, {64 * event, 64}, {payload, 1}, {0, 0}, {event + 8, 0}} {
+		n := 0
+		forEachEvent(make([]byte, c.bytes), func(b []byte) {
+			if len(b) != event && len(b) != payload {
+				t.Errorf("%d bytes: an event of %d bytes", c.bytes, len(b))
+			}
+			n++
+		})
+		if n != c.events {
+			t.Errorf("a record of %d bytes: %d events, want %d", c.bytes, n, c.events)
+		}
+	}
+}
