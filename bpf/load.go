@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,6 +146,9 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	spec.Maps["event_stages"].MaxEntries = uint32(cpus)
+	if err := spec.Variables["program_instance"].Set(rand.Uint64() | 1); err != nil {
+		return nil, fmt.Errorf("set program_instance: %w", err)
+	}
 	if opts.RingBufferBytes != 0 {
 		if opts.RingBufferBytes < MinRingBufferBytes {
 			return nil, fmt.Errorf("event ring buffer of %d bytes: the smallest is %d (three batches of events)", opts.RingBufferBytes, MinRingBufferBytes)

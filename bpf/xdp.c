@@ -293,6 +293,7 @@ struct event_stage {
 	__u32 armed; /* the flush timer is pending */
 	__u32 shared; /* the timer may fire on another CPU: adds use atomics */
 	__u32 _pad;
+	__u64 owner; /* program_instance of the program the timer calls */
 	/* the coarse clock at the first event of the batch: the time of the
 	 * batch's events without deduplication or rate limit (one clock read a
 	 * batch), at most stage_flush_ns off, which is within the clock's own
@@ -314,6 +315,10 @@ struct {
 
 /* How long a staged event waits for more before its stage is sent. */
 const volatile __u64 stage_flush_ns = 1000000;
+
+/* Tells this loaded program from others, for stages pinned by an earlier
+ * grain: the loader sets a random value. */
+const volatile __u64 program_instance = 1;
 
 #define CLOCK_MONOTONIC 1
 #define TIMER_CPU_PIN (1ULL << 1) /* BPF_F_TIMER_CPU_PIN, Linux 6.7 */
@@ -389,13 +394,16 @@ static int stage_timer_fired(void *map, __u32 *key, struct event_stage *st)
 static __always_inline void stage_arm(struct event_stage *st, __u32 cpu)
 {
 	st->armed = 1;
-	if (bpf_timer_start(&st->timer, stage_flush_ns, st->shared ? 0 : TIMER_CPU_PIN) == 0)
-		return;
-	/* first event on this CPU: set the timer up */
-	bpf_timer_init(&st->timer, &event_stages, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(&st->timer, stage_timer_fired);
-	long err = bpf_timer_start(&st->timer, stage_flush_ns, TIMER_CPU_PIN);
-	if (err == -EINVAL) {
+	if (st->owner != program_instance) {
+		/* The first event on this CPU, or the stage was pinned by an
+		 * earlier grain, whose program its timer would keep calling
+		 * (and keep loaded): set the timer up to call this one. */
+		bpf_timer_init(&st->timer, &event_stages, CLOCK_MONOTONIC); /* -EBUSY when done before */
+		bpf_timer_set_callback(&st->timer, stage_timer_fired);
+		st->owner = program_instance;
+	}
+	long err = bpf_timer_start(&st->timer, stage_flush_ns, st->shared ? 0 : TIMER_CPU_PIN);
+	if (err == -EINVAL && !st->shared) {
 		/* a kernel older than 6.7: adds use atomics from now on */
 		st->shared = 1;
 		err = bpf_timer_start(&st->timer, stage_flush_ns, 0);

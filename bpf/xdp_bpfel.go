@@ -21,6 +21,7 @@ type xdpEventStage struct {
 	Armed  uint32
 	Shared uint32
 	Pad    uint32
+	Owner  uint64
 	TimeNs uint64
 	Timer  struct {
 		_ structs.HostLayout
@@ -209,6 +210,7 @@ const (
 	xdpMapStats              = "stats"
 	xdpProgGrainTc           = "grain_tc"
 	xdpProgGrainXdp          = "grain_xdp"
+	xdpVarProgramInstance    = "program_instance"
 	xdpVarRingWakeBytes      = "ring_wake_bytes"
 	xdpVarStageFlushNs       = "stage_flush_ns"
 	xdpVarUnusedActive       = "unused_active"
@@ -286,6 +288,7 @@ type xdpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
+	ProgramInstance    *ebpf.VariableSpec `ebpf:"program_instance"`
 	RingWakeBytes      *ebpf.VariableSpec `ebpf:"ring_wake_bytes"`
 	StageFlushNs       *ebpf.VariableSpec `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.VariableSpec `ebpf:"unused_active"`
@@ -351,6 +354,7 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
+	ProgramInstance    *ebpf.Variable `ebpf:"program_instance"`
 	RingWakeBytes      *ebpf.Variable `ebpf:"ring_wake_bytes"`
 	StageFlushNs       *ebpf.Variable `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.Variable `ebpf:"unused_active"`

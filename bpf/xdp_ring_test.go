@@ -1,6 +1,9 @@
 package bpf
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // A resized event ring wakes its reader at an eighth of its own size: the
 // loader sets the program's constant with the map's size.
@@ -23,5 +26,19 @@ func TestLoadXDPRingSize(t *testing.T) {
 			t.Errorf("RingBufferBytes %d: ring of %d bytes, woken at %d; want %d and %d", size, got, wake, want, want/8)
 		}
 		x.Close()
+	}
+}
+
+// A ring smaller than three batches of staged events is refused, saying
+// the smallest size.
+func TestLoadXDPRingTooSmall(t *testing.T) {
+	requireRoot(t)
+	x, err := LoadXDP(XDPOptions{RingBufferBytes: MinRingBufferBytes / 2})
+	if err == nil {
+		x.Close()
+		t.Fatal("a ring of half the smallest size loaded")
+	}
+	if !strings.Contains(err.Error(), "the smallest is 16384") {
+		t.Errorf("error %q does not say the smallest size", err)
 	}
 }

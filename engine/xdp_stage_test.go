@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/testcpu"
 )
@@ -268,4 +269,73 @@ func TestForEachEvent(t *testing.T) {
 			t.Errorf("a record of %d bytes: %d events, want %d", c.bytes, n, c.events)
 		}
 	}
+}
+
+// Stages pinned by an earlier engine: their timers go on sending them (the
+// pins keep the map), and the next engine's first event on a CPU makes that
+// CPU's timer call its own program, so the earlier program is unloaded
+// rather than kept for as long as the pins last.
+func TestXDPEventStagesOfAnEarlierEngine(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs and mount bpffs (runs in .ci/run)")
+	}
+	testcpu.Pin(t, 0)
+	pins := netns.PinDir(t)
+	start := func() *Engine {
+		e, err := New(Options{PinPath: pins})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	first := start()
+	info, err := first.XDP().Program().Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstID, _ := info.ID()
+	runXDP(t, first, httpFrom(4001))
+	if err := first.Release(); err != nil {
+		t.Fatal(err)
+	}
+	alive := func() bool {
+		p, err := ebpf.NewProgramFromID(firstID)
+		if err == nil {
+			p.Close()
+		}
+		return err == nil
+	}
+	if !alive() {
+		t.Fatal("the first engine's program is gone although its stage's timer calls it")
+	}
+
+	second := start()
+	defer second.Close()
+	rd, err := ringbuf.NewReader(second.XDP().Maps().Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	runXDP(t, second, httpFrom(4002))
+	events, batches := readEvents(t, rd, 2)
+	if len(events) != 2 || events[0].Sport != 4001 || events[1].Sport != 4002 {
+		t.Errorf("events of sports %v in records of %v, want 4001 (staged by the first engine) then 4002", sportsOf(events), batches)
+	}
+	for deadline := time.Now().Add(5 * time.Second); alive() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive() {
+		t.Errorf("the first engine's program %d is still loaded: the stage's timer still calls it", firstID)
+	}
+}
+
+func sportsOf(events []bpf.Event) []uint16 {
+	var s []uint16
+	for _, ev := range events {
+		s = append(s, ev.Sport)
+	}
+	return s
 }
