@@ -348,18 +348,28 @@ __noinline int stage_flush(__u32 cpu)
 	__u32 start = st->start;
 	if (start > count)
 		start = count;
-	__u32 n = count - start;
-	barrier_var(n);
-	if (n > EVENT_STAGE_SLOTS)
-		n = 0;
-	if (n && !ring_output(&st->ev[start], (__u64)n * sizeof(struct grain_event))) {
+	/* Bounded on the registers the helper gets: older verifiers (6.1)
+	 * do not carry bounds across the subtraction and the copies clang
+	 * makes. */
+	__u64 from = (__u64)start * sizeof(struct grain_event);
+	__u64 bytes = (__u64)(count - start) * sizeof(struct grain_event);
+	barrier_var(from);
+	barrier_var(bytes);
+	if (from > EVENT_STAGE_SLOTS * sizeof(struct grain_event) || bytes > EVENT_STAGE_SLOTS * sizeof(struct grain_event))
+		bytes = 0;
+	/* kept apart from the test for 0, which clang would otherwise fuse
+	 * with the one above into a single unsigned range check on another
+	 * register */
+	barrier_var(bytes);
+	if (bytes && !ring_output((const __u8 *)st->ev + from, bytes)) {
 		/* The ring is full: each event moves from sent to lost in
 		 * its rule's counters (on this CPU's counters, perhaps not
 		 * the event's; userspace reads the sums over CPUs). */
-		for (__u32 i = 0; i < EVENT_STAGE_SLOTS; i++) {
-			__u32 j = start + i;
-			if (j >= count || j >= EVENT_STAGE_SLOTS)
+		for (__u32 j = 0; j < EVENT_STAGE_SLOTS; j++) {
+			if (j >= count)
 				break;
+			if (j < start)
+				continue;
 			__u32 key = st->ev[j].counter_key;
 			struct grain_counter *c = bpf_map_lookup_elem(&rule_counters, &key);
 			if (c) {
