@@ -209,14 +209,14 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 	return negate;
 }
 
-static __always_inline void FN(event_fill)(CTX *ctx, struct grain_event *e, const struct pkt_meta *m,
+static __always_inline void FN(event_fill)(__u32 ifindex, struct grain_event *e, const struct pkt_meta *m,
 				       __u32 gen, const struct grain_rule *r, __u64 now, __u32 repeated)
 {
 	e->time_ns = now;
 	e->repeated = repeated;
 	e->rule_id = r->id;
 	e->generation = gen;
-	e->ifindex = CTX_IFINDEX(ctx);
+	e->ifindex = ifindex;
 	e->packet_len = m->len;
 	e->family = m->family;
 	e->protocol = m->protocol;
@@ -287,7 +287,7 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
-	FN(event_fill)(ctx, &e->ev, m, gen, r, now, 0);
+	FN(event_fill)(CTX_IFINDEX(ctx), &e->ev, m, gen, r, now, 0);
 	e->ev.counter_key = key;
 	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
@@ -338,7 +338,7 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 					st->time_ns = bpf_ktime_get_coarse_ns();
 				now = st->time_ns;
 			}
-			FN(event_fill)(ctx, e, m, gen, r, now, repeated);
+			FN(event_fill)(ifindex, e, m, gen, r, now, repeated);
 			e->counter_key = key;
 			sent = stage_publish(st, cpu, slot);
 		} else {
@@ -346,7 +346,7 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 			if (e) {
 				if (!now)
 					now = bpf_ktime_get_coarse_ns();
-				FN(event_fill)(ctx, e, m, gen, r, now, repeated);
+				FN(event_fill)(ifindex, e, m, gen, r, now, repeated);
 				e->counter_key = key;
 				event_submit(e, RECORD_BYTES(sizeof(*e)));
 				sent = 1;
