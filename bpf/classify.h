@@ -334,7 +334,10 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 		if (st && slot < EVENT_STAGE_SLOTS) {
 			struct grain_event *e = &st->ev[slot];
 			if (!now) {
-				if (slot == 0)
+				/* a new batch, or one whose timer is still to
+				 * be armed (by this event): sent within
+				 * stage_flush_ns of now */
+				if (slot == 0 || !st->armed)
 					st->time_ns = bpf_ktime_get_coarse_ns();
 				now = st->time_ns;
 			}

@@ -294,10 +294,10 @@ struct event_stage {
 	__u32 shared; /* the timer may fire on another CPU: adds use atomics */
 	__u32 _pad;
 	__u64 owner; /* program_instance of the program the timer calls */
-	/* the coarse clock at the first event of the batch: the time of the
-	 * batch's events without deduplication or rate limit (one clock read a
-	 * batch), at most stage_flush_ns off, which is within the clock's own
-	 * resolution of a tick at HZ up to 1000 */
+	/* the coarse clock at the batch's first event (or at the event that
+	 * armed the timer): the time of its events without deduplication or
+	 * rate limit (one clock read a batch), at most stage_flush_ns early,
+	 * within the clock's own resolution of a tick at HZ up to 1000 */
 	__u64 time_ns;
 	struct bpf_timer timer;
 	/* Events use the first EVENT_STAGE_SLOTS; the rest only lets the
