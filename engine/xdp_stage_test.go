@@ -339,3 +339,58 @@ func sportsOf(events []bpf.Event) []uint16 {
 	}
 	return s
 }
+
+// A program whose maps userspace let go of (a grain killed after it
+// switched pinned links to its program and before it pinned its maps) can
+// no longer start timers: the kernel freed them. Its events are sent at
+// once instead of staying staged.
+func TestXDPEventStageWithoutTimers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (runs in .ci/run)")
+	}
+	testcpu.Pin(t, 0)
+	e, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	prog, err := e.XDP().Program().Clone()
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	ringInfo, err := e.XDP().Maps().Events.Info()
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	ringID, _ := ringInfo.ID()
+	// Only the program holds the maps now.
+	e.Close()
+
+	for _, sport := range []uint16{5001, 5002} {
+		if ret, err := prog.Run(&ebpf.RunOptions{Data: httpFrom(sport)}); err != nil || ret != 1 {
+			t.Fatalf("BPF_PROG_TEST_RUN: verdict %d, %v; want XDP_DROP", ret, err)
+		}
+	}
+	// Opening the ring by ID gives userspace a reference again; the
+	// events were sent before.
+	ring, err := ebpf.NewMapFromID(ringID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ring.Close()
+	rd, err := ringbuf.NewReader(ring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	events, batches := readEvents(t, rd, 2)
+	if len(events) != 2 || events[0].Sport != 5001 || events[1].Sport != 5002 {
+		t.Errorf("events of sports %v in records of %v, want 5001 and 5002, each sent at once", sportsOf(events), batches)
+	}
+}
