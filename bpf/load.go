@@ -48,12 +48,12 @@ func (o *xdpLoaded) Close() error {
 	return errors.Join(o.GrainXdp.Close(), o.xdpMaps.Close())
 }
 
-// XDPOptions tune the maps of the generic XDP program before loading.
 // MinRingBufferBytes is the smallest event ring buffer LoadXDP takes: it
 // holds three full batches of staged events (64 events of 72 bytes each,
 // bpf/xdp.c). A smaller ring could not take a full batch at all.
 const MinRingBufferBytes = 16384
 
+// XDPOptions tune the maps of the generic XDP program before loading.
 type XDPOptions struct {
 	// RingBufferBytes sizes the event ring buffer (a power of two, at least
 	// MinRingBufferBytes). Zero keeps the compiled-in 1 MiB.
