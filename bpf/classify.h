@@ -210,8 +210,9 @@ __noinline int FN(content_match)(CTX *ctx, __u32 payload_off, __u32 payload_end,
 }
 
 static __always_inline void FN(event_fill)(__u32 ifindex, struct grain_event *e, const struct pkt_meta *m,
-				       __u32 gen, const struct grain_rule *r, __u64 now, __u32 repeated)
+				       __u32 gen, __u32 key, const struct grain_rule *r, __u64 now, __u32 repeated)
 {
+	e->counter_key = key;
 	e->time_ns = now;
 	e->repeated = repeated;
 	e->rule_id = r->id;
@@ -287,8 +288,7 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	struct grain_event_payload *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return 0;
-	FN(event_fill)(CTX_IFINDEX(ctx), &e->ev, m, gen, r, now, 0);
-	e->ev.counter_key = key;
+	FN(event_fill)(CTX_IFINDEX(ctx), &e->ev, m, gen, key, r, now, 0);
 	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
@@ -341,16 +341,14 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 					st->time_ns = bpf_ktime_get_coarse_ns();
 				now = st->time_ns;
 			}
-			FN(event_fill)(ifindex, e, m, gen, r, now, repeated);
-			e->counter_key = key;
+			FN(event_fill)(ifindex, e, m, gen, key, r, now, repeated);
 			sent = stage_publish(st, cpu, slot);
 		} else {
 			struct grain_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 			if (e) {
 				if (!now)
 					now = bpf_ktime_get_coarse_ns();
-				FN(event_fill)(ifindex, e, m, gen, r, now, repeated);
-				e->counter_key = key;
+				FN(event_fill)(ifindex, e, m, gen, key, r, now, repeated);
 				event_submit(e, RECORD_BYTES(sizeof(*e)));
 				sent = 1;
 			}

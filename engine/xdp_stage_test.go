@@ -27,21 +27,30 @@ const everyEvent = `every_event: {
 	emit: {event: "http", fields: ["saddr", "sport"], dedup: "0s"}
 }`
 
-// stagingEngine is an engine of its own (its own ring of ringBytes, its
-// own stages) with everyEvent applied, and a reader of its ring.
-func stagingEngine(t *testing.T, ringBytes uint32) (*Engine, *ringbuf.Reader) {
+// ownEngine is an engine of its own (its own ring, its own stages) with
+// everyEvent applied; the caller closes or releases it.
+func ownEngine(t *testing.T, opts Options) *Engine {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load BPF programs (runs in .ci/run)")
 	}
-	e, err := New(Options{RingBufferBytes: ringBytes})
+	e, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.Close() })
 	if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
+		e.Close()
 		t.Fatal(err)
 	}
+	return e
+}
+
+// stagingEngine is ownEngine with a ring of ringBytes, closed at the end of
+// the test, and a reader of its ring.
+func stagingEngine(t *testing.T, ringBytes uint32) (*Engine, *ringbuf.Reader) {
+	t.Helper()
+	e := ownEngine(t, Options{RingBufferBytes: ringBytes})
+	t.Cleanup(func() { e.Close() })
 	rd, err := ringbuf.NewReader(e.XDP().Maps().Events)
 	if err != nil {
 		t.Fatal(err)
@@ -281,17 +290,7 @@ func TestXDPEventStagesOfAnEarlierEngine(t *testing.T) {
 	}
 	testcpu.Pin(t, 0)
 	pins := netns.PinDir(t)
-	start := func() *Engine {
-		e, err := New(Options{PinPath: pins})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
-			t.Fatal(err)
-		}
-		return e
-	}
-	first := start()
+	first := ownEngine(t, Options{PinPath: pins})
 	info, err := first.XDP().Program().Info()
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +311,7 @@ func TestXDPEventStagesOfAnEarlierEngine(t *testing.T) {
 		t.Fatal("the first engine's program is gone although its stage's timer calls it")
 	}
 
-	second := start()
+	second := ownEngine(t, Options{PinPath: pins})
 	defer second.Close()
 	rd, err := ringbuf.NewReader(second.XDP().Maps().Events)
 	if err != nil {
@@ -345,18 +344,8 @@ func sportsOf(events []bpf.Event) []uint16 {
 // no longer start timers: the kernel freed them. Its events are sent at
 // once instead of staying staged.
 func TestXDPEventStageWithoutTimers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
+	e := ownEngine(t, Options{})
 	testcpu.Pin(t, 0)
-	e, err := New(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
-		e.Close()
-		t.Fatal(err)
-	}
 	prog, err := e.XDP().Program().Clone()
 	if err != nil {
 		e.Close()

@@ -133,14 +133,22 @@ func TestReloadKeepsLastGoodPolicy(t *testing.T) {
 	}
 }
 
+// restartSetup is what the restart tests share: a pair with an HTTP server
+// on the server side (its port), a pin directory, and the arguments of a
+// grain enforcing examples/block-http there with its state pinned.
+func restartSetup(t *testing.T) (p *netns.Pair, port int, pins string, args []string) {
+	p = netns.NewPair(t)
+	port = p.HTTPServer(t)
+	pins = netns.PinDir(t)
+	args = []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	return p, port, pins, args
+}
+
 // TestKeepOnExit: with --keep-on-exit, SIGTERM leaves enforcement and pins
 // in place; the next grain adopts them, and its plain exit detaches.
 func TestKeepOnExit(t *testing.T) {
-	p := netns.NewPair(t)
-	port := p.HTTPServer(t)
-	pins := netns.PinDir(t)
-	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	p, port, pins, args := restartSetup(t)
 	first := startGrain(t, p.ServerNS, append(args, "--keep-on-exit")...)
 	first.cmd.Process.Signal(syscall.SIGTERM)
 	if err := first.cmd.Wait(); err != nil {
@@ -226,11 +234,7 @@ func (c *retryingClients) stopAndCheck(t *testing.T, during string) {
 // in its own program with a link update. A client retries HTTP/1.1 requests
 // throughout and none may get through.
 func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
-	p := netns.NewPair(t)
-	port := p.HTTPServer(t)
-	pins := netns.PinDir(t)
-	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	p, port, pins, args := restartSetup(t)
 	first := startGrain(t, p.ServerNS, args...)
 
 	clients := retryHTTP11(p, port)
@@ -267,11 +271,7 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 // the link and the pins. A client retries HTTP/1.1 requests throughout and
 // none may get through.
 func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
-	p := netns.NewPair(t)
-	port := p.HTTPServer(t)
-	pins := netns.PinDir(t)
-	args := []string{"run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", pins, "--status-socket", filepath.Join(t.TempDir(), "grain.sock")}
+	p, port, pins, args := restartSetup(t)
 	first := startGrain(t, p.ServerNS, append(args, "--keep-on-exit", "--event-ring-bytes", "65536")...)
 	first.cmd.Process.Signal(syscall.SIGTERM)
 	if err := first.cmd.Wait(); err != nil {
