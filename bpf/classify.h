@@ -308,7 +308,7 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 	/* A staged event without deduplication or a rate limit takes its
 	 * stage's time instead (bpf/xdp.c): one clock read a batch. */
 	__u64 now = 0;
-	if (window || r->rate_limit || (r->flags & GRAIN_RULE_EMIT_PAYLOAD))
+	if (!rule_event_plain(r))
 		now = bpf_ktime_get_coarse_ns(); /* grain.h: struct grain_event */
 	__u32 repeated = 0;
 	int deduplicated = 0, limited = 0, sent = 0;
@@ -443,8 +443,22 @@ static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *dat
 		ic->packets[action]++;
 		ic->bytes[action] += m->len;
 	}
-	if (r->flags & GRAIN_RULE_EMIT)
-		FN(rule_emit)(ctx, m, gen, key);
+	if (r->flags & GRAIN_RULE_EMIT) {
+		/* Most events of a flood go into a stage pinned to this CPU,
+		 * which is plain stores (stage_pinned_slot); the rest take the
+		 * call into rule_emit. */
+		struct event_stage *st = 0;
+		__u32 slot = 0;
+		if (cnt && rule_event_plain(r))
+			st = stage_pinned_slot(bpf_get_smp_processor_id(), &slot);
+		if (st && slot < EVENT_STAGE_SLOTS) {
+			FN(event_fill)(ifindex, &st->ev[slot], m, gen, key, r, st->time_ns, 0);
+			st->count = slot + 1;
+			cnt->events++;
+		} else {
+			FN(rule_emit)(ctx, m, gen, key);
+		}
+	}
 	if (r->action == GRAIN_ACTION_COUNT)
 		return VERDICT_CONTINUE;
 	return 1 + r->action;

@@ -240,7 +240,8 @@ struct grain_iface_counter {
  * deduplication compares those of the rule's dedup_fields, the interface
  * and the family. */
 struct grain_dedup_key {
-	__u8 saddr[16];
+	/* 8-aligned: compared as 64-bit words (the layout is the same) */
+	__u8 saddr[16] __attribute__((aligned(8)));
 	__u8 daddr[16];
 	__u32 ifindex;
 	__u32 len;
