@@ -279,14 +279,16 @@ static __always_inline void event_submit(void *e, __u64 record_bytes)
  * (see stage_publish).
  *
  * Where the kernel can pin a timer to the CPU that starts it (Linux 6.7),
- * the timer fires on the stage's CPU, where it cannot interrupt an add:
- * there adding publishes with a plain store, which spares the atomic
- * (about 3 ns an event here), and an event that neither begins a batch nor
- * finds the stage full is added inline by the rule walk, without the call
- * into rule_emit (stage_pinned_slot: about 3 ns more). The stage learns
- * which at its first timer start (shared). When a CPU goes offline its pinned timers move to another
- * CPU, which is safe: nothing adds on an offline CPU, and the timer fires
- * within stage_flush_ns, long before the CPU can come back. */
+ * the timer fires on the stage's CPU, where it cannot interrupt an add: its
+ * callback runs as a softirq, and packet programs run with softirqs off
+ * (BPF_PROG_TEST_RUN's too). There adding publishes with a plain store,
+ * which spares the atomic (about 3 ns an event here), and an event that
+ * neither begins a batch nor finds the stage full is added inline by the
+ * rule walk, without the call into rule_emit (stage_pinned_slot: about 3 ns
+ * more). The stage learns which at its first timer start (shared). When a
+ * CPU goes offline its pinned timers move to another CPU, which is safe:
+ * nothing adds on an offline CPU, and the timer fires within
+ * stage_flush_ns, long before the CPU can come back. */
 #define EVENT_STAGE_SLOTS 64
 
 struct event_stage {
