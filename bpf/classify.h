@@ -295,8 +295,9 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 }
 
 /* Sends (or deduplicates, or rate-limits) the event of rule slot key that
- * matched, and counts which. A global function: the rule walk of rules
- * that do not emit does not carry its registers and stack. */
+ * matched, and counts which: every event the rule walk cannot add to a
+ * pinned stage itself (stage_pinned_slot). A global function: the rule walk
+ * of rules that do not emit does not carry its registers and stack. */
 __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 {
 	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
