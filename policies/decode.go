@@ -64,6 +64,12 @@ func (d *decoder) decodePolicy(v cue.Value) {
 	prio, _ := v.LookupPath(cue.ParsePath("priority")).Int64()
 	p.Priority = int(prio)
 	p.Then, _ = v.LookupPath(cue.ParsePath("then")).String()
+	// Lists that select must not be empty, in either kind of policy.
+	for _, name := range []string{"match", "syscall"} {
+		if f := v.LookupPath(cue.MakePath(cue.Str(name))); f.Exists() {
+			d.refuseEmptyLists(f, name)
+		}
+	}
 
 	var hooks []string
 	for _, h := range hookFields {

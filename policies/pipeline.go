@@ -125,7 +125,12 @@ func (d *pipelineDecoder) list(v cue.Value, name string, each func(e cue.Value, 
 		return
 	}
 	for i, e := range oneOrMany(f) {
-		each(e, fmt.Sprintf("%s[%d]", name, i))
+		path := fmt.Sprintf("%s[%d]", name, i)
+		// A stage's lists select events and values: an empty one is
+		// refused as in a match (event: [] would mean every event).
+		if d.refuseEmptyLists(e, path) {
+			each(e, path)
+		}
 	}
 }
 
