@@ -3,6 +3,7 @@ package policies
 import (
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -47,6 +48,8 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[[32]byte]Policy
 	next    map[[32]byte]Policy // filled by the load in progress
+	// progress names the file being evaluated (read by Worker's bounds).
+	progress progress
 }
 
 // Load is the package's Load, reusing what earlier loads decoded.
@@ -62,11 +65,14 @@ func (c *Cache) Load(root string) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkTreeSize(root, names); err != nil {
+		return nil, err
+	}
 	files := make([]sourceFile, len(names))
 	for i, name := range names {
-		src, err := os.ReadFile(name)
+		src, err := readBounded(name)
 		if err != nil {
-			return nil, fmt.Errorf("policies: %w", err)
+			return nil, err
 		}
 		files[i] = sourceFile{name: name, src: src}
 	}
@@ -162,6 +168,7 @@ type loader struct {
 	errs     ErrorList
 	cache    *Cache
 	pipeline *Pipeline // the tree's `pipeline` field (pipeline.go)
+	values   valueBudget
 }
 
 func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
@@ -176,11 +183,26 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 		policy:   sch.LookupPath(cue.ParsePath(schema.PolicyDefinition)),
 		declared: map[string]Position{},
 		cache:    cache,
+		values:   valueBudget{left: MaxTreeValues},
 	}
 	snap := &Snapshot{Root: root}
+	var total int
+	for _, f := range files {
+		total += len(f.src)
+	}
+	if total > MaxTreeBytes {
+		// Load checked the files' sizes; LoadBytes' caller did not.
+		return nil, ErrorList{{Pos: Position{File: root},
+			Msg: fmt.Sprintf("holds %d bytes of .cue source; a policy tree may hold at most %d bytes (%d KiB): split it or shorten it", total, MaxTreeBytes, MaxTreeBytes>>10)}}
+	}
 	for _, f := range files {
 		snap.Files = append(snap.Files, f.name)
-		l.loadFile(f)
+		if cache != nil {
+			cache.progress.set(f.name)
+		}
+		if !l.loadFile(f) {
+			break // the tree's value budget is spent: the rest would be too
+		}
 	}
 	if len(l.errs) > 0 {
 		return nil, l.errs.normalize()
@@ -227,19 +249,27 @@ func (l *loader) cueErrors(file string, errs []cueerrors.Error, policies map[str
 	}
 }
 
-func (l *loader) loadFile(f sourceFile) {
+// loadFile loads one file's policies into l. It reports false when the
+// file spent the tree's value budget: nothing of it was validated.
+func (l *loader) loadFile(f sourceFile) bool {
 	// Parse first to find where each policy is declared: the value of a
 	// field declared twice in one file carries the position of one of its
 	// parts, not of its first label.
 	syntax, err := parser.ParseFile(f.name, f.src)
 	if err != nil {
 		l.cueErrors(f.name, cueerrors.Errors(err), nil)
-		return
+		return true
 	}
 	labels := declarations(syntax)
 	keys := cacheKeys(f, syntax)
 	file := l.ctx.BuildFile(syntax)
 
+	// Walk the file's value within the tree's budget before anything
+	// validates it: validation would expand it whole, however large.
+	if pos, ok := l.spendValues(file, labels); !ok {
+		l.errs = append(l.errs, Error{Pos: pos, Msg: tooManyValues()})
+		return false
+	}
 	it, err := file.Fields()
 	if err != nil {
 		// Some top-level value is itself an error (an unresolved
@@ -248,7 +278,7 @@ func (l *loader) loadFile(f sourceFile) {
 			err = verr
 		}
 		l.cueErrors(f.name, cueerrors.Errors(err), labels)
-		return
+		return true
 	}
 	// Errors outside policies (in a user's own definitions, say) are
 	// reported for the file; those inside a policy come with the policy.
@@ -295,6 +325,42 @@ func (l *loader) loadFile(f sourceFile) {
 			l.cache.next[key] = l.policies[n]
 		}
 	}
+	return true
+}
+
+// spendValues walks the file's top-level fields (definitions and hidden
+// ones too) within the tree's value budget. When the budget runs out it
+// reports false and where: the declaration it ran out in.
+func (l *loader) spendValues(file cue.Value, labels map[string]Position) (Position, bool) {
+	it, err := file.Fields(cue.Optional(true), cue.Definitions(true), cue.Hidden(true))
+	if err != nil {
+		return Position{}, true // an error value: Validate reports it
+	}
+	for it.Next() {
+		if !l.values.spend(it.Value()) {
+			pos, ok := labels[it.Selector().String()]
+			if !ok {
+				pos = positionOf(it.Value().Pos())
+			}
+			return pos, false
+		}
+	}
+	return Position{}, true
+}
+
+// readBounded reads a policy file, never more than the tree may hold: the
+// file can grow between the size check and the read.
+func readBounded(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	defer f.Close()
+	src, err := io.ReadAll(io.LimitReader(f, MaxTreeBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	return src, nil
 }
 
 // cacheKeys returns, for each top-level policy declared once in the file

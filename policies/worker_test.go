@@ -1,0 +1,208 @@
+package policies_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// The test binary is its own policy worker, as grain's is.
+func TestMain(m *testing.M) {
+	if os.Getenv(policies.WorkerEnv) != "" {
+		if err := policies.ServeWorker(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// multiplying is a file of n+1 lines whose last value has 2^n leaves.
+func multiplying(n int) string {
+	var b strings.Builder
+	b.WriteString("a0: \"x\"\n")
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "a%d: [a%d, a%d]\n", i, i-1, i-1)
+	}
+	return b.String()
+}
+
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, src := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func newWorker(t *testing.T, limits policies.Limits) *policies.Worker {
+	t.Helper()
+	w, err := policies.NewWorker(limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Close)
+	return w
+}
+
+func TestValuesThatMultiplyAreRefused(t *testing.T) {
+	// 2^29 leaves from 30 short lines: validating it whole takes hours.
+	_, err := policies.LoadBytes("multiply.cue", []byte(multiplying(29)))
+	var list policies.ErrorList
+	if !errors.As(err, &list) || len(list) != 1 {
+		t.Fatalf("got %v, want one error", err)
+	}
+	e := list[0]
+	if e.Pos.File != "multiply.cue" || e.Pos.Line < 1 || !strings.Contains(e.Msg, "evaluates to more than") {
+		t.Errorf("got %q at %+v, want the value bound, positioned", e.Msg, e.Pos)
+	}
+	// A tree just inside the bound still loads (and fails as policies).
+	_, err = policies.LoadBytes("small.cue", []byte(multiplying(10)))
+	if err == nil || strings.Contains(err.Error(), "evaluates to more than") {
+		t.Errorf("a tree of 2^10 values: got %v, want the policy errors only", err)
+	}
+}
+
+func TestTreeBeyondSizeBoundIsRefusedUnread(t *testing.T) {
+	big := strings.Repeat("// padding\n", policies.MaxTreeBytes/11+1)
+	dir := writeTree(t, map[string]string{"a.cue": "x: 1\n", "b.cue": big})
+	_, err := policies.Load(dir)
+	var list policies.ErrorList
+	if !errors.As(err, &list) || len(list) != 1 || list[0].Pos.File != filepath.Join(dir, "b.cue") ||
+		!strings.Contains(list[0].Msg, "at most 1048576 bytes") {
+		t.Fatalf("got %v, want the size bound naming b.cue", err)
+	}
+}
+
+// The worker loads every example as Load does: the same plan, byte for byte.
+func TestWorkerLoadsAsLoad(t *testing.T) {
+	w := newWorker(t, policies.DefaultLimits)
+	dirs, err := filepath.Glob("../examples/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, dir := range dirs {
+		if info, err := os.Stat(dir); err != nil || !info.IsDir() {
+			continue
+		}
+		want, err := policies.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := w.Load(context.Background(), dir)
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		for _, s := range []*policies.Snapshot{want, got} {
+			if s.Root != dir || len(s.Policies) == 0 {
+				t.Fatalf("%s: snapshot %+v", dir, s)
+			}
+		}
+		if !sameJSON(t, want.Pipeline, got.Pipeline) || !sameJSON(t, want.Files, got.Files) {
+			t.Errorf("%s: the worker's snapshot differs", dir)
+		}
+		wantPlan, err := codegen.Compile(want.Policies, codegen.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotPlan, err := codegen.Compile(got.Policies, codegen.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameJSON(t, wantPlan, gotPlan) {
+			t.Errorf("%s: the worker's plan differs", dir)
+		}
+		n++
+	}
+	if n < 5 {
+		t.Fatalf("compared %d examples", n)
+	}
+	// Problems come back as the same positioned list.
+	bad := writeTree(t, map[string]string{"bad.cue": "p: {xdp: interfaces: [\"eth0\"], match: protocol: \"tcpp\", then: \"drop\"}\n"})
+	_, want := policies.Load(bad)
+	_, got := w.Load(context.Background(), bad)
+	var list policies.ErrorList
+	if want == nil || !errors.As(got, &list) || got.Error() != want.Error() {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
+func sameJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(ja) == string(jb)
+}
+
+// slowTree evaluates for minutes and yields nothing: only the time bound
+// stops it.
+const slowTree = `import "list"
+p: [for i in list.Range(0, 2000000000, 1) if i < 0 {i}]
+`
+
+func TestWorkerStopsAtItsLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		limits policies.Limits
+		src    string
+		want   string
+	}{
+		{"time", policies.Limits{Timeout: time.Second, MemoryBytes: 1 << 30}, slowTree, "did not finish within 1s"},
+		{"memory", policies.Limits{Timeout: time.Minute, MemoryBytes: 64 << 20},
+			"import \"list\"\np: [for i in list.Range(0, 20000000, 1) {i}]\n", "used more than 64 MiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorker(t, tc.limits)
+			dir := writeTree(t, map[string]string{"ok.cue": "a: 1\n", "slow.cue": tc.src})
+			_, err := w.Load(context.Background(), dir)
+			var list policies.ErrorList
+			if !errors.As(err, &list) || len(list) != 1 || list[0].Pos.File != filepath.Join(dir, "slow.cue") ||
+				!strings.Contains(list[0].Msg, tc.want) {
+				t.Fatalf("got %v, want %q naming slow.cue", err, tc.want)
+			}
+			// The next load starts a new worker.
+			good := writeTree(t, map[string]string{"p.cue": "p: {xdp: interfaces: [\"eth0\"], match: protocol: \"tcp\", then: \"drop\"}\n"})
+			snap, err := w.Load(context.Background(), good)
+			if err != nil || len(snap.Policies) != 1 {
+				t.Fatalf("after the stop: %v", err)
+			}
+		})
+	}
+}
+
+func TestWorkerLoadIsAbandonedWithItsContext(t *testing.T) {
+	w := newWorker(t, policies.Limits{Timeout: time.Hour})
+	dir := writeTree(t, map[string]string{"slow.cue": slowTree})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+	}()
+	if _, err := w.Load(ctx, dir); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	good := writeTree(t, map[string]string{"p.cue": "p: {xdp: interfaces: [\"eth0\"], match: protocol: \"tcp\", then: \"drop\"}\n"})
+	if _, err := w.Load(context.Background(), good); err != nil {
+		t.Fatalf("after the abandoned load: %v", err)
+	}
+}
