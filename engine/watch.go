@@ -46,8 +46,10 @@ type Watcher struct {
 	// What the last sync found; only the run goroutine uses these once
 	// NewWatcher has returned.
 	realRoot string              // root with symbolic links resolved; "" if it was missing
-	parent   string              // directory holding root's name
 	all      map[string]struct{} // directories in which every event counts
+	// lookups holds, for each directory in which resolving root looks a
+	// name up, the names looked up there: only events naming them count.
+	lookups map[string]map[string]struct{}
 }
 
 // NewWatcher watches every directory of the tree under root (recursively; new
@@ -60,9 +62,12 @@ type Watcher struct {
 // to directories are left out (a link could make the tree a loop). Two more
 // kinds are watched because the loader's result depends on them too: the
 // directory holding each target of a symbolically linked .cue file (its
-// content can change in place), and the directory holding root itself, where
-// only events naming root count (root may be replaced, or be a link that is
-// swapped, as git-sync does).
+// content can change in place), and every directory in which the path root
+// is looked up, from "/" down, through every symbolic link on the way. In
+// those only events naming what is looked up count: any of them may be
+// replaced (a link retargeted, as git-sync does; the link's target or a
+// parent directory deleted and made again), and the watches then follow the
+// path to wherever it leads now.
 //
 // If root is a single .cue file, the directory holding it is watched.
 func NewWatcher(root string, debounce time.Duration, log *slog.Logger) (*Watcher, error) {
@@ -93,7 +98,7 @@ func NewWatcher(root string, debounce time.Duration, log *slog.Logger) (*Watcher
 	// A tree that cannot be watched fully at start is an error rather than
 	// a warning: a daemon that silently misses changes is worse than one
 	// that does not start.
-	if err := w.sync(); err != nil {
+	if err := w.sync(w.log.Warn); err != nil {
 		fw.Close()
 		if errors.Is(err, syscall.ENOSPC) {
 			err = fmt.Errorf("%w (too many inotify watches: raise sysctl fs.inotify.max_user_watches)", err)
@@ -171,7 +176,7 @@ func (w *Watcher) run() {
 			// Sync before telling the reader: anything that changes after
 			// a watch is added is an event, and anything before it is
 			// already there when the reader loads the tree.
-			if err := w.sync(); err != nil {
+			if err := w.sync(w.log.Debug); err != nil {
 				w.log.Warn("policy watch incomplete", "err", err)
 			}
 			select {
@@ -185,28 +190,48 @@ func (w *Watcher) run() {
 // handle keeps the watches up to date with one event and reports whether the
 // event counts as a change.
 func (w *Watcher) handle(ev fsnotify.Event) bool {
-	// A pure chmod (also what touch and most metadata updates give) does
-	// not change what the loader reads.
-	if ev.Op == 0 || ev.Op == fsnotify.Chmod {
+	if ev.Op == 0 {
 		return false
 	}
+	// fsnotify names the entries of a watch on "/" "//name".
+	path := filepath.Clean(ev.Name)
+	dir, name := filepath.Dir(path), filepath.Base(path)
 	if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
 		// fsnotify drops the watch of a directory that is deleted or
 		// moved, but not those of its subdirectories when it is moved
 		// out of the tree: they would keep reporting under stale names.
-		w.unwatch(ev.Name)
+		w.unwatch(path)
 	}
-	if ev.Has(fsnotify.Create) && w.inTree(ev.Name) {
+	if names, ok := w.lookups[dir]; ok {
+		if _, ok := names[name]; ok {
+			// Something on the way to the root changed (any event,
+			// chmod included: it may make the way passable). Follow
+			// the path now rather than when the burst ends, so that
+			// the files written into a new target keep the burst open.
+			if err := w.sync(w.log.Debug); err != nil {
+				w.log.Debug("policy root not watchable yet", "err", err)
+			}
+			return true
+		}
+		if _, all := w.all[dir]; !all {
+			return false // a sibling of something on the way to the root
+		}
+	}
+	if ev.Has(fsnotify.Create) && w.inTree(path) {
 		// Watch a new directory (mkdir, or a whole tree renamed in) now
 		// rather than when the burst ends, so that files written into it
 		// keep the burst open and later writes are seen.
-		if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
-			w.watchTree(ev.Name)
+		if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+			w.watchTree(path)
 		}
 	}
-	dir := filepath.Dir(ev.Name)
-	if _, ok := w.all[dir]; !ok && dir == w.parent && filepath.Base(ev.Name) != filepath.Base(w.root) {
-		return false // a sibling of root
+	if ev.Op == fsnotify.Chmod {
+		// A change of mode, owner or ACL alone (also what touch gives)
+		// counts where it can change what the loader can read: a policy
+		// file, or a directory of the tree. A tree whose content did not
+		// change costs the reader a hash of it.
+		_, treeDir := w.all[path]
+		return treeDir || (strings.HasSuffix(name, ".cue") && !policies.Skipped(name))
 	}
 	return true
 }
@@ -272,12 +297,14 @@ func (w *Watcher) add(dir string) error {
 
 // sync makes the set of watches the one the tree needs now, whatever events
 // were lost or handled out of order before. It is cheap next to the reload
-// that follows it: a walk of the directories only.
-func (w *Watcher) sync() error {
-	realRoot, parent, dirs, err := w.plan()
+// that follows it: a walk of the directories only. A directory on the way to
+// the root that cannot be watched is logged with logf, not returned: the
+// tree itself is watched without it, only its replacement would be missed.
+func (w *Watcher) sync(logf func(string, ...any)) error {
+	realRoot, lookups, dirs, err := w.plan()
 	want := maps.Clone(dirs)
-	if parent != "" {
-		want[parent] = struct{}{}
+	for d := range lookups {
+		want[d] = struct{}{}
 	}
 	for _, p := range w.fs.WatchList() {
 		if _, ok := want[p]; !ok {
@@ -287,42 +314,86 @@ func (w *Watcher) sync() error {
 	for p := range want {
 		if aerr := w.add(p); aerr != nil {
 			if _, ok := dirs[p]; !ok {
-				// The parent is a convenience (root replaced later);
-				// the tree itself is watched without it.
-				w.log.Debug("cannot watch the directory holding the policy root", "dir", p, "err", aerr)
+				logf("cannot watch a directory on the way to the policy root: replacing what it holds will go unseen",
+					"dir", p, "err", aerr)
 				continue
 			}
 			err = errors.Join(err, aerr)
 		}
 	}
-	w.realRoot, w.parent, w.all = realRoot, parent, dirs
+	w.realRoot, w.lookups, w.all = realRoot, lookups, dirs
 	return err
 }
 
 // plan lists the directories to watch: see NewWatcher.
-func (w *Watcher) plan() (realRoot, parent string, dirs map[string]struct{}, err error) {
+func (w *Watcher) plan() (realRoot string, lookups map[string]map[string]struct{}, dirs map[string]struct{}, err error) {
 	dirs = make(map[string]struct{})
-	if p, perr := filepath.EvalSymlinks(filepath.Dir(w.root)); perr == nil && p != w.root {
-		parent = p
-	}
-	real, err := filepath.EvalSymlinks(w.root)
+	real, lookups, err := resolve(w.root)
 	if err != nil {
-		return "", parent, dirs, err
+		return "", lookups, dirs, err
 	}
 	info, err := os.Stat(real)
 	if err != nil {
-		return "", parent, dirs, err
+		return "", lookups, dirs, err
 	}
 	if !info.IsDir() {
 		// A single file: its directory is where editors and ConfigMaps
 		// act, and every event there counts.
 		dirs[filepath.Dir(real)] = struct{}{}
-		if parent != "" {
-			dirs[parent] = struct{}{}
-		}
-		return "", parent, dirs, nil
+		return "", lookups, dirs, nil
 	}
-	return real, parent, dirs, collectDirs(real, dirs)
+	return real, lookups, dirs, collectDirs(real, dirs)
+}
+
+// maxLinks is how many symbolic links resolve follows, as Linux's path
+// lookup does, before it gives up on a loop.
+const maxLinks = 40
+
+// resolve follows the absolute path one name at a time, as the kernel's path
+// lookup does, and returns where it leads and, for each directory it looked
+// in, the names it looked up there: the entries whose replacement changes
+// where path leads. A missing name ends the walk with an error, its lookup
+// recorded: its creation is what to wait for.
+func resolve(path string) (string, map[string]map[string]struct{}, error) {
+	lookups := make(map[string]map[string]struct{})
+	names := strings.Split(path, "/")
+	cur, links := "/", 0
+	for len(names) > 0 {
+		name := names[0]
+		names = names[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur) // cur has no links: its parent is its parent
+			continue
+		}
+		if lookups[cur] == nil {
+			lookups[cur] = make(map[string]struct{})
+		}
+		lookups[cur][name] = struct{}{}
+		next := filepath.Join(cur, name)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return "", lookups, err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", lookups, &fs.PathError{Op: "resolve", Path: path, Err: syscall.ELOOP}
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", lookups, err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		names = append(strings.Split(target, "/"), names...)
+	}
+	return cur, lookups, nil
 }
 
 // collectDirs adds to dirs the directory dir, every directory below it that

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,12 +98,37 @@ func TestWatchSaveInPlace(t *testing.T) {
 	writeFile(t, file, policy(2))
 	expectOne(t, w, "write in place")
 
-	// touch changes only metadata: nothing the loader reads.
+	// touch of a file the loader does not read is no change.
+	other := filepath.Join(root, "README.md")
+	writeFile(t, other, "notes")
+	waitChange(t, w, "README written")
 	now := time.Now()
-	if err := os.Chtimes(file, now, now); err != nil {
+	if err := os.Chtimes(other, now, now); err != nil {
 		t.Fatal(err)
 	}
-	assertQuiet(t, w, "touch")
+	assertQuiet(t, w, "touch README.md")
+}
+
+// A change of mode can make an unreadable policy file or directory readable:
+// it is a change (the reader's tree hash tells whether the content changed).
+func TestWatchChmod(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "sub", "policy.cue")
+	writeFile(t, file, policy(1))
+	w := startWatcher(t, root)
+
+	if err := os.Chmod(file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "chmod of a policy file")
+	if err := os.Chmod(filepath.Dir(file), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "chmod of a directory of the tree")
+	if err := os.Chmod(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "chmod of the root")
 }
 
 // Editors write a temporary file and rename it over the one edited.
@@ -334,7 +360,14 @@ func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
 	}
 	got := w.fs.WatchList()
 	slices.Sort(got)
-	want := []string{filepath.Dir(real), real, filepath.Join(real, "sub")}
+	want := []string{real, filepath.Join(real, "sub")}
+	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
+		want = append(want, d) // where root's path is looked up
+		if d == "/" {
+			break
+		}
+	}
+	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("watching %q, want %q", got, want)
 	}
@@ -390,6 +423,144 @@ func TestWatchRootRemade(t *testing.T) {
 	assertQuiet(t, w, "after the root was made again")
 	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(3))
 	expectOne(t, w, "write in the root made again")
+}
+
+// The directory a linked root points to, deleted and made again (rm -rf T;
+// mkdir T; cp ...), is followed, however the events fall into bursts, and
+// so are the later edits in it.
+func TestWatchLinkedRootTargetRemade(t *testing.T) {
+	for _, quietBetween := range []bool{false, true} {
+		t.Run(fmt.Sprintf("quiet_between_%v", quietBetween), func(t *testing.T) {
+			base := t.TempDir()
+			target := filepath.Join(base, "T2")
+			writeFile(t, filepath.Join(target, "policy.cue"), policy(1))
+			root := filepath.Join(base, "pol")
+			if err := os.Symlink("T2", root); err != nil {
+				t.Fatal(err)
+			}
+			w := startWatcher(t, root)
+
+			for i := range 2 {
+				if err := os.RemoveAll(target); err != nil {
+					t.Fatal(err)
+				}
+				if quietBetween {
+					// The burst ends while the link points nowhere.
+					waitChange(t, w, "target removed")
+				}
+				writeFile(t, filepath.Join(target, "sub", "policy.cue"), policy(10+i))
+				waitChange(t, w, "target made again")
+				assertQuiet(t, w, "after the target was made again")
+				writeFile(t, filepath.Join(target, "sub", "policy.cue"), policy(20+i))
+				expectOne(t, w, "write in the target made again")
+			}
+		})
+	}
+}
+
+// A parent directory of the root deleted and made again is followed.
+func TestWatchParentRemade(t *testing.T) {
+	base := t.TempDir()
+	parent := filepath.Join(base, "etc", "grain")
+	root := filepath.Join(parent, "policies")
+	writeFile(t, filepath.Join(root, "policy.cue"), policy(1))
+	w := startWatcher(t, root)
+
+	for i, remade := range []string{parent, filepath.Dir(parent)} {
+		if err := os.RemoveAll(remade); err != nil {
+			t.Fatal(err)
+		}
+		waitChange(t, w, "parent removed")
+		writeFile(t, filepath.Join(root, "policy.cue"), policy(10+i))
+		waitChange(t, w, "parent made again")
+		assertQuiet(t, w, "after the parent was made again")
+		writeFile(t, filepath.Join(root, "policy.cue"), policy(20+i))
+		expectOne(t, w, "write in the root of a parent made again")
+		// A sibling of a directory on the way is no change.
+		writeFile(t, filepath.Join(base, "other", "x.cue"), policy(30+i))
+		assertQuiet(t, w, "write beside the way to the root")
+	}
+}
+
+// A link among the root's parents (/etc/grain -> /opt/grain-v1) swapped to
+// another directory is followed; the old directory no longer counts.
+func TestWatchParentLinkSwapped(t *testing.T) {
+	base := t.TempDir()
+	for _, v := range []string{"v1", "v2"} {
+		writeFile(t, filepath.Join(base, "opt", v, "policies", "policy.cue"), policy(1))
+	}
+	link := filepath.Join(base, "etc")
+	if err := os.Symlink(filepath.Join(base, "opt", "v1"), link); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatcher(t, filepath.Join(link, "policies"))
+
+	tmp := link + ".tmp"
+	if err := os.Symlink("opt/v2", tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		t.Fatal(err)
+	}
+	expectOne(t, w, "parent link swapped")
+	writeFile(t, filepath.Join(base, "opt", "v2", "policies", "policy.cue"), policy(2))
+	expectOne(t, w, "write under the new parent")
+	writeFile(t, filepath.Join(base, "opt", "v1", "policies", "policy.cue"), policy(3))
+	assertQuiet(t, w, "write under the old parent")
+}
+
+// resolve leads where the kernel's lookup does, and names every entry the
+// lookup depends on.
+func TestResolve(t *testing.T) {
+	base, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(base, "a", "b", "policy.cue"), policy(1))
+	links := map[string]string{
+		"rel":    "a/b",
+		"up":     "a/../a/b",
+		"abs":    filepath.Join(base, "a"),
+		"chain":  "rel",
+		"a/loop": "../a/loop",
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(base, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, path := range []string{"rel", "up", "abs/b", "chain", "chain/policy.cue"} {
+		want, err := filepath.EvalSymlinks(filepath.Join(base, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, lookups, err := resolve(filepath.Join(base, path))
+		if err != nil || got != want {
+			t.Errorf("resolve(%s) = %q, %v; want %q", path, got, err, want)
+		}
+		if _, ok := lookups[base][strings.Split(path, "/")[0]]; !ok {
+			t.Errorf("resolve(%s) did not record the lookup of its first name: %v", path, lookups)
+		}
+	}
+	_, lookups, err := resolve(filepath.Join(base, "chain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir, name := range map[string]string{"/": strings.Split(base, "/")[1], base: "rel", filepath.Join(base, "a"): "b"} {
+		if _, ok := lookups[dir][name]; !ok {
+			t.Errorf("resolve(chain) did not look %q up in %s: %v", name, dir, lookups)
+		}
+	}
+	if _, _, err := resolve(filepath.Join(base, "a", "loop")); !errors.Is(err, syscall.ELOOP) {
+		t.Errorf("resolve of a link loop: %v, want ELOOP", err)
+	}
+	_, lookups, err = resolve(filepath.Join(base, "missing", "x"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("resolve of a missing path: %v, want not exist", err)
+	}
+	if _, ok := lookups[base]["missing"]; !ok {
+		t.Errorf("resolve of a missing path did not record the missing name: %v", lookups)
+	}
 }
 
 func TestWatchSingleFileRoot(t *testing.T) {
