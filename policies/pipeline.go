@@ -3,6 +3,7 @@ package policies
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -191,9 +192,7 @@ func (d *pipelineDecoder) decode(v cue.Value, p *Pipeline) {
 		if x, ok := lookup(e, "rename"); ok {
 			actions = append(actions, RewriteRename)
 			r.To, _ = x.String()
-			if r.To == "" {
-				d.errorf(d.pos(x), path+".rename", "the new name is empty")
-			}
+			d.checkRename(x, path+".rename", r, p.Rewrites)
 		}
 		if _, ok := lookup(e, "redact"); ok {
 			actions = append(actions, RewriteRedact)
@@ -247,10 +246,57 @@ func events(e cue.Value) []string {
 func (d *pipelineDecoder) field(e cue.Value, path string) string {
 	v := e.LookupPath(cue.ParsePath("field"))
 	s, _ := v.String()
-	if s == "" || s == "time" || s == "policy" || s == "event" {
+	if s == "" || slices.Contains(eventHeaderKeys, s) {
 		d.errorf(d.pos(v), path+".field", "%q cannot be filtered or rewritten: name a field of the event", s)
 	}
 	return s
+}
+
+// eventHeaderKeys are the keys every event's JSON starts with
+// (pipeline.Event.AppendJSON): the event's own identity, not fields.
+var eventHeaderKeys = []string{"time", "policy", "event"}
+
+// grainEventKeys are the other keys grain itself gives events: after an
+// xdp event's emit fields the engine adds the interface, the verdict and
+// the count of deduplicated repeats; enrichment adds the host, cgroup path
+// and container.
+var grainEventKeys = []string{"interface", "verdict", "repeated", "host", "cgroup_path", "container"}
+
+// reservedEventKeys are the names a rename may not take: a field renamed
+// onto one of them would be written twice in JSON (header keys, where the
+// later, spoofed value wins in most parsers) or would replace the value
+// grain puts there.
+func reservedEventKeys() []string {
+	keys := slices.Concat(eventHeaderKeys, grainEventKeys, PacketEmitFields, ProcessFields, sortedKeys(sockFields))
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// checkRename refuses a rename onto a name grain gives events, and onto a
+// name an earlier rename of the same events takes: two fields would then
+// have one name.
+func (d *pipelineDecoder) checkRename(to cue.Value, path string, r Rewrite, earlier []Rewrite) {
+	switch {
+	case r.To == "":
+		d.errorf(d.pos(to), path, "the new name is empty")
+	case r.To == r.Field:
+		d.errorf(d.pos(to), path, "%q is renamed to itself: remove the rewrite", r.To)
+	case slices.Contains(reservedEventKeys(), r.To):
+		d.errorf(d.pos(to), path, "%q is a field grain gives events (%s): renaming onto it would replace or duplicate it; choose another name", r.To, strings.Join(reservedEventKeys(), ", "))
+	default:
+		for _, e := range earlier {
+			if e.Action == RewriteRename && e.To == r.To && eventsOverlap(e.Events, r.Events) {
+				d.errorf(d.pos(to), path, "%q is already the new name of %s (rename at %s): two fields of one event cannot share a name; choose another", r.To, e.Field, e.Pos)
+				return
+			}
+		}
+	}
+}
+
+// eventsOverlap reports whether two stages' event lists (empty: every
+// event) have an event in common.
+func eventsOverlap(a, b []string) bool {
+	return len(a) == 0 || len(b) == 0 || slices.ContainsFunc(a, func(e string) bool { return slices.Contains(b, e) })
 }
 
 // pipelineStructs maps a path inside the pipeline, list indices left out,

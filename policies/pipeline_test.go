@@ -115,3 +115,37 @@ func itoa(i int) string {
 	}
 	return itoa(i/10) + string(rune('0'+i%10))
 }
+
+// A rename onto a name grain gives events would write a key twice (JSON
+// parsers mostly keep the later, spoofed value) or replace grain's value;
+// two renames onto one name would give two fields one name.
+func TestPipelineRenameCollisions(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{`pipeline: rewrite: [{field: "comm", rename: "policy"}]`, `p.cue:1:45: policy pipeline: rewrite[0].rename: "policy" is a field grain gives events`},
+		{`pipeline: rewrite: [{field: "comm", rename: "event"}]`, `p.cue:1:45: policy pipeline: rewrite[0].rename: "event" is a field grain gives events`},
+		{`pipeline: rewrite: [{field: "comm", rename: "interface"}]`, `p.cue:1:45: policy pipeline: rewrite[0].rename: "interface" is a field`},
+		{`pipeline: rewrite: [{field: "daddr", rename: "sport"}]`, `p.cue:1:46: policy pipeline: rewrite[0].rename: "sport" is a field`},
+		{`pipeline: rewrite: [{field: "dport", rename: "verdict"}]`, `p.cue:1:46: policy pipeline: rewrite[0].rename: "verdict" is a field`},
+		{`pipeline: rewrite: [{field: "filename", rename: "tgid"}]`, `p.cue:1:49: policy pipeline: rewrite[0].rename: "tgid" is a field`},
+		{`pipeline: rewrite: [{field: "dport", rename: "dport"}]`, `p.cue:1:46: policy pipeline: rewrite[0].rename: "dport" is renamed to itself`},
+		{"pipeline: rewrite: [\n\t{field: \"dport\", rename: \"port\"},\n\t{field: \"sport\", rename: \"port\"},\n]",
+			`p.cue:3:27: policy pipeline: rewrite[1].rename: "port" is already the new name of dport (rename at p.cue:2:2)`},
+		{"pipeline: rewrite: [\n\t{event: \"a\", field: \"dport\", rename: \"port\"},\n\t{event: [\"b\", \"a\"], field: \"sport\", rename: \"port\"},\n]",
+			`p.cue:3:46: policy pipeline: rewrite[1].rename: "port" is already the new name of dport`},
+	} {
+		_, err := LoadBytes("p.cue", []byte(c.src))
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%s:\n got %v\nwant %s", c.src, err, c.want)
+		}
+	}
+	// Renames of different events may share a name; the README's example
+	// renames dport to port.
+	for _, src := range []string{
+		"pipeline: rewrite: [\n\t{event: \"a\", field: \"dport\", rename: \"port\"},\n\t{event: \"b\", field: \"sport\", rename: \"port\"},\n]",
+		`pipeline: rewrite: [{field: "dport", rename: "port"}]`,
+	} {
+		if _, err := LoadBytes("p.cue", []byte(src)); err != nil {
+			t.Errorf("%s: %v", src, err)
+		}
+	}
+}
