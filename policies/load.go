@@ -2,6 +2,7 @@ package policies
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -92,12 +93,26 @@ type sourceFile struct {
 
 // Files lists the .cue files Load reads under root, sorted, as root joined
 // with the path below it.
+//
+// A .cue name that is not a regular file (a FIFO, a device, a socket, a
+// link to one or to a directory) is an error naming it: reading a FIFO
+// would block a reload, /dev/zero would never end, and skipping them
+// silently would leave out policies the user meant. Their types are read
+// without opening them. A symbolic link is followed when it resolves
+// inside the tree (a Kubernetes ConfigMap mount links web.cue to
+// ..data/web.cue and ..data to a directory beside it); a link that leads
+// out of the tree is an error that says where it points, so that nothing
+// outside the tree is read, nor shown in an error. root itself, named by
+// the caller, may be a link to anywhere.
 func Files(root string) ([]string, error) {
 	info, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	if !info.IsDir() {
+		if !info.Mode().IsRegular() {
+			return nil, ErrorList{notRegularFile(root, "", info.Mode())}
+		}
 		return []string{root}, nil
 	}
 	// WalkDir does not descend into a root that is a symbolic link, so walk
@@ -107,6 +122,7 @@ func Files(root string) ([]string, error) {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	var names []string
+	var problems ErrorList
 	err = filepath.WalkDir(real, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -123,30 +139,78 @@ func Files(root string) ([]string, error) {
 		if d.IsDir() || !strings.HasSuffix(d.Name(), ".cue") {
 			return nil
 		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			// Follow links to files only: links to directories could loop.
-			target, err := os.Stat(path)
-			if err != nil {
-				return err
-			}
-			if !target.Mode().IsRegular() {
-				return nil
-			}
-		} else if !d.Type().IsRegular() {
-			return nil
-		}
 		rel, err := filepath.Rel(real, path)
 		if err != nil {
 			return err
 		}
-		names = append(names, filepath.Join(root, rel))
+		name := filepath.Join(root, rel)
+		mode := d.Type()
+		if mode&fs.ModeSymlink != 0 {
+			// Follow links to files only: links to directories could loop.
+			target, err := filepath.EvalSymlinks(path)
+			if err != nil {
+				dest, _ := os.Readlink(path)
+				problems = append(problems, Error{Pos: Position{File: name},
+					Msg: fmt.Sprintf("is a symbolic link to %s, which does not resolve (%v): fix or remove the link", dest, errors.Unwrap(err))})
+				return nil
+			}
+			if !insideDir(real, target) {
+				problems = append(problems, Error{Pos: Position{File: name},
+					Msg: fmt.Sprintf("is a symbolic link to %s, outside the policy tree %s: grain reads only files inside the tree; copy the file into the tree, or link to a file inside it", target, root)})
+				return nil
+			}
+			info, err := os.Stat(target)
+			if err != nil {
+				return err
+			}
+			if mode = info.Mode(); !mode.IsRegular() {
+				problems = append(problems, notRegularFile(name, target, mode))
+			}
+		} else if !mode.IsRegular() {
+			problems = append(problems, notRegularFile(name, "", mode))
+		}
+		if mode.IsRegular() {
+			names = append(names, name)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
+	if len(problems) > 0 {
+		return nil, problems.normalize()
+	}
 	slices.Sort(names)
 	return names, nil
+}
+
+// notRegularFile is the error for a .cue name that is not a regular file;
+// target is where a link to it resolved, or empty.
+func notRegularFile(name, target string, mode fs.FileMode) Error {
+	what := "a directory"
+	switch {
+	case mode&fs.ModeNamedPipe != 0:
+		what = "a FIFO (named pipe)"
+	case mode&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case mode&fs.ModeDevice != 0:
+		what = "a block device"
+	case mode&fs.ModeSocket != 0:
+		what = "a socket"
+	case !mode.IsDir():
+		what = "not a regular file"
+	}
+	if target != "" {
+		what = "a symbolic link to " + target + ", " + what
+	}
+	return Error{Pos: Position{File: name},
+		Msg: fmt.Sprintf("is %s: a policy file must be a regular file; remove it or rename it so it does not end in .cue", what)}
+}
+
+// insideDir reports whether path, resolved, lies in the resolved dir.
+func insideDir(dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
 }
 
 // skipped reports whether a file or directory below the root is left out:
