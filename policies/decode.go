@@ -213,6 +213,9 @@ func (d *decoder) cidrs(v cue.Value, path string) []string {
 	for i, e := range oneOrMany(v) {
 		s, _ := e.String()
 		p, err := parseCIDR(s)
+		if err == nil {
+			err = refuseMapped(s, p, "IPv4 packets carry IPv4 addresses")
+		}
 		if err != nil {
 			d.errorf(d.pos(e), elementPath(v, path, i), "%v", err)
 			continue
@@ -248,6 +251,22 @@ func parseCIDR(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR: %s", s, want)
 	}
 	return p.Masked(), nil
+}
+
+// refuseMapped refuses an IPv4-mapped IPv6 address or prefix
+// (::ffff:10.0.0.1) where addresses are compared as IPv4 (why says why),
+// and suggests the IPv4 form. Kernel-hook matches accept it: a dual-stack
+// socket's address really has that form.
+func refuseMapped(s string, p netip.Prefix, why string) error {
+	if !p.Addr().Is4In6() || p.Bits() < 96 {
+		return nil
+	}
+	v4 := netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	want := v4.String()
+	if !strings.Contains(s, "/") {
+		want = v4.Addr().String()
+	}
+	return fmt.Errorf("%q is an IPv4-mapped IPv6 address, which never matches (%s): write %q", s, why, want)
 }
 
 // ports reads port numbers and "first-last" ranges.

@@ -161,6 +161,9 @@ func (d *pipelineDecoder) decode(v cue.Value, p *Pipeline) {
 			for i, x := range oneOrMany(cidr) {
 				s, _ := x.String()
 				pfx, err := parseCIDR(s)
+				if err == nil {
+					err = refuseMapped(s, pfx, "the filter compares an event's IPv4 addresses as IPv4")
+				}
 				if err != nil {
 					d.errorf(d.pos(x), elementPath(cidr, path+".cidr", i), "%v", err)
 					continue
