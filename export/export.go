@@ -119,5 +119,5 @@ func newResource(ctx context.Context, cfg Config) (*resource.Resource, error) {
 		}
 		otel.Handle(err)
 	}
-	return res, nil
+	return validResource(res), nil
 }

@@ -95,7 +95,7 @@ func NewMetrics(ctx context.Context, cfg MetricsConfig) (*Metrics, error) {
 
 // register creates every instrument of cfg on m's provider.
 func (m *Metrics) register(cfg MetricsConfig) error {
-	meter := m.provider.Meter(instrumentationScope)
+	meter := validMeter{m.provider.Meter(instrumentationScope)}
 	if err := register(meter, cfg); err != nil {
 		return err
 	}

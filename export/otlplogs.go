@@ -312,7 +312,7 @@ func newLogEncoder(res *resource.Resource, version string) *logEncoder {
 	e.scope = protowire.AppendString(e.scope, instrumentationScope)
 	if version != "" {
 		e.scope = protowire.AppendTag(e.scope, scopeVersion, protowire.BytesType)
-		e.scope = protowire.AppendString(e.scope, version)
+		e.scope = protowire.AppendString(e.scope, pipeline.ValidUTF8(version))
 	}
 	return e
 }
@@ -343,12 +343,12 @@ func appendAnyValue(b []byte, v attribute.Value) []byte {
 		return protowire.AppendBytes(b, arr)
 	}
 	b = protowire.AppendTag(b, avString, protowire.BytesType)
-	return protowire.AppendString(b, v.AsString())
+	return protowire.AppendString(b, pipeline.ValidUTF8(v.AsString()))
 }
 
 func appendKeyValue(b []byte, key string, v attribute.Value) []byte {
 	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
-	b = protowire.AppendString(b, key)
+	b = protowire.AppendString(b, pipeline.ValidUTF8(key))
 	val := appendAnyValue(nil, v)
 	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
 	return protowire.AppendBytes(b, val)
@@ -357,6 +357,7 @@ func appendKeyValue(b []byte, key string, v attribute.Value) []byte {
 // appendStringAttr appends a KeyValue with a string value without
 // building it elsewhere first.
 func (e *logEncoder) appendStringAttr(b []byte, key, value string) []byte {
+	key, value = pipeline.ValidUTF8(key), pipeline.ValidUTF8(value)
 	vlen := 1 + protowire.SizeBytes(len(value))
 	kvLen := 1 + protowire.SizeBytes(len(key)) + 1 + protowire.SizeBytes(vlen)
 	b = protowire.AppendTag(b, lrAttributes, protowire.BytesType)
@@ -388,7 +389,7 @@ func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) []byte 
 	var addr [64]byte
 	for i := range events {
 		ev := &events[i]
-		name := ev.Name
+		name := pipeline.ValidUTF8(ev.Name)
 		if name == "" {
 			name = "unknown"
 		}

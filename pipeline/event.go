@@ -145,14 +145,30 @@ func (e *Event) appendJSON(b []byte, stamp *timeStamp) []byte {
 const hexDigits = "0123456789abcdef"
 
 // appendJSONString appends s as a JSON string: quotes, backslashes and
-// control characters escaped, invalid UTF-8 replaced by U+FFFD.
+// control characters escaped, the value first mapped to valid UTF-8 by
+// ValidUTF8 (invalid bytes as \xNN).
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
+	mapped := false
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
 			i++
+			continue
+		}
+		size := 1
+		invalid := false
+		if c >= utf8.RuneSelf {
+			var r rune
+			r, size = utf8.DecodeRuneInString(s[i:])
+			invalid = r == utf8.RuneError && size == 1
+		}
+		if !mapped && (c == '\\' || invalid) {
+			// What precedes the first backslash or invalid byte maps to
+			// itself: map the rest (rarely needed, and then only once).
+			b = append(b, s[start:i]...)
+			s, i, start, mapped = ValidUTF8(s[i:]), 0, 0, true
 			continue
 		}
 		if c < utf8.RuneSelf {
@@ -169,14 +185,6 @@ func appendJSONString(b []byte, s string) []byte {
 			default:
 				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
 			i++
 			start = i
 			continue

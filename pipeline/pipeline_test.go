@@ -67,7 +67,7 @@ func TestAppendJSON(t *testing.T) {
 		t.Fatalf("%q: %v", b, err)
 	}
 	want := map[string]any{"time": "2026-11-25T01:02:03.000000004Z", "policy": "p", "event": "e", "saddr": "fd00::1",
-		"sport": 443.0, "path": "a\"b\\c\n\x01\ufffdé"}
+		"sport": 443.0, "path": `a"b\c` + "\n\x01" + `\xffé`}
 	for k, v := range want {
 		if m[k] != v {
 			t.Errorf("%s = %q, want %q", k, m[k], v)
