@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -178,6 +179,40 @@ func (e *Engine) linkPath(iface string) string {
 	return filepath.Join(e.pinPath, "links", iface)
 }
 
+// pendingLinkPath is where the link of an interface is pinned between its
+// attach and the commit of the rule set it was attached for: the links
+// directory holds only links in force, which the next grain adopts.
+func (e *Engine) pendingLinkPath(iface string) string {
+	return filepath.Join(e.pinPath, "links-pending", iface)
+}
+
+// pinnedLinkNames names the interfaces whose links are pinned.
+func (e *Engine) pinnedLinkNames() map[string]bool {
+	out := map[string]bool{}
+	entries, _ := os.ReadDir(filepath.Dir(e.linkPath("x")))
+	for _, ent := range entries {
+		out[ent.Name()] = true
+	}
+	return out
+}
+
+// removePendingLinks removes the pins of links attached for a rule set
+// that an earlier grain prepared and never committed (it stopped in
+// between): their interfaces were not in force, and the last handle to
+// such a link detaches it.
+func (e *Engine) removePendingLinks() {
+	dir := filepath.Dir(e.pendingLinkPath("x"))
+	entries, _ := os.ReadDir(dir)
+	for _, ent := range entries {
+		path := filepath.Join(dir, ent.Name())
+		if err := os.Remove(path); err != nil {
+			e.log.Warn("removing the pin of a link that was never in force", "path", path, "error", err)
+		} else {
+			e.log.Info("removed the pin of a link attached for a rule set that an earlier grain never committed", "interface", ent.Name())
+		}
+	}
+}
+
 // adopt takes over the state pinned by an earlier grain: the active
 // generation of the (reused) maps, and its links, which are switched to
 // this process's program with a bpf_link update: the interface is never
@@ -186,6 +221,7 @@ func (e *Engine) adopt() error {
 	if e.pinPath == "" {
 		return nil
 	}
+	e.removePendingLinks()
 	if e.xdp.PinPending() {
 		e.takeOver = true
 		e.log.Info("the state pinned by an earlier grain does not fit this one's maps (another grain version or --event-ring-bytes): it stays in force until the first apply, which then takes it over", "pin_path", e.pinPath)
@@ -216,6 +252,9 @@ func (e *Engine) adoptLinks() error {
 		return fmt.Errorf("read %s: %w", dir, err)
 	}
 	for _, ent := range entries {
+		if _, ok := e.links[ent.Name()]; ok {
+			continue // this grain's own (attached for the rules a take-over commits)
+		}
 		path := filepath.Join(dir, ent.Name())
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -262,37 +301,317 @@ func (e *Engine) adoptLinks() error {
 // with BPF_PROG_TEST_RUN.
 func (e *Engine) XDP() *bpf.XDP { return e.xdp }
 
-// Apply makes plan the active rule set: it resolves the plan's interface
-// names and patterns against the links of the network namespace, writes
-// the inactive generation, flips the active word (each packet reads it
-// once, so it sees the old rules or the new, never a mix) and then attaches
-// to new interfaces and detaches from ones the plan dropped. A name that
-// does not exist is an error; a pattern that matches nothing is not (the
-// program is attached when a matching link appears, see FollowLinks).
+// Apply makes plan the active rule set, all or nothing: Prepare, then
+// Commit. On an error the rules in force and their attachments stay as
+// they were.
 func (e *Engine) Apply(plan *codegen.Plan) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	attach, present, err := e.resolve(plan, true)
+	p, err := e.Prepare(plan)
 	if err != nil {
 		return err
 	}
-	return e.apply(plan, attach, present)
+	return p.Commit()
+}
+
+// PreparedRules is a packet rule set written into the inactive generation,
+// with the program attached to the interfaces it adds, that packets do not
+// see yet (Engine.Prepare). Commit puts it in force, Abort lets it go.
+// Until one of them, the engine is locked: a re-apply after link events
+// waits, so it cannot write over a prepared generation nor flip to it.
+type PreparedRules struct {
+	e           *Engine
+	plan        *codegen.Plan
+	next, epoch uint32 // the generation written and its rules' epoch
+	// want are the links the plan attaches to, present every link of the
+	// namespace (name -> ifindex).
+	want, present map[string]uint32
+	claimed       []claimedSlot
+	// added are the links attached for it, pinned under pendingLinkPath
+	// until the commit; renamed maps an attached link's old name to its
+	// interface's new name; drop are the attached links it has no use for.
+	added   map[string]xdpLink
+	renamed map[string]string
+	drop    []string
+	// attachErr: the links a re-apply could not attach (it commits the
+	// others).
+	attachErr error
+	done      bool
+}
+
+// Prepare writes plan into the inactive generation and attaches the program
+// to the interfaces it adds; nothing packets see changes: on an interface
+// attached now, the program reads the generation in force, which gives an
+// interface it does not list no rules. The plan's interface names and
+// patterns are resolved against the links of the network namespace; a
+// name that does not exist is an error, a pattern that matches nothing is
+// not (the program is attached when a matching link appears, see
+// FollowLinks). On an error nothing is left attached or locked.
+func (e *Engine) Prepare(plan *codegen.Plan) (*PreparedRules, error) {
+	e.mu.Lock()
+	p, err := e.prepare(plan, true)
+	if err != nil {
+		e.mu.Unlock()
+		return nil, err
+	}
+	return p, nil
 }
 
 // reapply applies the plan in force again, after links came or went. A
 // name that the policies give and that no longer exists is forgotten
-// rather than failing: the rules stay on every other interface.
+// rather than failing, and a link that cannot be attached is left out:
+// the rules stay on every other interface.
 func (e *Engine) reapply() error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.current == nil {
+		e.mu.Unlock()
 		return nil
 	}
-	attach, present, err := e.resolve(e.current, false)
+	p, err := e.prepare(e.current, false)
 	if err != nil {
+		e.mu.Unlock()
 		return err
 	}
-	return e.apply(e.current, attach, present)
+	attachErr := p.attachErr
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	return attachErr
+}
+
+// prepare writes plan into the inactive generation and attaches to the
+// links it adds. strict: a missing plain name, or a link that cannot be
+// attached, fails it; otherwise they are left out (p.attachErr). e.mu must
+// be held, and stays held.
+func (e *Engine) prepare(plan *codegen.Plan, strict bool) (*PreparedRules, error) {
+	want, present, err := e.resolve(plan, strict)
+	if err != nil {
+		return nil, err
+	}
+	p := &PreparedRules{e: e, plan: plan, want: want, present: present, added: map[string]xdpLink{}}
+	if p.next, p.epoch, p.claimed, err = e.writeInactive(plan, want); err != nil {
+		return nil, err
+	}
+	var attach []string
+	p.renamed, p.drop, attach = e.linkChanges(want)
+	if e.takeOver {
+		// The links an earlier grain pinned are switched to this program
+		// at the commit: attaching beside them would fail (XDP) or run
+		// both programs (tcx).
+		pinned := e.pinnedLinkNames()
+		attach = slices.DeleteFunc(attach, func(name string) bool { return pinned[name] })
+	}
+	var errs []error
+	for _, name := range attach {
+		l, err := e.attachPending(name, want[name])
+		if err != nil {
+			if strict {
+				p.undo()
+				return nil, err
+			}
+			errs = append(errs, err)
+			continue
+		}
+		p.added[name] = l
+	}
+	p.attachErr = errors.Join(errs...)
+	return p, nil
+}
+
+// attachPending attaches the program to link name and pins the link under
+// pendingLinkPath: a grain that stops before the commit leaves no pin that
+// the next one would adopt as in force.
+func (e *Engine) attachPending(name string, index uint32) (xdpLink, error) {
+	l, hook, err := e.attachLink(name, index)
+	if err != nil {
+		return xdpLink{}, err
+	}
+	if e.pinPath != "" {
+		if err := os.MkdirAll(filepath.Dir(e.pendingLinkPath(name)), 0o700); err != nil {
+			l.Close()
+			return xdpLink{}, err
+		}
+		if err := l.Pin(e.pendingLinkPath(name)); err != nil {
+			l.Close()
+			return xdpLink{}, fmt.Errorf("pin the %s link of %s: %w", hook, name, err)
+		}
+	}
+	return xdpLink{Link: l, ifindex: index, hook: hook}, nil
+}
+
+// linkChanges sorts the attached links against want (name -> ifindex): a
+// link whose interface now has another name that want selects is renamed
+// (old name -> new), one that want has no use for is dropped, and the
+// names of want that have no link are returned in attach.
+func (e *Engine) linkChanges(want map[string]uint32) (renamed map[string]string, drop, attach []string) {
+	kept := map[string]bool{}
+	for name, l := range e.links {
+		if index, ok := want[name]; ok && (l.ifindex == 0 || l.ifindex == index) {
+			kept[name] = true
+		}
+	}
+	unattached := map[uint32]string{} // ifindex -> name, of want
+	for name, index := range want {
+		if !kept[name] {
+			unattached[index] = name
+		}
+	}
+	renamed = map[string]string{}
+	for name, l := range e.links {
+		if kept[name] {
+			continue
+		}
+		if to, ok := unattached[l.ifindex]; ok && l.ifindex != 0 {
+			renamed[name] = to
+			delete(unattached, l.ifindex)
+			continue
+		}
+		drop = append(drop, name)
+	}
+	for _, name := range unattached {
+		attach = append(attach, name)
+	}
+	slices.Sort(drop)
+	slices.Sort(attach)
+	return renamed, drop, attach
+}
+
+// Commit puts the prepared rule set in force: it flips the active
+// generation word (each packet reads it once, so it sees the old rules or
+// the new, never a mix), then detaches the program from the interfaces the
+// rule set no longer names. An error means that the flip failed and that
+// nothing changed: what was attached for the rule set is detached again.
+// The exception is the first apply over an earlier grain's pinned state of
+// another layout, which switches its links after the flip: an error there
+// leaves the links it could not switch with the earlier grain's rules.
+func (p *PreparedRules) Commit() error {
+	if p.done {
+		return errors.New("engine: a prepared rule set is committed or aborted once")
+	}
+	p.done = true
+	e := p.e
+	defer e.mu.Unlock()
+	if err := e.flip(p.next, p.epoch, p.plan); err != nil {
+		p.undo()
+		return err
+	}
+	e.current = p.plan
+	var err error
+	if e.takeOver {
+		err = p.takeOver()
+	}
+	p.settleLinks()
+	return err
+}
+
+// Abort lets the prepared rule set go: what was attached for it is
+// detached again, and the rules in force stay as they are.
+func (p *PreparedRules) Abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	p.undo()
+	p.e.mu.Unlock()
+}
+
+// undo detaches what prepare attached and gives the counter slots back.
+func (p *PreparedRules) undo() {
+	e := p.e
+	for name, l := range p.added {
+		if e.pinPath != "" {
+			l.Unpin()
+		}
+		if err := l.Close(); err != nil {
+			e.log.Error("detaching the program attached for a rule set that did not come into force", "interface", name, "error", err.Error())
+		}
+	}
+	p.added = nil
+	e.ifaces.unclaim(e.xdp.Maps().IfaceCounters, p.claimed)
+}
+
+// takeOver switches the links an earlier grain pinned to this program,
+// whose maps now hold the rules, and then sorts them against the plan.
+func (p *PreparedRules) takeOver() error {
+	e := p.e
+	if err := e.adoptLinks(); err != nil {
+		return err
+	}
+	if err := e.xdp.TakeOverPins(); err != nil {
+		return err
+	}
+	e.takeOver = false
+	var missing []string
+	p.renamed, p.drop, missing = e.linkChanges(p.want)
+	var errs []error
+	for _, name := range missing {
+		if _, ok := p.added[name]; ok {
+			continue
+		}
+		// Its pinned link could not be adopted.
+		l, err := e.attachPending(name, p.want[name])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.added[name] = l
+	}
+	return errors.Join(errs...)
+}
+
+// settleLinks, after the flip, detaches the links the rules in force have
+// no use for, moves the pins of renamed interfaces' links, and pins the
+// links attached for them where the next grain adopts them. A failure here
+// changes no verdict: it is logged.
+func (p *PreparedRules) settleLinks() {
+	e := p.e
+	for _, name := range p.drop {
+		l, ok := e.links[name]
+		if !ok {
+			continue
+		}
+		gone := p.present[name] == 0 || (l.ifindex != 0 && p.present[name] != l.ifindex)
+		if err := e.drop(name, l); err != nil {
+			e.log.Error("detach", "interface", name, "error", err.Error())
+		}
+		if gone {
+			e.log.Info("forgot removed interface", "interface", name, "ifindex", l.ifindex)
+		} else {
+			e.log.Info("detached", "interface", name)
+		}
+	}
+	// A renamed link's pin moves through the pending directory: two
+	// interfaces may have swapped names.
+	moved := map[string]xdpLink{}
+	for from, to := range p.renamed {
+		l := e.links[from]
+		delete(e.links, from)
+		if e.pinPath != "" {
+			os.MkdirAll(filepath.Dir(e.pendingLinkPath(to)), 0o700)
+			if err := l.Pin(e.pendingLinkPath(to)); err != nil {
+				e.log.Error("move the pin of a renamed interface's link", "interface", to, "error", err.Error())
+			}
+		}
+		l.ifindex = p.want[to]
+		moved[to] = l
+		e.log.Info("interface renamed: its link stays", "from", from, "interface", to)
+	}
+	maps.Copy(moved, p.added)
+	for _, name := range slices.Sorted(maps.Keys(moved)) {
+		l := moved[name]
+		if e.pinPath != "" {
+			if err := l.Pin(e.linkPath(name)); err != nil {
+				e.log.Error("pin the link (it stays attached, but not after grain stops)", "interface", name, "hook", l.hook, "error", err.Error())
+			}
+		}
+		e.links[name] = l
+		if _, ok := p.added[name]; ok {
+			prog := codegen.XDPProgram
+			if l.hook == hookTCX {
+				prog = bpf.ProgTC
+			}
+			e.log.Info("attached", "program", prog, "interface", name, "ifindex", l.ifindex, "hook", l.hook)
+		}
+	}
+	p.added = nil
 }
 
 // resolve finds the links plan attaches to (name -> ifindex), and every
@@ -335,53 +654,70 @@ func (e *Engine) resolve(plan *codegen.Plan, strict bool) (attach, present map[s
 func (e *Engine) ApplyTables(plan *codegen.Plan, ifindex map[string]uint32) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.write(plan, ifindex)
-}
-
-// apply writes plan for the links attach and then attaches to them.
-// present holds every link of the namespace. e.mu must be held.
-func (e *Engine) apply(plan *codegen.Plan, attach, present map[string]uint32) error {
-	if err := e.write(plan, attach); err != nil {
+	next, epoch, claimed, err := e.writeInactive(plan, ifindex)
+	if err != nil {
 		return err
 	}
-	if e.takeOver {
-		// This program's maps now hold the rules: its turn.
-		if err := e.adoptLinks(); err != nil {
-			return err
-		}
-		if err := e.xdp.TakeOverPins(); err != nil {
-			return err
-		}
-		e.takeOver = false
+	if err := e.flip(next, epoch, plan); err != nil {
+		e.ifaces.unclaim(e.xdp.Maps().IfaceCounters, claimed)
+		return err
 	}
-	e.current = plan
-	return e.syncAttachments(attach, present)
+	return nil
 }
 
-// write writes plan into the inactive generation, with the interface
-// bitmaps of the links ifindex, and makes it active. e.mu must be held.
-func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
+// writeInactive writes plan into the inactive generation, with the
+// interface bitmaps of the links ifindex, and gives those links counter
+// slots; no packet reads it until flip. It returns the generation, the
+// epoch of its rule ids and the slots claimed. e.mu must be held.
+func (e *Engine) writeInactive(plan *codegen.Plan, ifindex map[string]uint32) (next, epoch uint32, claimed []claimedSlot, err error) {
 	maps := e.xdp.Maps()
 	// The inactive generation may have been active until the last flip:
 	// wait until no packet can still be reading it.
 	if err := e.waitGracePeriod(); err != nil {
-		return fmt.Errorf("wait for an RCU grace period: %w", err)
+		return 0, 0, nil, fmt.Errorf("wait for an RCU grace period: %w", err)
 	}
-	next := 1 - e.active
+	next = 1 - e.active
 	if err := e.harvest(next); err != nil {
-		return err
+		return 0, 0, nil, err
 	}
-	if err := e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
-		return fmt.Errorf("interface counters: %w", err)
+	if claimed, err = e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
+		return 0, 0, nil, fmt.Errorf("interface counters: %w", err)
 	}
-	epoch := (e.epoch + 1) & maxEpoch
+	epoch = (e.epoch + 1) & maxEpoch
 	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
-		return fmt.Errorf("write rule generation %d: %w", next, err)
+		e.ifaces.unclaim(maps.IfaceCounters, claimed)
+		return 0, 0, nil, fmt.Errorf("write rule generation %d: %w", next, err)
 	}
-	e.rules[next] = plan.Rules
-	e.epoch = epoch
+	return next, epoch, claimed, nil
+}
+
+// flip makes generation next, which writeInactive wrote with plan's rules
+// at epoch, the one packets read: one word. On an error it is not. e.mu
+// must be held.
+func (e *Engine) flip(next, epoch uint32, plan *codegen.Plan) error {
+	// Named before the flip: the first event may follow at once.
 	e.namesMu.Lock()
 	e.byEpoch[epoch] = plan.Rules
+	e.namesMu.Unlock()
+	maps := e.xdp.Maps()
+	var act bpf.Active // the generations' configs are written back unchanged
+	err := maps.Active.Lookup(uint32(0), &act)
+	if err != nil {
+		err = fmt.Errorf("read active generation: %w", err)
+	} else {
+		act.Generation = next
+		if err = maps.Active.Put(uint32(0), act); err != nil {
+			err = fmt.Errorf("activate rule generation %d: %w", next, err)
+		}
+	}
+	e.namesMu.Lock()
+	defer e.namesMu.Unlock()
+	if err != nil {
+		delete(e.byEpoch, epoch)
+		return err
+	}
+	e.rules[next] = plan.Rules
+	e.active, e.epoch = next, epoch
 	e.retired = append(e.retired, retiredEpoch{epoch: (epoch - 1) & maxEpoch, at: time.Now()})
 	// Forget an epoch once keptEpochs newer ones exist and it was retired
 	// long enough ago for the reader to have drained its events: reloads
@@ -390,71 +726,7 @@ func (e *Engine) write(plan *codegen.Plan, ifindex map[string]uint32) error {
 		delete(e.byEpoch, e.retired[0].epoch)
 		e.retired = e.retired[1:]
 	}
-	e.namesMu.Unlock()
-	var act bpf.Active // the generations' configs are written back unchanged
-	if err := maps.Active.Lookup(uint32(0), &act); err != nil {
-		return fmt.Errorf("read active generation: %w", err)
-	}
-	act.Generation = next
-	if err := maps.Active.Put(uint32(0), act); err != nil {
-		return fmt.Errorf("activate rule generation %d: %w", next, err)
-	}
-	e.active = next
 	return nil
-}
-
-// syncAttachments attaches to every link of want (name -> ifindex) not yet
-// attached, and lets go of the others: links of interfaces the plan no
-// longer names are detached, links of removed interfaces (which the
-// kernel already detached) are forgotten. present holds every link of the
-// namespace. e.mu must be held.
-func (e *Engine) syncAttachments(want, present map[string]uint32) error {
-	var errs []error
-	for name, l := range e.links {
-		index, ok := want[name]
-		if ok && (l.ifindex == 0 || l.ifindex == index) {
-			continue
-		}
-		gone := present[name] == 0 || (l.ifindex != 0 && present[name] != l.ifindex)
-		if err := e.drop(name, l); err != nil {
-			errs = append(errs, err)
-		}
-		if gone {
-			e.log.Info("forgot removed interface", "interface", name, "ifindex", l.ifindex)
-		} else {
-			e.log.Info("detached", "interface", name)
-		}
-	}
-	names := make([]string, 0, len(want))
-	for name := range want {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		if _, ok := e.links[name]; ok {
-			continue
-		}
-		index := want[name]
-		l, hook, err := e.attachLink(name, index)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if e.pinPath != "" {
-			if err := l.Pin(e.linkPath(name)); err != nil {
-				l.Close()
-				errs = append(errs, fmt.Errorf("pin the %s link of %s: %w", hook, name, err))
-				continue
-			}
-		}
-		e.links[name] = xdpLink{Link: l, ifindex: index, hook: hook}
-		prog := codegen.XDPProgram
-		if hook == hookTCX {
-			prog = bpf.ProgTC
-		}
-		e.log.Info("attached", "program", prog, "interface", name, "ifindex", index, "hook", hook)
-	}
-	return errors.Join(errs...)
 }
 
 // drop closes the link of interface name, removes its pin and forgets it.
@@ -639,7 +911,7 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	if veth {
 		l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
 		if err != nil {
-			return nil, "", attachXDPError(name, err)
+			return nil, "", attachXDPError(name, index, err)
 		}
 		return l, hookXDPGeneric, nil
 	}
@@ -650,14 +922,14 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 		return l, xdpHookOf(index), nil
 	}
 	if otherXDPProgram(err) {
-		return nil, "", attachXDPError(name, err)
+		return nil, "", attachXDPError(name, index, err)
 	}
 	// The driver has native XDP but refuses it here (an MTU too large for
 	// XDP, LRO or GRO_HW on, too few queues): generic XDP judges the same
 	// packets, later and at a higher cost, rather than none.
 	l, genericErr := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
 	if genericErr != nil {
-		return nil, "", attachXDPError(name, errors.Join(err, genericErr))
+		return nil, "", attachXDPError(name, index, errors.Join(err, genericErr))
 	}
 	e.log.Warn("the driver refused native XDP: attached in generic mode, which costs more per packet (check the MTU, and LRO/GRO_HW with ethtool -k)",
 		"interface", name, "error", err.Error())
@@ -670,11 +942,29 @@ func otherXDPProgram(err error) bool {
 	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)
 }
 
-func attachXDPError(name string, err error) error {
+func attachXDPError(name string, index uint32, err error) error {
 	if otherXDPProgram(err) {
-		return fmt.Errorf("attach XDP to %s: %w (another XDP program is attached: `ip link set dev %s xdp off`)", name, err, name)
+		return fmt.Errorf("attach XDP to %s: %w (another XDP program is attached: `ip link set dev %s xdp off`%s)", name, err, name, attachedXDPProgram(index))
 	}
 	return fmt.Errorf("attach XDP to %s: %w", name, err)
+}
+
+// attachedXDPProgram names the XDP program attached to link index, for an
+// error: whose it is is the user's next question.
+func attachedXDPProgram(index uint32) string {
+	l, err := netlink.LinkByIndex(int(index))
+	if err != nil || l.Attrs().Xdp == nil || l.Attrs().Xdp.ProgId == 0 {
+		return ""
+	}
+	id := l.Attrs().Xdp.ProgId
+	desc := fmt.Sprintf("; it is program %d", id)
+	if prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(id)); err == nil {
+		if info, err := prog.Info(); err == nil && info.Name != "" {
+			desc += fmt.Sprintf(" %q", info.Name)
+		}
+		prog.Close()
+	}
+	return desc + fmt.Sprintf(", `bpftool prog show id %d`", id)
 }
 
 // xdpHookOf says in which mode the kernel attached XDP to link index: an
@@ -899,6 +1189,7 @@ func (e *Engine) Close() error {
 		errs = append(errs, e.xdp.Unpin())
 		// Only empty directories go: anything else there is not grain's.
 		os.Remove(filepath.Join(e.pinPath, "links"))
+		os.Remove(filepath.Dir(e.pendingLinkPath("x")))
 		os.Remove(e.pinPath)
 	}
 	errs = append(errs, e.closeFDs())

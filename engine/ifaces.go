@@ -33,18 +33,29 @@ type ifaceSlots struct {
 	totals map[string]InterfaceCounter
 }
 
+// claimedSlot is a slot claim gave to another interface, and whom it
+// had: unclaim gives it back.
+type claimedSlot struct {
+	slot      uint32
+	prevOwner uint32 // ifindex, 0 for none
+	prevName  string
+}
+
 // claim gives a slot to every interface of attach (name -> ifindex) that
-// has none. e.mu must be held.
-func (s *ifaceSlots) claim(m *ebpf.Map, attach map[string]uint32) error {
+// has none, and says which slots changed hands. e.mu must be held.
+func (s *ifaceSlots) claim(m *ebpf.Map, attach map[string]uint32) ([]claimedSlot, error) {
 	if s.names == nil {
 		s.names, s.totals = map[uint32]string{}, map[string]InterfaceCounter{}
 	}
+	var claimed []claimedSlot
 	var perCPU []bpf.IfaceCounter
 	for name, ifindex := range attach {
 		slot := ifindex % bpf.IfaceSlots
 		if err := m.Lookup(slot, &perCPU); err != nil {
-			return err
+			s.unclaim(m, claimed)
+			return nil, err
 		}
+		prev := claimedSlot{slot: slot, prevOwner: perCPU[0].Ifindex, prevName: s.names[slot]}
 		switch owner := perCPU[0].Ifindex; {
 		case owner == ifindex:
 			s.names[slot] = name // adopted from a pinned map, or renamed
@@ -54,15 +65,43 @@ func (s *ifaceSlots) claim(m *ebpf.Map, attach map[string]uint32) error {
 		case owner != 0:
 			s.harvest(s.names[slot], perCPU)
 		}
-		for i := range perCPU {
-			perCPU[i] = bpf.IfaceCounter{Ifindex: ifindex}
-		}
-		if err := m.Put(slot, perCPU); err != nil {
-			return err
+		if err := s.reset(m, slot, ifindex, len(perCPU)); err != nil {
+			s.unclaim(m, claimed)
+			return nil, err
 		}
 		s.names[slot] = name
+		claimed = append(claimed, prev)
 	}
-	return nil
+	return claimed, nil
+}
+
+// unclaim gives the slots of claimed back to the interfaces that had them,
+// from zero: claim already moved their counts into the totals. It undoes
+// the claims of a rule set that did not come into force. e.mu must be held.
+func (s *ifaceSlots) unclaim(m *ebpf.Map, claimed []claimedSlot) {
+	for i := len(claimed) - 1; i >= 0; i-- {
+		c := claimed[i]
+		// A slot that cannot be written keeps the new owner's ifindex:
+		// its previous interface then counts under "other".
+		s.reset(m, c.slot, c.prevOwner, 0)
+		if c.prevName == "" {
+			delete(s.names, c.slot)
+		} else {
+			s.names[c.slot] = c.prevName
+		}
+	}
+}
+
+// reset zeroes a slot's counters and gives it to ifindex.
+func (s *ifaceSlots) reset(m *ebpf.Map, slot, ifindex uint32, cpus int) error {
+	if cpus == 0 {
+		cpus = ebpf.MustPossibleCPU()
+	}
+	perCPU := make([]bpf.IfaceCounter, cpus)
+	for i := range perCPU {
+		perCPU[i] = bpf.IfaceCounter{Ifindex: ifindex}
+	}
+	return m.Put(slot, perCPU)
 }
 
 func (s *ifaceSlots) stillAttached(attach map[string]uint32, ifindex uint32) bool {

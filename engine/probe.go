@@ -162,62 +162,93 @@ func (e *Probes) waitGracePeriod() error {
 	return e.grace.Put(uint32(0), e.graceInner)
 }
 
-// Apply makes the probe part of plan the active rule set: hooks it adds are
-// attached first (their configuration is empty until the flip), the
-// inactive generation is written and activated, then hooks it no longer
-// has are detached. A hook that cannot be attached fails the whole Apply
-// and leaves the rules in force untouched.
+// Apply makes the probe part of plan the active rule set, all or nothing:
+// Prepare, then Commit. A hook that cannot be attached fails the whole
+// Apply and leaves the rules in force untouched.
 func (e *Probes) Apply(plan *codegen.Plan) error {
+	p, err := e.Prepare(plan)
+	if err != nil {
+		return err
+	}
+	return p.Commit()
+}
+
+// PreparedHooks is the kernel-hook rule set of a plan written into the
+// inactive generation, with the hooks it adds attached, that no hooked call
+// sees yet (Probes.Prepare). Commit puts it in force, Abort lets it go.
+// Until one of them, the Probes are locked.
+type PreparedHooks struct {
+	e           *Probes
+	pp          codegen.ProbePlan
+	want        map[string]*probeAttachment // the hooks in force after the commit, by key
+	added       []*probeAttachment          // attached for it
+	replaced    []*probeAttachment          // in force now, detached after the commit
+	entryLinks  []link.Link                 // entry kprobes added to kretprobes in force
+	sysAdded    bool                        // raw sys_enter attached for it
+	next, epoch uint32
+	// before describes the inactive generation before writeInactive,
+	// which replaces it once it has harvested its counters.
+	before *probeGeneration
+	done   bool
+}
+
+// Prepare attaches the hooks plan adds (their configuration in the
+// generation in force is empty: the programs return at once) and writes
+// plan's kernel-hook rules into the inactive generation. Nothing a hooked
+// call sees changes. On an error nothing is left attached or locked.
+func (e *Probes) Prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	var pp codegen.ProbePlan
+	p, err := e.prepare(plan)
+	if err != nil {
+		p.undo()
+		e.mu.Unlock()
+		return nil, err
+	}
+	return p, nil
+}
+
+// prepare does Prepare's work with e.mu held; on an error, p.undo lets go
+// of what it did.
+func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
+	p := &PreparedHooks{e: e, want: map[string]*probeAttachment{}}
 	if plan != nil && plan.Probes != nil {
-		pp = *plan.Probes
+		p.pp = *plan.Probes
 	}
 	// Attach new hooks, on slots no current attachment uses.
-	want := map[string]*probeAttachment{}
-	var added []*probeAttachment
 	used := map[int]bool{}
 	for _, a := range e.hooks {
 		used[a.slot] = true
 	}
-	fail := func(err error) error {
-		for _, a := range added {
-			e.detach(a)
-		}
-		return err
-	}
-	var replaced []*probeAttachment
-	for _, h := range pp.Hooks {
+	for _, h := range p.pp.Hooks {
 		a, ok := e.hooks[h.Key()]
 		if ok && h.Kind == "tracepoint" && a.mechanism != e.tracepointMechanism(h) {
 			// Its fields changed which tracepoint it needs (a raw one has no
 			// record): attach anew on another slot, detach the old after
 			// the flip; each generation sees only one of the two.
-			replaced = append(replaced, a)
+			p.replaced = append(p.replaced, a)
 			ok = false
 		}
 		if ok {
 			// Same attach point; its arguments may differ: resolve them again.
 			args, syscalls, err := e.resolveArgs(h, a.mechanism)
 			if err != nil {
-				return fail(err)
+				return p, err
 			}
 			links := a.links
 			if a.mechanism == "kretprobe" && stashes(args) && len(links) == 1 {
 				// Now it reads arguments: add the entry kprobe that saves them.
 				prog, err := e.p.Program(bpf.ProgKprobe)
 				if err != nil {
-					return fail(err)
+					return p, err
 				}
 				el, err := link.Kprobe(h.Target, prog, &link.KprobeOptions{Cookie: uint64(a.slot)})
 				if err != nil {
-					return fail(fmt.Errorf("attach the entry kprobe that saves %s's arguments for its kretprobe: %w", h.Target, err))
+					return p, fmt.Errorf("attach the entry kprobe that saves %s's arguments for its kretprobe: %w", h.Target, err)
 				}
+				p.entryLinks = append(p.entryLinks, el)
 				links = append(slices.Clip(links), el)
-				a.links = links
 			}
-			want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
+			p.want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
 			continue
 		}
 		slot := 0
@@ -225,40 +256,91 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 			slot++
 		}
 		if slot >= bpf.ProbeMaxHooks {
-			return fail(fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.ProbeMaxHooks))
+			return p, fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.ProbeMaxHooks)
 		}
 		a, err := e.attach(h, slot)
 		if err != nil {
-			return fail(err)
+			return p, err
 		}
 		used[slot] = true
-		added = append(added, a)
-		want[h.Key()] = a
+		p.added = append(p.added, a)
+		p.want[h.Key()] = a
 	}
-	if err := e.syncSysEnter(want); err != nil {
-		return fail(err)
+	hadSys := e.sysLink != nil
+	if err := e.syncSysEnter(p.want); err != nil {
+		return p, err
 	}
-	if err := e.write(&pp, want); err != nil {
-		return fail(err)
+	p.sysAdded = !hadSys && e.sysLink != nil
+	p.before = e.written[1-e.active]
+	var err error
+	p.next, p.epoch, err = e.writeInactive(&p.pp, p.want)
+	return p, err
+}
+
+// Commit puts the prepared rule set in force: it flips the active
+// generation word (each call reads it once, so it sees the old rules or the
+// new, never a mix), then detaches the hooks the rule set no longer has. An
+// error means that the flip failed and that nothing changed: what was
+// attached for the rule set is detached again.
+func (p *PreparedHooks) Commit() error {
+	if p.done {
+		return errors.New("engine: a prepared hook rule set is committed or aborted once")
+	}
+	p.done = true
+	e := p.e
+	defer e.mu.Unlock()
+	if err := e.flip(p.next, p.epoch, p.pp.Rules); err != nil {
+		p.undo()
+		return err
 	}
 	for key, a := range e.hooks {
-		if _, ok := want[key]; !ok {
+		if _, ok := p.want[key]; !ok {
 			e.detach(a)
 			e.log.Info("detached", "hook", hookLabel(a.hook), "mechanism", a.mechanism)
 		}
 	}
-	for _, a := range replaced {
+	for _, a := range p.replaced {
 		e.detach(a)
 		e.log.Info("detached", "hook", hookLabel(a.hook), "mechanism", a.mechanism, "cookie", a.slot)
 	}
-	e.hooks = want
-	for _, a := range added {
+	e.hooks = p.want
+	for _, a := range p.added {
 		e.log.Info("attached", "hook", hookLabel(a.hook), "mechanism", a.mechanism, "cookie", a.slot)
 	}
-	if err := e.syncSysEnter(want); err != nil { // detach sys_enter when unused
-		return err
-	}
+	e.syncSysEnter(p.want) // detaches sys_enter when unused, which cannot fail
 	return nil
+}
+
+// Abort lets the prepared rule set go: what was attached for it is
+// detached again, and the rules in force stay as they are.
+func (p *PreparedHooks) Abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	p.undo()
+	p.e.mu.Unlock()
+}
+
+// undo detaches what prepare attached. e.mu must be held.
+func (p *PreparedHooks) undo() {
+	e := p.e
+	for _, a := range p.added {
+		e.detach(a)
+	}
+	for _, l := range p.entryLinks {
+		l.Close()
+	}
+	if p.sysAdded && e.sysLink != nil {
+		e.sysLink.Close()
+		e.sysLink = nil
+	}
+	if g := e.written[1-e.active]; g != nil && g != p.before {
+		// What writeInactive wrote never ran: nothing of it to harvest
+		// (its counters may not even have been reset).
+		g.rules = nil
+	}
+	p.added, p.entryLinks, p.sysAdded = nil, nil, false
 }
 
 func hookLabel(h codegen.ProbeHook) string {
@@ -796,14 +878,21 @@ var partCodes = map[string]uint8{
 	"saddr": bpf.ProbeSubSaddr, "daddr": bpf.ProbeSubDaddr, "sport": bpf.ProbeSubSport, "dport": bpf.ProbeSubDport,
 }
 
-// write fills the inactive generation with pp and flips to it. e.mu held.
-func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) error {
-	m := e.p.Maps()
+// writeInactive fills the inactive generation with pp, which no program
+// reads until flip, and returns it and the epoch of its rule ids. e.mu
+// held.
+func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) (next, epoch uint32, err error) {
 	if err := e.waitGracePeriod(); err != nil {
-		return fmt.Errorf("wait for an RCU grace period: %w", err)
+		return 0, 0, fmt.Errorf("wait for an RCU grace period: %w", err)
 	}
-	next := 1 - e.active
-	epoch := (e.epoch + 1) & probeMaxEpoch
+	next = 1 - e.active
+	epoch = (e.epoch + 1) & probeMaxEpoch
+	return next, epoch, e.fill(pp, hooks, next, epoch)
+}
+
+// fill writes pp into generation next with rule ids of epoch.
+func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, next, epoch uint32) error {
+	m := e.p.Maps()
 	// Resolve what may fail before touching the maps.
 	type flat struct {
 		f  codegen.ProbeFilter
@@ -1031,13 +1120,25 @@ func (e *Probes) write(pp *codegen.ProbePlan, hooks map[string]*probeAttachment)
 			return fmt.Errorf("reset rate limit: %w", err)
 		}
 	}
+	return nil
+}
+
+// flip makes generation next, which writeInactive wrote with rules at
+// epoch, the one the programs read: one word. On an error it is not. e.mu
+// held.
+func (e *Probes) flip(next, epoch uint32, rules []codegen.ProbeRule) error {
+	// Named before the flip: the first event may follow at once.
 	e.namesMu.Lock()
-	e.byEpoch[epoch] = pp.Rules
-	delete(e.byEpoch, (epoch-probeKeptEpochs)&probeMaxEpoch)
+	e.byEpoch[epoch] = rules
 	e.namesMu.Unlock()
-	if err := m.Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: e.agent, WakeAt: e.wakeAt()}); err != nil {
+	err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: e.agent, WakeAt: e.wakeAt()})
+	e.namesMu.Lock()
+	defer e.namesMu.Unlock()
+	if err != nil {
+		delete(e.byEpoch, epoch)
 		return fmt.Errorf("activate probe generation %d: %w", next, err)
 	}
+	delete(e.byEpoch, (epoch-probeKeptEpochs)&probeMaxEpoch)
 	e.active, e.epoch = next, epoch
 	return nil
 }

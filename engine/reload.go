@@ -121,24 +121,32 @@ func (r *Reloader) apply() error {
 	if err != nil {
 		return err
 	}
-	// Kernel hooks first: attaching to a function the kernel lacks is the
-	// likelier failure, and it leaves both halves as they were. A tree
-	// that had and has none skips them: their write waits for a grace
-	// period, which packet-only reloads need not pay.
+	// All or nothing: each half (kernel hooks, packet rules) is written
+	// where nothing reads it yet, with what it adds attached, and only
+	// when both are ready are they committed (one word each); until then
+	// packets and hooked calls see the rules in force, and a failure
+	// detaches what was attached for this reload. Kernel hooks first:
+	// attaching to a function the kernel lacks is the likelier failure,
+	// and the packet half waits for a grace period. A tree that had and
+	// has no hooks skips them: their write waits for a grace period too,
+	// which packet-only reloads need not pay.
 	hadProbes := r.applied != nil && r.applied.Probes != nil
-	probes := r.Probes != nil && (plan.Probes != nil || hadProbes)
-	if probes {
-		if err := r.Probes.Apply(plan); err != nil {
+	var halves []Prepared
+	if r.Probes != nil && (plan.Probes != nil || hadProbes) {
+		hooks, err := r.Probes.Prepare(plan)
+		if err != nil {
 			return err
 		}
+		halves = append(halves, hooks)
 	}
-	if err := r.Engine.Apply(plan); err != nil {
-		if probes {
-			// Back to the hooks of the plan in force: all or nothing.
-			if rerr := r.Probes.Apply(r.applied); rerr != nil {
-				r.Log.Error("restoring the kernel hooks in force failed", "error", rerr)
-			}
-		}
+	packets, err := r.Engine.Prepare(plan)
+	if err != nil {
+		abortAll(halves)
+		return err
+	}
+	// The packet half commits first: its commit is the one with more
+	// than a word to write (taking over an earlier grain's links).
+	if err := commitAll(append([]Prepared{packets}, halves...)); err != nil {
 		return err
 	}
 	r.applied = plan
