@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,27 +59,54 @@ type Reloader struct {
 	// successful reload: the stages are part of the snapshot.
 	Pipeline *pipeline.Pipeline
 
-	mu      sync.Mutex
-	status  Status
-	cache   policies.Cache // decoded policies reused across reloads
-	applied *codegen.Plan  // the plan in force
+	// Load evaluates the tree (policies.Worker.Load, bounded and in a
+	// process of its own); nil evaluates it in this process.
+	Load func(ctx context.Context, dir string) (*policies.Snapshot, error)
+
+	reloading    sync.Mutex // held by the reload in progress
+	requestsOnce sync.Once
+	requests     chan bool // a pending request, and whether it forces
+	mu           sync.Mutex
+	status       Status
+	cache        policies.Cache // decoded policies reused across reloads
+	applied      *codegen.Plan  // the plan in force
 }
 
 // Reload applies the tree if its content changed since the last success
-// (or always, when force is set: SIGHUP, a new interface).
-func (r *Reloader) Reload(force bool) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.status.Policies = r.Dir
+// (or always, when force is set: SIGHUP, a new interface). Cancelling ctx
+// abandons the reload while the tree is being evaluated (a newer change
+// came, grain stops): nothing is applied and the status is unchanged.
+// Once the kernel is being written it completes.
+func (r *Reloader) Reload(ctx context.Context, force bool) error {
+	// One reload at a time; r.mu is not held while the tree is evaluated,
+	// which can take long: the status socket answers meanwhile.
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
 	hash, err := TreeHash(r.Dir)
-	if err == nil && !force && hash == r.status.PolicyHash {
+	r.mu.Lock()
+	inForce := r.status.PolicyHash
+	r.mu.Unlock()
+	if err == nil && !force && hash == inForce {
+		r.mu.Lock()
 		// The tree on disk is the one in force (a broken edit reverted):
 		// an earlier failure no longer describes it.
 		r.status.LastResult, r.status.LastError = "success", ""
+		r.mu.Unlock()
 		return nil
 	}
+	var snap *policies.Snapshot
 	if err == nil {
-		err = r.apply()
+		snap, err = r.load(ctx)
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		r.Log.Info("reload abandoned", "policies", r.Dir, "reason", context.Cause(ctx))
+		return ctxErr
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Policies = r.Dir
+	if err == nil {
+		err = r.apply(snap)
 	}
 	r.status.LastReload = time.Now()
 	if err != nil {
@@ -102,11 +130,72 @@ func (r *Reloader) Reload(force bool) error {
 	return nil
 }
 
-func (r *Reloader) apply() error {
-	snap, err := r.cache.Load(r.Dir)
-	if err != nil {
-		return err
+// load evaluates the tree with Load, or in this process when it is nil.
+func (r *Reloader) load(ctx context.Context) (*policies.Snapshot, error) {
+	if r.Load != nil {
+		return r.Load(ctx, r.Dir)
 	}
+	return r.cache.Load(r.Dir)
+}
+
+// Serve runs the reloads that Request asks for, one at a time, until ctx
+// ends; it then abandons the reload in progress and returns. A request
+// that comes while a reload evaluates the tree abandons that reload: its
+// tree is already stale.
+func (r *Reloader) Serve(ctx context.Context) {
+	requests := r.pending()
+	for {
+		var force bool
+		select {
+		case <-ctx.Done():
+			return
+		case force = <-requests:
+		}
+		reloadCtx, cancel := context.WithCancelCause(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.Reload(reloadCtx, force)
+		}()
+		for running := true; running; {
+			select {
+			case <-done:
+				running = false
+			case next := <-requests:
+				// Carry the newer request over; a forced one stays forced.
+				cancel(errors.New("a newer change arrived"))
+				r.Request(force || next)
+			}
+		}
+		cancel(nil)
+	}
+}
+
+// Request asks Serve for a reload; force as in Reload. Requests that come
+// before Serve takes them are merged into one.
+func (r *Reloader) Request(force bool) {
+	requests := r.pending()
+	for {
+		select {
+		case requests <- force:
+			return
+		default:
+		}
+		// One is pending: merge with it.
+		select {
+		case pending := <-requests:
+			force = force || pending
+		default:
+		}
+	}
+}
+
+func (r *Reloader) pending() chan bool {
+	r.requestsOnce.Do(func() { r.requests = make(chan bool, 1) })
+	return r.requests
+}
+
+func (r *Reloader) apply(snap *policies.Snapshot) error {
 	plan, err := codegen.Compile(snap.Policies, codegen.Options{Interfaces: r.Interfaces})
 	if err != nil {
 		return err

@@ -72,13 +72,15 @@ type workerResponse struct {
 	Failure  string    // any other error
 }
 
-// NewWorker returns a Worker that runs this program's own executable.
+// NewWorker returns a Worker that runs this program's own executable: the
+// running one, even if the file was replaced since (an upgrade), so that
+// the worker and its caller are always the same version.
 func NewWorker(limits Limits) (*Worker, error) {
-	exe, err := os.Executable()
-	if err != nil {
+	const self = "/proc/self/exe"
+	if _, err := os.Stat(self); err != nil {
 		return nil, fmt.Errorf("policies: the worker runs this executable: %w", err)
 	}
-	return &Worker{Command: []string{exe}, Limits: limits}, nil
+	return &Worker{Command: []string{self}, Limits: limits}, nil
 }
 
 // Load is Load, run in the worker process within the worker's limits.
@@ -293,4 +295,19 @@ func guard(req workerRequest, cache *Cache, done <-chan struct{}, stop func(Erro
 			}
 		}
 	}
+}
+
+// ServeWorkerIfAsked makes this process a policy worker when its
+// environment has WorkerEnv: it serves until its input ends, then exits.
+// A program that runs a Worker calls it first thing in main (a test binary
+// that runs one, in TestMain).
+func ServeWorkerIfAsked() {
+	if os.Getenv(WorkerEnv) == "" {
+		return
+	}
+	if err := ServeWorker(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "grain policy worker:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }

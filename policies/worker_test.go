@@ -17,13 +17,7 @@ import (
 
 // The test binary is its own policy worker, as grain's is.
 func TestMain(m *testing.M) {
-	if os.Getenv(policies.WorkerEnv) != "" {
-		if err := policies.ServeWorker(os.Stdin, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	policies.ServeWorkerIfAsked()
 	os.Exit(m.Run())
 }
 

@@ -3,6 +3,7 @@
 package reload
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,7 +19,14 @@ import (
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/policies"
 )
+
+// The benchmark binary is its own policy worker, as grain is.
+func TestMain(m *testing.M) {
+	policies.ServeWorkerIfAsked()
+	os.Exit(m.Run())
+}
 
 // writeTree writes n rules into dir; rule r0000 drops TCP from 10.0.0.0/24
 // to port0.
@@ -62,8 +70,14 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 	}
 	tb.Cleanup(func() { e.Close() })
 	r := &rig{prog: e.XDP().Program(), done: make(chan struct{}), applied: make(chan error, 1024)}
-	r.reloader = &engine.Reloader{Dir: dir, Engine: e, Log: log}
-	if err := netns.Do(p.ServerNS, func() error { return r.reloader.Reload(true) }); err != nil {
+	// As grain run evaluates trees: in a worker process (TestMain).
+	worker, err := policies.NewWorker(policies.DefaultLimits)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(worker.Close)
+	r.reloader = &engine.Reloader{Dir: dir, Engine: e, Log: log, Load: worker.Load}
+	if err := netns.Do(p.ServerNS, func() error { return r.reloader.Reload(context.Background(), true) }); err != nil {
 		tb.Fatal(err)
 	}
 	if r.watcher, err = engine.NewWatcher(dir, debounce, log); err != nil {
@@ -75,7 +89,7 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 			case <-r.done:
 				return
 			case <-r.watcher.Changes():
-				r.applied <- netns.Do(p.ServerNS, func() error { return r.reloader.Reload(false) })
+				r.applied <- netns.Do(p.ServerNS, func() error { return r.reloader.Reload(context.Background(), false) })
 			}
 		}
 	}()

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +46,7 @@ Usage:
 `
 
 func main() {
+	policies.ServeWorkerIfAsked()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -98,9 +100,44 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-// compileDir loads, validates and compiles a policy tree.
-func compileDir(dir string, interfaces []string) (*policies.Snapshot, *codegen.Plan, error) {
-	snap, err := policies.Load(dir)
+// evalFlags are the bounds of a policy tree's evaluation, on every
+// command that evaluates one.
+func evalFlags(fs *flag.FlagSet) *policies.Limits {
+	l := policies.DefaultLimits
+	fs.DurationVar(&l.Timeout, "eval-timeout", l.Timeout, "longest evaluation of the policy tree; one that takes longer is stopped and reported")
+	fs.Func("eval-memory", fmt.Sprintf("most memory in MiB an evaluation of the policy tree may use (default %d)", l.MemoryBytes>>20), func(v string) error {
+		mib, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || mib < 16 {
+			return errors.New("want a number of MiB, at least 16")
+		}
+		l.MemoryBytes = mib << 20
+		return nil
+	})
+	return &l
+}
+
+// checkLimits refuses limits no evaluation could work within.
+func checkLimits(l *policies.Limits, stderr io.Writer) bool {
+	if l.Timeout < 100*time.Millisecond {
+		fmt.Fprintf(stderr, "grain: --eval-timeout %v: want at least 100ms\n", l.Timeout)
+		return false
+	}
+	return true
+}
+
+// compileDir loads, validates and compiles a policy tree, evaluating it in
+// a worker process within limits.
+func compileDir(dir string, interfaces []string, limits policies.Limits) (*policies.Snapshot, *codegen.Plan, error) {
+	w, err := policies.NewWorker(limits)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer w.Close()
+	return compileWith(context.Background(), w, dir, interfaces)
+}
+
+func compileWith(ctx context.Context, w *policies.Worker, dir string, interfaces []string) (*policies.Snapshot, *codegen.Plan, error) {
+	snap, err := w.Load(ctx, dir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -114,14 +151,15 @@ func compileDir(dir string, interfaces []string) (*policies.Snapshot, *codegen.P
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
+	limits := evalFlags(fs)
+	if err := fs.Parse(args); err != nil || !checkLimits(limits, stderr) {
 		return 2
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: grain check DIR")
 		return 2
 	}
-	snap, plan, err := compileDir(fs.Arg(0), nil)
+	snap, plan, err := compileDir(fs.Arg(0), nil, *limits)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -135,14 +173,15 @@ func cmdCompile(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var ifaces stringList
 	fs.Var(&ifaces, "interface", "attach to this interface, or to those matching this shell pattern (veth*), instead of the policies' (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	limits := evalFlags(fs)
+	if err := fs.Parse(args); err != nil || !checkLimits(limits, stderr) {
 		return 2
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: grain compile [--interface IFACE] DIR")
 		return 2
 	}
-	_, plan, err := compileDir(fs.Arg(0), ifaces)
+	_, plan, err := compileDir(fs.Arg(0), ifaces, *limits)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -180,7 +219,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
 	ringBytes := fs.Uint("event-ring-bytes", 1<<20, fmt.Sprintf("size of the kernel's packet-event ring buffer in bytes (a power of two, at least %d): it holds the events of a burst until grain reads them", bpf.MinRingBufferBytes))
 	memLimit := fs.Int64("memory-limit", 24<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
-	if err := fs.Parse(args); err != nil {
+	limits := evalFlags(fs)
+	if err := fs.Parse(args); err != nil || !checkLimits(limits, stderr) {
 		return 2
 	}
 	if *dir == "" || fs.NArg() != 0 {
@@ -200,8 +240,20 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		debug.SetMemoryLimit(*memLimit)
 	}
 
+	// SIGINT and SIGTERM end ctx: they abandon a tree's evaluation too.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Policy trees are evaluated in a worker process, within limits: a
+	// tree that would evaluate for hours costs a bounded time and never
+	// holds up the status socket, signals or the rule set in force.
+	worker, err := policies.NewWorker(*limits)
+	if err != nil {
+		fmt.Fprintln(stderr, "grain:", err)
+		return 1
+	}
+	defer worker.Close()
 	// Validate before touching the kernel: a bad tree fails fast.
-	if _, _, err := compileDir(*dir, ifaces); err != nil {
+	if _, _, err := compileWith(ctx, worker, *dir, ifaces); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
@@ -266,8 +318,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Probes: probes, ProbesErr: probesErr,
-		Log: log, Pipeline: pipe}
-	if err := reloader.Reload(true); err != nil {
+		Log: log, Pipeline: pipe, Load: worker.Load}
+	if err := reloader.Reload(ctx, true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		closeProbes()
 		abandon()
@@ -295,8 +347,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	} else {
 		defer ln.Close()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -370,14 +420,24 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		<-pipe.Done()
 		streamErr <- err
 	}()
+	// Reloads run beside this loop, so that signals are seen while a tree
+	// is evaluated; a change that comes meanwhile abandons that evaluation.
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		reloader.Serve(ctx)
+	}()
 	for {
 		select {
 		case <-watcher.Changes():
-			reloader.Reload(false)
+			reloader.Request(false)
 		case <-hup:
 			log.Info("SIGHUP: reloading")
-			reloader.Reload(true)
+			reloader.Request(true)
 		case err := <-streamErr:
+			// No reload may run once the exit detaches.
+			stop()
+			<-served
 			if err != nil {
 				fmt.Fprintln(stderr, "grain:", err)
 				return 1

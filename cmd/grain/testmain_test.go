@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // refuseBPFEnv makes the test binary a launcher: it installs a seccomp
@@ -25,6 +26,7 @@ const refuseBPFEnv = "GRAIN_TEST_REFUSE_BPF_ERRNO"
 const catEnv = "GRAIN_TEST_CAT"
 
 func TestMain(m *testing.M) {
+	policies.ServeWorkerIfAsked()
 	if os.Getenv(catEnv) != "" {
 		for _, name := range os.Args[1:] {
 			if _, err := os.ReadFile(name); err != nil {
