@@ -1,9 +1,10 @@
 package codegen
 
 import (
-	"fmt"
 	"path"
 	"strings"
+
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // Interfaces in policies and in --interface are names or shell patterns in
@@ -23,11 +24,6 @@ func InterfaceMatches(pattern, name string) bool {
 }
 
 // CheckInterfacePattern returns an error saying what is wrong when s is not
-// a valid name or pattern.
-func CheckInterfacePattern(s string) error {
-	// path.Match checks the whole pattern, also past a mismatch.
-	if _, err := path.Match(s, ""); err != nil {
-		return fmt.Errorf("%q is not a valid interface pattern: want a name, or a shell pattern with * (any characters), ? (one character), [a-z] (one of a class) or \\ (escapes the next character); look for an unclosed [ or a trailing \\", s)
-	}
-	return nil
-}
+// a valid name or pattern (policies.CheckInterfacePattern, which the policy
+// loader applies to policies; Compile applies it to Options.Interfaces).
+func CheckInterfacePattern(s string) error { return policies.CheckInterfacePattern(s) }

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // Globs in xdp: interfaces, match.interface and --interface stay as
@@ -92,12 +94,6 @@ func TestInterfacePatternErrors(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{`p: {xdp: interfaces: ["veth["], then: "drop"}`, Options{},
-			`test.cue:1:1: policy p: xdp.interfaces[0]: "veth[" is not a valid interface pattern`},
-		{`p: {xdp: interfaces: ["lo", "eth\\"], then: "drop"}`, Options{},
-			`test.cue:1:1: policy p: xdp.interfaces[1]: "eth\\" is not a valid interface pattern`},
-		{`p: {xdp: interfaces: ["lo"], match: interface: "l[o", then: "drop"}`, Options{},
-			`test.cue:1:1: policy p: match.interface[0]: "l[o" is not a valid interface pattern`},
 		{`p: {xdp: interfaces: ["eth0"], then: "drop"}`, Options{Interfaces: []string{"veth["}},
 			`--interface: "veth[" is not a valid interface pattern`},
 		{`p: {xdp: interfaces: ["veth*"], match: interface: "eth0", then: "drop"}`, Options{},
@@ -111,6 +107,24 @@ q: {xdp: interfaces: ["lo"], then: "drop"}`, Options{},
 		_, err := Compile(load(t, c.src), c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want it to contain %q", c.src, err, c.want)
+		}
+	}
+	// The loader refuses bad patterns at their position
+	// (policies.TestErrorsWithoutCUEPositionsArePositioned); Compile
+	// still checks policies built in Go.
+	for _, c := range []struct {
+		attach, match []string
+		want          string
+	}{
+		{[]string{"veth["}, nil, `p.go:1:1: policy p: xdp.interfaces[0]: "veth[" is not a valid interface pattern`},
+		{[]string{"lo", "eth\\"}, nil, `p.go:1:1: policy p: xdp.interfaces[1]: "eth\\" is not a valid interface pattern`},
+		{[]string{"lo"}, []string{"l[o"}, `p.go:1:1: policy p: match.interface[0]: "l[o" is not a valid interface pattern`},
+	} {
+		p := policies.Policy{Name: "p", Pos: policies.Position{File: "p.go", Line: 1, Column: 1}, Then: "drop",
+			XDP: &policies.XDPHook{Interfaces: c.attach}, Match: policies.PacketMatch{Interfaces: c.match}}
+		_, err := Compile([]policies.Policy{p}, Options{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q %q: error %v, want it to contain %q", c.attach, c.match, err, c.want)
 		}
 	}
 }

@@ -90,7 +90,7 @@ func (d *decoder) decodePolicy(v cue.Value) {
 		return
 	}
 
-	p.XDP = &XDPHook{Interfaces: stringList(v.LookupPath(cue.ParsePath("xdp.interfaces")))}
+	p.XDP = &XDPHook{Interfaces: d.interfaces(v.LookupPath(cue.ParsePath("xdp.interfaces")), "xdp.interfaces")}
 	for _, name := range probeOnlyFields {
 		if f := v.LookupPath(cue.MakePath(cue.Str(name))); f.Exists() {
 			d.errorf(d.pos(f), name, "%s is for kernel hooks (kprobe, kretprobe, tracepoint, syscall), not xdp: remove it", name)
@@ -169,7 +169,7 @@ func (d *decoder) decodeMatch(m cue.Value) {
 		pm.TCPFlags = d.tcpFlags(v)
 	}
 	if v, ok := field("interface"); ok {
-		pm.Interfaces = stringList(v)
+		pm.Interfaces = d.interfaces(v, "match.interface")
 	}
 	if v, ok := field("payload"); ok {
 		for i, e := range oneOrMany(v) {

@@ -233,6 +233,7 @@ type loader struct {
 	cache    *Cache
 	pipeline *Pipeline // the tree's `pipeline` field (pipeline.go)
 	values   valueBudget
+	syntax   *ast.File // of the file being loaded, for positions CUE omits
 }
 
 func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
@@ -296,6 +297,9 @@ func (l *loader) cueErrors(file string, errs []cueerrors.Error, policies map[str
 			}
 		}
 		path := fieldPath(e.Path())
+		if out.Pos.Line == 0 {
+			out.Pos, msg = sourcePosition(l.syntax, file, path, msg)
+		}
 		if len(path) > 0 {
 			if decl, ok := policies[path[0]]; ok {
 				out.Policy = cueLabel(path[0])
@@ -324,6 +328,7 @@ func (l *loader) loadFile(f sourceFile) bool {
 		l.cueErrors(f.name, cueerrors.Errors(err), nil)
 		return true
 	}
+	l.syntax = syntax
 	labels := declarations(syntax)
 	keys := cacheKeys(f, syntax)
 	file := l.ctx.BuildFile(syntax)
