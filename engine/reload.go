@@ -96,6 +96,7 @@ func (r *Reloader) Reload(ctx context.Context, force bool) error {
 	}
 	var snap *policies.Snapshot
 	if err == nil {
+		r.Log.Info("loading policies", "policies", r.Dir)
 		snap, err = r.load(ctx)
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
