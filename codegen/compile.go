@@ -167,7 +167,13 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		fail(p, p.Pos, "too many packet policies: %d, the XDP program holds at most %d", len(rules), bpf.MaxRules)
 	}
 	if len(plan.Contents) > bpf.MaxContents {
-		fail(rules[0].policy, rules[0].policy.Pos, "too many payload contents in all: %d, at most %d", len(plan.Contents), bpf.MaxContents)
+		// Point at the content that goes over the limit.
+		for _, r := range plan.Rules {
+			if i := slices.Index(r.Contents, bpf.MaxContents); i >= 0 {
+				p := rules[r.Index].policy
+				fail(p, p.Match.Payload[i].Pos, "too many payload contents in all packet policies: %d, at most %d; this one goes over: remove some", len(plan.Contents), bpf.MaxContents)
+			}
+		}
 	}
 	plan.Probes = compileProbes(sorted, &errs)
 	if err := errs.Err(); err != nil {
@@ -361,8 +367,25 @@ func buildTables(plan *Plan, rules []rule, attached []string) error {
 		t.PrefixLengths[f.name] = lens
 	}
 	if len(t.CIDRs) > bpf.MaxCIDREntries {
+		// Point at the policy whose prefixes go over the limit, in rule
+		// order (each address field and family has its own entries).
+		seen := map[string]bool{}
+		for _, r := range rules {
+			for _, f := range []struct {
+				name     string
+				prefixes []netip.Prefix
+			}{{"saddr", r.src}, {"daddr", r.dst}} {
+				for _, p := range f.prefixes {
+					seen[f.name+" "+p.String()] = true
+					if len(seen) > bpf.MaxCIDREntries {
+						return policies.ErrorList{{Pos: r.policy.Pos, Policy: r.policy.Name,
+							Msg: fmt.Sprintf("match.%s: too many distinct address prefixes in all packet policies: %d, at most %d; this policy goes over: merge prefixes into shorter ones or remove some", f.name, len(t.CIDRs), bpf.MaxCIDREntries)}}
+					}
+				}
+			}
+		}
 		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
-			Msg: fmt.Sprintf("%d distinct address prefixes, at most %d", len(t.CIDRs), bpf.MaxCIDREntries)}}
+			Msg: fmt.Sprintf("too many distinct address prefixes in all packet policies: %d, at most %d", len(t.CIDRs), bpf.MaxCIDREntries)}}
 	}
 
 	// Interfaces: only when rules differ in the interfaces they apply to.

@@ -157,6 +157,8 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 	plan := &ProbePlan{}
 	hookOf := map[string]int{}
 	nfilters, nset, ntrie := 0, 0, 0
+	// Where each total first went over its limit: the error points there.
+	var filtersOver, setOver, trieOver *policies.Error
 	perSyscall := map[string]int{}
 	for _, p := range sorted {
 		h := p.Probe
@@ -206,7 +208,7 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 		}
 		hk := &plan.Hooks[hi]
 		if len(hk.Rules) == bpf.ProbeMaxHookRules {
-			fail(p, h.Pos, "too many policies on %s: at most %d per hook", hookName(*hk), bpf.ProbeMaxHookRules)
+			fail(p, h.Pos, "too many policies on %s: at most %d per hook; merge some (a list of matches selects a call when any holds)", hookName(*hk), bpf.ProbeMaxHookRules)
 			continue
 		}
 		// The policy's arguments, in the hook's slots.
@@ -285,11 +287,14 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 				switch pf.Op {
 				case "set":
 					nset += len(pf.Ints)
+					overAt(&setOver, nset, bpf.ProbeSetEntries, p, f.Pos)
 				case "trie":
 					ntrie += len(pf.Strings) + len(pf.Prefixes) + len(pf.CIDRs)
+					overAt(&trieOver, ntrie, bpf.ProbeStringEntries, p, f.Pos)
 				}
 				ps.Filters = append(ps.Filters, pf)
 				nfilters++
+				overAt(&filtersOver, nfilters, bpf.ProbeMaxFilters, p, f.Pos)
 			}
 			r.Selectors = append(r.Selectors, ps)
 		}
@@ -364,14 +369,17 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 		hk.Rules = append(hk.Rules, index)
 		plan.Rules = append(plan.Rules, r)
 	}
-	if nfilters > bpf.ProbeMaxFilters {
-		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many match conditions in all kernel-hook policies: %d, at most %d", nfilters, bpf.ProbeMaxFilters)})
+	if filtersOver != nil {
+		filtersOver.Msg = fmt.Sprintf("too many match conditions in all kernel-hook policies: %d, at most %d; this one goes over: merge or remove some", nfilters, bpf.ProbeMaxFilters)
+		*errs = append(*errs, *filtersOver)
 	}
-	if nset > bpf.ProbeSetEntries {
-		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many integer match values in all: %d, at most %d", nset, bpf.ProbeSetEntries)})
+	if setOver != nil {
+		setOver.Msg = fmt.Sprintf("too many integer match values in all: %d, at most %d; this one goes over: use ranges or remove some", nset, bpf.ProbeSetEntries)
+		*errs = append(*errs, *setOver)
 	}
-	if ntrie > bpf.ProbeStringEntries {
-		*errs = append(*errs, policies.Error{Msg: fmt.Sprintf("too many string, prefix and address match values in all: %d, at most %d", ntrie, bpf.ProbeStringEntries)})
+	if trieOver != nil {
+		trieOver.Msg = fmt.Sprintf("too many string, prefix and address match values in all: %d, at most %d; this one goes over: use prefixes or remove some", ntrie, bpf.ProbeStringEntries)
+		*errs = append(*errs, *trieOver)
 	}
 	if len(plan.Hooks) == 0 {
 		return nil
@@ -451,4 +459,13 @@ func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (P
 		}
 	}
 	return pf, nil
+}
+
+// overAt records, the first time n goes over limit, where: at the
+// condition of p at pos. Totals over all policies are errors at the
+// condition that crossed the limit, so that grain check positions them.
+func overAt(over **policies.Error, n, limit int, p policies.Policy, pos policies.Position) {
+	if n > limit && *over == nil {
+		*over = &policies.Error{Pos: pos, Policy: p.Name}
+	}
 }
