@@ -319,12 +319,42 @@ func EnsureBPFFS(dir string) error {
 	return nil
 }
 
-// CheckPrivileges reports a clear error when the process cannot use BPF.
+// CheckPrivileges reports a clear error when the process cannot use BPF. It
+// asks for capabilities, not uid 0: root has them all, and a process of
+// another user (a least-privileged container) that holds CAP_BPF,
+// CAP_NET_ADMIN and CAP_PERFMON in its effective set may load and attach
+// grain's programs.
 func CheckPrivileges() error {
-	if os.Geteuid() != 0 {
-		return errors.New("grain needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to load eBPF programs: run it with sudo")
+	missing, err := missingCapabilities()
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("grain lacks %s: it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) to load and attach eBPF programs: run it with sudo, or give it those capabilities", strings.Join(missing, ", "))
 	}
 	return bpfUsable()
+}
+
+// missingCapabilities names the capabilities grain needs that are not in the
+// process's effective set. CAP_SYS_ADMIN stands in for CAP_BPF and
+// CAP_PERFMON, as the kernel lets it.
+func missingCapabilities() ([]string, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("read the process's capabilities (capget): %w", err)
+	}
+	has := func(c int) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	var missing []string
+	for _, c := range []struct {
+		name string
+		cap  int
+	}{{"CAP_BPF", unix.CAP_BPF}, {"CAP_NET_ADMIN", unix.CAP_NET_ADMIN}, {"CAP_PERFMON", unix.CAP_PERFMON}} {
+		if !has(c.cap) && (c.cap == unix.CAP_NET_ADMIN || !has(unix.CAP_SYS_ADMIN)) {
+			missing = append(missing, c.name)
+		}
+	}
+	return missing, nil
 }
 
 // bpfUsable prepares and checks the bpf() system call once per process.
