@@ -1,0 +1,125 @@
+package main
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/internal/netns"
+)
+
+// nobody is the user of the least-privileged grain.
+const nobody = 65534
+
+// lockedWriter appends what is written to a daemon's stderr.
+type lockedWriter struct{ d *daemon }
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.d.mu.Lock()
+	defer w.d.mu.Unlock()
+	return w.d.stderr.Write(p)
+}
+
+// worldDir makes a directory that nobody may read and enter, owned by owner.
+func worldDir(t *testing.T, owner int) string {
+	t.Helper()
+	// Not in t.TempDir(): its parent is 0700.
+	dir, err := os.MkdirTemp("", "grain-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, owner, owner); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// copyFile copies src to dst with mode.
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunAsUserWithCapabilities: grain run by a user other than root that
+// holds only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (a least-privileged
+// DaemonSet) enforces its policy, checked with real traffic, answers
+// `grain status`, and detaches on SIGTERM. Its pin directory is one the
+// operator made for that user on a bpffs: such a user can neither mount
+// bpffs nor create directories in one that root owns.
+func TestRunAsUserWithCapabilities(t *testing.T) {
+	p := netns.NewPair(t)
+	port := p.HTTPServer(t)
+
+	root := worldDir(t, 0)
+	bin := filepath.Join(root, "grain")
+	copyFile(t, buildGrainPath(t), bin, 0o755)
+	policyDir := filepath.Join(root, "policies")
+	if err := os.Mkdir(policyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, "../../examples/block-http/policy.cue", filepath.Join(policyDir, "policy.cue"), 0o644)
+	sockDir := worldDir(t, nobody)
+	sock := filepath.Join(sockDir, "grain.sock")
+
+	pins := netns.PinDir(t)
+	if err := os.Mkdir(pins, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(pins, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Dir(pins), 0o711); err != nil {
+		t.Fatal(err)
+	}
+
+	d := &daemon{cmd: exec.Command(bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", sock, "--debounce", "100ms")}
+	d.cmd.Stdout = io.Discard
+	d.cmd.Stderr = lockedWriter{d}
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
+		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON},
+	}
+	// Started from a thread in the server's namespace: the child is born
+	// there (entering one later would need CAP_SYS_ADMIN).
+	if err := netns.Do(p.ServerNS, d.cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	d.waitLog(t, "enforcing", 1)
+	t.Logf("grain as nobody:\n%s", d.log())
+
+	if !blocked(t, p, port, "GET / HTTP/1.1") || blocked(t, p, port, "GET / HTTP/1.0") {
+		t.Fatal("grain as nobody: want HTTP/1.1 blocked and HTTP/1.0 passed")
+	}
+	if st := grainStatus(t, sock); st.LastResult != "success" || len(st.Rules) != 1 {
+		t.Errorf("grain status of grain as nobody: %+v", st)
+	}
+	d.stop(t)
+	if blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Error("grain as nobody exited, and HTTP/1.1 is still blocked")
+	}
+}
