@@ -53,6 +53,26 @@ type Cache struct {
 	progress progress
 }
 
+// seed fills an empty cache with entries an earlier cache held.
+func (c *Cache) seed(entries map[[32]byte]Policy) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) == 0 {
+		c.entries = entries
+	}
+}
+
+// keys names the cache key of each policy the cache holds.
+func (c *Cache) keys() map[string][32]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make(map[string][32]byte, len(c.entries))
+	for key, p := range c.entries {
+		keys[p.Name] = key
+	}
+	return keys
+}
+
 // Load is the package's Load, reusing what earlier loads decoded.
 func (c *Cache) Load(root string) (*Snapshot, error) {
 	if c != nil {

@@ -51,6 +51,10 @@ type Worker struct {
 
 	mu   sync.Mutex
 	proc *workerProcess
+	// cached is what the worker's cache held after its last load: a new
+	// worker (after a stop) starts with it, so a stop costs no full
+	// evaluation of the next tree.
+	cached map[[32]byte]Policy
 }
 
 type workerProcess struct {
@@ -59,17 +63,23 @@ type workerProcess struct {
 	dec    *gob.Decoder
 	stdin  io.Closer
 	stderr *bytes.Buffer
+	seeded bool
 }
 
 type workerRequest struct {
 	Root   string
 	Limits Limits
+	// Seed fills a new worker's cache.
+	Seed map[[32]byte]Policy
 }
 
 type workerResponse struct {
 	Snapshot *Snapshot
 	Errors   ErrorList // problems in the policies
 	Failure  string    // any other error
+	// Cached names the cache key of each policy of Snapshot that the
+	// worker's cache now holds.
+	Cached map[string][32]byte
 }
 
 // NewWorker returns a Worker that runs this program's own executable: the
@@ -95,7 +105,11 @@ func (w *Worker) Load(ctx context.Context, root string) (*Snapshot, error) {
 		w.proc = p
 	}
 	p := w.proc
-	if err := p.enc.Encode(workerRequest{Root: root, Limits: w.Limits}); err != nil {
+	req := workerRequest{Root: root, Limits: w.Limits}
+	if !p.seeded {
+		req.Seed, p.seeded = w.cached, true
+	}
+	if err := p.enc.Encode(req); err != nil {
 		return nil, w.failed(fmt.Errorf("policies: sending to the worker: %w", err))
 	}
 	answer := make(chan error, 1)
@@ -111,7 +125,7 @@ func (w *Worker) Load(ctx context.Context, root string) (*Snapshot, error) {
 			return nil, w.failed(fmt.Errorf("policies: evaluating %s: the worker ended: %w", root, err))
 		}
 	case <-ctx.Done():
-		w.stop()
+		w.restart()
 		return nil, ctx.Err()
 	case <-backstop.C:
 		w.stop()
@@ -132,7 +146,23 @@ func (w *Worker) Load(ctx context.Context, root string) (*Snapshot, error) {
 	case resp.Snapshot == nil:
 		return nil, w.failed(errors.New("policies: the worker answered nothing"))
 	}
+	w.cached = map[[32]byte]Policy{}
+	for _, pol := range resp.Snapshot.Policies {
+		if key, ok := resp.Cached[pol.Name]; ok {
+			w.cached[key] = pol
+		}
+	}
 	return resp.Snapshot, nil
+}
+
+// Pid is the worker process's id, or 0 when none runs.
+func (w *Worker) Pid() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.proc == nil {
+		return 0
+	}
+	return w.proc.cmd.Process.Pid
 }
 
 // Close ends the worker process.
@@ -179,6 +209,16 @@ func (w *Worker) failed(err error) error {
 		}
 	}
 	return err
+}
+
+// restart ends the worker and starts the next one now: a load abandoned
+// for a newer change is followed by that change's load, which then need
+// not wait for the process to start.
+func (w *Worker) restart() {
+	w.stop()
+	if p, err := w.start(); err == nil {
+		w.proc = p
+	}
 }
 
 func (w *Worker) stop() {
@@ -239,6 +279,9 @@ func ServeWorker(in io.Reader, out io.Writer) error {
 			}
 			return err
 		}
+		if req.Seed != nil {
+			cache.seed(req.Seed)
+		}
 		done := make(chan struct{})
 		go guard(req, &cache, done, func(e Error) {
 			answer(workerResponse{Errors: ErrorList{e}, Failure: e.Error()}, true)
@@ -254,6 +297,7 @@ func ServeWorker(in io.Reader, out io.Writer) error {
 			resp.Failure = err.Error()
 		default:
 			resp.Snapshot = snap
+			resp.Cached = cache.keys()
 		}
 		if err := answer(resp, false); err != nil {
 			return err

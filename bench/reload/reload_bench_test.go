@@ -52,6 +52,7 @@ func writeTree(tb testing.TB, dir, iface string, n, port0 int) {
 }
 
 type rig struct {
+	worker   *policies.Worker
 	prog     *ebpf.Program
 	reloader *engine.Reloader
 	watcher  *engine.Watcher
@@ -76,6 +77,7 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 		tb.Fatal(err)
 	}
 	tb.Cleanup(worker.Close)
+	r.worker = worker
 	r.reloader = &engine.Reloader{Dir: dir, Engine: e, Log: log, Load: worker.Load}
 	if err := netns.Do(p.ServerNS, func() error { return r.reloader.Reload(context.Background(), true) }); err != nil {
 		tb.Fatal(err)
@@ -163,8 +165,11 @@ func BenchmarkSaveToEnforced(b *testing.B) {
 }
 
 // statusKiB reads one kB figure of /proc/self/status.
-func statusKiB(tb testing.TB, field string) int {
-	b, err := os.ReadFile("/proc/self/status")
+func statusKiB(tb testing.TB, field string) int { return procStatusKiB(tb, "self", field) }
+
+// procStatusKiB reads one kB figure of /proc/PID/status.
+func procStatusKiB(tb testing.TB, pid, field string) int {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -203,6 +208,8 @@ func BenchmarkReloadMemory(b *testing.B) {
 		}
 		time.Sleep(500 * time.Millisecond) // the reload's own FreeOSMemory
 		first, firstAnon := rssKiB(b), statusKiB(b, "RssAnon:")
+		worker := strconv.Itoa(r.worker.Pid())
+		firstWorker := procStatusKiB(b, worker, "VmRSS:")
 		for e := 1; e <= reloads; e++ {
 			writeTree(b, dir, p.ServerIf, 1000, 60000+e)
 			if err := <-r.applied; err != nil {
@@ -211,6 +218,14 @@ func BenchmarkReloadMemory(b *testing.B) {
 		}
 		time.Sleep(500 * time.Millisecond)
 		last, lastAnon := rssKiB(b), statusKiB(b, "RssAnon:")
+		if strconv.Itoa(r.worker.Pid()) != worker {
+			b.Fatal("the policy worker was restarted")
+		}
+		lastWorker := procStatusKiB(b, worker, "VmRSS:")
+		workerGrowth := float64(lastWorker-firstWorker) / float64(firstWorker)
+		b.ReportMetric(workerGrowth*100, "worker-rss-growth-%")
+		fmt.Printf("| policy worker's RSS after the first reload | %.1f MiB |\n| policy worker's RSS after %d more reloads | %.1f MiB (%+.1f%%) |\n",
+			float64(firstWorker)/1024, reloads, float64(lastWorker)/1024, workerGrowth*100)
 		growth := float64(last-first) / float64(first)
 		anonGrowth := float64(lastAnon-firstAnon) / float64(firstAnon)
 		b.ReportMetric(growth*100, "rss-growth-%")

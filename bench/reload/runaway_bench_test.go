@@ -1,0 +1,178 @@
+package reload
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/internal/netns"
+)
+
+// runawayTree evaluates for hours and yields nothing.
+const runawayTree = `import "list"
+runaway: [for i in list.Range(0, 4000000000, 1) if i < 0 {i}]
+`
+
+// multiplyingTree is n+1 short lines whose last value has 2^n leaves.
+func multiplyingTree(n int) string {
+	var b strings.Builder
+	b.WriteString("a0: \"x\"\n")
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "a%d: [a%d, a%d]\n", i, i-1, i-1)
+	}
+	return b.String()
+}
+
+func buildGrain(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "grain")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/grain").CombinedOutput(); err != nil {
+		tb.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func durations(lat []time.Duration) string {
+	slices.Sort(lat)
+	return fmt.Sprintf("%v | %v | %v", percentile(lat, 0.5).Round(10*time.Microsecond),
+		percentile(lat, 0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
+}
+
+// BenchmarkCheckMultiplyingTree: `grain check` on the 30-line file whose
+// value doubles with every line (it took hours before the value bound).
+func BenchmarkCheckMultiplyingTree(b *testing.B) {
+	bin := buildGrain(b)
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(multiplyingTree(29)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	for i := 0; i < b.N; i++ {
+		for range 10 {
+			start := time.Now()
+			out, err := exec.Command(bin, "check", dir).CombinedOutput()
+			lat = append(lat, time.Since(start))
+			if err == nil || !strings.Contains(string(out), "evaluates to more than") {
+				b.Fatalf("grain check: %v\n%s", err, out)
+			}
+		}
+	}
+	fmt.Printf("| grain check, 30-line multiplying file | %d | %s |\n", len(lat), durations(lat))
+}
+
+// BenchmarkRunawayTree runs grain (the binary) on a 1000-rule tree and drops
+// a file into it whose evaluation would take hours. Meanwhile: how long
+// grain status takes to answer (100 queries per round), and how long a good
+// edit (the runaway file removed, a rule's port changed) takes from the
+// save until grain status reports the new tree in force, 20 rounds.
+func BenchmarkRunawayTree(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root to load BPF programs")
+	}
+	bin := buildGrain(b)
+	p := netns.NewPair(b)
+	dir := b.TempDir()
+	writeTree(b, dir, p.ServerIf, 1000, 60000)
+	sock := filepath.Join(b.TempDir(), "grain.sock")
+	cmd := exec.Command("ip", "netns", "exec", p.ServerNS, bin, "run", "--policies", dir, "--pin-path", netns.PinDir(b),
+		"--status-socket", sock, "--stdout=false", "--eval-timeout", "1h")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var mu sync.Mutex
+	var log strings.Builder
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			mu.Lock()
+			log.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	waitFor := func(s string) {
+		deadline := time.After(60 * time.Second)
+		for {
+			select {
+			case l := <-lines:
+				if strings.Contains(l, s) {
+					return
+				}
+			case <-deadline:
+				mu.Lock()
+				defer mu.Unlock()
+				b.Fatalf("grain did not log %q; stderr:\n%s", s, log.String())
+			}
+		}
+	}
+	waitFor("enforcing")
+	status := func() (string, time.Duration) {
+		start := time.Now()
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		var st struct {
+			Hash string `json:"policy_hash"`
+		}
+		if err := json.NewDecoder(c).Decode(&st); err != nil {
+			b.Fatal(err)
+		}
+		return st.Hash, time.Since(start)
+	}
+	runaway := filepath.Join(dir, "runaway.cue")
+	var statusLat, editLat []time.Duration
+	for i := 0; i < b.N; i++ {
+		for round := range 20 {
+			if err := os.WriteFile(runaway, []byte(runawayTree), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			waitFor("loading policies")
+			for range 100 {
+				_, d := status()
+				statusLat = append(statusLat, d)
+				time.Sleep(time.Millisecond)
+			}
+			start := time.Now()
+			os.Remove(runaway)
+			writeTree(b, dir, p.ServerIf, 1000, 61000+round)
+			want, err := engine.TreeHash(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for {
+				if h, _ := status(); h == want {
+					break
+				}
+				if time.Since(start) > 30*time.Second {
+					b.Fatalf("edit %d not in force after 30 s", round)
+				}
+				time.Sleep(500 * time.Microsecond)
+			}
+			editLat = append(editLat, time.Since(start))
+		}
+	}
+	fmt.Printf("| grain status during the runaway evaluation | %d | %s |\n", len(statusLat), durations(statusLat))
+	fmt.Printf("| good edit during it, save to in force (1000 rules) | %d | %s |\n", len(editLat), durations(editLat))
+}
