@@ -366,3 +366,53 @@ func TestPrepareHoldsTheEngine(t *testing.T) {
 		t.Error("Commit after Abort succeeded")
 	}
 }
+
+// TestRenamedInterfaceKeepsItsLink: when an attached interface is renamed
+// to a name the plan still selects, the re-apply moves its link (and pin)
+// to the new name rather than detaching and attaching again, which would
+// leave it without the program in between, or fail where the old link
+// still held the interface.
+func TestRenamedInterfaceKeepsItsLink(t *testing.T) {
+	g := newReloadRig(t)
+	const renamed = "grenamed0"
+	plan := compilePolicy(t, policyDropping("drop_x", portX, "gsrv*", "grenamed*"))
+	apply := func() error { return netns.Do(g.p.ServerNS, func() error { return g.e.Apply(plan) }) }
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	linkID := func(name string) link.ID {
+		t.Helper()
+		l, err := link.LoadPinnedLink(filepath.Join(g.pins, "links", name), nil)
+		if err != nil {
+			t.Fatalf("the pinned link of %s: %v", name, err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.ID
+	}
+	before := linkID(g.p.ServerIf)
+	for _, args := range [][]string{{"down"}, {"name", renamed}, {"up"}} {
+		if out, err := g.p.Run(g.p.ServerNS, append([]string{"ip", "link", "set", "dev", g.p.ServerIf}, args...)...); err != nil {
+			t.Fatalf("ip link set %v: %v: %s", args, err, out)
+		}
+		if args[0] == "name" {
+			g.p.ServerIf = renamed
+		}
+	}
+	if err := netns.Do(g.p.ServerNS, func() error { return g.e.reapply() }); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.e.Interfaces(); !slices.Equal(got, []string{renamed}) {
+		t.Fatalf("attached after the rename: %v, want %s", got, renamed)
+	}
+	if got := g.pinnedLinks("links"); !slices.Equal(got, []string{renamed}) {
+		t.Fatalf("pinned links after the rename: %v, want %s", got, renamed)
+	}
+	if after := linkID(renamed); after != before {
+		t.Errorf("the renamed interface's link is %d, was %d: it was detached and attached again", after, before)
+	}
+	g.enforced("after the rename", portX, portY)
+}
