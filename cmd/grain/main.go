@@ -227,9 +227,39 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: grain run --policies DIR [--interface IFACE]... [--keep-on-exit]")
 		return 2
 	}
-	if r := *ringBytes; r < bpf.MinRingBufferBytes || r > 1<<30 || r&(r-1) != 0 {
-		fmt.Fprintf(stderr, "grain: --event-ring-bytes %d: must be a power of two from %d to 1073741824\n", r, bpf.MinRingBufferBytes)
+	// Every flag is checked before anything touches the kernel. A value
+	// the code below would take for "the default" (a zero queue or retry
+	// time) is refused too: whoever typed it meant something else.
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var bad []string
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			bad = append(bad, fmt.Sprintf(format, args...))
+		}
+	}
+	check(*eventQueue >= 1 && *eventQueue <= maxQueueEvents, "--event-queue %d: want a number of events from 1 to %d", *eventQueue, maxQueueEvents)
+	check(!set["otlp-queue"] || *otlpQueue >= 1 && *otlpQueue <= maxQueueEvents, "--otlp-queue %d: want a number of events from 1 to %d", *otlpQueue, maxQueueEvents)
+	check(*otlpRetry > 0, "--otlp-retry %v: want a positive duration (e.g. 30s)", *otlpRetry)
+	check(*debounce > 0, "--debounce %v: want a positive duration (e.g. 100ms)", *debounce)
+	check(*memLimit >= 0, "--memory-limit %d: want a number of bytes, or 0 for no limit", *memLimit)
+	r := *ringBytes
+	check(r >= bpf.MinRingBufferBytes && r <= 1<<30 && r&(r-1) == 0, "--event-ring-bytes %d: must be a power of two from %d to 1073741824", r, bpf.MinRingBufferBytes)
+	if len(bad) > 0 {
+		fmt.Fprintf(stderr, "grain: %s\n", strings.Join(bad, "\ngrain: "))
 		return 2
+	}
+	// Bound now, so that an address that is taken or malformed is refused
+	// before anything is attached.
+	var metricsLn net.Listener
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			fmt.Fprintf(stderr, "grain: --metrics-addr %s: %v\n", *metricsAddr, err)
+			return 2
+		}
+		defer ln.Close()
+		metricsLn = ln
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	if os.Getenv("GOMEMLIMIT") == "" && *memLimit > 0 {
@@ -390,17 +420,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer prom.Shutdown(context.Background())
-		ln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			fmt.Fprintln(stderr, "grain: --metrics-addr:", err)
-			return 1
-		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", handler)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
+		go srv.Serve(metricsLn)
 		defer srv.Close()
-		log.Info("serving Prometheus metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+		log.Info("serving Prometheus metrics", "url", "http://"+metricsLn.Addr().String()+"/metrics")
 	}
 	streamErr := make(chan error, 1)
 	pipeCtx, stopPipe := context.WithCancel(context.Background())
@@ -447,6 +472,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// maxQueueEvents bounds --event-queue and --otlp-queue: each event queued
+// costs memory up front.
+const maxQueueEvents = 1 << 24
+
 // otlpFromEnv reports whether the standard OpenTelemetry variables name a
 // collector.
 func otlpFromEnv() bool {
@@ -462,18 +491,29 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("status-socket", defaultSocket, "the socket of the running grain")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the running grain's answer")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	conn, err := net.DialTimeout("unix", *socket, 2*time.Second)
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "grain status: --timeout %v: want a positive duration (e.g. 5s)\n", *timeout)
+		return 2
+	}
+	deadline := time.Now().Add(*timeout)
+	conn, err := net.DialTimeout("unix", *socket, *timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "grain status: no grain answers on %s (is `grain run` running, and are you root?): %v\n", *socket, err)
 		return 1
 	}
 	defer conn.Close()
+	conn.SetDeadline(deadline)
 	var st engine.Status
 	if err := json.NewDecoder(conn).Decode(&st); err != nil {
-		fmt.Fprintln(stderr, "grain status:", err)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			fmt.Fprintf(stderr, "grain status: the grain on %s did not answer within %v (it may be stuck; --timeout waits longer)\n", *socket, *timeout)
+		} else {
+			fmt.Fprintf(stderr, "grain status: reading the answer on %s: %v\n", *socket, err)
+		}
 		return 1
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
