@@ -320,11 +320,12 @@ func TestWatchConfigMapSwap(t *testing.T) {
 	}
 }
 
-// A linked .cue file changes when its target is written in place, wherever
-// the target is.
+// A linked .cue file changes when its target is written in place, also in a
+// directory the loader skips (links out of the tree are refused by the
+// loader).
 func TestWatchLinkedFileTarget(t *testing.T) {
-	root, shared := t.TempDir(), t.TempDir()
-	target := filepath.Join(shared, "common.cue")
+	root := t.TempDir()
+	target := filepath.Join(root, "_shared", "common.cue")
 	writeFile(t, target, policy(1))
 	if err := os.Symlink(target, filepath.Join(root, "common.cue")); err != nil {
 		t.Fatal(err)
@@ -696,8 +697,11 @@ func TestTreeHash(t *testing.T) {
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "a.cue"), policy(1))
 	writeFile(t, filepath.Join(root, "net", "b.cue"), policy(2))
-	writeFile(t, filepath.Join(outside, "linked.cue"), policy(3))
-	if err := os.Symlink(filepath.Join(outside, "linked.cue"), filepath.Join(root, "linked.cue")); err != nil {
+	// A link to a file in a directory the loader skips, inside the tree
+	// (the loader refuses links out of it).
+	linked := filepath.Join(root, "_shared", "linked.cue")
+	writeFile(t, linked, policy(3))
+	if err := os.Symlink(linked, filepath.Join(root, "linked.cue")); err != nil {
 		t.Fatal(err)
 	}
 	h := treeHash(t, root)
@@ -740,7 +744,7 @@ func TestTreeHash(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(root, "a.cue"), policy(9))
 	changed("content")
-	writeFile(t, filepath.Join(outside, "linked.cue"), policy(8))
+	writeFile(t, linked, policy(8))
 	changed("linked file content")
 	if err := os.Rename(filepath.Join(root, "net", "b.cue"), filepath.Join(root, "net", "c.cue")); err != nil {
 		t.Fatal(err)
@@ -750,7 +754,7 @@ func TestTreeHash(t *testing.T) {
 	changed("new empty file")
 
 	// A dangling link is an error, as it is to the loader.
-	if err := os.Symlink(filepath.Join(outside, "missing.cue"), filepath.Join(root, "dangling.cue")); err != nil {
+	if err := os.Symlink(filepath.Join(root, "_shared", "missing.cue"), filepath.Join(root, "dangling.cue")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := TreeHash(root); err == nil {
