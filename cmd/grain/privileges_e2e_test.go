@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -66,7 +68,8 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 // TestRunAsUserWithCapabilities: grain run by a user other than root that
 // holds only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (a least-privileged
 // DaemonSet) enforces its policy, checked with real traffic, answers
-// `grain status`, and detaches on SIGTERM. Its pin directory is one the
+// `grain status`, follows its policy file being made unreadable to it and
+// readable again (chmod), and detaches on SIGTERM. Its pin directory is one the
 // operator made for that user on a bpffs: such a user can neither mount
 // bpffs nor create directories in one that root owns.
 func TestRunAsUserWithCapabilities(t *testing.T) {
@@ -117,6 +120,31 @@ func TestRunAsUserWithCapabilities(t *testing.T) {
 	}
 	if st := grainStatus(t, sock); st.LastResult != "success" || len(st.Rules) != 1 {
 		t.Errorf("grain status of grain as nobody: %+v", st)
+	}
+
+	// A policy file made unreadable to grain's user, then readable again:
+	// each chmod is a change, and the status follows the tree on disk.
+	file := filepath.Join(policyDir, "policy.cue")
+	failed := strings.Count(d.log(), "reload failed")
+	if err := os.Chmod(file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(t, "reload failed", failed+1)
+	if st := grainStatus(t, sock); st.LastResult != "failure" || !strings.Contains(st.LastError, "permission denied") {
+		t.Errorf("status with the policy file unreadable: %s, %q", st.LastResult, st.LastError)
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for st := grainStatus(t, sock); st.LastResult != "success"; st = grainStatus(t, sock) {
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the policy file was made readable again, the status says %s: %s", st.LastResult, st.LastError)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !blocked(t, p, port, "GET / HTTP/1.1") {
+		t.Fatal("grain as nobody: HTTP/1.1 no longer blocked after the chmods")
 	}
 	d.stop(t)
 	if blocked(t, p, port, "GET / HTTP/1.1") {
