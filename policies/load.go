@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -289,6 +290,7 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 			break // the tree's value budget is spent: the rest would be too
 		}
 	}
+	l.checkRenamesOntoEmittedFields()
 	if len(l.errs) > 0 {
 		return nil, l.errs.normalize()
 	}
@@ -439,12 +441,18 @@ func (l *loader) spendValues(file cue.Value, labels map[string]Position) (Positi
 
 // readBounded reads a policy file, never more than the tree may hold: the
 // file can grow between the size check and the read.
+//
+// The file is opened without blocking and must still be a regular file:
+// one swapped for a FIFO since the walk must not hang the load.
 func readBounded(name string) ([]byte, error) {
-	f, err := os.Open(name)
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	defer f.Close()
+	if info, err := f.Stat(); err != nil || !info.Mode().IsRegular() {
+		return nil, ErrorList{{Pos: Position{File: name}, Msg: "is no longer a regular file (it was replaced while the tree was read): a policy file must be a regular file"}}
+	}
 	src, err := io.ReadAll(io.LimitReader(f, MaxTreeBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)

@@ -296,6 +296,30 @@ func (d *pipelineDecoder) checkRename(to cue.Value, path string, r Rewrite, earl
 	}
 }
 
+// checkRenamesOntoEmittedFields refuses a rename onto a field that a
+// policy's events carry by its own emit list (a kernel hook's argument
+// name, say): known only once every file is loaded.
+func (l *loader) checkRenamesOntoEmittedFields() {
+	if l.pipeline == nil {
+		return
+	}
+	for _, r := range l.pipeline.Rewrites {
+		if r.Action != RewriteRename {
+			continue
+		}
+		for _, p := range l.policies {
+			if p.Emit == nil || r.To == r.Field || !slices.Contains(p.Emit.Fields, r.To) ||
+				(len(r.Events) > 0 && !slices.Contains(r.Events, p.Emit.Event)) {
+				continue
+			}
+			l.errs = append(l.errs, Error{Pos: r.Pos, Policy: schema.PipelineField,
+				Msg: fmt.Sprintf("rename %s to %q: events %q of policy %s (%s) already carry a field %q; renaming onto it would duplicate it: choose another name",
+					r.Field, r.To, p.Emit.Event, p.Name, p.Pos, r.To)})
+			break
+		}
+	}
+}
+
 // eventsOverlap reports whether two stages' event lists (empty: every
 // event) have an event in common.
 func eventsOverlap(a, b []string) bool {

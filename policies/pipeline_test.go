@@ -138,6 +138,17 @@ func TestPipelineRenameCollisions(t *testing.T) {
 			t.Errorf("%s:\n got %v\nwant %s", c.src, err, c.want)
 		}
 	}
+	// A rename onto a kernel hook's argument that the policy's events carry.
+	hook := `opens: {syscall: "openat", args: [{index: 1, type: "user_string", name: "path"}], emit: {event: "open", fields: ["path", "comm"]}}
+pipeline: rewrite: [{event: "open", field: "comm", rename: "path"}]
+`
+	_, err := LoadBytes("p.cue", []byte(hook))
+	if err == nil || !strings.Contains(err.Error(), `p.cue:2:21: policy pipeline: rename comm to "path": events "open" of policy opens (p.cue:1:1) already carry a field "path"`) {
+		t.Errorf("rename onto an emitted argument: got %v", err)
+	}
+	if _, err := LoadBytes("p.cue", []byte(strings.Replace(hook, `event: "open", `, `event: "other", `, 1))); err != nil {
+		t.Errorf("a rename of other events: %v", err)
+	}
 	// Renames of different events may share a name; the README's example
 	// renames dport to port.
 	for _, src := range []string{
