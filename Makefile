@@ -22,7 +22,7 @@ VM_OLD_KERNEL := --kernel linux-image-5.10.0-32-amd64 --suite bullseye --modules
 UBUNTU_POOL := http://archive.ubuntu.com/ubuntu/pool/main/l/linux
 VM_515_KERNEL := --deb $(UBUNTU_POOL)/linux-image-unsigned-5.15.0-204-generic_5.15.0-204.214_amd64.deb\#2fa65ba92f39485b97c53d68b4245931a2fb6abadadf250769b48f86f7eaa815 \
 	--deb $(UBUNTU_POOL)/linux-modules-5.15.0-204-generic_5.15.0-204.214_amd64.deb\#e205a3933a1f6551dc04e3975b46df119fe12a0ba4b5ea37bdcd30862ad69a98 \
-	--features kprobe --timeout 900
+	--features kprobe --timeout 1500
 # Between the two, Ubuntu 20.04's 5.13: every helper is there and the older
 # verifier gives up on the XDP program; grain must still say why.
 UBUNTU_POOL_513 := http://archive.ubuntu.com/ubuntu/pool/main/l/linux-hwe-5.13
@@ -49,16 +49,32 @@ demo: deps build
 # Unit tests, then the privileged kernel and network tests (root).
 # -v so that CI output shows each privileged test ran (or why it skipped).
 test: deps build
-	$(GO) vet ./...
-	$(GO) test -count=1 -v ./...
-	GO=$(GO) ./scripts/vm-test.sh --arch amd64 --timeout 900 $(foreach t,$(VM_TESTS_AMD64),'$(t)')
-	GO=$(GO) ./scripts/vm-test.sh --arch arm64 --timeout 900 $(foreach t,$(VM_TESTS_ARM64),'$(t)')
-	GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)')
+	@start=$$SECONDS; $(GO) vet ./... && echo "== go vet took $$((SECONDS-start)) s"
+	@start=$$SECONDS; $(GO) test -count=1 -v ./...; rc=$$?; echo "== host tests took $$((SECONDS-start)) s"; exit $$rc
+	@start=$$SECONDS; $(MAKE) --no-print-directory -j2 -O test-guests; rc=$$?; echo "== guests took $$((SECONDS-start)) s"; exit $$rc
+	$(MAKE) --no-print-directory check-generated
+
+# The guests, two at a time: each QEMU emulates on one host thread, and a
+# machine here has two cores. -O keeps each guest's output together. The
+# longest first, so that the short ones fill the gaps.
+GUESTS := guest-amd64 guest-amd64-5.15 guest-arm64 guest-old guest-5.13
+.PHONY: test-guests $(GUESTS)
+test-guests: $(GUESTS)
+
+guest-amd64:
+	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 --timeout 1500 $(foreach t,$(VM_TESTS_AMD64),'$(t)'); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
+guest-arm64:
+	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch arm64 --timeout 1500 $(foreach t,$(VM_TESTS_ARM64),'$(t)'); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
+guest-old:
+	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)'); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
+guest-amd64-5.15:
 	@if curl -fsS -m 20 -o /dev/null http://archive.ubuntu.com/ubuntu/dists/jammy/Release; then \
-		GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_515_KERNEL) $(foreach t,$(VM_TESTS_AMD64),'$(t)') && \
-		GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_513_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)'); \
-	else echo "== amd64 guests 5.15 (grain's minimum) and 5.13 (too old) NOT RUN: archive.ubuntu.com does not answer from here"; fi
-	$(MAKE) check-generated
+		start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_515_KERNEL) $(foreach t,$(VM_TESTS_AMD64),'$(t)'); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc; \
+	else echo "== amd64 guest 5.15 (grain's minimum) NOT RUN: archive.ubuntu.com does not answer from here"; fi
+guest-5.13:
+	@if curl -fsS -m 20 -o /dev/null http://archive.ubuntu.com/ubuntu/dists/jammy/Release; then \
+		start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_513_KERNEL) $(foreach t,$(VM_TESTS_OLD),'$(t)'); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc; \
+	else echo "== amd64 guest 5.13 (too old) NOT RUN: archive.ubuntu.com does not answer from here"; fi
 
 # Rebuild the committed BPF objects with Debian's clang-19.
 generate:
