@@ -453,3 +453,23 @@ func (x *XDP) Maps() XDPMaps {
 		RateWindows: m.RateWindows,
 	}
 }
+
+// StagedRuleIDs calls fn with the rule id of every event staged and not yet
+// sent to the ring buffer, on any CPU (bpf/xdp.c: events wait in a per-CPU
+// stage for at most a batch's time). The engine uses it to learn when the
+// events of a replaced rule set have all reached the ring. A stage read
+// while a flush sends it may show events already sent as staged, never an
+// unsent one as sent, in whatever order the copy reads count and start: a
+// flush sends ev[start, count) before it empties the stage or moves start.
+func (x *XDP) StagedRuleIDs(fn func(id uint32)) error {
+	var st xdpEventStage
+	for cpu := uint32(0); cpu < x.objs.EventStages.MaxEntries(); cpu++ {
+		if err := x.objs.EventStages.Lookup(cpu, &st); err != nil {
+			return fmt.Errorf("read the event stage of CPU %d: %w", cpu, err)
+		}
+		for i := st.Start; i < st.Count && int(i) < len(st.Ev); i++ {
+			fn(st.Ev[i].RuleId)
+		}
+	}
+	return nil
+}

@@ -55,7 +55,7 @@ type Engine struct {
 	// own lock keeps events flowing while an apply holds mu.
 	namesMu sync.RWMutex
 	byEpoch map[uint32][]codegen.Rule
-	retired []retiredEpoch     // in byEpoch, oldest first
+	retired []uint32           // epochs replaced, still in byEpoch (events.go)
 	links   map[string]xdpLink // interface name -> XDP link
 	// current is the plan last applied with its attachments (nil before
 	// the first Apply and after Close): link events re-apply it.
@@ -718,14 +718,9 @@ func (e *Engine) flip(next, epoch uint32, plan *codegen.Plan) error {
 	}
 	e.rules[next] = plan.Rules
 	e.active, e.epoch = next, epoch
-	e.retired = append(e.retired, retiredEpoch{epoch: (epoch - 1) & maxEpoch, at: time.Now()})
-	// Forget an epoch once keptEpochs newer ones exist and it was retired
-	// long enough ago for the reader to have drained its events: reloads
-	// and link changes can come milliseconds apart.
-	for len(e.retired) > keptEpochs && time.Since(e.retired[0].at) > keptEpochFor {
-		delete(e.byEpoch, e.retired[0].epoch)
-		e.retired = e.retired[1:]
-	}
+	// The replaced rule set stays named until the event reader has read
+	// every event it can still send (events.go: retiredFence).
+	e.retireLocked((epoch-1)&maxEpoch, epoch)
 	return nil
 }
 
@@ -1022,18 +1017,7 @@ func (e *Engine) InterfaceHooks() map[string]string {
 const (
 	ruleIndexBits = 11 // bpf.MaxRules
 	maxEpoch      = 1<<(32-ruleIndexBits) - 1
-	keptEpochs    = 3 // plans kept to name events still queued (the reader drains every 20 ms)
 )
-
-// keptEpochFor is how long a replaced plan stays known beyond keptEpochs
-// (a variable for tests).
-var keptEpochFor = time.Second
-
-// retiredEpoch is a rule set replaced at a time.
-type retiredEpoch struct {
-	epoch uint32
-	at    time.Time
-}
 
 func ruleID(epoch uint32, index int) uint32 { return epoch<<ruleIndexBits | uint32(index) }
 

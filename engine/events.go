@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 	defer pr.Flush()
 	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
 	var rec ringbuf.Record
+	var fence retiredFence
 	// The deadline matters only when the reader waits, after the ring was
 	// found empty: it is set then, not for every record (it takes the
 	// reader's lock).
@@ -76,6 +78,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		if err := rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				pr.Flush()
+				fence.drained(e, rd)
 				rd.SetDeadline(time.Now().Add(readPollInterval))
 				continue
 			}
@@ -88,12 +91,104 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 			d.record = record
 			d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&record[0])))
 		})
+		fence.read(e, len(rec.RawSample))
 		// Remaining comes from the producer position the read loaded:
 		// asking the ring again would load that cache line, which the
 		// packet's CPU writes on every event, once more per event.
 		if rec.Remaining == 0 {
 			pr.Flush()
+			fence.drained(e, rd)
 			rd.SetDeadline(time.Now().Add(readPollInterval))
+		}
+	}
+}
+
+// retireLocked records that the rule set of epoch old was replaced by
+// current's. Its names stay (byEpoch) until the reader has read every event
+// it can still send: one in flight on a CPU, staged (bpf/xdp.c), or waiting
+// in the ring buffer, however long no reader ran (retiredFence). An epoch
+// number in use again (after 2^21 applies) is not retired. e.namesMu must be
+// held.
+func (e *Engine) retireLocked(old, current uint32) {
+	e.retired = slices.DeleteFunc(e.retired, func(r uint32) bool { return r == current })
+	if old != current && !slices.Contains(e.retired, old) {
+		e.retired = append(e.retired, old)
+	}
+}
+
+// retiredFence is the reader's progress towards forgetting the names of
+// replaced rule sets. Once no packet runs them (an RCU grace period after
+// the flip) and no stage holds their events, all of them are in the ring,
+// within the bytes it held then (ahead): when the reader has read as many,
+// or found the ring empty, it has read them all.
+type retiredFence struct {
+	epochs []uint32 // passed the fence: all their events are in the ring
+	ahead  int      // ring bytes to read before they are all read
+}
+
+// read counts one record of n bytes read from the ring.
+func (f *retiredFence) read(e *Engine, n int) {
+	if f.epochs == nil {
+		return
+	}
+	// A record takes its 8-byte header and is padded to 8 bytes.
+	f.ahead -= (n + 8 + 7) &^ 7
+	if f.ahead <= 0 {
+		e.forget(f.epochs)
+		f.epochs = nil
+	}
+}
+
+// drained is called when the reader found the ring empty: epochs past the
+// fence are forgotten, and the fence is tried for the epochs retired since.
+func (f *retiredFence) drained(e *Engine, rd *ringbuf.Reader) {
+	if f.epochs != nil {
+		e.forget(f.epochs)
+		f.epochs = nil
+	}
+	e.namesMu.RLock()
+	retired := slices.Clone(e.retired)
+	e.namesMu.RUnlock()
+	if len(retired) == 0 {
+		return
+	}
+	// Every packet that may still have read a replaced generation ends
+	// within a grace period of the flip; its events are then staged or in
+	// the ring.
+	if e.waitGracePeriod() != nil {
+		return // closed meanwhile: the names stay, which is safe
+	}
+	staged := false
+	err := e.xdp.StagedRuleIDs(func(id uint32) {
+		staged = staged || slices.Contains(retired, id>>ruleIndexBits)
+	})
+	if err != nil || staged {
+		return // the stage's timer sends them within a batch's time: next poll
+	}
+	f.epochs, f.ahead = retired, rd.AvailableBytes()
+	if f.ahead == 0 {
+		e.forget(f.epochs)
+		f.epochs = nil
+	}
+}
+
+// retiredRuleSets counts the replaced rule sets whose events the reader may
+// still read.
+func (e *Engine) retiredRuleSets() int {
+	e.namesMu.RLock()
+	defer e.namesMu.RUnlock()
+	return len(e.retired)
+}
+
+// forget drops the names of retired epochs whose events were all read.
+func (e *Engine) forget(epochs []uint32) {
+	e.namesMu.Lock()
+	defer e.namesMu.Unlock()
+	for _, epoch := range epochs {
+		// still retired: not the epoch of a rule set applied since
+		if i := slices.Index(e.retired, epoch); i >= 0 {
+			e.retired = slices.Delete(e.retired, i, i+1)
+			delete(e.byEpoch, epoch)
 		}
 	}
 }

@@ -22,8 +22,14 @@ func eventLines(t *testing.T, e *Engine, want int, send func()) []map[string]any
 	var out syncBuffer
 	done := make(chan error, 1)
 	go func() { done <- e.StreamEvents(ctx, &out) }()
-	// Let the reader drain events of earlier tests.
-	time.Sleep(200 * time.Millisecond)
+	// Let the reader drain the events of earlier tests: all of them are of
+	// rule sets replaced since, whose names it drops once it has read every
+	// event they can still send.
+	for deadline := time.Now().Add(10 * time.Second); e.retiredRuleSets() > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader still expects events of %d replaced rule sets after 10 s", e.retiredRuleSets())
+		}
+	}
 	before := len(out.String())
 	send()
 	deadline := time.Now().Add(5 * time.Second)

@@ -1,9 +1,14 @@
 package engine
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -394,5 +399,98 @@ func TestXDPEventStageWithoutTimers(t *testing.T) {
 	events, batches := readEvents(t, rd, 2)
 	if len(events) != 2 || events[0].Sport != 5001 || events[1].Sport != 5002 {
 		t.Errorf("events of sports %v in records of %v, want 5001 and 5002, each sent at once", sportsOf(events), batches)
+	}
+}
+
+// replacedPolicy is everyEvent under another policy name: rule sets that
+// differ only in the names their events must carry.
+func replacedPolicy(name string) string {
+	return strings.Replace(everyEvent, "every_event:", name+":", 1)
+}
+
+// Events of a replaced rule set are named by it, however many rule sets
+// followed and however late the reader reads them (here: it starts after
+// five applies and a second, as a reader that lags or restarts); once the
+// reader has read every event the replaced sets can still send, their names
+// are dropped, and those of the set in force are kept.
+func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
+	e := ownEngine(t, Options{})
+	defer e.Close()
+	testcpu.Pin(t, 0)
+	var ids []uint32
+	for i, name := range []string{"set_a", "set_b", "set_c", "set_d", "set_e", "set_f"} {
+		if i == 5 {
+			time.Sleep(1500 * time.Millisecond) // no reader meanwhile
+		}
+		if err := e.ApplyTables(compilePolicy(t, replacedPolicy(name)), map[string]uint32{"lo": loIndex}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ruleID(e.epoch, 0))
+		if i < 2 {
+			// staged, then the rule set changes within the batch's time
+			runXDP(t, e, httpFrom(uint16(6000+i)))
+			runXDP(t, e, httpFrom(uint16(6100+i)))
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- e.StreamEvents(ctx, &out) }()
+	// Until the reader has read every event of the replaced sets.
+	for deadline := time.Now().Add(10 * time.Second); e.retiredRuleSets() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not JSON: %v: %q", err, line)
+		}
+		got = append(got, fmt.Sprint(ev["policy"], "/", ev["sport"]))
+	}
+	if want := []string{"set_a/6000", "set_a/6100", "set_b/6001", "set_b/6101"}; !slices.Equal(got, want) {
+		t.Fatalf("events (policy/sport) %v, want %v: each named by the rule set that sent it", got, want)
+	}
+	for i, id := range ids {
+		_, known := e.rule(id)
+		if last := i == len(ids)-1; known != last {
+			t.Errorf("rule set %d of %d: named %v after the reader read every event; want only the one in force named", i+1, len(ids), known)
+		}
+	}
+}
+
+// An event staged and followed by no other on its CPU leaves the stage by
+// its timer alone: the stage empties without another packet, also when the
+// rule set changed meanwhile, and the event arrives named by its own.
+func TestXDPStagedEventLeavesWithoutAnotherPacket(t *testing.T) {
+	e, rd := stagingEngine(t, 0)
+	testcpu.Pin(t, 0)
+	runXDP(t, e, httpFrom(7001))
+	first := ruleID(e.epoch, 0)
+	if err := e.ApplyTables(compilePolicy(t, replacedPolicy("after")), map[string]uint32{"lo": loIndex}); err != nil {
+		t.Fatal(err)
+	}
+	staged := func() (n int) {
+		if err := e.XDP().StagedRuleIDs(func(uint32) { n++ }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(10 * time.Second); staged() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := staged(); n > 0 {
+		t.Fatalf("%d events still staged 10 s after the last packet: the stage's timer did not send them", n)
+	}
+	events, _ := readEvents(t, rd, 1)
+	if len(events) != 1 || events[0].Sport != 7001 || events[0].RuleId != first {
+		t.Fatalf("events %+v, want the one of sport 7001 with rule id %#x (the replaced rule set)", events, first)
+	}
+	if r, ok := e.rule(first); !ok || r.Policy != "every_event" {
+		t.Errorf("rule %#x is named %+v, %v before any reader of the engine ran; want every_event", first, r, ok)
 	}
 }

@@ -522,36 +522,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// Rules of a replaced rule set stay nameable for a while, however many
-// applies follow: events still queued from it keep their policy names when
-// reloads or link changes come milliseconds apart.
-func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
-	defer func(d time.Duration) { keptEpochFor = d }(keptEpochFor)
-	applies := func(first string) uint32 {
-		e := applyPolicy(t, first+`: {xdp: interfaces: ["lo"], match: protocol: "udp", then: "drop"}`)
-		id := ruleID(e.epoch, 0)
-		for i := range 10 {
-			applyPolicy(t, fmt.Sprintf(`p%d: {xdp: interfaces: ["lo"], match: protocol: "tcp", then: "drop"}`, i))
-		}
-		return id
-	}
-	// Replaced less than keptEpochFor ago (an hour here, whatever the
-	// machine's speed): still known.
-	keptEpochFor = time.Hour
-	id := applies("first")
-	e := testEngine(t)
-	if r, ok := e.rule(id); !ok || r.Policy != "first" {
-		t.Fatalf("rule %#x after 10 applies within keptEpochFor: %+v, %v; want policy first", id, r, ok)
-	}
-	// Replaced long enough ago, with keptEpochs newer plans: forgotten,
-	// so that memory stays bounded.
-	keptEpochFor = 0
-	id = applies("second")
-	if _, ok := e.rule(id); ok {
-		t.Fatalf("rule %#x still known after 10 applies with keptEpochFor 0", id)
-	}
-}
-
 // Verdicts are counted per interface: packets judged on lo count under lo,
 // by verdict, with their bytes.
 func TestXDPInterfaceCounters(t *testing.T) {
