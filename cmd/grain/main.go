@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -292,9 +293,25 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
 	otlp := *otlpEndpoint != "" || otlpFromEnv()
 	otlpCfg := export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()}
+	// A write to a closed stdout pipe fails (and is counted) instead of
+	// killing grain with SIGPIPE before it can detach.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	// What is pending when grain stops (stdout's lines, OTLP log records
+	// and metrics) is flushed for at most exitFlushTime in all, from the
+	// moment the event readers stop; what is left is counted as lost.
+	var cancelFlush context.CancelFunc = func() {}
+	exitFlush := sync.OnceValue(func() context.Context {
+		flush, cancel := context.WithTimeoutCause(context.Background(), exitFlushTime, errExitFlush)
+		cancelFlush = cancel
+		return flush
+	})
+	defer func() { exitFlush(); cancelFlush() }()
 	var sinks []pipeline.Sink
+	var jsonSink *pipeline.JSONSink
 	if *toStdout {
-		sinks = append(sinks, pipeline.NewJSONSink(stdout))
+		jsonSink = pipeline.NewJSONSink(stdout)
+		jsonSink.Log = log
+		sinks = append(sinks, jsonSink)
 	}
 	if otlp {
 		logSink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{Config: otlpCfg, QueueSize: *otlpQueue, RetryFor: *otlpRetry})
@@ -302,14 +319,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "grain: OTLP logs:", err)
 			return 1
 		}
-		// On exit, after the pipeline has drained: export what is pending,
-		// for at most 5 s (a collector that is down must not hold up the
-		// exit); what is left is counted as lost.
-		defer func() {
-			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			logSink.Shutdown(flush)
-		}()
+		// On exit, after the pipeline has drained: export what is pending
+		// within the exit's flush bound (a collector that is down must not
+		// hold up the exit); what is left is counted as lost.
+		defer func() { logSink.Shutdown(exitFlush()) }()
 		sinks = append(sinks, logSink)
 	}
 	pipe := pipeline.New(pipeline.Options{QueueEvents: *eventQueue, Sinks: sinks})
@@ -404,11 +417,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		// Runs before the log sink's shutdown (deferred earlier), so the
 		// final points do not count the events still being flushed.
-		defer func() {
-			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			metrics.Shutdown(flush)
-		}()
+		defer func() { metrics.Shutdown(exitFlush()) }()
 		log.Info("exporting over OTLP", "endpoint", *otlpEndpoint)
 	}
 	if *metricsAddr != "" {
@@ -442,7 +451,24 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}()
 		err := errors.Join(eng.ReadEvents(ctx, pipe.Producer()), <-probeErr)
 		stopPipe()
-		<-pipe.Done()
+		select {
+		case <-pipe.Done():
+		case <-exitFlush().Done():
+			// A stdout whose reader does not read holds the pipeline in
+			// a write: give it up (its lines are counted as lost).
+			if jsonSink != nil {
+				jsonSink.Abandon()
+			}
+			<-pipe.Done()
+		}
+		if st := pipe.Stats(); st.QueueFull > 0 {
+			log.Warn("events dropped: the queue in front of the pipeline was full", "dropped", st.QueueFull)
+		}
+		if jsonSink != nil {
+			if st := jsonSink.Stats(); st.Failed > 0 {
+				log.Warn("events not written to stdout", "dropped", st.Failed, "written", st.Exported)
+			}
+		}
 		streamErr <- err
 	}()
 	// Reloads run beside this loop, so that signals are seen while a tree
@@ -475,6 +501,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 // maxQueueEvents bounds --event-queue and --otlp-queue: each event queued
 // costs memory up front.
 const maxQueueEvents = 1 << 24
+
+// exitFlushTime bounds what grain's exit spends flushing its sinks.
+const exitFlushTime = 5 * time.Second
+
+var errExitFlush = fmt.Errorf("grain is stopping: flushing takes at most %v", exitFlushTime)
 
 // otlpFromEnv reports whether the standard OpenTelemetry variables name a
 // collector.
