@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -41,11 +42,49 @@ type XDP struct {
 type xdpLoaded struct {
 	xdpMaps
 	xdpVariables
-	GrainXdp *ebpf.Program `ebpf:"grain_xdp"`
+	GrainXdp  *ebpf.Program `ebpf:"grain_xdp"`
+	RuleNames *ebpf.Map     `ebpf:"rule_names"` // ruleNamesSpec
 }
 
 func (o *xdpLoaded) Close() error {
-	return errors.Join(o.GrainXdp.Close(), o.xdpMaps.Close())
+	return errors.Join(o.GrainXdp.Close(), o.xdpMaps.Close(), o.RuleNames.Close())
+}
+
+// RuleNamesBytes is the most bytes SaveRuleNames keeps for one generation.
+const RuleNamesBytes = 256 << 10
+
+// ruleNamesSpec is a map no program reads: what userspace needs to name a
+// generation's rules (the engine's encoding), one entry per generation,
+// pinned with the tables, so that a restarted grain names the events and
+// counts the counters of the generation it adopts, and of the one before
+// it, whose events may still wait in the ring. A value is a little-endian
+// length and that many bytes.
+var ruleNamesSpec = ebpf.MapSpec{Name: "rule_names", Type: ebpf.Array, KeySize: 4,
+	ValueSize: 4 + RuleNamesBytes, MaxEntries: Generations}
+
+// SaveRuleNames keeps names (at most RuleNamesBytes) as generation gen's.
+func (x *XDP) SaveRuleNames(gen uint32, names []byte) error {
+	if len(names) > RuleNamesBytes {
+		return fmt.Errorf("the names of %d bytes exceed the %d bytes kept for a generation", len(names), RuleNamesBytes)
+	}
+	v := make([]byte, 4+RuleNamesBytes)
+	binary.LittleEndian.PutUint32(v, uint32(len(names)))
+	copy(v[4:], names)
+	return x.objs.RuleNames.Put(gen, v)
+}
+
+// RuleNames returns what SaveRuleNames kept as generation gen's: nothing
+// when it never did (or the maps were pinned by a grain that did not).
+func (x *XDP) RuleNames(gen uint32) ([]byte, error) {
+	v, err := x.objs.RuleNames.LookupBytes(gen)
+	if err != nil {
+		return nil, fmt.Errorf("read the rule names of generation %d: %w", gen, err)
+	}
+	n := binary.LittleEndian.Uint32(v)
+	if int(n) > len(v)-4 {
+		return nil, fmt.Errorf("the rule names of generation %d claim %d bytes, more than the map holds", gen, n)
+	}
+	return v[4 : 4+n], nil
 }
 
 // MinRingBufferBytes is the smallest event ring buffer LoadXDP takes: it
@@ -92,7 +131,7 @@ func (x *XDP) mapsByName() map[string]*ebpf.Map {
 		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
 		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
 		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
-		"rate_windows": m.RateWindows, "event_stages": x.objs.EventStages,
+		"rate_windows": m.RateWindows, "event_stages": x.objs.EventStages, "rule_names": x.objs.RuleNames,
 	}
 }
 
@@ -146,6 +185,8 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	spec.Maps["event_stages"].MaxEntries = uint32(cpus)
+	names := ruleNamesSpec
+	spec.Maps[names.Name] = &names
 	if err := spec.Variables["program_instance"].Set(rand.Uint64() | 1); err != nil {
 		return nil, fmt.Errorf("set program_instance: %w", err)
 	}

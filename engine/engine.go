@@ -236,6 +236,9 @@ func (e *Engine) adopt() error {
 	if err := e.xdp.Maps().Rules.Lookup(e.active*bpf.MaxRules, &r); err == nil {
 		e.epoch = r.Id >> ruleIndexBits // continue after the adopted rules' epoch
 	}
+	if err := e.adoptRuleNames(e.active, e.epoch); err != nil {
+		e.log.Warn("the adopted rule sets are not named: their events are unknown-rule-N, their counters not counted", "error", err.Error())
+	}
 	return e.adoptLinks()
 }
 
@@ -687,6 +690,10 @@ func (e *Engine) writeInactive(plan *codegen.Plan, ifindex map[string]uint32) (n
 	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
 		e.ifaces.unclaim(maps.IfaceCounters, claimed)
 		return 0, 0, nil, fmt.Errorf("write rule generation %d: %w", next, err)
+	}
+	if err := e.saveRuleNames(next, epoch, plan.Rules); err != nil {
+		e.ifaces.unclaim(maps.IfaceCounters, claimed)
+		return 0, 0, nil, fmt.Errorf("keep the rule names of generation %d: %w", next, err)
 	}
 	return next, epoch, claimed, nil
 }

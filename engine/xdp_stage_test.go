@@ -494,3 +494,74 @@ func TestXDPStagedEventLeavesWithoutAnotherPacket(t *testing.T) {
 		t.Errorf("rule %#x is named %+v, %v before any reader of the engine ran; want every_event", first, r, ok)
 	}
 }
+
+// A grain that adopts the pinned state of an earlier one (after kill -9 or
+// --keep-on-exit) names the events the earlier one left in the ring and in
+// its stages by the earlier rule set, and counts them: per policy, what its
+// reader receives is what its counters say was emitted.
+func TestXDPAdoptedEventsAreNamedAndCounted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs and mount bpffs (runs in .ci/run)")
+	}
+	testcpu.Pin(t, 0)
+	pins := netns.PinDir(t)
+	first := ownEngine(t, Options{PinPath: pins})
+	for sport := uint16(8001); sport <= 8005; sport++ {
+		runXDP(t, first, httpFrom(sport))
+	}
+	if err := first.Release(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := New(Options{PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := second.ApplyTables(compilePolicy(t, replacedPolicy("second_set")), map[string]uint32{"lo": loIndex}); err != nil {
+		t.Fatal(err)
+	}
+	runXDP(t, second, httpFrom(8100))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- second.StreamEvents(ctx, &out) }()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if second.retiredRuleSets() == 0 && strings.Count(out.String(), "\n") >= 6 {
+			break
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // anything more would come within the reader's poll
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	received := map[string][]any{}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not JSON: %v: %q", err, line)
+		}
+		policy := fmt.Sprint(ev["policy"])
+		received[policy] = append(received[policy], ev["sport"])
+	}
+	if want := []any{8001.0, 8002.0, 8003.0, 8004.0, 8005.0}; !slices.Equal(received["every_event"], want) {
+		t.Errorf("events named every_event (the earlier grain's rule set): sports %v, want %v; all received: %v", received["every_event"], want, received)
+	}
+	if want := []any{8100.0}; !slices.Equal(received["second_set"], want) {
+		t.Errorf("events named second_set: sports %v, want %v; all received: %v", received["second_set"], want, received)
+	}
+	counters, err := second.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitted := map[string]int{}
+	for _, c := range counters {
+		emitted[c.Policy] += int(c.Events)
+	}
+	for policy, events := range received {
+		if len(events) != emitted[policy] {
+			t.Errorf("policy %s: %d events received, %d emitted by the counters (all: %v)", policy, len(events), emitted[policy], emitted)
+		}
+	}
+}
