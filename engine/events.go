@@ -120,10 +120,13 @@ func (e *Engine) retireLocked(old, current uint32) {
 // replaced rule sets. Once no packet runs them (an RCU grace period after
 // the flip) and no stage holds their events, all of them are in the ring,
 // within the bytes it held then (ahead): when the reader has read as many,
-// or found the ring empty, it has read them all.
+// or found the ring empty, it has read them all. The grace period and the
+// look at the stages run beside the reader (settledRetired), which goes on
+// reading meanwhile.
 type retiredFence struct {
-	epochs []uint32 // passed the fence: all their events are in the ring
-	ahead  int      // ring bytes to read before they are all read
+	epochs  []uint32      // passed the fence: all their events are in the ring
+	ahead   int           // ring bytes to read before they are all read
+	settled chan []uint32 // the result of settledRetired, while it runs
 }
 
 // read counts one record of n bytes read from the ring.
@@ -140,36 +143,57 @@ func (f *retiredFence) read(e *Engine, n int) {
 }
 
 // drained is called when the reader found the ring empty: epochs past the
-// fence are forgotten, and the fence is tried for the epochs retired since.
+// fence are forgotten, and those retired since are taken to the fence.
 func (f *retiredFence) drained(e *Engine, rd *ringbuf.Reader) {
 	if f.epochs != nil {
 		e.forget(f.epochs)
 		f.epochs = nil
 	}
+	if f.settled != nil {
+		select {
+		case epochs := <-f.settled:
+			f.settled = nil
+			if len(epochs) > 0 {
+				// Their events are all in the ring now: within what it
+				// holds (read by this goroutine, the ring's only reader).
+				f.epochs, f.ahead = epochs, rd.AvailableBytes()
+				if f.ahead == 0 {
+					e.forget(f.epochs)
+					f.epochs = nil
+				}
+			}
+		default:
+		}
+		return
+	}
+	if e.retiredRuleSets() > 0 {
+		settled := make(chan []uint32, 1)
+		f.settled = settled
+		go func() { settled <- e.settledRetired() }()
+	}
+}
+
+// settledRetired returns the retired epochs whose events are all in the
+// ring, or none: every packet that may still have read a replaced
+// generation ends within a grace period of the flip, and its events are
+// then staged or in the ring; a stage sends its events within a batch's
+// time, so a retired epoch still staged is asked about again at the
+// reader's next poll.
+func (e *Engine) settledRetired() []uint32 {
 	e.namesMu.RLock()
 	retired := slices.Clone(e.retired)
 	e.namesMu.RUnlock()
-	if len(retired) == 0 {
-		return
-	}
-	// Every packet that may still have read a replaced generation ends
-	// within a grace period of the flip; its events are then staged or in
-	// the ring.
 	if e.waitGracePeriod() != nil {
-		return // closed meanwhile: the names stay, which is safe
+		return nil // closed meanwhile: the names stay, which is safe
 	}
 	staged := false
 	err := e.xdp.StagedRuleIDs(func(id uint32) {
 		staged = staged || slices.Contains(retired, id>>ruleIndexBits)
 	})
 	if err != nil || staged {
-		return // the stage's timer sends them within a batch's time: next poll
+		return nil
 	}
-	f.epochs, f.ahead = retired, rd.AvailableBytes()
-	if f.ahead == 0 {
-		e.forget(f.epochs)
-		f.epochs = nil
-	}
+	return retired
 }
 
 // retiredRuleSets counts the replaced rule sets whose events the reader may
