@@ -200,3 +200,55 @@ func TestWorkerLoadIsAbandonedWithItsContext(t *testing.T) {
 		t.Fatalf("after the abandoned load: %v", err)
 	}
 }
+
+// BenchmarkWorkerLoad loads a 1000-rule tree with one rule edited each
+// time: in the same worker (its cache warm), and in a worker started for
+// the load (as after an abandoned evaluation) with the caller's seed, and
+// in process with a fresh cache (what the worker's cache saves).
+func BenchmarkWorkerLoad(b *testing.B) {
+	dir := b.TempDir()
+	write := func(port int) {
+		var s strings.Builder
+		for i := range 1000 {
+			p := 1000 + i
+			if i == 0 {
+				p = port
+			}
+			fmt.Fprintf(&s, "r%04d: {xdp: interfaces: [\"eth0\"], match: {protocol: \"tcp\", saddr: \"10.%d.%d.0/24\", dport: %d}, then: \"drop\"}\n", i, i/250, i%250, p)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "rules.cue"), []byte(s.String()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w, err := policies.NewWorker(policies.DefaultLimits)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	write(60000)
+	if _, err := w.Load(context.Background(), dir); err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []string{"warm", "restarted", "in-process-cold"} {
+		b.Run(mode, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				write(60001 + i%1000)
+				var err error
+				switch mode {
+				case "warm":
+					_, err = w.Load(context.Background(), dir)
+				case "restarted":
+					ctx, cancel := context.WithCancel(context.Background())
+					cancel()
+					w.Load(ctx, dir) // abandoned: the worker is replaced
+					_, err = w.Load(context.Background(), dir)
+				case "in-process-cold":
+					_, err = policies.Load(dir)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
