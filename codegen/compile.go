@@ -179,6 +179,9 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}
+	if plan.Probes != nil {
+		buildProbeMaps(plan.Probes)
+	}
 
 	if len(rules) > 0 {
 		plan.Programs = []Program{{Name: XDPProgram, Type: "xdp"}}
@@ -189,6 +192,7 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 	if err := buildTables(plan, rules, names); err != nil {
 		return nil, err
 	}
+	buildMaps(plan)
 	return plan, nil
 }
 

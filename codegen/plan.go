@@ -1,6 +1,28 @@
 // Package codegen turns typed policies into a Plan: the generic programs to
 // load, where to attach them and the content of every map they read. It is
 // pure Go and deterministic: the same policies give a byte-identical Plan.
+//
+// codegen is the one place that turns policies into the bytes the kernel
+// reads. A Plan holds them twice: in a readable form (Rules, Contents,
+// Tables, ProbePlan.Hooks and .Rules), which tests, events and counts
+// name things by, and in the kernel's form (Plan.Maps, ProbePlan.Maps),
+// which the engine copies into the maps verbatim. The engine adds only what
+// depends on the running machine or on the moment: interface indexes,
+// cgroup ids, tracepoint field offsets and argument widths, kprobe or
+// fentry, syscall numbers of its architecture, and the generation and
+// epoch of a write (map key offsets, rule ids).
+//
+// The kernel's form is the bpf package's generated mirrors of the C
+// structs (bpf.Rule, bpf.Content, bpf.ProbeFilter, ...), each in a
+// Kernel wrapper that adds only its JSON form; not a byte-level form of
+// codegen's own. A second hand-kept mirror of each struct could drift from
+// the C source and from what the engine writes; with the generated types a
+// change to a C struct is a compile error where it matters and a change in
+// the goldens (codegen/testdata/*.golden.json) everywhere else, since the
+// JSON is derived field by field from the struct. Keys that hold a
+// generation (bpf.CIDRKey.Generation, the Filter of probe value and string
+// keys) and rule ids are zero in the Plan; array maps are listed by index
+// within one generation.
 package codegen
 
 import (
@@ -19,6 +41,9 @@ type Plan struct {
 	Rules    []Rule    `json:"rules"`
 	Contents []Content `json:"contents"`
 	Tables   Tables    `json:"tables"`
+	// Maps is every entry the XDP program reads for this rule set, in the
+	// kernel's form (maps.go).
+	Maps XDPMaps `json:"maps"`
 	// Probes holds the kernel-hook policies (codegen/probe.go); nil when
 	// there are none.
 	Probes *ProbePlan `json:"probes,omitempty"`

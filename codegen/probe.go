@@ -17,6 +17,9 @@ import (
 type ProbePlan struct {
 	Hooks []ProbeHook `json:"hooks"`
 	Rules []ProbeRule `json:"rules"`
+	// Maps is what the hook programs read for these rules, in the
+	// kernel's form (probe_maps.go).
+	Maps ProbeMaps `json:"maps"`
 }
 
 // ProbeHook is one attach point, shared by every policy on the same
