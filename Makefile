@@ -83,7 +83,7 @@ generate:
 # The committed objects must match their sources when clang is present.
 check-generated:
 	@if command -v clang-19 >/dev/null; then \
-		$(GO) generate ./bpf/... && git diff --exit-code --stat -- '*.o' '*_bpfel.go' \
+		$(GO) generate ./bpf/... ./bench/... && git diff --exit-code --stat -- '*.o' '*_bpfel.go' 'bpf/*limits.go' \
 		&& echo "committed BPF objects match their sources"; \
 	else echo "clang-19 missing: skipping the generated-object check"; fi
 

@@ -3,4 +3,4 @@
 // testdata/baseline.c). Run: make bench-xdp.
 package xdp
 
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel baseline testdata/baseline.c
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -I../../bpf/include" -target bpfel baseline testdata/baseline.c
