@@ -743,48 +743,48 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 	if (nrules <= 64) {
 		__u64 w0;
 		const struct grain_bitmap *b;
-		if (fields & GRAIN_F_PROTO) {
+		if (fields & GRAIN_FIELD_PROTO) {
 			/* holds only rules that exist */
 			__u64 p0 = c0->proto_w0[m.protocol], p1 = c1->proto_w0[m.protocol];
 			w0 = p0 ^ ((p0 ^ p1) & sel);
 		} else {
 			w0 = nrules == 64 ? ~0ULL : (1ULL << nrules) - 1;
 		}
-		if (fields & GRAIN_F_SRC) {
+		if (fields & GRAIN_FIELD_SRC) {
 			b = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_SRC6 : GRAIN_CIDR_SRC4));
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
-		if (fields & GRAIN_F_DST) {
+		if (fields & GRAIN_FIELD_DST) {
 			b = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_DST6 : GRAIN_CIDR_DST4));
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
-		if (fields & GRAIN_F_SPORT) {
+		if (fields & GRAIN_FIELD_SPORT) {
 			b = port_lookup(gen, GRAIN_PORT_DIR_SRC, m.sport, m.has_ports);
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
-		if (fields & GRAIN_F_DPORT) {
+		if (fields & GRAIN_FIELD_DPORT) {
 			b = port_lookup(gen, GRAIN_PORT_DIR_DST, m.dport, m.has_ports);
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
-		if (fields & GRAIN_F_FLAGS) {
-			b = bitmap_at(gen, m.has_flags ? GRAIN_BM_FLAGS + m.tcp_flags : GRAIN_BM_AUX + GRAIN_AUX_NOT_TCP);
+		if (fields & GRAIN_FIELD_FLAGS) {
+			b = bitmap_at(gen, m.has_flags ? GRAIN_BITMAP_REGION_FLAGS + m.tcp_flags : GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NOT_TCP);
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
-		if (fields & GRAIN_F_IFACE) {
+		if (fields & GRAIN_FIELD_IFACE) {
 			struct grain_iface_key ik = {.generation = gen, .ifindex = CTX_IFINDEX(ctx)};
 			b = bpf_map_lookup_elem(&iface_bitmaps, &ik);
 			if (!b)
-				b = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_IFACE_DEFAULT);
+				b = bitmap_at(gen, GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_IFACE_DEFAULT);
 			if (!b)
 				return XDP_PASS;
 			w0 &= b->w[0];
@@ -809,46 +809,46 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 
 	/* A field no rule constrains uses the all-rules bitmap: no branch per
 	 * field in the word loop below keeps the verifier's state count small. */
-	const struct grain_bitmap *all = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_ALL);
+	const struct grain_bitmap *all = bitmap_at(gen, GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_ALL);
 	if (!all)
 		return XDP_PASS;
 	const struct grain_bitmap *bm_proto = all, *bm_src = all, *bm_dst = all, *bm_sport = all,
 				  *bm_dport = all, *bm_flags = all, *bm_iface = all;
-	if (fields & GRAIN_F_PROTO) {
-		bm_proto = bitmap_at(gen, GRAIN_BM_PROTO + m.protocol);
+	if (fields & GRAIN_FIELD_PROTO) {
+		bm_proto = bitmap_at(gen, GRAIN_BITMAP_REGION_PROTO + m.protocol);
 		if (!bm_proto)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_SRC) {
+	if (fields & GRAIN_FIELD_SRC) {
 		bm_src = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_SRC6 : GRAIN_CIDR_SRC4));
 		if (!bm_src)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_DST) {
+	if (fields & GRAIN_FIELD_DST) {
 		bm_dst = bitmap_at(gen, cidr_bitmap_index(&m, gen, v6 ? GRAIN_CIDR_DST6 : GRAIN_CIDR_DST4));
 		if (!bm_dst)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_SPORT) {
+	if (fields & GRAIN_FIELD_SPORT) {
 		bm_sport = port_lookup(gen, GRAIN_PORT_DIR_SRC, m.sport, m.has_ports);
 		if (!bm_sport)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_DPORT) {
+	if (fields & GRAIN_FIELD_DPORT) {
 		bm_dport = port_lookup(gen, GRAIN_PORT_DIR_DST, m.dport, m.has_ports);
 		if (!bm_dport)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_FLAGS) {
-		bm_flags = bitmap_at(gen, m.has_flags ? GRAIN_BM_FLAGS + m.tcp_flags : GRAIN_BM_AUX + GRAIN_AUX_NOT_TCP);
+	if (fields & GRAIN_FIELD_FLAGS) {
+		bm_flags = bitmap_at(gen, m.has_flags ? GRAIN_BITMAP_REGION_FLAGS + m.tcp_flags : GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NOT_TCP);
 		if (!bm_flags)
 			return XDP_PASS;
 	}
-	if (fields & GRAIN_F_IFACE) {
+	if (fields & GRAIN_FIELD_IFACE) {
 		struct grain_iface_key ik = {.generation = gen, .ifindex = CTX_IFINDEX(ctx)};
 		bm_iface = bpf_map_lookup_elem(&iface_bitmaps, &ik);
 		if (!bm_iface)
-			bm_iface = bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_IFACE_DEFAULT);
+			bm_iface = bitmap_at(gen, GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_IFACE_DEFAULT);
 		if (!bm_iface)
 			return XDP_PASS;
 	}

@@ -10,3 +10,8 @@ package bpf
 // The probe programs read pt_regs, which differ between architectures:
 // one object per target (probe_x86_bpfel.o, probe_arm64_bpfel.o).
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -Iinclude" -target amd64,arm64 -type grain_probe_active -type grain_probe_arg -type grain_probe_hook -type grain_probe_syscall -type grain_probe_selector -type grain_probe_label -type grain_probe_rule -type grain_probe_filter -type grain_probe_value_key -type grain_probe_string_key -type grain_probe_counter -type grain_probe_rate -type grain_probe_count_key -type grain_probe_count_key_small -type grain_probe_count -type grain_probe_nesting probe probe.c -- -I.
+
+// The constants C and Go share are enums in grain.h and probe.h; their Go
+// names are written from the objects' BTF (bpf/internal/genconst).
+//go:generate go run ./internal/genconst -o limits.go -header grain.h xdp_bpfel.o
+//go:generate go run ./internal/genconst -o probe_limits.go -header probe.h probe_x86_bpfel.o probe_arm64_bpfel.o

@@ -1,110 +1,161 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Limits and map layouts shared by grain's generic XDP program and its Go
- * loader. bpf/limits.go mirrors the #defines; limits_test.go checks that
- * both agree. */
+ * loader. */
 #ifndef GRAIN_H
 #define GRAIN_H
 
 #include <linux/types.h>
 
-/* Two generations of every rule table: the program reads the active one
- * once per packet, userspace fills the other and flips. */
-#define GRAIN_GENERATIONS 2
+/* The constants are enums, not #defines: enums reach the object's BTF,
+ * from which bpf/internal/genconst writes their Go names (limits.go), so
+ * C is their one source. An enum's type name is not used elsewhere. */
 
-#define GRAIN_MAX_RULES 2048
-#define GRAIN_BITMAP_WORDS (GRAIN_MAX_RULES / 64)
-
-#define GRAIN_MAX_CONTENTS 1024        /* content slots per generation */
-#define GRAIN_MAX_CONTENTS_PER_RULE 4
-#define GRAIN_MAX_CONTENT_LEN 64       /* bytes of one pattern */
-#define GRAIN_SCAN_WINDOW 1500         /* bytes of L4 payload searched */
-#define GRAIN_PREFILTER_SPAN 8         /* prefilter bytes lie in pattern[0..8) */
-
-#define GRAIN_MAX_PORT_CLASSES (2 * GRAIN_MAX_RULES + 2)
-#define GRAIN_MAX_CIDR_ENTRIES (2 * GRAIN_MAX_RULES)
-#define GRAIN_MAX_IFACE_ENTRIES 256
-#define GRAIN_MAX_IPV6_EXT_HEADERS 6
+enum grain_limits {
+	/* Two generations of every rule table: the program reads the active
+	 * one once per packet, userspace fills the other and flips. */
+	GRAIN_GENERATIONS = 2,
+	GRAIN_MAX_RULES = 2048,
+	GRAIN_BITMAP_WORDS = GRAIN_MAX_RULES / 64,
+	GRAIN_MAX_CONTENTS = 1024,        /* content slots per generation */
+	GRAIN_MAX_CONTENTS_PER_RULE = 4,
+	GRAIN_MAX_CONTENT_LEN = 64,       /* bytes of one pattern */
+	GRAIN_SCAN_WINDOW = 1500,         /* bytes of L4 payload searched */
+	GRAIN_PREFILTER_SPAN = 8,         /* prefilter bytes lie in pattern[0..8) */
+	GRAIN_MAX_PORT_CLASSES = 2 * GRAIN_MAX_RULES + 2,
+	GRAIN_MAX_CIDR_ENTRIES = 2 * GRAIN_MAX_RULES,
+	GRAIN_MAX_IFACE_ENTRIES = 256,
+	GRAIN_MAX_IPV6_EXT_HEADERS = 6,
+	/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule
+	 * carries at most: a DNS header (12), the longest name (255) and the
+	 * question's type and class (4), rounded up to 8. */
+	GRAIN_EMIT_PAYLOAD_BYTES = 272,
+	/* Per-interface verdict counters: slot ifindex % GRAIN_IFACE_SLOTS
+	 * when the engine gave that slot to the interface, else
+	 * GRAIN_IFACE_SLOTS (every other interface). */
+	GRAIN_IFACE_SLOTS = 256,
+	GRAIN_VERDICTS = 3, /* indexed by GRAIN_ACTION_* */
+};
 
 /* Regions of the bitmaps array, per generation. */
-#define GRAIN_BM_PROTO 0                           /* [l4 protocol] */
-#define GRAIN_BM_FLAGS 256                         /* [tcp flags byte] */
-#define GRAIN_BM_AUX 512                           /* GRAIN_AUX_* */
-#define GRAIN_BM_SPORT (GRAIN_BM_AUX + 16)         /* [source port class] */
-#define GRAIN_BM_DPORT (GRAIN_BM_SPORT + GRAIN_MAX_PORT_CLASSES)
-#define GRAIN_BM_CIDR (GRAIN_BM_DPORT + GRAIN_MAX_PORT_CLASSES) /* [cidr class] */
-#define GRAIN_BM_PER_GEN (GRAIN_BM_CIDR + GRAIN_MAX_CIDR_ENTRIES)
+enum grain_bitmap_regions {
+	GRAIN_BITMAP_REGION_PROTO = 0,    /* [l4 protocol] */
+	GRAIN_BITMAP_REGION_FLAGS = 256,  /* [tcp flags byte] */
+	GRAIN_BITMAP_REGION_AUX = 512,    /* GRAIN_AUX_* */
+	GRAIN_BITMAP_REGION_SPORT = GRAIN_BITMAP_REGION_AUX + 16, /* [source port class] */
+	GRAIN_BITMAP_REGION_DPORT = GRAIN_BITMAP_REGION_SPORT + GRAIN_MAX_PORT_CLASSES,
+	GRAIN_BITMAP_REGION_CIDR = GRAIN_BITMAP_REGION_DPORT + GRAIN_MAX_PORT_CLASSES, /* [cidr class] */
+	GRAIN_BITMAPS_PER_GEN = GRAIN_BITMAP_REGION_CIDR + GRAIN_MAX_CIDR_ENTRIES,
+};
 
 /* Aux bitmaps: the rules that hold when a field has no value or no entry. */
-#define GRAIN_AUX_SRC4_DEFAULT 0
-#define GRAIN_AUX_DST4_DEFAULT 1
-#define GRAIN_AUX_SRC6_DEFAULT 2
-#define GRAIN_AUX_DST6_DEFAULT 3
-#define GRAIN_AUX_IFACE_DEFAULT 4
-#define GRAIN_AUX_NO_PORTS 5     /* packet without ports: rules with no port condition */
-#define GRAIN_AUX_NOT_TCP 6      /* packet without tcp flags: rules with no flag condition */
-#define GRAIN_AUX_ALL 7          /* every rule of the generation */
+enum grain_aux_bitmaps {
+	GRAIN_AUX_SRC4_DEFAULT = 0,
+	GRAIN_AUX_DST4_DEFAULT = 1,
+	GRAIN_AUX_SRC6_DEFAULT = 2,
+	GRAIN_AUX_DST6_DEFAULT = 3,
+	GRAIN_AUX_IFACE_DEFAULT = 4,
+	GRAIN_AUX_NO_PORTS = 5, /* packet without ports: rules with no port condition */
+	GRAIN_AUX_NOT_TCP = 6,  /* packet without tcp flags: rules with no flag condition */
+	GRAIN_AUX_ALL = 7,      /* every rule of the generation */
+};
 
 /* Fields a generation uses; a field no rule constrains is never looked up. */
-#define GRAIN_F_PROTO (1 << 0)
-#define GRAIN_F_SRC (1 << 1)
-#define GRAIN_F_DST (1 << 2)
-#define GRAIN_F_SPORT (1 << 3)
-#define GRAIN_F_DPORT (1 << 4)
-#define GRAIN_F_FLAGS (1 << 5)
-#define GRAIN_F_IFACE (1 << 6)
+enum grain_fields {
+	GRAIN_FIELD_PROTO = 1 << 0,
+	GRAIN_FIELD_SRC = 1 << 1,
+	GRAIN_FIELD_DST = 1 << 2,
+	GRAIN_FIELD_SPORT = 1 << 3,
+	GRAIN_FIELD_DPORT = 1 << 4,
+	GRAIN_FIELD_FLAGS = 1 << 5,
+	GRAIN_FIELD_IFACE = 1 << 6,
+};
 
 /* Port-class array: one u16 class per (generation, direction, port). */
-#define GRAIN_PORT_DIR_SRC 0
-#define GRAIN_PORT_DIR_DST 1
+enum grain_port_dirs {
+	GRAIN_PORT_DIR_SRC = 0,
+	GRAIN_PORT_DIR_DST = 1,
+};
 
 /* CIDR lookups: key.field */
-#define GRAIN_CIDR_SRC4 0
-#define GRAIN_CIDR_DST4 1
-#define GRAIN_CIDR_SRC6 2
-#define GRAIN_CIDR_DST6 3
+enum grain_cidr_fields {
+	GRAIN_CIDR_SRC4 = 0,
+	GRAIN_CIDR_DST4 = 1,
+	GRAIN_CIDR_SRC6 = 2,
+	GRAIN_CIDR_DST6 = 3,
+};
 
-#define GRAIN_ACTION_COUNT 0
-#define GRAIN_ACTION_DROP 1
-#define GRAIN_ACTION_PASS 2
+enum grain_actions {
+	GRAIN_ACTION_COUNT = 0,
+	GRAIN_ACTION_DROP = 1,
+	GRAIN_ACTION_PASS = 2,
+};
 
-#define GRAIN_RULE_EMIT (1 << 0)
-/* The rule's events also carry the start of the L4 payload: a
- * struct grain_event_payload instead of a struct grain_event. */
-#define GRAIN_RULE_EMIT_PAYLOAD (1 << 1)
-/* The rule has a quick word: one masked compare of eight payload bytes
- * that every packet it matches passes (the last eight bytes of an anchored,
- * non-negated content), checked before any content is looked up. */
-#define GRAIN_RULE_QUICK (1 << 2)
-/* The quick word is the rule's whole payload condition (its only content,
- * anchored, at most eight bytes): no content is looked up. */
-#define GRAIN_RULE_QUICK_ONLY (1 << 3)
+enum grain_rule_flags {
+	GRAIN_RULE_EMIT = 1 << 0,
+	/* The rule's events also carry the start of the L4 payload: a
+	 * struct grain_event_payload instead of a struct grain_event. */
+	GRAIN_RULE_EMIT_PAYLOAD = 1 << 1,
+	/* The rule has a quick word: one masked compare of eight payload
+	 * bytes that every packet it matches passes (the last eight bytes of
+	 * an anchored, non-negated content), checked before any content is
+	 * looked up. */
+	GRAIN_RULE_QUICK = 1 << 2,
+	/* The quick word is the rule's whole payload condition (its only
+	 * content, anchored, at most eight bytes): no content is looked up. */
+	GRAIN_RULE_QUICK_ONLY = 1 << 3,
+};
 
 /* Fields of an event that deduplication compares (grain_rule.dedup_fields):
  * those the policy's event carries. The interface and the address family
  * are always compared. */
-#define GRAIN_DEDUP_SADDR (1 << 0)
-#define GRAIN_DEDUP_DADDR (1 << 1)
-#define GRAIN_DEDUP_SPORT (1 << 2)
-#define GRAIN_DEDUP_DPORT (1 << 3)
-#define GRAIN_DEDUP_PROTOCOL (1 << 4)
-#define GRAIN_DEDUP_TCP_FLAGS (1 << 5)
-#define GRAIN_DEDUP_LEN (1 << 6)
+enum grain_dedup_fields {
+	GRAIN_DEDUP_SADDR = 1 << 0,
+	GRAIN_DEDUP_DADDR = 1 << 1,
+	GRAIN_DEDUP_SPORT = 1 << 2,
+	GRAIN_DEDUP_DPORT = 1 << 3,
+	GRAIN_DEDUP_PROTOCOL = 1 << 4,
+	GRAIN_DEDUP_TCP_FLAGS = 1 << 5,
+	GRAIN_DEDUP_LEN = 1 << 6,
+};
 
-/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule carries at
- * most: a DNS header (12), the longest name (255) and the question's type
- * and class (4), rounded up to 8. */
-#define GRAIN_EMIT_PAYLOAD_BYTES 272
-
-#define GRAIN_CONTENT_NOCASE (1 << 0)
-#define GRAIN_CONTENT_NEGATE (1 << 1)
-#define GRAIN_CONTENT_ANCHORED (1 << 2)
+enum grain_content_flags {
+	GRAIN_CONTENT_NO_CASE = 1 << 0,
+	GRAIN_CONTENT_NEGATE = 1 << 1,
+	GRAIN_CONTENT_ANCHORED = 1 << 2,
+};
 
 /* Per-CPU counts of packets no rule judged, indices into the stats array
  * (what rules judge is in their own counters). */
-#define GRAIN_STAT_NOT_IP 0
-#define GRAIN_STAT_MALFORMED 1
-#define GRAIN_STAT_NO_CONFIG 2
-#define GRAIN_STAT_MAX 4
+enum grain_stats {
+	GRAIN_STAT_NOT_IP = 0,
+	GRAIN_STAT_MALFORMED = 1,
+	GRAIN_STAT_NO_CONFIG = 2,
+	GRAIN_STAT_MAX = 4,
+};
+
+/* A generation's gates (struct grain_gate), one per L4 protocol. */
+enum grain_gates {
+	GRAIN_GATE_TCP = 0,
+	GRAIN_GATE_UDP = 1,
+	GRAIN_GATES = 2,
+};
+
+/* Keeps every enum above in the object's BTF (clang emits an enum only
+ * when a declaration uses it): xdp.c declares a pointer to it. */
+struct grain_constants {
+	enum grain_limits limits;
+	enum grain_bitmap_regions bitmap_regions;
+	enum grain_aux_bitmaps aux_bitmaps;
+	enum grain_fields fields;
+	enum grain_port_dirs port_dirs;
+	enum grain_cidr_fields cidr_fields;
+	enum grain_actions actions;
+	enum grain_rule_flags rule_flags;
+	enum grain_dedup_fields dedup_fields;
+	enum grain_content_flags content_flags;
+	enum grain_stats stats;
+	enum grain_gates gates;
+};
 
 struct grain_bitmap {
 	__u64 w[GRAIN_BITMAP_WORDS];
@@ -113,7 +164,7 @@ struct grain_bitmap {
 
 struct grain_gen_config {
 	__u32 nrules;
-	__u32 fields;           /* GRAIN_F_* */
+	__u32 fields;           /* GRAIN_FIELD_* */
 	__u8 n_src4, n_dst4, n_src6, n_dst6;
 	/* distinct prefix lengths per CIDR field, longest first */
 	__u8 src4_lens[33];
@@ -142,10 +193,6 @@ struct grain_gate {
 	__u64 pattern;
 	__u64 _pad2; /* 32 bytes: the lookup shifts instead of multiplying */
 };
-
-#define GRAIN_GATE_TCP 0
-#define GRAIN_GATE_UDP 1
-#define GRAIN_GATES 2
 
 /* The one element of the active map: which generation is in force, and
  * each generation's gates and config, so that one lookup per packet gives
@@ -222,12 +269,6 @@ struct grain_content {
 	__u64 tail_pattern;
 	__u64 tail_mask;
 };
-
-/* Per-interface verdict counters: slot ifindex % GRAIN_IFACE_SLOTS when
- * the engine gave that slot to the interface, else GRAIN_IFACE_SLOTS
- * (every other interface). */
-#define GRAIN_IFACE_SLOTS 256
-#define GRAIN_VERDICTS 3 /* indexed by GRAIN_ACTION_* */
 
 struct grain_iface_counter {
 	__u32 ifindex; /* written by the engine: the interface this slot counts */

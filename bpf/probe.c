@@ -1305,3 +1305,7 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }
+
+/* Keep the constants of probe.h in BTF, where bpf/internal/genconst reads
+ * them. */
+const struct grain_probe_constants *unused_constants __attribute__((unused));

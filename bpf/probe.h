@@ -1,106 +1,149 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Limits and map layouts shared by grain's generic probe programs (kprobe,
  * kretprobe, fentry, fexit, tracepoint, raw syscall tracepoint) and their Go
- * loader. bpf/probe_limits.go mirrors the #defines; probe_limits_test.go
- * checks that both agree. */
+ * loader. */
 #ifndef GRAIN_PROBE_H
 #define GRAIN_PROBE_H
 
 #include <linux/types.h>
 
-#define GRAIN_PROBE_GENERATIONS 2
+/* The constants are enums, not #defines: enums reach the object's BTF,
+ * from which bpf/internal/genconst writes their Go names
+ * (probe_limits.go), so C is their one source. */
 
-#define GRAIN_PROBE_MAX_HOOKS 256       /* attach points (cookie = hook slot) */
-#define GRAIN_PROBE_MAX_RULES 1024      /* rules per generation */
-#define GRAIN_PROBE_MAX_FILTERS 4096    /* filters per generation */
-#define GRAIN_PROBE_MAX_ARGS 6          /* values read per hook */
-#define GRAIN_PROBE_MAX_HOOK_RULES 16   /* rules per hook */
-#define GRAIN_PROBE_MAX_SELECTORS 4     /* ORed selectors per rule */
-#define GRAIN_PROBE_MAX_SEL_FILTERS 8   /* ANDed filters per selector */
-#define GRAIN_PROBE_MAX_INLINE 8        /* int values held in the filter itself */
-#define GRAIN_PROBE_MAX_RANGES 4        /* ranges per filter */
-#define GRAIN_PROBE_MAX_LABELS 4        /* count labels per rule */
-#define GRAIN_PROBE_LABEL_BYTES 96      /* packed label values of a count key */
-#define GRAIN_PROBE_STR_LEN 256         /* bytes of a string or path read (incl. NUL) */
-#define GRAIN_PROBE_MATCH_LEN 247       /* string bytes compared by filters */
-#define GRAIN_PROBE_PATH_DEPTH 24       /* path components (and mount crossings) walked */
-#define GRAIN_PROBE_SYSCALLS 512        /* syscall numbers per generation */
-#define GRAIN_PROBE_SYSCALL_HOOKS 7     /* hooks per syscall number */
-#define GRAIN_PROBE_SET_ENTRIES 65536   /* int set values in the hash (all filters) */
-#define GRAIN_PROBE_STRING_ENTRIES 16384 /* strings, prefixes, CIDRs in the trie */
-#define GRAIN_PROBE_COUNT_ENTRIES 65536 /* distinct count keys */
-#define GRAIN_PROBE_EVENT_MAX 2048      /* bytes of one event */
-#define GRAIN_PROBE_STASH_ENTRIES 16384 /* calls in flight between a kretprobe's entry and return */
-#define GRAIN_PROBE_NEST_LEVELS 4       /* per-CPU scratch levels: programs running inside another on a CPU */
+enum grain_probe_limits {
+	GRAIN_PROBE_GENERATIONS = 2,
+	GRAIN_PROBE_MAX_HOOKS = 256,       /* attach points (cookie = hook slot) */
+	GRAIN_PROBE_MAX_RULES = 1024,      /* rules per generation */
+	GRAIN_PROBE_MAX_FILTERS = 4096,    /* filters per generation */
+	GRAIN_PROBE_MAX_ARGS = 6,          /* values read per hook */
+	GRAIN_PROBE_MAX_HOOK_RULES = 16,   /* rules per hook */
+	GRAIN_PROBE_MAX_SELECTORS = 4,     /* ORed selectors per rule */
+	GRAIN_PROBE_MAX_SEL_FILTERS = 8,   /* ANDed filters per selector */
+	GRAIN_PROBE_MAX_INLINE = 8,        /* int values held in the filter itself */
+	GRAIN_PROBE_MAX_RANGES = 4,        /* ranges per filter */
+	GRAIN_PROBE_MAX_LABELS = 4,        /* count labels per rule */
+	GRAIN_PROBE_LABEL_BYTES = 96,      /* packed label values of a count key */
+	GRAIN_PROBE_SMALL_LABEL_BYTES = 24, /* label bytes of a GRAIN_PROBE_R_SMALL_KEY rule */
+	GRAIN_PROBE_STR_LEN = 256,         /* bytes of a string or path read (incl. NUL) */
+	GRAIN_PROBE_MATCH_LEN = 247,       /* string bytes compared by filters */
+	GRAIN_PROBE_PATH_DEPTH = 24,       /* path components (and mount crossings) walked */
+	GRAIN_PROBE_SYSCALLS = 512,        /* syscall numbers per generation */
+	GRAIN_PROBE_SYSCALL_HOOKS = 7,     /* hooks per syscall number */
+	GRAIN_PROBE_SET_ENTRIES = 65536,   /* int set values in the hash (all filters) */
+	GRAIN_PROBE_STRING_ENTRIES = 16384, /* strings, prefixes, CIDRs in the trie */
+	GRAIN_PROBE_COUNT_ENTRIES = 65536, /* distinct count keys */
+	GRAIN_PROBE_EVENT_MAX = 2048,      /* bytes of one event */
+	GRAIN_PROBE_STASH_ENTRIES = 16384, /* calls in flight between a kretprobe's entry and return */
+	GRAIN_PROBE_NEST_LEVELS = 4,       /* per-CPU scratch levels: programs running inside another on a CPU */
+	GRAIN_PROBE_COMM_INLINE = 2,       /* comm values and prefixes held inline (GRAIN_PROBE_OP_COMM) */
+};
 
 /* Hook kinds. */
-#define GRAIN_PROBE_KIND_KPROBE 1
-#define GRAIN_PROBE_KIND_KRETPROBE 2
-#define GRAIN_PROBE_KIND_FENTRY 3
-#define GRAIN_PROBE_KIND_FEXIT 4
-#define GRAIN_PROBE_KIND_TRACEPOINT 5
-#define GRAIN_PROBE_KIND_SYSCALL 6
+enum grain_probe_kinds {
+	GRAIN_PROBE_KIND_KPROBE = 1,
+	GRAIN_PROBE_KIND_KRETPROBE = 2,
+	GRAIN_PROBE_KIND_FENTRY = 3,
+	GRAIN_PROBE_KIND_FEXIT = 4,
+	GRAIN_PROBE_KIND_TRACEPOINT = 5,
+	GRAIN_PROBE_KIND_SYSCALL = 6,
+};
 
 /* Where an argument comes from. */
-#define GRAIN_PROBE_SRC_ARG 1    /* function or syscall argument index */
-#define GRAIN_PROBE_SRC_RET 2    /* return value */
-#define GRAIN_PROBE_SRC_FIELD 3  /* tracepoint field at offset/size */
+enum grain_probe_sources {
+	GRAIN_PROBE_SRC_ARG = 1,   /* function or syscall argument index */
+	GRAIN_PROBE_SRC_RET = 2,   /* return value */
+	GRAIN_PROBE_SRC_FIELD = 3, /* tracepoint field at offset/size */
+};
 
 /* How an argument is read. */
-#define GRAIN_PROBE_T_INT 1
-#define GRAIN_PROBE_T_UINT 2
-#define GRAIN_PROBE_T_STRING 3      /* kernel pointer */
-#define GRAIN_PROBE_T_USTRING 4     /* user pointer */
-#define GRAIN_PROBE_T_SOCK 5
-#define GRAIN_PROBE_T_SOCKADDR 6    /* user pointer */
-#define GRAIN_PROBE_T_FILE 7
-#define GRAIN_PROBE_T_PATH 8
-#define GRAIN_PROBE_T_FD 9
+enum grain_probe_types {
+	GRAIN_PROBE_T_INT = 1,
+	GRAIN_PROBE_T_UINT = 2,
+	GRAIN_PROBE_T_STRING = 3,   /* kernel pointer */
+	GRAIN_PROBE_T_USTRING = 4,  /* user pointer */
+	GRAIN_PROBE_T_SOCK = 5,
+	GRAIN_PROBE_T_SOCKADDR = 6, /* user pointer */
+	GRAIN_PROBE_T_FILE = 7,
+	GRAIN_PROBE_T_PATH = 8,
+	GRAIN_PROBE_T_FD = 9,
+};
 
 /* Tracepoint field flags. */
-#define GRAIN_PROBE_FIELD_SIGNED (1 << 0)
-#define GRAIN_PROBE_FIELD_DATA_LOC (1 << 1) /* __data_loc: u32 (len << 16 | offset) */
-#define GRAIN_PROBE_FIELD_ARRAY (1 << 2)    /* char name[size] inside the record */
+enum grain_probe_field_flags {
+	GRAIN_PROBE_FIELD_SIGNED = 1 << 0,
+	GRAIN_PROBE_FIELD_DATA_LOC = 1 << 1, /* __data_loc: u32 (len << 16 | offset) */
+	GRAIN_PROBE_FIELD_ARRAY = 1 << 2,    /* char name[size] inside the record */
+};
 
 /* What a filter or a label looks at. */
-#define GRAIN_PROBE_F_PID 1      /* thread id (kernel pid) */
-#define GRAIN_PROBE_F_TGID 2     /* process id */
-#define GRAIN_PROBE_F_PPID 3
-#define GRAIN_PROBE_F_UID 4
-#define GRAIN_PROBE_F_GID 5
-#define GRAIN_PROBE_F_COMM 6
-#define GRAIN_PROBE_F_CGROUP 7
-#define GRAIN_PROBE_F_ARG 8      /* argument slot arg, part sub */
-#define GRAIN_PROBE_F_SYSCALL 9  /* syscall number (syscall hooks) */
+enum grain_probe_fields {
+	GRAIN_PROBE_F_PID = 1,     /* thread id (kernel pid) */
+	GRAIN_PROBE_F_TGID = 2,    /* process id */
+	GRAIN_PROBE_F_PPID = 3,
+	GRAIN_PROBE_F_UID = 4,
+	GRAIN_PROBE_F_GID = 5,
+	GRAIN_PROBE_F_COMM = 6,
+	GRAIN_PROBE_F_CGROUP = 7,
+	GRAIN_PROBE_F_ARG = 8,     /* argument slot arg, part sub */
+	GRAIN_PROBE_F_SYSCALL = 9, /* syscall number (syscall hooks) */
+};
 
 /* Parts of an argument value. */
-#define GRAIN_PROBE_SUB_NUM 0    /* the integer */
-#define GRAIN_PROBE_SUB_STR 1    /* the string or path */
-#define GRAIN_PROBE_SUB_FAMILY 2
-#define GRAIN_PROBE_SUB_SADDR 3
-#define GRAIN_PROBE_SUB_DADDR 4
-#define GRAIN_PROBE_SUB_SPORT 5
-#define GRAIN_PROBE_SUB_DPORT 6
+enum grain_probe_subs {
+	GRAIN_PROBE_SUB_NUM = 0, /* the integer */
+	GRAIN_PROBE_SUB_STR = 1, /* the string or path */
+	GRAIN_PROBE_SUB_FAMILY = 2,
+	GRAIN_PROBE_SUB_SADDR = 3,
+	GRAIN_PROBE_SUB_DADDR = 4,
+	GRAIN_PROBE_SUB_SPORT = 5,
+	GRAIN_PROBE_SUB_DPORT = 6,
+};
 
 /* Filter operations; GRAIN_PROBE_OP_* with negate for ne/notin. */
-#define GRAIN_PROBE_OP_IN 1      /* value among vals[0..nvals) */
-#define GRAIN_PROBE_OP_RANGE 2   /* value in [vals[2i], vals[2i+1]] for some i < nvals */
-#define GRAIN_PROBE_OP_SET 3     /* value in the probe_values hash under this filter */
-#define GRAIN_PROBE_OP_TRIE 4    /* string prefix/exact or address CIDR in probe_strings */
-#define GRAIN_PROBE_OP_COMM 5    /* comm: (comm & mask) == value for some of nvals
-                                  * entries of vals {w0, w1, mask0, mask1} */
-#define GRAIN_PROBE_COMM_INLINE 2 /* comm values and prefixes held inline */
+enum grain_probe_ops {
+	GRAIN_PROBE_OP_IN = 1,    /* value among vals[0..nvals) */
+	GRAIN_PROBE_OP_RANGE = 2, /* value in [vals[2i], vals[2i+1]] for some i < nvals */
+	GRAIN_PROBE_OP_SET = 3,   /* value in the probe_values hash under this filter */
+	GRAIN_PROBE_OP_TRIE = 4,  /* string prefix/exact or address CIDR in probe_strings */
+	GRAIN_PROBE_OP_COMM = 5,  /* comm: (comm & mask) == value for some of nvals
+	                           * entries of vals {w0, w1, mask0, mask1} */
+};
 
 /* Rule flags. */
-#define GRAIN_PROBE_R_EMIT (1 << 0)
-#define GRAIN_PROBE_R_COUNT (1 << 1)
-#define GRAIN_PROBE_R_SIGNAL (1 << 2)
-#define GRAIN_PROBE_R_SUM (1 << 3)
-#define GRAIN_PROBE_R_SMALL_KEY (1 << 4) /* labels fit SMALL_LABEL_BYTES: probe_counts_small */
-#define GRAIN_PROBE_SMALL_LABEL_BYTES 24
+enum grain_probe_rule_flags {
+	GRAIN_PROBE_R_EMIT = 1 << 0,
+	GRAIN_PROBE_R_COUNT = 1 << 1,
+	GRAIN_PROBE_R_SIGNAL = 1 << 2,
+	GRAIN_PROBE_R_SUM = 1 << 3,
+	GRAIN_PROBE_R_SMALL_KEY = 1 << 4, /* labels fit SMALL_LABEL_BYTES: probe_counts_small */
+};
+
+/* Hook flags. */
+enum grain_probe_hook_flags {
+	GRAIN_PROBE_HOOK_STASH = 1 << 0, /* kretprobe: arguments saved at entry */
+};
 
 /* Event flags. */
-#define GRAIN_PROBE_EV_TRUNCATED (1 << 0) /* a path was longer than STR_LEN or PATH_DEPTH */
+enum grain_probe_event_flags {
+	GRAIN_PROBE_EV_TRUNCATED = 1 << 0, /* a path was longer than STR_LEN or PATH_DEPTH */
+};
+
+/* Keeps every enum above in the object's BTF (clang emits an enum only
+ * when a declaration uses it): probe.c declares a pointer to it. */
+struct grain_probe_constants {
+	enum grain_probe_limits limits;
+	enum grain_probe_kinds kinds;
+	enum grain_probe_sources sources;
+	enum grain_probe_types types;
+	enum grain_probe_field_flags field_flags;
+	enum grain_probe_fields fields;
+	enum grain_probe_subs subs;
+	enum grain_probe_ops ops;
+	enum grain_probe_rule_flags rule_flags;
+	enum grain_probe_hook_flags hook_flags;
+	enum grain_probe_event_flags event_flags;
+};
 
 struct grain_probe_active {
 	__u32 generation;
@@ -128,9 +171,6 @@ struct grain_probe_hook {
 	struct grain_probe_arg args[GRAIN_PROBE_MAX_ARGS];
 	__u16 rules[GRAIN_PROBE_MAX_HOOK_RULES]; /* rule indices in the generation, in order */
 };
-
-/* Hook flags. */
-#define GRAIN_PROBE_HOOK_STASH (1 << 0) /* kretprobe: arguments saved at entry */
 
 /* Arguments a kretprobe hook's entry kprobe saves for its return. */
 struct grain_probe_stash_key {

@@ -229,6 +229,7 @@ const (
 	probeProgGrainRawTracepoint = "grain_raw_tracepoint"
 	probeProgGrainSysEnter      = "grain_sys_enter"
 	probeProgGrainTracepoint    = "grain_tracepoint"
+	probeVarUnusedConstants     = "unused_constants"
 )
 
 // loadProbe returns the embedded CollectionSpec for probe.
@@ -307,6 +308,7 @@ type probeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeVariableSpecs struct {
+	UnusedConstants *ebpf.VariableSpec `ebpf:"unused_constants"`
 }
 
 // probeObjects contains all objects after they have been loaded into the kernel.
@@ -370,6 +372,7 @@ func (m *probeMaps) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeVariables struct {
+	UnusedConstants *ebpf.Variable `ebpf:"unused_constants"`
 }
 
 // probePrograms contains all programs after they have been loaded into the kernel.

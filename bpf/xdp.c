@@ -130,7 +130,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_BM_PER_GEN);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_BITMAPS_PER_GEN);
 	__type(key, __u32);
 	__type(value, struct grain_bitmap);
 } bitmaps SEC(".maps");
@@ -142,7 +142,7 @@ struct {
 	__type(value, __u16);
 } port_class SEC(".maps");
 
-/* (generation, field, prefix) -> class: bitmaps[GRAIN_BM_CIDR + class] */
+/* (generation, field, prefix) -> class: bitmaps[GRAIN_BITMAP_REGION_CIDR + class] */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_CIDR_ENTRIES);
@@ -571,7 +571,7 @@ static __always_inline int rate_exceeded(__u32 key, __u32 limit, __u64 now)
 
 static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 index)
 {
-	__u32 key = gen * GRAIN_BM_PER_GEN + index;
+	__u32 key = gen * GRAIN_BITMAPS_PER_GEN + index;
 	return bpf_map_lookup_elem(&bitmaps, &key);
 }
 
@@ -591,7 +591,7 @@ static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
  * use. A global function: verified once, not once per caller and path. */
 __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 {
-	__u32 fallback = GRAIN_BM_AUX + GRAIN_AUX_SRC4_DEFAULT + (field & 3);
+	__u32 fallback = GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_SRC4_DEFAULT + (field & 3);
 	__u32 zero = 0;
 	const struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
 	if (!m || !act)
@@ -626,7 +626,7 @@ __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 		__builtin_memcpy(key.addr, k, 16);
 		__u32 *cls = bpf_map_lookup_elem(&cidr_class, &key);
 		if (cls && *cls < GRAIN_MAX_CIDR_ENTRIES)
-			return GRAIN_BM_CIDR + *cls;
+			return GRAIN_BITMAP_REGION_CIDR + *cls;
 	}
 	return fallback;
 }
@@ -634,12 +634,12 @@ __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 static __always_inline const struct grain_bitmap *port_lookup(__u32 gen, __u32 dir, __u16 port, int has_ports)
 {
 	if (!has_ports)
-		return bitmap_at(gen, GRAIN_BM_AUX + GRAIN_AUX_NO_PORTS);
+		return bitmap_at(gen, GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_PORTS);
 	__u32 key = (gen * 2 + dir) * 65536 + port;
 	__u16 *cls = bpf_map_lookup_elem(&port_class, &key);
 	if (!cls || *cls >= GRAIN_MAX_PORT_CLASSES)
 		return 0;
-	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BM_SPORT : GRAIN_BM_DPORT) + *cls);
+	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BITMAP_REGION_SPORT : GRAIN_BITMAP_REGION_DPORT) + *cls);
 }
 
 /* Lowest set bit of a non-zero word. BPF has no ctz instruction: clang
@@ -713,3 +713,4 @@ const struct grain_event *unused_event __attribute__((unused));
 const struct grain_event_payload *unused_event_payload __attribute__((unused));
 const struct grain_counter *unused_counter __attribute__((unused));
 const struct grain_active *unused_active __attribute__((unused));
+const struct grain_constants *unused_constants __attribute__((unused));

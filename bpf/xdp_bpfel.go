@@ -214,6 +214,7 @@ const (
 	xdpVarRingWakeBytes      = "ring_wake_bytes"
 	xdpVarStageFlushNs       = "stage_flush_ns"
 	xdpVarUnusedActive       = "unused_active"
+	xdpVarUnusedConstants    = "unused_constants"
 	xdpVarUnusedCounter      = "unused_counter"
 	xdpVarUnusedEvent        = "unused_event"
 	xdpVarUnusedEventPayload = "unused_event_payload"
@@ -292,6 +293,7 @@ type xdpVariableSpecs struct {
 	RingWakeBytes      *ebpf.VariableSpec `ebpf:"ring_wake_bytes"`
 	StageFlushNs       *ebpf.VariableSpec `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.VariableSpec `ebpf:"unused_active"`
+	UnusedConstants    *ebpf.VariableSpec `ebpf:"unused_constants"`
 	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventPayload *ebpf.VariableSpec `ebpf:"unused_event_payload"`
@@ -358,6 +360,7 @@ type xdpVariables struct {
 	RingWakeBytes      *ebpf.Variable `ebpf:"ring_wake_bytes"`
 	StageFlushNs       *ebpf.Variable `ebpf:"stage_flush_ns"`
 	UnusedActive       *ebpf.Variable `ebpf:"unused_active"`
+	UnusedConstants    *ebpf.Variable `ebpf:"unused_constants"`
 	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventPayload *ebpf.Variable `ebpf:"unused_event_payload"`
