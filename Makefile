@@ -87,7 +87,7 @@ check-generated:
 		&& echo "committed BPF objects match their sources"; \
 	else echo "clang-19 missing: skipping the generated-object check"; fi
 
-# Every harness once (root: BPF, network namespaces), about 7 minutes in
+# Every harness once (root: BPF, network namespaces), about 6 minutes in
 # all. Each benchmark reads -benchtime in its own unit (rounds of tables,
 # hooked calls, events, runs), so each gets its own count. The reload
 # benchmarks make fewer edits and reloads than BENCHMARKS.md's figures
