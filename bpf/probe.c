@@ -26,7 +26,12 @@
  * helper calls). Strings, paths and sockets are decoded only when a filter,
  * label or event needs them. Selected rules count (per-CPU hash keyed by
  * rule + labels, or the rule's own counter), emit (ring buffer, rate
- * limited) and signal. */
+ * limited) and signal.
+ *
+ * By concern: probe.h holds what Go shares (limits, codes, map values),
+ * probe_kernel.h the kernel structures read through CO-RE, probe_filters.h
+ * the filters, probe_nesting.h the per-CPU scratch levels and their guard;
+ * this file the maps, value decoding, actions and the programs. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -39,126 +44,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 
-/* Minimal kernel structures, relocated by CO-RE against the running
- * kernel's BTF: only the fields named here are used, wherever the kernel
- * puts them. */
-#if defined(__TARGET_ARCH_x86)
-struct pt_regs {
-	unsigned long r10, r9, r8, ax, cx, dx, si, di;
-} __attribute__((preserve_access_index));
-#define PARM0_FIELD di
-#define PARM3_FIELD cx
-#define RET_FIELD ax
-#define SYSPARM0_FIELD di
-#define PARM1_FIELD si
-#define PARM2_FIELD dx
-#define SYSPARM3_FIELD r10 /* the syscall ABI passes arg 3 in r10 */
-#define PARM4_FIELD r8
-#define PARM5_FIELD r9
-#elif defined(__TARGET_ARCH_arm64)
-struct pt_regs {
-	__u64 regs[31];
-	__u64 orig_x0;
-} __attribute__((preserve_access_index));
-#define PARM0_FIELD regs[0]
-#define PARM3_FIELD regs[3]
-#define RET_FIELD regs[0]
-#define SYSPARM0_FIELD orig_x0 /* regs[0] is the return value by sys_exit */
-#define PARM1_FIELD regs[1]
-#define PARM2_FIELD regs[2]
-#define SYSPARM3_FIELD regs[3]
-#define PARM4_FIELD regs[4]
-#define PARM5_FIELD regs[5]
-#else
-#error "build with -target amd64 or arm64 (bpf2go sets __TARGET_ARCH_*)"
-#endif
-
-struct kernfs_node {
-	__u64 id;
-} __attribute__((preserve_access_index));
-
-struct cgroup {
-	struct kernfs_node *kn;
-} __attribute__((preserve_access_index));
-
-struct css_set {
-	struct cgroup *dfl_cgrp;
-} __attribute__((preserve_access_index));
-
-struct cred {
-	struct {
-		__u32 val;
-	} uid;
-	struct {
-		__u32 val;
-	} gid;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	int pid;
-	int tgid;
-	char comm[16];
-	const struct cred *cred;
-	struct css_set *cgroups;
-	struct task_struct *real_parent;
-	struct files_struct *files;
-} __attribute__((preserve_access_index));
-
-struct files_struct {
-	struct fdtable *fdt;
-} __attribute__((preserve_access_index));
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-} __attribute__((preserve_access_index));
-
-struct qstr {
-	__u32 len;
-	const unsigned char *name;
-} __attribute__((preserve_access_index));
-
-struct dentry {
-	struct dentry *d_parent;
-	struct qstr d_name;
-} __attribute__((preserve_access_index));
-
-struct vfsmount {
-	struct dentry *mnt_root;
-} __attribute__((preserve_access_index));
-
-struct mount {
-	struct mount *mnt_parent;
-	struct dentry *mnt_mountpoint;
-	struct vfsmount mnt;
-} __attribute__((preserve_access_index));
-
-struct path {
-	struct vfsmount *mnt;
-	struct dentry *dentry;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct path f_path;
-} __attribute__((preserve_access_index));
-
-struct in6_addr {
-	__u8 u6_addr8[16];
-} __attribute__((preserve_access_index));
-
-struct sock_common {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-} __attribute__((preserve_access_index));
+#include "probe_kernel.h"
 
 /* Path assembly buffer: components are written backwards ending at
  * PATH_END; a path is at most GRAIN_PROBE_STR_LEN - 1 bytes, so writes stay
@@ -519,144 +405,7 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 	return 0;
 }
 
-/* Integer value of a filter or label field. */
-static __always_inline __u64 int_field(struct scratch *s, struct grain_probe_hook *h, __u8 field, __u8 arg, __u8 sub)
-{
-	switch (field) {
-	case GRAIN_PROBE_F_PID:
-		return (__u32)s->pid_tgid;
-	case GRAIN_PROBE_F_TGID:
-		return s->pid_tgid >> 32;
-	case GRAIN_PROBE_F_PPID:
-		need(s, HAVE_PPID);
-		return s->ppid;
-	case GRAIN_PROBE_F_UID:
-		need(s, HAVE_UID);
-		return (__u32)s->uid_gid;
-	case GRAIN_PROBE_F_GID:
-		need(s, HAVE_UID);
-		return s->uid_gid >> 32;
-	case GRAIN_PROBE_F_CGROUP:
-		need(s, HAVE_CGROUP);
-		return s->cgroup;
-	case GRAIN_PROBE_F_SYSCALL:
-		return s->syscall;
-	case GRAIN_PROBE_F_ARG:
-		if (arg >= GRAIN_PROBE_MAX_ARGS)
-			return 0;
-		decode(s, h, arg);
-		switch (sub) {
-		case GRAIN_PROBE_SUB_FAMILY:
-			return s->vals[arg].family;
-		case GRAIN_PROBE_SUB_SPORT:
-			return s->vals[arg].sport;
-		case GRAIN_PROBE_SUB_DPORT:
-			return s->vals[arg].dport;
-		default:
-			return s->vals[arg].num;
-		}
-	}
-	return 0;
-}
-
-/* filter_holds evaluates filter index fi of the active generation. */
-__noinline int filter_holds(struct scratch *s, struct grain_probe_hook *h, __u32 fi)
-{
-	if (!s || !h)
-		return 0;
-	struct grain_probe_filter *f = bpf_map_lookup_elem(&probe_filters, &fi);
-	if (!f)
-		return 0;
-	int hit = 0;
-	if (f->op == GRAIN_PROBE_OP_COMM) {
-		need(s, HAVE_COMM);
-		__u64 c0, c1;
-		__builtin_memcpy(&c0, s->comm, 8);
-		__builtin_memcpy(&c1, s->comm + 8, 8);
-		__u32 n = f->nvals;
-		for (int i = 0; i < GRAIN_PROBE_COMM_INLINE; i++) {
-			if (i >= n)
-				break;
-			if ((c0 & f->vals[4 * i + 2]) == f->vals[4 * i] && (c1 & f->vals[4 * i + 3]) == f->vals[4 * i + 1]) {
-				hit = 1;
-				break;
-			}
-		}
-		return hit ^ f->negate;
-	}
-	if (f->op == GRAIN_PROBE_OP_TRIE) {
-		/* The key must be map memory for the lookup helper (Linux 6.1
-		 * refuses a global function's pointer argument there): look the
-		 * per-CPU scratch level up again, the same memory as s. */
-		__u32 level = s->level;
-		struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &level);
-		if (!ms)
-			return 0;
-		struct grain_probe_string_key *k = &ms->skey;
-		k->filter = fi;
-		__u32 arg = f->arg;
-		if (f->field == GRAIN_PROBE_F_COMM) {
-			need(s, HAVE_COMM);
-			__builtin_memcpy(k->data, s->comm, 16);
-			k->data[16] = 0;
-			k->prefixlen = 32 + 8 * 17;
-		} else if (f->field == GRAIN_PROBE_F_ARG && arg < GRAIN_PROBE_MAX_ARGS) {
-			decode(s, h, arg);
-			struct grain_probe_val *v = &s->vals[arg];
-			if (f->sub == GRAIN_PROBE_SUB_SADDR || f->sub == GRAIN_PROBE_SUB_DADDR) {
-				__u8 *a = f->sub == GRAIN_PROBE_SUB_SADDR ? v->saddr : v->daddr;
-				if (v->family == AF_INET) {
-					k->data[0] = 4;
-					__builtin_memcpy(&k->data[1], a, 4);
-					k->prefixlen = 32 + 8 + 32;
-				} else if (v->family == AF_INET6) {
-					k->data[0] = 6;
-					__builtin_memcpy(&k->data[1], a, 16);
-					k->prefixlen = 32 + 8 + 128;
-				} else {
-					return f->negate;
-				}
-			} else {
-				__u32 len = v->len;
-				if (len > GRAIN_PROBE_MATCH_LEN)
-					len = GRAIN_PROBE_MATCH_LEN;
-				/* the string with its NUL: exact entries end with it */
-				bpf_probe_read_kernel(k->data, (len & 255) + 1, v->str);
-				k->data[len & 255] = 0;
-				k->prefixlen = 32 + 8 * (len + 1);
-			}
-		} else {
-			return f->negate;
-		}
-		hit = bpf_map_lookup_elem(&probe_strings, k) != 0;
-		return hit ^ f->negate;
-	}
-	__u64 x = int_field(s, h, f->field, f->arg, f->sub);
-	__u32 n = f->nvals;
-	if (f->op == GRAIN_PROBE_OP_IN) {
-		for (int i = 0; i < GRAIN_PROBE_MAX_INLINE; i++) {
-			if (i >= n)
-				break;
-			if (f->vals[i] == x) {
-				hit = 1;
-				break;
-			}
-		}
-	} else if (f->op == GRAIN_PROBE_OP_RANGE) {
-		for (int i = 0; i < GRAIN_PROBE_MAX_RANGES; i++) {
-			if (i >= n)
-				break;
-			if ((__s64)x >= (__s64)f->vals[2 * i] && (__s64)x <= (__s64)f->vals[2 * i + 1]) {
-				hit = 1;
-				break;
-			}
-		}
-	} else if (f->op == GRAIN_PROBE_OP_SET) {
-		struct grain_probe_value_key vk = {.filter = fi, .value = x};
-		hit = bpf_map_lookup_elem(&probe_values, &vk) != 0;
-	}
-	return hit ^ f->negate;
-}
+#include "probe_filters.h"
 
 /* put_field copies the bytes of a label field into dst (size bytes, zero
  * padded by the caller). */
@@ -824,60 +573,6 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 	return 0;
 }
 
-/* fast_filter evaluates, without a function call, the filters most
- * selectors use: integer process fields in an inline set, and comm. It
- * returns 0 or 1, or -1 for the others (filter_holds). On this kind of
- * machine (AMD, return-thunk mitigations) every call and return costs
- * ~10 ns, more than most filters. */
-static __always_inline int fast_filter(struct scratch *s, struct grain_probe_filter *f)
-{
-	__u64 x;
-	if (f->op == GRAIN_PROBE_OP_COMM) {
-		need(s, HAVE_COMM);
-		__u64 c0 = *(__u64 *)&s->comm[0], c1 = *(__u64 *)&s->comm[8];
-		int hit = 0;
-		for (int i = 0; i < GRAIN_PROBE_COMM_INLINE; i++) {
-			if (i >= f->nvals)
-				break;
-			if ((c0 & f->vals[4 * i + 2]) == f->vals[4 * i] && (c1 & f->vals[4 * i + 3]) == f->vals[4 * i + 1]) {
-				hit = 1;
-				break;
-			}
-		}
-		return hit ^ f->negate;
-	}
-	if (f->op != GRAIN_PROBE_OP_IN)
-		return -1;
-	switch (f->field) {
-	case GRAIN_PROBE_F_PID:
-		x = (__u32)s->pid_tgid;
-		break;
-	case GRAIN_PROBE_F_TGID:
-		x = s->pid_tgid >> 32;
-		break;
-	case GRAIN_PROBE_F_UID:
-		need(s, HAVE_UID);
-		x = (__u32)s->uid_gid;
-		break;
-	case GRAIN_PROBE_F_GID:
-		need(s, HAVE_UID);
-		x = s->uid_gid >> 32;
-		break;
-	default:
-		return -1;
-	}
-	int hit = 0;
-	for (int i = 0; i < GRAIN_PROBE_MAX_INLINE; i++) {
-		if (i >= f->nvals)
-			break;
-		if (f->vals[i] == x) {
-			hit = 1;
-			break;
-		}
-	}
-	return hit ^ f->negate;
-}
-
 /* rule_apply runs rule index ri (in the active generation) on one call:
  * one function call per rule (hook_run is inlined in the programs). */
 __noinline int rule_apply(struct scratch *s, struct grain_probe_hook *h, __u32 ri)
@@ -959,71 +654,7 @@ static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
 	return x;
 }
 
-static __always_inline void count_nesting(int skipped)
-{
-	__u32 zero = 0;
-	struct grain_probe_nesting *n = bpf_map_lookup_elem(&probe_nesting, &zero);
-	if (!n)
-		return;
-	/* atomic: a deeper interrupt may count between a load and a store */
-	if (skipped)
-		__sync_fetch_and_add(&n->skipped, 1);
-	else
-		__sync_fetch_and_add(&n->nested, 1);
-}
-
-/* claim takes the first free scratch level of this CPU, or returns 0 (and
- * counts the call skipped) when every level is busy. A level is taken by
- * compare-and-swap, not a depth counter: a preempted fentry/fexit program
- * may finish after the program that preempted it started, so levels are
- * not released in stack order, and a load-then-store could hand one level
- * to two programs. The common path: one lookup (inlined by the verifier
- * from Linux 6.10) and one compare-and-swap; deeper levels only when
- * nested. */
-static __always_inline struct scratch *claim(void)
-{
-	__u32 key = 0;
-	struct scratch *s = bpf_map_lookup_elem(&probe_scratch, &key);
-	if (!s)
-		return 0;
-	if (__sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
-		s->level = 0;
-		return s;
-	}
-	for (__u32 l = 1; l < GRAIN_PROBE_NEST_LEVELS; l++) {
-		key = l;
-		s = bpf_map_lookup_elem(&probe_scratch, &key);
-		if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
-			s->level = l;
-			count_nesting(0);
-			return s;
-		}
-	}
-	count_nesting(1);
-	return 0;
-}
-
-/* release frees the level claim took; only its owner writes a busy word
- * that is set. */
-static __always_inline void release(struct scratch *s)
-{
-	barrier(); /* every use of the level before this store */
-	s->busy = 0;
-}
-
-/* GUARDED runs body (a statement using s) with the scratch level that
- * begin_expr claimed, and releases the level after it; nothing when
- * begin_expr returned 0. Program bodies are functions that return into
- * here, never out of the program: no path can keep a level busy. */
-#define GUARDED(begin_expr, body)                 \
-	({                                        \
-		struct scratch *s = (begin_expr); \
-		if (s) {                          \
-			body;                     \
-			release(s);               \
-		}                                 \
-		0;                                \
-	})
+#include "probe_nesting.h"
 
 /* begin starts a call: it returns a claimed scratch level with the active
  * generation, or 0 when grain itself is calling, nothing is configured or
@@ -1079,17 +710,17 @@ static __always_inline __u64 regs_arg(struct pt_regs *r, __u32 i)
 {
 	switch (i) {
 	case 0:
-		return BPF_CORE_READ(r, PARM0_FIELD);
+		return PT_REGS_PARM1_CORE(r);
 	case 1:
-		return BPF_CORE_READ(r, PARM1_FIELD);
+		return PT_REGS_PARM2_CORE(r);
 	case 2:
-		return BPF_CORE_READ(r, PARM2_FIELD);
+		return PT_REGS_PARM3_CORE(r);
 	case 3:
-		return BPF_CORE_READ(r, PARM3_FIELD);
+		return PT_REGS_PARM4_CORE(r);
 	case 4:
-		return BPF_CORE_READ(r, PARM4_FIELD);
+		return PT_REGS_PARM5_CORE(r);
 	case 5:
-		return BPF_CORE_READ(r, PARM5_FIELD);
+		return PT_REGS_PARM6_CORE(r);
 	}
 	return 0;
 }
@@ -1106,8 +737,8 @@ static __always_inline int kprobe_run(struct scratch *s, struct pt_regs *ctx, in
 		if (!h->nargs)
 			return 0;
 		struct grain_probe_stash st = {
-			.raw = {BPF_CORE_READ(ctx, PARM0_FIELD), BPF_CORE_READ(ctx, PARM1_FIELD), BPF_CORE_READ(ctx, PARM2_FIELD),
-				BPF_CORE_READ(ctx, PARM3_FIELD), BPF_CORE_READ(ctx, PARM4_FIELD), BPF_CORE_READ(ctx, PARM5_FIELD)},
+			.raw = {PT_REGS_PARM1_CORE(ctx), PT_REGS_PARM2_CORE(ctx), PT_REGS_PARM3_CORE(ctx),
+				PT_REGS_PARM4_CORE(ctx), PT_REGS_PARM5_CORE(ctx), PT_REGS_PARM6_CORE(ctx)},
 		};
 		bpf_map_update_elem(&probe_stash, &sk, &st, BPF_ANY);
 		return 0;
@@ -1123,7 +754,7 @@ static __always_inline int kprobe_run(struct scratch *s, struct pt_regs *ctx, in
 			break;
 		struct grain_probe_arg *a = &h->args[i];
 		if (a->source == GRAIN_PROBE_SRC_RET)
-			s->raw[i] = ext_arg(a, BPF_CORE_READ(ctx, RET_FIELD));
+			s->raw[i] = ext_arg(a, PT_REGS_RC_CORE(ctx));
 		else if (st)
 			s->raw[i] = ext_arg(a, st->raw[a->index < GRAIN_PROBE_MAX_ARGS ? a->index : 0]);
 		else
@@ -1263,22 +894,22 @@ static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_trace
 			__u64 x = 0;
 			switch (a->index) {
 			case 0:
-				x = BPF_CORE_READ(regs, SYSPARM0_FIELD);
+				x = PT_REGS_PARM1_CORE_SYSCALL(regs);
 				break;
 			case 1:
-				x = BPF_CORE_READ(regs, PARM1_FIELD);
+				x = PT_REGS_PARM2_CORE_SYSCALL(regs);
 				break;
 			case 2:
-				x = BPF_CORE_READ(regs, PARM2_FIELD);
+				x = PT_REGS_PARM3_CORE_SYSCALL(regs);
 				break;
 			case 3:
-				x = BPF_CORE_READ(regs, SYSPARM3_FIELD);
+				x = PT_REGS_PARM4_CORE_SYSCALL(regs);
 				break;
 			case 4:
-				x = BPF_CORE_READ(regs, PARM4_FIELD);
+				x = PT_REGS_PARM5_CORE_SYSCALL(regs);
 				break;
 			case 5:
-				x = BPF_CORE_READ(regs, PARM5_FIELD);
+				x = PT_REGS_PARM6_CORE_SYSCALL(regs);
 				break;
 			}
 			s->raw[i] = ext_arg(a, x);
