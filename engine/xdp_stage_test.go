@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -224,6 +225,11 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 	const rounds, repeat = 40, 300
 	var wg sync.WaitGroup
 	total := 0
+	// A signal during a test run with Repeat (the Go runtime's preemption)
+	// makes the kernel stop it and cilium/ebpf start it again from the
+	// beginning: the runs before the signal count too. Runs retried so are
+	// counted here; exact per-CPU totals hold only without them.
+	var retried atomic.Int64
 	for cpu := 0; cpu < 1024; cpu++ {
 		if !cpus.IsSet(cpu) {
 			continue
@@ -242,7 +248,8 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 			}
 			defer unix.SchedSetaffinity(0, &cpus)
 			for r := 0; r < rounds; r++ {
-				ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: httpFrom(uint16(cpu)), Repeat: repeat})
+				ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: httpFrom(uint16(cpu)), Repeat: repeat,
+					Reset: func() { retried.Add(1) }})
 				if err != nil || ret != 1 {
 					t.Errorf("CPU %d: verdict %d, %v", cpu, ret, err)
 					return
@@ -256,22 +263,25 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 	var events []bpf.Event
 	done := make(chan struct{})
 	go func() {
+		// Reads past total until the ring is quiet: retried runs' events too.
 		events, _ = readEvents(t, rd, total)
 		close(done)
 	}()
 	wg.Wait()
 	<-done
+	// Every event the kernel counted is read, once.
+	c := counterOf(t, e, "every_event")
 	perCPU := map[uint16]int{}
 	for _, ev := range events {
 		perCPU[ev.Sport]++
 	}
-	c := counterOf(t, e, "every_event")
-	if len(events) != total || c.Events != uint64(total) || c.EventsLost != 0 {
-		t.Errorf("%d events read (per CPU: %v), counters %d events, %d lost; want %d, none lost", len(events), perCPU, c.Events, c.EventsLost, total)
+	if len(events) != int(c.Events) || c.Events < uint64(total) || c.EventsLost != 0 {
+		t.Errorf("%d events read (per CPU: %v), counters %d events, %d lost; want the counted events, at least %d, none lost",
+			len(events), perCPU, c.Events, c.EventsLost, total)
 	}
 	for cpu, n := range perCPU {
-		if n != rounds*repeat {
-			t.Errorf("CPU %d: %d events, want %d", cpu, n, rounds*repeat)
+		if n < rounds*repeat || (retried.Load() == 0 && n != rounds*repeat) {
+			t.Errorf("CPU %d: %d events, want %d (%d runs retried)", cpu, n, rounds*repeat, retried.Load())
 		}
 	}
 }

@@ -261,7 +261,7 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("a failed start left pins behind in %s: %v", pins, entries)
 	}
 	out, err = exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "--policies", "../../examples/block-http", "--interface", "lo", "--pin-path", pins).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "grain needs root") {
+	if err == nil || !strings.Contains(string(out), "grain lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON") {
 		t.Errorf("not root: %v: %s", err, out)
 	}
 }
