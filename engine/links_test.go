@@ -2,26 +2,32 @@ package engine
 
 import (
 	"maps"
-	"slices"
 	"testing"
 
+	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 )
 
-// A link's interface bitmap is the OR of the rules of every entry whose
+// A link's interface bitmap is the OR of the bitmaps of every entry whose
 // name or pattern matches the link's name.
 func TestInterfaceRules(t *testing.T) {
-	entries := []codegen.InterfaceEntry{
-		{Interface: "veth*", Rules: codegen.RuleSet{0, 2}},
-		{Interface: "veth1", Rules: codegen.RuleSet{1, 2}},
-		{Interface: "eth?", Rules: codegen.RuleSet{3}},
-		{Interface: "lo", Rules: codegen.RuleSet{}},
+	entry := func(name string, rules codegen.RuleSet) codegen.InterfaceBitmap {
+		return codegen.InterfaceBitmap{Interface: name, Bitmap: codegen.Kernel[bpf.Bitmap]{Value: codegen.BitmapOf(rules)}}
 	}
-	got := interfaceRules(entries, map[string]uint32{"veth0": 10, "veth1": 11, "eth0": 12, "eth10": 13, "lo": 1})
-	want := map[uint32]codegen.RuleSet{10: {0, 2}, 11: {0, 1, 2}, 12: {3}, 1: nil}
-	if !maps.EqualFunc(got, want, func(a, b codegen.RuleSet) bool { return slices.Equal(a, b) }) {
-		t.Errorf("interfaceRules = %v, want %v (eth10 matches no entry)", got, want)
+	entries := []codegen.InterfaceBitmap{
+		entry("veth*", codegen.RuleSet{0, 2}),
+		entry("veth1", codegen.RuleSet{1, 2}),
+		entry("eth?", codegen.RuleSet{3}),
+		entry("lo", codegen.RuleSet{}),
+	}
+	got := interfaceBitmaps(entries, map[string]uint32{"veth0": 10, "veth1": 11, "eth0": 12, "eth10": 13, "lo": 1})
+	want := map[uint32]bpf.Bitmap{}
+	for idx, rules := range map[uint32]codegen.RuleSet{10: {0, 2}, 11: {0, 1, 2}, 12: {3}, 1: nil} {
+		want[idx] = codegen.BitmapOf(rules)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("interfaceBitmaps = %v, want %v (eth10 matches no entry)", got, want)
 	}
 }
 

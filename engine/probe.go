@@ -1,11 +1,9 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -72,6 +70,7 @@ type Probes struct {
 // probeAttachment is one attached hook.
 type probeAttachment struct {
 	hook      codegen.ProbeHook
+	planned   []bpf.ProbeArg // the plan's arguments, which resolveArgs completes
 	slot      int
 	mechanism string // "kprobe", "kretprobe", "fentry", "fexit", "tracepoint", "raw_tracepoint" (syscall hooks, field-less tracepoints)
 	links     []link.Link
@@ -219,7 +218,8 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 	for _, a := range e.hooks {
 		used[a.slot] = true
 	}
-	for _, h := range p.pp.Hooks {
+	for i, h := range p.pp.Hooks {
+		planned := p.pp.Maps.Hooks[i].Value.Args[:len(h.Args)]
 		a, ok := e.hooks[h.Key()]
 		if ok && h.Kind == "tracepoint" && a.mechanism != e.tracepointMechanism(h) {
 			// Its fields changed which tracepoint it needs (a raw one has no
@@ -230,7 +230,7 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 		}
 		if ok {
 			// Same attach point; its arguments may differ: resolve them again.
-			args, syscalls, err := e.resolveArgs(h, a.mechanism)
+			args, syscalls, err := e.resolveArgs(h, planned, a.mechanism)
 			if err != nil {
 				return p, err
 			}
@@ -248,7 +248,7 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 				p.entryLinks = append(p.entryLinks, el)
 				links = append(slices.Clip(links), el)
 			}
-			p.want[h.Key()] = &probeAttachment{hook: h, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
+			p.want[h.Key()] = &probeAttachment{hook: h, planned: planned, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
 			continue
 		}
 		slot := 0
@@ -258,7 +258,7 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 		if slot >= bpf.ProbeMaxHooks {
 			return p, fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.ProbeMaxHooks)
 		}
-		a, err := e.attach(h, slot)
+		a, err := e.attach(h, planned, slot)
 		if err != nil {
 			return p, err
 		}
@@ -388,8 +388,8 @@ func (e *Probes) hooksOfKind(kind string) []*probeAttachment {
 }
 
 // attach resolves and attaches one hook with cookie slot.
-func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error) {
-	a := &probeAttachment{hook: h, slot: slot}
+func (e *Probes) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*probeAttachment, error) {
+	a := &probeAttachment{hook: h, planned: planned, slot: slot}
 	cookie := uint64(slot)
 	switch h.Kind {
 	case "tracepoint":
@@ -398,7 +398,7 @@ func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error)
 			return nil, fmt.Errorf("tracepoint %q: want category/name", h.Target)
 		}
 		a.mechanism = "tracepoint"
-		args, _, err := e.resolveArgs(h, a.mechanism)
+		args, _, err := e.resolveArgs(h, a.planned, a.mechanism)
 		if err != nil {
 			return nil, err
 		}
@@ -423,7 +423,7 @@ func (e *Probes) attach(h codegen.ProbeHook, slot int) (*probeAttachment, error)
 		a.links = []link.Link{l}
 	case "syscall":
 		a.mechanism = "raw_tracepoint"
-		args, syscalls, err := e.resolveArgs(h, a.mechanism)
+		args, syscalls, err := e.resolveArgs(h, a.planned, a.mechanism)
 		if err != nil {
 			return nil, err
 		}
@@ -489,7 +489,7 @@ func (e *Probes) attachFunction(a *probeAttachment, cookie uint64) error {
 	if ret {
 		a.mechanism, name, attach = "kretprobe", bpf.ProgKretprobe, link.Kretprobe
 	}
-	args, _, err := e.resolveArgs(h, a.mechanism)
+	args, _, err := e.resolveArgs(h, a.planned, a.mechanism)
 	if err != nil {
 		return err
 	}
@@ -540,7 +540,7 @@ func (e *Probes) attachTracing(a *probeAttachment, cookie uint64, ret bool) erro
 	if ret {
 		name, typ, mech = bpf.ProgFexit, ebpf.AttachTraceFExit, "fexit"
 	}
-	args, _, err := e.resolveArgs(a.hook, mech)
+	args, _, err := e.resolveArgs(a.hook, a.planned, mech)
 	if err != nil {
 		return err
 	}
@@ -567,15 +567,11 @@ func (e *Probes) detach(a *probeAttachment) {
 	}
 }
 
-var argTypeCodes = map[string]uint8{
-	"int": bpf.ProbeTInt, "uint": bpf.ProbeTUint, "string": bpf.ProbeTString, "user_string": bpf.ProbeTUstring,
-	"sock": bpf.ProbeTSock, "sockaddr": bpf.ProbeTSockaddr, "file": bpf.ProbeTFile, "path": bpf.ProbeTPath, "fd": bpf.ProbeTFd,
-}
-
-// resolveArgs turns the hook's arguments into the kernel's form for the
-// chosen mechanism: tracepoint fields by the tracefs format, integer widths
-// by BTF or the syscall's tracepoint, syscall names by number.
-func (e *Probes) resolveArgs(h codegen.ProbeHook, mechanism string) ([]bpf.ProbeArg, []int, error) {
+// resolveArgs completes the hook's arguments as planned (the plan's
+// bpf.ProbeArg of each) for the chosen mechanism on this kernel:
+// tracepoint fields by the tracefs format, integer widths by BTF or the
+// syscall's tracepoint; and gives the numbers of its syscalls.
+func (e *Probes) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism string) ([]bpf.ProbeArg, []int, error) {
 	var fields map[string]tpField
 	var widths []tpField // per argument index, when known
 	var syscalls []int
@@ -627,23 +623,20 @@ func (e *Probes) resolveArgs(h codegen.ProbeHook, mechanism string) ([]bpf.Probe
 		widths = functionParams(h.Target)
 	}
 	out := make([]bpf.ProbeArg, 0, len(h.Args))
-	for _, a := range h.Args {
-		ka := bpf.ProbeArg{Type: argTypeCodes[a.Type], Index: uint8(max(a.Index, 0)), Width: 8}
-		switch a.Source {
-		case "arg":
-			ka.Source = bpf.ProbeSrcArg
+	for i, a := range h.Args {
+		ka := planned[i]
+		switch ka.Source {
+		case bpf.ProbeSrcArg:
 			if a.Index < len(widths) {
 				ka.Width = widths[a.Index].width
 			}
-		case "ret":
-			ka.Source = bpf.ProbeSrcRet
+		case bpf.ProbeSrcRet:
 			if mechanism == "fexit" || mechanism == "kretprobe" {
 				if w := functionReturn(h.Target); w.width != 0 {
 					ka.Width = w.width
 				}
 			}
-		case "field":
-			ka.Source = bpf.ProbeSrcField
+		case bpf.ProbeSrcField:
 			f, ok := fields[a.Field]
 			if !ok {
 				var names []string
@@ -867,17 +860,6 @@ const (
 	probeKeptEpochs = 256
 )
 
-var filterKinds = map[string]uint8{
-	"pid": bpf.ProbeFPid, "tgid": bpf.ProbeFTgid, "ppid": bpf.ProbeFPpid, "uid": bpf.ProbeFUid,
-	"gid": bpf.ProbeFGid, "comm": bpf.ProbeFComm, "cgroup": bpf.ProbeFCgroup, "arg": bpf.ProbeFArg,
-	"syscall": bpf.ProbeFSyscall,
-}
-
-var partCodes = map[string]uint8{
-	"": bpf.ProbeSubNum, "num": bpf.ProbeSubNum, "str": bpf.ProbeSubStr, "family": bpf.ProbeSubFamily,
-	"saddr": bpf.ProbeSubSaddr, "daddr": bpf.ProbeSubDaddr, "sport": bpf.ProbeSubSport, "dport": bpf.ProbeSubDport,
-}
-
 // writeInactive fills the inactive generation with pp, which no program
 // reads until flip, and returns it and the epoch of its rule ids. e.mu
 // held.
@@ -890,118 +872,42 @@ func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAtt
 	return next, epoch, e.fill(pp, hooks, next, epoch)
 }
 
-// fill writes pp into generation next with rule ids of epoch.
+// fill writes pp's map entries (codegen.ProbeMaps) into generation next
+// as they are, adding the generation to keys, epoch to rule ids, and what
+// depends on this machine: the hooks' slots, mechanisms and resolved
+// arguments, syscall numbers and cgroup ids.
 func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, next, epoch uint32) error {
 	m := e.p.Maps()
+	pm := &pp.Maps
 	// Resolve what may fail before touching the maps.
-	type flat struct {
-		f  codegen.ProbeFilter
-		kf bpf.ProbeFilter
-	}
-	var filters []flat
-	kRules := make([]bpf.ProbeRule, len(pp.Rules))
-	for i, r := range pp.Rules {
-		kr := bpf.ProbeRule{Id: epoch<<probeIndexBits | uint32(i), Nselectors: uint8(len(r.Selectors))}
-		for si, sel := range r.Selectors {
-			kr.Selectors[si] = bpf.ProbeSelector{First: uint16(len(filters)), Nfilters: uint8(len(sel.Filters))}
-			for _, f := range sel.Filters {
-				kf := bpf.ProbeFilter{Field: filterKinds[f.Kind], Arg: uint8(f.Slot), Sub: partCodes[f.Part]}
-				if f.Negate {
-					kf.Negate = 1
-				}
-				ints := f.Ints
-				op := f.Op
-				if op == "cgroup" {
-					ints = nil
-					for _, path := range f.Cgroups {
-						id, err := e.cgroupID(path)
-						if err != nil {
-							return fmt.Errorf("policy %s: %w", r.Policy, err)
-						}
-						ints = append(ints, int64(id))
-					}
-					op = "in"
-					if len(ints) > bpf.ProbeMaxInline {
-						op = "set"
-					}
-					f.Ints = ints
-				}
-				switch op {
-				case "in":
-					kf.Op = bpf.ProbeOpIn
-					kf.Nvals = uint8(len(ints))
-					for j, v := range ints {
-						kf.Vals[j] = uint64(v)
-					}
-				case "set":
-					kf.Op = bpf.ProbeOpSet
-				case "range":
-					kf.Op = bpf.ProbeOpRange
-					kf.Nvals = uint8(len(f.Ranges))
-					for j, rg := range f.Ranges {
-						kf.Vals[2*j], kf.Vals[2*j+1] = uint64(rg[0]), uint64(rg[1])
-					}
-				case "trie":
-					kf.Op = bpf.ProbeOpTrie
-				case "comm":
-					kf.Op = bpf.ProbeOpComm
-					entries := append(slices.Clone(f.Strings), f.Prefixes...)
-					kf.Nvals = uint8(len(entries))
-					for j, v := range entries {
-						var val, mask [16]byte
-						n := len(v)
-						if j < len(f.Strings) {
-							n++ // an exact name: its NUL too
-						}
-						copy(val[:], v)
-						for k := 0; k < n && k < 16; k++ {
-							mask[k] = 0xff
-						}
-						kf.Vals[4*j] = binary.LittleEndian.Uint64(val[:8])
-						kf.Vals[4*j+1] = binary.LittleEndian.Uint64(val[8:])
-						kf.Vals[4*j+2] = binary.LittleEndian.Uint64(mask[:8])
-						kf.Vals[4*j+3] = binary.LittleEndian.Uint64(mask[8:])
-					}
-				default:
-					return fmt.Errorf("policy %s: unknown filter operation %q", r.Policy, f.Op)
-				}
-				f.Op = op
-				filters = append(filters, flat{f: f, kf: kf})
-			}
+	filters := make([]bpf.ProbeFilter, len(pm.Filters))
+	values := make([][]uint64, len(pm.Filters))
+	for i, f := range pm.Filters {
+		filters[i], values[i] = f.Filter.Value, f.Values
+		if len(f.Cgroups) == 0 {
+			continue
 		}
-		if r.Emit != nil {
-			kr.Flags |= bpf.ProbeREmit
-			kr.RateLimit = uint32(r.Emit.RateLimit)
-			for _, f := range r.Emit.Fields {
-				if f.Kind == "arg" {
-					kr.EmitArgs |= 1 << f.Slot
-				}
+		ids := make([]uint64, 0, len(f.Cgroups))
+		for _, path := range f.Cgroups {
+			id, err := e.cgroupID(path)
+			if err != nil {
+				return fmt.Errorf("policy %s: %w", pp.Rules[f.Rule].Policy, err)
 			}
+			ids = append(ids, id)
 		}
-		if r.Count != nil {
-			kr.Flags |= bpf.ProbeRCount
-			kr.Nlabels = uint8(len(r.Count.Labels))
-			end := 0
-			for j, l := range r.Count.Labels {
-				kr.Labels[j] = bpf.ProbeLabel{Field: filterKinds[l.Kind], Arg: uint8(l.Slot), Sub: partCodes[l.Part], Offset: uint8(l.Offset), Size: uint8(l.Size)}
-				end = max(end, l.Offset+l.Size)
-			}
-			if end <= bpf.ProbeSmallLabelBytes {
-				kr.Flags |= bpf.ProbeRSmallKey
-			}
-			if r.Count.Sum != "" {
-				kr.Flags |= bpf.ProbeRSum
-				kr.SumArg = uint8(r.Count.SumSlot)
-			}
+		if filters[i].Op == bpf.ProbeOpIn {
+			copy(filters[i].Vals[:], ids)
+		} else {
+			values[i] = ids
 		}
-		if r.SignalNumber != 0 {
-			kr.Flags |= bpf.ProbeRSignal
-			kr.Signal = uint8(r.SignalNumber)
-		}
-		kRules[i] = kr
 	}
 	if len(filters) > bpf.ProbeMaxFilters {
 		return fmt.Errorf("too many match conditions: %d, at most %d", len(filters), bpf.ProbeMaxFilters)
+	}
+	kRules := make([]bpf.ProbeRule, len(pm.Rules))
+	for i, r := range pm.Rules {
+		kRules[i] = r.Value
+		kRules[i].Id = epoch<<probeIndexBits | uint32(i)
 	}
 
 	// The generation is no longer read by any program: fold its counters
@@ -1023,9 +929,9 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 	// Hooks: every slot of the generation.
 	kHooks := make([]bpf.ProbeHook, bpf.ProbeMaxHooks)
 	sysHooks := make([]bpf.ProbeSyscall, bpf.ProbeSyscalls)
-	for _, h := range pp.Hooks {
+	for i, h := range pp.Hooks {
 		a := hooks[h.Key()]
-		kh := &kHooks[a.slot]
+		kh := pm.Hooks[i].Value
 		kh.Kind = kindCode(a.mechanism)
 		if h.Kind == "tracepoint" {
 			kh.Kind = bpf.ProbeKindTracepoint // raw or perf event
@@ -1033,12 +939,8 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 		if a.mechanism == "kretprobe" && stashes(a.args) {
 			kh.Flags |= bpf.ProbeHookStash
 		}
-		kh.Nargs = uint8(len(a.args))
 		copy(kh.Args[:], a.args)
-		kh.Nrules = uint8(len(h.Rules))
-		for j, ri := range h.Rules {
-			kh.Rules[j] = uint16(ri)
-		}
+		kHooks[a.slot] = kh
 		for _, nr := range a.syscalls {
 			s := &sysHooks[nr]
 			if int(s.Nhooks) == bpf.ProbeSyscallHooks {
@@ -1057,56 +959,25 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 	if err := putRange(m.Rules, next*bpf.ProbeMaxRules, kRules); err != nil {
 		return fmt.Errorf("write rules: %w", err)
 	}
-	kFilters := make([]bpf.ProbeFilter, len(filters))
-	for i, fl := range filters {
-		kFilters[i] = fl.kf
+	for i, f := range pm.Filters {
 		id := next*bpf.ProbeMaxFilters + uint32(i)
-		f := fl.f
-		switch f.Op {
-		case "set":
-			for _, v := range f.Ints {
-				k := bpf.ProbeValueKey{Filter: id, Value: uint64(v)}
-				if err := m.Values.Put(k, uint8(1)); err != nil {
-					return fmt.Errorf("write match value: %w", err)
-				}
-				gen.values = append(gen.values, k)
+		for _, v := range values[i] {
+			k := bpf.ProbeValueKey{Filter: id, Value: v}
+			if err := m.Values.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("write match value: %w", err)
 			}
-		case "trie":
-			var keys []bpf.ProbeStringKey
-			for _, s := range f.Strings {
-				k := bpf.ProbeStringKey{Filter: id, Prefixlen: uint32(32 + 8*(len(s)+1))}
-				copy(k.Data[:], s) // the NUL after it is part of the key
-				keys = append(keys, k)
+			gen.values = append(gen.values, k)
+		}
+		for _, sk := range f.Strings {
+			k := sk.Value
+			k.Filter = id
+			if err := m.Strings.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("write match string: %w", err)
 			}
-			for _, s := range f.Prefixes {
-				k := bpf.ProbeStringKey{Filter: id, Prefixlen: uint32(32 + 8*len(s))}
-				copy(k.Data[:], s)
-				keys = append(keys, k)
-			}
-			for _, c := range f.CIDRs {
-				pfx := netip.MustParsePrefix(c)
-				k := bpf.ProbeStringKey{Filter: id}
-				if pfx.Addr().Is4() {
-					k.Data[0] = 4
-					a := pfx.Masked().Addr().As4()
-					copy(k.Data[1:], a[:])
-				} else {
-					k.Data[0] = 6
-					a := pfx.Masked().Addr().As16()
-					copy(k.Data[1:], a[:])
-				}
-				k.Prefixlen = uint32(32 + 8 + pfx.Bits())
-				keys = append(keys, k)
-			}
-			for _, k := range keys {
-				if err := m.Strings.Put(k, uint8(1)); err != nil {
-					return fmt.Errorf("write match string: %w", err)
-				}
-				gen.strings = append(gen.strings, k)
-			}
+			gen.strings = append(gen.strings, k)
 		}
 	}
-	if err := putRange(m.Filters, next*bpf.ProbeMaxFilters, kFilters); err != nil {
+	if err := putRange(m.Filters, next*bpf.ProbeMaxFilters, filters); err != nil {
 		return fmt.Errorf("write filters: %w", err)
 	}
 	// Fresh counters and rate windows for the generation's rules.

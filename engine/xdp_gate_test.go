@@ -8,41 +8,8 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/bpf"
-	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 )
-
-func TestGateOf(t *testing.T) {
-	quick := func(end uint16, mask, pattern uint64) bpf.Rule {
-		return bpf.Rule{Flags: bpf.RuleQuick, QuickEnd: end, QuickMask: mask, QuickPattern: pattern}
-	}
-	rules := []bpf.Rule{
-		0: quick(8, ^uint64(0), 0x312e312f50545448), // "HTTP/1.1"
-		1: quick(8, ^uint64(0), 0x302e312f50545448), // "HTTP/1.0": differs in byte 7
-		2: quick(4, 0xffffffff00000000, 0x2054454700000000),
-		3: {},                                                                  // no quick word
-		4: quick(8, 0xdfdfdfdfdfdfdfdf, 0x312e312f50545448&0xdfdfdfdfdfdfdfdf), // nocase
-	}
-	cases := []struct {
-		name     string
-		admitted codegen.RuleSet
-		want     bpf.Gate
-	}{
-		{"no rules", nil, bpf.Gate{}},
-		{"one rule", codegen.RuleSet{0}, bpf.Gate{End: 8, Mask: ^uint64(0), Pattern: 0x312e312f50545448}},
-		{"two patterns keep the bits they share", codegen.RuleSet{0, 1},
-			bpf.Gate{End: 8, Mask: ^uint64(0) &^ ((0x31 ^ 0x30) << 56), Pattern: 0x312e312f50545448 &^ ((0x31 ^ 0x30) << 56)}},
-		{"a rule without a quick word", codegen.RuleSet{0, 3}, bpf.Gate{}},
-		{"words ending apart", codegen.RuleSet{0, 2}, bpf.Gate{}},
-		{"nocase narrows the mask", codegen.RuleSet{0, 4},
-			bpf.Gate{End: 8, Mask: 0xdfdfdfdfdfdfdfdf, Pattern: 0x312e312f50545448 & 0xdfdfdfdfdfdfdfdf}},
-	}
-	for _, c := range cases {
-		if got := gateOf(rules, c.admitted); got != c.want {
-			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
-		}
-	}
-}
 
 // gates reads the gates of the generation in force.
 func gates(t *testing.T, e *Engine) [bpf.Gates]bpf.Gate {
