@@ -109,12 +109,24 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 // in the ring buffer, however long no reader ran (retiredFence). An epoch
 // number in use again (after 2^21 applies) is not retired. e.namesMu must be
 // held.
+//
+// With no reader (or one stalled behind a blocked sink) nothing passes the
+// fence: past maxRetiredRuleSets the oldest names go, so that reloads
+// cannot grow memory without bound; their late events are then unnamed.
 func (e *Engine) retireLocked(old, current uint32) {
 	e.retired = slices.DeleteFunc(e.retired, func(r uint32) bool { return r == current })
 	if old != current && !slices.Contains(e.retired, old) {
 		e.retired = append(e.retired, old)
 	}
+	for len(e.retired) > maxRetiredRuleSets {
+		delete(e.byEpoch, e.retired[0])
+		e.retired = slices.Delete(e.retired, 0, 1)
+	}
 }
+
+// maxRetiredRuleSets bounds the replaced rule sets kept named for the
+// reader: far more than reloads come between two reads of the ring.
+const maxRetiredRuleSets = 64
 
 // retiredFence is the reader's progress towards forgetting the names of
 // replaced rule sets. Once no packet runs them (an RCU grace period after

@@ -19,6 +19,7 @@ import (
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -79,6 +80,13 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 	tb.Cleanup(worker.Close)
 	r.worker = worker
 	r.reloader = &engine.Reloader{Dir: dir, Engine: e, Log: log, Load: worker.Load}
+	// The event reader and pipeline, as in grain run: the reader also lets
+	// the engine forget the names of replaced rule sets.
+	pipe := pipeline.New(pipeline.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go pipe.Run(ctx)
+	go e.ReadEvents(ctx, pipe.Producer())
+	tb.Cleanup(cancel)
 	if err := netns.Do(p.ServerNS, func() error { return r.reloader.Reload(context.Background(), true) }); err != nil {
 		tb.Fatal(err)
 	}
