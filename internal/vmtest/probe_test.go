@@ -28,13 +28,6 @@ const (
 	enotsupp = unix.Errno(524)
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs")
-	}
-}
-
 // counter returns a one-element array map whose value is {hits, cookie} and
 // a program that, in this process only, adds one to hits and stores the
 // attach cookie (when withCookie) in cookie.
@@ -101,7 +94,7 @@ func countOpens(t *testing.T, m *ebpf.Map) (hits, gotCookie uint64) {
 }
 
 func TestKprobeFires(t *testing.T) {
-	requireRoot(t)
+	RequireRoot(t)
 	m, spec := counter(t, &ebpf.ProgramSpec{Type: ebpf.Kprobe}, true)
 	prog, err := ebpf.NewProgram(spec)
 	if err != nil {
@@ -128,7 +121,7 @@ func TestKprobeFires(t *testing.T) {
 }
 
 func TestFentryFires(t *testing.T) {
-	requireRoot(t)
+	RequireRoot(t)
 	m, spec := counter(t, &ebpf.ProgramSpec{
 		Type:       ebpf.Tracing,
 		AttachType: ebpf.AttachTraceFEntry,

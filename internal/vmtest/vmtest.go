@@ -1,7 +1,8 @@
-// Package vmtest is what tests share with the VM test runner
-// (scripts/vm-test.sh), which boots Debian's stock kernels under QEMU and runs
-// test binaries inside: where a test ran, and how a test that needs a kernel
-// feature reacts when the kernel lacks it.
+// Package vmtest is what tests share with each other and with the VM test
+// runner (scripts/vm-test.sh), which boots stock distribution kernels under
+// QEMU and runs whole test packages inside: where a test ran, what it needs
+// from the kernel (HostOnly, Missing), and the helpers every package's tests
+// use (RequireRoot, LockedBuffer).
 //
 // A test that needs a feature this kernel may lack calls Missing with the
 // feature's name and the error that showed it missing. The test then skips
