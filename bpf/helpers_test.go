@@ -9,9 +9,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 func TestHelperName(t *testing.T) {
+	vmtest.HostOnly(t, "a table lookup")
 	for fn, want := range map[asm.BuiltinFunc]string{
 		asm.FnKtimeGetCoarseNs:  "bpf_ktime_get_coarse_ns",
 		asm.FnGetAttachCookie:   "bpf_get_attach_cookie",
@@ -41,6 +44,7 @@ func grainPrograms(t *testing.T) map[string]*ebpf.ProgramSpec {
 // Every helper grain's programs call has the release that added it, for
 // the message of a kernel that lacks it.
 func TestHelperSinceCoversThePrograms(t *testing.T) {
+	vmtest.HostOnly(t, "reads the compiled objects, not the kernel")
 	for name, ps := range grainPrograms(t) {
 		for _, ins := range ps.Instructions {
 			if fn := asm.BuiltinFunc(ins.Constant); ins.IsBuiltinCall() && helperSince[fn] == "" {
@@ -55,7 +59,7 @@ func TestHelperSinceCoversThePrograms(t *testing.T) {
 // a helper the program's type cannot call is named, without calling the
 // kernel too old.
 func TestMissingHelper(t *testing.T) {
-	requireRoot(t)
+	vmtest.RequireRoot(t)
 	for name, ps := range grainPrograms(t) {
 		if name == ProgRawTracepoint {
 			continue // Linux 6.10; grain falls back when it is missing (features.go)
@@ -81,7 +85,7 @@ func TestMissingHelper(t *testing.T) {
 // A program the verifier rejects on a kernel grain supports: the message
 // says so and carries the tail of the verifier's log.
 func TestExplainVerifierRejection(t *testing.T) {
-	requireRoot(t)
+	vmtest.RequireRoot(t)
 	ps := &ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
 		asm.Mov.Reg(asm.R0, asm.R2), // R2 is not initialised
 		asm.Return(),

@@ -2,41 +2,20 @@ package bpf
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
-
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
-}
-
-func TestLoadXDP(t *testing.T) {
-	requireRoot(t)
-	x, err := LoadXDP(XDPOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Close()
-	info, err := x.Program().Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	insns, _ := info.VerifiedInstructions()
-	t.Logf("verified instructions: %d", insns)
-}
 
 // The TC program shares the XDP program's maps: loading it twice returns
 // the same program, and it reads the rules the XDP program reads (the
 // packet tests in engine/ run both on the same crafted packets).
 func TestLoadTC(t *testing.T) {
-	requireRoot(t)
+	vmtest.RequireRoot(t)
 	x, err := LoadXDP(XDPOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -73,14 +52,12 @@ func TestLoadTC(t *testing.T) {
 	if len(want) != 0 {
 		t.Fatalf("TC program does not use the XDP program's maps %v (uses %v)", want, ids)
 	}
-	insns, _ := info.VerifiedInstructions()
-	t.Logf("verified instructions: %d", insns)
 }
 
 // tcx came with Linux 6.6: the probe must say so on both sides of it (the
 // VM tests run Debian's 6.1).
 func TestHaveTCX(t *testing.T) {
-	requireRoot(t)
+	vmtest.RequireRoot(t)
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)

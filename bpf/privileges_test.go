@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // asUserEnv makes the test binary, run by TestCheckPrivilegesAsUser as
@@ -95,7 +97,7 @@ func TestCheckPrivilegesAsUser(t *testing.T) {
 		t.Log("loaded the XDP program")
 		return
 	}
-	requireRoot(t) // to switch to nobody and grant capabilities
+	vmtest.RequireRoot(t) // to switch to nobody and grant capabilities
 
 	out, err := runAsNobody(t, t.Name(), unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON)
 	t.Logf("as nobody with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON:\n%s", out)

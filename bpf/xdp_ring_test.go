@@ -3,12 +3,15 @@ package bpf
 import (
 	"strings"
 	"testing"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // A resized event ring wakes its reader at an eighth of its own size: the
 // loader sets the program's constant with the map's size.
 func TestLoadXDPRingSize(t *testing.T) {
-	requireRoot(t)
+	vmtest.HostOnly(t, "the loader's sizes and constant, alike on every kernel; three loads of grain_xdp cost a guest a minute")
+	vmtest.RequireRoot(t)
 	for _, size := range []uint32{0, 64 << 10, 4 << 20} {
 		x, err := LoadXDP(XDPOptions{RingBufferBytes: size})
 		if err != nil {
@@ -32,7 +35,8 @@ func TestLoadXDPRingSize(t *testing.T) {
 // A ring smaller than three batches of staged events is refused, saying
 // the smallest size.
 func TestLoadXDPRingTooSmall(t *testing.T) {
-	requireRoot(t)
+	vmtest.HostOnly(t, "refused before anything reaches the kernel")
+	vmtest.RequireRoot(t)
 	x, err := LoadXDP(XDPOptions{RingBufferBytes: MinRingBufferBytes / 2})
 	if err == nil {
 		x.Close()
