@@ -86,9 +86,7 @@ func runChild(t *testing.T, name, what string) (int, error) {
 // set of probes. observeSelf lets the hooks see this test process.
 func apply(t *testing.T, dir string, observeSelf bool) *engine.Probes {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run and the VM runner)")
-	}
+	vmtest.RequireRoot(t)
 	snap, err := policies.Load(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"github.com/grain-ebpf/grain/export"
 	"github.com/grain-ebpf/grain/internal/otlptest"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -79,9 +80,7 @@ var (
 // events.
 func kernel(t *testing.T, src string) (*engine.Engine, *policies.Snapshot) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(t)
 	engOnce.Do(func() { eng, engErr = engine.New(engine.Options{}) })
 	if engErr != nil {
 		t.Fatal(engErr)
@@ -119,30 +118,19 @@ func udp(src string, sport, dport uint16) []byte {
 	return f.Bytes()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(t *testing.T) []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+// jsonLines parses what out holds, one JSON object a line.
+func jsonLines(t *testing.T, out *vmtest.LockedBuffer) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(out.Bytes()))
 	for sc.Scan() {
 		var m map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
 		}
-		out = append(out, m)
+		lines = append(lines, m)
 	}
-	return out
+	return lines
 }
 
 // TestStagesOnKernelEvents sends packets through grain's XDP program
@@ -176,7 +164,7 @@ func testStages(t *testing.T, proto string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(&out), logs}})
 	p.Set(stages)
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -253,7 +241,7 @@ func testStages(t *testing.T, proto string) {
 	mac := hmac.New(sha256.New, []byte("k3y"))
 	mac.Write([]byte("10.0.0.1"))
 	daddrHash := hex.EncodeToString(mac.Sum(nil)[:8])
-	lines := out.lines(t)
+	lines := jsonLines(t, &out)
 	if len(lines) != passed {
 		t.Fatalf("%d JSON lines, want %d: %v", len(lines), passed, lines)
 	}
@@ -454,9 +442,7 @@ func scrapeProm(t *testing.T, addr string) map[string]int64 {
 // hook reports it with its pid, and the pipeline's enrichment adds the
 // cgroup path and the container id read from /proc.
 func TestCgroupEnrichmentOnKernelEvents(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and make cgroups")
-	}
+	vmtest.RequireRoot(t)
 	root := engine.Cgroup2Mount()
 	id := strings.Repeat("c0ffee", 10) + "abcd"
 	dir := root + "/grain-test-docker-" + id + ".scope"
@@ -492,7 +478,7 @@ pipeline: enrich: {cgroup: true, host: true}
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(&out)}})
 	p.Set(stages)
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -509,14 +495,14 @@ pipeline: enrich: {cgroup: true, host: true}
 		t.Fatalf("child: %v: %s", err, out)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && len(out.lines(t)) == 0 {
+	for time.Now().Before(deadline) && len(jsonLines(t, &out)) == 0 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopRead()
 	<-readErr
 	stopRun()
 	<-p.Done()
-	lines := out.lines(t)
+	lines := jsonLines(t, &out)
 	if len(lines) != 1 {
 		t.Fatalf("%d events, want 1: %v", len(lines), lines)
 	}

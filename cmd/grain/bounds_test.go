@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // runawayTree evaluates for hours and yields nothing: no static bound
@@ -35,6 +36,7 @@ func multiplyingTree(n int) string {
 // TestCheckRefusesMultiplyingTree: the 30-line file that took grain check
 // hours is refused, naming its file and line.
 func TestCheckRefusesMultiplyingTree(t *testing.T) {
+	vmtest.HostOnly(t, "grain check bounds the evaluation of CUE; no kernel takes part")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(multiplyingTree(29)), 0o644); err != nil {
 		t.Fatal(err)
@@ -62,6 +64,7 @@ func TestCheckRefusesMultiplyingTree(t *testing.T) {
 // grain status answers, a newer good edit abandons the evaluation and
 // applies, and SIGTERM during such an evaluation exits cleanly.
 func TestRunawayTreeWedgesNothing(t *testing.T) {
+	vmtest.HostOnly(t, "the evaluation of a policy tree is bounded in userspace; the guests run the reload tests that reach the kernel")
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 	dir := t.TempDir()

@@ -242,9 +242,8 @@ func endToEndBlockHTTP(t *testing.T, p *netns.Pair) *daemon {
 
 // Errors a user meets first: a missing interface, not being root.
 func TestRunErrors(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
+	vmtest.HostOnly(t, "the errors come from userspace checks before anything loads")
+	vmtest.RequireRoot(t)
 	bin, err := buildGrain()
 	if err != nil {
 		t.Fatal(err)

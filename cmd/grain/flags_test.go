@@ -7,12 +7,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // grain run refuses every out-of-range value before it touches the kernel:
 // the pin directory it would make is never made. Zero is refused where it
 // used to mean the default.
 func TestRunRefusesBadFlags(t *testing.T) {
+	vmtest.HostOnly(t, "flags are refused before anything loads")
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +56,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 
 // grain status gives up on a socket whose grain does not answer, naming it.
 func TestStatusTimeout(t *testing.T) {
+	vmtest.HostOnly(t, "the status client's timeout, in userspace")
 	sock := filepath.Join(t.TempDir(), "grain.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {

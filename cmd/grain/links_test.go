@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 const blockHTTPGlob = `block_http: {
@@ -112,6 +113,7 @@ func serveHTTP(t *testing.T, ns string, addr netip.Addr) int {
 // HTTP/1.1 requests over it are dropped; when the link is deleted grain
 // forgets it, and a second matching link is followed in the same way.
 func TestInterfacesFollowGlob(t *testing.T) {
+	vmtest.HostOnly(t, "following interfaces is netlink and userspace; the end-to-end tests attach in every guest")
 	p := netns.NewPair(t)
 	pairPort := p.HTTPServer(t)
 	dir := t.TempDir()

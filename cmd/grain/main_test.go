@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 func TestCheck(t *testing.T) {
+	vmtest.HostOnly(t, "no kernel takes part")
 	var out, errOut bytes.Buffer
 	if code := run([]string{"check", "../../examples/block-http"}, &out, &errOut); code != 0 {
 		t.Fatalf("check of a good policy: exit %d: %s", code, errOut.String())
@@ -29,6 +32,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCompilePrintsPlan(t *testing.T) {
+	vmtest.HostOnly(t, "no kernel takes part")
 	var out, errOut bytes.Buffer
 	if code := run([]string{"compile", "--interface", "veth0", "../../examples/block-http"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
@@ -46,6 +50,7 @@ func TestCompilePrintsPlan(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
+	vmtest.HostOnly(t, "no kernel takes part")
 	var out, errOut bytes.Buffer
 	for _, args := range [][]string{{}, {"frobnicate"}, {"check"}, {"run"}} {
 		if code := run(args, &out, &errOut); code != 2 {

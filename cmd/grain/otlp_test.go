@@ -15,6 +15,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/otlptest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // TestOTLPExport runs grain with the standard OTEL_* variables pointing at
@@ -22,6 +23,7 @@ import (
 // arrives as a log record with its addresses and ports, and the rule's
 // packet counter as a metric point.
 func TestOTLPExport(t *testing.T) {
+	vmtest.HostOnly(t, "telemetry is userspace; the end-to-end tests carry the kernel's events in every guest")
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 	ln, err := netns.ListenIn(p.ServerNS, "tcp", "127.0.0.1:0")
@@ -95,6 +97,7 @@ func TestOTLPExport(t *testing.T) {
 // TestPrometheusEndpoint scrapes grain run's --metrics-addr over HTTP after
 // real traffic: the rule's packet counter shows the dropped packets.
 func TestPrometheusEndpoint(t *testing.T) {
+	vmtest.HostOnly(t, "telemetry is userspace; the end-to-end tests carry the kernel's events in every guest")
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 	d := startGrain(t, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
@@ -273,6 +276,7 @@ func waitFor(cond func() bool) bool {
 // export_queue_full), and exports again once
 // the receiver is back; every event is accounted for. Over HTTP and gRPC.
 func TestOTLPOutage(t *testing.T) {
+	vmtest.HostOnly(t, "telemetry is userspace")
 	for _, proto := range []string{"http/protobuf", "grpc"} {
 		t.Run(proto, func(t *testing.T) { testOutage(t, proto) })
 	}
@@ -386,6 +390,7 @@ func testOutage(t *testing.T, proto string) {
 // TestPipelineReload changes the pipeline of a running grain's tree: the
 // events of real traffic show the new rewrite without a restart.
 func TestPipelineReload(t *testing.T) {
+	vmtest.HostOnly(t, "the pipeline's reload is userspace")
 	p := netns.NewPair(t)
 	dir := t.TempDir()
 	write := func(pipeline string) {

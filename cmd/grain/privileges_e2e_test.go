@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // nobody is the user of the least-privileged grain.
@@ -73,6 +74,7 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 // operator made for that user on a bpffs: such a user can neither mount
 // bpffs nor create directories in one that root owns.
 func TestRunAsUserWithCapabilities(t *testing.T) {
+	vmtest.HostOnly(t, "bpf's TestCheckPrivilegesAsUser checks what each guest's kernel allows a capable user")
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 

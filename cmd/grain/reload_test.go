@@ -18,6 +18,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 const blockVersion = `block: {
@@ -358,6 +359,7 @@ func TestSecondGrainLeavesTheFirstAlone(t *testing.T) {
 // ConfigMap-style ..data swap and 50 files written at once each lead to
 // exactly one successful reload of the running grain.
 func TestEachKindOfChangeReloadsOnce(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher and the reloader are userspace")
 	p := netns.NewPair(t)
 	dir := t.TempDir()
 	policy := func(name, pattern string) string {

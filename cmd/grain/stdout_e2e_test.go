@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // startGrainStdout starts `grain run` in namespace ns with its stdout on
@@ -81,6 +82,7 @@ func stdoutSetup(t *testing.T) (p *netns.Pair, args []string, sock, metricsAddr 
 // enforcing and serving metrics, count the events it cannot write as
 // export_failed, say so once, and exit cleanly on SIGTERM.
 func TestStdoutReaderGone(t *testing.T) {
+	vmtest.HostOnly(t, "stdout handling is userspace")
 	p, args, sock, metricsAddr := stdoutSetup(t)
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -136,6 +138,7 @@ func TestStdoutReaderGone(t *testing.T) {
 // is full. SIGTERM used to wait for them for minutes; the exit gives them
 // up within its flush bound and logs how many events were dropped.
 func TestStdoutReaderStalled(t *testing.T) {
+	vmtest.HostOnly(t, "stdout handling is userspace")
 	p, args, sock, _ := stdoutSetup(t)
 	r, w, err := os.Pipe()
 	if err != nil {

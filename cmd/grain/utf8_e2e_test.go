@@ -13,6 +13,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/otlptest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // execAsNobody runs a copy of /bin/true named name as user nobody: any
@@ -73,6 +74,7 @@ func otlpPoint(r *otlptest.Receiver, name, key, value string) bool {
 // metric export fail: now the values are mapped (\xff) and every sink
 // carries them: /metrics, OTLP metrics and log records, the JSON lines.
 func TestInvalidUTF8Labels(t *testing.T) {
+	vmtest.HostOnly(t, "labels are made valid in userspace")
 	p := netns.NewPair(t)
 	// A second veth pair, v\xff in the server namespace.
 	const veth = "v\xff"

@@ -12,6 +12,7 @@ import (
 
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // grainStatus runs `grain status` on sock.
@@ -36,6 +37,7 @@ func grainStatus(t *testing.T, sock string) engine.Status {
 // Each time, the link points nowhere for a while (a reload fails), which is
 // when the watch used to be lost.
 func TestReloadFollowsRemadeTarget(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is userspace (inotify)")
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 	base := t.TempDir()
