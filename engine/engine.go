@@ -26,6 +26,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 )
 
 // Options configure an Engine.
@@ -44,19 +45,15 @@ type Engine struct {
 	log *slog.Logger
 	xdp *bpf.XDP
 
-	mu     sync.Mutex
-	active uint32 // generation the program reads
+	mu sync.Mutex
+	// gen switches the rule generations (used with mu held) and names the
+	// rules of every epoch whose events may still be read: events carry
+	// the epoch in their rule id, so an event still queued after its
+	// generation was rewritten keeps its own rules.
+	gen *generation.Switch[codegen.Rule]
 	// rules[g] are the rules written into generation g, for counters.
 	rules [bpf.Generations][]codegen.Rule
-	// epoch counts applies; events carry it in their rule id, so an event
-	// still queued after its generation was rewritten keeps its own rules.
-	epoch uint32
-	// byEpoch names the rules of recent epochs for the event reader; its
-	// own lock keeps events flowing while an apply holds mu.
-	namesMu sync.RWMutex
-	byEpoch map[uint32][]codegen.Rule
-	retired []uint32           // epochs replaced, still in byEpoch (events.go)
-	links   map[string]xdpLink // interface name -> XDP link
+	links map[string]xdpLink // interface name -> XDP link
 	// current is the plan last applied with its attachments (nil before
 	// the first Apply and after Close): link events re-apply it.
 	current *codegen.Plan
@@ -73,10 +70,6 @@ type Engine struct {
 	totals map[string]RuleCounter
 	// ifaces knows which interface each verdict counter slot counts.
 	ifaces ifaceSlots
-	// grace is a one-slot map of maps: updating it returns only after an
-	// RCU grace period, after which no packet still reads a generation
-	// that was active before.
-	grace, graceInner *ebpf.Map
 	// noTCX: veth gets generic XDP, because the kernel lacks tcx or the tc
 	// program did not load. Guarded by mu.
 	noTCX bool
@@ -115,14 +108,14 @@ func New(opts Options) (*Engine, error) {
 		}
 		return nil, err
 	}
-	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, byEpoch: map[uint32][]codegen.Rule{}, pinPath: opts.PinPath,
+	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, pinPath: opts.PinPath,
 		pinLock: pinLock, totals: map[string]RuleCounter{}, noTCX: bpf.HaveTCX() != nil}
 	if !e.noTCX {
 		// veth links get the tc program: verify it now, beside the
 		// first apply, rather than when the first veth appears.
 		go x.TCProgram()
 	}
-	if err := e.initGrace(); err != nil {
+	if e.gen, err = generation.New[codegen.Rule](generation.Options{Activate: e.activate, Staged: x.StagedRuleIDs}); err != nil {
 		e.closeFDs()
 		return nil, err
 	}
@@ -155,24 +148,17 @@ func lockPinPath(dir string) (*os.File, error) {
 	return f, nil
 }
 
-func (e *Engine) initGrace() error {
-	inner := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-	var err error
-	if e.graceInner, err = ebpf.NewMap(inner); err != nil {
-		return fmt.Errorf("create grace-period map: %w", err)
+// activate makes generation gen the one packets read: the active map's
+// one word (generation.Switch calls it at the commit). The generations'
+// configs, in the same value, are written back unchanged.
+func (e *Engine) activate(gen uint32) error {
+	maps := e.xdp.Maps()
+	var act bpf.Active
+	if err := maps.Active.Lookup(uint32(0), &act); err != nil {
+		return fmt.Errorf("read active generation: %w", err)
 	}
-	e.grace, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: inner})
-	if err != nil {
-		e.graceInner.Close()
-		return fmt.Errorf("create grace-period map (needs map-in-map support): %w", err)
-	}
-	return nil
-}
-
-// waitGracePeriod returns once every XDP run that began before it has
-// ended: the kernel waits for an RCU grace period on a map-of-maps update.
-func (e *Engine) waitGracePeriod() error {
-	return e.grace.Put(uint32(0), e.graceInner)
+	act.Generation = gen
+	return maps.Active.Put(uint32(0), act)
 }
 
 func (e *Engine) linkPath(iface string) string {
@@ -231,12 +217,13 @@ func (e *Engine) adopt() error {
 	if err := e.xdp.Maps().Active.Lookup(uint32(0), &act); err != nil {
 		return fmt.Errorf("read active generation: %w", err)
 	}
-	e.active = act.Generation & 1
+	active, epoch := act.Generation&1, uint32(0)
 	var r bpf.Rule
-	if err := e.xdp.Maps().Rules.Lookup(e.active*bpf.MaxRules, &r); err == nil {
-		e.epoch = r.Id >> ruleIndexBits // continue after the adopted rules' epoch
+	if err := e.xdp.Maps().Rules.Lookup(active*bpf.MaxRules, &r); err == nil {
+		epoch = generation.EpochOf(r.Id) // continue after the adopted rules' epoch
 	}
-	if err := e.adoptRuleNames(e.active, e.epoch); err != nil {
+	e.gen.Adopt(active, epoch)
+	if err := e.adoptRuleNames(active, epoch); err != nil {
 		e.log.Warn("the adopted rule sets are not named: their events are unknown-rule-N, their counters not counted", "error", err.Error())
 	}
 	return e.adoptLinks()
@@ -295,7 +282,7 @@ func (e *Engine) adoptLinks() error {
 		}
 		e.links[ent.Name()] = xdpLink{Link: l, ifindex: ifindex, hook: hook}
 		e.adopted = true
-		e.log.Info("adopted", "interface", ent.Name(), "generation", e.active)
+		e.log.Info("adopted", "interface", ent.Name(), "generation", e.gen.Active())
 	}
 	return nil
 }
@@ -321,9 +308,10 @@ func (e *Engine) Apply(plan *codegen.Plan) error {
 // Until one of them, the engine is locked: a re-apply after link events
 // waits, so it cannot write over a prepared generation nor flip to it.
 type PreparedRules struct {
-	e           *Engine
-	plan        *codegen.Plan
-	next, epoch uint32 // the generation written and its rules' epoch
+	e    *Engine
+	plan *codegen.Plan
+	// written is the generation written, with its rules' epoch
+	written *generation.Pending[codegen.Rule]
 	// want are the links the plan attaches to, present every link of the
 	// namespace (name -> ifindex).
 	want, present map[string]uint32
@@ -390,7 +378,7 @@ func (e *Engine) prepare(plan *codegen.Plan, strict bool) (*PreparedRules, error
 		return nil, err
 	}
 	p := &PreparedRules{e: e, plan: plan, want: want, present: present, added: map[string]xdpLink{}}
-	if p.next, p.epoch, p.claimed, err = e.writeInactive(plan, want); err != nil {
+	if p.written, p.claimed, err = e.writeInactive(plan, want); err != nil {
 		return nil, err
 	}
 	var attach []string
@@ -492,7 +480,7 @@ func (p *PreparedRules) Commit() error {
 	p.done = true
 	e := p.e
 	defer e.mu.Unlock()
-	if err := e.flip(p.next, p.epoch, p.plan); err != nil {
+	if err := e.flip(p.written, p.plan); err != nil {
 		p.undo()
 		return err
 	}
@@ -657,11 +645,11 @@ func (e *Engine) resolve(plan *codegen.Plan, strict bool) (attach, present map[s
 func (e *Engine) ApplyTables(plan *codegen.Plan, ifindex map[string]uint32) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	next, epoch, claimed, err := e.writeInactive(plan, ifindex)
+	written, claimed, err := e.writeInactive(plan, ifindex)
 	if err != nil {
 		return err
 	}
-	if err := e.flip(next, epoch, plan); err != nil {
+	if err := e.flip(written, plan); err != nil {
 		e.ifaces.unclaim(e.xdp.Maps().IfaceCounters, claimed)
 		return err
 	}
@@ -670,64 +658,42 @@ func (e *Engine) ApplyTables(plan *codegen.Plan, ifindex map[string]uint32) erro
 
 // writeInactive writes plan into the inactive generation, with the
 // interface bitmaps of the links ifindex, and gives those links counter
-// slots; no packet reads it until flip. It returns the generation, the
-// epoch of its rule ids and the slots claimed. e.mu must be held.
-func (e *Engine) writeInactive(plan *codegen.Plan, ifindex map[string]uint32) (next, epoch uint32, claimed []claimedSlot, err error) {
+// slots; no packet reads it until flip. It returns the generation written
+// with the epoch of its rule ids, and the slots claimed. e.mu must be held.
+func (e *Engine) writeInactive(plan *codegen.Plan, ifindex map[string]uint32) (*generation.Pending[codegen.Rule], []claimedSlot, error) {
 	maps := e.xdp.Maps()
-	// The inactive generation may have been active until the last flip:
-	// wait until no packet can still be reading it.
-	if err := e.waitGracePeriod(); err != nil {
-		return 0, 0, nil, fmt.Errorf("wait for an RCU grace period: %w", err)
-	}
-	next = 1 - e.active
-	if err := e.harvest(next); err != nil {
-		return 0, 0, nil, err
-	}
-	if claimed, err = e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
-		return 0, 0, nil, fmt.Errorf("interface counters: %w", err)
-	}
-	epoch = (e.epoch + 1) & maxEpoch
-	if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
+	var claimed []claimedSlot
+	written, err := e.gen.Prepare(plan.Rules, func(next, epoch uint32) error {
+		// No packet reads next any more: its counters are final.
+		if err := e.harvest(next); err != nil {
+			return err
+		}
+		var err error
+		if claimed, err = e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
+			return fmt.Errorf("interface counters: %w", err)
+		}
+		if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
+			return fmt.Errorf("write rule generation %d: %w", next, err)
+		}
+		if err := e.saveRuleNames(next, epoch, plan.Rules); err != nil {
+			return fmt.Errorf("keep the rule names of generation %d: %w", next, err)
+		}
+		return nil
+	})
+	if err != nil {
 		e.ifaces.unclaim(maps.IfaceCounters, claimed)
-		return 0, 0, nil, fmt.Errorf("write rule generation %d: %w", next, err)
+		return nil, nil, err
 	}
-	if err := e.saveRuleNames(next, epoch, plan.Rules); err != nil {
-		e.ifaces.unclaim(maps.IfaceCounters, claimed)
-		return 0, 0, nil, fmt.Errorf("keep the rule names of generation %d: %w", next, err)
-	}
-	return next, epoch, claimed, nil
+	return written, claimed, nil
 }
 
-// flip makes generation next, which writeInactive wrote with plan's rules
-// at epoch, the one packets read: one word. On an error it is not. e.mu
-// must be held.
-func (e *Engine) flip(next, epoch uint32, plan *codegen.Plan) error {
-	// Named before the flip: the first event may follow at once.
-	e.namesMu.Lock()
-	e.byEpoch[epoch] = plan.Rules
-	e.namesMu.Unlock()
-	maps := e.xdp.Maps()
-	var act bpf.Active // the generations' configs are written back unchanged
-	err := maps.Active.Lookup(uint32(0), &act)
-	if err != nil {
-		err = fmt.Errorf("read active generation: %w", err)
-	} else {
-		act.Generation = next
-		if err = maps.Active.Put(uint32(0), act); err != nil {
-			err = fmt.Errorf("activate rule generation %d: %w", next, err)
-		}
+// flip makes the generation writeInactive wrote with plan's rules the one
+// packets read: one word. On an error it is not. e.mu must be held.
+func (e *Engine) flip(written *generation.Pending[codegen.Rule], plan *codegen.Plan) error {
+	if err := written.Commit(); err != nil {
+		return fmt.Errorf("packet rules: %w", err)
 	}
-	e.namesMu.Lock()
-	defer e.namesMu.Unlock()
-	if err != nil {
-		delete(e.byEpoch, epoch)
-		return err
-	}
-	e.rules[next] = plan.Rules
-	e.active, e.epoch = next, epoch
-	// The replaced rule set stays named until the event reader has read
-	// every event it can still send (events.go: retiredFence).
-	e.retireLocked((epoch-1)&maxEpoch, epoch)
+	e.rules[written.Gen] = plan.Rules
 	return nil
 }
 
@@ -1020,24 +986,8 @@ func (e *Engine) InterfaceHooks() map[string]string {
 	return out
 }
 
-// Rule ids in the kernel are epoch<<ruleIndexBits | index.
-const (
-	ruleIndexBits = 11 // bpf.MaxRules
-	maxEpoch      = 1<<(32-ruleIndexBits) - 1
-)
-
-func ruleID(epoch uint32, index int) uint32 { return epoch<<ruleIndexBits | uint32(index) }
-
 // rule names the rule an event's id refers to, if its plan is still known.
-func (e *Engine) rule(id uint32) (codegen.Rule, bool) {
-	e.namesMu.RLock()
-	defer e.namesMu.RUnlock()
-	rules, index := e.byEpoch[id>>ruleIndexBits], int(id&(1<<ruleIndexBits-1))
-	if index >= len(rules) {
-		return codegen.Rule{}, false
-	}
-	return rules[index], true
-}
+func (e *Engine) rule(id uint32) (codegen.Rule, bool) { return e.gen.Lookup(id) }
 
 // RuleCounter is the per-rule packet count of the active generation.
 type RuleCounter struct {
@@ -1204,8 +1154,8 @@ func (e *Engine) Release() error {
 
 func (e *Engine) closeFDs() error {
 	var errs []error
-	if e.grace != nil {
-		errs = append(errs, e.grace.Close(), e.graceInner.Close())
+	if e.gen != nil {
+		errs = append(errs, e.gen.Close())
 	}
 	errs = append(errs, e.xdp.Close())
 	if e.pinLock != nil {

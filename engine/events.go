@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,7 +68,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 	defer pr.Flush()
 	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
 	var rec ringbuf.Record
-	var fence retiredFence
+	fence := e.gen.Fence()
 	// The deadline matters only when the reader waits, after the ring was
 	// found empty: it is set then, not for every record (it takes the
 	// reader's lock).
@@ -78,7 +77,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 		if err := rd.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				pr.Flush()
-				fence.drained(e, rd)
+				fence.Drained(rd.AvailableBytes)
 				rd.SetDeadline(time.Now().Add(readPollInterval))
 				continue
 			}
@@ -91,140 +90,14 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 			d.record = record
 			d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&record[0])))
 		})
-		fence.read(e, len(rec.RawSample))
+		fence.Read(len(rec.RawSample))
 		// Remaining comes from the producer position the read loaded:
 		// asking the ring again would load that cache line, which the
 		// packet's CPU writes on every event, once more per event.
 		if rec.Remaining == 0 {
 			pr.Flush()
-			fence.drained(e, rd)
+			fence.Drained(rd.AvailableBytes)
 			rd.SetDeadline(time.Now().Add(readPollInterval))
-		}
-	}
-}
-
-// retireLocked records that the rule set of epoch old was replaced by
-// current's. Its names stay (byEpoch) until the reader has read every event
-// it can still send: one in flight on a CPU, staged (bpf/xdp.c), or waiting
-// in the ring buffer, however long no reader ran (retiredFence). An epoch
-// number in use again (after 2^21 applies) is not retired. e.namesMu must be
-// held.
-//
-// With no reader (or one stalled behind a blocked sink) nothing passes the
-// fence: past maxRetiredRuleSets the oldest names go, so that reloads
-// cannot grow memory without bound; their late events are then unnamed.
-func (e *Engine) retireLocked(old, current uint32) {
-	e.retired = slices.DeleteFunc(e.retired, func(r uint32) bool { return r == current })
-	if old != current && !slices.Contains(e.retired, old) {
-		e.retired = append(e.retired, old)
-	}
-	for len(e.retired) > maxRetiredRuleSets {
-		delete(e.byEpoch, e.retired[0])
-		e.retired = slices.Delete(e.retired, 0, 1)
-	}
-}
-
-// maxRetiredRuleSets bounds the replaced rule sets kept named for the
-// reader: far more than reloads come between two reads of the ring.
-const maxRetiredRuleSets = 64
-
-// retiredFence is the reader's progress towards forgetting the names of
-// replaced rule sets. Once no packet runs them (an RCU grace period after
-// the flip) and no stage holds their events, all of them are in the ring,
-// within the bytes it held then (ahead): when the reader has read as many,
-// or found the ring empty, it has read them all. The grace period and the
-// look at the stages run beside the reader (settledRetired), which goes on
-// reading meanwhile.
-type retiredFence struct {
-	epochs  []uint32      // passed the fence: all their events are in the ring
-	ahead   int           // ring bytes to read before they are all read
-	settled chan []uint32 // the result of settledRetired, while it runs
-}
-
-// read counts one record of n bytes read from the ring.
-func (f *retiredFence) read(e *Engine, n int) {
-	if f.epochs == nil {
-		return
-	}
-	// A record takes its 8-byte header and is padded to 8 bytes.
-	f.ahead -= (n + 8 + 7) &^ 7
-	if f.ahead <= 0 {
-		e.forget(f.epochs)
-		f.epochs = nil
-	}
-}
-
-// drained is called when the reader found the ring empty: epochs past the
-// fence are forgotten, and those retired since are taken to the fence.
-func (f *retiredFence) drained(e *Engine, rd *ringbuf.Reader) {
-	if f.epochs != nil {
-		e.forget(f.epochs)
-		f.epochs = nil
-	}
-	if f.settled != nil {
-		select {
-		case epochs := <-f.settled:
-			f.settled = nil
-			if len(epochs) > 0 {
-				// Their events are all in the ring now: within what it
-				// holds (read by this goroutine, the ring's only reader).
-				f.epochs, f.ahead = epochs, rd.AvailableBytes()
-				if f.ahead == 0 {
-					e.forget(f.epochs)
-					f.epochs = nil
-				}
-			}
-		default:
-		}
-		return
-	}
-	if e.retiredRuleSets() > 0 {
-		settled := make(chan []uint32, 1)
-		f.settled = settled
-		go func() { settled <- e.settledRetired() }()
-	}
-}
-
-// settledRetired returns the retired epochs whose events are all in the
-// ring, or none: every packet that may still have read a replaced
-// generation ends within a grace period of the flip, and its events are
-// then staged or in the ring; a stage sends its events within a batch's
-// time, so a retired epoch still staged is asked about again at the
-// reader's next poll.
-func (e *Engine) settledRetired() []uint32 {
-	e.namesMu.RLock()
-	retired := slices.Clone(e.retired)
-	e.namesMu.RUnlock()
-	if e.waitGracePeriod() != nil {
-		return nil // closed meanwhile: the names stay, which is safe
-	}
-	staged := false
-	err := e.xdp.StagedRuleIDs(func(id uint32) {
-		staged = staged || slices.Contains(retired, id>>ruleIndexBits)
-	})
-	if err != nil || staged {
-		return nil
-	}
-	return retired
-}
-
-// retiredRuleSets counts the replaced rule sets whose events the reader may
-// still read.
-func (e *Engine) retiredRuleSets() int {
-	e.namesMu.RLock()
-	defer e.namesMu.RUnlock()
-	return len(e.retired)
-}
-
-// forget drops the names of retired epochs whose events were all read.
-func (e *Engine) forget(epochs []uint32) {
-	e.namesMu.Lock()
-	defer e.namesMu.Unlock()
-	for _, epoch := range epochs {
-		// still retired: not the epoch of a rule set applied since
-		if i := slices.Index(e.retired, epoch); i >= 0 {
-			e.retired = slices.Delete(e.retired, i, i+1)
-			delete(e.byEpoch, epoch)
 		}
 	}
 }

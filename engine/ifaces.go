@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/engine/generation"
 )
 
 // InterfaceCounter counts the packets rules judged on one interface with
@@ -95,7 +96,7 @@ func (s *ifaceSlots) unclaim(m *ebpf.Map, claimed []claimedSlot) {
 // reset zeroes a slot's counters and gives it to ifindex.
 func (s *ifaceSlots) reset(m *ebpf.Map, slot, ifindex uint32, cpus int) error {
 	if cpus == 0 {
-		cpus = ebpf.MustPossibleCPU()
+		cpus = generation.PossibleCPUs()
 	}
 	perCPU := make([]bpf.IfaceCounter, cpus)
 	for i := range perCPU {

@@ -65,8 +65,6 @@ func (e *Engine) loadRuleNames(gen uint32) (names generationNames, ok bool, err 
 // retired, named until the reader has read its events. e.mu need not be
 // held: New calls it before the engine is shared.
 func (e *Engine) adoptRuleNames(active, epoch uint32) error {
-	e.namesMu.Lock()
-	defer e.namesMu.Unlock()
 	for gen := uint32(0); gen < uint32(len(e.rules)); gen++ {
 		names, ok, err := e.loadRuleNames(gen)
 		if err != nil {
@@ -75,14 +73,12 @@ func (e *Engine) adoptRuleNames(active, epoch uint32) error {
 		if !ok || (gen == active && names.Epoch != epoch) {
 			continue // not what the rules map holds: unnamed
 		}
-		e.byEpoch[names.Epoch] = names.Rules
+		e.gen.AdoptNames(names.Epoch, names.Rules)
 		if gen == active {
 			// Its counters count from when the earlier grain wrote it:
 			// they include its events still unread, which this engine
 			// reads (and the pipeline counts as received).
 			e.rules[gen] = names.Rules
-		} else {
-			e.retireLocked(names.Epoch, epoch)
 		}
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -122,8 +123,8 @@ c: {priority: 3, xdp: interfaces: ["lo", "grain-*"], match: {protocol: "udp", pa
 			if err := m.Rules.Lookup(gen*bpf.MaxRules+uint32(i), &got); err != nil {
 				t.Fatal(err)
 			}
-			if got.Id != ruleID(e.epoch, i) {
-				t.Errorf("%s: rule %d has id %#x, want epoch %d index %d", name, i, got.Id, e.epoch, i)
+			if got.Id != generation.RuleID(e.gen.Epoch(), i) {
+				t.Errorf("%s: rule %d has id %#x, want epoch %d index %d", name, i, got.Id, e.gen.Epoch(), i)
 			}
 			got.Id = 0
 			if got != r.Value {

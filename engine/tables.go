@@ -3,10 +3,9 @@ package engine
 import (
 	"fmt"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 )
 
 // tableWriter fills the maps of one generation.
@@ -61,7 +60,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 			values = append(values, run.Bitmap.Value)
 		}
 	}
-	if _, err := maps.Bitmaps.BatchUpdate(keys, values, nil); err != nil {
+	if err := generation.PutBatch(maps.Bitmaps, keys, values); err != nil {
 		return fmt.Errorf("write bitmaps: %w", err)
 	}
 
@@ -75,13 +74,13 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 				pvals = append(pvals, run.Class)
 			}
 		}
-		if _, err := maps.PortClass.BatchUpdate(pkeys, pvals, nil); err != nil {
+		if err := generation.PutBatch(maps.PortClass, pkeys, pvals); err != nil {
 			return fmt.Errorf("write port classes: %w", err)
 		}
 	}
 
 	// CIDR classes: replace this generation's entries.
-	if err := deleteGeneration(maps.CIDRClass, func(k bpf.CIDRKey) bool { return uint32(k.Generation) == gen }); err != nil {
+	if err := generation.DeleteStale(maps.CIDRClass, func(k bpf.CIDRKey) bool { return uint32(k.Generation) == gen }); err != nil {
 		return fmt.Errorf("clear cidr classes: %w", err)
 	}
 	for _, c := range pm.CIDRs {
@@ -93,7 +92,7 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 	}
 
 	// Interfaces.
-	if err := deleteGeneration(maps.IfaceBitmaps, func(k bpf.IfaceKey) bool { return k.Generation == gen }); err != nil {
+	if err := generation.DeleteStale(maps.IfaceBitmaps, func(k bpf.IfaceKey) bool { return k.Generation == gen }); err != nil {
 		return fmt.Errorf("clear interface bitmaps: %w", err)
 	}
 	for idx, b := range interfaceBitmaps(pm.Interfaces, ifindex) {
@@ -108,10 +107,10 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 			return fmt.Errorf("write content: %w", err)
 		}
 	}
-	zero := make([]bpf.Counter, ebpf.MustPossibleCPU())
+	zero := make([]bpf.Counter, generation.PossibleCPUs())
 	for i, r := range pm.Rules {
 		v := r.Value
-		v.Id = ruleID(epoch, i)
+		v.Id = generation.RuleID(epoch, i)
 		key := gen*bpf.MaxRules + uint32(i)
 		if err := maps.Rules.Put(key, v); err != nil {
 			return fmt.Errorf("write rule: %w", err)
@@ -137,28 +136,6 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 	act.Gate[gen] = pm.Gates.Value
 	if err := maps.Active.Put(uint32(0), act); err != nil {
 		return fmt.Errorf("write generation config: %w", err)
-	}
-	return nil
-}
-
-// deleteGeneration removes the hash entries whose key match selects.
-func deleteGeneration[K any](m *ebpf.Map, match func(K) bool) error {
-	var k K
-	var stale []K
-	var v []byte
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if match(k) {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -25,9 +25,9 @@ func eventLines(t *testing.T, e *Engine, want int, send func()) []map[string]any
 	// Let the reader drain the events of earlier tests: all of them are of
 	// rule sets replaced since, whose names it drops once it has read every
 	// event they can still send.
-	for deadline := time.Now().Add(10 * time.Second); e.retiredRuleSets() > 0; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); e.gen.Retired() > 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the reader still expects events of %d replaced rule sets after 10 s", e.retiredRuleSets())
+			t.Fatalf("the reader still expects events of %d replaced rule sets after 10 s", e.gen.Retired())
 		}
 	}
 	before := len(out.String())

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/testcpu"
@@ -435,7 +436,7 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		if err := e.ApplyTables(compilePolicy(t, replacedPolicy(name)), map[string]uint32{"lo": loIndex}); err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, ruleID(e.epoch, 0))
+		ids = append(ids, generation.RuleID(e.gen.Epoch(), 0))
 		if i < 2 {
 			// staged, then the rule set changes within the batch's time
 			runXDP(t, e, httpFrom(uint16(6000+i)))
@@ -447,7 +448,7 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- e.StreamEvents(ctx, &out) }()
 	// Until the reader has read every event of the replaced sets.
-	for deadline := time.Now().Add(10 * time.Second); e.retiredRuleSets() > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); e.gen.Retired() > 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
@@ -480,7 +481,7 @@ func TestXDPStagedEventLeavesWithoutAnotherPacket(t *testing.T) {
 	e, rd := stagingEngine(t, 0)
 	testcpu.Pin(t, 0)
 	runXDP(t, e, httpFrom(7001))
-	first := ruleID(e.epoch, 0)
+	first := generation.RuleID(e.gen.Epoch(), 0)
 	if err := e.ApplyTables(compilePolicy(t, replacedPolicy("after")), map[string]uint32{"lo": loIndex}); err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,7 @@ func TestXDPAdoptedEventsAreNamedAndCounted(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- second.StreamEvents(ctx, &out) }()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if second.retiredRuleSets() == 0 && strings.Count(out.String(), "\n") >= 6 {
+		if second.gen.Retired() == 0 && strings.Count(out.String(), "\n") >= 6 {
 			break
 		}
 	}
