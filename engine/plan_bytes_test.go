@@ -174,7 +174,7 @@ connects: {
 		}
 		m := p.p.Maps()
 		pm := &plan.Probes.Maps
-		gen := p.active
+		gen := p.gen.Active()
 		for i, h := range plan.Probes.Hooks {
 			a := p.hooks[h.Key()]
 			var got bpf.ProbeHook
@@ -197,7 +197,7 @@ connects: {
 			if err := m.Rules.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &got); err != nil {
 				t.Fatal(err)
 			}
-			if got.Id != p.epoch<<probeIndexBits|uint32(i) {
+			if got.Id != generation.RuleID(p.gen.Epoch(), i) {
 				t.Errorf("%s: rule %d has id %#x", name, i, got.Id)
 			}
 			got.Id = 0

@@ -18,6 +18,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 )
 
 // ProbeOptions configure Probes.
@@ -43,9 +44,10 @@ type Probes struct {
 	p     *bpf.Probe
 	feats bpf.ProbeFeatures
 
-	mu     sync.Mutex
-	active uint32
-	epoch  uint32
+	mu sync.Mutex
+	// gen switches the rule generations (used with mu held) and names the
+	// rules of every epoch whose events may still be read.
+	gen *generation.Switch[codegen.ProbeRule]
 	// written[g] is what the plan of generation g put into the maps.
 	written [bpf.ProbeGenerations]*probeGeneration
 	// hooks by key: attachment, slot and mechanism, kept across reloads.
@@ -55,16 +57,12 @@ type Probes struct {
 	// syscalls:*, ftrace events): perf-event tracepoints only.
 	noRaw map[string]bool
 
-	namesMu sync.RWMutex
-	byEpoch map[uint32][]codegen.ProbeRule
-
 	// totals of rule sets no longer in the maps
 	ruleTotals  map[string]ProbeRuleCounter
 	countTotals map[string]*CountSample
 
-	cgroupRoot        string
-	agent             uint32 // tgid the programs skip
-	grace, graceInner *ebpf.Map
+	cgroupRoot string
+	agent      uint32 // tgid the programs skip
 }
 
 // probeAttachment is one attached hook.
@@ -122,24 +120,26 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 		return nil, err
 	}
 	e := &Probes{log: log, p: p, feats: feats, hooks: map[string]*probeAttachment{}, noRaw: map[string]bool{},
-		byEpoch: map[uint32][]codegen.ProbeRule{}, ruleTotals: map[string]ProbeRuleCounter{},
+		ruleTotals:  map[string]ProbeRuleCounter{},
 		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
 	}
-	inner := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-	if e.graceInner, err = ebpf.NewMap(inner); err == nil {
-		e.grace, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: inner})
-	}
-	if err != nil {
+	if e.gen, err = generation.New[codegen.ProbeRule](generation.Options{Activate: e.activate}); err != nil {
 		e.Close()
-		return nil, fmt.Errorf("create grace-period map (needs map-in-map support): %w", err)
+		return nil, err
 	}
-	if err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: 0, AgentTgid: e.agent, WakeAt: e.wakeAt()}); err != nil {
+	if err := e.activate(0); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("write the probe programs' active generation: %w", err)
 	}
 	return e, nil
+}
+
+// activate makes generation gen the one the programs read: the active
+// map's one word, beside the tgid they skip and the reader's wake-up mark.
+func (e *Probes) activate(gen uint32) error {
+	return e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: gen, AgentTgid: e.agent, WakeAt: e.wakeAt()})
 }
 
 // wakeAt is how many pending ring-buffer bytes wake the event reader: an
@@ -153,13 +153,6 @@ func (e *Probes) Features() bpf.ProbeFeatures { return e.feats }
 
 // Program exposes the loaded probe object, for tests and benchmarks.
 func (e *Probes) Program() *bpf.Probe { return e.p }
-
-// waitGracePeriod returns once every program run that began before it has
-// ended: the kernel waits for an RCU grace period on a map-of-maps update
-// (tracing programs run under rcu_read_lock).
-func (e *Probes) waitGracePeriod() error {
-	return e.grace.Put(uint32(0), e.graceInner)
-}
 
 // Apply makes the probe part of plan the active rule set, all or nothing:
 // Prepare, then Commit. A hook that cannot be attached fails the whole
@@ -177,14 +170,15 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 // sees yet (Probes.Prepare). Commit puts it in force, Abort lets it go.
 // Until one of them, the Probes are locked.
 type PreparedHooks struct {
-	e           *Probes
-	pp          codegen.ProbePlan
-	want        map[string]*probeAttachment // the hooks in force after the commit, by key
-	added       []*probeAttachment          // attached for it
-	replaced    []*probeAttachment          // in force now, detached after the commit
-	entryLinks  []link.Link                 // entry kprobes added to kretprobes in force
-	sysAdded    bool                        // raw sys_enter attached for it
-	next, epoch uint32
+	e          *Probes
+	pp         codegen.ProbePlan
+	want       map[string]*probeAttachment // the hooks in force after the commit, by key
+	added      []*probeAttachment          // attached for it
+	replaced   []*probeAttachment          // in force now, detached after the commit
+	entryLinks []link.Link                 // entry kprobes added to kretprobes in force
+	sysAdded   bool                        // raw sys_enter attached for it
+	// written is the generation written, with its rules' epoch
+	written *generation.Pending[codegen.ProbeRule]
 	// before describes the inactive generation before writeInactive,
 	// which replaces it once it has harvested its counters.
 	before *probeGeneration
@@ -271,9 +265,9 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 		return p, err
 	}
 	p.sysAdded = !hadSys && e.sysLink != nil
-	p.before = e.written[1-e.active]
+	p.before = e.written[1-e.gen.Active()]
 	var err error
-	p.next, p.epoch, err = e.writeInactive(&p.pp, p.want)
+	p.written, err = e.writeInactive(&p.pp, p.want)
 	return p, err
 }
 
@@ -289,9 +283,9 @@ func (p *PreparedHooks) Commit() error {
 	p.done = true
 	e := p.e
 	defer e.mu.Unlock()
-	if err := e.flip(p.next, p.epoch, p.pp.Rules); err != nil {
+	if err := p.written.Commit(); err != nil {
 		p.undo()
-		return err
+		return fmt.Errorf("kernel hook rules: %w", err)
 	}
 	for key, a := range e.hooks {
 		if _, ok := p.want[key]; !ok {
@@ -335,7 +329,7 @@ func (p *PreparedHooks) undo() {
 		e.sysLink.Close()
 		e.sysLink = nil
 	}
-	if g := e.written[1-e.active]; g != nil && g != p.before {
+	if g := e.written[1-e.gen.Active()]; g != nil && g != p.before {
 		// What writeInactive wrote never ran: nothing of it to harvest
 		// (its counters may not even have been reset).
 		g.rules = nil
@@ -851,25 +845,11 @@ func Cgroup2Mount() string {
 	return "/sys/fs/cgroup"
 }
 
-// Rule ids in the probe maps are epoch<<probeIndexBits | index.
-const (
-	probeIndexBits = 10 // bpf.ProbeMaxRules
-	probeMaxEpoch  = 1<<(32-probeIndexBits) - 1
-	// probeKeptEpochs plans stay known to name events still queued in the
-	// ring buffer: reloads can come every few milliseconds.
-	probeKeptEpochs = 256
-)
-
 // writeInactive fills the inactive generation with pp, which no program
-// reads until flip, and returns it and the epoch of its rule ids. e.mu
-// held.
-func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) (next, epoch uint32, err error) {
-	if err := e.waitGracePeriod(); err != nil {
-		return 0, 0, fmt.Errorf("wait for an RCU grace period: %w", err)
-	}
-	next = 1 - e.active
-	epoch = (e.epoch + 1) & probeMaxEpoch
-	return next, epoch, e.fill(pp, hooks, next, epoch)
+// reads until the commit, and returns it with the epoch of its rule ids.
+// e.mu held.
+func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) (*generation.Pending[codegen.ProbeRule], error) {
+	return e.gen.Prepare(pp.Rules, func(next, epoch uint32) error { return e.fill(pp, hooks, next, epoch) })
 }
 
 // fill writes pp's map entries (codegen.ProbeMaps) into generation next
@@ -907,7 +887,7 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 	kRules := make([]bpf.ProbeRule, len(pm.Rules))
 	for i, r := range pm.Rules {
 		kRules[i] = r.Value
-		kRules[i].Id = epoch<<probeIndexBits | uint32(i)
+		kRules[i].Id = generation.RuleID(epoch, i)
 	}
 
 	// The generation is no longer read by any program: fold its counters
@@ -950,13 +930,13 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 			s.Nhooks++
 		}
 	}
-	if err := putRange(m.Hooks, next*bpf.ProbeMaxHooks, kHooks); err != nil {
+	if err := generation.PutRange(m.Hooks, next*bpf.ProbeMaxHooks, kHooks); err != nil {
 		return fmt.Errorf("write hooks: %w", err)
 	}
-	if err := putRange(m.Syscalls, next*bpf.ProbeSyscalls, sysHooks); err != nil {
+	if err := generation.PutRange(m.Syscalls, next*bpf.ProbeSyscalls, sysHooks); err != nil {
 		return fmt.Errorf("write syscall table: %w", err)
 	}
-	if err := putRange(m.Rules, next*bpf.ProbeMaxRules, kRules); err != nil {
+	if err := generation.PutRange(m.Rules, next*bpf.ProbeMaxRules, kRules); err != nil {
 		return fmt.Errorf("write rules: %w", err)
 	}
 	for i, f := range pm.Filters {
@@ -977,11 +957,11 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 			gen.strings = append(gen.strings, k)
 		}
 	}
-	if err := putRange(m.Filters, next*bpf.ProbeMaxFilters, filters); err != nil {
+	if err := generation.PutRange(m.Filters, next*bpf.ProbeMaxFilters, filters); err != nil {
 		return fmt.Errorf("write filters: %w", err)
 	}
 	// Fresh counters and rate windows for the generation's rules.
-	zero := make([]bpf.ProbeCounter, ebpfPossibleCPUs())
+	zero := make([]bpf.ProbeCounter, generation.PossibleCPUs())
 	for i := range pp.Rules {
 		key := next*bpf.ProbeMaxRules + uint32(i)
 		if err := m.Counters.Put(key, zero); err != nil {
@@ -994,66 +974,9 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 	return nil
 }
 
-// flip makes generation next, which writeInactive wrote with rules at
-// epoch, the one the programs read: one word. On an error it is not. e.mu
-// held.
-func (e *Probes) flip(next, epoch uint32, rules []codegen.ProbeRule) error {
-	// Named before the flip: the first event may follow at once.
-	e.namesMu.Lock()
-	e.byEpoch[epoch] = rules
-	e.namesMu.Unlock()
-	err := e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: next, AgentTgid: e.agent, WakeAt: e.wakeAt()})
-	e.namesMu.Lock()
-	defer e.namesMu.Unlock()
-	if err != nil {
-		delete(e.byEpoch, epoch)
-		return fmt.Errorf("activate probe generation %d: %w", next, err)
-	}
-	delete(e.byEpoch, (epoch-probeKeptEpochs)&probeMaxEpoch)
-	e.active, e.epoch = next, epoch
-	return nil
-}
-
 func kindCode(mechanism string) uint8 {
 	return map[string]uint8{"kprobe": bpf.ProbeKindKprobe, "kretprobe": bpf.ProbeKindKretprobe, "fentry": bpf.ProbeKindFentry,
 		"fexit": bpf.ProbeKindFexit, "tracepoint": bpf.ProbeKindTracepoint, "raw_tracepoint": bpf.ProbeKindSyscall}[mechanism]
-}
-
-// putRange writes values at consecutive array keys from first, in one
-// batch where the kernel supports it.
-func putRange[T any](m *ebpf.Map, first uint32, values []T) error {
-	if len(values) == 0 {
-		return nil
-	}
-	keys := make([]uint32, len(values))
-	for i := range keys {
-		keys[i] = first + uint32(i)
-	}
-	if _, err := m.BatchUpdate(keys, values, nil); err == nil {
-		return nil
-	}
-	for i, v := range values {
-		if err := m.Put(keys[i], v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-var (
-	possibleCPUsOnce sync.Once
-	possibleCPUs     int
-)
-
-func ebpfPossibleCPUs() int {
-	possibleCPUsOnce.Do(func() {
-		n, err := ebpf.PossibleCPU()
-		if err != nil {
-			n = runtime.NumCPU()
-		}
-		possibleCPUs = n
-	})
-	return possibleCPUs
 }
 
 // Attachments reports every attached hook and the mechanism chosen for it
@@ -1061,7 +984,7 @@ func ebpfPossibleCPUs() int {
 func (e *Probes) Attachments() []ProbeAttachment {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	gen := e.written[e.active]
+	gen := e.written[e.gen.Active()]
 	var out []ProbeAttachment
 	for _, a := range e.hooks {
 		pa := ProbeAttachment{Kind: a.hook.Kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
@@ -1110,11 +1033,8 @@ func (e *Probes) Close() error {
 		e.sysLink = nil
 	}
 	var errs []error
-	if e.grace != nil {
-		errs = append(errs, e.grace.Close())
-	}
-	if e.graceInner != nil {
-		errs = append(errs, e.graceInner.Close())
+	if e.gen != nil {
+		errs = append(errs, e.gen.Close())
 	}
 	if e.p != nil {
 		errs = append(errs, e.p.Close())

@@ -9,6 +9,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 )
 
 // ProbeRuleCounter counts what one probe policy did since the engine
@@ -137,12 +138,12 @@ func (e *Probes) countSamples(harvestEpoch *uint32) (map[string]*CountSample, er
 // addCount adds one count entry to out; it reports whether the entry is to
 // be deleted (harvested, or of a rule set long gone).
 func (e *Probes) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.ProbeCountKey, perCPU []bpf.ProbeCount) bool {
-	epoch := key.RuleId >> probeIndexBits
+	epoch := generation.EpochOf(key.RuleId)
 	if harvestEpoch != nil && epoch != *harvestEpoch {
 		return false
 	}
 	rules := e.rulesOfEpoch(epoch)
-	index := int(key.RuleId & (1<<probeIndexBits - 1))
+	index := generation.IndexOf(key.RuleId)
 	if rules == nil || index >= len(rules) || rules[index].Count == nil {
 		return harvestEpoch == nil && !e.epochInMaps(epoch)
 	}

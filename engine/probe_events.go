@@ -111,19 +111,7 @@ func (e *Probes) newDecoder() *probeDecoder {
 
 // probeRule names the rule an event's id refers to, if its plan is still
 // known.
-func (e *Probes) probeRule(id uint32) (codegen.ProbeRule, bool) {
-	return e.rulesByID(id)
-}
-
-func (e *Probes) rulesByID(id uint32) (codegen.ProbeRule, bool) {
-	e.namesMu.RLock()
-	defer e.namesMu.RUnlock()
-	rules, index := e.byEpoch[id>>probeIndexBits], int(id&(1<<probeIndexBits-1))
-	if index >= len(rules) {
-		return codegen.ProbeRule{}, false
-	}
-	return rules[index], true
-}
+func (e *Probes) probeRule(id uint32) (codegen.ProbeRule, bool) { return e.gen.Lookup(id) }
 
 func (d *probeDecoder) comm(b []byte) string {
 	var k [16]byte
