@@ -2,13 +2,13 @@ package export
 
 import (
 	"github.com/grain-ebpf/grain/internal/otlptest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,20 +48,11 @@ var transports = []struct {
 // captureErrors routes otel.Handle to the test until it ends and returns
 // what was reported so far.
 func captureErrors(t *testing.T) func() string {
-	var mu sync.Mutex
-	var b strings.Builder
+	var b vmtest.LockedBuffer
 	prev := otel.GetErrorHandler()
-	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		b.WriteString(err.Error() + "\n")
-	}))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { b.Write([]byte(err.Error() + "\n")) }))
 	t.Cleanup(func() { otel.SetErrorHandler(prev) })
-	return func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return b.String()
-	}
+	return b.String
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -26,6 +26,7 @@ import (
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/otlptest"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -73,9 +74,7 @@ var (
 )
 
 func setup(b *testing.B) *engine.Engine {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(b)
 	engOnce.Do(func() {
 		var err error
 		eng, err = engine.New(engine.Options{}) // grain run's ring buffer: 1 MiB

@@ -19,6 +19,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/otlptest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 var rssDuration = flag.Duration("rss-duration", 10*time.Second, "how long traffic flows in BenchmarkRunRSS")
@@ -28,9 +29,7 @@ var rssDuration = flag.Duration("rss-duration", 10*time.Second, "how long traffi
 // exporting metrics and every event over OTLP/HTTP to a real receiver,
 // while a client floods them with UDP datagrams over a veth pair.
 func BenchmarkRunRSS(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root for network namespaces and BPF")
-	}
+	vmtest.RequireRoot(b)
 	for range min(b.N, 1) { // one measurement of -duration, whatever -benchtime says (make bench passes 2000000x)
 		p := netns.NewPair(b)
 		dir := b.TempDir()

@@ -31,7 +31,8 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
-	"github.com/grain-ebpf/grain/policies"
+	"github.com/grain-ebpf/grain/internal/plantest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // progStatsOn turns on the kernel's BPF run-time statistics, which give each
@@ -53,24 +54,9 @@ func enableProgStats(b *testing.B) {
 	b.Cleanup(func() { stats.Close() })
 }
 
-func compile(b testing.TB, src string) *codegen.Plan {
-	b.Helper()
-	snap, err := policies.LoadBytes("bench.cue", []byte(src))
-	if err != nil {
-		b.Fatal(err)
-	}
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return plan
-}
-
 func newProbes(b testing.TB, opts engine.ProbeOptions) *engine.Probes {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(b)
 	opts.ObserveSelf = true // the loop runs in this process
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	p, err := engine.NewProbes(opts)
@@ -207,7 +193,7 @@ func BenchmarkProbeTracepointOverhead(b *testing.B) {
 func measure(b *testing.B, p *engine.Probes, name, policy string, run func(int)) (float64, float64) {
 	plan := &codegen.Plan{}
 	if policy != "" {
-		plan = compile(b, policy)
+		plan = plantest.Compile(b, policy)
 	}
 	if err := p.Apply(plan); err != nil {
 		b.Fatal(err)
@@ -302,7 +288,7 @@ func drain(b *testing.B, p *engine.Probes) func() {
 // received + lost must equal b.N.
 func BenchmarkProbeEventThroughput(b *testing.B) {
 	p := newProbes(b, engine.ProbeOptions{RingBufferBytes: 16 << 20})
-	if err := p.Apply(compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
+	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
 	before := counters(b, p)
@@ -432,7 +418,7 @@ func attachEmptyPerfRename(b *testing.B) (func(), *ebpf.Program) {
 // nothing may be lost.
 func BenchmarkProbeEventDecode(b *testing.B) {
 	p := newProbes(b, engine.ProbeOptions{RingBufferBytes: 512 << 20})
-	if err := p.Apply(compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
+	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
 	before := counters(b, p)

@@ -19,6 +19,7 @@ import (
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -129,9 +130,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // changed; the time until the program drops packets to the new port, for
 // trees of 1, 100 and 1000 rules, 200 edits each.
 func BenchmarkSaveToEnforced(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(b)
 	const drop = 1
 	edits := 200
 	if s := os.Getenv("GRAIN_BENCH_EDITS"); s != "" {
@@ -197,9 +196,7 @@ func rssKiB(tb testing.TB) int { return statusKiB(tb, "VmRSS:") }
 // against RSS after the first reload (an edit after the initial load), with
 // the same engine, reload loop and watcher as grain run.
 func BenchmarkReloadMemory(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(b)
 	reloads := 1000
 	if s := os.Getenv("GRAIN_BENCH_RELOADS"); s != "" {
 		reloads, _ = strconv.Atoi(s)

@@ -10,12 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // runawayTree evaluates for hours and yields nothing.
@@ -76,9 +76,7 @@ func BenchmarkCheckMultiplyingTree(b *testing.B) {
 // edit (the runaway file removed, a rule's port changed) takes from the
 // save until grain status reports the new tree in force, 20 rounds.
 func BenchmarkRunawayTree(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
+	vmtest.RequireRoot(b)
 	bin := buildGrain(b)
 	p := netns.NewPair(b)
 	dir := b.TempDir()
@@ -94,15 +92,12 @@ func BenchmarkRunawayTree(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var mu sync.Mutex
-	var log strings.Builder
+	var log vmtest.LockedBuffer
 	lines := make(chan string, 1024)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			mu.Lock()
-			log.WriteString(sc.Text() + "\n")
-			mu.Unlock()
+			log.Write([]byte(sc.Text() + "\n"))
 			select {
 			case lines <- sc.Text():
 			default:
@@ -118,8 +113,6 @@ func BenchmarkRunawayTree(b *testing.B) {
 					return
 				}
 			case <-deadline:
-				mu.Lock()
-				defer mu.Unlock()
 				b.Fatalf("grain did not log %q; stderr:\n%s", s, log.String())
 			}
 		}

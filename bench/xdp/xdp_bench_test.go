@@ -14,10 +14,10 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/grain-ebpf/grain/bpf"
-	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
-	"github.com/grain-ebpf/grain/policies"
+	"github.com/grain-ebpf/grain/internal/plantest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // measured is one program on one packet.
@@ -29,19 +29,6 @@ type measured struct {
 	events  *drainer  // the ring its events go to, emptied before each measurement
 	samples []float64 // the kernel's ns per run, truncated to whole ns
 	wall    []float64 // ns per run by the wall clock around the test run
-}
-
-func compile(tb testing.TB, src string) *codegen.Plan {
-	tb.Helper()
-	snap, err := policies.LoadBytes("bench.cue", []byte(src))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return plan
 }
 
 // eventRing sizes the event ring buffers of grain and of the hand-written
@@ -107,7 +94,7 @@ func grainWith(tb testing.TB, src string) (*ebpf.Program, *engine.Engine, *drain
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { e.Close() })
-	if err := e.ApplyTables(compile(tb, src), map[string]uint32{"lo": 1}); err != nil {
+	if err := e.ApplyTables(plantest.Compile(tb, src), map[string]uint32{"lo": 1}); err != nil {
 		tb.Fatal(err)
 	}
 	return e.XDP().Program(), e, newDrainer(tb, e.XDP().Maps().Events, int(unsafe.Sizeof(bpf.Event{})))
@@ -157,9 +144,7 @@ func l3l4Rules(n int) string {
 // rounds (so machine noise hits all alike), reports medians and the ratios
 // the XDP issue sets goals for, and prints a markdown table.
 func BenchmarkPerPacket(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root for BPF_PROG_TEST_RUN")
-	}
+	vmtest.RequireRoot(b)
 	spec, err := loadBaseline()
 	if err != nil {
 		b.Fatal(err)

@@ -1,0 +1,35 @@
+// Package plantest turns a policy file's source into what the kernel side
+// reads, for tests and benchmarks: load and compile, failing the test with
+// the error. (It is apart from internal/vmtest, the other shared test
+// helpers, because it imports codegen, which imports bpf, whose tests use
+// vmtest.)
+package plantest
+
+import (
+	"testing"
+
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/policies"
+)
+
+// Load loads src as a policy file named test.cue and compiles it with
+// codegen's default options.
+func Load(tb testing.TB, src string) (*policies.Snapshot, *codegen.Plan) {
+	tb.Helper()
+	snap, err := policies.LoadBytes("test.cue", []byte(src))
+	if err != nil {
+		tb.Fatalf("policy: %v", err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		tb.Fatalf("compile: %v", err)
+	}
+	return snap, plan
+}
+
+// Compile is Load's Plan.
+func Compile(tb testing.TB, src string) *codegen.Plan {
+	tb.Helper()
+	_, plan := Load(tb, src)
+	return plan
+}
