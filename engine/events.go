@@ -2,30 +2,21 @@ package engine
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/pipeline"
 )
-
-// readPollInterval is how often the reader looks for events: the kernel
-// wakes it only when the ring fills up (see bpf/xdp.c), so this bounds the
-// delay of an event on a quiet interface.
-const readPollInterval = 20 * time.Millisecond
 
 var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
@@ -52,54 +43,14 @@ func streamJSON(ctx context.Context, out io.Writer, read func(context.Context, *
 }
 
 // ReadEvents reads emitted events from the kernel's ring buffer into the
-// pipeline until ctx ends. It never waits for the pipeline: batches are
-// handed over when the ring buffer is drained, when a batch is full and
-// at least every readPollInterval, and a batch that finds the queue full
-// is dropped and counted (pipeline.Stats.QueueFull).
+// pipeline until ctx ends (readRing: it never waits for the pipeline).
 func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
-	rd, err := ringbuf.NewReader(e.xdp.Maps().Events)
+	ring, err := openRing("event ring buffer", e.xdp.Maps().Events, e.gen.Fence())
 	if err != nil {
-		return fmt.Errorf("open event ring buffer: %w", err)
+		return err
 	}
-	go func() {
-		<-ctx.Done()
-		rd.Close()
-	}()
-	defer pr.Flush()
 	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
-	var rec ringbuf.Record
-	fence := e.gen.Fence()
-	// The deadline matters only when the reader waits, after the ring was
-	// found empty: it is set then, not for every record (it takes the
-	// reader's lock).
-	rd.SetDeadline(time.Now().Add(readPollInterval))
-	for {
-		if err := rd.ReadInto(&rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				pr.Flush()
-				fence.Drained(rd.AvailableBytes)
-				rd.SetDeadline(time.Now().Add(readPollInterval))
-				continue
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read events: %w", err)
-		}
-		forEachEvent(rec.RawSample, func(record []byte) {
-			d.record = record
-			d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&record[0])))
-		})
-		fence.Read(len(rec.RawSample))
-		// Remaining comes from the producer position the read loaded:
-		// asking the ring again would load that cache line, which the
-		// packet's CPU writes on every event, once more per event.
-		if rec.Remaining == 0 {
-			pr.Flush()
-			fence.Drained(rd.AvailableBytes)
-			rd.SetDeadline(time.Now().Add(readPollInterval))
-		}
-	}
+	return readRing(ctx, ring, pr, d.decodeRecord)
 }
 
 // forEachEvent calls fn with each event of one ring buffer record: an event
@@ -162,6 +113,14 @@ func tcpFlagsString(f uint8) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// decodeRecord decodes the events of one ring buffer record.
+func (d *eventDecoder) decodeRecord(pr *pipeline.Producer, rec []byte) {
+	forEachEvent(rec, func(record []byte) {
+		d.record = record
+		d.decode(pr.Next(), (*bpf.Event)(unsafe.Pointer(&record[0])))
+	})
 }
 
 // eventDecoder turns the kernel's events into pipeline events. It keeps

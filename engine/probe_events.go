@@ -3,16 +3,12 @@ package engine
 import (
 	"context"
 	"encoding/binary"
-	"errors"
-	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"time"
-
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
@@ -84,8 +80,11 @@ func (ev *ProbeEvent) Field(name string) *ProbeField {
 
 const probeEventHeader = 64
 
-// probeDecoder decodes raw events; it caches the rule of the last event and
-// interns comm strings, so that decoding allocates little.
+// probeDecoder decodes the kernel-hook event format (bpf/probe.h: a
+// header with the process context, then the argument slots): parse reads
+// a record once, then fill gives it as a ProbeEvent or toPipeline as a
+// pipeline event. It caches the rule of the last event and interns comm
+// strings, so that decoding allocates little.
 type probeDecoder struct {
 	e          *Probes
 	bootOffset time.Duration
@@ -101,6 +100,18 @@ type probeDecoder struct {
 		typ  uint8
 		data []byte
 	}
+	cur probeHeader // the event parse read last
+}
+
+// probeHeader is the fixed part of a hook event.
+type probeHeader struct {
+	id                        uint32
+	time                      time.Time
+	cgroup                    uint64
+	pid, tgid, ppid, uid, gid uint32
+	comm                      string
+	syscall                   int
+	truncated                 bool
 }
 
 func (e *Probes) newDecoder() *probeDecoder {
@@ -160,36 +171,27 @@ type exeEntry struct {
 
 const exeCacheTTL = 2 * time.Second
 
-// decode fills ev from one raw event; false when the event is malformed.
-func (d *probeDecoder) decode(ev *ProbeEvent, raw []byte) bool {
+// parse reads one raw event into d.cur and d.args (views of raw), and
+// looks up its rule; false when the event is malformed.
+func (d *probeDecoder) parse(raw []byte) bool {
 	if len(raw) < probeEventHeader {
 		return false
 	}
 	le := binary.LittleEndian
-	id := le.Uint32(raw[16:])
-	if !d.haveLast || id != d.lastID {
-		d.last, d.lastOK = d.e.probeRule(id)
-		d.lastID, d.haveLast = id, true
+	h := &d.cur
+	h.id = le.Uint32(raw[16:])
+	if !d.haveLast || h.id != d.lastID {
+		d.last, d.lastOK = d.e.probeRule(h.id)
+		d.lastID, d.haveLast = h.id, true
 	}
-	r := d.last
-	ev.RuleID = id
-	ev.Time = time.Unix(0, int64(le.Uint64(raw[0:]))+int64(d.bootOffset))
-	ev.Cgroup = le.Uint64(raw[8:])
-	ev.PID, ev.TGID, ev.PPID = le.Uint32(raw[20:]), le.Uint32(raw[24:]), le.Uint32(raw[28:])
-	ev.UID, ev.GID = le.Uint32(raw[32:]), le.Uint32(raw[36:])
+	h.time = time.Unix(0, int64(le.Uint64(raw[0:]))+int64(d.bootOffset))
+	h.cgroup = le.Uint64(raw[8:])
+	h.pid, h.tgid, h.ppid = le.Uint32(raw[20:]), le.Uint32(raw[24:]), le.Uint32(raw[28:])
+	h.uid, h.gid = le.Uint32(raw[32:]), le.Uint32(raw[36:])
 	size, nargs, flags := int(le.Uint16(raw[40:])), int(raw[42]), raw[43]
-	ev.Syscall = int(le.Uint16(raw[46:]))
-	ev.Comm = d.comm(raw[48:64])
-	ev.Truncated = flags&bpf.ProbeEvTruncated != 0
-	ev.Fields = ev.Fields[:0]
-	if d.lastOK {
-		ev.Policy = r.Policy
-		if r.Emit != nil {
-			ev.Event = r.Emit.Event
-		}
-	} else {
-		ev.Policy, ev.Event = "unknown-rule-"+strconv.FormatUint(uint64(id), 10), ""
-	}
+	h.syscall = int(le.Uint16(raw[46:]))
+	h.comm = d.comm(raw[48:64])
+	h.truncated = flags&bpf.ProbeEvTruncated != 0
 	if size > len(raw) {
 		return false
 	}
@@ -209,47 +211,83 @@ func (d *probeDecoder) decode(ev *ProbeEvent, raw []byte) bool {
 		d.args[slot].typ, d.args[slot].data = typ, raw[off:off+n]
 		off += (n + 7) &^ 7
 	}
-	if !d.lastOK || r.Emit == nil {
-		return true
-	}
-	for _, f := range r.Emit.Fields {
-		pf := ProbeField{Name: f.Name}
-		switch f.Kind {
-		case "pid":
-			pf.Uint = uint64(ev.PID)
-		case "tgid":
-			pf.Uint = uint64(ev.TGID)
-		case "ppid":
-			pf.Uint = uint64(ev.PPID)
-		case "uid":
-			pf.Uint = uint64(ev.UID)
-		case "gid":
-			pf.Uint = uint64(ev.GID)
-		case "cgroup":
-			pf.Uint = ev.Cgroup
-		case "comm":
-			pf.Kind, pf.Str = FieldString, ev.Comm
-		case "syscall":
-			pf.Kind, pf.Str = FieldString, bpf.SyscallName("", ev.Syscall)
-			if pf.Str == "" {
-				pf.Str = strconv.Itoa(ev.Syscall)
-			}
-		case "exe":
-			pf.Kind, pf.Str = FieldString, d.exe(ev.TGID, ev.Comm)
-		case "host":
-			pf.Kind, pf.Str = FieldString, d.host
-		case "container":
-			continue // added by the pipeline's cgroup enrichment
-		case "arg":
-			if f.Slot >= bpf.ProbeMaxArgs || d.args[f.Slot].data == nil {
-				continue
-			}
-			a := d.args[f.Slot]
-			decodeArgField(&pf, f.Part, a.typ, a.data)
-		}
-		ev.Fields = append(ev.Fields, pf)
-	}
 	return true
+}
+
+// names are the policy and event name of the event parsed.
+func (d *probeDecoder) names() (policy, event string) {
+	if !d.lastOK {
+		return "unknown-rule-" + strconv.FormatUint(uint64(d.cur.id), 10), ""
+	}
+	if d.last.Emit != nil {
+		event = d.last.Emit.Event
+	}
+	return d.last.Policy, event
+}
+
+// emits lists the fields the rule of the event parsed emits.
+func (d *probeDecoder) emits() []codegen.ProbeField {
+	if !d.lastOK || d.last.Emit == nil {
+		return nil
+	}
+	return d.last.Emit.Fields
+}
+
+// fill copies the event parsed into ev (whose Fields storage is reused).
+func (d *probeDecoder) fill(ev *ProbeEvent) {
+	h := &d.cur
+	ev.RuleID, ev.Time, ev.Cgroup = h.id, h.time, h.cgroup
+	ev.PID, ev.TGID, ev.PPID, ev.UID, ev.GID = h.pid, h.tgid, h.ppid, h.uid, h.gid
+	ev.Syscall, ev.Comm, ev.Truncated = h.syscall, h.comm, h.truncated
+	ev.Policy, ev.Event = d.names()
+	ev.Fields = ev.Fields[:0]
+	for _, f := range d.emits() {
+		if pf, ok := d.field(f); ok {
+			ev.Fields = append(ev.Fields, pf)
+		}
+	}
+}
+
+// field is the value of emit field f of the event parsed; false when it
+// has none here (an argument not read; the container, which the
+// pipeline's cgroup enrichment adds).
+func (d *probeDecoder) field(f codegen.ProbeField) (ProbeField, bool) {
+	h := &d.cur
+	pf := ProbeField{Name: f.Name}
+	switch f.Kind {
+	case "pid":
+		pf.Uint = uint64(h.pid)
+	case "tgid":
+		pf.Uint = uint64(h.tgid)
+	case "ppid":
+		pf.Uint = uint64(h.ppid)
+	case "uid":
+		pf.Uint = uint64(h.uid)
+	case "gid":
+		pf.Uint = uint64(h.gid)
+	case "cgroup":
+		pf.Uint = h.cgroup
+	case "comm":
+		pf.Kind, pf.Str = FieldString, h.comm
+	case "syscall":
+		pf.Kind, pf.Str = FieldString, bpf.SyscallName("", h.syscall)
+		if pf.Str == "" {
+			pf.Str = strconv.Itoa(h.syscall)
+		}
+	case "exe":
+		pf.Kind, pf.Str = FieldString, d.exe(h.tgid, h.comm)
+	case "host":
+		pf.Kind, pf.Str = FieldString, d.host
+	case "container":
+		return pf, false
+	case "arg":
+		if f.Slot >= bpf.ProbeMaxArgs || d.args[f.Slot].data == nil {
+			return pf, false
+		}
+		a := d.args[f.Slot]
+		decodeArgField(&pf, f.Part, a.typ, a.data)
+	}
+	return pf, true
 }
 
 func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
@@ -304,75 +342,65 @@ func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
 
 // ProbeEventReader reads probe events from the kernel's ring buffer.
 type ProbeEventReader struct {
-	rd  *ringbuf.Reader
-	d   *probeDecoder
-	rec ringbuf.Record
+	ring *eventRing
+	d    *probeDecoder
 }
 
 // NewEventReader opens the probe event ring buffer. One reader at a time.
 func (e *Probes) NewEventReader() (*ProbeEventReader, error) {
-	rd, err := ringbuf.NewReader(e.p.Maps().Events)
+	ring, err := e.openRing()
 	if err != nil {
-		return nil, fmt.Errorf("open probe event ring buffer: %w", err)
+		return nil, err
 	}
-	return &ProbeEventReader{rd: rd, d: e.newDecoder()}, nil
+	return &ProbeEventReader{ring: ring, d: e.newDecoder()}, nil
+}
+
+func (e *Probes) openRing() (*eventRing, error) {
+	return openRing("probe event ring buffer", e.p.Maps().Events, e.gen.Fence())
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t. The
 // kernel wakes readers only when the ring fills up to an eighth, so a
 // reader that wants every event soon polls with a short deadline.
-func (r *ProbeEventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+func (r *ProbeEventReader) SetDeadline(t time.Time) { r.ring.rd.SetDeadline(t) }
 
 // Read decodes the next event into ev (whose Fields storage is reused).
 func (r *ProbeEventReader) Read(ev *ProbeEvent) error {
 	for {
-		if err := r.rd.ReadInto(&r.rec); err != nil {
+		record, err := r.ring.next()
+		if err != nil {
 			return err
 		}
-		if r.d.decode(ev, r.rec.RawSample) {
+		if r.d.parse(record) {
+			r.d.fill(ev)
 			return nil
 		}
 	}
 }
 
 // Buffered is the number of bytes waiting in the ring buffer.
-func (r *ProbeEventReader) Buffered() int { return r.rd.AvailableBytes() }
+func (r *ProbeEventReader) Buffered() int { return r.ring.rd.AvailableBytes() }
 
 // Close closes the reader; a blocked Read returns os.ErrClosed.
-func (r *ProbeEventReader) Close() error { return r.rd.Close() }
+func (r *ProbeEventReader) Close() error { return r.ring.close() }
 
 // ReadEvents reads probe events into the pipeline until ctx ends, like
-// Engine.ReadEvents: never waiting for the pipeline, handing batches over
-// when the ring is drained, a batch is full, or every readPollInterval.
-// Fields come in the policy's emit order; negative integers come as
-// strings (the pipeline has no signed kind).
+// Engine.ReadEvents (readRing: it never waits for the pipeline). Fields
+// come in the policy's emit order; negative integers come as strings (the
+// pipeline has no signed kind).
 func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
-	r, err := e.NewEventReader()
+	ring, err := e.openRing()
 	if err != nil {
 		return err
 	}
-	go func() {
-		<-ctx.Done()
-		r.Close()
-	}()
-	defer pr.Flush()
-	var ev ProbeEvent
-	for {
-		r.SetDeadline(time.Now().Add(readPollInterval))
-		if err := r.Read(&ev); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				pr.Flush()
-				continue
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read probe events: %w", err)
-		}
-		r.d.toPipeline(pr.Next(), &ev)
-		if r.Buffered() == 0 {
-			pr.Flush()
-		}
+	return readRing(ctx, ring, pr, e.newDecoder().decodeRecord)
+}
+
+// decodeRecord decodes one hook event into the pipeline; a malformed one
+// is skipped.
+func (d *probeDecoder) decodeRecord(pr *pipeline.Producer, record []byte) {
+	if d.parse(record) {
+		d.toPipeline(pr.Next())
 	}
 }
 
@@ -380,52 +408,51 @@ func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 // in this order, before the fields its policy's emit asks for.
 var contextFields = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup", "cgroup_path", "container", "exe", "host"}
 
-// toPipeline copies ev into out: the process context (with the userspace
-// enrichment: cgroup path and container of the process, its executable, the
-// host), then the policy's other fields.
-func (d *probeDecoder) toPipeline(out *pipeline.Event, ev *ProbeEvent) {
-	out.Time, out.Policy, out.Name = ev.Time, ev.Policy, ev.Event
-	out.AppendUint("pid", uint64(ev.PID))
-	out.AppendUint("tgid", uint64(ev.TGID))
-	out.AppendUint("ppid", uint64(ev.PPID))
-	out.AppendUint("uid", uint64(ev.UID))
-	out.AppendUint("gid", uint64(ev.GID))
-	out.AppendString("comm", ev.Comm)
-	out.AppendUint("cgroup", ev.Cgroup)
-	if path, container, ok := d.cgroups.Lookup(uint64(ev.TGID)); ok {
+// toPipeline writes the event parsed into out: the process context (with
+// the userspace enrichment: cgroup path and container of the process, its
+// executable, the host), then the policy's other fields.
+func (d *probeDecoder) toPipeline(out *pipeline.Event) {
+	h := &d.cur
+	out.Time = h.time
+	out.Policy, out.Name = d.names()
+	out.AppendUint("pid", uint64(h.pid))
+	out.AppendUint("tgid", uint64(h.tgid))
+	out.AppendUint("ppid", uint64(h.ppid))
+	out.AppendUint("uid", uint64(h.uid))
+	out.AppendUint("gid", uint64(h.gid))
+	out.AppendString("comm", h.comm)
+	out.AppendUint("cgroup", h.cgroup)
+	if path, container, ok := d.cgroups.Lookup(uint64(h.tgid)); ok {
 		out.AppendString("cgroup_path", path)
 		if container != "" {
 			out.AppendString("container", container)
 		}
 	}
-	exe := ""
-	if f := ev.Field("exe"); f != nil {
-		exe = f.Str // decode looked it up already: the policy emits it
-	} else {
-		exe = d.exe(ev.TGID, ev.Comm)
-	}
-	if exe != "" {
+	if exe := d.exe(h.tgid, h.comm); exe != "" {
 		out.AppendString("exe", exe)
 	}
 	out.AppendString("host", d.host)
-	for i := range ev.Fields {
-		f := &ev.Fields[i]
+	for _, f := range d.emits() {
 		if slices.Contains(contextFields, f.Name) {
 			continue
 		}
-		switch f.Kind {
+		pf, ok := d.field(f)
+		if !ok {
+			continue
+		}
+		switch pf.Kind {
 		case FieldUint:
-			out.AppendUint(f.Name, f.Uint)
+			out.AppendUint(pf.Name, pf.Uint)
 		case FieldInt:
-			if f.Int >= 0 {
-				out.AppendUint(f.Name, uint64(f.Int))
+			if pf.Int >= 0 {
+				out.AppendUint(pf.Name, uint64(pf.Int))
 			} else {
-				out.AppendString(f.Name, strconv.FormatInt(f.Int, 10))
+				out.AppendString(pf.Name, strconv.FormatInt(pf.Int, 10))
 			}
 		case FieldString:
-			out.AppendString(f.Name, f.Str)
+			out.AppendString(pf.Name, pf.Str)
 		case FieldAddr:
-			out.AppendAddr(f.Name, f.Addr)
+			out.AppendAddr(pf.Name, pf.Addr)
 		}
 	}
 }
