@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/pipeline"
 )
 
@@ -27,6 +28,7 @@ func dnsQuery(id uint16, name string) []byte {
 }
 
 func TestDNSQuestionName(t *testing.T) {
+	vmtest.HostOnly(t, "parsing in userspace")
 	header := dnsQuery(7, "")[:12]
 	withName := func(wire ...byte) []byte { return append(bytes.Clone(header), wire...) }
 	label63 := strings.Repeat("a", 63)
@@ -84,6 +86,7 @@ func payloadRecord(payload []byte) []byte {
 }
 
 func TestAppendPayloadField(t *testing.T) {
+	vmtest.HostOnly(t, "parsing in userspace")
 	query := dnsQuery(9, "grain.example")
 	tcpQuery := append(binary.BigEndian.AppendUint16(nil, uint16(len(query))), query...)
 	var small bpf.Event

@@ -7,11 +7,13 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // A link's interface bitmap is the OR of the bitmaps of every entry whose
 // name or pattern matches the link's name.
 func TestInterfaceRules(t *testing.T) {
+	vmtest.HostOnly(t, "bitmaps computed in userspace")
 	entry := func(name string, rules codegen.RuleSet) codegen.InterfaceBitmap {
 		return codegen.InterfaceBitmap{Interface: name, Bitmap: codegen.Kernel[bpf.Bitmap]{Value: codegen.BitmapOf(rules)}}
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // Ports of the UDP traffic: rule set A drops portX, rule set B portY.
@@ -337,6 +338,7 @@ func TestReloadHookFailureKeepsPacketRules(t *testing.T) {
 // engine's lock is held, so a re-apply after link events (FollowLinks)
 // cannot write over the prepared generation or flip to it.
 func TestPrepareHoldsTheEngine(t *testing.T) {
+	vmtest.HostOnly(t, "the engine's lock, in userspace")
 	g := newReloadRig(t)
 	plan := compilePolicy(t, policyDropping("drop_x", portX, g.p.ServerIf))
 	var prepared *PreparedRules

@@ -4,11 +4,13 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // With no event reader, the names of replaced rule sets cannot pass the
 // fence: they are kept up to a bound, so reloads do not grow memory.
 func TestRetiredNamesAreBoundedWithoutReader(t *testing.T) {
+	vmtest.HostOnly(t, "a bound kept in userspace")
 	e := ownEngine(t, Options{})
 	defer e.Close()
 	plan := compilePolicy(t, everyEvent)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // statusReloader serves the status socket only: its tests never connect to
@@ -19,6 +21,7 @@ func statusReloader(t *testing.T) *Reloader {
 // --status-socket never deletes what is not a stale socket: a regular file
 // or a directory at its path stays, and the error says what is there.
 func TestServeStatusRefusesNonSockets(t *testing.T) {
+	vmtest.HostOnly(t, "the status socket, in userspace")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "precious")
 	if err := os.WriteFile(file, []byte("data"), 0o644); err != nil {
@@ -51,6 +54,7 @@ func TestServeStatusRefusesNonSockets(t *testing.T) {
 
 // A socket that someone answers on is left alone; a stale one is replaced.
 func TestServeStatusSocketInUseOrStale(t *testing.T) {
+	vmtest.HostOnly(t, "the status socket, in userspace")
 	path := filepath.Join(t.TempDir(), "grain.sock")
 	other, err := net.Listen("unix", path)
 	if err != nil {
@@ -78,6 +82,7 @@ func TestServeStatusSocketInUseOrStale(t *testing.T) {
 // a bind followed by a chmod would leave it 0777 for a moment. The mode
 // checked is the one ServeStatus saw right after bind().
 func TestServeStatusSocketMode(t *testing.T) {
+	vmtest.HostOnly(t, "the status socket, in userspace")
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	path := filepath.Join(t.TempDir(), "run", "grain.sock")

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 const (
@@ -90,6 +92,7 @@ func policy(n int) string {
 }
 
 func TestWatchSaveInPlace(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	file := filepath.Join(root, "policy.cue")
 	writeFile(t, file, policy(1))
@@ -112,6 +115,7 @@ func TestWatchSaveInPlace(t *testing.T) {
 // A change of mode can make an unreadable policy file or directory readable:
 // it is a change (the reader's tree hash tells whether the content changed).
 func TestWatchChmod(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	file := filepath.Join(root, "sub", "policy.cue")
 	writeFile(t, file, policy(1))
@@ -133,6 +137,7 @@ func TestWatchChmod(t *testing.T) {
 
 // Editors write a temporary file and rename it over the one edited.
 func TestWatchSaveByRename(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	for _, tmp := range []string{".policy.cue.swp", "policy.cue~", "sub/.#policy.cue"} {
 		t.Run(strings.ReplaceAll(tmp, "/", "_"), func(t *testing.T) {
 			root := t.TempDir()
@@ -155,6 +160,7 @@ func TestWatchSaveByRename(t *testing.T) {
 }
 
 func TestWatchMoveFileIntoTree(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	w := startWatcher(t, root)
 
@@ -169,6 +175,7 @@ func TestWatchMoveFileIntoTree(t *testing.T) {
 }
 
 func TestWatchNewSubdirectory(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	w := startWatcher(t, root)
 
@@ -186,6 +193,7 @@ func TestWatchNewSubdirectory(t *testing.T) {
 }
 
 func TestWatchDirectoryMovedIntoTree(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	prepared := filepath.Join(outside, "team")
 	for _, f := range []string{"policy.cue", "x/y/deep.cue"} {
@@ -205,6 +213,7 @@ func TestWatchDirectoryMovedIntoTree(t *testing.T) {
 }
 
 func TestWatchDirectoryMovedWithinAndOut(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "a", "b", "policy.cue"), policy(1))
 	w := startWatcher(t, root)
@@ -237,6 +246,7 @@ func TestWatchDirectoryMovedWithinAndOut(t *testing.T) {
 }
 
 func TestWatchDeletes(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "one.cue"), policy(1))
 	writeFile(t, filepath.Join(root, "two.cue"), policy(2))
@@ -262,6 +272,7 @@ func TestWatchDeletes(t *testing.T) {
 
 // A checkout writes many files at once, in new and old directories.
 func TestWatchBatch(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "old.cue"), policy(0))
 	w := startWatcher(t, root)
@@ -297,6 +308,7 @@ func configMapUpdate(t *testing.T, root, oldDir, newDir, content string) {
 }
 
 func TestWatchConfigMapSwap(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	configMapUpdate(t, root, "", "..2026_11_25_v1", policy(1))
 	if err := os.Symlink("..data/policy.cue", filepath.Join(root, "policy.cue")); err != nil {
@@ -324,6 +336,7 @@ func TestWatchConfigMapSwap(t *testing.T) {
 // directory the loader skips (links out of the tree are refused by the
 // loader).
 func TestWatchLinkedFileTarget(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	target := filepath.Join(root, "_shared", "common.cue")
 	writeFile(t, target, policy(1))
@@ -339,6 +352,7 @@ func TestWatchLinkedFileTarget(t *testing.T) {
 // Links to directories are not followed: they could loop, and the loader
 // does not read through them.
 func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(1))
 	writeFile(t, filepath.Join(outside, "other.cue"), policy(2))
@@ -382,6 +396,7 @@ func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
 // A root that is a link is watched where it points, and when the link is
 // swapped (as git-sync does) the watches follow it.
 func TestWatchLinkedRoot(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	v1, v2 := filepath.Join(base, "v1"), filepath.Join(base, "v2")
 	writeFile(t, filepath.Join(v1, "policy.cue"), policy(1))
@@ -411,6 +426,7 @@ func TestWatchLinkedRoot(t *testing.T) {
 
 // A root deleted and made again (a fresh clone, say) is watched again.
 func TestWatchRootRemade(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := filepath.Join(t.TempDir(), "policies")
 	writeFile(t, filepath.Join(root, "policy.cue"), policy(1))
 	w := startWatcher(t, root)
@@ -430,6 +446,7 @@ func TestWatchRootRemade(t *testing.T) {
 // mkdir T; cp ...), is followed, however the events fall into bursts, and
 // so are the later edits in it.
 func TestWatchLinkedRootTargetRemade(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	for _, quietBetween := range []bool{false, true} {
 		t.Run(fmt.Sprintf("quiet_between_%v", quietBetween), func(t *testing.T) {
 			base := t.TempDir()
@@ -461,6 +478,7 @@ func TestWatchLinkedRootTargetRemade(t *testing.T) {
 
 // A parent directory of the root deleted and made again is followed.
 func TestWatchParentRemade(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	parent := filepath.Join(base, "etc", "grain")
 	root := filepath.Join(parent, "policies")
@@ -486,6 +504,7 @@ func TestWatchParentRemade(t *testing.T) {
 // A link among the root's parents (/etc/grain -> /opt/grain-v1) swapped to
 // another directory is followed; the old directory no longer counts.
 func TestWatchParentLinkSwapped(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	for _, v := range []string{"v1", "v2"} {
 		writeFile(t, filepath.Join(base, "opt", v, "policies", "policy.cue"), policy(1))
@@ -513,6 +532,7 @@ func TestWatchParentLinkSwapped(t *testing.T) {
 // resolve leads where the kernel's lookup does, and names every entry the
 // lookup depends on.
 func TestResolve(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -565,6 +585,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestWatchSingleFileRoot(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policy.cue")
 	writeFile(t, file, policy(1))
@@ -580,6 +601,7 @@ func TestWatchSingleFileRoot(t *testing.T) {
 
 // A burst that never goes quiet still gives changes, every maxDelay.
 func TestWatchMaxDelay(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	w := startWatcher(t, root)
 
@@ -627,6 +649,7 @@ func (b *lockedBuffer) String() string {
 // Lost events (an inotify queue overflow) are logged and answered with a
 // reload of everything.
 func TestWatchErrorMeansChange(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	var logs lockedBuffer
 	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
@@ -643,6 +666,7 @@ func TestWatchErrorMeansChange(t *testing.T) {
 }
 
 func TestWatchClose(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	before := runtime.NumGoroutine()
 	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -676,6 +700,7 @@ func TestWatchClose(t *testing.T) {
 }
 
 func TestNewWatcherErrors(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	if _, err := NewWatcher(filepath.Join(t.TempDir(), "missing"), testDebounce, nil); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing root: %v, want not exist", err)
 	}
@@ -694,6 +719,7 @@ func treeHash(t *testing.T, root string) string {
 }
 
 func TestTreeHash(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "a.cue"), policy(1))
 	writeFile(t, filepath.Join(root, "net", "b.cue"), policy(2))
@@ -763,6 +789,7 @@ func TestTreeHash(t *testing.T) {
 }
 
 func TestTreeHashSingleFile(t *testing.T) {
+	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policy.cue")
 	writeFile(t, file, policy(1))

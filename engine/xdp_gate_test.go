@@ -9,6 +9,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // gates reads the gates of the generation in force.
@@ -41,6 +42,7 @@ func setGates(t *testing.T, e *Engine, g [bpf.Gates]bpf.Gate) {
 // gate reads differently from the full parse (malformed, fragments, link
 // padding past the IP length).
 func TestXDPGateAgreesWithTheFullPath(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
 	policySets := []struct {
 		name, src string
 		gated     []int // GRAIN_GATE_* the engine must write

@@ -24,6 +24,7 @@ import (
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/testcpu"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // everyEvent sends an event for every matching packet: no deduplication.
@@ -289,6 +290,7 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 
 // forEachEvent tells a payload event from a batch by its size alone.
 func TestForEachEvent(t *testing.T) {
+	vmtest.HostOnly(t, "sizes of Go types")
 	event, payload := int(unsafe.Sizeof(bpf.Event{})), int(unsafe.Sizeof(bpf.EventPayload{}))
 	if payload%event == 0 {
 		t.Fatalf("a payload event (%d bytes) is as long as a batch of %d events", payload, payload/event)

@@ -276,6 +276,7 @@ func TestXDPPatternInEthernetPadding(t *testing.T) {
 }
 
 func TestXDPContentOptions(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
 	policy := func(content string) string {
 		return `p: {
 	xdp: interfaces: ["lo"]
@@ -332,6 +333,7 @@ func TestXDPContentOptions(t *testing.T) {
 }
 
 func TestXDPMatchFields(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
 	rule := func(match string) string {
 		return `p: {
 	xdp: interfaces: ["lo", "grain-other0"]
@@ -463,6 +465,7 @@ func packetCounts(t *testing.T, e *Engine) map[string]uint64 {
 
 // Many rules: the bitmap walk finds the right rule among 1000.
 func TestXDPManyRules(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
 	var b strings.Builder
 	for i := 0; i < 1000; i++ {
 		fmt.Fprintf(&b, "r%04d: {xdp: interfaces: [\"lo\"], match: {protocol: \"tcp\", saddr: \"10.%d.%d.0/24\", dport: %d}, then: \"drop\"}\n", i, i/250, i%250, 1000+i)

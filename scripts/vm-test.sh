@@ -3,14 +3,18 @@
 # no KVM needed): for kernel features this host lacks (kprobes, fentry), for
 # older verifiers, and for arm64. As root:
 #
-#   scripts/vm-test.sh [options] PACKAGE:REGEX...
-#   scripts/vm-test.sh --arch amd64 ./bpf:TestLoadXDP ./engine:'TestXDP|TestProbe'
-#   scripts/vm-test.sh --arch arm64 ./bpf:TestLoadXDP ./internal/vmtest:TestKprobe
+#   scripts/vm-test.sh [options] PACKAGE[:REGEX]...
+#   scripts/vm-test.sh --arch amd64 ./bpf ./engine/... ./cmd/grain
+#   scripts/vm-test.sh --arch arm64 ./bpf:TestLoadTC ./internal/vmtest:TestKprobe
 #
-# Each PACKAGE is built into a static test binary (CGO_ENABLED=0 GOARCH=<arch>
-# go test -c) and run in the guest with -test.v -test.run REGEX (REGEX "." when
-# omitted), in that package's directory of a copy of the source tree, so that
-# relative paths and testdata work as on the host.
+# Each PACKAGE (a pattern such as ./engine/... names every package under it
+# that has tests) is built into a static test binary (CGO_ENABLED=0
+# GOARCH=<arch> go test -c) and run in the guest with -test.v -test.run REGEX
+# (REGEX "." when omitted), in that package's directory of a copy of the
+# source tree, so that relative paths and testdata work as on the host.
+# make test gives whole packages: each test decides for itself, by calling
+# vmtest.HostOnly (one kernel shows what it checks: it skips in guests, and
+# the summary counts it as host-only) or vmtest.Missing (a kernel feature).
 #
 # Options:
 #   --arch amd64|arm64  guest architecture (default amd64)
@@ -75,7 +79,7 @@ while [ $# -gt 0 ]; do
 	*) entries+=("$1"); shift ;;
 	esac
 done
-[ ${#entries[@]} -gt 0 ] || { echo "vm-test: no PACKAGE:REGEX given (see --help)" >&2; exit 2; }
+[ ${#entries[@]} -gt 0 ] || { echo "vm-test: no PACKAGE given (see --help)" >&2; exit 2; }
 
 case $arch in
 amd64)
@@ -266,20 +270,24 @@ runs=
 pids=()
 declare -A built=()
 for e in "${entries[@]}"; do
-	pkg=${e%%:*} regex=.
+	pattern=${e%%:*} regex=.
 	[[ $e != *:* ]] || regex=${e#*:}
-	dir=$($GO list -f '{{.Dir}}' "$pkg")
-	rel=$(realpath --relative-to=. "$dir")
-	bin=${rel//\//_}.test
-	if [ -z "${built[$bin]:-}" ]; then
-		built[$bin]=1
-		CGO_ENABLED=0 GOARCH=$arch $GO test -c -ldflags='-s -w' -o "$initrd/t/$bin" "$pkg" &
-		pids+=($!)
-	fi
-	runs+="echo $(q "== run $pkg -test.run $regex")
+	# A pattern (./engine/...) is every package under it that has tests.
+	dirs=$(GOARCH=$arch $GO list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}}{{end}}' "$pattern")
+	[ -n "$dirs" ] || { echo "vm-test: $pattern has no package with tests" >&2; exit 2; }
+	for dir in $dirs; do
+		rel=$(realpath --relative-to=. "$dir")
+		pkg=./$rel bin=${rel//\//_}.test
+		if [ -z "${built[$bin]:-}" ]; then
+			built[$bin]=1
+			CGO_ENABLED=0 GOARCH=$arch $GO test -c -ldflags='-s -w' -o "$initrd/t/$bin" "$pkg" &
+			pids+=($!)
+		fi
+		runs+="echo $(q "== run $pkg -test.run $regex")
 (cd /src/$(q "$rel") && /t/$bin -test.v -test.timeout ${test_timeout}s -test.run $(q "$regex") 2>&1)
 echo $(q "== exit $pkg ")\$?
 "
+	done
 done
 # The grain binary, for the end-to-end tests (cmd/grain's buildGrain reads
 # GRAIN_BIN: there is no Go toolchain in the guest).
@@ -337,7 +345,10 @@ awk -v arch="$arch" -v kpkg="$kpkg" -v rc="$rc" -v timeout="$vm_timeout" \
 /^== guest kernel/ { kernel = $4 }
 /^== run / { cur = ++n; entry[n] = $3 ":" $5 }
 /^=== RUN / && cur { tests[cur]++ }
-/^--- PASS/ { pass++ } /^--- SKIP/ { skip++; skipped = skipped " " $3 } /^--- FAIL/ { fail++; failed = failed " " $3 }
+/^=== RUN / { hostonly = 0 }
+/^ +[^ ]+:[0-9]+: host-only: / { hostonly = 1 } # vmtest.HostOnly: counted, not listed
+/^--- PASS/ { pass++ } /^--- FAIL/ { fail++; failed = failed " " $3 }
+/^--- SKIP/ { if (hostonly) host++; else { skip++; skipped = skipped " " $3 } }
 /^== exit / { if ($NF != 0) bad = bad " " $3 " exited " $NF ";"; cur = 0 }
 /^== done/ { done = 1 }
 /^== insmod .* failed/ { bad = bad " insmod " $3 " failed;" }
@@ -346,8 +357,8 @@ END {
 	for (i = 1; i <= n; i++) if (!tests[i]) bad = bad " " entry[i] " ran no test;"
 	if (!done) bad = bad (rc == 124 ? " guest timed out after " timeout " s;" : " guest stopped before the end (exit " rc ");")
 	if (kernel == "") kernel = kpkg " (did not start init)"
-	printf "== %s guest %s: %d passed, %d failed, %d skipped%s; %d s (%d s before boot) %s\n",
-		arch, kernel, pass, fail, skip, (skip ? " (" substr(skipped, 2) ")" : ""), prep + vm, prep,
+	printf "== %s guest %s: %d passed, %d failed, %d skipped%s, %d host-only; %d s (%d s before boot) %s\n",
+		arch, kernel, pass, fail, skip, (skip ? " (" substr(skipped, 2) ")" : ""), host, prep + vm, prep,
 		(bad == "" ? "ok" : "FAILED:" bad)
 	exit bad != ""
 }' "$log" && exit 0
