@@ -1,7 +1,9 @@
 package pipeline
 
 import (
+	"context"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,7 +83,57 @@ func TestJSONSinkAbandonStalledWrite(t *testing.T) {
 	s.Abandon()
 	<-done
 	st := s.Stats()
-	if st.Failed == 0 || st.Exported+st.Failed != n {
+	if st.Failed == 0 || st.Exported+st.Failed+st.QueueFull != n {
 		t.Errorf("stats %+v, want all %d events counted and some failed", st, n)
 	}
 }
+
+// A stdout whose reader never reads holds up neither the pipeline nor the
+// other sinks: the stdout sink's queue fills and drops, counted, and the
+// other sink gets every event.
+func TestStalledStdoutHoldsNoOtherSink(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	stdout, other := NewJSONSink(w), &atomicCountSink{}
+	p := New(Options{Sinks: []Sink{stdout, other}})
+	ctx, cancel := context.WithCancel(context.Background())
+	go p.Run(ctx)
+	pr := p.Producer()
+	const total = 50 * BatchSize // ~50 times what the pipe holds
+	for i := range total {
+		ev := pr.Next()
+		ev.Policy, ev.Name = "p", "e"
+		ev.AppendUint("n", uint64(i))
+		ev.AppendString("pad", string(make([]byte, 200)))
+		if i%BatchSize == BatchSize-1 {
+			pr.Flush()
+			// The pipeline keeps up as long as no sink holds it.
+			for deadline := time.Now().Add(10 * time.Second); other.n.Load() < uint64(i+1); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the other sink got %d of %d events in 10 s: the stalled stdout holds the pipeline", other.n.Load(), i+1)
+				}
+			}
+		}
+	}
+	cancel()
+	<-p.Done()
+	stdout.Abandon()
+	st := stdout.Stats()
+	if q := p.Stats().QueueFull; q != 0 || other.n.Load() != total {
+		t.Errorf("the other sink got %d of %d events, the pipeline's queue dropped %d", other.n.Load(), total, q)
+	}
+	if st.QueueFull == 0 || st.Exported+st.Failed+st.QueueFull != total {
+		t.Errorf("stdout stats %+v: want every event counted, some dropped at its queue", st)
+	}
+}
+
+type atomicCountSink struct{ n atomic.Uint64 }
+
+func (s *atomicCountSink) Name() string     { return "count" }
+func (s *atomicCountSink) Emit(*Event)      { s.n.Add(1) }
+func (s *atomicCountSink) Flush()           {}
+func (s *atomicCountSink) Stats() SinkStats { return SinkStats{Exported: s.n.Load()} }

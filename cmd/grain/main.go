@@ -461,12 +461,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			}
 			<-pipe.Done()
 		}
+		if jsonSink != nil {
+			// What stdout's writer still holds, within the exit's bound;
+			// the rest is counted as lost.
+			jsonSink.Drain(exitFlush())
+			jsonSink.Abandon()
+		}
 		if st := pipe.Stats(); st.QueueFull > 0 {
 			log.Warn("events dropped: the queue in front of the pipeline was full", "dropped", st.QueueFull)
 		}
 		if jsonSink != nil {
-			if st := jsonSink.Stats(); st.Failed > 0 {
-				log.Warn("events not written to stdout", "dropped", st.Failed, "written", st.Exported)
+			if st := jsonSink.Stats(); st.Failed+st.QueueFull > 0 {
+				log.Warn("events not written to stdout", "dropped", st.Failed+st.QueueFull, "written", st.Exported)
 			}
 		}
 		streamErr <- err
