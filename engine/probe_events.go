@@ -100,7 +100,8 @@ type probeDecoder struct {
 		typ  uint8
 		data []byte
 	}
-	cur probeHeader // the event parse read last
+	cur    probeHeader // the event parse read last
+	field1 ProbeField  // toPipeline's one field at a time
 }
 
 // probeHeader is the fixed part of a hook event.
@@ -241,19 +242,21 @@ func (d *probeDecoder) fill(ev *ProbeEvent) {
 	ev.Syscall, ev.Comm, ev.Truncated = h.syscall, h.comm, h.truncated
 	ev.Policy, ev.Event = d.names()
 	ev.Fields = ev.Fields[:0]
-	for _, f := range d.emits() {
-		if pf, ok := d.field(f); ok {
-			ev.Fields = append(ev.Fields, pf)
+	emits := d.emits()
+	for i := range emits {
+		ev.Fields = append(ev.Fields, ProbeField{})
+		if !d.field(&emits[i], &ev.Fields[len(ev.Fields)-1]) {
+			ev.Fields = ev.Fields[:len(ev.Fields)-1]
 		}
 	}
 }
 
-// field is the value of emit field f of the event parsed; false when it
-// has none here (an argument not read; the container, which the
-// pipeline's cgroup enrichment adds).
-func (d *probeDecoder) field(f codegen.ProbeField) (ProbeField, bool) {
+// field writes the value of emit field f of the event parsed into pf;
+// false when it has none here (an argument not read; the container, which
+// the pipeline's cgroup enrichment adds).
+func (d *probeDecoder) field(f *codegen.ProbeField, pf *ProbeField) bool {
 	h := &d.cur
-	pf := ProbeField{Name: f.Name}
+	*pf = ProbeField{Name: f.Name}
 	switch f.Kind {
 	case "pid":
 		pf.Uint = uint64(h.pid)
@@ -279,15 +282,15 @@ func (d *probeDecoder) field(f codegen.ProbeField) (ProbeField, bool) {
 	case "host":
 		pf.Kind, pf.Str = FieldString, d.host
 	case "container":
-		return pf, false
+		return false
 	case "arg":
 		if f.Slot >= bpf.ProbeMaxArgs || d.args[f.Slot].data == nil {
-			return pf, false
+			return false
 		}
-		a := d.args[f.Slot]
-		decodeArgField(&pf, f.Part, a.typ, a.data)
+		a := &d.args[f.Slot]
+		decodeArgField(pf, f.Part, a.typ, a.data)
 	}
-	return pf, true
+	return true
 }
 
 func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
@@ -432,12 +435,10 @@ func (d *probeDecoder) toPipeline(out *pipeline.Event) {
 		out.AppendString("exe", exe)
 	}
 	out.AppendString("host", d.host)
-	for _, f := range d.emits() {
-		if slices.Contains(contextFields, f.Name) {
-			continue
-		}
-		pf, ok := d.field(f)
-		if !ok {
+	emits := d.emits()
+	pf := &d.field1
+	for i := range emits {
+		if slices.Contains(contextFields, emits[i].Name) || !d.field(&emits[i], pf) {
 			continue
 		}
 		switch pf.Kind {

@@ -16,6 +16,7 @@ type Fence struct {
 
 // retirement is what a Fence needs of its Switch, whatever its rule type.
 type retirement interface {
+	anyRetired() bool
 	retiredEpochs() []uint32
 	settled() []uint32
 	forget(epochs []uint32)
@@ -63,7 +64,7 @@ func (f *Fence) Drained(available func() int) {
 		}
 		return
 	}
-	if len(f.s.retiredEpochs()) > 0 {
+	if f.s.anyRetired() {
 		settled := make(chan []uint32, 1)
 		f.settled = settled
 		go func() { settled <- f.s.settled() }()

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Count is how many generations every table has: the one in force and the
@@ -73,6 +74,9 @@ type Switch[R any] struct {
 	namesMu sync.RWMutex
 	byEpoch map[uint32][]R
 	retired []uint32 // epochs replaced, still in byEpoch (Fence)
+	// nretired is len(retired), for a reader that finds the ring empty
+	// after nearly every record to look at without the lock.
+	nretired atomic.Int32
 }
 
 // New creates a Switch with its grace-period map. Generation 0 is active,
@@ -211,7 +215,11 @@ func (s *Switch[R]) retireLocked(old, current uint32) {
 		delete(s.byEpoch, s.retired[0])
 		s.retired = slices.Delete(s.retired, 0, 1)
 	}
+	s.nretired.Store(int32(len(s.retired)))
 }
+
+// anyRetired reports, without the lock, whether some rule set is retired.
+func (s *Switch[R]) anyRetired() bool { return s.nretired.Load() > 0 }
 
 // retiredEpochs implements retirement for the Fence.
 func (s *Switch[R]) retiredEpochs() []uint32 {
@@ -254,4 +262,5 @@ func (s *Switch[R]) forget(epochs []uint32) {
 			delete(s.byEpoch, epoch)
 		}
 	}
+	s.nretired.Store(int32(len(s.retired)))
 }
