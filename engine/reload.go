@@ -82,7 +82,7 @@ func (r *Reloader) Reload(ctx context.Context, force bool) error {
 	// which can take long: the status socket answers meanwhile.
 	r.reloading.Lock()
 	defer r.reloading.Unlock()
-	hash, err := TreeHash(r.Dir)
+	hash, err := policies.TreeHash(r.Dir)
 	r.mu.Lock()
 	inForce := r.status.PolicyHash
 	r.mu.Unlock()
@@ -119,6 +119,9 @@ func (r *Reloader) Reload(ctx context.Context, force bool) error {
 	r.status.LastResult, r.status.LastError = "success", ""
 	r.status.LastSuccess = r.status.LastReload
 	r.status.ReloadsOK++
+	// The hash of the bytes evaluated: the tree may have changed since it
+	// was hashed above (the change's own reload follows).
+	hash = snap.Hash
 	r.status.PolicyHash = hash
 	r.status.Interfaces = r.Engine.Interfaces()
 	// A reload's garbage (the CUE evaluation of the tree) is large and

@@ -271,7 +271,7 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 		cache:    cache,
 		values:   valueBudget{left: MaxTreeValues},
 	}
-	snap := &Snapshot{Root: root}
+	snap := &Snapshot{Root: root, Hash: hashFiles(root, files)}
 	var total int
 	for _, f := range files {
 		total += len(f.src)

@@ -15,6 +15,8 @@ type Snapshot struct {
 	Root string
 	// Files are the .cue files that made up the snapshot, sorted.
 	Files []string
+	// Hash is TreeHash of the bytes the snapshot was evaluated from.
+	Hash string
 	// Policies sorted by name.
 	Policies []Policy
 	// Pipeline is the tree's event pipeline (pipeline.go); nil when the

@@ -1,4 +1,4 @@
-package engine
+package policies
 
 import (
 	"crypto/sha256"
@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-
-	"github.com/grain-ebpf/grain/policies"
 )
 
 // Watcher reports changes to a policy tree (design decision 6). It watches
@@ -231,7 +229,7 @@ func (w *Watcher) handle(ev fsnotify.Event) bool {
 		// file, or a directory of the tree. A tree whose content did not
 		// change costs the reader a hash of it.
 		_, treeDir := w.all[path]
-		return treeDir || (strings.HasSuffix(name, ".cue") && !policies.Skipped(name))
+		return treeDir || (strings.HasSuffix(name, ".cue") && !Skipped(name))
 	}
 	return true
 }
@@ -253,7 +251,7 @@ func (w *Watcher) inTree(dir string) bool {
 		return false
 	}
 	for part := range strings.SplitSeq(rel, string(filepath.Separator)) {
-		if policies.Skipped(part) {
+		if Skipped(part) {
 			return false
 		}
 	}
@@ -412,7 +410,7 @@ func collectDirs(dir string, dirs map[string]struct{}) error {
 			}
 			return nil
 		}
-		if path != dir && policies.Skipped(d.Name()) {
+		if path != dir && Skipped(d.Name()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -448,10 +446,24 @@ func collectDirs(dir string, dirs map[string]struct{}) error {
 // ignores, so a reload loop can skip reloading a tree whose hash did not
 // change, and export the hash of the tree it applied.
 func TreeHash(root string) (string, error) {
-	files, err := policies.Files(root)
+	names, err := Files(root)
 	if err != nil {
-		return "", fmt.Errorf("engine: hash %s: %w", root, err)
+		return "", fmt.Errorf("policies: hash %s: %w", root, err)
 	}
+	files := make([]sourceFile, len(names))
+	for i, name := range names {
+		src, err := readBounded(name)
+		if err != nil {
+			return "", fmt.Errorf("policies: hash %s: %w", root, err)
+		}
+		files[i] = sourceFile{name: name, src: src}
+	}
+	return hashFiles(root, files), nil
+}
+
+// hashFiles is TreeHash of files read from root: Load hashes the bytes it
+// evaluates with it, so the hash in force names exactly those.
+func hashFiles(root string, files []sourceFile) string {
 	h := sha256.New()
 	// Length-prefix each field, so that no two different trees hash the
 	// same bytes (a path is followed by content that could look like one).
@@ -459,19 +471,15 @@ func TreeHash(root string) (string, error) {
 		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
 		h.Write(b)
 	}
-	for _, path := range files {
-		src, err := os.ReadFile(path)
-		if err != nil {
-			return "", fmt.Errorf("engine: hash %s: %w", root, err)
-		}
+	for _, f := range files {
 		// Paths below the root, so the hash does not depend on where the
 		// tree is.
-		rel, err := filepath.Rel(root, path)
+		rel, err := filepath.Rel(root, f.name)
 		if err != nil || rel == "." {
-			rel = filepath.Base(path)
+			rel = filepath.Base(f.name)
 		}
 		field([]byte(filepath.ToSlash(rel)))
-		field(src)
+		field(f.src)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil))
 }

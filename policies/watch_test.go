@@ -1,4 +1,4 @@
-package engine
+package policies
 
 import (
 	"bytes"
@@ -17,7 +17,6 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
-	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 const (
@@ -77,22 +76,11 @@ func expectOne(t *testing.T, w *Watcher, what string) {
 	assertQuiet(t, w, what+": a second change")
 }
 
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func policy(n int) string {
 	return fmt.Sprintf("p%d: {kind: \"xdp\"}\n", n)
 }
 
 func TestWatchSaveInPlace(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	file := filepath.Join(root, "policy.cue")
 	writeFile(t, file, policy(1))
@@ -115,7 +103,6 @@ func TestWatchSaveInPlace(t *testing.T) {
 // A change of mode can make an unreadable policy file or directory readable:
 // it is a change (the reader's tree hash tells whether the content changed).
 func TestWatchChmod(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	file := filepath.Join(root, "sub", "policy.cue")
 	writeFile(t, file, policy(1))
@@ -137,7 +124,6 @@ func TestWatchChmod(t *testing.T) {
 
 // Editors write a temporary file and rename it over the one edited.
 func TestWatchSaveByRename(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	for _, tmp := range []string{".policy.cue.swp", "policy.cue~", "sub/.#policy.cue"} {
 		t.Run(strings.ReplaceAll(tmp, "/", "_"), func(t *testing.T) {
 			root := t.TempDir()
@@ -160,7 +146,6 @@ func TestWatchSaveByRename(t *testing.T) {
 }
 
 func TestWatchMoveFileIntoTree(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	w := startWatcher(t, root)
 
@@ -175,7 +160,6 @@ func TestWatchMoveFileIntoTree(t *testing.T) {
 }
 
 func TestWatchNewSubdirectory(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	w := startWatcher(t, root)
 
@@ -193,7 +177,6 @@ func TestWatchNewSubdirectory(t *testing.T) {
 }
 
 func TestWatchDirectoryMovedIntoTree(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	prepared := filepath.Join(outside, "team")
 	for _, f := range []string{"policy.cue", "x/y/deep.cue"} {
@@ -213,7 +196,6 @@ func TestWatchDirectoryMovedIntoTree(t *testing.T) {
 }
 
 func TestWatchDirectoryMovedWithinAndOut(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "a", "b", "policy.cue"), policy(1))
 	w := startWatcher(t, root)
@@ -246,7 +228,6 @@ func TestWatchDirectoryMovedWithinAndOut(t *testing.T) {
 }
 
 func TestWatchDeletes(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "one.cue"), policy(1))
 	writeFile(t, filepath.Join(root, "two.cue"), policy(2))
@@ -272,7 +253,6 @@ func TestWatchDeletes(t *testing.T) {
 
 // A checkout writes many files at once, in new and old directories.
 func TestWatchBatch(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "old.cue"), policy(0))
 	w := startWatcher(t, root)
@@ -308,7 +288,6 @@ func configMapUpdate(t *testing.T, root, oldDir, newDir, content string) {
 }
 
 func TestWatchConfigMapSwap(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	configMapUpdate(t, root, "", "..2026_11_25_v1", policy(1))
 	if err := os.Symlink("..data/policy.cue", filepath.Join(root, "policy.cue")); err != nil {
@@ -336,7 +315,6 @@ func TestWatchConfigMapSwap(t *testing.T) {
 // directory the loader skips (links out of the tree are refused by the
 // loader).
 func TestWatchLinkedFileTarget(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	target := filepath.Join(root, "_shared", "common.cue")
 	writeFile(t, target, policy(1))
@@ -352,7 +330,6 @@ func TestWatchLinkedFileTarget(t *testing.T) {
 // Links to directories are not followed: they could loop, and the loader
 // does not read through them.
 func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(1))
 	writeFile(t, filepath.Join(outside, "other.cue"), policy(2))
@@ -396,7 +373,6 @@ func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
 // A root that is a link is watched where it points, and when the link is
 // swapped (as git-sync does) the watches follow it.
 func TestWatchLinkedRoot(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	v1, v2 := filepath.Join(base, "v1"), filepath.Join(base, "v2")
 	writeFile(t, filepath.Join(v1, "policy.cue"), policy(1))
@@ -426,7 +402,6 @@ func TestWatchLinkedRoot(t *testing.T) {
 
 // A root deleted and made again (a fresh clone, say) is watched again.
 func TestWatchRootRemade(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := filepath.Join(t.TempDir(), "policies")
 	writeFile(t, filepath.Join(root, "policy.cue"), policy(1))
 	w := startWatcher(t, root)
@@ -446,7 +421,6 @@ func TestWatchRootRemade(t *testing.T) {
 // mkdir T; cp ...), is followed, however the events fall into bursts, and
 // so are the later edits in it.
 func TestWatchLinkedRootTargetRemade(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	for _, quietBetween := range []bool{false, true} {
 		t.Run(fmt.Sprintf("quiet_between_%v", quietBetween), func(t *testing.T) {
 			base := t.TempDir()
@@ -478,7 +452,6 @@ func TestWatchLinkedRootTargetRemade(t *testing.T) {
 
 // A parent directory of the root deleted and made again is followed.
 func TestWatchParentRemade(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	parent := filepath.Join(base, "etc", "grain")
 	root := filepath.Join(parent, "policies")
@@ -504,7 +477,6 @@ func TestWatchParentRemade(t *testing.T) {
 // A link among the root's parents (/etc/grain -> /opt/grain-v1) swapped to
 // another directory is followed; the old directory no longer counts.
 func TestWatchParentLinkSwapped(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base := t.TempDir()
 	for _, v := range []string{"v1", "v2"} {
 		writeFile(t, filepath.Join(base, "opt", v, "policies", "policy.cue"), policy(1))
@@ -532,7 +504,6 @@ func TestWatchParentLinkSwapped(t *testing.T) {
 // resolve leads where the kernel's lookup does, and names every entry the
 // lookup depends on.
 func TestResolve(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	base, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -585,7 +556,6 @@ func TestResolve(t *testing.T) {
 }
 
 func TestWatchSingleFileRoot(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policy.cue")
 	writeFile(t, file, policy(1))
@@ -601,7 +571,6 @@ func TestWatchSingleFileRoot(t *testing.T) {
 
 // A burst that never goes quiet still gives changes, every maxDelay.
 func TestWatchMaxDelay(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root := t.TempDir()
 	w := startWatcher(t, root)
 
@@ -649,7 +618,6 @@ func (b *lockedBuffer) String() string {
 // Lost events (an inotify queue overflow) are logged and answered with a
 // reload of everything.
 func TestWatchErrorMeansChange(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	var logs lockedBuffer
 	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
@@ -666,7 +634,6 @@ func TestWatchErrorMeansChange(t *testing.T) {
 }
 
 func TestWatchClose(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	before := runtime.NumGoroutine()
 	w, err := NewWatcher(t.TempDir(), testDebounce, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -700,7 +667,6 @@ func TestWatchClose(t *testing.T) {
 }
 
 func TestNewWatcherErrors(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	if _, err := NewWatcher(filepath.Join(t.TempDir(), "missing"), testDebounce, nil); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing root: %v, want not exist", err)
 	}
@@ -719,7 +685,6 @@ func treeHash(t *testing.T, root string) string {
 }
 
 func TestTreeHash(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "a.cue"), policy(1))
 	writeFile(t, filepath.Join(root, "net", "b.cue"), policy(2))
@@ -789,7 +754,6 @@ func TestTreeHash(t *testing.T) {
 }
 
 func TestTreeHashSingleFile(t *testing.T) {
-	vmtest.HostOnly(t, "the watcher is inotify and userspace")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policy.cue")
 	writeFile(t, file, policy(1))

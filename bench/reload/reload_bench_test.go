@@ -57,7 +57,7 @@ type rig struct {
 	worker   *policies.Worker
 	prog     *ebpf.Program
 	reloader *engine.Reloader
-	watcher  *engine.Watcher
+	watcher  *policies.Watcher
 	done     chan struct{}
 	applied  chan error
 }
@@ -91,7 +91,7 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 	if err := netns.Do(p.ServerNS, func() error { return r.reloader.Reload(context.Background(), true) }); err != nil {
 		tb.Fatal(err)
 	}
-	if r.watcher, err = engine.NewWatcher(dir, debounce, log); err != nil {
+	if r.watcher, err = policies.NewWatcher(dir, debounce, log); err != nil {
 		tb.Fatal(err)
 	}
 	go func() {

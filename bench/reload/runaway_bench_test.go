@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/vmtest"
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // runawayTree evaluates for hours and yields nothing.
@@ -150,7 +150,7 @@ func BenchmarkRunawayTree(b *testing.B) {
 			start := time.Now()
 			os.Remove(runaway)
 			writeTree(b, dir, p.ServerIf, 1000, 61000+round)
-			want, err := engine.TreeHash(dir)
+			want, err := policies.TreeHash(dir)
 			if err != nil {
 				b.Fatal(err)
 			}

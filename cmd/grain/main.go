@@ -341,7 +341,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	// Watch before the first load: an edit made while it runs is not missed.
-	watcher, err := engine.NewWatcher(*dir, *debounce, log)
+	watcher, err := policies.NewWatcher(*dir, *debounce, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "grain: watch policies:", err)
 		abandon()

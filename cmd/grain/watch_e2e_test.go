@@ -13,6 +13,7 @@ import (
 	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/vmtest"
+	"github.com/grain-ebpf/grain/policies"
 )
 
 // grainStatus runs `grain status` on sock.
@@ -68,7 +69,7 @@ func TestReloadFollowsRemadeTarget(t *testing.T) {
 			t.Fatalf("%s: want %s blocked and %s passed", what, version, other)
 		}
 		st := grainStatus(t, sock)
-		want, err := engine.TreeHash(root)
+		want, err := policies.TreeHash(root)
 		if err != nil {
 			t.Fatal(err)
 		}
