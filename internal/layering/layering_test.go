@@ -75,7 +75,9 @@ func TestImportsFollowTheDataFlow(t *testing.T) {
 	}
 	checked := 0
 	for pkg, deps := range imports {
-		if slices.ContainsFunc(free, func(prefix string) bool { return strings.HasPrefix(pkg+"/", prefix) || pkg == strings.TrimSuffix(prefix, "/") }) {
+		if slices.ContainsFunc(free, func(prefix string) bool {
+			return strings.HasPrefix(pkg+"/", prefix) || pkg == strings.TrimSuffix(prefix, "/")
+		}) {
 			continue
 		}
 		allow, ok := allowed[pkg]
