@@ -11,10 +11,9 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/ring"
 	"github.com/grain-ebpf/grain/pipeline"
 )
 
@@ -27,30 +26,18 @@ var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "d
 // no stages and a JSON sink. Lines are flushed whenever the ring buffer
 // is drained, so a reader sees events without delay.
 func (e *Engine) StreamEvents(ctx context.Context, out io.Writer) error {
-	return streamJSON(ctx, out, e.ReadEvents)
-}
-
-// streamJSON runs read, an event reader, into a pipeline with no stages
-// and a JSON sink on out, until ctx ends.
-func streamJSON(ctx context.Context, out io.Writer, read func(context.Context, *pipeline.Producer) error) error {
-	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{pipeline.NewJSONSink(out)}})
-	runCtx, stop := context.WithCancel(context.Background())
-	go p.Run(runCtx)
-	err := read(ctx, p.Producer())
-	stop()
-	<-p.Done()
-	return err
+	return ring.StreamJSON(ctx, out, e.ReadEvents)
 }
 
 // ReadEvents reads emitted events from the kernel's ring buffer into the
-// pipeline until ctx ends (readRing: it never waits for the pipeline).
+// pipeline until ctx ends (ring.Read: it never waits for the pipeline).
 func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
-	ring, err := openRing("event ring buffer", e.xdp.Maps().Events, e.gen.Fence())
+	rd, err := ring.Open("event ring buffer", e.xdp.Maps().Events, e.gen.Fence())
 	if err != nil {
 		return err
 	}
 	d := eventDecoder{e: e, bootOffset: monotonicTimeOffset(), names: &ifaceNames{m: map[uint32]string{}}}
-	return readRing(ctx, ring, pr, d.decodeRecord)
+	return ring.Read(ctx, rd, pr, d.decodeRecord)
 }
 
 // forEachEvent calls fn with each event of one ring buffer record: an event
@@ -67,15 +54,6 @@ func forEachEvent(rec []byte, fn func(event []byte)) {
 			fn(rec[off : off+size : off+size])
 		}
 	}
-}
-
-// bootTimeOffset converts CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) to wall time.
-func bootTimeOffset() time.Duration {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return 0
-	}
-	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }
 
 type ifaceNames struct {

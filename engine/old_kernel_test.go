@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/features"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -74,7 +75,7 @@ func TestOldKernelRefused(t *testing.T) {
 	}
 
 	// Kernel hooks: their configuration is found by attach cookie (5.15).
-	p, err := NewProbes(ProbeOptions{})
+	p, err := hook.NewProbes(hook.ProbeOptions{})
 	if err == nil {
 		p.Close()
 		t.Fatalf("%s: kernel hooks were set up, want a refusal", vmtest.Where())

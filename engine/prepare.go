@@ -1,6 +1,10 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/grain-ebpf/grain/engine/hook"
+)
 
 // Prepared is one half of a rule set (the packet rules: Engine.Prepare;
 // the kernel hooks: Probes.Prepare) written into the inactive generation
@@ -17,7 +21,7 @@ type Prepared interface {
 
 var (
 	_ Prepared = (*PreparedRules)(nil)
-	_ Prepared = (*PreparedHooks)(nil)
+	_ Prepared = (*hook.PreparedHooks)(nil)
 )
 
 // commitAll commits halves in order. A commit that fails has changed

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -39,7 +40,7 @@ type Status struct {
 	// Unjudged counts the packets the program passed without judging them.
 	Unjudged PacketStats `json:"unjudged_packets"`
 	// Hooks are the kernel hooks in force and how each is attached.
-	Hooks []ProbeAttachment `json:"hooks,omitempty"`
+	Hooks []hook.ProbeAttachment `json:"hooks,omitempty"`
 }
 
 // Reloader loads a policy tree and applies it, all or nothing: load,
@@ -52,7 +53,7 @@ type Reloader struct {
 	// Probes applies the kernel-hook policies. Nil when this kernel cannot
 	// run them (ProbesErr says why): a tree with such policies then fails
 	// to apply, naming the reason, and packet policies work as before.
-	Probes    *Probes
+	Probes    *hook.Probes
 	ProbesErr error
 	Log       *slog.Logger
 	// Pipeline, when set, gets the tree's event pipeline with every

@@ -291,7 +291,7 @@ func TestReloadAttachFailureKeepsRulesInForce(t *testing.T) {
 // whose hooks attach but whose packet half cannot attach changes no hook.
 func TestReloadHookFailureKeepsPacketRules(t *testing.T) {
 	g := newReloadRig(t)
-	g.r.Probes = newTestProbes(t, ProbeOptions{})
+	g.r.Probes = newTestHooks(t)
 	veth := g.p.ServerIf
 	hookA := `close_a: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987611, count: metric: "closes"}` + "\n"
 	if err := g.reload(policyDropping("drop_x", portX, veth) + hookA); err != nil {

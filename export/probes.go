@@ -12,7 +12,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 )
 
 // ProbeMetricsConfig says where the metrics of kernel-hook policies come
@@ -20,15 +20,15 @@ import (
 // Reloader.
 type ProbeMetricsConfig struct {
 	// Counters reads each probe policy's cumulative counters.
-	Counters func() ([]engine.ProbeRuleCounter, error)
+	Counters func() ([]hook.ProbeRuleCounter, error)
 	// Counts reads the in-kernel count aggregations.
-	Counts func() ([]engine.CountSample, error)
+	Counts func() ([]hook.CountSample, error)
 	// MetricNames names the count metrics of the policies in force; an
 	// instrument is made for each as it appears.
 	MetricNames func() []string
 	// Nesting reads the calls whose probe program started while another
 	// ran on the same CPU: served in a deeper scratch level, or skipped.
-	Nesting func() (engine.ProbeNesting, error)
+	Nesting func() (hook.ProbeNesting, error)
 }
 
 // probeSyncInterval is how often new count metrics get their instrument:

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 )
 
 // Count metrics are named by the policies: one that a reload brings gets
@@ -17,24 +17,24 @@ import (
 func TestProbeMetricsFollowReloads(t *testing.T) {
 	var mu sync.Mutex
 	names := []string{"process.execs"}
-	samples := []engine.CountSample{
-		{Metric: "process.execs", Policy: "execs", Labels: []engine.Label{{Name: "comm", Value: "curl"}, {Name: "uid", Value: "0"}}, Calls: 3, Value: 3},
+	samples := []hook.CountSample{
+		{Metric: "process.execs", Policy: "execs", Labels: []hook.Label{{Name: "comm", Value: "curl"}, {Name: "uid", Value: "0"}}, Calls: 3, Value: 3},
 	}
 	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{Probes: ProbeMetricsConfig{
-		Counters: func() ([]engine.ProbeRuleCounter, error) {
-			return []engine.ProbeRuleCounter{{Policy: "execs", Hits: 3, Events: 2, EventsLost: 1, Signals: 0}}, nil
+		Counters: func() ([]hook.ProbeRuleCounter, error) {
+			return []hook.ProbeRuleCounter{{Policy: "execs", Hits: 3, Events: 2, EventsLost: 1, Signals: 0}}, nil
 		},
-		Counts: func() ([]engine.CountSample, error) {
+		Counts: func() ([]hook.CountSample, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			return append([]engine.CountSample(nil), samples...), nil
+			return append([]hook.CountSample(nil), samples...), nil
 		},
 		MetricNames: func() []string {
 			mu.Lock()
 			defer mu.Unlock()
 			return append([]string(nil), names...)
 		},
-		Nesting: func() (engine.ProbeNesting, error) { return engine.ProbeNesting{Nested: 5, Skipped: 2}, nil },
+		Nesting: func() (hook.ProbeNesting, error) { return hook.ProbeNesting{Nested: 5, Skipped: 2}, nil },
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -57,8 +57,8 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 	// A reload brings a new count metric.
 	mu.Lock()
 	names = append(names, "tcp.bytes_sent")
-	samples = append(samples, engine.CountSample{Metric: "tcp.bytes_sent", Policy: "tcp_bytes", IsSum: true,
-		Labels: []engine.Label{{Name: "daddr", Value: "10.0.0.1"}, {Name: "dport", Value: "80"}}, Calls: 2, Sum: 1500, Value: 1500})
+	samples = append(samples, hook.CountSample{Metric: "tcp.bytes_sent", Policy: "tcp_bytes", IsSum: true,
+		Labels: []hook.Label{{Name: "daddr", Value: "10.0.0.1"}, {Name: "dport", Value: "80"}}, Calls: 2, Sum: 1500, Value: 1500})
 	mu.Unlock()
 	want := `grain_tcp_bytes_sent_total{destination_address="10.0.0.1",destination_port="80",grain_policy="tcp_bytes"`
 	deadline := time.Now().Add(5 * probeSyncInterval)

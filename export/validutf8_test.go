@@ -10,6 +10,7 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/internal/otlptest"
 	"github.com/grain-ebpf/grain/pipeline"
 )
@@ -25,9 +26,9 @@ func badUTF8Config() MetricsConfig {
 			return []engine.InterfaceCounter{{Interface: "v\xff", Verdict: "drop", Packets: 5}}, nil
 		},
 		Probes: ProbeMetricsConfig{
-			Counts: func() ([]engine.CountSample, error) {
-				return []engine.CountSample{{Metric: "process.execs", Policy: "execs",
-					Labels: []engine.Label{{Name: "comm", Value: "\xff"}, {Name: "uid", Value: "65534"}}, Calls: 1, Value: 1}}, nil
+			Counts: func() ([]hook.CountSample, error) {
+				return []hook.CountSample{{Metric: "process.execs", Policy: "execs",
+					Labels: []hook.Label{{Name: "comm", Value: "\xff"}, {Name: "uid", Value: "65534"}}, Calls: 1, Value: 1}}, nil
 			},
 			MetricNames: func() []string { return []string{"process.execs"} },
 		},

@@ -23,6 +23,7 @@ import (
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/export"
 	"github.com/grain-ebpf/grain/internal/otlptest"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
@@ -443,14 +444,14 @@ func scrapeProm(t *testing.T, addr string) map[string]int64 {
 // cgroup path and the container id read from /proc.
 func TestCgroupEnrichmentOnKernelEvents(t *testing.T) {
 	vmtest.RequireRoot(t)
-	root := engine.Cgroup2Mount()
+	root := hook.Cgroup2Mount()
 	id := strings.Repeat("c0ffee", 10) + "abcd"
 	dir := root + "/grain-test-docker-" + id + ".scope"
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	defer os.Remove(dir)
-	probes, err := engine.NewProbes(engine.ProbeOptions{})
+	probes, err := hook.NewProbes(hook.ProbeOptions{})
 	if err != nil {
 		t.Skipf("kernel hooks unavailable: %v", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/export"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
@@ -351,7 +352,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// Kernel hooks (kprobe, tracepoint, syscall policies). A kernel that
 	// cannot run them still enforces packet policies; a tree that has
 	// kernel hooks then fails to apply, saying why.
-	probes, probesErr := engine.NewProbes(engine.ProbeOptions{Logger: log})
+	probes, probesErr := hook.NewProbes(hook.ProbeOptions{Logger: log})
 	if probesErr != nil {
 		log.Warn("kernel hook policies unavailable", "error", probesErr)
 	}

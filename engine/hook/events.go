@@ -1,4 +1,4 @@
-package engine
+package hook
 
 import (
 	"context"
@@ -10,8 +10,11 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/ring"
 	"github.com/grain-ebpf/grain/pipeline"
 )
 
@@ -345,7 +348,7 @@ func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
 
 // ProbeEventReader reads probe events from the kernel's ring buffer.
 type ProbeEventReader struct {
-	ring *eventRing
+	ring *ring.Reader
 	d    *probeDecoder
 }
 
@@ -358,19 +361,19 @@ func (e *Probes) NewEventReader() (*ProbeEventReader, error) {
 	return &ProbeEventReader{ring: ring, d: e.newDecoder()}, nil
 }
 
-func (e *Probes) openRing() (*eventRing, error) {
-	return openRing("probe event ring buffer", e.p.Maps().Events, e.gen.Fence())
+func (e *Probes) openRing() (*ring.Reader, error) {
+	return ring.Open("probe event ring buffer", e.p.Maps().Events, e.gen.Fence())
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t. The
 // kernel wakes readers only when the ring fills up to an eighth, so a
 // reader that wants every event soon polls with a short deadline.
-func (r *ProbeEventReader) SetDeadline(t time.Time) { r.ring.rd.SetDeadline(t) }
+func (r *ProbeEventReader) SetDeadline(t time.Time) { r.ring.SetDeadline(t) }
 
 // Read decodes the next event into ev (whose Fields storage is reused).
 func (r *ProbeEventReader) Read(ev *ProbeEvent) error {
 	for {
-		record, err := r.ring.next()
+		record, err := r.ring.Next()
 		if err != nil {
 			return err
 		}
@@ -382,21 +385,21 @@ func (r *ProbeEventReader) Read(ev *ProbeEvent) error {
 }
 
 // Buffered is the number of bytes waiting in the ring buffer.
-func (r *ProbeEventReader) Buffered() int { return r.ring.rd.AvailableBytes() }
+func (r *ProbeEventReader) Buffered() int { return r.ring.Buffered() }
 
 // Close closes the reader; a blocked Read returns os.ErrClosed.
-func (r *ProbeEventReader) Close() error { return r.ring.close() }
+func (r *ProbeEventReader) Close() error { return r.ring.Close() }
 
 // ReadEvents reads probe events into the pipeline until ctx ends, like
-// Engine.ReadEvents (readRing: it never waits for the pipeline). Fields
+// Engine.ReadEvents (ring.Read: it never waits for the pipeline). Fields
 // come in the policy's emit order; negative integers come as strings (the
 // pipeline has no signed kind).
 func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
-	ring, err := e.openRing()
+	rd, err := e.openRing()
 	if err != nil {
 		return err
 	}
-	return readRing(ctx, ring, pr, e.newDecoder().decodeRecord)
+	return ring.Read(ctx, rd, pr, e.newDecoder().decodeRecord)
 }
 
 // decodeRecord decodes one hook event into the pipeline; a malformed one
@@ -462,5 +465,14 @@ func (d *probeDecoder) toPipeline(out *pipeline.Event) {
 // ReadEvents into a pipeline with no stages and a JSON sink (the XDP
 // events' format: time, policy, event, then the policy's fields).
 func (e *Probes) StreamEvents(ctx context.Context, out io.Writer) error {
-	return streamJSON(ctx, out, e.ReadEvents)
+	return ring.StreamJSON(ctx, out, e.ReadEvents)
+}
+
+// bootTimeOffset converts CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) to wall time.
+func bootTimeOffset() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }

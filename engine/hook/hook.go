@@ -1,4 +1,4 @@
-package engine
+package hook
 
 import (
 	"errors"
@@ -143,7 +143,7 @@ func (e *Probes) activate(gen uint32) error {
 }
 
 // wakeAt is how many pending ring-buffer bytes wake the event reader: an
-// eighth of the ring (the reader polls otherwise, see readPollInterval).
+// eighth of the ring (the reader polls otherwise, see ring.PollInterval).
 func (e *Probes) wakeAt() uint64 {
 	return uint64(e.p.Maps().Events.MaxEntries()) / 8
 }

@@ -1,7 +1,8 @@
-package engine
+package hook
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -89,6 +91,14 @@ func probeChild(args []string) int {
 		return probeChild(args[1:])
 	}
 	return 0
+}
+
+// selfComm is the comm of a child runChild starts: the test binary's
+// name, cut to the kernel's 15 bytes (pkg.test here, pkg_sub.test in a
+// guest).
+func selfComm() string {
+	name := filepath.Base(os.Args[0])
+	return name[:min(len(name), 15)]
 }
 
 // runChild runs this test binary as a child doing mode.
@@ -373,8 +383,8 @@ seeks: {
 	runChild(t, "lseek 10 987500 2500") // offset out of range
 	got := countLines(t, p)
 	want := []string{
-		"test.closes syscall=close,fd=987003,comm=engine.test 1000",
-		"test.closes syscall=close,fd=987011,comm=engine.test 7",
+		"test.closes syscall=close,fd=987003,comm=" + selfComm() + " 1000",
+		"test.closes syscall=close,fd=987011,comm=" + selfComm() + " 7",
 		"test.seek_bytes fd=987500 15000",
 	}
 	if !slices.Equal(got, want) {
@@ -561,8 +571,8 @@ closes: {
 	wantTail := `,"host":"` + host + `","fd":987656,"syscall":"close"}` + "\n"
 	if !strings.HasPrefix(line, wantHead) || !strings.HasSuffix(line, wantTail) ||
 		!strings.Contains(line, `"policy":"closes","event":"close","pid":`) ||
-		!strings.Contains(line, `"uid":0,"gid":0,"comm":"engine.test","cgroup":`) {
-		t.Fatalf("line %q, want %s...\"policy\":\"closes\",\"event\":\"close\",\"pid\":...,\"uid\":0,\"gid\":0,\"comm\":\"engine.test\",\"cgroup\":...%s", line, wantHead, wantTail)
+		!strings.Contains(line, `"uid":0,"gid":0,"comm":"`+selfComm()+`","cgroup":`) {
+		t.Fatalf("line %q, want %s...\"policy\":\"closes\",\"event\":\"close\",\"pid\":...,\"uid\":0,\"gid\":0,\"comm\":\"%s\",\"cgroup\":...%s", line, wantHead, selfComm(), wantTail)
 	}
 	var ev map[string]any
 	if err := json.Unmarshal([]byte(line), &ev); err != nil {
@@ -958,4 +968,23 @@ forks: {
 			t.Fatalf("event %+v (child pid %d)", ev, cmd.Process.Pid)
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer that StreamEvents may write while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -27,11 +27,13 @@ var allowed = map[string][]string{
 	"codegen":               {"policies", "schema", "bpf"},
 	"bpf":                   {},
 	"bpf/internal/genconst": {},
-	"engine":                {"policies", "codegen", "bpf", "pipeline", "engine/generation"},
+	"engine":                {"policies", "codegen", "bpf", "pipeline", "engine/generation", "engine/hook", "engine/ring"},
 	"engine/generation":     {"bpf"},
+	"engine/hook":           {"codegen", "bpf", "pipeline", "engine/generation", "engine/ring"},
+	"engine/ring":           {"pipeline", "engine/generation"},
 	"pipeline":              {"policies"},
-	"export":                {"pipeline", "engine"},
-	"cmd/grain":             {"schema", "policies", "codegen", "engine", "bpf", "pipeline", "export"},
+	"export":                {"pipeline", "engine", "engine/hook"},
+	"cmd/grain":             {"schema", "policies", "codegen", "engine", "engine/hook", "bpf", "pipeline", "export"},
 }
 
 // free are trees of non-product code.
