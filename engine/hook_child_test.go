@@ -45,12 +45,12 @@ func runChild(t *testing.T, mode string) {
 }
 
 // newTestHooks sets up the kernel hooks, closed when t ends.
-func newTestHooks(t *testing.T) *hook.Probes {
+func newTestHooks(t *testing.T) *hook.Hooks {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load BPF programs (runs in .ci/run)")
 	}
-	p, err := hook.NewProbes(hook.ProbeOptions{})
+	p, err := hook.New(hook.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func TestOldKernelRefused(t *testing.T) {
 	}
 
 	// Kernel hooks: their configuration is found by attach cookie (5.15).
-	p, err := hook.NewProbes(hook.ProbeOptions{})
+	p, err := hook.New(hook.Options{})
 	if err == nil {
 		p.Close()
 		t.Fatalf("%s: kernel hooks were set up, want a refusal", vmtest.Where())

@@ -7,7 +7,7 @@ import (
 )
 
 // Prepared is one half of a rule set (the packet rules: Engine.Prepare;
-// the kernel hooks: Probes.Prepare) written into the inactive generation
+// the kernel hooks: hook.Hooks.Prepare) written into the inactive generation
 // of its tables, with what it adds attached, while the rules in force stay
 // what every packet and hooked call sees. Commit puts it in force (it flips
 // the half's one active-generation word); Abort lets it go, detaching what
@@ -21,7 +21,7 @@ type Prepared interface {
 
 var (
 	_ Prepared = (*PreparedRules)(nil)
-	_ Prepared = (*hook.PreparedHooks)(nil)
+	_ Prepared = (*hook.Prepared)(nil)
 )
 
 // commitAll commits halves in order. A commit that fails has changed

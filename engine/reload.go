@@ -40,7 +40,7 @@ type Status struct {
 	// Unjudged counts the packets the program passed without judging them.
 	Unjudged PacketStats `json:"unjudged_packets"`
 	// Hooks are the kernel hooks in force and how each is attached.
-	Hooks []hook.ProbeAttachment `json:"hooks,omitempty"`
+	Hooks []hook.Attachment `json:"hooks,omitempty"`
 }
 
 // Reloader loads a policy tree and applies it, all or nothing: load,
@@ -50,12 +50,12 @@ type Reloader struct {
 	Dir        string
 	Interfaces []string // --interface override
 	Engine     *Engine
-	// Probes applies the kernel-hook policies. Nil when this kernel cannot
-	// run them (ProbesErr says why): a tree with such policies then fails
+	// Hooks applies the kernel-hook policies. Nil when this kernel cannot
+	// run them (HooksErr says why): a tree with such policies then fails
 	// to apply, naming the reason, and packet policies work as before.
-	Probes    *hook.Probes
-	ProbesErr error
-	Log       *slog.Logger
+	Hooks    *hook.Hooks
+	HooksErr error
+	Log      *slog.Logger
 	// Pipeline, when set, gets the tree's event pipeline with every
 	// successful reload: the stages are part of the snapshot.
 	Pipeline *pipeline.Pipeline
@@ -208,8 +208,8 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 	if len(plan.Rules) == 0 && plan.Probes == nil {
 		return fmt.Errorf("%s holds no policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
 	}
-	if plan.Probes != nil && r.Probes == nil {
-		return fmt.Errorf("kernel hook policies cannot run here: %w", r.ProbesErr)
+	if plan.Probes != nil && r.Hooks == nil {
+		return fmt.Errorf("kernel hook policies cannot run here: %w", r.HooksErr)
 	}
 	stages, err := pipeline.Compile(snap.Pipeline)
 	if err != nil {
@@ -224,10 +224,10 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 	// and the packet half waits for a grace period. A tree that had and
 	// has no hooks skips them: their write waits for a grace period too,
 	// which packet-only reloads need not pay.
-	hadProbes := r.applied != nil && r.applied.Probes != nil
+	hadHooks := r.applied != nil && r.applied.Probes != nil
 	var halves []Prepared
-	if r.Probes != nil && (plan.Probes != nil || hadProbes) {
-		hooks, err := r.Probes.Prepare(plan)
+	if r.Hooks != nil && (plan.Probes != nil || hadHooks) {
+		hooks, err := r.Hooks.Prepare(plan)
 		if err != nil {
 			return err
 		}
@@ -268,8 +268,8 @@ func (r *Reloader) Status() Status {
 	s.Interfaces = r.Engine.Interfaces() // links follow interface events between reloads
 	s.InterfaceHooks = r.Engine.InterfaceHooks()
 	s.Unjudged, _ = r.Engine.PacketStats() // zero if the map cannot be read
-	if r.Probes != nil {
-		s.Hooks = r.Probes.Attachments()
+	if r.Hooks != nil {
+		s.Hooks = r.Hooks.Attachments()
 	}
 	return s
 }

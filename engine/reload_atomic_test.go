@@ -291,14 +291,14 @@ func TestReloadAttachFailureKeepsRulesInForce(t *testing.T) {
 // whose hooks attach but whose packet half cannot attach changes no hook.
 func TestReloadHookFailureKeepsPacketRules(t *testing.T) {
 	g := newReloadRig(t)
-	g.r.Probes = newTestHooks(t)
+	g.r.Hooks = newTestHooks(t)
 	veth := g.p.ServerIf
 	hookA := `close_a: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987611, count: metric: "closes"}` + "\n"
 	if err := g.reload(policyDropping("drop_x", portX, veth) + hookA); err != nil {
 		t.Fatalf("rule set A: %v", err)
 	}
 	g.enforced("rule set A", portX, portY)
-	hooksA := g.r.Probes.Attachments()
+	hooksA := g.r.Hooks.Attachments()
 
 	missing := `nothing: {tracepoint: "syscalls/sys_enter_grain_no_such_call", count: metric: "none"}` + "\n"
 	err := g.reload(policyDropping("drop_y", portY, veth) + hookA + missing)
@@ -315,12 +315,12 @@ func TestReloadHookFailureKeepsPacketRules(t *testing.T) {
 		t.Fatalf("reload whose packet half cannot attach to %s: %v; want an error naming it", g.other, err)
 	}
 	g.enforced("after the reload whose packet half failed", portX, portY)
-	if got := g.r.Probes.Attachments(); fmt.Sprint(got) != fmt.Sprint(hooksA) {
+	if got := g.r.Hooks.Attachments(); fmt.Sprint(got) != fmt.Sprint(hooksA) {
 		t.Errorf("hooks after the reload whose packet half failed: %+v, want those of A: %+v", got, hooksA)
 	}
 	runChild(t, "close 3 987611")
 	runChild(t, "lseek 4 987612 0")
-	counts, err := g.r.Probes.CountSnapshot()
+	counts, err := g.r.Hooks.CountSnapshot()
 	if err != nil {
 		t.Fatal(err)
 	}

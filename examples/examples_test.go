@@ -84,7 +84,7 @@ func runChild(t *testing.T, name, what string) (int, error) {
 
 // apply loads the example in dir, compiles it and applies it to a fresh
 // set of probes. observeSelf lets the hooks see this test process.
-func apply(t *testing.T, dir string, observeSelf bool) *hook.Probes {
+func apply(t *testing.T, dir string, observeSelf bool) *hook.Hooks {
 	t.Helper()
 	vmtest.RequireRoot(t)
 	snap, err := policies.Load(dir)
@@ -95,7 +95,7 @@ func apply(t *testing.T, dir string, observeSelf bool) *hook.Probes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := hook.NewProbes(hook.ProbeOptions{ObserveSelf: observeSelf})
+	p, err := hook.New(hook.Options{ObserveSelf: observeSelf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,17 +119,17 @@ func requireKprobes(t *testing.T) {
 // collector reads a probe's events from the moment it is made, as grain
 // does: userspace enrichment (exe) reads /proc while the process lives.
 type collector struct {
-	ch   chan hook.ProbeEvent
+	ch   chan hook.Event
 	stop chan struct{}
 }
 
-func collect(t *testing.T, p *hook.Probes) *collector {
+func collect(t *testing.T, p *hook.Hooks) *collector {
 	t.Helper()
 	r, err := p.NewEventReader()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &collector{ch: make(chan hook.ProbeEvent, 1024), stop: make(chan struct{})}
+	c := &collector{ch: make(chan hook.Event, 1024), stop: make(chan struct{})}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -140,7 +140,7 @@ func collect(t *testing.T, p *hook.Probes) *collector {
 			default:
 			}
 			r.SetDeadline(time.Now().Add(20 * time.Millisecond))
-			var ev hook.ProbeEvent
+			var ev hook.Event
 			if err := r.Read(&ev); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					continue
@@ -156,8 +156,8 @@ func collect(t *testing.T, p *hook.Probes) *collector {
 
 // events returns the events that satisfy want, read until none came for a
 // while after the first, or timeout.
-func (c *collector) events(timeout time.Duration, want func(*hook.ProbeEvent) bool) []hook.ProbeEvent {
-	var got []hook.ProbeEvent
+func (c *collector) events(timeout time.Duration, want func(*hook.Event) bool) []hook.Event {
+	var got []hook.Event
 	end := time.After(timeout)
 	for {
 		quiet := time.After(time.Hour)
@@ -179,7 +179,7 @@ func (c *collector) events(timeout time.Duration, want func(*hook.ProbeEvent) bo
 
 // count returns the value of the aggregation of metric whose labels
 // include every label of want.
-func count(t *testing.T, p *hook.Probes, metric string, want map[string]string) (uint64, bool) {
+func count(t *testing.T, p *hook.Hooks, metric string, want map[string]string) (uint64, bool) {
 	t.Helper()
 	samples, err := p.CountSnapshot()
 	if err != nil {
@@ -202,7 +202,7 @@ func count(t *testing.T, p *hook.Probes, metric string, want map[string]string) 
 	return 0, false
 }
 
-func field(ev *hook.ProbeEvent, name string) any {
+func field(ev *hook.Event, name string) any {
 	if f := ev.Field(name); f != nil {
 		return f.Value()
 	}
@@ -223,7 +223,7 @@ func TestExampleProcessExec(t *testing.T) {
 		}
 		pids = append(pids, pid)
 	}
-	evs := c.events(5*time.Second, func(ev *hook.ProbeEvent) bool { return ev.Comm == name })
+	evs := c.events(5*time.Second, func(ev *hook.Event) bool { return ev.Comm == name })
 	if len(evs) != 2 {
 		t.Fatalf("got %d exec events of %s, want 2: %+v", len(evs), name, evs)
 	}
@@ -252,7 +252,7 @@ func TestExampleFileAccess(t *testing.T) {
 		t.Fatalf("child: %v", err)
 	}
 	// The dynamic loader of the children opens /etc/ld.so.cache too.
-	evs := c.events(5*time.Second, func(ev *hook.ProbeEvent) bool {
+	evs := c.events(5*time.Second, func(ev *hook.Event) bool {
 		return ev.Comm == name && field(ev, "filename") != "/etc/ld.so.cache"
 	})
 	if len(evs) != 1 {
@@ -279,7 +279,7 @@ func TestExampleKillOnOpen(t *testing.T) {
 	if _, err := runChild(t, name, "open:/tmp/grain-not-the-canary"); err != nil {
 		t.Fatalf("the child that opened another file ended with %v, want exit 0", err)
 	}
-	evs := c.events(5*time.Second, func(ev *hook.ProbeEvent) bool { return ev.Comm == name })
+	evs := c.events(5*time.Second, func(ev *hook.Event) bool { return ev.Comm == name })
 	if len(evs) != 1 || field(&evs[0], "tgid") != uint64(pid) || field(&evs[0], "filename") != "/tmp/grain-canary" {
 		t.Fatalf("events %+v; want one killed_on_open of process (tgid) %d for /tmp/grain-canary", evs, pid)
 	}
@@ -343,7 +343,7 @@ func TestExampleKprobeTCPConnections(t *testing.T) {
 	}
 	c.Close()
 
-	evs := col.events(5*time.Second, func(ev *hook.ProbeEvent) bool {
+	evs := col.events(5*time.Second, func(ev *hook.Event) bool {
 		return ev.Event == "tcp_connect" && field(ev, "sport") == uint64(local.Port())
 	})
 	if len(evs) != 1 || field(&evs[0], "daddr") != remote.Addr() || field(&evs[0], "dport") != uint64(remote.Port()) ||

@@ -49,9 +49,9 @@ type MetricsConfig struct {
 	// Interfaces reads the verdicts by interface, normally
 	// (*engine.Engine).InterfaceCounters. Nil exports none.
 	Interfaces func() ([]engine.InterfaceCounter, error)
-	// Probes reads the counters and counts of kernel-hook policies;
+	// Hooks reads the counters and counts of kernel-hook policies;
 	// zero: none are exported.
-	Probes ProbeMetricsConfig
+	Hooks HookMetricsConfig
 }
 
 // Metrics exports grain's counters as OpenTelemetry metrics. The values
@@ -59,7 +59,7 @@ type MetricsConfig struct {
 // between exports.
 type Metrics struct {
 	provider *sdkmetric.MeterProvider
-	probes   *probeMetrics
+	probes   *hookMetrics
 }
 
 // NewMetrics starts exporting. Every instrument is observable and read in
@@ -99,7 +99,7 @@ func (m *Metrics) register(cfg MetricsConfig) error {
 	if err := register(meter, cfg); err != nil {
 		return err
 	}
-	pm, err := registerProbes(meter, cfg.Probes)
+	pm, err := registerHooks(meter, cfg.Hooks)
 	m.probes = pm
 	return err
 }

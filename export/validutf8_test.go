@@ -25,7 +25,7 @@ func badUTF8Config() MetricsConfig {
 		Interfaces: func() ([]engine.InterfaceCounter, error) {
 			return []engine.InterfaceCounter{{Interface: "v\xff", Verdict: "drop", Packets: 5}}, nil
 		},
-		Probes: ProbeMetricsConfig{
+		Hooks: HookMetricsConfig{
 			Counts: func() ([]hook.CountSample, error) {
 				return []hook.CountSample{{Metric: "process.execs", Policy: "execs",
 					Labels: []hook.Label{{Name: "comm", Value: "\xff"}, {Name: "uid", Value: "65534"}}, Calls: 1, Value: 1}}, nil

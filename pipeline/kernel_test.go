@@ -451,7 +451,7 @@ func TestCgroupEnrichmentOnKernelEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(dir)
-	probes, err := hook.NewProbes(hook.ProbeOptions{})
+	probes, err := hook.New(hook.Options{})
 	if err != nil {
 		t.Skipf("kernel hooks unavailable: %v", err)
 	}

@@ -54,12 +54,12 @@ func enableProgStats(b *testing.B) {
 	b.Cleanup(func() { stats.Close() })
 }
 
-func newProbes(b testing.TB, opts hook.ProbeOptions) *hook.Probes {
+func newProbes(b testing.TB, opts hook.Options) *hook.Hooks {
 	b.Helper()
 	vmtest.RequireRoot(b)
 	opts.ObserveSelf = true // the loop runs in this process
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := hook.NewProbes(opts)
+	p, err := hook.New(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func renameLoop(n int) {
 // calls run in this process, which the benchmark lets the hooks see
 // (ObserveSelf).
 func BenchmarkProbeOverhead(b *testing.B) {
-	p := newProbes(b, hook.ProbeOptions{})
+	p := newProbes(b, hook.Options{})
 	enableProgStats(b)
 	pid := os.Getpid()
 	cases := []struct{ name, policy string }{
@@ -143,7 +143,7 @@ func BenchmarkProbeOverhead(b *testing.B) {
 // BenchmarkProbeOverhead. The empty programs give the floors of the two
 // mechanisms.
 func BenchmarkProbeTracepointOverhead(b *testing.B) {
-	p := newProbes(b, hook.ProbeOptions{})
+	p := newProbes(b, hook.Options{})
 	if !p.Features().RawTracepoints() {
 		b.Logf("no raw tracepoint cookies (%v): grain uses the perf-event tracepoint", p.Features().RawTracepointCookie)
 	}
@@ -190,7 +190,7 @@ func BenchmarkProbeTracepointOverhead(b *testing.B) {
 // and returns ns per call of b.N calls of run, and the ns per run of
 // grain's program by the kernel's BPF statistics (bpf_stats_enabled): its
 // own cost, without the tracing path's.
-func measure(b *testing.B, p *hook.Probes, name, policy string, run func(int)) (float64, float64) {
+func measure(b *testing.B, p *hook.Hooks, name, policy string, run func(int)) (float64, float64) {
 	plan := &codegen.Plan{}
 	if policy != "" {
 		plan = plantest.Compile(b, policy)
@@ -225,7 +225,7 @@ func measure(b *testing.B, p *hook.Probes, name, policy string, run func(int)) (
 	return float64(elapsed.Nanoseconds()) / float64(b.N), progNs
 }
 
-func progOf(b *testing.B, p *hook.Probes, policy string) *ebpf.Program {
+func progOf(b *testing.B, p *hook.Hooks, policy string) *ebpf.Program {
 	if policy == "" {
 		return nil
 	}
@@ -261,7 +261,7 @@ func median(v []float64) float64 {
 }
 
 // drain reads and decodes events until stopped.
-func drain(b *testing.B, p *hook.Probes) func() {
+func drain(b *testing.B, p *hook.Hooks) func() {
 	r, err := p.NewEventReader()
 	if err != nil {
 		b.Fatal(err)
@@ -270,7 +270,7 @@ func drain(b *testing.B, p *hook.Probes) func() {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		var ev hook.ProbeEvent
+		var ev hook.Event
 		for {
 			r.SetDeadline(time.Now().Add(5 * time.Millisecond))
 			if err := r.Read(&ev); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -282,12 +282,12 @@ func drain(b *testing.B, p *hook.Probes) func() {
 }
 
 // BenchmarkProbeEventThroughput: events from the kernel to decoded Go
-// values (hook.ProbeEvent) per second, with exact loss accounting:
+// values (hook.Event) per second, with exact loss accounting:
 // b.N getppid calls each emit an event; one goroutine decodes them while
 // another makes the calls. Reports received events/s and lost events;
 // received + lost must equal b.N.
 func BenchmarkProbeEventThroughput(b *testing.B) {
-	p := newProbes(b, hook.ProbeOptions{RingBufferBytes: 16 << 20})
+	p := newProbes(b, hook.Options{RingBufferBytes: 16 << 20})
 	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func BenchmarkProbeEventThroughput(b *testing.B) {
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		var ev hook.ProbeEvent
+		var ev hook.Event
 		idle := 0
 		for {
 			r.SetDeadline(time.Now().Add(2 * time.Millisecond))
@@ -346,12 +346,12 @@ func BenchmarkProbeEventThroughput(b *testing.B) {
 	b.ReportMetric(float64(lost), "lost")
 }
 
-func counters(b *testing.B, p *hook.Probes) hook.ProbeRuleCounter {
+func counters(b *testing.B, p *hook.Hooks) hook.RuleCounter {
 	c, err := p.Counters()
 	if err != nil {
 		b.Fatal(err)
 	}
-	var sum hook.ProbeRuleCounter
+	var sum hook.RuleCounter
 	for _, x := range c {
 		sum.Events += x.Events
 		sum.EventsLost += x.EventsLost
@@ -414,10 +414,10 @@ func attachEmptyPerfRename(b *testing.B) (func(), *ebpf.Program) {
 // BenchmarkProbeEventDecode: the reader's side alone. b.N getppid calls
 // emit events into a ring buffer large enough to hold them all, with
 // nobody reading; then the timer runs while one goroutine reads and
-// decodes them all into hook.ProbeEvent values. Reports events/s;
+// decodes them all into hook.Event values. Reports events/s;
 // nothing may be lost.
 func BenchmarkProbeEventDecode(b *testing.B) {
-	p := newProbes(b, hook.ProbeOptions{RingBufferBytes: 512 << 20})
+	p := newProbes(b, hook.Options{RingBufferBytes: 512 << 20})
 	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
@@ -432,7 +432,7 @@ func BenchmarkProbeEventDecode(b *testing.B) {
 	defer r.Close()
 	b.ResetTimer()
 	start := time.Now()
-	var ev hook.ProbeEvent
+	var ev hook.Event
 	received := 0
 	for received < b.N {
 		r.SetDeadline(time.Now().Add(time.Second))

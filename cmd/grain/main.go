@@ -352,26 +352,26 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// Kernel hooks (kprobe, tracepoint, syscall policies). A kernel that
 	// cannot run them still enforces packet policies; a tree that has
 	// kernel hooks then fails to apply, saying why.
-	probes, probesErr := hook.NewProbes(hook.ProbeOptions{Logger: log})
-	if probesErr != nil {
-		log.Warn("kernel hook policies unavailable", "error", probesErr)
+	hooks, hooksErr := hook.New(hook.Options{Logger: log})
+	if hooksErr != nil {
+		log.Warn("kernel hook policies unavailable", "error", hooksErr)
 	}
-	closeProbes := func() {
-		if probes != nil {
-			probes.Close()
+	closeHooks := func() {
+		if hooks != nil {
+			hooks.Close()
 		}
 	}
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Probes: probes, ProbesErr: probesErr,
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Hooks: hooks, HooksErr: hooksErr,
 		Log: log, Pipeline: pipe, Load: worker.Load}
 	if err := reloader.Reload(ctx, true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
-		closeProbes()
+		closeHooks()
 		abandon()
 		return 1
 	}
 	exit := func() {
 		// Kernel hooks live as long as grain: their links are not pinned.
-		closeProbes()
+		closeHooks()
 		if *keep {
 			eng.Release()
 		} else {
@@ -380,10 +380,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	defer exit()
-	var probeMetrics export.ProbeMetricsConfig
-	if probes != nil {
-		probeMetrics = export.ProbeMetricsConfig{Counters: probes.Counters, Counts: probes.CountSnapshot,
-			MetricNames: reloader.CountMetrics, Nesting: probes.Nesting}
+	var hookMetrics export.HookMetricsConfig
+	if hooks != nil {
+		hookMetrics = export.HookMetricsConfig{Counters: hooks.Counters, Counts: hooks.CountSnapshot,
+			MetricNames: reloader.CountMetrics, Nesting: hooks.Nesting}
 	}
 
 	if ln, err := reloader.ServeStatus(*socket); err != nil {
@@ -411,7 +411,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	if otlp {
 		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: otlpCfg, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Probes: probeMetrics, Interfaces: eng.InterfaceCounters})
+			Pipeline: pipe.Stats, Hooks: hookMetrics, Interfaces: eng.InterfaceCounters})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
 			return 1
@@ -424,7 +424,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *metricsAddr != "" {
 		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
 			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Probes: probeMetrics, Interfaces: eng.InterfaceCounters})
+			Pipeline: pipe.Stats, Hooks: hookMetrics, Interfaces: eng.InterfaceCounters})
 		if err != nil {
 			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
 			return 1
@@ -442,15 +442,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	go pipe.Run(pipeCtx)
 	go func() {
 		// The readers stop with ctx; the pipeline then drains its queue.
-		probeErr := make(chan error, 1)
+		hookErr := make(chan error, 1)
 		go func() {
-			if probes == nil {
-				probeErr <- nil
+			if hooks == nil {
+				hookErr <- nil
 				return
 			}
-			probeErr <- probes.ReadEvents(ctx, pipe.Producer())
+			hookErr <- hooks.ReadEvents(ctx, pipe.Producer())
 		}()
-		err := errors.Join(eng.ReadEvents(ctx, pipe.Producer()), <-probeErr)
+		err := errors.Join(eng.ReadEvents(ctx, pipe.Producer()), <-hookErr)
 		stopPipe()
 		select {
 		case <-pipe.Done():

@@ -12,27 +12,27 @@ import (
 	"github.com/grain-ebpf/grain/engine/generation"
 )
 
-// ProbeRuleCounter counts what one probe policy did since the engine
+// RuleCounter counts what one kernel-hook policy did since the engine
 // started, summed over every rule set that was in force.
-type ProbeRuleCounter struct {
+type RuleCounter struct {
 	Policy string `json:"policy"`
 	// Hits are the calls its selectors selected.
 	Hits   uint64 `json:"hits"`
 	Events uint64 `json:"events"`
-	// EventsLost found the ring buffer full; EventsLimited were over the
+	// EventsLost found the ring buffer full; EventsRateLimited were over the
 	// policy's rate limit.
-	EventsLost    uint64 `json:"events_lost"`
-	EventsLimited uint64 `json:"events_limited"`
-	Signals       uint64 `json:"signals"`
+	EventsLost        uint64 `json:"events_lost"`
+	EventsRateLimited uint64 `json:"events_limited"`
+	Signals           uint64 `json:"signals"`
 	// CountErrors are calls not counted because the count map was full.
 	CountErrors uint64 `json:"count_errors"`
 }
 
-func (c *ProbeRuleCounter) add(o ProbeRuleCounter) {
+func (c *RuleCounter) add(o RuleCounter) {
 	c.Hits += o.Hits
 	c.Events += o.Events
 	c.EventsLost += o.EventsLost
-	c.EventsLimited += o.EventsLimited
+	c.EventsRateLimited += o.EventsRateLimited
 	c.Signals += o.Signals
 	c.CountErrors += o.CountErrors
 }
@@ -73,7 +73,7 @@ func (s *CountSample) key() string {
 
 // generationRuleCounters sums the per-CPU counters of the rules of
 // generation gen by policy.
-func (e *Probes) generationRuleCounters(gen uint32, into map[string]ProbeRuleCounter) error {
+func (e *Hooks) generationRuleCounters(gen uint32, into map[string]RuleCounter) error {
 	g := e.written[gen]
 	if g == nil {
 		return nil
@@ -86,8 +86,8 @@ func (e *Probes) generationRuleCounters(gen uint32, into map[string]ProbeRuleCou
 		c := into[r.Policy]
 		c.Policy = r.Policy
 		for _, v := range perCPU {
-			c.add(ProbeRuleCounter{Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
-				EventsLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors})
+			c.add(RuleCounter{Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
+				EventsRateLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors})
 		}
 		into[r.Policy] = c
 	}
@@ -97,7 +97,7 @@ func (e *Probes) generationRuleCounters(gen uint32, into map[string]ProbeRuleCou
 // countSamples reads the count map: the samples of the epochs of the
 // generations still in the maps; with harvestEpoch set, the entries of
 // that epoch are folded into the totals and deleted instead.
-func (e *Probes) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
+func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
 	out := map[string]*CountSample{}
 	maps := e.p.Maps()
 	// Rules whose labels fit in few bytes count in the small-key map.
@@ -137,7 +137,7 @@ func (e *Probes) countSamples(harvestEpoch *uint32) (map[string]*CountSample, er
 
 // addCount adds one count entry to out; it reports whether the entry is to
 // be deleted (harvested, or of a rule set long gone).
-func (e *Probes) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.ProbeCountKey, perCPU []bpf.ProbeCount) bool {
+func (e *Hooks) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.ProbeCountKey, perCPU []bpf.ProbeCount) bool {
 	epoch := generation.EpochOf(key.RuleId)
 	if harvestEpoch != nil && epoch != *harvestEpoch {
 		return false
@@ -162,7 +162,7 @@ func (e *Probes) addCount(out map[string]*CountSample, harvestEpoch *uint32, key
 	return harvestEpoch != nil
 }
 
-func (e *Probes) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
+func (e *Hooks) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
 	for _, g := range e.written {
 		if g != nil && g.epoch == epoch {
 			return g.rules
@@ -171,7 +171,7 @@ func (e *Probes) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
 	return nil
 }
 
-func (e *Probes) epochInMaps(epoch uint32) bool {
+func (e *Hooks) epochInMaps(epoch uint32) bool {
 	for _, g := range e.written {
 		if g != nil && g.epoch == epoch {
 			return true
@@ -182,7 +182,7 @@ func (e *Probes) epochInMaps(epoch uint32) bool {
 
 // totalSamples returns the counts of the rules of generation gen that
 // count without labels: the kernel keeps them in the rules' counters.
-func (e *Probes) totalSamples(gen uint32) (map[string]*CountSample, error) {
+func (e *Hooks) totalSamples(gen uint32) (map[string]*CountSample, error) {
 	out := map[string]*CountSample{}
 	g := e.written[gen]
 	if g == nil {
@@ -208,7 +208,7 @@ func (e *Probes) totalSamples(gen uint32) (map[string]*CountSample, error) {
 
 // harvest folds generation gen's counters and counts into the totals
 // before gen is rewritten (after a grace period, so they are final).
-func (e *Probes) harvest(gen uint32) error {
+func (e *Hooks) harvest(gen uint32) error {
 	g := e.written[gen]
 	if g == nil {
 		return nil
@@ -301,7 +301,7 @@ func le64(b []byte) uint64 {
 // CountSnapshot returns every in-kernel aggregation since the engine
 // started (cumulative across reloads), sorted by metric, policy and labels.
 // The kernel keeps the counts; this reads them (no event per call).
-func (e *Probes) CountSnapshot() ([]CountSample, error) {
+func (e *Hooks) CountSnapshot() ([]CountSample, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	sum := map[string]*CountSample{}
@@ -335,12 +335,12 @@ func (e *Probes) CountSnapshot() ([]CountSample, error) {
 	return out, nil
 }
 
-// Counters returns per-policy counters of the probe policies since the
+// Counters returns per-policy counters of the kernel-hook policies since the
 // engine started, summed over every rule set that was in force.
-func (e *Probes) Counters() ([]ProbeRuleCounter, error) {
+func (e *Hooks) Counters() ([]RuleCounter, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sum := map[string]ProbeRuleCounter{}
+	sum := map[string]RuleCounter{}
 	for k, v := range e.ruleTotals {
 		sum[k] = v
 	}
@@ -349,22 +349,22 @@ func (e *Probes) Counters() ([]ProbeRuleCounter, error) {
 			return nil, err
 		}
 	}
-	out := make([]ProbeRuleCounter, 0, len(sum))
+	out := make([]RuleCounter, 0, len(sum))
 	for _, c := range sum {
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b ProbeRuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
+	slices.SortFunc(out, func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
 	return out, nil
 }
 
-// ProbeNesting counts, since the programs were loaded, the kernel calls
+// Nesting counts, since the programs were loaded, the kernel calls
 // whose probe program started while another grain probe program was
 // running on the same CPU: a hook firing in an interrupt (raw tracepoints
 // and raw sys_enter are not kept from nesting by the kernel) or a
 // preempted fentry/fexit program. Each program works in a per-CPU scratch
 // level; bpf.ProbeNestLevels levels serve that many programs at once on a
 // CPU.
-type ProbeNesting struct {
+type Nesting struct {
 	// Nested calls were served in a deeper scratch level, as usual.
 	Nested uint64 `json:"nested"`
 	// Skipped calls found every level busy: no policy saw them (not
@@ -373,10 +373,10 @@ type ProbeNesting struct {
 }
 
 // Nesting sums the nesting counters of every CPU.
-func (e *Probes) Nesting() (ProbeNesting, error) {
+func (e *Hooks) Nesting() (Nesting, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var n ProbeNesting
+	var n Nesting
 	if e.p == nil {
 		return n, nil
 	}

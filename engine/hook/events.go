@@ -18,8 +18,8 @@ import (
 	"github.com/grain-ebpf/grain/pipeline"
 )
 
-// ProbeEvent is one event of a probe policy, decoded.
-type ProbeEvent struct {
+// Event is one event of a kernel-hook policy, decoded.
+type Event struct {
 	Time   time.Time
 	Policy string
 	Event  string
@@ -35,23 +35,23 @@ type ProbeEvent struct {
 	// (bpf.ProbeStrLen bytes, bpf.ProbePathDepth components).
 	Truncated bool
 	// Fields are the values the policy's emit asked for, in its order.
-	Fields []ProbeField
+	Fields []Field
 }
 
-// ProbeFieldKind is the type of a ProbeField's value.
-type ProbeFieldKind uint8
+// FieldKind is the type of a Field's value.
+type FieldKind uint8
 
 const (
-	FieldUint ProbeFieldKind = iota
+	FieldUint FieldKind = iota
 	FieldInt
 	FieldString
 	FieldAddr
 )
 
-// ProbeField is one named value of a probe event.
-type ProbeField struct {
+// Field is one named value of a hook event.
+type Field struct {
 	Name string
-	Kind ProbeFieldKind
+	Kind FieldKind
 	Uint uint64
 	Int  int64
 	Str  string
@@ -59,7 +59,7 @@ type ProbeField struct {
 }
 
 // Value returns the field's value as uint64, int64, string or netip.Addr.
-func (f *ProbeField) Value() any {
+func (f *Field) Value() any {
 	switch f.Kind {
 	case FieldInt:
 		return f.Int
@@ -72,7 +72,7 @@ func (f *ProbeField) Value() any {
 }
 
 // Field returns the field named name, or nil.
-func (ev *ProbeEvent) Field(name string) *ProbeField {
+func (ev *Event) Field(name string) *Field {
 	for i := range ev.Fields {
 		if ev.Fields[i].Name == name {
 			return &ev.Fields[i]
@@ -81,15 +81,15 @@ func (ev *ProbeEvent) Field(name string) *ProbeField {
 	return nil
 }
 
-const probeEventHeader = 64
+const eventHeaderSize = 64
 
-// probeDecoder decodes the kernel-hook event format (bpf/probe.h: a
+// decoder decodes the kernel-hook event format (bpf/probe.h: a
 // header with the process context, then the argument slots): parse reads
-// a record once, then fill gives it as a ProbeEvent or toPipeline as a
+// a record once, then fill gives it as an Event or toPipeline as a
 // pipeline event. It caches the rule of the last event and interns comm
 // strings, so that decoding allocates little.
-type probeDecoder struct {
-	e          *Probes
+type decoder struct {
+	e          *Hooks
 	bootOffset time.Duration
 	lastID     uint32
 	last       codegen.ProbeRule
@@ -103,12 +103,12 @@ type probeDecoder struct {
 		typ  uint8
 		data []byte
 	}
-	cur    probeHeader // the event parse read last
-	field1 ProbeField  // toPipeline's one field at a time
+	cur    eventHeader // the event parse read last
+	field1 Field       // toPipeline's one field at a time
 }
 
-// probeHeader is the fixed part of a hook event.
-type probeHeader struct {
+// eventHeader is the fixed part of a hook event.
+type eventHeader struct {
 	id                        uint32
 	time                      time.Time
 	cgroup                    uint64
@@ -118,17 +118,17 @@ type probeHeader struct {
 	truncated                 bool
 }
 
-func (e *Probes) newDecoder() *probeDecoder {
+func (e *Hooks) newDecoder() *decoder {
 	host, _ := os.Hostname()
-	return &probeDecoder{e: e, bootOffset: bootTimeOffset(), comms: map[[16]byte]string{}, exes: map[exeKey]exeEntry{}, host: host,
+	return &decoder{e: e, bootOffset: bootTimeOffset(), comms: map[[16]byte]string{}, exes: map[exeKey]exeEntry{}, host: host,
 		cgroups: pipeline.NewCgroupResolver()}
 }
 
 // probeRule names the rule an event's id refers to, if its plan is still
 // known.
-func (e *Probes) probeRule(id uint32) (codegen.ProbeRule, bool) { return e.gen.Lookup(id) }
+func (e *Hooks) probeRule(id uint32) (codegen.ProbeRule, bool) { return e.gen.Lookup(id) }
 
-func (d *probeDecoder) comm(b []byte) string {
+func (d *decoder) comm(b []byte) string {
 	var k [16]byte
 	copy(k[:], b)
 	if s, ok := d.comms[k]; ok {
@@ -149,7 +149,7 @@ func (d *probeDecoder) comm(b []byte) string {
 // exe returns the executable of process tgid, read from /proc while the
 // process lives. It is cached by process and comm for exeCacheTTL: an exec
 // keeps the process id but changes the executable (and usually the comm).
-func (d *probeDecoder) exe(tgid uint32, comm string) string {
+func (d *decoder) exe(tgid uint32, comm string) string {
 	now := time.Now()
 	k := exeKey{tgid: tgid, comm: comm}
 	if e, ok := d.exes[k]; ok && now.Sub(e.at) < exeCacheTTL {
@@ -177,8 +177,8 @@ const exeCacheTTL = 2 * time.Second
 
 // parse reads one raw event into d.cur and d.args (views of raw), and
 // looks up its rule; false when the event is malformed.
-func (d *probeDecoder) parse(raw []byte) bool {
-	if len(raw) < probeEventHeader {
+func (d *decoder) parse(raw []byte) bool {
+	if len(raw) < eventHeaderSize {
 		return false
 	}
 	le := binary.LittleEndian
@@ -202,7 +202,7 @@ func (d *probeDecoder) parse(raw []byte) bool {
 	for i := range d.args {
 		d.args[i].data = nil
 	}
-	off := probeEventHeader
+	off := eventHeaderSize
 	for i := 0; i < nargs; i++ {
 		if off+8 > size {
 			return false
@@ -219,7 +219,7 @@ func (d *probeDecoder) parse(raw []byte) bool {
 }
 
 // names are the policy and event name of the event parsed.
-func (d *probeDecoder) names() (policy, event string) {
+func (d *decoder) names() (policy, event string) {
 	if !d.lastOK {
 		return "unknown-rule-" + strconv.FormatUint(uint64(d.cur.id), 10), ""
 	}
@@ -230,7 +230,7 @@ func (d *probeDecoder) names() (policy, event string) {
 }
 
 // emits lists the fields the rule of the event parsed emits.
-func (d *probeDecoder) emits() []codegen.ProbeField {
+func (d *decoder) emits() []codegen.ProbeField {
 	if !d.lastOK || d.last.Emit == nil {
 		return nil
 	}
@@ -238,7 +238,7 @@ func (d *probeDecoder) emits() []codegen.ProbeField {
 }
 
 // fill copies the event parsed into ev (whose Fields storage is reused).
-func (d *probeDecoder) fill(ev *ProbeEvent) {
+func (d *decoder) fill(ev *Event) {
 	h := &d.cur
 	ev.RuleID, ev.Time, ev.Cgroup = h.id, h.time, h.cgroup
 	ev.PID, ev.TGID, ev.PPID, ev.UID, ev.GID = h.pid, h.tgid, h.ppid, h.uid, h.gid
@@ -247,7 +247,7 @@ func (d *probeDecoder) fill(ev *ProbeEvent) {
 	ev.Fields = ev.Fields[:0]
 	emits := d.emits()
 	for i := range emits {
-		ev.Fields = append(ev.Fields, ProbeField{})
+		ev.Fields = append(ev.Fields, Field{})
 		if !d.field(&emits[i], &ev.Fields[len(ev.Fields)-1]) {
 			ev.Fields = ev.Fields[:len(ev.Fields)-1]
 		}
@@ -257,9 +257,9 @@ func (d *probeDecoder) fill(ev *ProbeEvent) {
 // field writes the value of emit field f of the event parsed into pf;
 // false when it has none here (an argument not read; the container, which
 // the pipeline's cgroup enrichment adds).
-func (d *probeDecoder) field(f *codegen.ProbeField, pf *ProbeField) bool {
+func (d *decoder) field(f *codegen.ProbeField, pf *Field) bool {
 	h := &d.cur
-	*pf = ProbeField{Name: f.Name}
+	*pf = Field{Name: f.Name}
 	switch f.Kind {
 	case "pid":
 		pf.Uint = uint64(h.pid)
@@ -296,7 +296,7 @@ func (d *probeDecoder) field(f *codegen.ProbeField, pf *ProbeField) bool {
 	return true
 }
 
-func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
+func decodeArgField(pf *Field, part string, typ uint8, b []byte) {
 	le := binary.LittleEndian
 	sock := func() (family, sport, dport uint16, saddr, daddr netip.Addr) {
 		if len(b) < 40 {
@@ -346,32 +346,32 @@ func decodeArgField(pf *ProbeField, part string, typ uint8, b []byte) {
 	}
 }
 
-// ProbeEventReader reads probe events from the kernel's ring buffer.
-type ProbeEventReader struct {
+// EventReader reads hook events from the kernel's ring buffer.
+type EventReader struct {
 	ring *ring.Reader
-	d    *probeDecoder
+	d    *decoder
 }
 
-// NewEventReader opens the probe event ring buffer. One reader at a time.
-func (e *Probes) NewEventReader() (*ProbeEventReader, error) {
+// NewEventReader opens the hook event ring buffer. One reader at a time.
+func (e *Hooks) NewEventReader() (*EventReader, error) {
 	ring, err := e.openRing()
 	if err != nil {
 		return nil, err
 	}
-	return &ProbeEventReader{ring: ring, d: e.newDecoder()}, nil
+	return &EventReader{ring: ring, d: e.newDecoder()}, nil
 }
 
-func (e *Probes) openRing() (*ring.Reader, error) {
+func (e *Hooks) openRing() (*ring.Reader, error) {
 	return ring.Open("probe event ring buffer", e.p.Maps().Events, e.gen.Fence())
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t. The
 // kernel wakes readers only when the ring fills up to an eighth, so a
 // reader that wants every event soon polls with a short deadline.
-func (r *ProbeEventReader) SetDeadline(t time.Time) { r.ring.SetDeadline(t) }
+func (r *EventReader) SetDeadline(t time.Time) { r.ring.SetDeadline(t) }
 
 // Read decodes the next event into ev (whose Fields storage is reused).
-func (r *ProbeEventReader) Read(ev *ProbeEvent) error {
+func (r *EventReader) Read(ev *Event) error {
 	for {
 		record, err := r.ring.Next()
 		if err != nil {
@@ -385,16 +385,16 @@ func (r *ProbeEventReader) Read(ev *ProbeEvent) error {
 }
 
 // Buffered is the number of bytes waiting in the ring buffer.
-func (r *ProbeEventReader) Buffered() int { return r.ring.Buffered() }
+func (r *EventReader) Buffered() int { return r.ring.Buffered() }
 
 // Close closes the reader; a blocked Read returns os.ErrClosed.
-func (r *ProbeEventReader) Close() error { return r.ring.Close() }
+func (r *EventReader) Close() error { return r.ring.Close() }
 
-// ReadEvents reads probe events into the pipeline until ctx ends, like
+// ReadEvents reads hook events into the pipeline until ctx ends, like
 // Engine.ReadEvents (ring.Read: it never waits for the pipeline). Fields
 // come in the policy's emit order; negative integers come as strings (the
 // pipeline has no signed kind).
-func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
+func (e *Hooks) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 	rd, err := e.openRing()
 	if err != nil {
 		return err
@@ -404,7 +404,7 @@ func (e *Probes) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 
 // decodeRecord decodes one hook event into the pipeline; a malformed one
 // is skipped.
-func (d *probeDecoder) decodeRecord(pr *pipeline.Producer, record []byte) {
+func (d *decoder) decodeRecord(pr *pipeline.Producer, record []byte) {
 	if d.parse(record) {
 		d.toPipeline(pr.Next())
 	}
@@ -417,7 +417,7 @@ var contextFields = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgrou
 // toPipeline writes the event parsed into out: the process context (with
 // the userspace enrichment: cgroup path and container of the process, its
 // executable, the host), then the policy's other fields.
-func (d *probeDecoder) toPipeline(out *pipeline.Event) {
+func (d *decoder) toPipeline(out *pipeline.Event) {
 	h := &d.cur
 	out.Time = h.time
 	out.Policy, out.Name = d.names()
@@ -461,10 +461,10 @@ func (d *probeDecoder) toPipeline(out *pipeline.Event) {
 	}
 }
 
-// StreamEvents writes probe events as JSON lines to out until ctx ends:
+// StreamEvents writes hook events as JSON lines to out until ctx ends:
 // ReadEvents into a pipeline with no stages and a JSON sink (the XDP
 // events' format: time, policy, event, then the policy's fields).
-func (e *Probes) StreamEvents(ctx context.Context, out io.Writer) error {
+func (e *Hooks) StreamEvents(ctx context.Context, out io.Writer) error {
 	return ring.StreamJSON(ctx, out, e.ReadEvents)
 }
 

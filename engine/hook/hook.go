@@ -21,10 +21,10 @@ import (
 	"github.com/grain-ebpf/grain/engine/generation"
 )
 
-// ProbeOptions configure Probes.
-type ProbeOptions struct {
+// Options configure Hooks.
+type Options struct {
 	Logger *slog.Logger
-	// RingBufferBytes sizes the probe event ring buffer; zero keeps 4 MiB.
+	// RingBufferBytes sizes the hook event ring buffer; zero keeps 4 MiB.
 	RingBufferBytes uint32
 	// CgroupRoot is the cgroup v2 mount that cgroup paths are relative to;
 	// empty: found in /proc/self/mountinfo (usually /sys/fs/cgroup).
@@ -34,12 +34,12 @@ type ProbeOptions struct {
 	ObserveSelf bool
 }
 
-// Probes owns the generic probe programs, their maps and their
+// Hooks owns the generic kernel-hook programs, their maps and their
 // attachments: the kernel-hook half of a Plan. Rule sets switch atomically:
 // every table exists in two generations, the programs read the active one
 // once per call, and Apply writes the inactive one, waits for no call to
 // still read it, and flips.
-type Probes struct {
+type Hooks struct {
 	log   *slog.Logger
 	p     *bpf.Probe
 	feats bpf.ProbeFeatures
@@ -49,24 +49,24 @@ type Probes struct {
 	// rules of every epoch whose events may still be read.
 	gen *generation.Switch[codegen.ProbeRule]
 	// written[g] is what the plan of generation g put into the maps.
-	written [bpf.ProbeGenerations]*probeGeneration
+	written [bpf.ProbeGenerations]*generationContents
 	// hooks by key: attachment, slot and mechanism, kept across reloads.
-	hooks   map[string]*probeAttachment
+	hooks   map[string]*attachment
 	sysLink link.Link // raw sys_enter, while a syscall hook exists
 	// noRaw: tracepoints that have no raw tracepoint of their name (e.g.
 	// syscalls:*, ftrace events): perf-event tracepoints only.
 	noRaw map[string]bool
 
 	// totals of rule sets no longer in the maps
-	ruleTotals  map[string]ProbeRuleCounter
+	ruleTotals  map[string]RuleCounter
 	countTotals map[string]*CountSample
 
 	cgroupRoot string
 	agent      uint32 // tgid the programs skip
 }
 
-// probeAttachment is one attached hook.
-type probeAttachment struct {
+// attachment is one attached hook.
+type attachment struct {
 	hook      codegen.ProbeHook
 	planned   []bpf.ProbeArg // the plan's arguments, which resolveArgs completes
 	slot      int
@@ -77,16 +77,16 @@ type probeAttachment struct {
 	program   string // for fentry/fexit: the per-function copy to release
 }
 
-// probeGeneration remembers what one generation holds, to rewrite it.
-type probeGeneration struct {
+// generationContents remembers what one generation holds, to rewrite it.
+type generationContents struct {
 	epoch   uint32
 	rules   []codegen.ProbeRule
 	values  []bpf.ProbeValueKey
 	strings []bpf.ProbeStringKey
 }
 
-// ProbeAttachment reports how one hook is attached.
-type ProbeAttachment struct {
+// Attachment reports how one hook is attached.
+type Attachment struct {
 	Kind   string `json:"kind"`
 	Target string `json:"target,omitempty"`
 	// Syscalls of a syscall hook.
@@ -99,9 +99,9 @@ type ProbeAttachment struct {
 	Policies  []string `json:"policies"`
 }
 
-// NewProbes loads the probe maps; programs are loaded and attached by
+// New loads the hook maps; programs are loaded and attached by
 // Apply as policies need them.
-func NewProbes(opts ProbeOptions) (*Probes, error) {
+func New(opts Options) (*Hooks, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -119,8 +119,8 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Probes{log: log, p: p, feats: feats, hooks: map[string]*probeAttachment{}, noRaw: map[string]bool{},
-		ruleTotals:  map[string]ProbeRuleCounter{},
+	e := &Hooks{log: log, p: p, feats: feats, hooks: map[string]*attachment{}, noRaw: map[string]bool{},
+		ruleTotals:  map[string]RuleCounter{},
 		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
@@ -138,26 +138,26 @@ func NewProbes(opts ProbeOptions) (*Probes, error) {
 
 // activate makes generation gen the one the programs read: the active
 // map's one word, beside the tgid they skip and the reader's wake-up mark.
-func (e *Probes) activate(gen uint32) error {
+func (e *Hooks) activate(gen uint32) error {
 	return e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: gen, AgentTgid: e.agent, WakeAt: e.wakeAt()})
 }
 
 // wakeAt is how many pending ring-buffer bytes wake the event reader: an
 // eighth of the ring (the reader polls otherwise, see ring.PollInterval).
-func (e *Probes) wakeAt() uint64 {
+func (e *Hooks) wakeAt() uint64 {
 	return uint64(e.p.Maps().Events.MaxEntries()) / 8
 }
 
 // Features reports the kernel hooks this kernel offers.
-func (e *Probes) Features() bpf.ProbeFeatures { return e.feats }
+func (e *Hooks) Features() bpf.ProbeFeatures { return e.feats }
 
 // Program exposes the loaded probe object, for tests and benchmarks.
-func (e *Probes) Program() *bpf.Probe { return e.p }
+func (e *Hooks) Program() *bpf.Probe { return e.p }
 
 // Apply makes the probe part of plan the active rule set, all or nothing:
 // Prepare, then Commit. A hook that cannot be attached fails the whole
 // Apply and leaves the rules in force untouched.
-func (e *Probes) Apply(plan *codegen.Plan) error {
+func (e *Hooks) Apply(plan *codegen.Plan) error {
 	p, err := e.Prepare(plan)
 	if err != nil {
 		return err
@@ -165,23 +165,23 @@ func (e *Probes) Apply(plan *codegen.Plan) error {
 	return p.Commit()
 }
 
-// PreparedHooks is the kernel-hook rule set of a plan written into the
+// Prepared is the kernel-hook rule set of a plan written into the
 // inactive generation, with the hooks it adds attached, that no hooked call
-// sees yet (Probes.Prepare). Commit puts it in force, Abort lets it go.
-// Until one of them, the Probes are locked.
-type PreparedHooks struct {
-	e          *Probes
+// sees yet (Hooks.Prepare). Commit puts it in force, Abort lets it go.
+// Until one of them, the Hooks are locked.
+type Prepared struct {
+	e          *Hooks
 	pp         codegen.ProbePlan
-	want       map[string]*probeAttachment // the hooks in force after the commit, by key
-	added      []*probeAttachment          // attached for it
-	replaced   []*probeAttachment          // in force now, detached after the commit
-	entryLinks []link.Link                 // entry kprobes added to kretprobes in force
-	sysAdded   bool                        // raw sys_enter attached for it
+	want       map[string]*attachment // the hooks in force after the commit, by key
+	added      []*attachment          // attached for it
+	replaced   []*attachment          // in force now, detached after the commit
+	entryLinks []link.Link            // entry kprobes added to kretprobes in force
+	sysAdded   bool                   // raw sys_enter attached for it
 	// written is the generation written, with its rules' epoch
 	written *generation.Pending[codegen.ProbeRule]
 	// before describes the inactive generation before writeInactive,
 	// which replaces it once it has harvested its counters.
-	before *probeGeneration
+	before *generationContents
 	done   bool
 }
 
@@ -189,7 +189,7 @@ type PreparedHooks struct {
 // generation in force is empty: the programs return at once) and writes
 // plan's kernel-hook rules into the inactive generation. Nothing a hooked
 // call sees changes. On an error nothing is left attached or locked.
-func (e *Probes) Prepare(plan *codegen.Plan) (*PreparedHooks, error) {
+func (e *Hooks) Prepare(plan *codegen.Plan) (*Prepared, error) {
 	e.mu.Lock()
 	p, err := e.prepare(plan)
 	if err != nil {
@@ -202,8 +202,8 @@ func (e *Probes) Prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 
 // prepare does Prepare's work with e.mu held; on an error, p.undo lets go
 // of what it did.
-func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
-	p := &PreparedHooks{e: e, want: map[string]*probeAttachment{}}
+func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
+	p := &Prepared{e: e, want: map[string]*attachment{}}
 	if plan != nil && plan.Probes != nil {
 		p.pp = *plan.Probes
 	}
@@ -242,7 +242,7 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 				p.entryLinks = append(p.entryLinks, el)
 				links = append(slices.Clip(links), el)
 			}
-			p.want[h.Key()] = &probeAttachment{hook: h, planned: planned, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
+			p.want[h.Key()] = &attachment{hook: h, planned: planned, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
 			continue
 		}
 		slot := 0
@@ -276,7 +276,7 @@ func (e *Probes) prepare(plan *codegen.Plan) (*PreparedHooks, error) {
 // new, never a mix), then detaches the hooks the rule set no longer has. An
 // error means that the flip failed and that nothing changed: what was
 // attached for the rule set is detached again.
-func (p *PreparedHooks) Commit() error {
+func (p *Prepared) Commit() error {
 	if p.done {
 		return errors.New("engine: a prepared hook rule set is committed or aborted once")
 	}
@@ -307,7 +307,7 @@ func (p *PreparedHooks) Commit() error {
 
 // Abort lets the prepared rule set go: what was attached for it is
 // detached again, and the rules in force stay as they are.
-func (p *PreparedHooks) Abort() {
+func (p *Prepared) Abort() {
 	if p.done {
 		return
 	}
@@ -317,7 +317,7 @@ func (p *PreparedHooks) Abort() {
 }
 
 // undo detaches what prepare attached. e.mu must be held.
-func (p *PreparedHooks) undo() {
+func (p *Prepared) undo() {
 	e := p.e
 	for _, a := range p.added {
 		e.detach(a)
@@ -346,7 +346,7 @@ func hookLabel(h codegen.ProbeHook) string {
 
 // syncSysEnter attaches the raw sys_enter program while some hook of want
 // is a syscall hook, and detaches it otherwise.
-func (e *Probes) syncSysEnter(want map[string]*probeAttachment) error {
+func (e *Hooks) syncSysEnter(want map[string]*attachment) error {
 	need := false
 	for _, a := range want {
 		if a.hook.Kind == "syscall" {
@@ -371,8 +371,8 @@ func (e *Probes) syncSysEnter(want map[string]*probeAttachment) error {
 	return nil
 }
 
-func (e *Probes) hooksOfKind(kind string) []*probeAttachment {
-	var out []*probeAttachment
+func (e *Hooks) hooksOfKind(kind string) []*attachment {
+	var out []*attachment
 	for _, a := range e.hooks {
 		if a.hook.Kind == kind {
 			out = append(out, a)
@@ -382,8 +382,8 @@ func (e *Probes) hooksOfKind(kind string) []*probeAttachment {
 }
 
 // attach resolves and attaches one hook with cookie slot.
-func (e *Probes) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*probeAttachment, error) {
-	a := &probeAttachment{hook: h, planned: planned, slot: slot}
+func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*attachment, error) {
+	a := &attachment{hook: h, planned: planned, slot: slot}
 	cookie := uint64(slot)
 	switch h.Kind {
 	case "tracepoint":
@@ -436,7 +436,7 @@ func (e *Probes) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (
 // tracepoint (~60 ns cheaper per call: no perf record is built) when it
 // reads no record field and the kernel gives raw tracepoints cookies
 // (Linux 6.10); else the perf-event tracepoint, which has the record.
-func (e *Probes) tracepointMechanism(h codegen.ProbeHook) string {
+func (e *Hooks) tracepointMechanism(h codegen.ProbeHook) string {
 	if len(h.Args) == 0 && e.feats.RawTracepoints() && !e.noRaw[h.Target] && !strings.HasPrefix(h.Target, "syscalls/") {
 		return "raw_tracepoint"
 	}
@@ -445,7 +445,7 @@ func (e *Probes) tracepointMechanism(h codegen.ProbeHook) string {
 
 // attachRawTracepoint attaches grain_raw_tracepoint to the raw tracepoint
 // name (the tracepoint's name without its category).
-func (e *Probes) attachRawTracepoint(name string, cookie uint64) (link.Link, error) {
+func (e *Hooks) attachRawTracepoint(name string, cookie uint64) (link.Link, error) {
 	prog, err := e.p.Program(bpf.ProgRawTracepoint)
 	if err != nil {
 		return nil, err
@@ -455,7 +455,7 @@ func (e *Probes) attachRawTracepoint(name string, cookie uint64) (link.Link, err
 
 // attachFunction attaches a kprobe/kretprobe hook by fentry/fexit or
 // kprobes, as its Attach asks and the kernel allows.
-func (e *Probes) attachFunction(a *probeAttachment, cookie uint64) error {
+func (e *Hooks) attachFunction(a *attachment, cookie uint64) error {
 	h := a.hook
 	ret := h.Kind == "kretprobe"
 	var fentryErr error
@@ -529,7 +529,7 @@ func stashes(args []bpf.ProbeArg) bool {
 	return false
 }
 
-func (e *Probes) attachTracing(a *probeAttachment, cookie uint64, ret bool) error {
+func (e *Hooks) attachTracing(a *attachment, cookie uint64, ret bool) error {
 	name, typ, mech := bpf.ProgFentry, ebpf.AttachTraceFEntry, "fentry"
 	if ret {
 		name, typ, mech = bpf.ProgFexit, ebpf.AttachTraceFExit, "fexit"
@@ -551,7 +551,7 @@ func (e *Probes) attachTracing(a *probeAttachment, cookie uint64, ret bool) erro
 	return nil
 }
 
-func (e *Probes) detach(a *probeAttachment) {
+func (e *Hooks) detach(a *attachment) {
 	for _, l := range a.links {
 		l.Close()
 	}
@@ -565,7 +565,7 @@ func (e *Probes) detach(a *probeAttachment) {
 // bpf.ProbeArg of each) for the chosen mechanism on this kernel:
 // tracepoint fields by the tracefs format, integer widths by BTF or the
 // syscall's tracepoint; and gives the numbers of its syscalls.
-func (e *Probes) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism string) ([]bpf.ProbeArg, []int, error) {
+func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism string) ([]bpf.ProbeArg, []int, error) {
 	var fields map[string]tpField
 	var widths []tpField // per argument index, when known
 	var syscalls []int
@@ -811,7 +811,7 @@ func btfWidth(t btf.Type) tpField {
 
 // cgroupID resolves a cgroup v2 path ("/system.slice/x.service") to its id,
 // the inode number of its directory.
-func (e *Probes) cgroupID(path string) (uint64, error) {
+func (e *Hooks) cgroupID(path string) (uint64, error) {
 	root := e.cgroupRoot
 	if root == "" {
 		root = Cgroup2Mount()
@@ -848,7 +848,7 @@ func Cgroup2Mount() string {
 // writeInactive fills the inactive generation with pp, which no program
 // reads until the commit, and returns it with the epoch of its rule ids.
 // e.mu held.
-func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAttachment) (*generation.Pending[codegen.ProbeRule], error) {
+func (e *Hooks) writeInactive(pp *codegen.ProbePlan, hooks map[string]*attachment) (*generation.Pending[codegen.ProbeRule], error) {
 	return e.gen.Prepare(pp.Rules, func(next, epoch uint32) error { return e.fill(pp, hooks, next, epoch) })
 }
 
@@ -856,7 +856,7 @@ func (e *Probes) writeInactive(pp *codegen.ProbePlan, hooks map[string]*probeAtt
 // as they are, adding the generation to keys, epoch to rule ids, and what
 // depends on this machine: the hooks' slots, mechanisms and resolved
 // arguments, syscall numbers and cgroup ids.
-func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, next, epoch uint32) error {
+func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, epoch uint32) error {
 	m := e.p.Maps()
 	pm := &pp.Maps
 	// Resolve what may fail before touching the maps.
@@ -904,7 +904,7 @@ func (e *Probes) fill(pp *codegen.ProbePlan, hooks map[string]*probeAttachment, 
 			m.Strings.Delete(k)
 		}
 	}
-	gen := &probeGeneration{epoch: epoch, rules: pp.Rules}
+	gen := &generationContents{epoch: epoch, rules: pp.Rules}
 	e.written[next] = gen
 	// Hooks: every slot of the generation.
 	kHooks := make([]bpf.ProbeHook, bpf.ProbeMaxHooks)
@@ -981,13 +981,13 @@ func kindCode(mechanism string) uint8 {
 
 // Attachments reports every attached hook and the mechanism chosen for it
 // (fentry or kprobe for functions), sorted by kind and target.
-func (e *Probes) Attachments() []ProbeAttachment {
+func (e *Hooks) Attachments() []Attachment {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	gen := e.written[e.gen.Active()]
-	var out []ProbeAttachment
+	var out []Attachment
 	for _, a := range e.hooks {
-		pa := ProbeAttachment{Kind: a.hook.Kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
+		pa := Attachment{Kind: a.hook.Kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
 		if gen != nil {
 			for _, ri := range a.hook.Rules {
 				if ri < len(gen.rules) {
@@ -997,7 +997,7 @@ func (e *Probes) Attachments() []ProbeAttachment {
 		}
 		out = append(out, pa)
 	}
-	slices.SortFunc(out, func(a, b ProbeAttachment) int {
+	slices.SortFunc(out, func(a, b Attachment) int {
 		if c := strings.Compare(a.Kind, b.Kind); c != 0 {
 			return c
 		}
@@ -1011,7 +1011,7 @@ func (e *Probes) Attachments() []ProbeAttachment {
 
 // Mechanism returns how the hook of kind on target ("tcp_v4_connect") is
 // attached ("fentry", "kprobe", ...), or "" when no such hook is attached.
-func (e *Probes) Mechanism(kind, target string) string {
+func (e *Hooks) Mechanism(kind, target string) string {
 	for _, a := range e.Attachments() {
 		if a.Kind == kind && a.Target == target {
 			return a.Mechanism
@@ -1021,13 +1021,13 @@ func (e *Probes) Mechanism(kind, target string) string {
 }
 
 // Close detaches every hook and frees the programs and maps.
-func (e *Probes) Close() error {
+func (e *Hooks) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, a := range e.hooks {
 		e.detach(a)
 	}
-	e.hooks = map[string]*probeAttachment{}
+	e.hooks = map[string]*attachment{}
 	if e.sysLink != nil {
 		e.sysLink.Close()
 		e.sysLink = nil

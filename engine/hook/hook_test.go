@@ -118,7 +118,7 @@ func requireProbeRoot(t testing.TB) {
 	}
 }
 
-// compileProbes compiles one policy file's source.
+// compilePolicies compiles one policy file's source.
 func compilePolicies(t testing.TB, src string) *codegen.Plan {
 	t.Helper()
 	snap, err := policies.LoadBytes("test.cue", []byte(src))
@@ -132,10 +132,10 @@ func compilePolicies(t testing.TB, src string) *codegen.Plan {
 	return plan
 }
 
-func newTestProbes(t testing.TB, opts ProbeOptions) *Probes {
+func newTestHooks(t testing.TB, opts Options) *Hooks {
 	t.Helper()
 	requireProbeRoot(t)
-	p, err := NewProbes(opts)
+	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func newTestProbes(t testing.TB, opts ProbeOptions) *Probes {
 	return p
 }
 
-func applyProbes(t testing.TB, p *Probes, src string) {
+func applyHooks(t testing.TB, p *Hooks, src string) {
 	t.Helper()
 	if err := p.Apply(compilePolicies(t, src)); err != nil {
 		t.Fatal(err)
@@ -151,18 +151,18 @@ func applyProbes(t testing.TB, p *Probes, src string) {
 }
 
 // collect reads events until done says so or timeout passes.
-func collect(t *testing.T, p *Probes, timeout time.Duration, done func([]ProbeEvent) bool) []ProbeEvent {
+func collect(t *testing.T, p *Hooks, timeout time.Duration, done func([]Event) bool) []Event {
 	t.Helper()
 	r, err := p.NewEventReader()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	var out []ProbeEvent
+	var out []Event
 	end := time.Now().Add(timeout)
 	for time.Now().Before(end) && !done(out) {
 		r.SetDeadline(time.Now().Add(20 * time.Millisecond))
-		var ev ProbeEvent
+		var ev Event
 		if err := r.Read(&ev); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
@@ -197,7 +197,7 @@ func childCmd(bin, mode string) *exec.Cmd {
 	return cmd
 }
 
-func fieldStr(ev ProbeEvent, name string) string {
+func fieldStr(ev Event, name string) string {
 	if f := ev.Field(name); f != nil {
 		return fmt.Sprint(f.Value())
 	}
@@ -211,10 +211,10 @@ func uniqueName(prefix string) string {
 // TestProbeTracepointExec: sched/sched_process_exec with its __data_loc
 // filename, emitted and counted, filtered by comm.
 func TestProbeTracepointExec(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainexec")
 	bin := uniqueChild(t, comm)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 execs: {
 	tracepoint: "sched/sched_process_exec"
 	args: [{field: "filename", type: "string"}, {field: "old_pid", type: "int"}]
@@ -234,7 +234,7 @@ execs: {
 		pids = append(pids, cmd.Process.Pid)
 	}
 	runChild(t, "close 0 -1") // another comm: not selected
-	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 3 })
+	evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= 3 })
 	if len(evs) != 3 {
 		t.Fatalf("got %d events, want 3: %+v", len(evs), evs)
 	}
@@ -272,7 +272,7 @@ execs: {
 // TestProbeSyscallFilters: raw sys_enter on openat with a user string,
 // filters on comm, path prefix and uid; selectors ORed.
 func TestProbeSyscallFilters(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	dir := t.TempDir()
 	commA, commB := uniqueName("graincatA"), uniqueName("graincatB")
 	catA, catB := uniqueChild(t, commA), uniqueChild(t, commB)
@@ -280,7 +280,7 @@ func TestProbeSyscallFilters(t *testing.T) {
 	os.MkdirAll(filepath.Dir(inside), 0o755)
 	os.WriteFile(inside, []byte("x"), 0o644)
 	os.WriteFile(outside, []byte("x"), 0o644)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 opens: {
 	syscall: ["openat"]
 	args: [{index: 1, type: "user_string", name: "filename"}, {index: 0, type: "int", name: "dfd"}]
@@ -305,7 +305,7 @@ opens: {
 		os.Chmod(d, 0o755)
 	}
 	run(nobody) // uid 65534: not selected
-	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 2 })
+	evs := collect(t, p, time.Second, func(e []Event) bool { return len(e) > 2 })
 	var got []string
 	for _, ev := range evs {
 		got = append(got, fmt.Sprintf("%s %s %s %s", fieldStr(ev, "comm"), fieldStr(ev, "filename"), fieldStr(ev, "dfd"), fieldStr(ev, "syscall")))
@@ -319,12 +319,12 @@ opens: {
 // TestProbeSignal: a process opening the forbidden file is killed with
 // SIGKILL; one opening another file is not.
 func TestProbeSignal(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	dir := t.TempDir()
 	forbidden, allowed := filepath.Join(dir, "canary"), filepath.Join(dir, "fine")
 	os.WriteFile(forbidden, []byte("secret\n"), 0o644)
 	os.WriteFile(allowed, []byte("fine\n"), 0o644)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 kill_on_canary: {
 	syscall: ["openat", "openat2", "open"]
 	args: [{index: 1, type: "user_string", name: "filename"}]
@@ -353,12 +353,12 @@ kill_on_canary: {
 // TestProbeSyscallCount: per-call counts and sums in the kernel, keyed by
 // syscall and argument; an int set larger than the inline limit.
 func TestProbeSyscallCount(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	var set []string
 	for i := range bpf.ProbeMaxInline + 4 {
 		set = append(set, strconv.Itoa(987000+i))
 	}
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "int", name: "fd"}]
@@ -393,7 +393,7 @@ seeks: {
 }
 
 // countLines is every in-kernel count of p as "metric label=value,... n".
-func countLines(t *testing.T, p *Probes) []string {
+func countLines(t *testing.T, p *Hooks) []string {
 	t.Helper()
 	counts, err := p.CountSnapshot()
 	if err != nil {
@@ -413,12 +413,12 @@ func countLines(t *testing.T, p *Probes) []string {
 // TestProbeFdPath: an fd argument resolved to its path through the task's
 // file table and a walk of dentries and mounts.
 func TestProbeFdPath(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	dir := filepath.Join(t.TempDir(), "a", "b")
 	os.MkdirAll(dir, 0o755)
 	file := filepath.Join(dir, "target.txt")
 	os.WriteFile(file, []byte("x"), 0o644)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "fd", name: "file"}]
@@ -426,7 +426,7 @@ closes: {
 	emit: {event: "close", fields: ["file"]}
 }`, filepath.Dir(dir)+"/"))
 	runChild(t, "open "+file+" /etc/hostname")
-	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 1 })
+	evs := collect(t, p, time.Second, func(e []Event) bool { return len(e) > 1 })
 	if len(evs) != 1 || fieldStr(evs[0], "file") != file || evs[0].Truncated {
 		t.Fatalf("events %+v, want one with file %s", evs, file)
 	}
@@ -434,7 +434,7 @@ closes: {
 
 // TestProbeCgroupFilter: events only from processes in a given cgroup.
 func TestProbeCgroupFilter(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	root := Cgroup2Mount()
 	name := uniqueName("grain-test-")
 	dir := filepath.Join(root, name)
@@ -442,7 +442,7 @@ func TestProbeCgroupFilter(t *testing.T) {
 		t.Fatalf("create a cgroup (cgroup v2 at %s): %v", root, err)
 	}
 	defer os.Remove(dir)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "int", name: "fd"}]
@@ -471,8 +471,8 @@ closes: {
 // TestProbeLossAccounting floods a small ring buffer with nobody reading:
 // events received + events counted lost = events generated.
 func TestProbeLossAccounting(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{RingBufferBytes: 64 << 10})
-	applyProbes(t, p, `
+	p := newTestHooks(t, Options{RingBufferBytes: 64 << 10})
+	applyHooks(t, p, `
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "int", name: "fd"}]
@@ -481,7 +481,7 @@ closes: {
 }`)
 	const n = 20000
 	runChild(t, fmt.Sprintf("close %d 987654", n))
-	evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return false })
+	evs := collect(t, p, 2*time.Second, func(e []Event) bool { return false })
 	c, err := p.Counters()
 	if err != nil {
 		t.Fatal(err)
@@ -495,8 +495,8 @@ closes: {
 // TestProbeRateLimit: at most rate_limit events per second; the others
 // counted as limited.
 func TestProbeRateLimit(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
-	applyProbes(t, p, `
+	p := newTestHooks(t, Options{})
+	applyHooks(t, p, `
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "int", name: "fd"}]
@@ -504,10 +504,10 @@ closes: {
 	emit: {event: "close", fields: ["fd"], rate_limit: 50}
 }`)
 	runChild(t, "close 1000 987655")
-	evs := collect(t, p, 500*time.Millisecond, func(e []ProbeEvent) bool { return false })
+	evs := collect(t, p, 500*time.Millisecond, func(e []Event) bool { return false })
 	c, _ := p.Counters()
 	// The 1000 calls take well under a second: one or two windows.
-	if len(c) != 1 || c[0].Hits != 1000 || c[0].Events != uint64(len(evs)) || c[0].Events+c[0].EventsLimited != 1000 ||
+	if len(c) != 1 || c[0].Hits != 1000 || c[0].Events != uint64(len(evs)) || c[0].Events+c[0].EventsRateLimited != 1000 ||
 		c[0].Events < 50 || c[0].Events > 100 {
 		t.Fatalf("received %d, counters %+v", len(evs), c)
 	}
@@ -515,14 +515,14 @@ closes: {
 
 // TestProbeReload: hooks come and go with the policies; counts survive.
 func TestProbeReload(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	a := `a: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987600, count: metric: "m"}`
 	b := `b: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987600, count: metric: "m"}`
-	applyProbes(t, p, a)
+	applyHooks(t, p, a)
 	runChild(t, "close 4 987600")
-	applyProbes(t, p, a+"\n"+b)
+	applyHooks(t, p, a+"\n"+b)
 	runChild(t, "close 3 987600")
-	applyProbes(t, p, b)
+	applyHooks(t, p, b)
 	if got := p.Attachments(); len(got) != 1 || got[0].Mechanism != "tracepoint" || p.sysLink != nil {
 		t.Fatalf("attachments after dropping the syscall hook: %+v (sys_enter attached: %v)", got, p.sysLink != nil)
 	}
@@ -543,10 +543,10 @@ func TestProbeReload(t *testing.T) {
 	}
 }
 
-// TestProbeStreamJSON: probe events as JSON lines.
+// TestProbeStreamJSON: hook events as JSON lines.
 func TestProbeStreamJSON(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
-	applyProbes(t, p, `
+	p := newTestHooks(t, Options{})
+	applyHooks(t, p, `
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "int", name: "fd"}]
@@ -626,11 +626,11 @@ func acceptAndClose(t *testing.T, network, address string) string {
 // tcpConnectTest connects from a child to a listener on loopback and
 // checks the event of a hook on tcp_connect(struct sock *).
 func tcpConnectTest(t *testing.T, attach, wantMech string) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	addr := acceptAndClose(t, "tcp4", "127.0.0.1:0")
 	_, portText, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portText)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 tcp_connect: {
 	kprobe: "tcp_connect"
 	attach: %q
@@ -643,7 +643,7 @@ tcp_connect: {
 		t.Fatalf("mechanism %q, want %q", got, wantMech)
 	}
 	runChild(t, "connect "+addr)
-	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= 1 })
+	evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= 1 })
 	if len(evs) != 1 {
 		t.Fatalf("events %+v", evs)
 	}
@@ -673,7 +673,7 @@ func TestProbeFentryTCPConnect(t *testing.T) {
 // TestProbeAutoAttach: attach: auto takes fentry where the kernel has it,
 // else kprobes, and says which; with neither, the error names both.
 func TestProbeAutoAttach(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	f := bpf.DetectProbeFeatures()
 	err := p.Apply(compilePolicies(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
 	switch {
@@ -705,11 +705,11 @@ func TestProbeKretprobeReturn(t *testing.T) {
 			} else {
 				skipWithoutFentry(t)
 			}
-			p := newTestProbes(t, ProbeOptions{})
+			p := newTestHooks(t, Options{})
 			dir := t.TempDir()
 			file, missing := filepath.Join(dir, "x"), filepath.Join(dir, "missing")
 			os.WriteFile(file, nil, 0o644)
-			applyProbes(t, p, fmt.Sprintf(`
+			applyHooks(t, p, fmt.Sprintf(`
 opens: {
 	kretprobe: "do_sys_openat2"
 	attach: %q
@@ -723,7 +723,7 @@ opens: {
 				t.Fatalf("mechanism %q, want %q", got, want)
 			}
 			runChild(t, "open "+file+" "+missing+" "+file)
-			evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return len(e) > 3 })
+			evs := collect(t, p, 2*time.Second, func(e []Event) bool { return len(e) > 3 })
 			var got []string
 			for _, ev := range evs {
 				got = append(got, fieldStr(ev, "filename")+" "+fieldStr(ev, "fd"))
@@ -762,7 +762,7 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 // the other would give an event of policy a for fd 987702 or of b for
 // 987701: none may arrive, and no event may be lost.
 func TestProbeReloadAtomic(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{RingBufferBytes: 64 << 20})
+	p := newTestHooks(t, Options{RingBufferBytes: 64 << 20})
 	plan := func(name string, fd int) *codegen.Plan {
 		return compilePolicies(t, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: %d, emit: {event: "e", fields: ["fd"]}}`, name, fd))
 	}
@@ -787,7 +787,7 @@ func TestProbeReloadAtomic(t *testing.T) {
 	}
 	const reloads = 40
 	seen := map[string]int{}
-	var ev ProbeEvent
+	var ev Event
 	read := func(d time.Duration) {
 		end := time.Now().Add(d)
 		for time.Now().Before(end) {
@@ -872,7 +872,7 @@ func TestProbeFdPathTruncated(t *testing.T) {
 }
 
 func truncatedPath(t *testing.T, dir string, wantOf func(string) string) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -880,7 +880,7 @@ func truncatedPath(t *testing.T, dir string, wantOf func(string) string) {
 	os.WriteFile(file, []byte("x"), 0o644)
 	comm := uniqueName("graindeep")
 	bin := uniqueChild(t, comm)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 closes: {
 	syscall: "close"
 	args: [{index: 0, type: "fd", name: "file"}]
@@ -890,8 +890,8 @@ closes: {
 	if out, err := childCmd(bin, "open "+file).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	evs := collect(t, p, 3*time.Second, func(e []ProbeEvent) bool {
-		return slices.ContainsFunc(e, func(ev ProbeEvent) bool { return strings.HasSuffix(fieldStr(ev, "file"), "deep.txt") })
+	evs := collect(t, p, 3*time.Second, func(e []Event) bool {
+		return slices.ContainsFunc(e, func(ev Event) bool { return strings.HasSuffix(fieldStr(ev, "file"), "deep.txt") })
 	})
 	for _, ev := range evs {
 		got := fieldStr(ev, "file")
@@ -910,14 +910,14 @@ closes: {
 // TestProbeSockaddr: a struct sockaddr * in user memory (connect's second
 // argument), IPv4 and IPv6, filtered by CIDR and port.
 func TestProbeSockaddr(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	var addrs []string
 	for _, network := range []string{"tcp4", "tcp6"} {
 		host := map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network]
 		addrs = append(addrs, acceptAndClose(t, network, host))
 	}
 	port := func(a string) string { _, p, _ := net.SplitHostPort(a); return p }
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 connects: {
 	syscall: "connect"
 	args: [{index: 1, type: "sockaddr", name: "addr"}]
@@ -926,7 +926,7 @@ connects: {
 }`, port(addrs[0]), port(addrs[1])))
 	runChild(t, "connect "+addrs[0])
 	runChild(t, "connect "+addrs[1])
-	evs := collect(t, p, time.Second, func(e []ProbeEvent) bool { return len(e) > 2 })
+	evs := collect(t, p, time.Second, func(e []Event) bool { return len(e) > 2 })
 	var got []string
 	for _, ev := range evs {
 		got = append(got, fmt.Sprintf("%s %s %s %s", fieldStr(ev, "family"), fieldStr(ev, "daddr"), fieldStr(ev, "dport"), fieldStr(ev, "addr")))
@@ -944,10 +944,10 @@ connects: {
 // char[16] inside the record on Linux 6.1 and a __data_loc string on 6.18:
 // both read as strings, beside integer fields.
 func TestProbeTracepointCharArray(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainfork")
 	bin := uniqueChild(t, comm)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 forks: {
 	tracepoint: "sched/sched_process_fork"
 	args: [{field: "parent_comm", type: "string"}, {field: "parent_pid", type: "int"}, {field: "child_pid", type: "int"}]
@@ -959,7 +959,7 @@ forks: {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	evs := collect(t, p, 2*time.Second, func(e []ProbeEvent) bool { return len(e) > 0 })
+	evs := collect(t, p, 2*time.Second, func(e []Event) bool { return len(e) > 0 })
 	if len(evs) == 0 {
 		t.Fatal("no fork event")
 	}

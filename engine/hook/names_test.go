@@ -18,10 +18,10 @@ import (
 // those of the set in force are kept: the packet rules' naming (the hooks
 // used to forget names after a fixed number of reloads, read or not).
 func TestProbeEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	var ids []uint32
 	for i, name := range []string{"set_a", "set_b", "set_c", "set_d", "set_e", "set_f"} {
-		applyProbes(t, p, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987801, emit: {event: "close", fields: ["fd"]}}`, name))
+		applyHooks(t, p, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987801, emit: {event: "close", fields: ["fd"]}}`, name))
 		ids = append(ids, generation.RuleID(p.gen.Epoch(), 0))
 		if i < 2 {
 			runChild(t, "close 2 987801") // read only after the sets that follow

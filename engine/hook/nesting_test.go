@@ -17,7 +17,7 @@ import (
 // setScratchBusy marks scratch level `level` busy (or free) on every CPU,
 // as a program running there would: the busy word is the first of the
 // level's value.
-func setScratchBusy(t *testing.T, p *Probes, level uint32, busy bool) {
+func setScratchBusy(t *testing.T, p *Hooks, level uint32, busy bool) {
 	t.Helper()
 	m := p.Program().Maps().Scratch
 	ncpu, err := ebpf.PossibleCPU()
@@ -37,7 +37,7 @@ func setScratchBusy(t *testing.T, p *Probes, level uint32, busy bool) {
 }
 
 // scratchBusy reports the busy word of a scratch level on every CPU.
-func scratchBusy(t *testing.T, p *Probes, level uint32) []byte {
+func scratchBusy(t *testing.T, p *Hooks, level uint32) []byte {
 	t.Helper()
 	var vals [][]byte
 	if err := p.Program().Maps().Scratch.Lookup(level, &vals); err != nil {
@@ -50,7 +50,7 @@ func scratchBusy(t *testing.T, p *Probes, level uint32) []byte {
 	return out
 }
 
-func nestingOf(t *testing.T, p *Probes) ProbeNesting {
+func nestingOf(t *testing.T, p *Hooks) Nesting {
 	t.Helper()
 	n, err := p.Nesting()
 	if err != nil {
@@ -68,7 +68,7 @@ func nestingOf(t *testing.T, p *Probes) ProbeNesting {
 // at level 0, and counted as nested; a call finding every level busy is
 // skipped and counted; the levels the runs took are free again after.
 func TestProbeNestingLevels(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{ObserveSelf: true})
+	p := newTestHooks(t, Options{ObserveSelf: true})
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	comm, err := os.ReadFile("/proc/thread-self/comm")
@@ -102,7 +102,7 @@ func TestProbeNestingLevels(t *testing.T) {
 			t.Fatalf("%s returned %d", bpf.ProgSysEnter, ret)
 		}
 	}
-	check := func(step string, hits uint64, want ProbeNesting) {
+	check := func(step string, hits uint64, want Nesting) {
 		t.Helper()
 		if got := ruleHits(t, p, "nest"); got != hits {
 			t.Fatalf("%s: %d hits, want %d", step, got, hits)
@@ -115,7 +115,7 @@ func TestProbeNestingLevels(t *testing.T) {
 	taken := slices.Repeat([]byte{1}, len(free))
 
 	run()
-	check("level 0 free", 1, ProbeNesting{})
+	check("level 0 free", 1, Nesting{})
 	for l := range uint32(bpf.ProbeNestLevels) {
 		if got := scratchBusy(t, p, l); !slices.Equal(got, free) {
 			t.Fatalf("after a run, level %d busy words %v, want all free", l, got)
@@ -125,7 +125,7 @@ func TestProbeNestingLevels(t *testing.T) {
 	setScratchBusy(t, p, 0, true)
 	run()
 	run()
-	check("level 0 busy", 3, ProbeNesting{Nested: 2})
+	check("level 0 busy", 3, Nesting{Nested: 2})
 	if got := scratchBusy(t, p, 0); !slices.Equal(got, taken) {
 		t.Fatalf("level 0 busy words %v: a nested run released a level it did not take", got)
 	}
@@ -137,13 +137,13 @@ func TestProbeNestingLevels(t *testing.T) {
 		setScratchBusy(t, p, l, true)
 	}
 	run()
-	check("every level busy", 3, ProbeNesting{Nested: 2, Skipped: 1})
+	check("every level busy", 3, Nesting{Nested: 2, Skipped: 1})
 
 	for l := range uint32(bpf.ProbeNestLevels) {
 		setScratchBusy(t, p, l, false)
 	}
 	run()
-	check("levels free again", 4, ProbeNesting{Nested: 2, Skipped: 1})
+	check("levels free again", 4, Nesting{Nested: 2, Skipped: 1})
 
 	got := countLines(t, p)
 	want := []string{fmt.Sprintf("test.nested tgid=%d,syscall=getppid 4", os.Getpid())}
@@ -163,9 +163,9 @@ func TestProbeNestingLevels(t *testing.T) {
 // levels busy (three programs at most run at once here), and logs how many
 // calls were served nested.
 func TestProbeNestingUnderInterrupts(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{ObserveSelf: true})
+	p := newTestHooks(t, Options{ObserveSelf: true})
 	pid := os.Getpid()
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 calls: {
 	syscall: "getppid"
 	match: process: tgid: %d

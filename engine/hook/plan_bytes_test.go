@@ -45,7 +45,7 @@ func examplePlans(t *testing.T) map[string]*codegen.Plan {
 // only what depends on this machine: the hook's slot, mechanism and
 // resolved arguments; the generation in keys and the epoch in rule ids.
 func TestProbeWritesThePlanVerbatim(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	plans := map[string]*codegen.Plan{}
 	feats := p.Features()
 	noFunctions := feats.Kprobes != nil && feats.FentryErr != nil

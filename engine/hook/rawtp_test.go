@@ -37,7 +37,7 @@ func rawTracepointsExpected(t *testing.T) bool {
 
 // wantTracepointMechanism is the mechanism of a field-less tracepoint hook
 // on this kernel; it checks the feature probe agrees with the version.
-func wantTracepointMechanism(t *testing.T, p *Probes) string {
+func wantTracepointMechanism(t *testing.T, p *Hooks) string {
 	t.Helper()
 	have := p.Features().RawTracepoints()
 	if have != rawTracepointsExpected(t) {
@@ -49,7 +49,7 @@ func wantTracepointMechanism(t *testing.T, p *Probes) string {
 	return "tracepoint"
 }
 
-func ruleHits(t *testing.T, p *Probes, policy string) uint64 {
+func ruleHits(t *testing.T, p *Hooks, policy string) uint64 {
 	t.Helper()
 	c, err := p.Counters()
 	if err != nil {
@@ -68,7 +68,7 @@ func ruleHits(t *testing.T, p *Probes, policy string) uint64 {
 // (else as the perf-event tracepoint), filters by comm in the kernel, and
 // counts and emits every selected call exactly.
 func TestProbeTracepointRawNoFields(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	testRenameNoFields(t, p, wantTracepointMechanism(t, p))
 }
 
@@ -76,16 +76,16 @@ func TestProbeTracepointRawNoFields(t *testing.T) {
 // tracepoint cookies (Debian's 6.1), the same policy runs on the
 // perf-event tracepoint, with the same outcome.
 func TestProbeTracepointNoCookieFallback(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	p.feats.RawTracepointCookie = errors.New("raw tracepoint cookies switched off by the test")
 	testRenameNoFields(t, p, "tracepoint")
 }
 
-func testRenameNoFields(t *testing.T, p *Probes, want string) {
+func testRenameNoFields(t *testing.T, p *Hooks, want string) {
 	t.Helper()
 	comm := uniqueName("grainren")
 	bin := uniqueChild(t, comm)
-	applyProbes(t, p, fmt.Sprintf(`
+	applyHooks(t, p, fmt.Sprintf(`
 renames: {
 	tracepoint: "task/task_rename"
 	match: process: comm: %q
@@ -115,7 +115,7 @@ renames: {
 	if len(counts) != 1 || fmt.Sprint(counts[0]) != fmt.Sprint(wantCount) {
 		t.Fatalf("counts %+v, want %+v", counts, wantCount)
 	}
-	evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= n })
+	evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= n })
 	if len(evs) != n {
 		t.Fatalf("got %d events, want %d", len(evs), n)
 	}
@@ -131,7 +131,7 @@ renames: {
 // the same tracepoint with and without fields moves the hook between the
 // two mechanisms without losing or doubling a call.
 func TestProbeTracepointFieldsStayPerf(t *testing.T) {
-	p := newTestProbes(t, ProbeOptions{})
+	p := newTestHooks(t, Options{})
 	newName := uniqueName("grainnew")
 	withFields := fmt.Sprintf(`
 renames: {
@@ -154,7 +154,7 @@ renames: {
 	}{{withFields, "tracepoint", true, 4}, {noFields, rawWant, false, 3}, {withFields, "tracepoint", true, 6}}
 	total := uint64(0)
 	for i, ph := range phases {
-		applyProbes(t, p, ph.src)
+		applyHooks(t, p, ph.src)
 		if got := p.Mechanism("tracepoint", "task/task_rename"); got != ph.mech {
 			t.Fatalf("phase %d: mechanism %q, want %q", i, got, ph.mech)
 		}
@@ -178,7 +178,7 @@ renames: {
 		if got := ruleHits(t, p, "renames"); got != total {
 			t.Fatalf("phase %d: hits %d, want %d", i, got, total)
 		}
-		evs := collect(t, p, 5*time.Second, func(e []ProbeEvent) bool { return len(e) >= n })
+		evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= n })
 		if len(evs) != n {
 			t.Fatalf("phase %d: %d events, want %d", i, len(evs), n)
 		}

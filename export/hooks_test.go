@@ -20,9 +20,9 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 	samples := []hook.CountSample{
 		{Metric: "process.execs", Policy: "execs", Labels: []hook.Label{{Name: "comm", Value: "curl"}, {Name: "uid", Value: "0"}}, Calls: 3, Value: 3},
 	}
-	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{Probes: ProbeMetricsConfig{
-		Counters: func() ([]hook.ProbeRuleCounter, error) {
-			return []hook.ProbeRuleCounter{{Policy: "execs", Hits: 3, Events: 2, EventsLost: 1, Signals: 0}}, nil
+	m, handler, err := NewPrometheus(context.Background(), MetricsConfig{Hooks: HookMetricsConfig{
+		Counters: func() ([]hook.RuleCounter, error) {
+			return []hook.RuleCounter{{Policy: "execs", Hits: 3, Events: 2, EventsLost: 1, Signals: 0}}, nil
 		},
 		Counts: func() ([]hook.CountSample, error) {
 			mu.Lock()
@@ -34,7 +34,7 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 			defer mu.Unlock()
 			return append([]string(nil), names...)
 		},
-		Nesting: func() (hook.ProbeNesting, error) { return hook.ProbeNesting{Nested: 5, Skipped: 2}, nil },
+		Nesting: func() (hook.Nesting, error) { return hook.Nesting{Nested: 5, Skipped: 2}, nil },
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -61,12 +61,12 @@ func TestProbeMetricsFollowReloads(t *testing.T) {
 		Labels: []hook.Label{{Name: "daddr", Value: "10.0.0.1"}, {Name: "dport", Value: "80"}}, Calls: 2, Sum: 1500, Value: 1500})
 	mu.Unlock()
 	want := `grain_tcp_bytes_sent_total{destination_address="10.0.0.1",destination_port="80",grain_policy="tcp_bytes"`
-	deadline := time.Now().Add(5 * probeSyncInterval)
+	deadline := time.Now().Add(5 * hookSyncInterval)
 	for body = scrape(); !strings.Contains(body, want); body = scrape() {
 		if time.Now().After(deadline) {
-			t.Fatalf("the new count metric was not exported within %v:\n%s", 5*probeSyncInterval, body)
+			t.Fatalf("the new count metric was not exported within %v:\n%s", 5*hookSyncInterval, body)
 		}
-		time.Sleep(probeSyncInterval / 5)
+		time.Sleep(hookSyncInterval / 5)
 	}
 	if !strings.Contains(body, `otel_scope_version=""} 1500`) {
 		t.Errorf("the sum metric does not export the sum 1500:\n%s", body)

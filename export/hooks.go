@@ -15,12 +15,12 @@ import (
 	"github.com/grain-ebpf/grain/engine/hook"
 )
 
-// ProbeMetricsConfig says where the metrics of kernel-hook policies come
-// from; every function is normally a method of the engine's Probes or
+// HookMetricsConfig says where the metrics of kernel-hook policies come
+// from; every function is normally a method of the engine's Hooks or
 // Reloader.
-type ProbeMetricsConfig struct {
+type HookMetricsConfig struct {
 	// Counters reads each probe policy's cumulative counters.
-	Counters func() ([]hook.ProbeRuleCounter, error)
+	Counters func() ([]hook.RuleCounter, error)
 	// Counts reads the in-kernel count aggregations.
 	Counts func() ([]hook.CountSample, error)
 	// MetricNames names the count metrics of the policies in force; an
@@ -28,20 +28,20 @@ type ProbeMetricsConfig struct {
 	MetricNames func() []string
 	// Nesting reads the calls whose probe program started while another
 	// ran on the same CPU: served in a deeper scratch level, or skipped.
-	Nesting func() (hook.ProbeNesting, error)
+	Nesting func() (hook.Nesting, error)
 }
 
-// probeSyncInterval is how often new count metrics get their instrument:
+// hookSyncInterval is how often new count metrics get their instrument:
 // a policy added by a reload is exported from the next collection after.
-const probeSyncInterval = time.Second
+const hookSyncInterval = time.Second
 
-// probeMetrics exports what kernel-hook policies count. Their count
+// hookMetrics exports what kernel-hook policies count. Their count
 // metrics are named by the policies ("process.execs" is exported as
 // grain.process.execs), so instruments are made as reloads bring new
 // names; the OpenTelemetry SDK cannot make them from inside a collection.
-type probeMetrics struct {
+type hookMetrics struct {
 	meter metric.Meter
-	cfg   ProbeMetricsConfig
+	cfg   HookMetricsConfig
 
 	mu     sync.Mutex
 	counts map[string]metric.Int64ObservableCounter // by metric name
@@ -50,8 +50,8 @@ type probeMetrics struct {
 	done   chan struct{}
 }
 
-func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, error) {
-	pm := &probeMetrics{meter: meter, cfg: cfg, counts: map[string]metric.Int64ObservableCounter{},
+func registerHooks(meter metric.Meter, cfg HookMetricsConfig) (*hookMetrics, error) {
+	pm := &hookMetrics{meter: meter, cfg: cfg, counts: map[string]metric.Int64ObservableCounter{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	cs := &counters{meter: meter}
 	counter := cs.counter
@@ -81,7 +81,7 @@ func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, 
 				o.ObserveInt64(hits, toInt64(c.Hits), byPolicy)
 				o.ObserveInt64(emitted, toInt64(c.Events), byPolicy)
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
-				o.ObserveInt64(limited, toInt64(c.EventsLimited), byPolicy)
+				o.ObserveInt64(limited, toInt64(c.EventsRateLimited), byPolicy)
 				o.ObserveInt64(signals, toInt64(c.Signals), byPolicy)
 				o.ObserveInt64(countErrors, toInt64(c.CountErrors), byPolicy)
 			}
@@ -117,9 +117,9 @@ func registerProbes(meter metric.Meter, cfg ProbeMetricsConfig) (*probeMetrics, 
 	return pm, nil
 }
 
-func (pm *probeMetrics) run() {
+func (pm *hookMetrics) run() {
 	defer close(pm.done)
-	t := time.NewTicker(probeSyncInterval)
+	t := time.NewTicker(hookSyncInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -133,7 +133,7 @@ func (pm *probeMetrics) run() {
 	}
 }
 
-func (pm *probeMetrics) close() {
+func (pm *hookMetrics) close() {
 	select {
 	case <-pm.done:
 		return
@@ -146,7 +146,7 @@ func (pm *probeMetrics) close() {
 // sync makes an instrument for every count metric that has none, and
 // registers one callback observing them all. Instruments of metrics no
 // longer in force stay: their totals are cumulative since grain started.
-func (pm *probeMetrics) sync() error {
+func (pm *hookMetrics) sync() error {
 	pm.mu.Lock()
 	defer pm.mu.Unlock()
 	added := false
@@ -182,7 +182,7 @@ func (pm *probeMetrics) sync() error {
 
 // observe reports every aggregation, labels as attributes named by
 // OpenTelemetry's semantic conventions where one fits.
-func (pm *probeMetrics) observe(_ context.Context, o metric.Observer) error {
+func (pm *hookMetrics) observe(_ context.Context, o metric.Observer) error {
 	samples, err := pm.cfg.Counts()
 	if err != nil {
 		otel.Handle(fmt.Errorf("read probe counts: %w", err))
