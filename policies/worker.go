@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"runtime/debug"
 	"runtime/metrics"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -29,9 +28,6 @@ type Limits struct {
 	// MemoryBytes is the most heap one evaluation may use.
 	MemoryBytes uint64
 }
-
-// workerNice is the worker's scheduling niceness above grain's.
-const workerNice = 5
 
 // DefaultLimits leave a tree of MaxTreeBytes room on a small device: such
 // a tree takes about 3 s and 200 MiB here.
@@ -256,7 +252,7 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 // and out until in ends, then returns. An evaluation past its limits ends
 // the process, after answering with an error that names the file.
 func ServeWorker(in io.Reader, out io.Writer) error {
-	lowerPriority()
+	nameThreads()
 	dec, enc := gob.NewDecoder(in), gob.NewEncoder(out)
 	var cache Cache
 	// An evaluation allocates a lot that dies soon: collecting less often
@@ -319,21 +315,16 @@ func ServeWorker(in io.Reader, out io.Writer) error {
 	}
 }
 
-// lowerPriority names the process and puts it workerNice below grain: a
-// runaway evaluation spins a CPU until its bound, and the status socket,
-// signals and the event reader keep their priority meanwhile. Niceness is
-// per thread on Linux: every thread so far is lowered, and those the
-// runtime starts later inherit it. Failing is harmless.
-func lowerPriority() {
-	prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, 0)
-	nice := min(20-prio+workerNice, 19) // Linux's getpriority answers 20 - nice
+// nameThreads names the worker's threads grain-worker, not "exe" (from
+// /proc/self/exe), in ps and top. Threads started later inherit the name.
+//
+// The worker keeps grain's priority: below it, an evaluation starved by a
+// busy grain (a flood of events) or busy neighbours made reloads, and in
+// an emulated test guest starts, take many times longer.
+func nameThreads() {
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, t := range tasks {
-		// Not "exe" (from /proc/self/exe) in ps and top.
 		os.WriteFile("/proc/self/task/"+t.Name()+"/comm", []byte("grain-worker"), 0)
-		if tid, perr := strconv.Atoi(t.Name()); perr == nil && err == nil {
-			syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice)
-		}
 	}
 }
 
