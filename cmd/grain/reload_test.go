@@ -188,14 +188,20 @@ func buildGrainPath(t *testing.T) string {
 type retryingClients struct {
 	tries, leaks atomic.Int64
 	stop         chan struct{}
+	halt         sync.Once
 	wg           sync.WaitGroup
 }
 
 // retryHTTP11 starts four clients in a loop: each blocked request keeps
 // retransmitting (200 ms, 400 ms, ...), so packets arrive all through a
-// restart.
-func retryHTTP11(p *netns.Pair, port int) *retryingClients {
+// restart. A test that ends early stops them too: left running, they
+// spin on a removed namespace and starve the tests after it.
+func retryHTTP11(t *testing.T, p *netns.Pair, port int) *retryingClients {
 	c := &retryingClients{stop: make(chan struct{})}
+	t.Cleanup(func() {
+		c.halt.Do(func() { close(c.stop) })
+		c.wg.Wait()
+	})
 	for range 4 {
 		c.wg.Go(func() {
 			for {
@@ -218,7 +224,7 @@ func retryHTTP11(p *netns.Pair, port int) *retryingClients {
 // none of their requests got through.
 func (c *retryingClients) stopAndCheck(t *testing.T, during string) {
 	t.Helper()
-	close(c.stop)
+	c.halt.Do(func() { close(c.stop) })
 	c.wg.Wait()
 	tries, leaks := c.tries.Load(), c.leaks.Load()
 	t.Logf("%d HTTP/1.1 requests %s, %d got through", tries, during, leaks)
@@ -238,7 +244,7 @@ func TestKill9KeepsEnforcementAndRestartAdopts(t *testing.T) {
 	p, port, pins, args := restartSetup(t)
 	first := startGrain(t, p.ServerNS, args...)
 
-	clients := retryHTTP11(p, port)
+	clients := retryHTTP11(t, p, port)
 
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	first.cmd.Wait()
@@ -279,7 +285,7 @@ func TestRestartOnMapsOfAnotherLayout(t *testing.T) {
 		t.Fatalf("grain --keep-on-exit exited with %v; stderr:\n%s", err, first.log())
 	}
 
-	clients := retryHTTP11(p, port)
+	clients := retryHTTP11(t, p, port)
 	time.Sleep(300 * time.Millisecond)
 	second := startGrain(t, p.ServerNS, append(args, "--keep-on-exit", "--event-ring-bytes", "131072")...)
 	second.waitLog(t, "adopted", 1)
