@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -19,16 +20,6 @@ import (
 func TestMain(m *testing.M) {
 	policies.ServeWorkerIfAsked()
 	os.Exit(m.Run())
-}
-
-// multiplying is a file of n+1 lines whose last value has 2^n leaves.
-func multiplying(n int) string {
-	var b strings.Builder
-	b.WriteString("a0: \"x\"\n")
-	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "a%d: [a%d, a%d]\n", i, i-1, i-1)
-	}
-	return b.String()
 }
 
 func writeTree(t *testing.T, files map[string]string) string {
@@ -54,7 +45,7 @@ func newWorker(t *testing.T, limits policies.Limits) *policies.Worker {
 
 func TestValuesThatMultiplyAreRefused(t *testing.T) {
 	// 2^29 leaves from 30 short lines: validating it whole takes hours.
-	_, err := policies.LoadBytes("multiply.cue", []byte(multiplying(29)))
+	_, err := policies.LoadBytes("multiply.cue", []byte(plantest.MultiplyingTree(29)))
 	var list policies.ErrorList
 	if !errors.As(err, &list) || len(list) != 1 {
 		t.Fatalf("got %v, want one error", err)
@@ -64,7 +55,7 @@ func TestValuesThatMultiplyAreRefused(t *testing.T) {
 		t.Errorf("got %q at %+v, want the value bound, positioned", e.Msg, e.Pos)
 	}
 	// A tree just inside the bound still loads (and fails as policies).
-	_, err = policies.LoadBytes("small.cue", []byte(multiplying(10)))
+	_, err = policies.LoadBytes("small.cue", []byte(plantest.MultiplyingTree(10)))
 	if err == nil || strings.Contains(err.Error(), "evaluates to more than") {
 		t.Errorf("a tree of 2^10 values: got %v, want the policy errors only", err)
 	}
@@ -148,12 +139,6 @@ func sameJSON(t *testing.T, a, b any) bool {
 	return string(ja) == string(jb)
 }
 
-// slowTree evaluates for minutes and yields nothing: only the time bound
-// stops it.
-const slowTree = `import "list"
-p: [for i in list.Range(0, 2000000000, 1) if i < 0 {i}]
-`
-
 func TestWorkerStopsAtItsLimits(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -161,7 +146,7 @@ func TestWorkerStopsAtItsLimits(t *testing.T) {
 		src    string
 		want   string
 	}{
-		{"time", policies.Limits{Timeout: time.Second, MemoryBytes: 1 << 30}, slowTree, "did not finish within 1s"},
+		{"time", policies.Limits{Timeout: time.Second, MemoryBytes: 1 << 30}, plantest.RunawayTree, "did not finish within 1s"},
 		{"memory", policies.Limits{Timeout: time.Minute, MemoryBytes: 64 << 20},
 			"import \"list\"\np: [for i in list.Range(0, 20000000, 1) {i}]\n", "used more than 64 MiB"},
 	} {
@@ -186,7 +171,7 @@ func TestWorkerStopsAtItsLimits(t *testing.T) {
 
 func TestWorkerLoadIsAbandonedWithItsContext(t *testing.T) {
 	w := newWorker(t, policies.Limits{Timeout: time.Hour})
-	dir := writeTree(t, map[string]string{"slow.cue": slowTree})
+	dir := writeTree(t, map[string]string{"slow.cue": plantest.RunawayTree})
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		time.Sleep(300 * time.Millisecond)

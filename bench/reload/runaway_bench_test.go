@@ -14,24 +14,10 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/policies"
 )
-
-// runawayTree evaluates for hours and yields nothing.
-const runawayTree = `import "list"
-runaway: [for i in list.Range(0, 4000000000, 1) if i < 0 {i}]
-`
-
-// multiplyingTree is n+1 short lines whose last value has 2^n leaves.
-func multiplyingTree(n int) string {
-	var b strings.Builder
-	b.WriteString("a0: \"x\"\n")
-	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "a%d: [a%d, a%d]\n", i, i-1, i-1)
-	}
-	return b.String()
-}
 
 func buildGrain(tb testing.TB) string {
 	tb.Helper()
@@ -53,7 +39,7 @@ func durations(lat []time.Duration) string {
 func BenchmarkCheckMultiplyingTree(b *testing.B) {
 	bin := buildGrain(b)
 	dir := b.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(multiplyingTree(29)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(plantest.MultiplyingTree(29)), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration
@@ -162,7 +148,7 @@ func BenchmarkRunawayTree(b *testing.B) {
 			// way: the baseline, interleaved.
 			baseLat = append(baseLat, edit(62000+round))
 			waitFor("policies applied")
-			if err := os.WriteFile(runaway, []byte(runawayTree), 0o644); err != nil {
+			if err := os.WriteFile(runaway, []byte(plantest.RunawayTree), 0o644); err != nil {
 				b.Fatal(err)
 			}
 			waitFor("loading policies")

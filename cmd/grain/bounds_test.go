@@ -13,32 +13,16 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
-
-// runawayTree evaluates for hours and yields nothing: no static bound
-// catches it, only stopping the evaluation does.
-const runawayTree = `import "list"
-runaway: [for i in list.Range(0, 4000000000, 1) if i < 0 {i}]
-`
-
-// multiplyingTree is a file of n+1 short lines whose last value has 2^n
-// leaves.
-func multiplyingTree(n int) string {
-	var b strings.Builder
-	b.WriteString("a0: \"x\"\n")
-	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "a%d: [a%d, a%d]\n", i, i-1, i-1)
-	}
-	return b.String()
-}
 
 // TestCheckRefusesMultiplyingTree: the 30-line file that took grain check
 // hours is refused, naming its file and line.
 func TestCheckRefusesMultiplyingTree(t *testing.T) {
 	vmtest.HostOnly(t, "grain check bounds the evaluation of CUE; no kernel takes part")
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(multiplyingTree(29)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(plantest.MultiplyingTree(29)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
@@ -49,7 +33,7 @@ func TestCheckRefusesMultiplyingTree(t *testing.T) {
 		t.Errorf("stderr does not name the file and the bound:\n%s", errOut.String())
 	}
 	// A runaway evaluation is stopped at --eval-timeout, naming its file.
-	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(runawayTree), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "m.cue"), []byte(plantest.RunawayTree), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	errOut.Reset()
@@ -77,7 +61,7 @@ func TestRunawayTreeWedgesNothing(t *testing.T) {
 	loads := func() int { return strings.Count(d.log(), "loading policies") }
 	runaway := filepath.Join(dir, "runaway.cue")
 	n := loads()
-	writePolicy(t, runaway, runawayTree)
+	writePolicy(t, runaway, plantest.RunawayTree)
 	d.waitLog(t, "loading policies", n+1)
 	status := func() map[string]any {
 		t.Helper()
@@ -112,7 +96,7 @@ func TestRunawayTreeWedgesNothing(t *testing.T) {
 	}
 
 	// The multiplying file fails at once, named; the rule set stays.
-	writePolicy(t, filepath.Join(dir, "m.cue"), multiplyingTree(27))
+	writePolicy(t, filepath.Join(dir, "m.cue"), plantest.MultiplyingTree(27))
 	d.waitLog(t, "reload failed", 1)
 	if st := status(); st["last_result"] != "failure" || !strings.Contains(fmt.Sprint(st["last_error"]), "m.cue:") {
 		t.Errorf("status after the multiplying file: %v", st)
@@ -125,7 +109,7 @@ func TestRunawayTreeWedgesNothing(t *testing.T) {
 	os.Remove(filepath.Join(dir, "m.cue"))
 	time.Sleep(300 * time.Millisecond) // past the debounce: a change of its own
 	n = loads()
-	writePolicy(t, runaway, runawayTree)
+	writePolicy(t, runaway, plantest.RunawayTree)
 	d.waitLog(t, "loading policies", n+1)
 	abandoned := strings.Count(d.log(), "reload abandoned")
 	d.cmd.Process.Signal(syscall.SIGTERM)
