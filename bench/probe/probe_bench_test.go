@@ -166,14 +166,14 @@ func BenchmarkProbeTracepointOverhead(b *testing.B) {
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			var hooked, base, diff, prog []float64
-			mech := ""
+			var mech hook.Mechanism
 			for range 5 {
 				h, pr := measure(b, p, c.name, c.policy, renameLoop)
-				mech = p.Mechanism("tracepoint", "task/task_rename")
+				mech = p.Mechanism(hook.KindTracepoint, "task/task_rename")
 				u, _ := measure(b, p, "baseline", "", renameLoop)
 				hooked, base, diff, prog = append(hooked, h), append(base, u), append(diff, h-u), append(prog, pr)
 			}
-			if mech != "" {
+			if mech != 0 {
 				b.Logf("attached as %s", mech)
 			}
 			b.ReportMetric(median(hooked), "ns/op")
@@ -232,7 +232,7 @@ func progOf(b *testing.B, p *hook.Hooks, policy string) *ebpf.Program {
 	name := bpf.ProgSysEnter
 	if strings.Contains(policy, "tracepoint:") {
 		name = bpf.ProgTracepoint
-		if p.Mechanism("tracepoint", strings.Split(policy, `"`)[1]) == "raw_tracepoint" {
+		if p.Mechanism(hook.KindTracepoint, strings.Split(policy, `"`)[1]) == hook.MechanismRawTracepoint {
 			name = bpf.ProgRawTracepoint
 		}
 	}

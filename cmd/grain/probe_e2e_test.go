@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/internal/netns"
 )
 
@@ -87,7 +88,7 @@ func TestEndToEndKernelHooks(t *testing.T) {
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("grain status: %v: %s", err, out)
 	}
-	if len(st.Hooks) != 1 || st.Hooks[0].Target != "sched/sched_process_exec" || st.Hooks[0].Mechanism != "tracepoint" {
+	if len(st.Hooks) != 1 || st.Hooks[0].Target != "sched/sched_process_exec" || st.Hooks[0].Mechanism != hook.MechanismTracepoint {
 		t.Errorf("status hooks %+v, want the exec tracepoint attached as a tracepoint", st.Hooks)
 	}
 	if !blocked(t, p, port, "GET / HTTP/1.1") {

@@ -69,8 +69,9 @@ type Hooks struct {
 type attachment struct {
 	hook      codegen.ProbeHook
 	planned   []bpf.ProbeArg // the plan's arguments, which resolveArgs completes
+	kind      Kind
 	slot      int
-	mechanism string // "kprobe", "kretprobe", "fentry", "fexit", "tracepoint", "raw_tracepoint" (syscall hooks, field-less tracepoints)
+	mechanism Mechanism
 	links     []link.Link
 	args      []bpf.ProbeArg
 	syscalls  []int
@@ -87,16 +88,14 @@ type generationContents struct {
 
 // Attachment reports how one hook is attached.
 type Attachment struct {
-	Kind   string `json:"kind"`
+	Kind   Kind   `json:"kind"`
 	Target string `json:"target,omitempty"`
 	// Syscalls of a syscall hook.
 	Syscalls []string `json:"syscalls,omitempty"`
-	// Mechanism is what the kernel runs: "kprobe", "kretprobe", "fentry",
-	// "fexit", "tracepoint" (perf event) or "raw_tracepoint" (syscalls, and
-	// tracepoints that read no field where raw tracepoints take cookies).
-	Mechanism string   `json:"mechanism"`
-	Cookie    int      `json:"cookie"`
-	Policies  []string `json:"policies"`
+	// Mechanism is what the kernel runs.
+	Mechanism Mechanism `json:"mechanism"`
+	Cookie    int       `json:"cookie"`
+	Policies  []string  `json:"policies"`
 }
 
 // New loads the hook maps; programs are loaded and attached by
@@ -215,7 +214,7 @@ func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
 	for i, h := range p.pp.Hooks {
 		planned := p.pp.Maps.Hooks[i].Value.Args[:len(h.Args)]
 		a, ok := e.hooks[h.Key()]
-		if ok && h.Kind == "tracepoint" && a.mechanism != e.tracepointMechanism(h) {
+		if ok && a.kind == KindTracepoint && a.mechanism != e.tracepointMechanism(h) {
 			// Its fields changed which tracepoint it needs (a raw one has no
 			// record): attach anew on another slot, detach the old after
 			// the flip; each generation sees only one of the two.
@@ -229,7 +228,7 @@ func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
 				return p, err
 			}
 			links := a.links
-			if a.mechanism == "kretprobe" && stashes(args) && len(links) == 1 {
+			if a.mechanism == MechanismKretprobe && stashes(args) && len(links) == 1 {
 				// Now it reads arguments: add the entry kprobe that saves them.
 				prog, err := e.p.Program(bpf.ProgKprobe)
 				if err != nil {
@@ -242,7 +241,7 @@ func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
 				p.entryLinks = append(p.entryLinks, el)
 				links = append(slices.Clip(links), el)
 			}
-			p.want[h.Key()] = &attachment{hook: h, planned: planned, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
+			p.want[h.Key()] = &attachment{hook: h, kind: a.kind, planned: planned, slot: a.slot, mechanism: a.mechanism, links: links, args: args, syscalls: syscalls, program: a.program}
 			continue
 		}
 		slot := 0
@@ -338,7 +337,7 @@ func (p *Prepared) undo() {
 }
 
 func hookLabel(h codegen.ProbeHook) string {
-	if h.Kind == "syscall" {
+	if kindOf(h) == KindSyscall {
 		return "syscall:" + strings.Join(h.Syscalls, ",")
 	}
 	return h.Kind + ":" + h.Target
@@ -349,7 +348,7 @@ func hookLabel(h codegen.ProbeHook) string {
 func (e *Hooks) syncSysEnter(want map[string]*attachment) error {
 	need := false
 	for _, a := range want {
-		if a.hook.Kind == "syscall" {
+		if a.kind == KindSyscall {
 			need = true
 		}
 	}
@@ -364,17 +363,17 @@ func (e *Hooks) syncSysEnter(want map[string]*attachment) error {
 			return fmt.Errorf("attach to raw tracepoint sys_enter: %w", err)
 		}
 		e.sysLink = l
-	case !need && e.sysLink != nil && len(e.hooksOfKind("syscall")) == 0:
+	case !need && e.sysLink != nil && len(e.hooksOfKind(KindSyscall)) == 0:
 		e.sysLink.Close()
 		e.sysLink = nil
 	}
 	return nil
 }
 
-func (e *Hooks) hooksOfKind(kind string) []*attachment {
+func (e *Hooks) hooksOfKind(kind Kind) []*attachment {
 	var out []*attachment
 	for _, a := range e.hooks {
-		if a.hook.Kind == kind {
+		if a.kind == kind {
 			out = append(out, a)
 		}
 	}
@@ -383,24 +382,24 @@ func (e *Hooks) hooksOfKind(kind string) []*attachment {
 
 // attach resolves and attaches one hook with cookie slot.
 func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*attachment, error) {
-	a := &attachment{hook: h, planned: planned, slot: slot}
+	a := &attachment{hook: h, kind: kindOf(h), planned: planned, slot: slot}
 	cookie := uint64(slot)
-	switch h.Kind {
-	case "tracepoint":
+	switch a.kind {
+	case KindTracepoint:
 		group, name, ok := strings.Cut(h.Target, "/")
 		if !ok {
 			return nil, fmt.Errorf("tracepoint %q: want category/name", h.Target)
 		}
-		a.mechanism = "tracepoint"
+		a.mechanism = MechanismTracepoint
 		args, _, err := e.resolveArgs(h, a.planned, a.mechanism)
 		if err != nil {
 			return nil, err
 		}
 		a.args = args
-		if e.tracepointMechanism(h) == "raw_tracepoint" {
+		if e.tracepointMechanism(h) == MechanismRawTracepoint {
 			l, err := e.attachRawTracepoint(name, cookie)
 			if err == nil {
-				a.mechanism, a.links = "raw_tracepoint", []link.Link{l}
+				a.mechanism, a.links = MechanismRawTracepoint, []link.Link{l}
 				break
 			}
 			e.noRaw[h.Target] = true
@@ -415,14 +414,14 @@ func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*
 			return nil, fmt.Errorf("attach to tracepoint %s: %w", h.Target, err)
 		}
 		a.links = []link.Link{l}
-	case "syscall":
-		a.mechanism = "raw_tracepoint"
+	case KindSyscall:
+		a.mechanism = MechanismRawTracepoint
 		args, syscalls, err := e.resolveArgs(h, a.planned, a.mechanism)
 		if err != nil {
 			return nil, err
 		}
 		a.args, a.syscalls = args, syscalls
-	case "kprobe", "kretprobe":
+	case KindKprobe, KindKretprobe:
 		if err := e.attachFunction(a, cookie); err != nil {
 			return nil, err
 		}
@@ -436,11 +435,11 @@ func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*
 // tracepoint (~60 ns cheaper per call: no perf record is built) when it
 // reads no record field and the kernel gives raw tracepoints cookies
 // (Linux 6.10); else the perf-event tracepoint, which has the record.
-func (e *Hooks) tracepointMechanism(h codegen.ProbeHook) string {
+func (e *Hooks) tracepointMechanism(h codegen.ProbeHook) Mechanism {
 	if len(h.Args) == 0 && e.feats.RawTracepoints() && !e.noRaw[h.Target] && !strings.HasPrefix(h.Target, "syscalls/") {
-		return "raw_tracepoint"
+		return MechanismRawTracepoint
 	}
-	return "tracepoint"
+	return MechanismTracepoint
 }
 
 // attachRawTracepoint attaches grain_raw_tracepoint to the raw tracepoint
@@ -457,7 +456,7 @@ func (e *Hooks) attachRawTracepoint(name string, cookie uint64) (link.Link, erro
 // kprobes, as its Attach asks and the kernel allows.
 func (e *Hooks) attachFunction(a *attachment, cookie uint64) error {
 	h := a.hook
-	ret := h.Kind == "kretprobe"
+	ret := a.kind == KindKretprobe
 	var fentryErr error
 	if h.Attach == "fentry" || h.Attach == "auto" || h.Attach == "" {
 		fentryErr = e.feats.FentryErr
@@ -477,11 +476,11 @@ func (e *Hooks) attachFunction(a *attachment, cookie uint64) error {
 		}
 		return fmt.Errorf("%s %s: attach: kprobe requested, but %w", h.Kind, h.Target, err)
 	}
-	a.mechanism = "kprobe"
+	a.mechanism = MechanismKprobe
 	name := bpf.ProgKprobe
 	attach := link.Kprobe
 	if ret {
-		a.mechanism, name, attach = "kretprobe", bpf.ProgKretprobe, link.Kretprobe
+		a.mechanism, name, attach = MechanismKretprobe, bpf.ProgKretprobe, link.Kretprobe
 	}
 	args, _, err := e.resolveArgs(h, a.planned, a.mechanism)
 	if err != nil {
@@ -530,9 +529,9 @@ func stashes(args []bpf.ProbeArg) bool {
 }
 
 func (e *Hooks) attachTracing(a *attachment, cookie uint64, ret bool) error {
-	name, typ, mech := bpf.ProgFentry, ebpf.AttachTraceFEntry, "fentry"
+	name, typ, mech := bpf.ProgFentry, ebpf.AttachTraceFEntry, MechanismFentry
 	if ret {
-		name, typ, mech = bpf.ProgFexit, ebpf.AttachTraceFExit, "fexit"
+		name, typ, mech = bpf.ProgFexit, ebpf.AttachTraceFExit, MechanismFexit
 	}
 	args, _, err := e.resolveArgs(a.hook, a.planned, mech)
 	if err != nil {
@@ -565,17 +564,17 @@ func (e *Hooks) detach(a *attachment) {
 // bpf.ProbeArg of each) for the chosen mechanism on this kernel:
 // tracepoint fields by the tracefs format, integer widths by BTF or the
 // syscall's tracepoint; and gives the numbers of its syscalls.
-func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism string) ([]bpf.ProbeArg, []int, error) {
+func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism Mechanism) ([]bpf.ProbeArg, []int, error) {
 	var fields map[string]tpField
 	var widths []tpField // per argument index, when known
 	var syscalls []int
-	switch h.Kind {
-	case "tracepoint":
+	switch kindOf(h) {
+	case KindTracepoint:
 		var err error
 		if fields, _, err = tracepointFormat(h.Target); err != nil {
 			return nil, nil, err
 		}
-	case "syscall":
+	case KindSyscall:
 		for _, name := range h.Syscalls {
 			if name == "*" {
 				for nr := 0; nr < bpf.ProbeSyscalls; nr++ {
@@ -613,7 +612,7 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 			}
 			break
 		}
-	case "kprobe", "kretprobe":
+	case KindKprobe, KindKretprobe:
 		widths = functionParams(h.Target)
 	}
 	out := make([]bpf.ProbeArg, 0, len(h.Args))
@@ -625,7 +624,7 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 				ka.Width = widths[a.Index].width
 			}
 		case bpf.ProbeSrcRet:
-			if mechanism == "fexit" || mechanism == "kretprobe" {
+			if mechanism.atReturn() {
 				if w := functionReturn(h.Target); w.width != 0 {
 					ka.Width = w.width
 				}
@@ -912,11 +911,8 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 	for i, h := range pp.Hooks {
 		a := hooks[h.Key()]
 		kh := pm.Hooks[i].Value
-		kh.Kind = kindCode(a.mechanism)
-		if h.Kind == "tracepoint" {
-			kh.Kind = bpf.ProbeKindTracepoint // raw or perf event
-		}
-		if a.mechanism == "kretprobe" && stashes(a.args) {
+		kh.Kind = uint8(a.mechanism.kernelKind(a.kind))
+		if a.mechanism == MechanismKretprobe && stashes(a.args) {
 			kh.Flags |= bpf.ProbeHookStash
 		}
 		copy(kh.Args[:], a.args)
@@ -974,11 +970,6 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 	return nil
 }
 
-func kindCode(mechanism string) uint8 {
-	return map[string]uint8{"kprobe": bpf.ProbeKindKprobe, "kretprobe": bpf.ProbeKindKretprobe, "fentry": bpf.ProbeKindFentry,
-		"fexit": bpf.ProbeKindFexit, "tracepoint": bpf.ProbeKindTracepoint, "raw_tracepoint": bpf.ProbeKindSyscall}[mechanism]
-}
-
 // Attachments reports every attached hook and the mechanism chosen for it
 // (fentry or kprobe for functions), sorted by kind and target.
 func (e *Hooks) Attachments() []Attachment {
@@ -987,7 +978,7 @@ func (e *Hooks) Attachments() []Attachment {
 	gen := e.written[e.gen.Active()]
 	var out []Attachment
 	for _, a := range e.hooks {
-		pa := Attachment{Kind: a.hook.Kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
+		pa := Attachment{Kind: a.kind, Target: a.hook.Target, Syscalls: a.hook.Syscalls, Mechanism: a.mechanism, Cookie: a.slot}
 		if gen != nil {
 			for _, ri := range a.hook.Rules {
 				if ri < len(gen.rules) {
@@ -998,7 +989,7 @@ func (e *Hooks) Attachments() []Attachment {
 		out = append(out, pa)
 	}
 	slices.SortFunc(out, func(a, b Attachment) int {
-		if c := strings.Compare(a.Kind, b.Kind); c != 0 {
+		if c := strings.Compare(a.Kind.String(), b.Kind.String()); c != 0 {
 			return c
 		}
 		if c := strings.Compare(a.Target, b.Target); c != 0 {
@@ -1010,14 +1001,15 @@ func (e *Hooks) Attachments() []Attachment {
 }
 
 // Mechanism returns how the hook of kind on target ("tcp_v4_connect") is
-// attached ("fentry", "kprobe", ...), or "" when no such hook is attached.
-func (e *Hooks) Mechanism(kind, target string) string {
+// attached (MechanismFentry, MechanismKprobe, ...), or 0 when no such hook
+// is attached.
+func (e *Hooks) Mechanism(kind Kind, target string) Mechanism {
 	for _, a := range e.Attachments() {
 		if a.Kind == kind && a.Target == target {
 			return a.Mechanism
 		}
 	}
-	return ""
+	return 0
 }
 
 // Close detaches every hook and frees the programs and maps.

@@ -222,7 +222,7 @@ execs: {
 	emit: {event: "exec", fields: ["pid", "tgid", "ppid", "uid", "comm", "filename", "old_pid"]}
 	count: {metric: "process.execs", by: ["comm", "uid"]}
 }`, comm))
-	if got := p.Mechanism("tracepoint", "sched/sched_process_exec"); got != "tracepoint" {
+	if got := p.Mechanism(KindTracepoint, "sched/sched_process_exec"); got != MechanismTracepoint {
 		t.Fatalf("mechanism %q", got)
 	}
 	var pids []int
@@ -523,7 +523,7 @@ func TestProbeReload(t *testing.T) {
 	applyHooks(t, p, a+"\n"+b)
 	runChild(t, "close 3 987600")
 	applyHooks(t, p, b)
-	if got := p.Attachments(); len(got) != 1 || got[0].Mechanism != "tracepoint" || p.sysLink != nil {
+	if got := p.Attachments(); len(got) != 1 || got[0].Mechanism != MechanismTracepoint || p.sysLink != nil {
 		t.Fatalf("attachments after dropping the syscall hook: %+v (sys_enter attached: %v)", got, p.sysLink != nil)
 	}
 	runChild(t, "close 2 987600")
@@ -625,7 +625,7 @@ func acceptAndClose(t *testing.T, network, address string) string {
 
 // tcpConnectTest connects from a child to a listener on loopback and
 // checks the event of a hook on tcp_connect(struct sock *).
-func tcpConnectTest(t *testing.T, attach, wantMech string) {
+func tcpConnectTest(t *testing.T, attach string, wantMech Mechanism) {
 	p := newTestHooks(t, Options{})
 	addr := acceptAndClose(t, "tcp4", "127.0.0.1:0")
 	_, portText, _ := net.SplitHostPort(addr)
@@ -639,7 +639,7 @@ tcp_connect: {
 	emit: {event: "tcp_connect", fields: ["pid", "comm", "saddr", "sport", "daddr", "dport", "family", "sk"]}
 	count: {metric: "tcp.connects", by: ["daddr", "dport"]}
 }`, attach, port))
-	if got := p.Mechanism("kprobe", "tcp_connect"); got != wantMech {
+	if got := p.Mechanism(KindKprobe, "tcp_connect"); got != wantMech {
 		t.Fatalf("mechanism %q, want %q", got, wantMech)
 	}
 	runChild(t, "connect "+addr)
@@ -661,13 +661,13 @@ tcp_connect: {
 func TestProbeKprobeTCPConnect(t *testing.T) {
 	requireProbeRoot(t)
 	skipWithoutKprobes(t)
-	tcpConnectTest(t, "kprobe", "kprobe")
+	tcpConnectTest(t, "kprobe", MechanismKprobe)
 }
 
 func TestProbeFentryTCPConnect(t *testing.T) {
 	requireProbeRoot(t)
 	skipWithoutFentry(t)
-	tcpConnectTest(t, "fentry", "fentry")
+	tcpConnectTest(t, "fentry", MechanismFentry)
 }
 
 // TestProbeAutoAttach: attach: auto takes fentry where the kernel has it,
@@ -678,12 +678,12 @@ func TestProbeAutoAttach(t *testing.T) {
 	err := p.Apply(compilePolicies(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
 	switch {
 	case f.FentryErr == nil:
-		if err != nil || p.Mechanism("kprobe", "tcp_connect") != "fentry" {
-			t.Fatalf("fentry available: %v, mechanism %q", err, p.Mechanism("kprobe", "tcp_connect"))
+		if err != nil || p.Mechanism(KindKprobe, "tcp_connect") != MechanismFentry {
+			t.Fatalf("fentry available: %v, mechanism %q", err, p.Mechanism(KindKprobe, "tcp_connect"))
 		}
 	case f.Kprobes == nil:
-		if err != nil || p.Mechanism("kprobe", "tcp_connect") != "kprobe" {
-			t.Fatalf("kprobes available: %v, mechanism %q", err, p.Mechanism("kprobe", "tcp_connect"))
+		if err != nil || p.Mechanism(KindKprobe, "tcp_connect") != MechanismKprobe {
+			t.Fatalf("kprobes available: %v, mechanism %q", err, p.Mechanism(KindKprobe, "tcp_connect"))
 		}
 	default:
 		if err == nil || !strings.Contains(err.Error(), "neither fentry") || !strings.Contains(err.Error(), "kprobes") {
@@ -718,8 +718,8 @@ opens: {
 	emit: {event: "open", fields: ["filename", "fd"]}
 	count: {metric: "opens", by: ["fd"]}
 }`, attach, dir+"/"))
-			want := map[string]string{"kprobe": "kretprobe", "fentry": "fexit"}[attach]
-			if got := p.Mechanism("kretprobe", "do_sys_openat2"); got != want {
+			want := map[string]Mechanism{"kprobe": MechanismKretprobe, "fentry": MechanismFexit}[attach]
+			if got := p.Mechanism(KindKretprobe, "do_sys_openat2"); got != want {
 				t.Fatalf("mechanism %q, want %q", got, want)
 			}
 			runChild(t, "open "+file+" "+missing+" "+file)

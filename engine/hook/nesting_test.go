@@ -179,8 +179,8 @@ softirq: {
 	tracepoint: "irq/softirq_entry"
 	count: {metric: "test.softirq", by: ["pid", "comm"]}
 }`, pid))
-	t.Logf("interrupt hooks attached as %s and %s", p.Mechanism("tracepoint", "timer/hrtimer_expire_entry"),
-		p.Mechanism("tracepoint", "irq/softirq_entry"))
+	t.Logf("interrupt hooks attached as %s and %s", p.Mechanism(KindTracepoint, "timer/hrtimer_expire_entry"),
+		p.Mechanism(KindTracepoint, "irq/softirq_entry"))
 	const n = 3_000_000
 	func() {
 		runtime.LockOSThread()

@@ -37,16 +37,16 @@ func rawTracepointsExpected(t *testing.T) bool {
 
 // wantTracepointMechanism is the mechanism of a field-less tracepoint hook
 // on this kernel; it checks the feature probe agrees with the version.
-func wantTracepointMechanism(t *testing.T, p *Hooks) string {
+func wantTracepointMechanism(t *testing.T, p *Hooks) Mechanism {
 	t.Helper()
 	have := p.Features().RawTracepoints()
 	if have != rawTracepointsExpected(t) {
 		t.Fatalf("raw tracepoint cookies detected %v (%v), kernel version says %v", have, p.Features().RawTracepointCookie, !have)
 	}
 	if have {
-		return "raw_tracepoint"
+		return MechanismRawTracepoint
 	}
-	return "tracepoint"
+	return MechanismTracepoint
 }
 
 func ruleHits(t *testing.T, p *Hooks, policy string) uint64 {
@@ -78,10 +78,10 @@ func TestProbeTracepointRawNoFields(t *testing.T) {
 func TestProbeTracepointNoCookieFallback(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	p.feats.RawTracepointCookie = errors.New("raw tracepoint cookies switched off by the test")
-	testRenameNoFields(t, p, "tracepoint")
+	testRenameNoFields(t, p, MechanismTracepoint)
 }
 
-func testRenameNoFields(t *testing.T, p *Hooks, want string) {
+func testRenameNoFields(t *testing.T, p *Hooks, want Mechanism) {
 	t.Helper()
 	comm := uniqueName("grainren")
 	bin := uniqueChild(t, comm)
@@ -92,7 +92,7 @@ renames: {
 	emit: {event: "rename", fields: ["pid", "tgid", "comm"]}
 	count: {metric: "test.renames", by: ["comm"]}
 }`, comm))
-	if got := p.Mechanism("tracepoint", "task/task_rename"); got != want {
+	if got := p.Mechanism(KindTracepoint, "task/task_rename"); got != want {
 		t.Fatalf("mechanism %q, want %q", got, want)
 	}
 	if a := p.Attachments(); len(a) != 1 || a[0].Mechanism != want || a[0].Policies[0] != "renames" {
@@ -148,14 +148,15 @@ renames: {
 }`, newName)
 	rawWant := wantTracepointMechanism(t, p)
 	phases := []struct {
-		src, mech string
-		fields    bool
-		n         int
-	}{{withFields, "tracepoint", true, 4}, {noFields, rawWant, false, 3}, {withFields, "tracepoint", true, 6}}
+		src    string
+		mech   Mechanism
+		fields bool
+		n      int
+	}{{withFields, MechanismTracepoint, true, 4}, {noFields, rawWant, false, 3}, {withFields, MechanismTracepoint, true, 6}}
 	total := uint64(0)
 	for i, ph := range phases {
 		applyHooks(t, p, ph.src)
-		if got := p.Mechanism("tracepoint", "task/task_rename"); got != ph.mech {
+		if got := p.Mechanism(KindTracepoint, "task/task_rename"); got != ph.mech {
 			t.Fatalf("phase %d: mechanism %q, want %q", i, got, ph.mech)
 		}
 		if a := p.Attachments(); len(a) != 1 {
