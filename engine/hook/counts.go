@@ -358,7 +358,7 @@ func (e *Hooks) Counters() ([]RuleCounter, error) {
 }
 
 // Nesting counts, since the programs were loaded, the kernel calls
-// whose probe program started while another grain probe program was
+// whose hook program started while another grain hook program was
 // running on the same CPU: a hook firing in an interrupt (raw tracepoints
 // and raw sys_enter are not kept from nesting by the kernel) or a
 // preempted fentry/fexit program. Each program works in a per-CPU scratch

@@ -1,3 +1,9 @@
+// Package hook runs grain's kernel hooks: the syscall, tracepoint, kprobe
+// and kretprobe policies. It attaches each hook by the mechanism this
+// kernel offers (fentry or kprobe, raw or perf-event tracepoint), writes
+// the Plan's rule sets into the inactive generation of the hook maps and
+// flips it, and reads the hooks' counts and events. "probe" in bpf names
+// (bpf.Probe, bpf/probe.c) is the C side of the same programs.
 package hook
 
 import (
