@@ -28,19 +28,19 @@ import (
 	"github.com/grain-ebpf/grain/policies"
 )
 
-// The probe tests trigger real activity in child processes: grain filters
+// The hook tests trigger real activity in child processes: grain filters
 // out its own process (the test binary) in the kernel. A child is this test
-// binary started with GRAIN_PROBE_CHILD set, or a copy of a system binary
+// binary started with GRAIN_HOOK_CHILD set, or a copy of a system binary
 // under a unique name (a unique comm).
 func init() {
-	mode := os.Getenv("GRAIN_PROBE_CHILD")
+	mode := os.Getenv("GRAIN_HOOK_CHILD")
 	if mode == "" {
 		return
 	}
-	os.Exit(probeChild(strings.Fields(mode)))
+	os.Exit(hookChild(strings.Fields(mode)))
 }
 
-func probeChild(args []string) int {
+func hookChild(args []string) int {
 	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
 	switch args[0] {
 	case "close": // close N FD: N failing close(FD) calls
@@ -88,7 +88,7 @@ func probeChild(args []string) int {
 		renameLoop(atoi(args[1]), args[2])
 	case "wait": // wait MODE...: read a line from stdin, then run MODE
 		bufio.NewReader(os.Stdin).ReadString('\n')
-		return probeChild(args[1:])
+		return hookChild(args[1:])
 	}
 	return 0
 }
@@ -105,13 +105,13 @@ func selfComm() string {
 func runChild(t *testing.T, mode string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD="+mode)
+	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD="+mode)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("child %q: %v\n%s", mode, err, out)
 	}
 }
 
-func requireProbeRoot(t testing.TB) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load BPF programs (runs in .ci/run)")
@@ -134,7 +134,7 @@ func compilePolicies(t testing.TB, src string) *codegen.Plan {
 
 func newTestHooks(t testing.TB, opts Options) *Hooks {
 	t.Helper()
-	requireProbeRoot(t)
+	requireRoot(t)
 	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +193,7 @@ func uniqueChild(t *testing.T, name string) string {
 // childCmd runs bin (this test binary or a copy) as a child doing mode.
 func childCmd(bin, mode string) *exec.Cmd {
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD="+mode)
+	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD="+mode)
 	return cmd
 }
 
@@ -208,9 +208,9 @@ func uniqueName(prefix string) string {
 	return fmt.Sprintf("%s%05d", prefix, rand.IntN(100000))
 }
 
-// TestProbeTracepointExec: sched/sched_process_exec with its __data_loc
+// TestHookTracepointExec: sched/sched_process_exec with its __data_loc
 // filename, emitted and counted, filtered by comm.
-func TestProbeTracepointExec(t *testing.T) {
+func TestHookTracepointExec(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainexec")
 	bin := uniqueChild(t, comm)
@@ -269,9 +269,9 @@ execs: {
 	}
 }
 
-// TestProbeSyscallFilters: raw sys_enter on openat with a user string,
+// TestHookSyscallFilters: raw sys_enter on openat with a user string,
 // filters on comm, path prefix and uid; selectors ORed.
-func TestProbeSyscallFilters(t *testing.T) {
+func TestHookSyscallFilters(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	dir := t.TempDir()
 	commA, commB := uniqueName("graincatA"), uniqueName("graincatB")
@@ -316,9 +316,9 @@ opens: {
 	}
 }
 
-// TestProbeSignal: a process opening the forbidden file is killed with
+// TestHookSignal: a process opening the forbidden file is killed with
 // SIGKILL; one opening another file is not.
-func TestProbeSignal(t *testing.T) {
+func TestHookSignal(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	dir := t.TempDir()
 	forbidden, allowed := filepath.Join(dir, "canary"), filepath.Join(dir, "fine")
@@ -350,9 +350,9 @@ kill_on_canary: {
 	}
 }
 
-// TestProbeSyscallCount: per-call counts and sums in the kernel, keyed by
+// TestHookSyscallCount: per-call counts and sums in the kernel, keyed by
 // syscall and argument; an int set larger than the inline limit.
-func TestProbeSyscallCount(t *testing.T) {
+func TestHookSyscallCount(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	var set []string
 	for i := range bpf.ProbeMaxInline + 4 {
@@ -410,9 +410,9 @@ func countLines(t *testing.T, p *Hooks) []string {
 	return lines
 }
 
-// TestProbeFdPath: an fd argument resolved to its path through the task's
+// TestHookFdPath: an fd argument resolved to its path through the task's
 // file table and a walk of dentries and mounts.
-func TestProbeFdPath(t *testing.T) {
+func TestHookFdPath(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	dir := filepath.Join(t.TempDir(), "a", "b")
 	os.MkdirAll(dir, 0o755)
@@ -432,8 +432,8 @@ closes: {
 	}
 }
 
-// TestProbeCgroupFilter: events only from processes in a given cgroup.
-func TestProbeCgroupFilter(t *testing.T) {
+// TestHookCgroupFilter: events only from processes in a given cgroup.
+func TestHookCgroupFilter(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	root := Cgroup2Mount()
 	name := uniqueName("grain-test-")
@@ -456,7 +456,7 @@ closes: {
 	}
 	defer cg.Close()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "GRAIN_PROBE_CHILD=close 5 987777")
+	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD=close 5 987777")
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("child in cgroup: %v %s", err, out)
@@ -468,9 +468,9 @@ closes: {
 	}
 }
 
-// TestProbeLossAccounting floods a small ring buffer with nobody reading:
+// TestHookLossAccounting floods a small ring buffer with nobody reading:
 // events received + events counted lost = events generated.
-func TestProbeLossAccounting(t *testing.T) {
+func TestHookLossAccounting(t *testing.T) {
 	p := newTestHooks(t, Options{RingBufferBytes: 64 << 10})
 	applyHooks(t, p, `
 closes: {
@@ -492,9 +492,9 @@ closes: {
 	t.Logf("generated %d: received %d + lost %d", n, len(evs), c[0].EventsLost)
 }
 
-// TestProbeRateLimit: at most rate_limit events per second; the others
+// TestHookRateLimit: at most rate_limit events per second; the others
 // counted as limited.
-func TestProbeRateLimit(t *testing.T) {
+func TestHookRateLimit(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	applyHooks(t, p, `
 closes: {
@@ -513,8 +513,8 @@ closes: {
 	}
 }
 
-// TestProbeReload: hooks come and go with the policies; counts survive.
-func TestProbeReload(t *testing.T) {
+// TestHookReload: hooks come and go with the policies; counts survive.
+func TestHookReload(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	a := `a: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987600, count: metric: "m"}`
 	b := `b: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987600, count: metric: "m"}`
@@ -543,8 +543,8 @@ func TestProbeReload(t *testing.T) {
 	}
 }
 
-// TestProbeStreamJSON: hook events as JSON lines.
-func TestProbeStreamJSON(t *testing.T) {
+// TestHookStreamJSON: hook events as JSON lines.
+func TestHookStreamJSON(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	applyHooks(t, p, `
 closes: {
@@ -658,21 +658,21 @@ tcp_connect: {
 	}
 }
 
-func TestProbeKprobeTCPConnect(t *testing.T) {
-	requireProbeRoot(t)
+func TestHookKprobeTCPConnect(t *testing.T) {
+	requireRoot(t)
 	skipWithoutKprobes(t)
 	tcpConnectTest(t, "kprobe", MechanismKprobe)
 }
 
-func TestProbeFentryTCPConnect(t *testing.T) {
-	requireProbeRoot(t)
+func TestHookFentryTCPConnect(t *testing.T) {
+	requireRoot(t)
 	skipWithoutFentry(t)
 	tcpConnectTest(t, "fentry", MechanismFentry)
 }
 
-// TestProbeAutoAttach: attach: auto takes fentry where the kernel has it,
+// TestHookAutoAttach: attach: auto takes fentry where the kernel has it,
 // else kprobes, and says which; with neither, the error names both.
-func TestProbeAutoAttach(t *testing.T) {
+func TestHookAutoAttach(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	f := bpf.DetectProbeFeatures()
 	err := p.Apply(compilePolicies(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
@@ -693,13 +693,13 @@ func TestProbeAutoAttach(t *testing.T) {
 	}
 }
 
-// TestProbeKretprobeReturn: return values by kretprobe and by fexit, with
+// TestHookKretprobeReturn: return values by kretprobe and by fexit, with
 // an argument of the call (kretprobe: saved by a kprobe at the entry),
 // filtered, emitted and counted.
-func TestProbeKretprobeReturn(t *testing.T) {
+func TestHookKretprobeReturn(t *testing.T) {
 	for _, attach := range []string{"kprobe", "fentry"} {
 		t.Run(attach, func(t *testing.T) {
-			requireProbeRoot(t)
+			requireRoot(t)
 			if attach == "kprobe" {
 				skipWithoutKprobes(t)
 			} else {
@@ -756,12 +756,12 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
 
-// TestProbeReloadAtomic: while a child closes two fds in turn, plans that
+// TestHookReloadAtomic: while a child closes two fds in turn, plans that
 // select one or the other (rule 0 and filter 0 in both) are applied over
 // and over. A call that read the rule of one generation and the filter of
 // the other would give an event of policy a for fd 987702 or of b for
 // 987701: none may arrive, and no event may be lost.
-func TestProbeReloadAtomic(t *testing.T) {
+func TestHookReloadAtomic(t *testing.T) {
 	p := newTestHooks(t, Options{RingBufferBytes: 64 << 20})
 	plan := func(name string, fd int) *codegen.Plan {
 		return compilePolicies(t, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: %d, emit: {event: "e", fields: ["fd"]}}`, name, fd))
@@ -837,9 +837,9 @@ func TestProbeReloadAtomic(t *testing.T) {
 	}
 }
 
-// TestProbeFdPathTruncated: a path deeper than the walk's bound keeps its
+// TestHookFdPathTruncated: a path deeper than the walk's bound keeps its
 // last components and is flagged.
-func TestProbeFdPathTruncated(t *testing.T) {
+func TestHookFdPathTruncated(t *testing.T) {
 	t.Run("depth", func(t *testing.T) {
 		dir := t.TempDir()
 		for i := range bpf.ProbePathDepth + 6 {
@@ -907,9 +907,9 @@ closes: {
 	t.Fatalf("no event for the deep file: %+v", evs)
 }
 
-// TestProbeSockaddr: a struct sockaddr * in user memory (connect's second
+// TestHookSockaddr: a struct sockaddr * in user memory (connect's second
 // argument), IPv4 and IPv6, filtered by CIDR and port.
-func TestProbeSockaddr(t *testing.T) {
+func TestHookSockaddr(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	var addrs []string
 	for _, network := range []string{"tcp4", "tcp6"} {
@@ -940,10 +940,10 @@ connects: {
 	}
 }
 
-// TestProbeTracepointCharArray: sched_process_fork's parent_comm is a
+// TestHookTracepointCharArray: sched_process_fork's parent_comm is a
 // char[16] inside the record on Linux 6.1 and a __data_loc string on 6.18:
 // both read as strings, beside integer fields.
-func TestProbeTracepointCharArray(t *testing.T) {
+func TestHookTracepointCharArray(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainfork")
 	bin := uniqueChild(t, comm)

@@ -17,7 +17,7 @@ import (
 // every event the replaced sets can send, their names are dropped, and
 // those of the set in force are kept: the packet rules' naming (the hooks
 // used to forget names after a fixed number of reloads, read or not).
-func TestProbeEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
+func TestHookEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	var ids []uint32
 	for i, name := range []string{"set_a", "set_b", "set_c", "set_d", "set_e", "set_f"} {

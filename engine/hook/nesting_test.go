@@ -59,7 +59,7 @@ func nestingOf(t *testing.T, p *Hooks) Nesting {
 	return n
 }
 
-// TestProbeNestingLevels runs the real raw sys_enter program
+// TestHookNestingLevels runs the real raw sys_enter program
 // (BPF_PROG_TEST_RUN, ctx = the tracepoint's arguments: regs, syscall
 // number) while scratch levels are marked busy from userspace, as programs
 // interrupted on every CPU would leave them: a call finding level 0 busy
@@ -67,7 +67,7 @@ func nestingOf(t *testing.T, p *Hooks) Nesting {
 // (both look their level up again by number) giving the same outcome as
 // at level 0, and counted as nested; a call finding every level busy is
 // skipped and counted; the levels the runs took are free again after.
-func TestProbeNestingLevels(t *testing.T) {
+func TestHookNestingLevels(t *testing.T) {
 	p := newTestHooks(t, Options{ObserveSelf: true})
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -152,7 +152,7 @@ func TestProbeNestingLevels(t *testing.T) {
 	}
 }
 
-// TestProbeNestingUnderInterrupts: a tight getppid loop counted on raw
+// TestHookNestingUnderInterrupts: a tight getppid loop counted on raw
 // sys_enter while tracepoints that fire in interrupt context (the timer
 // interrupt's hrtimer expiry, softirqs) run grain programs with labelled
 // counts of their own, which may start while grain_sys_enter runs on the
@@ -162,7 +162,7 @@ func TestProbeNestingLevels(t *testing.T) {
 // counted exactly once under the right labels and that no call found all
 // levels busy (three programs at most run at once here), and logs how many
 // calls were served nested.
-func TestProbeNestingUnderInterrupts(t *testing.T) {
+func TestHookNestingUnderInterrupts(t *testing.T) {
 	p := newTestHooks(t, Options{ObserveSelf: true})
 	pid := os.Getpid()
 	applyHooks(t, p, fmt.Sprintf(`

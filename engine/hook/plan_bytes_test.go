@@ -44,7 +44,7 @@ func examplePlans(t *testing.T) map[string]*codegen.Plan {
 // The engine writes the Plan's kernel-hook map entries as they are, adding
 // only what depends on this machine: the hook's slot, mechanism and
 // resolved arguments; the generation in keys and the epoch in rule ids.
-func TestProbeWritesThePlanVerbatim(t *testing.T) {
+func TestHookWritesThePlanVerbatim(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	plans := map[string]*codegen.Plan{}
 	feats := p.Features()

@@ -63,19 +63,19 @@ func ruleHits(t *testing.T, p *Hooks, policy string) uint64 {
 	return 0
 }
 
-// TestProbeTracepointRawNoFields: a tracepoint policy that reads no record
+// TestHookTracepointRawNoFields: a tracepoint policy that reads no record
 // field attaches as a raw tracepoint where the kernel gives those cookies
 // (else as the perf-event tracepoint), filters by comm in the kernel, and
 // counts and emits every selected call exactly.
-func TestProbeTracepointRawNoFields(t *testing.T) {
+func TestHookTracepointRawNoFields(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	testRenameNoFields(t, p, wantTracepointMechanism(t, p))
 }
 
-// TestProbeTracepointNoCookieFallback: as if the kernel had no raw
+// TestHookTracepointNoCookieFallback: as if the kernel had no raw
 // tracepoint cookies (Debian's 6.1), the same policy runs on the
 // perf-event tracepoint, with the same outcome.
-func TestProbeTracepointNoCookieFallback(t *testing.T) {
+func TestHookTracepointNoCookieFallback(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	p.feats.RawTracepointCookie = errors.New("raw tracepoint cookies switched off by the test")
 	testRenameNoFields(t, p, MechanismTracepoint)
@@ -126,11 +126,11 @@ renames: {
 	}
 }
 
-// TestProbeTracepointFieldsStayPerf: a tracepoint policy that reads record
+// TestHookTracepointFieldsStayPerf: a tracepoint policy that reads record
 // fields keeps the perf-event tracepoint, which has the record; reloading
 // the same tracepoint with and without fields moves the hook between the
 // two mechanisms without losing or doubling a call.
-func TestProbeTracepointFieldsStayPerf(t *testing.T) {
+func TestHookTracepointFieldsStayPerf(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	newName := uniqueName("grainnew")
 	withFields := fmt.Sprintf(`
