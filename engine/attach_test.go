@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -28,7 +29,7 @@ func TestXDPAttachModes(t *testing.T) {
 	defer e.Close()
 	attach := func(t *testing.T, iface string) string {
 		t.Helper()
-		plan := compilePolicy(t, fmt.Sprintf(`block: {xdp: interfaces: [%q], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`, iface))
+		plan := plantest.Compile(t, fmt.Sprintf(`block: {xdp: interfaces: [%q], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`, iface))
 		if err := netns.Do(p.ServerNS, func() error { return e.Apply(plan) }); err != nil {
 			t.Fatalf("apply on %s: %v", iface, err)
 		}
@@ -72,7 +73,7 @@ func TestXDPAttachModes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("attach another XDP program to gifb1: %v", err)
 		}
-		plan := compilePolicy(t, `block: {xdp: interfaces: ["gifb1"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`)
+		plan := plantest.Compile(t, `block: {xdp: interfaces: ["gifb1"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`)
 		err = netns.Do(p.ServerNS, func() error { return e.Apply(plan) })
 		if err == nil || !strings.Contains(err.Error(), "another XDP program is attached: `ip link set dev gifb1 xdp off`") {
 			t.Errorf("apply on an interface with another XDP program: %v; want the error to say so", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/netns"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -38,8 +39,8 @@ drop_%[1]s:  {xdp: interfaces: [%[3]q], match: {protocol: "udp", payload: {start
 count_%[2]s: {xdp: interfaces: [%[3]q], match: {protocol: "udp", payload: {startswith: %[2]q}}, then: "count"}
 `, drop, count, p.ServerIf)
 	}
-	planA := compilePolicy(t, policy("X", "Y"))
-	planB := compilePolicy(t, policy("Y", "X"))
+	planA := plantest.Compile(t, policy("X", "Y"))
+	planB := plantest.Compile(t, policy("Y", "X"))
 	apply := func(t *testing.T, plan *codegen.Plan) {
 		t.Helper()
 		err := netns.Do(p.ServerNS, func() error { return e.Apply(plan) })

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/engine/hook"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // The reload tests trigger kernel-hook rules from child processes: grain
@@ -47,9 +48,7 @@ func runChild(t *testing.T, mode string) {
 // newTestHooks sets up the kernel hooks, closed when t ends.
 func newTestHooks(t *testing.T) *hook.Hooks {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	p, err := hook.New(hook.Options{})
 	if err != nil {
 		t.Fatal(err)

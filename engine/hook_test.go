@@ -13,6 +13,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -34,7 +35,7 @@ func TestXDPVethHook(t *testing.T) {
 		if err := e.Apply(&codegen.Plan{}); err != nil {
 			t.Fatal(err)
 		}
-		err := e.Apply(compilePolicy(t, `p: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", dport: 9}, then: "drop"}`))
+		err := e.Apply(plantest.Compile(t, `p: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", dport: 9}, then: "drop"}`))
 		e.mu.Lock()
 		e.noTCX = saved
 		l := e.links[dev]
@@ -157,7 +158,7 @@ func TestTCFragmentedSocketBuffers(t *testing.T) {
 	const dev = "grain-fr0"
 	sender := vethPair(t, e, dev, "grain-fr1", 9000)
 	// An anchored content: the generation has a UDP gate.
-	if err := e.Apply(compilePolicy(t, `frag: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", payload: {startswith: "DROP-ME!", offset: 1000}}, then: "drop"}`)); err != nil {
+	if err := e.Apply(plantest.Compile(t, `frag: {xdp: interfaces: ["`+dev+`"], match: {protocol: "udp", payload: {startswith: "DROP-ME!", offset: 1000}}, then: "drop"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if e.InterfaceHooks()[dev] != hookTCX {

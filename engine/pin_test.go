@@ -10,6 +10,8 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // TestTakeOverPinsOfAnotherLayout restarts the engine on pinned state whose
@@ -19,12 +21,10 @@ import (
 // first apply; that apply switches the pinned link and replaces the map
 // pins, and the engine after it adopts them as usual.
 func TestTakeOverPinsOfAnotherLayout(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs, attach XDP and mount bpffs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	p := netns.NewPair(t)
 	pins := netns.PinDir(t)
-	plan := compilePolicy(t, `block: {xdp: interfaces: ["`+p.ServerIf+`"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`)
+	plan := plantest.Compile(t, `block: {xdp: interfaces: ["`+p.ServerIf+`"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`)
 	request := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.PSH|pktbuild.ACK, []byte("GET / HTTP/1.1\r\n\r\n")).Bytes()
 	linkPin := filepath.Join(pins, "links", p.ServerIf)
 

@@ -8,6 +8,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -48,7 +49,7 @@ func TestXDPWritesThePlanVerbatim(t *testing.T) {
 	vmtest.HostOnly(t, "map entries read back as written on every kernel")
 	e := testEngine(t)
 	plans := examplePlans(t)
-	plans["all fields"] = compilePolicy(t, `
+	plans["all fields"] = plantest.Compile(t, `
 a: {priority: 1, xdp: interfaces: ["lo", "grain-*"], match: {interface: "lo", saddr: ["10.0.0.0/8", "fd00::/8"], dport: "1-100", payload: [{startswith: "GET "}, {contains: "x", nocase: true}]}, then: "drop", emit: {event: "e", fields: ["saddr", "dport"], dedup: "1s"}}
 b: {priority: 2, xdp: interfaces: ["lo", "grain-*"], match: {interface: "grain-*", daddr: "192.168.0.0/16", sport: [53, 5353], tcp_flags: ["syn", "!ack"]}, then: "count", emit: {event: "f", rate_limit: 5}}
 c: {priority: 3, xdp: interfaces: ["lo", "grain-*"], match: {protocol: "udp", payload: {startswith: "|00 01|"}}, then: "pass"}`)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -47,9 +48,7 @@ type reloadRig struct {
 }
 
 func newReloadRig(t *testing.T) *reloadRig {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and attach XDP (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	g := &reloadRig{t: t, p: netns.NewPair(t), dir: t.TempDir(), pins: netns.PinDir(t), other: "gifbo0"}
 	if out, err := g.p.Run(g.p.ServerNS, "ip", "link", "add", g.other, "type", "ifb"); err != nil {
 		t.Skipf("kernel lacks ifb devices (CONFIG_IFB): %v: %s", err, out)
@@ -340,7 +339,7 @@ func TestReloadHookFailureKeepsPacketRules(t *testing.T) {
 func TestPrepareHoldsTheEngine(t *testing.T) {
 	vmtest.HostOnly(t, "the engine's lock, in userspace")
 	g := newReloadRig(t)
-	plan := compilePolicy(t, policyDropping("drop_x", portX, g.p.ServerIf))
+	plan := plantest.Compile(t, policyDropping("drop_x", portX, g.p.ServerIf))
 	var prepared *PreparedRules
 	if err := netns.Do(g.p.ServerNS, func() (err error) { prepared, err = g.e.Prepare(plan); return err }); err != nil {
 		t.Fatal(err)
@@ -377,7 +376,7 @@ func TestPrepareHoldsTheEngine(t *testing.T) {
 func TestRenamedInterfaceKeepsItsLink(t *testing.T) {
 	g := newReloadRig(t)
 	const renamed = "grenamed0"
-	plan := compilePolicy(t, policyDropping("drop_x", portX, "gsrv*", "grenamed*"))
+	plan := plantest.Compile(t, policyDropping("drop_x", portX, "gsrv*", "grenamed*"))
 	apply := func() error { return netns.Do(g.p.ServerNS, func() error { return g.e.Apply(plan) }) }
 	if err := apply(); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -13,7 +14,7 @@ func TestRetiredNamesAreBoundedWithoutReader(t *testing.T) {
 	vmtest.HostOnly(t, "a bound kept in userspace")
 	e := ownEngine(t, Options{})
 	defer e.Close()
-	plan := compilePolicy(t, everyEvent)
+	plan := plantest.Compile(t, everyEvent)
 	for range 3 * generation.MaxRetired {
 		if err := e.ApplyTables(plan, map[string]uint32{"lo": loIndex}); err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/testcpu"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // eventLines streams the engine's events while send runs and returns the
@@ -19,7 +20,7 @@ import (
 func eventLines(t *testing.T, e *Engine, want int, send func()) []map[string]any {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	done := make(chan error, 1)
 	go func() { done <- e.StreamEvents(ctx, &out) }()
 	// Let the reader drain the events of earlier tests: all of them are of

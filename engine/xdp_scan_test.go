@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -84,7 +85,7 @@ func TestXDPContainsMatchesReference(t *testing.T) {
 	match: {protocol: "tcp", payload: ` + content + `}
 	then: "drop"
 }`
-		if err := e.ApplyTables(compilePolicy(t, policy), map[string]uint32{"lo": loIndex}); err != nil {
+		if err := e.ApplyTables(plantest.Compile(t, policy), map[string]uint32{"lo": loIndex}); err != nil {
 			t.Fatal(err)
 		}
 		for k := 0; k < 40; k++ {

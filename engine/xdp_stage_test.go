@@ -23,6 +23,7 @@ import (
 	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/testcpu"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
@@ -39,14 +40,12 @@ const everyEvent = `every_event: {
 // everyEvent applied; the caller closes or releases it.
 func ownEngine(t *testing.T, opts Options) *Engine {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	e, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.ApplyTables(compilePolicy(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
+	if err := e.ApplyTables(plantest.Compile(t, everyEvent), map[string]uint32{"lo": loIndex}); err != nil {
 		e.Close()
 		t.Fatal(err)
 	}
@@ -316,9 +315,7 @@ func TestForEachEvent(t *testing.T) {
 // CPU's timer call its own program, so the earlier program is unloaded
 // rather than kept for as long as the pins last.
 func TestXDPEventStagesOfAnEarlierEngine(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and mount bpffs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	testcpu.Pin(t, 0)
 	pins := netns.PinDir(t)
 	first := ownEngine(t, Options{PinPath: pins})
@@ -435,7 +432,7 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		if i == 5 {
 			time.Sleep(1500 * time.Millisecond) // no reader meanwhile
 		}
-		if err := e.ApplyTables(compilePolicy(t, replacedPolicy(name)), map[string]uint32{"lo": loIndex}); err != nil {
+		if err := e.ApplyTables(plantest.Compile(t, replacedPolicy(name)), map[string]uint32{"lo": loIndex}); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, generation.RuleID(e.gen.Epoch(), 0))
@@ -446,7 +443,7 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	done := make(chan error, 1)
 	go func() { done <- e.StreamEvents(ctx, &out) }()
 	// Until the reader has read every event of the replaced sets.
@@ -484,7 +481,7 @@ func TestXDPStagedEventLeavesWithoutAnotherPacket(t *testing.T) {
 	testcpu.Pin(t, 0)
 	runXDP(t, e, httpFrom(7001))
 	first := generation.RuleID(e.gen.Epoch(), 0)
-	if err := e.ApplyTables(compilePolicy(t, replacedPolicy("after")), map[string]uint32{"lo": loIndex}); err != nil {
+	if err := e.ApplyTables(plantest.Compile(t, replacedPolicy("after")), map[string]uint32{"lo": loIndex}); err != nil {
 		t.Fatal(err)
 	}
 	staged := func() (n int) {
@@ -513,9 +510,7 @@ func TestXDPStagedEventLeavesWithoutAnotherPacket(t *testing.T) {
 // its stages by the earlier rule set, and counts them: per policy, what its
 // reader receives is what its counters say was emitted.
 func TestXDPAdoptedEventsAreNamedAndCounted(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and mount bpffs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	testcpu.Pin(t, 0)
 	pins := netns.PinDir(t)
 	first := ownEngine(t, Options{PinPath: pins})
@@ -530,13 +525,13 @@ func TestXDPAdoptedEventsAreNamedAndCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer second.Close()
-	if err := second.ApplyTables(compilePolicy(t, replacedPolicy("second_set")), map[string]uint32{"lo": loIndex}); err != nil {
+	if err := second.ApplyTables(plantest.Compile(t, replacedPolicy("second_set")), map[string]uint32{"lo": loIndex}); err != nil {
 		t.Fatal(err)
 	}
 	runXDP(t, second, httpFrom(8100))
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	done := make(chan error, 1)
 	go func() { done <- second.StreamEvents(ctx, &out) }()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,10 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/bpf"
-	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
-	"github.com/grain-ebpf/grain/policies"
 )
 
 const (
@@ -38,9 +36,7 @@ var (
 // package; each test applies its own plan (a generation flip).
 func testEngine(t testing.TB) *Engine {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	sharedOnce.Do(func() {
 		sharedEngine, sharedErr = New(Options{})
 		if sharedErr == nil {
@@ -57,23 +53,10 @@ func testEngine(t testing.TB) *Engine {
 // packet arrived on it.
 const loIndex = 1
 
-func compilePolicy(t testing.TB, src string) *codegen.Plan {
-	t.Helper()
-	snap, err := policies.LoadBytes("test.cue", []byte(src))
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-	if err != nil {
-		t.Fatalf("compile: %v", err)
-	}
-	return plan
-}
-
 func applyPolicy(t testing.TB, src string) *Engine {
 	t.Helper()
 	e := testEngine(t)
-	if err := e.ApplyTables(compilePolicy(t, src), map[string]uint32{"lo": loIndex, "grain-other0": 4242}); err != nil {
+	if err := e.ApplyTables(plantest.Compile(t, src), map[string]uint32{"lo": loIndex, "grain-other0": 4242}); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -506,23 +489,6 @@ func TestXDPEmitEvent(t *testing.T) {
 			t.Errorf("event %d: time %v is not now (%v)", i, got["time"], err)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Verdicts are counted per interface: packets judged on lo count under lo,

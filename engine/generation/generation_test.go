@@ -2,7 +2,6 @@ package generation
 
 import (
 	"errors"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // The rule id layout holds every rule index of either half, and its
@@ -34,9 +34,7 @@ func TestRuleIDsHoldEveryRuleOfBothHalves(t *testing.T) {
 // testSwitch is a Switch whose active word is a real one-slot array map.
 func testSwitch(t *testing.T, staged func(func(uint32)) error) (*Switch[string], *ebpf.Map, *error) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create BPF maps (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	word, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -234,9 +232,7 @@ func TestAdoptedNames(t *testing.T) {
 // PutRange writes consecutive keys; DeleteStale removes only what its
 // predicate selects.
 func TestMapWrites(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create BPF maps (runs in .ci/run)")
-	}
+	vmtest.RequireRoot(t)
 	arr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 8})
 	if err != nil {
 		t.Fatal(err)

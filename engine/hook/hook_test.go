@@ -2,7 +2,6 @@ package hook
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,8 +22,8 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
-	"github.com/grain-ebpf/grain/policies"
 )
 
 // The hook tests trigger real activity in child processes: grain filters
@@ -113,23 +111,7 @@ func runChild(t *testing.T, mode string) {
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (runs in .ci/run)")
-	}
-}
-
-// compilePolicies compiles one policy file's source.
-func compilePolicies(t testing.TB, src string) *codegen.Plan {
-	t.Helper()
-	snap, err := policies.LoadBytes("test.cue", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return plan
+	vmtest.RequireRoot(t)
 }
 
 func newTestHooks(t testing.TB, opts Options) *Hooks {
@@ -145,7 +127,7 @@ func newTestHooks(t testing.TB, opts Options) *Hooks {
 
 func applyHooks(t testing.TB, p *Hooks, src string) {
 	t.Helper()
-	if err := p.Apply(compilePolicies(t, src)); err != nil {
+	if err := p.Apply(plantest.Compile(t, src)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -372,7 +354,7 @@ seeks: {
 	match: args: offset: "1000-2000"
 	count: {metric: "test.seek_bytes", by: ["fd"], sum: "offset"}
 }`, strings.Join(set, ", ")))
-	plan := compilePolicies(t, "x: {syscall: \"close\", args: [{index: 0, type: \"int\", name: \"fd\"}], match: args: fd: ["+strings.Join(set, ",")+"], count: metric: \"m\"}")
+	plan := plantest.Compile(t, "x: {syscall: \"close\", args: [{index: 0, type: \"int\", name: \"fd\"}], match: args: fd: ["+strings.Join(set, ",")+"], count: metric: \"m\"}")
 	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "set" {
 		t.Fatalf("a set of %d values compiles to %q, want set", len(set), op)
 	}
@@ -675,7 +657,7 @@ func TestHookFentryTCPConnect(t *testing.T) {
 func TestHookAutoAttach(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	f := bpf.DetectProbeFeatures()
-	err := p.Apply(compilePolicies(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
+	err := p.Apply(plantest.Compile(t, `x: {kprobe: "tcp_connect", args: [{index: 0, type: "sock"}], count: metric: "m"}`))
 	switch {
 	case f.FentryErr == nil:
 		if err != nil || p.Mechanism(KindKprobe, "tcp_connect") != MechanismFentry {
@@ -764,7 +746,7 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 func TestHookReloadAtomic(t *testing.T) {
 	p := newTestHooks(t, Options{RingBufferBytes: 64 << 20})
 	plan := func(name string, fd int) *codegen.Plan {
-		return compilePolicies(t, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: %d, emit: {event: "e", fields: ["fd"]}}`, name, fd))
+		return plantest.Compile(t, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: %d, emit: {event: "e", fields: ["fd"]}}`, name, fd))
 	}
 	a, b := plan("a", 987701), plan("b", 987702)
 	if err := p.Apply(a); err != nil {
@@ -968,23 +950,4 @@ forks: {
 			t.Fatalf("event %+v (child pid %d)", ev, cmd.Process.Pid)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer that StreamEvents may write while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

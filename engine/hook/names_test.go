@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
 // Events of a replaced kernel-hook rule set are named by it however many
@@ -28,7 +29,7 @@ func TestHookEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out vmtest.LockedBuffer
 	done := make(chan error, 1)
 	go func() { done <- p.StreamEvents(ctx, &out) }()
 	for deadline := time.Now().Add(10 * time.Second); p.gen.Retired() > 0 && time.Now().Before(deadline); {

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/plantest"
 )
 
 // setScratchBusy marks scratch level `level` busy (or free) on every CPU,
@@ -81,7 +82,7 @@ func TestHookNestingLevels(t *testing.T) {
 	match: process: comm: [%q, "nomatch1", "nomatch2"]
 	count: {metric: "test.nested", by: ["tgid", "syscall"]}
 }`, strings.TrimSpace(string(comm)))
-	plan := compilePolicies(t, src)
+	plan := plantest.Compile(t, src)
 	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "trie" {
 		t.Fatalf("comm filter of three names compiles to %q, want trie", op)
 	}

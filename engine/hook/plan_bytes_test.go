@@ -10,6 +10,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -59,7 +60,7 @@ func TestHookWritesThePlanVerbatim(t *testing.T) {
 		}
 		plans[name] = plan
 	}
-	plans["all filters"] = compilePolicies(t, `
+	plans["all filters"] = plantest.Compile(t, `
 opens: {
 	syscall: ["openat"]
 	args: [{index: 1, type: "user_string", name: "filename"}, {index: 0, type: "int", name: "dfd"}]
