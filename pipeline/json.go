@@ -14,8 +14,10 @@ import (
 // JSONSink writes each event as a JSON line (Event.AppendJSON) to a
 // writer of its own: a goroutine that takes batches of lines from a
 // bounded queue, so that a stdout whose reader is slow or stalled holds up
-// neither the pipeline nor the other sinks (OTLP): when the queue is full,
-// a batch is dropped and counted (QueueFull).
+// neither the pipeline nor the other sinks (OTLP): when the queue is full
+// and the writer has waited in one write for longer than stallAfter, a
+// batch is dropped and counted (QueueFull); while the writer keeps up, a
+// full queue makes the pipeline wait, as a synchronous write would.
 //
 // Flush hands the batch being built to the writer and waits until the
 // writer wrote it, unless the writer has been waiting in one write for
@@ -104,6 +106,17 @@ func (s *JSONSink) hand() {
 	s.batch, s.lines = make([]byte, 0, jsonBatchBytes), 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone.Load() {
+		s.failed.Add(lines)
+		return
+	}
+	// A writer that keeps up gets back-pressure, as a synchronous write
+	// would give: wait for room. Only one that waits on its reader past
+	// stallAfter makes the sink drop.
+	for s.queued+len(data) > jsonQueueBytes && !s.gone.Load() &&
+		(s.writing.IsZero() || time.Since(s.writing) <= stallAfter) {
+		s.waitLocked(10 * time.Millisecond)
+	}
 	if s.gone.Load() {
 		s.failed.Add(lines)
 		return
