@@ -42,6 +42,7 @@ Usage:
   grain run --policies DIR [--interface IFACE]...   enforce policies, print events as JSON lines
   grain check DIR                                   validate policies (exit 1 on errors)
   grain compile [--interface IFACE]... DIR          print the compiled Plan as JSON
+  grain fmt [--check] [PATH...]                     format CUE files (--check: list unformatted, exit 1)
   grain status                                      print the running grain's policy hash, rules, reload result
   grain version                                     print the version
   grain help policy                                 describe the policy schema
@@ -66,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCompile(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "fmt":
+		return cmdFmt(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "grain", versionString())
 		return 0
