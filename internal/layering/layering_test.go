@@ -33,7 +33,8 @@ var allowed = map[string][]string{
 	"engine/ring":           {"pipeline", "engine/generation"},
 	"pipeline":              {"policies"},
 	"export":                {"pipeline", "engine", "engine/hook"},
-	"cmd/grain":             {"schema", "policies", "codegen", "engine", "engine/hook", "bpf", "pipeline", "export"},
+	"reference":             {"codegen", "bpf"},
+	"cmd/grain":             {"schema", "policies", "codegen", "engine", "engine/hook", "bpf", "pipeline", "export", "reference"},
 }
 
 // free are trees of non-product code.

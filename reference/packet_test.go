@@ -1,0 +1,129 @@
+package reference
+
+import (
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/internal/plantest"
+)
+
+func examplePlan(t testing.TB, dir string) *codegen.Plan {
+	t.Helper()
+	src, err := os.ReadFile("../examples/" + dir + "/policy.cue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plantest.Compile(t, string(src))
+}
+
+func newPacket(t testing.TB, plan *codegen.Plan) *Packet {
+	t.Helper()
+	p, err := NewPacket(plan, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// examples/block-http drops HTTP/1.1 over TCP and reports who sent it.
+func TestJudgeBlockHTTP(t *testing.T) {
+	p := newPacket(t, examplePlan(t, "block-http"))
+	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK|pktbuild.PSH,
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")).Bytes()
+	r := p.Judge(frame, "eth0")
+	if r.Verdict != Drop || r.Policy != "block_http" || r.Stat != Judged || r.Gated {
+		t.Fatalf("HTTP/1.1: verdict %s by %q (stat %s, gated %v), want drop by block_http", r.Verdict, r.Policy, r.Stat, r.Gated)
+	}
+	if len(r.Events) != 1 {
+		t.Fatalf("%d events, want 1", len(r.Events))
+	}
+	got := r.Events[0].Fields()
+	want := []Field{
+		{"saddr", netip.MustParseAddr("10.0.0.2")}, {"daddr", netip.MustParseAddr("10.0.0.1")},
+		{"sport", uint64(40000)}, {"dport", uint64(80)}, {"interface", "eth0"}, {"verdict", "drop"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("event fields %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("event field %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	if ev := r.Events[0]; ev.Name != "http_blocked" || ev.Policy != "block_http" {
+		t.Errorf("event %q of %q, want http_blocked of block_http", ev.Name, ev.Policy)
+	}
+
+	for _, c := range []struct {
+		name  string
+		frame []byte
+		stat  Stat
+	}{
+		{"HTTP/1.0", pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.0\r\n")).Bytes(), Judged},
+		{"UDP", pktbuild.Frame{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), Protocol: 17,
+			SPort: 1, DPort: 2, Payload: []byte("GET / HTTP/1.1\r\n")}.Bytes(), Judged},
+		{"ARP", pktbuild.ARP().Bytes(), NotIP},
+		{"truncated", pktbuild.Frame{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), Protocol: 6,
+			VLANs: []uint16{7}, Truncate: 30}.Bytes(), Malformed},
+	} {
+		r := p.Judge(c.frame, "eth0")
+		if r.Verdict != Pass || r.Policy != "" || len(r.Events) != 0 || r.Stat != c.stat {
+			t.Errorf("%s: verdict %s by %q, %d events, stat %s; want pass by none, no event, stat %s",
+				c.name, r.Verdict, r.Policy, len(r.Events), r.Stat, c.stat)
+		}
+		if (c.stat == Judged) == (r.Unjudged != "") {
+			t.Errorf("%s: unjudged %q with stat %s", c.name, r.Unjudged, r.Stat)
+		}
+	}
+}
+
+// Count policies count and let later rules decide; the first drop or pass
+// decides.
+func TestJudgeCountThenDecide(t *testing.T) {
+	p := newPacket(t, plantest.Compile(t, `
+count_web: {priority: 1, xdp: interfaces: ["eth0"], match: {protocol: "tcp", dport: 80}, then: "count",
+	emit: {event: "web", fields: ["dport", "tcp_flags"], dedup: "0s"}}
+let_admin: {priority: 2, xdp: interfaces: ["eth0"], match: {saddr: "10.1.0.0/16"}, then: "pass"}
+drop_web: {priority: 3, xdp: interfaces: ["eth*"], match: {dport: "80-90"}, then: "drop"}
+`))
+	web := pktbuild.TCP4("10.2.0.1", "10.0.0.1", 1234, 80, pktbuild.SYN, nil).Bytes()
+	r := p.Judge(web, "eth0")
+	if r.Verdict != Drop || r.Policy != "drop_web" || len(r.Counted) != 1 || r.Counted[0] != "count_web" {
+		t.Fatalf("web: %s by %q, counted %v; want drop by drop_web, counted [count_web]", r.Verdict, r.Policy, r.Counted)
+	}
+	if len(r.Events) != 1 || r.Events[0].Fields()[1] != (Field{"tcp_flags", "syn"}) {
+		t.Fatalf("web: events %+v, want count_web's with tcp_flags syn", r.Events)
+	}
+	admin := pktbuild.TCP4("10.1.0.1", "10.0.0.1", 1234, 80, pktbuild.SYN, nil).Bytes()
+	if r := p.Judge(admin, "eth0"); r.Verdict != Pass || r.Policy != "let_admin" {
+		t.Fatalf("admin: %s by %q, want pass by let_admin", r.Verdict, r.Policy)
+	}
+	// eth1 matches only drop_web's pattern.
+	if r := p.Judge(web, "eth1"); r.Verdict != Drop || r.Policy != "drop_web" || len(r.Counted) != 0 {
+		t.Fatalf("eth1: %s by %q counted %v, want drop by drop_web, nothing counted", r.Verdict, r.Policy, r.Counted)
+	}
+	if r := p.Judge(web, "lo"); r.Verdict != Pass || r.Policy != "" {
+		t.Fatalf("lo: %s by %q, want pass by none", r.Verdict, r.Policy)
+	}
+}
+
+// Judge allocates nothing, whatever the packet.
+func TestJudgeAllocatesNothing(t *testing.T) {
+	p := newPacket(t, examplePlan(t, "block-http"))
+	frames := [][]byte{
+		pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.1\r\n")).Bytes(),
+		pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.0\r\n")).Bytes(),
+		pktbuild.ARP().Bytes(),
+	}
+	p.Judge(frames[0], "eth0")
+	if n := testing.AllocsPerRun(100, func() {
+		for _, f := range frames {
+			p.Judge(f, "eth0")
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per run, want 0", n)
+	}
+}
