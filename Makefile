@@ -101,8 +101,8 @@ bench: build
 	N=500000 RUNS=7 CPU=1 CONFIGS="none dropall iptables grain grain-every" bench/veth/run.sh
 	GRAIN_BENCH_EDITS=$(BENCH_EDITS) GRAIN_BENCH_RELOADS=$(BENCH_RELOADS) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/reload/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/export/
-	$(GO) test -run '^$$' -bench Overhead -benchtime 300000x ./bench/probe/
-	$(GO) test -run '^$$' -bench 'Throughput|Decode' -benchtime 2000000x ./bench/probe/
+	$(GO) test -run '^$$' -bench Overhead -benchtime 300000x ./bench/hook/
+	$(GO) test -run '^$$' -bench 'Throughput|Decode' -benchtime 2000000x ./bench/hook/
 
 clean:
 	rm -rf bin

@@ -31,7 +31,7 @@ func TestHelperName(t *testing.T) {
 func grainPrograms(t *testing.T) map[string]*ebpf.ProgramSpec {
 	t.Helper()
 	progs := map[string]*ebpf.ProgramSpec{}
-	for _, load := range []func() (*ebpf.CollectionSpec, error){loadXdp, loadProbe} {
+	for _, load := range []func() (*ebpf.CollectionSpec, error){loadXdp, loadHook} {
 		spec, err := load()
 		if err != nil {
 			t.Fatal(err)

@@ -27,7 +27,7 @@ func TestVerifierInstructions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := LoadProbe(ProbeOptions{})
+	p, err := LoadHooks(HookOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestVerifierInstructions(t *testing.T) {
 		{name: "grain_xdp", prog: x.Program(), spec: x.spec, maps: x.mapsByName()},
 		{name: ProgTC, prog: tc, spec: x.spec, maps: x.mapsByName()},
 	}
-	probe := func(name, attachTo string) {
+	load := func(name, attachTo string) {
 		var prog *ebpf.Program
 		var err error
 		if attachTo == "" {
@@ -57,17 +57,17 @@ func TestVerifierInstructions(t *testing.T) {
 		progs = append(progs, loaded{name: name, attachTo: attachTo, prog: prog, spec: p.spec, maps: p.maps})
 	}
 	for _, name := range []string{ProgTracepoint, ProgSysEnter, ProgKprobe, ProgKretprobe} {
-		probe(name, "")
+		load(name, "")
 	}
 	f := DetectProbeFeatures()
 	if f.RawTracepointCookie == nil {
-		probe(ProgRawTracepoint, "")
+		load(ProgRawTracepoint, "")
 	} else {
 		t.Logf("%s not loaded: %v", ProgRawTracepoint, f.RawTracepointCookie)
 	}
 	if f.FentryErr == nil {
-		probe(ProgFentry, "vfs_read")
-		probe(ProgFexit, "vfs_read")
+		load(ProgFentry, "vfs_read")
+		load(ProgFexit, "vfs_read")
 	} else {
 		t.Logf("%s and %s not loaded: %v", ProgFentry, ProgFexit, f.FentryErr)
 	}

@@ -324,7 +324,7 @@ static __always_inline void dedup_remember(struct grain_dedup_key *k, const stru
 /* Whether rule slot key already let its rate_limit events through in the
  * current second; counts this one otherwise. The window's reset races
  * between CPUs at a second's turn: the limit holds to within a few events,
- * like the kernel-hook programs' (probe.c). */
+ * like the kernel-hook programs' (hook.c). */
 static __always_inline int rate_exceeded(__u32 key, __u32 limit, __u64 now)
 {
 	struct grain_rate *rs = bpf_map_lookup_elem(&rate_windows, &key);

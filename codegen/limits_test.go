@@ -62,13 +62,13 @@ func TestLimitsArePositionedErrors(t *testing.T) {
 	})
 	t.Run("policies per hook", func(t *testing.T) {
 		var b strings.Builder
-		n := bpf.ProbeMaxHookRules + 1
+		n := bpf.HookMaxHookRules + 1
 		for i := range n {
 			fmt.Fprintf(&b, "p%02d: {\n\tkprobe: \"tcp_connect\"\n\temit: event: \"c\"\n}\n", i)
 		}
 		e := compileError(t, b.String())
 		want := policies.Error{Pos: policies.Position{File: "limits.cue", Line: 4*(n-1) + 2, Column: 10}, Policy: fmt.Sprintf("p%02d", n-1),
-			Msg: fmt.Sprintf("too many policies on kprobe tcp_connect: at most %d per hook; merge some (a list of matches selects a call when any holds)", bpf.ProbeMaxHookRules)}
+			Msg: fmt.Sprintf("too many policies on kprobe tcp_connect: at most %d per hook; merge some (a list of matches selects a call when any holds)", bpf.HookMaxHookRules)}
 		if e != want {
 			t.Errorf("got  %v\nwant %v", e, want)
 		}

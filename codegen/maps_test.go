@@ -60,10 +60,10 @@ func TestKernelJSON(t *testing.T) {
 	if want := `[{"end":4,"mask":"0xff","pattern":"0x47"}]`; string(got) != want {
 		t.Errorf("gates: %s, want %s", got, want)
 	}
-	var r bpf.ProbeRule
-	r.Selectors[1] = bpf.ProbeSelector{First: 2, Nfilters: 1}
+	var r bpf.HookRule
+	r.Selectors[1] = bpf.HookSelector{First: 2, Nfilters: 1}
 	r.Id = 7
-	got, _ = Kernel[bpf.ProbeRule]{r}.MarshalJSON()
+	got, _ = Kernel[bpf.HookRule]{r}.MarshalJSON()
 	if !strings.Contains(string(got), `"id":7,`) || !strings.Contains(string(got), `"selectors":[{"first":0,"nfilters":0},{"first":2,"nfilters":1}],"labels":[]`) {
 		t.Errorf("probe rule: %s", got)
 	}

@@ -13,7 +13,7 @@
 // epoch of a write (map key offsets, rule ids).
 //
 // The kernel's form is the bpf package's generated mirrors of the C
-// structs (bpf.Rule, bpf.Content, bpf.ProbeFilter, ...), each in a
+// structs (bpf.Rule, bpf.Content, bpf.HookFilter, ...), each in a
 // Kernel wrapper that adds only its JSON form; not a byte-level form of
 // codegen's own. A second hand-kept mirror of each struct could drift from
 // the C source and from what the engine writes; with the generated types a

@@ -89,8 +89,8 @@ type ProbeSelector struct {
 
 // ProbeFilter is one condition as the kernel evaluates it. Op is "in"
 // (Ints, held in the filter), "set" (Ints, in a hash map: more than
-// bpf.ProbeMaxInline values), "range" (Ranges), "comm" (up to
-// bpf.ProbeCommInline exact Strings or Prefixes of comm, compared in the
+// bpf.HookMaxInline values), "range" (Ranges), "comm" (up to
+// bpf.HookCommInline exact Strings or Prefixes of comm, compared in the
 // filter), "trie" (exact Strings, Prefixes or CIDRs in the LPM trie) or
 // "cgroup" (Cgroups paths: the engine
 // resolves them to ids and uses "in" or "set"). Negate inverts it (ne,
@@ -193,8 +193,8 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 		}
 		hi, ok := hookOf[hook.Key()]
 		if !ok {
-			if len(plan.Hooks) == bpf.ProbeMaxHooks {
-				fail(p, h.Pos, "too many kernel hooks: at most %d distinct functions, tracepoints and syscall sets", bpf.ProbeMaxHooks)
+			if len(plan.Hooks) == bpf.HookMaxHooks {
+				fail(p, h.Pos, "too many kernel hooks: at most %d distinct functions, tracepoints and syscall sets", bpf.HookMaxHooks)
 				continue
 			}
 			hi = len(plan.Hooks)
@@ -204,14 +204,14 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 			hookOf[hook.Key()] = hi
 			for _, name := range hook.Syscalls {
 				perSyscall[name]++
-				if perSyscall[name] > bpf.ProbeSyscallHooks {
-					fail(p, h.Pos, "too many policies with different syscall lists hook %s: at most %d; merge some", name, bpf.ProbeSyscallHooks)
+				if perSyscall[name] > bpf.HookSyscallHooks {
+					fail(p, h.Pos, "too many policies with different syscall lists hook %s: at most %d; merge some", name, bpf.HookSyscallHooks)
 				}
 			}
 		}
 		hk := &plan.Hooks[hi]
-		if len(hk.Rules) == bpf.ProbeMaxHookRules {
-			fail(p, h.Pos, "too many policies on %s: at most %d per hook; merge some (a list of matches selects a call when any holds)", hookName(*hk), bpf.ProbeMaxHookRules)
+		if len(hk.Rules) == bpf.HookMaxHookRules {
+			fail(p, h.Pos, "too many policies on %s: at most %d per hook; merge some (a list of matches selects a call when any holds)", hookName(*hk), bpf.HookMaxHookRules)
 			continue
 		}
 		// The policy's arguments, in the hook's slots.
@@ -230,8 +230,8 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 				return b.Source == pa.Source && b.Index == pa.Index && b.Field == pa.Field && b.Type == pa.Type
 			})
 			if slot < 0 {
-				if len(hk.Args) == bpf.ProbeMaxArgs {
-					fail(p, a.Pos, "%s reads more than %d distinct values (all its policies together)", hookName(*hk), bpf.ProbeMaxArgs)
+				if len(hk.Args) == bpf.HookMaxArgs {
+					fail(p, a.Pos, "%s reads more than %d distinct values (all its policies together)", hookName(*hk), bpf.HookMaxArgs)
 					argsOK = false
 					continue
 				}
@@ -269,13 +269,13 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 		index := len(plan.Rules)
 		r := ProbeRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi}
 		ok = true
-		if len(h.Selectors) > bpf.ProbeMaxSelectors {
-			fail(p, h.Selectors[bpf.ProbeMaxSelectors].Pos, "at most %d match selectors per policy", bpf.ProbeMaxSelectors)
+		if len(h.Selectors) > bpf.HookMaxSelectors {
+			fail(p, h.Selectors[bpf.HookMaxSelectors].Pos, "at most %d match selectors per policy", bpf.HookMaxSelectors)
 			ok = false
 		}
 		for _, sel := range h.Selectors {
-			if len(sel.Filters) > bpf.ProbeMaxSelFilters {
-				fail(p, sel.Pos, "at most %d conditions per match selector", bpf.ProbeMaxSelFilters)
+			if len(sel.Filters) > bpf.HookMaxSelFilters {
+				fail(p, sel.Pos, "at most %d conditions per match selector", bpf.HookMaxSelFilters)
 				ok = false
 				continue
 			}
@@ -290,14 +290,14 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 				switch pf.Op {
 				case "set":
 					nset += len(pf.Ints)
-					overAt(&setOver, nset, bpf.ProbeSetEntries, p, f.Pos)
+					overAt(&setOver, nset, bpf.HookSetEntries, p, f.Pos)
 				case "trie":
 					ntrie += len(pf.Strings) + len(pf.Prefixes) + len(pf.CIDRs)
-					overAt(&trieOver, ntrie, bpf.ProbeStringEntries, p, f.Pos)
+					overAt(&trieOver, ntrie, bpf.HookStringEntries, p, f.Pos)
 				}
 				ps.Filters = append(ps.Filters, pf)
 				nfilters++
-				overAt(&filtersOver, nfilters, bpf.ProbeMaxFilters, p, f.Pos)
+				overAt(&filtersOver, nfilters, bpf.HookMaxFilters, p, f.Pos)
 			}
 			r.Selectors = append(r.Selectors, ps)
 		}
@@ -324,8 +324,8 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 					ok = false
 					continue
 				}
-				if i >= bpf.ProbeMaxLabels {
-					fail(p, h.Pos, "at most %d count labels", bpf.ProbeMaxLabels)
+				if i >= bpf.HookMaxLabels {
+					fail(p, h.Pos, "at most %d count labels", bpf.HookMaxLabels)
 					ok = false
 					break
 				}
@@ -334,10 +334,10 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 				case rf.Kind == "comm", rf.Part == "saddr", rf.Part == "daddr":
 					size = 16
 				case rf.Part == "str":
-					size = min(labelStringBytes, bpf.ProbeLabelBytes-off)
+					size = min(labelStringBytes, bpf.HookLabelBytes-off)
 				}
-				if off+size > bpf.ProbeLabelBytes || size <= 0 {
-					fail(p, h.Pos, "count labels %v take more than the %d bytes of a count key (strings take up to %d)", h.Count.By, bpf.ProbeLabelBytes, labelStringBytes)
+				if off+size > bpf.HookLabelBytes || size <= 0 {
+					fail(p, h.Pos, "count labels %v take more than the %d bytes of a count key (strings take up to %d)", h.Count.By, bpf.HookLabelBytes, labelStringBytes)
 					ok = false
 					break
 				}
@@ -365,23 +365,23 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 		if !ok {
 			continue
 		}
-		if index == bpf.ProbeMaxRules {
-			fail(p, p.Pos, "too many kernel-hook policies: at most %d", bpf.ProbeMaxRules)
+		if index == bpf.HookMaxRules {
+			fail(p, p.Pos, "too many kernel-hook policies: at most %d", bpf.HookMaxRules)
 			continue
 		}
 		hk.Rules = append(hk.Rules, index)
 		plan.Rules = append(plan.Rules, r)
 	}
 	if filtersOver != nil {
-		filtersOver.Msg = fmt.Sprintf("too many match conditions in all kernel-hook policies: %d, at most %d; this one goes over: merge or remove some", nfilters, bpf.ProbeMaxFilters)
+		filtersOver.Msg = fmt.Sprintf("too many match conditions in all kernel-hook policies: %d, at most %d; this one goes over: merge or remove some", nfilters, bpf.HookMaxFilters)
 		*errs = append(*errs, *filtersOver)
 	}
 	if setOver != nil {
-		setOver.Msg = fmt.Sprintf("too many integer match values in all: %d, at most %d; this one goes over: use ranges or remove some", nset, bpf.ProbeSetEntries)
+		setOver.Msg = fmt.Sprintf("too many integer match values in all: %d, at most %d; this one goes over: use ranges or remove some", nset, bpf.HookSetEntries)
 		*errs = append(*errs, *setOver)
 	}
 	if trieOver != nil {
-		trieOver.Msg = fmt.Sprintf("too many string, prefix and address match values in all: %d, at most %d; this one goes over: use prefixes or remove some", ntrie, bpf.ProbeStringEntries)
+		trieOver.Msg = fmt.Sprintf("too many string, prefix and address match values in all: %d, at most %d; this one goes over: use prefixes or remove some", ntrie, bpf.HookStringEntries)
 		*errs = append(*errs, *trieOver)
 	}
 	if len(plan.Hooks) == 0 {
@@ -426,8 +426,8 @@ func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (P
 		pf.Op, pf.CIDRs = "trie", sortedSet(f.CIDRs)
 	case r.Kind == "comm" || r.Part == "str":
 		for _, s := range f.Strings {
-			if len(s) > bpf.ProbeMatchLen {
-				return pf, fmt.Errorf("%q is longer than the %d bytes the kernel compares", s, bpf.ProbeMatchLen)
+			if len(s) > bpf.HookMatchLen {
+				return pf, fmt.Errorf("%q is longer than the %d bytes the kernel compares", s, bpf.HookMatchLen)
 			}
 			if strings.IndexByte(s, 0) >= 0 {
 				return pf, fmt.Errorf("%q holds a NUL byte", s)
@@ -439,14 +439,14 @@ func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (P
 		} else {
 			pf.Strings = sortedSet(f.Strings)
 		}
-		if r.Kind == "comm" && len(f.Strings) <= bpf.ProbeCommInline {
+		if r.Kind == "comm" && len(f.Strings) <= bpf.HookCommInline {
 			pf.Op = "comm" // masked compares in the filter, no trie lookup
 		}
 	default: // integers
 		switch f.Op {
 		case "range":
-			if len(f.Ranges) > bpf.ProbeMaxRanges {
-				return pf, fmt.Errorf("at most %d ranges per condition", bpf.ProbeMaxRanges)
+			if len(f.Ranges) > bpf.HookMaxRanges {
+				return pf, fmt.Errorf("at most %d ranges per condition", bpf.HookMaxRanges)
 			}
 			pf.Op, pf.Ranges = "range", f.Ranges
 		case "eq", "ne", "in", "notin":
@@ -454,7 +454,7 @@ func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (P
 			slices.Sort(ints)
 			pf.Ints = slices.Compact(ints)
 			pf.Op = "in"
-			if len(pf.Ints) > bpf.ProbeMaxInline {
+			if len(pf.Ints) > bpf.HookMaxInline {
 				pf.Op = "set"
 			}
 		default:

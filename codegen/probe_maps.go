@@ -13,82 +13,82 @@ import (
 // is, adding the generation to keys and the epoch to rule ids, and fills in
 // what depends on the running kernel: see Hooks and ProbeMapFilter.Cgroups.
 type ProbeMaps struct {
-	// Hooks[i] is the probe_hooks entry of ProbePlan.Hooks[i] but for what
+	// Hooks[i] is the hooks entry of ProbePlan.Hooks[i] but for what
 	// the engine resolves when it attaches the hook: the slot it goes in,
 	// Kind and the stash flag (by kprobe or fentry), and of each argument
 	// its width, tracepoint field offset, size and flags (a tracepoint
 	// field that holds a string reads as one).
-	Hooks []Kernel[bpf.ProbeHook] `json:"hooks"`
-	// Rules are the probe_rules entries by index, without their ids.
-	Rules []Kernel[bpf.ProbeRule] `json:"rules"`
-	// Filters are the probe_filters entries by index, which rule selectors
+	Hooks []Kernel[bpf.Hook] `json:"hooks"`
+	// Rules are the hook_rules entries by index, without their ids.
+	Rules []Kernel[bpf.HookRule] `json:"rules"`
+	// Filters are the hook_filters entries by index, which rule selectors
 	// point into, each with the value and string entries it looks up.
 	Filters []ProbeMapFilter `json:"filters"`
 }
 
-// ProbeMapFilter is one probe_filters entry and the entries of the values
+// ProbeMapFilter is one hook_filters entry and the entries of the values
 // and strings maps keyed by it (their Filter is the filter's index in the
 // generation).
 type ProbeMapFilter struct {
 	// Rule is the index of the rule the filter belongs to.
-	Rule   int                     `json:"rule"`
-	Filter Kernel[bpf.ProbeFilter] `json:"filter"`
-	// Values are the probe_values keys of a "set" filter.
+	Rule   int                    `json:"rule"`
+	Filter Kernel[bpf.HookFilter] `json:"filter"`
+	// Values are the hook_values keys of a "set" filter.
 	Values []uint64 `json:"values,omitempty"`
-	// Strings are the probe_strings (LPM trie) keys of a "trie" filter.
-	Strings []Kernel[bpf.ProbeStringKey] `json:"strings,omitempty"`
+	// Strings are the hook_strings (LPM trie) keys of a "trie" filter.
+	Strings []Kernel[bpf.HookStringKey] `json:"strings,omitempty"`
 	// Cgroups are the paths of a cgroup filter: the engine puts their ids
 	// in Vals (op in, Nvals set here) or in Values (op set).
 	Cgroups []string `json:"cgroups,omitempty"`
 }
 
-var argSources = map[string]uint8{"arg": bpf.ProbeSrcArg, "ret": bpf.ProbeSrcRet, "field": bpf.ProbeSrcField}
+var argSources = map[string]uint8{"arg": bpf.HookSrcArg, "ret": bpf.HookSrcRet, "field": bpf.HookSrcField}
 
 var argTypeCodes = map[string]uint8{
-	"int": bpf.ProbeTInt, "uint": bpf.ProbeTUint, "string": bpf.ProbeTString, "user_string": bpf.ProbeTUstring,
-	"sock": bpf.ProbeTSock, "sockaddr": bpf.ProbeTSockaddr, "file": bpf.ProbeTFile, "path": bpf.ProbeTPath, "fd": bpf.ProbeTFd,
+	"int": bpf.HookTInt, "uint": bpf.HookTUint, "string": bpf.HookTString, "user_string": bpf.HookTUstring,
+	"sock": bpf.HookTSock, "sockaddr": bpf.HookTSockaddr, "file": bpf.HookTFile, "path": bpf.HookTPath, "fd": bpf.HookTFd,
 }
 
 var filterKinds = map[string]uint8{
-	"pid": bpf.ProbeFPid, "tgid": bpf.ProbeFTgid, "ppid": bpf.ProbeFPpid, "uid": bpf.ProbeFUid,
-	"gid": bpf.ProbeFGid, "comm": bpf.ProbeFComm, "cgroup": bpf.ProbeFCgroup, "arg": bpf.ProbeFArg,
-	"syscall": bpf.ProbeFSyscall,
+	"pid": bpf.HookFPid, "tgid": bpf.HookFTgid, "ppid": bpf.HookFPpid, "uid": bpf.HookFUid,
+	"gid": bpf.HookFGid, "comm": bpf.HookFComm, "cgroup": bpf.HookFCgroup, "arg": bpf.HookFArg,
+	"syscall": bpf.HookFSyscall,
 }
 
 var partCodes = map[string]uint8{
-	"": bpf.ProbeSubNum, "num": bpf.ProbeSubNum, "str": bpf.ProbeSubStr, "family": bpf.ProbeSubFamily,
-	"saddr": bpf.ProbeSubSaddr, "daddr": bpf.ProbeSubDaddr, "sport": bpf.ProbeSubSport, "dport": bpf.ProbeSubDport,
+	"": bpf.HookSubNum, "num": bpf.HookSubNum, "str": bpf.HookSubStr, "family": bpf.HookSubFamily,
+	"saddr": bpf.HookSubSaddr, "daddr": bpf.HookSubDaddr, "sport": bpf.HookSubSport, "dport": bpf.HookSubDport,
 }
 
 // buildProbeMaps encodes pp's hooks, rules and filters into the hook
 // programs' map entries.
 func buildProbeMaps(pp *ProbePlan) {
 	m := &pp.Maps
-	m.Hooks = []Kernel[bpf.ProbeHook]{}
+	m.Hooks = []Kernel[bpf.Hook]{}
 	for _, h := range pp.Hooks {
-		var kh bpf.ProbeHook
+		var kh bpf.Hook
 		kh.Nargs = uint8(len(h.Args))
 		for i, a := range h.Args {
-			kh.Args[i] = bpf.ProbeArg{Source: argSources[a.Source], Type: argTypeCodes[a.Type], Index: uint8(max(a.Index, 0)), Width: 8}
+			kh.Args[i] = bpf.HookArg{Source: argSources[a.Source], Type: argTypeCodes[a.Type], Index: uint8(max(a.Index, 0)), Width: 8}
 		}
 		kh.Nrules = uint8(len(h.Rules))
 		for j, ri := range h.Rules {
 			kh.Rules[j] = uint16(ri)
 		}
-		m.Hooks = append(m.Hooks, Kernel[bpf.ProbeHook]{kh})
+		m.Hooks = append(m.Hooks, Kernel[bpf.Hook]{kh})
 	}
-	m.Rules = []Kernel[bpf.ProbeRule]{}
+	m.Rules = []Kernel[bpf.HookRule]{}
 	m.Filters = []ProbeMapFilter{}
 	for i, r := range pp.Rules {
-		kr := bpf.ProbeRule{Nselectors: uint8(len(r.Selectors))}
+		kr := bpf.HookRule{Nselectors: uint8(len(r.Selectors))}
 		for si, sel := range r.Selectors {
-			kr.Selectors[si] = bpf.ProbeSelector{First: uint16(len(m.Filters)), Nfilters: uint8(len(sel.Filters))}
+			kr.Selectors[si] = bpf.HookSelector{First: uint16(len(m.Filters)), Nfilters: uint8(len(sel.Filters))}
 			for _, f := range sel.Filters {
 				m.Filters = append(m.Filters, kernelFilter(i, f))
 			}
 		}
 		if r.Emit != nil {
-			kr.Flags |= bpf.ProbeREmit
+			kr.Flags |= bpf.HookREmit
 			kr.RateLimit = uint32(r.Emit.RateLimit)
 			for _, f := range r.Emit.Fields {
 				if f.Kind == "arg" {
@@ -97,33 +97,33 @@ func buildProbeMaps(pp *ProbePlan) {
 			}
 		}
 		if r.Count != nil {
-			kr.Flags |= bpf.ProbeRCount
+			kr.Flags |= bpf.HookRCount
 			kr.Nlabels = uint8(len(r.Count.Labels))
 			end := 0
 			for j, l := range r.Count.Labels {
-				kr.Labels[j] = bpf.ProbeLabel{Field: filterKinds[l.Kind], Arg: uint8(l.Slot), Sub: partCodes[l.Part], Offset: uint8(l.Offset), Size: uint8(l.Size)}
+				kr.Labels[j] = bpf.HookLabel{Field: filterKinds[l.Kind], Arg: uint8(l.Slot), Sub: partCodes[l.Part], Offset: uint8(l.Offset), Size: uint8(l.Size)}
 				end = max(end, l.Offset+l.Size)
 			}
-			if end <= bpf.ProbeSmallLabelBytes {
-				kr.Flags |= bpf.ProbeRSmallKey
+			if end <= bpf.HookSmallLabelBytes {
+				kr.Flags |= bpf.HookRSmallKey
 			}
 			if r.Count.Sum != "" {
-				kr.Flags |= bpf.ProbeRSum
+				kr.Flags |= bpf.HookRSum
 				kr.SumArg = uint8(r.Count.SumSlot)
 			}
 		}
 		if r.SignalNumber != 0 {
-			kr.Flags |= bpf.ProbeRSignal
+			kr.Flags |= bpf.HookRSignal
 			kr.Signal = uint8(r.SignalNumber)
 		}
-		m.Rules = append(m.Rules, Kernel[bpf.ProbeRule]{kr})
+		m.Rules = append(m.Rules, Kernel[bpf.HookRule]{kr})
 	}
 }
 
 // kernelFilter encodes one filter of rule: its operation and inline
 // values, and the value or string keys it looks up.
 func kernelFilter(rule int, f ProbeFilter) ProbeMapFilter {
-	kf := bpf.ProbeFilter{Field: filterKinds[f.Kind], Arg: uint8(f.Slot), Sub: partCodes[f.Part]}
+	kf := bpf.HookFilter{Field: filterKinds[f.Kind], Arg: uint8(f.Slot), Sub: partCodes[f.Part]}
 	if f.Negate {
 		kf.Negate = 1
 	}
@@ -132,32 +132,32 @@ func kernelFilter(rule int, f ProbeFilter) ProbeMapFilter {
 	case "cgroup":
 		// One id per path, resolved by the engine.
 		out.Cgroups = f.Cgroups
-		kf.Op = bpf.ProbeOpSet
-		if len(f.Cgroups) <= bpf.ProbeMaxInline {
-			kf.Op, kf.Nvals = bpf.ProbeOpIn, uint8(len(f.Cgroups))
+		kf.Op = bpf.HookOpSet
+		if len(f.Cgroups) <= bpf.HookMaxInline {
+			kf.Op, kf.Nvals = bpf.HookOpIn, uint8(len(f.Cgroups))
 		}
 	case "in":
-		kf.Op = bpf.ProbeOpIn
+		kf.Op = bpf.HookOpIn
 		kf.Nvals = uint8(len(f.Ints))
 		for j, v := range f.Ints {
 			kf.Vals[j] = uint64(v)
 		}
 	case "set":
-		kf.Op = bpf.ProbeOpSet
+		kf.Op = bpf.HookOpSet
 		for _, v := range f.Ints {
 			out.Values = append(out.Values, uint64(v))
 		}
 	case "range":
-		kf.Op = bpf.ProbeOpRange
+		kf.Op = bpf.HookOpRange
 		kf.Nvals = uint8(len(f.Ranges))
 		for j, rg := range f.Ranges {
 			kf.Vals[2*j], kf.Vals[2*j+1] = uint64(rg[0]), uint64(rg[1])
 		}
 	case "trie":
-		kf.Op = bpf.ProbeOpTrie
+		kf.Op = bpf.HookOpTrie
 		out.Strings = trieKeys(f)
 	case "comm":
-		kf.Op = bpf.ProbeOpComm
+		kf.Op = bpf.HookOpComm
 		entries := append(slices.Clone(f.Strings), f.Prefixes...)
 		kf.Nvals = uint8(len(entries))
 		for j, v := range entries {
@@ -170,7 +170,7 @@ func kernelFilter(rule int, f ProbeFilter) ProbeMapFilter {
 			copy(kf.Vals[4*j+2:], mask[:])
 		}
 	}
-	out.Filter = Kernel[bpf.ProbeFilter]{kf}
+	out.Filter = Kernel[bpf.HookFilter]{kf}
 	return out
 }
 
@@ -191,21 +191,21 @@ func commWords(s string, n int) (val, mask [2]uint64) {
 // their NUL, prefixes without, and addresses as the family byte followed
 // by the address, the prefix length counting the 32 bits of the filter
 // index in front.
-func trieKeys(f ProbeFilter) []Kernel[bpf.ProbeStringKey] {
-	var keys []Kernel[bpf.ProbeStringKey]
+func trieKeys(f ProbeFilter) []Kernel[bpf.HookStringKey] {
+	var keys []Kernel[bpf.HookStringKey]
 	for _, s := range f.Strings {
-		k := bpf.ProbeStringKey{Prefixlen: uint32(32 + 8*(len(s)+1))}
+		k := bpf.HookStringKey{Prefixlen: uint32(32 + 8*(len(s)+1))}
 		copy(k.Data[:], s) // the NUL after it is part of the key
-		keys = append(keys, Kernel[bpf.ProbeStringKey]{k})
+		keys = append(keys, Kernel[bpf.HookStringKey]{k})
 	}
 	for _, s := range f.Prefixes {
-		k := bpf.ProbeStringKey{Prefixlen: uint32(32 + 8*len(s))}
+		k := bpf.HookStringKey{Prefixlen: uint32(32 + 8*len(s))}
 		copy(k.Data[:], s)
-		keys = append(keys, Kernel[bpf.ProbeStringKey]{k})
+		keys = append(keys, Kernel[bpf.HookStringKey]{k})
 	}
 	for _, c := range f.CIDRs {
 		pfx := netip.MustParsePrefix(c)
-		var k bpf.ProbeStringKey
+		var k bpf.HookStringKey
 		if pfx.Addr().Is4() {
 			k.Data[0] = 4
 			a := pfx.Masked().Addr().As4()
@@ -216,7 +216,7 @@ func trieKeys(f ProbeFilter) []Kernel[bpf.ProbeStringKey] {
 			copy(k.Data[1:], a[:])
 		}
 		k.Prefixlen = uint32(32 + 8 + pfx.Bits())
-		keys = append(keys, Kernel[bpf.ProbeStringKey]{k})
+		keys = append(keys, Kernel[bpf.HookStringKey]{k})
 	}
 	return keys
 }

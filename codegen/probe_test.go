@@ -55,7 +55,7 @@ d: {
 // strings, prefixes and CIDRs go to the trie; cgroups stay paths.
 func TestProbeFilterForms(t *testing.T) {
 	var many []string
-	for i := range bpf.ProbeMaxInline + 1 {
+	for i := range bpf.HookMaxInline + 1 {
 		many = append(many, fmt.Sprint(1000+i))
 	}
 	plan, err := Compile(load(t, fmt.Sprintf(`
@@ -85,13 +85,13 @@ x: {
 // TestProbeLimits: what the programs cannot hold is an error at the
 // policy, naming the limit.
 func TestProbeLimits(t *testing.T) {
-	long := strings.Repeat("x", bpf.ProbeMatchLen+1)
+	long := strings.Repeat("x", bpf.HookMatchLen+1)
 	for _, c := range []struct{ src, want string }{
 		{`x: {syscall: "nosuchcall", count: metric: "m"}`, "no system call is named nosuchcall"},
 		{`x: {syscall: "openat", args: [{index: 1, type: "user_string", name: "f"}], match: args: f: "` + long + `", count: metric: "m"}`, "longer than the 247 bytes"},
 		{`x: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: ["1-2", "3-4", "5-6", "7-8", "9-10"], count: metric: "m"}`, "at most 4 ranges"},
 		{`x: {syscall: "openat", args: [{index: 1, type: "user_string", name: "f"}, {index: 2, type: "user_string", name: "g"}, {index: 3, type: "user_string", name: "h"}], count: {metric: "m", by: ["f", "g", "h"]}}`, "take more than the 96 bytes"},
-		{`x: {syscall: "close", match: [` + strings.Repeat(`{process: pid: 1},`, bpf.ProbeMaxSelectors+1) + `], count: metric: "m"}`, "at most 4 match selectors"},
+		{`x: {syscall: "close", match: [` + strings.Repeat(`{process: pid: 1},`, bpf.HookMaxSelectors+1) + `], count: metric: "m"}`, "at most 4 match selectors"},
 	} {
 		_, err := Compile(load(t, c.src), Options{})
 		var list policies.ErrorList

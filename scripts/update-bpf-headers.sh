@@ -15,7 +15,7 @@ multiarch=/usr/include/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || e
 
 # The headers the build includes, found by the compiler itself (-M), for
 # every source and target architecture, from the host's include paths.
-deps=$(for src in bpf/xdp.c bpf/probe.c bench/xdp/testdata/baseline.c; do
+deps=$(for src in bpf/xdp.c bpf/hook.c bench/xdp/testdata/baseline.c; do
 	for arch in x86 arm64; do
 		clang-19 -target bpfel -D__TARGET_ARCH_$arch -nostdinc -idirafter /usr/include -idirafter "$multiarch" \
 			-I bpf -M "$src"

@@ -27,7 +27,7 @@ const Count = 2
 // Rule ids in the kernel are epoch<<IndexBits | index. The BPF programs
 // copy them into events and count keys without reading their bits, so the
 // layout is userspace's alone; IndexBits covers the largest rule table of
-// either half (bpf.MaxRules, bpf.ProbeMaxRules: a test checks).
+// either half (bpf.MaxRules, bpf.HookMaxRules: a test checks).
 const (
 	IndexBits = 11
 	MaxEpoch  = 1<<(32-IndexBits) - 1

@@ -15,7 +15,7 @@ import (
 // The rule id layout holds every rule index of either half, and its
 // parts come back out.
 func TestRuleIDsHoldEveryRuleOfBothHalves(t *testing.T) {
-	for name, n := range map[string]int{"bpf.MaxRules": bpf.MaxRules, "bpf.ProbeMaxRules": bpf.ProbeMaxRules} {
+	for name, n := range map[string]int{"bpf.MaxRules": bpf.MaxRules, "bpf.HookMaxRules": bpf.HookMaxRules} {
 		if n > 1<<IndexBits {
 			t.Errorf("%s is %d, more than the %d rule indexes of IndexBits %d", name, n, 1<<IndexBits, IndexBits)
 		}

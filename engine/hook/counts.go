@@ -78,10 +78,10 @@ func (e *Hooks) generationRuleCounters(gen uint32, into map[string]RuleCounter) 
 	if g == nil {
 		return nil
 	}
-	var perCPU []bpf.ProbeCounter
+	var perCPU []bpf.HookCounter
 	for i, r := range g.rules {
-		if err := e.p.Maps().Counters.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &perCPU); err != nil {
-			return fmt.Errorf("read probe counters: %w", err)
+		if err := e.p.Maps().Counters.Lookup(gen*bpf.HookMaxRules+uint32(i), &perCPU); err != nil {
+			return fmt.Errorf("read hook counters: %w", err)
 		}
 		c := into[r.Policy]
 		c.Policy = r.Policy
@@ -101,22 +101,22 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 	out := map[string]*CountSample{}
 	maps := e.p.Maps()
 	// Rules whose labels fit in few bytes count in the small-key map.
-	var small bpf.ProbeCountKeySmall
-	var key bpf.ProbeCountKey
-	var perCPU []bpf.ProbeCount
-	var staleSmall []bpf.ProbeCountKeySmall
+	var small bpf.HookCountKeySmall
+	var key bpf.HookCountKey
+	var perCPU []bpf.HookCount
+	var staleSmall []bpf.HookCountKeySmall
 	it := maps.CountsSmall.Iterate()
 	for it.Next(&small, &perCPU) {
-		key = bpf.ProbeCountKey{RuleId: small.RuleId}
+		key = bpf.HookCountKey{RuleId: small.RuleId}
 		copy(key.Labels[:], small.Labels[:])
 		if e.addCount(out, harvestEpoch, &key, perCPU) {
 			staleSmall = append(staleSmall, small)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read probe counts: %w", err)
+		return nil, fmt.Errorf("read hook counts: %w", err)
 	}
-	var stale []bpf.ProbeCountKey
+	var stale []bpf.HookCountKey
 	it = maps.Counts.Iterate()
 	for it.Next(&key, &perCPU) {
 		if e.addCount(out, harvestEpoch, &key, perCPU) {
@@ -124,7 +124,7 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read probe counts: %w", err)
+		return nil, fmt.Errorf("read hook counts: %w", err)
 	}
 	for _, k := range staleSmall {
 		maps.CountsSmall.Delete(k)
@@ -137,7 +137,7 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 
 // addCount adds one count entry to out; it reports whether the entry is to
 // be deleted (harvested, or of a rule set long gone).
-func (e *Hooks) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.ProbeCountKey, perCPU []bpf.ProbeCount) bool {
+func (e *Hooks) addCount(out map[string]*CountSample, harvestEpoch *uint32, key *bpf.HookCountKey, perCPU []bpf.HookCount) bool {
 	epoch := generation.EpochOf(key.RuleId)
 	if harvestEpoch != nil && epoch != *harvestEpoch {
 		return false
@@ -188,13 +188,13 @@ func (e *Hooks) totalSamples(gen uint32) (map[string]*CountSample, error) {
 	if g == nil {
 		return out, nil
 	}
-	var perCPU []bpf.ProbeCounter
+	var perCPU []bpf.HookCounter
 	for i, r := range g.rules {
 		if r.Count == nil || len(r.Count.Labels) > 0 {
 			continue
 		}
-		if err := e.p.Maps().Counters.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &perCPU); err != nil {
-			return nil, fmt.Errorf("read probe counters: %w", err)
+		if err := e.p.Maps().Counters.Lookup(gen*bpf.HookMaxRules+uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("read hook counters: %w", err)
 		}
 		s := &CountSample{Metric: r.Count.Metric, Policy: r.Policy, IsSum: r.Count.Sum != ""}
 		for _, v := range perCPU {
@@ -243,7 +243,7 @@ func addSamples(into map[string]*CountSample, from map[string]*CountSample) {
 }
 
 // decodeCountKey turns a count key into a sample with named labels.
-func decodeCountKey(r codegen.ProbeRule, key *bpf.ProbeCountKey) *CountSample {
+func decodeCountKey(r codegen.ProbeRule, key *bpf.HookCountKey) *CountSample {
 	s := &CountSample{Metric: r.Count.Metric, Policy: r.Policy, IsSum: r.Count.Sum != ""}
 	for _, l := range r.Count.Labels {
 		if l.Offset+l.Size > len(key.Labels) {
@@ -311,7 +311,7 @@ func (e *Hooks) CountSnapshot() ([]CountSample, error) {
 		return nil, err
 	}
 	addSamples(sum, cur)
-	for gen := uint32(0); gen < bpf.ProbeGenerations; gen++ {
+	for gen := uint32(0); gen < bpf.HookGenerations; gen++ {
 		totals, err := e.totalSamples(gen)
 		if err != nil {
 			return nil, err
@@ -344,7 +344,7 @@ func (e *Hooks) Counters() ([]RuleCounter, error) {
 	for k, v := range e.ruleTotals {
 		sum[k] = v
 	}
-	for gen := uint32(0); gen < bpf.ProbeGenerations; gen++ {
+	for gen := uint32(0); gen < bpf.HookGenerations; gen++ {
 		if err := e.generationRuleCounters(gen, sum); err != nil {
 			return nil, err
 		}
@@ -362,7 +362,7 @@ func (e *Hooks) Counters() ([]RuleCounter, error) {
 // running on the same CPU: a hook firing in an interrupt (raw tracepoints
 // and raw sys_enter are not kept from nesting by the kernel) or a
 // preempted fentry/fexit program. Each program works in a per-CPU scratch
-// level; bpf.ProbeNestLevels levels serve that many programs at once on a
+// level; bpf.HookNestLevels levels serve that many programs at once on a
 // CPU.
 type Nesting struct {
 	// Nested calls were served in a deeper scratch level, as usual.
@@ -380,9 +380,9 @@ func (e *Hooks) Nesting() (Nesting, error) {
 	if e.p == nil {
 		return n, nil
 	}
-	var perCPU []bpf.ProbeNesting
+	var perCPU []bpf.HookNesting
 	if err := e.p.Maps().Nesting.Lookup(uint32(0), &perCPU); err != nil {
-		return n, fmt.Errorf("read probe nesting counters: %w", err)
+		return n, fmt.Errorf("read hook nesting counters: %w", err)
 	}
 	for _, v := range perCPU {
 		n.Nested += v.Nested

@@ -32,7 +32,7 @@ type Event struct {
 	// Syscall is the system call number of a syscall hook.
 	Syscall int
 	// Truncated tells that a path was longer than grain reads
-	// (bpf.ProbeStrLen bytes, bpf.ProbePathDepth components).
+	// (bpf.HookStrLen bytes, bpf.HookPathDepth components).
 	Truncated bool
 	// Fields are the values the policy's emit asked for, in its order.
 	Fields []Field
@@ -83,7 +83,7 @@ func (ev *Event) Field(name string) *Field {
 
 const eventHeaderSize = 64
 
-// decoder decodes the kernel-hook event format (bpf/probe.h: a
+// decoder decodes the kernel-hook event format (bpf/hook.h: a
 // header with the process context, then the argument slots): parse reads
 // a record once, then fill gives it as an Event or toPipeline as a
 // pipeline event. It caches the rule of the last event and interns comm
@@ -99,7 +99,7 @@ type decoder struct {
 	exes       map[exeKey]exeEntry
 	cgroups    *pipeline.CgroupResolver
 	host       string
-	args       [bpf.ProbeMaxArgs]struct {
+	args       [bpf.HookMaxArgs]struct {
 		typ  uint8
 		data []byte
 	}
@@ -195,7 +195,7 @@ func (d *decoder) parse(raw []byte) bool {
 	size, nargs, flags := int(le.Uint16(raw[40:])), int(raw[42]), raw[43]
 	h.syscall = int(le.Uint16(raw[46:]))
 	h.comm = d.comm(raw[48:64])
-	h.truncated = flags&bpf.ProbeEvTruncated != 0
+	h.truncated = flags&bpf.HookEvTruncated != 0
 	if size > len(raw) {
 		return false
 	}
@@ -209,7 +209,7 @@ func (d *decoder) parse(raw []byte) bool {
 		}
 		slot, typ, n := int(raw[off]), raw[off+1], int(le.Uint16(raw[off+2:]))
 		off += 8
-		if off+n > size || slot >= bpf.ProbeMaxArgs {
+		if off+n > size || slot >= bpf.HookMaxArgs {
 			return false
 		}
 		d.args[slot].typ, d.args[slot].data = typ, raw[off:off+n]
@@ -287,7 +287,7 @@ func (d *decoder) field(f *codegen.ProbeField, pf *Field) bool {
 	case "container":
 		return false
 	case "arg":
-		if f.Slot >= bpf.ProbeMaxArgs || d.args[f.Slot].data == nil {
+		if f.Slot >= bpf.HookMaxArgs || d.args[f.Slot].data == nil {
 			return false
 		}
 		a := &d.args[f.Slot]
@@ -314,7 +314,7 @@ func decodeArgField(pf *Field, part string, typ uint8, b []byte) {
 	switch part {
 	case "num":
 		if len(b) >= 8 {
-			if typ == bpf.ProbeTInt {
+			if typ == bpf.HookTInt {
 				pf.Kind, pf.Int = FieldInt, int64(le.Uint64(b))
 			} else {
 				pf.Uint = le.Uint64(b)
@@ -362,7 +362,7 @@ func (e *Hooks) NewEventReader() (*EventReader, error) {
 }
 
 func (e *Hooks) openRing() (*ring.Reader, error) {
-	return ring.Open("probe event ring buffer", e.p.Maps().Events, e.gen.Fence())
+	return ring.Open("hook event ring buffer", e.p.Maps().Events, e.gen.Fence())
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t. The

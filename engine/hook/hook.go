@@ -2,8 +2,8 @@
 // and kretprobe policies. It attaches each hook by the mechanism this
 // kernel offers (fentry or kprobe, raw or perf-event tracepoint), writes
 // the Plan's rule sets into the inactive generation of the hook maps and
-// flips it, and reads the hooks' counts and events. "probe" in bpf names
-// (bpf.Probe, bpf/probe.c) is the C side of the same programs.
+// flips it, and reads the hooks' counts and events. bpf.Hooks and bpf/hook.c
+// are the C side of the same programs.
 package hook
 
 import (
@@ -47,7 +47,7 @@ type Options struct {
 // still read it, and flips.
 type Hooks struct {
 	log   *slog.Logger
-	p     *bpf.Probe
+	p     *bpf.Hooks
 	feats bpf.ProbeFeatures
 
 	mu sync.Mutex
@@ -55,7 +55,7 @@ type Hooks struct {
 	// rules of every epoch whose events may still be read.
 	gen *generation.Switch[codegen.ProbeRule]
 	// written[g] is what the plan of generation g put into the maps.
-	written [bpf.ProbeGenerations]*generationContents
+	written [bpf.HookGenerations]*generationContents
 	// hooks by key: attachment, slot and mechanism, kept across reloads.
 	hooks   map[string]*attachment
 	sysLink link.Link // raw sys_enter, while a syscall hook exists
@@ -74,12 +74,12 @@ type Hooks struct {
 // attachment is one attached hook.
 type attachment struct {
 	hook      codegen.ProbeHook
-	planned   []bpf.ProbeArg // the plan's arguments, which resolveArgs completes
+	planned   []bpf.HookArg // the plan's arguments, which resolveArgs completes
 	kind      Kind
 	slot      int
 	mechanism Mechanism
 	links     []link.Link
-	args      []bpf.ProbeArg
+	args      []bpf.HookArg
 	syscalls  []int
 	program   string // for fentry/fexit: the per-function copy to release
 }
@@ -88,8 +88,8 @@ type attachment struct {
 type generationContents struct {
 	epoch   uint32
 	rules   []codegen.ProbeRule
-	values  []bpf.ProbeValueKey
-	strings []bpf.ProbeStringKey
+	values  []bpf.HookValueKey
+	strings []bpf.HookStringKey
 }
 
 // Attachment reports how one hook is attached.
@@ -120,7 +120,7 @@ func New(opts Options) (*Hooks, error) {
 	if feats.AttachCookie != nil {
 		return nil, fmt.Errorf("kernel hooks need attach cookies: %w", feats.AttachCookie)
 	}
-	p, err := bpf.LoadProbe(bpf.ProbeOptions{RingBufferBytes: opts.RingBufferBytes})
+	p, err := bpf.LoadHooks(bpf.HookOptions{RingBufferBytes: opts.RingBufferBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func New(opts Options) (*Hooks, error) {
 	}
 	if err := e.activate(0); err != nil {
 		e.Close()
-		return nil, fmt.Errorf("write the probe programs' active generation: %w", err)
+		return nil, fmt.Errorf("write the hook programs' active generation: %w", err)
 	}
 	return e, nil
 }
@@ -144,7 +144,7 @@ func New(opts Options) (*Hooks, error) {
 // activate makes generation gen the one the programs read: the active
 // map's one word, beside the tgid they skip and the reader's wake-up mark.
 func (e *Hooks) activate(gen uint32) error {
-	return e.p.Maps().Active.Put(uint32(0), bpf.ProbeActive{Generation: gen, AgentTgid: e.agent, WakeAt: e.wakeAt()})
+	return e.p.Maps().Active.Put(uint32(0), bpf.HookActive{Generation: gen, AgentTgid: e.agent, WakeAt: e.wakeAt()})
 }
 
 // wakeAt is how many pending ring-buffer bytes wake the event reader: an
@@ -156,10 +156,10 @@ func (e *Hooks) wakeAt() uint64 {
 // Features reports the kernel hooks this kernel offers.
 func (e *Hooks) Features() bpf.ProbeFeatures { return e.feats }
 
-// Program exposes the loaded probe object, for tests and benchmarks.
-func (e *Hooks) Program() *bpf.Probe { return e.p }
+// Program exposes the loaded hook object, for tests and benchmarks.
+func (e *Hooks) Program() *bpf.Hooks { return e.p }
 
-// Apply makes the probe part of plan the active rule set, all or nothing:
+// Apply makes the kernel-hook part of plan the active rule set, all or nothing:
 // Prepare, then Commit. A hook that cannot be attached fails the whole
 // Apply and leaves the rules in force untouched.
 func (e *Hooks) Apply(plan *codegen.Plan) error {
@@ -254,8 +254,8 @@ func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
 		for used[slot] {
 			slot++
 		}
-		if slot >= bpf.ProbeMaxHooks {
-			return p, fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.ProbeMaxHooks)
+		if slot >= bpf.HookMaxHooks {
+			return p, fmt.Errorf("no free hook slot: at most %d hooks (old and new together during a reload)", bpf.HookMaxHooks)
 		}
 		a, err := e.attach(h, planned, slot)
 		if err != nil {
@@ -387,7 +387,7 @@ func (e *Hooks) hooksOfKind(kind Kind) []*attachment {
 }
 
 // attach resolves and attaches one hook with cookie slot.
-func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.ProbeArg, slot int) (*attachment, error) {
+func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.HookArg, slot int) (*attachment, error) {
 	a := &attachment{hook: h, kind: kindOf(h), planned: planned, slot: slot}
 	cookie := uint64(slot)
 	switch a.kind {
@@ -525,9 +525,9 @@ func (e *Hooks) attachFunction(a *attachment, cookie uint64) error {
 
 // stashes reports whether a kretprobe reads arguments: they are saved at
 // the function's entry.
-func stashes(args []bpf.ProbeArg) bool {
+func stashes(args []bpf.HookArg) bool {
 	for _, a := range args {
-		if a.Source == bpf.ProbeSrcArg {
+		if a.Source == bpf.HookSrcArg {
 			return true
 		}
 	}
@@ -567,10 +567,10 @@ func (e *Hooks) detach(a *attachment) {
 }
 
 // resolveArgs completes the hook's arguments as planned (the plan's
-// bpf.ProbeArg of each) for the chosen mechanism on this kernel:
+// bpf.HookArg of each) for the chosen mechanism on this kernel:
 // tracepoint fields by the tracefs format, integer widths by BTF or the
 // syscall's tracepoint; and gives the numbers of its syscalls.
-func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechanism Mechanism) ([]bpf.ProbeArg, []int, error) {
+func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.HookArg, mechanism Mechanism) ([]bpf.HookArg, []int, error) {
 	var fields map[string]tpField
 	var widths []tpField // per argument index, when known
 	var syscalls []int
@@ -583,7 +583,7 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 	case KindSyscall:
 		for _, name := range h.Syscalls {
 			if name == "*" {
-				for nr := 0; nr < bpf.ProbeSyscalls; nr++ {
+				for nr := 0; nr < bpf.HookSyscalls; nr++ {
 					syscalls = append(syscalls, nr)
 				}
 				continue
@@ -594,8 +594,8 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 				e.log.Info("system call does not exist on this architecture", "syscall", name, "arch", runtime.GOARCH)
 				continue
 			}
-			if nr >= bpf.ProbeSyscalls {
-				return nil, nil, fmt.Errorf("syscall %s has number %d, beyond grain's table of %d", name, nr, bpf.ProbeSyscalls)
+			if nr >= bpf.HookSyscalls {
+				return nil, nil, fmt.Errorf("syscall %s has number %d, beyond grain's table of %d", name, nr, bpf.HookSyscalls)
 			}
 			syscalls = append(syscalls, nr)
 		}
@@ -621,21 +621,21 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 	case KindKprobe, KindKretprobe:
 		widths = functionParams(h.Target)
 	}
-	out := make([]bpf.ProbeArg, 0, len(h.Args))
+	out := make([]bpf.HookArg, 0, len(h.Args))
 	for i, a := range h.Args {
 		ka := planned[i]
 		switch ka.Source {
-		case bpf.ProbeSrcArg:
+		case bpf.HookSrcArg:
 			if a.Index < len(widths) {
 				ka.Width = widths[a.Index].width
 			}
-		case bpf.ProbeSrcRet:
+		case bpf.HookSrcRet:
 			if mechanism.atReturn() {
 				if w := functionReturn(h.Target); w.width != 0 {
 					ka.Width = w.width
 				}
 			}
-		case bpf.ProbeSrcField:
+		case bpf.HookSrcField:
 			f, ok := fields[a.Field]
 			if !ok {
 				var names []string
@@ -649,7 +649,7 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 			}
 			ka.Offset, ka.Size, ka.Width = uint16(f.offset), uint16(f.size), f.width
 			if f.signed {
-				ka.Flags |= bpf.ProbeFieldSigned
+				ka.Flags |= bpf.HookFieldSigned
 			}
 			isString := a.Type == "string" || a.Type == "user_string"
 			switch {
@@ -657,14 +657,14 @@ func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.ProbeArg, mechani
 				if !isString {
 					return nil, nil, fmt.Errorf("tracepoint %s field %s is a string (%s): declare it type: \"string\"", h.Target, a.Field, f.ctype)
 				}
-				ka.Flags |= bpf.ProbeFieldDataLoc
-				ka.Type = bpf.ProbeTString
+				ka.Flags |= bpf.HookFieldDataLoc
+				ka.Type = bpf.HookTString
 			case f.array:
 				if !isString {
 					return nil, nil, fmt.Errorf("tracepoint %s field %s is an array (%s): only char arrays can be read, as type: \"string\"", h.Target, a.Field, f.ctype)
 				}
-				ka.Flags |= bpf.ProbeFieldArray
-				ka.Type = bpf.ProbeTString
+				ka.Flags |= bpf.HookFieldArray
+				ka.Type = bpf.HookTString
 			case f.size > 8:
 				return nil, nil, fmt.Errorf("tracepoint %s field %s (%s, %d bytes) is not an integer or pointer", h.Target, a.Field, f.ctype, f.size)
 			case isString && !strings.Contains(f.ctype, "*"):
@@ -865,7 +865,7 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 	m := e.p.Maps()
 	pm := &pp.Maps
 	// Resolve what may fail before touching the maps.
-	filters := make([]bpf.ProbeFilter, len(pm.Filters))
+	filters := make([]bpf.HookFilter, len(pm.Filters))
 	values := make([][]uint64, len(pm.Filters))
 	for i, f := range pm.Filters {
 		filters[i], values[i] = f.Filter.Value, f.Values
@@ -880,16 +880,16 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 			}
 			ids = append(ids, id)
 		}
-		if filters[i].Op == bpf.ProbeOpIn {
+		if filters[i].Op == bpf.HookOpIn {
 			copy(filters[i].Vals[:], ids)
 		} else {
 			values[i] = ids
 		}
 	}
-	if len(filters) > bpf.ProbeMaxFilters {
-		return fmt.Errorf("too many match conditions: %d, at most %d", len(filters), bpf.ProbeMaxFilters)
+	if len(filters) > bpf.HookMaxFilters {
+		return fmt.Errorf("too many match conditions: %d, at most %d", len(filters), bpf.HookMaxFilters)
 	}
-	kRules := make([]bpf.ProbeRule, len(pm.Rules))
+	kRules := make([]bpf.HookRule, len(pm.Rules))
 	for i, r := range pm.Rules {
 		kRules[i] = r.Value
 		kRules[i].Id = generation.RuleID(epoch, i)
@@ -912,39 +912,39 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 	gen := &generationContents{epoch: epoch, rules: pp.Rules}
 	e.written[next] = gen
 	// Hooks: every slot of the generation.
-	kHooks := make([]bpf.ProbeHook, bpf.ProbeMaxHooks)
-	sysHooks := make([]bpf.ProbeSyscall, bpf.ProbeSyscalls)
+	kHooks := make([]bpf.Hook, bpf.HookMaxHooks)
+	sysHooks := make([]bpf.HookSyscall, bpf.HookSyscalls)
 	for i, h := range pp.Hooks {
 		a := hooks[h.Key()]
 		kh := pm.Hooks[i].Value
 		kh.Kind = uint8(a.mechanism.kernelKind(a.kind))
 		if a.mechanism == MechanismKretprobe && stashes(a.args) {
-			kh.Flags |= bpf.ProbeHookStash
+			kh.Flags |= bpf.HookStash
 		}
 		copy(kh.Args[:], a.args)
 		kHooks[a.slot] = kh
 		for _, nr := range a.syscalls {
 			s := &sysHooks[nr]
-			if int(s.Nhooks) == bpf.ProbeSyscallHooks {
-				return fmt.Errorf("syscall %d: more than %d hooks", nr, bpf.ProbeSyscallHooks)
+			if int(s.Nhooks) == bpf.HookSyscallHooks {
+				return fmt.Errorf("syscall %d: more than %d hooks", nr, bpf.HookSyscallHooks)
 			}
 			s.Hooks[s.Nhooks] = uint8(a.slot)
 			s.Nhooks++
 		}
 	}
-	if err := generation.PutRange(m.Hooks, next*bpf.ProbeMaxHooks, kHooks); err != nil {
+	if err := generation.PutRange(m.Hooks, next*bpf.HookMaxHooks, kHooks); err != nil {
 		return fmt.Errorf("write hooks: %w", err)
 	}
-	if err := generation.PutRange(m.Syscalls, next*bpf.ProbeSyscalls, sysHooks); err != nil {
+	if err := generation.PutRange(m.Syscalls, next*bpf.HookSyscalls, sysHooks); err != nil {
 		return fmt.Errorf("write syscall table: %w", err)
 	}
-	if err := generation.PutRange(m.Rules, next*bpf.ProbeMaxRules, kRules); err != nil {
+	if err := generation.PutRange(m.Rules, next*bpf.HookMaxRules, kRules); err != nil {
 		return fmt.Errorf("write rules: %w", err)
 	}
 	for i, f := range pm.Filters {
-		id := next*bpf.ProbeMaxFilters + uint32(i)
+		id := next*bpf.HookMaxFilters + uint32(i)
 		for _, v := range values[i] {
-			k := bpf.ProbeValueKey{Filter: id, Value: v}
+			k := bpf.HookValueKey{Filter: id, Value: v}
 			if err := m.Values.Put(k, uint8(1)); err != nil {
 				return fmt.Errorf("write match value: %w", err)
 			}
@@ -959,17 +959,17 @@ func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, 
 			gen.strings = append(gen.strings, k)
 		}
 	}
-	if err := generation.PutRange(m.Filters, next*bpf.ProbeMaxFilters, filters); err != nil {
+	if err := generation.PutRange(m.Filters, next*bpf.HookMaxFilters, filters); err != nil {
 		return fmt.Errorf("write filters: %w", err)
 	}
 	// Fresh counters and rate windows for the generation's rules.
-	zero := make([]bpf.ProbeCounter, generation.PossibleCPUs())
+	zero := make([]bpf.HookCounter, generation.PossibleCPUs())
 	for i := range pp.Rules {
-		key := next*bpf.ProbeMaxRules + uint32(i)
+		key := next*bpf.HookMaxRules + uint32(i)
 		if err := m.Counters.Put(key, zero); err != nil {
 			return fmt.Errorf("reset counters: %w", err)
 		}
-		if err := m.Rate.Put(key, bpf.ProbeRate{}); err != nil {
+		if err := m.Rate.Put(key, bpf.HookRate{}); err != nil {
 			return fmt.Errorf("reset rate limit: %w", err)
 		}
 	}

@@ -337,7 +337,7 @@ kill_on_canary: {
 func TestHookSyscallCount(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	var set []string
-	for i := range bpf.ProbeMaxInline + 4 {
+	for i := range bpf.HookMaxInline + 4 {
 		set = append(set, strconv.Itoa(987000+i))
 	}
 	applyHooks(t, p, fmt.Sprintf(`
@@ -824,12 +824,12 @@ func TestHookReloadAtomic(t *testing.T) {
 func TestHookFdPathTruncated(t *testing.T) {
 	t.Run("depth", func(t *testing.T) {
 		dir := t.TempDir()
-		for i := range bpf.ProbePathDepth + 6 {
+		for i := range bpf.HookPathDepth + 6 {
 			dir = filepath.Join(dir, fmt.Sprintf("d%d", i))
 		}
 		truncatedPath(t, dir, func(file string) string {
 			parts := strings.Split(file, "/")
-			return "/" + strings.Join(parts[len(parts)-bpf.ProbePathDepth:], "/")
+			return "/" + strings.Join(parts[len(parts)-bpf.HookPathDepth:], "/")
 		})
 	})
 	t.Run("bytes", func(t *testing.T) {
@@ -843,7 +843,7 @@ func TestHookFdPathTruncated(t *testing.T) {
 			out := ""
 			for i := len(parts) - 1; i > 0; i-- {
 				next := "/" + parts[i] + out
-				if len(next) > bpf.ProbeStrLen-1 {
+				if len(next) > bpf.HookStrLen-1 {
 					break
 				}
 				out = next

@@ -8,18 +8,18 @@ import (
 )
 
 // Kind is a kind of kernel hook, numbered as the kernel programs tell them
-// apart (bpf/probe.h, enum grain_probe_kinds). A policy names one of
+// apart (bpf/hook.h, enum grain_hook_kinds). A policy names one of
 // syscall, tracepoint, kprobe or kretprobe; fentry and fexit are what a
 // kprobe or kretprobe becomes where the kernel attaches it that way.
 type Kind uint8
 
 const (
-	KindKprobe     Kind = bpf.ProbeKindKprobe
-	KindKretprobe  Kind = bpf.ProbeKindKretprobe
-	KindFentry     Kind = bpf.ProbeKindFentry
-	KindFexit      Kind = bpf.ProbeKindFexit
-	KindTracepoint Kind = bpf.ProbeKindTracepoint
-	KindSyscall    Kind = bpf.ProbeKindSyscall
+	KindKprobe     Kind = bpf.HookKindKprobe
+	KindKretprobe  Kind = bpf.HookKindKretprobe
+	KindFentry     Kind = bpf.HookKindFentry
+	KindFexit      Kind = bpf.HookKindFexit
+	KindTracepoint Kind = bpf.HookKindTracepoint
+	KindSyscall    Kind = bpf.HookKindSyscall
 )
 
 var kindNames = map[Kind]string{

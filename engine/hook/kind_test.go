@@ -36,7 +36,7 @@ func TestAttachmentJSONSpellsKindsAndMechanisms(t *testing.T) {
 	}
 }
 
-// The kind the kernel program is told (bpf/probe.h) follows from the
+// The kind the kernel program is told (bpf/hook.h) follows from the
 // mechanism, except that a raw tracepoint serves both tracepoint and
 // syscall hooks and keeps the hook's kind.
 func TestKernelKindOfEachMechanism(t *testing.T) {
@@ -45,13 +45,13 @@ func TestKernelKindOfEachMechanism(t *testing.T) {
 		mech   Mechanism
 		want   uint8
 	}{
-		{"syscall", MechanismRawTracepoint, bpf.ProbeKindSyscall},
-		{"tracepoint", MechanismRawTracepoint, bpf.ProbeKindTracepoint},
-		{"tracepoint", MechanismTracepoint, bpf.ProbeKindTracepoint},
-		{"kprobe", MechanismKprobe, bpf.ProbeKindKprobe},
-		{"kprobe", MechanismFentry, bpf.ProbeKindFentry},
-		{"kretprobe", MechanismKretprobe, bpf.ProbeKindKretprobe},
-		{"kretprobe", MechanismFexit, bpf.ProbeKindFexit},
+		{"syscall", MechanismRawTracepoint, bpf.HookKindSyscall},
+		{"tracepoint", MechanismRawTracepoint, bpf.HookKindTracepoint},
+		{"tracepoint", MechanismTracepoint, bpf.HookKindTracepoint},
+		{"kprobe", MechanismKprobe, bpf.HookKindKprobe},
+		{"kprobe", MechanismFentry, bpf.HookKindFentry},
+		{"kretprobe", MechanismKretprobe, bpf.HookKindKretprobe},
+		{"kretprobe", MechanismFexit, bpf.HookKindFexit},
 	} {
 		k := kindOf(codegen.ProbeHook{Kind: c.policy})
 		if k.String() != c.policy {

@@ -117,7 +117,7 @@ func TestHookNestingLevels(t *testing.T) {
 
 	run()
 	check("level 0 free", 1, Nesting{})
-	for l := range uint32(bpf.ProbeNestLevels) {
+	for l := range uint32(bpf.HookNestLevels) {
 		if got := scratchBusy(t, p, l); !slices.Equal(got, free) {
 			t.Fatalf("after a run, level %d busy words %v, want all free", l, got)
 		}
@@ -134,13 +134,13 @@ func TestHookNestingLevels(t *testing.T) {
 		t.Fatalf("level 1 busy words %v after nested runs, want all free", got)
 	}
 
-	for l := range uint32(bpf.ProbeNestLevels) {
+	for l := range uint32(bpf.HookNestLevels) {
 		setScratchBusy(t, p, l, true)
 	}
 	run()
 	check("every level busy", 3, Nesting{Nested: 2, Skipped: 1})
 
-	for l := range uint32(bpf.ProbeNestLevels) {
+	for l := range uint32(bpf.HookNestLevels) {
 		setScratchBusy(t, p, l, false)
 	}
 	run()

@@ -85,8 +85,8 @@ connects: {
 		gen := p.gen.Active()
 		for i, h := range plan.Probes.Hooks {
 			a := p.hooks[h.Key()]
-			var got bpf.ProbeHook
-			if err := m.Hooks.Lookup(gen*bpf.ProbeMaxHooks+uint32(a.slot), &got); err != nil {
+			var got bpf.Hook
+			if err := m.Hooks.Lookup(gen*bpf.HookMaxHooks+uint32(a.slot), &got); err != nil {
 				t.Fatal(err)
 			}
 			want := pm.Hooks[i].Value
@@ -95,14 +95,14 @@ connects: {
 			}
 			for j := range want.Nargs {
 				g, w := got.Args[j], want.Args[j]
-				if g.Source != w.Source || g.Index != w.Index || g.Type != w.Type && g.Type != bpf.ProbeTString {
+				if g.Source != w.Source || g.Index != w.Index || g.Type != w.Type && g.Type != bpf.HookTString {
 					t.Errorf("%s: hook %d argument %d is %+v, planned %+v", name, i, j, g, w)
 				}
 			}
 		}
 		for i, r := range pm.Rules {
-			var got bpf.ProbeRule
-			if err := m.Rules.Lookup(gen*bpf.ProbeMaxRules+uint32(i), &got); err != nil {
+			var got bpf.HookRule
+			if err := m.Rules.Lookup(gen*bpf.HookMaxRules+uint32(i), &got); err != nil {
 				t.Fatal(err)
 			}
 			if got.Id != generation.RuleID(p.gen.Epoch(), i) {
@@ -113,15 +113,15 @@ connects: {
 				t.Errorf("%s: rule %d differs from the plan's", name, i)
 			}
 		}
-		wantValues, wantStrings := map[bpf.ProbeValueKey]bool{}, map[bpf.ProbeStringKey]bool{}
+		wantValues, wantStrings := map[bpf.HookValueKey]bool{}, map[bpf.HookStringKey]bool{}
 		for i, f := range pm.Filters {
-			id := gen*bpf.ProbeMaxFilters + uint32(i)
-			var got bpf.ProbeFilter
+			id := gen*bpf.HookMaxFilters + uint32(i)
+			var got bpf.HookFilter
 			if err := m.Filters.Lookup(id, &got); err != nil || got != f.Filter.Value {
 				t.Errorf("%s: filter %d differs from the plan's", name, i)
 			}
 			for _, v := range f.Values {
-				wantValues[bpf.ProbeValueKey{Filter: id, Value: v}] = true
+				wantValues[bpf.HookValueKey{Filter: id, Value: v}] = true
 			}
 			for _, s := range f.Strings {
 				key := s.Value
@@ -129,17 +129,17 @@ connects: {
 				wantStrings[key] = true
 			}
 		}
-		inGen := func(filter uint32) bool { return filter/bpf.ProbeMaxFilters == gen }
-		var vk bpf.ProbeValueKey
+		inGen := func(filter uint32) bool { return filter/bpf.HookMaxFilters == gen }
+		var vk bpf.HookValueKey
 		var one uint8
-		gotValues := map[bpf.ProbeValueKey]bool{}
+		gotValues := map[bpf.HookValueKey]bool{}
 		for it := m.Values.Iterate(); it.Next(&vk, &one); {
 			if inGen(vk.Filter) {
 				gotValues[vk] = true
 			}
 		}
-		var sk bpf.ProbeStringKey
-		gotStrings := map[bpf.ProbeStringKey]bool{}
+		var sk bpf.HookStringKey
+		gotStrings := map[bpf.HookStringKey]bool{}
 		for it := m.Strings.Iterate(); it.Next(&sk, &one); {
 			if inGen(sk.Filter) {
 				gotStrings[sk] = true

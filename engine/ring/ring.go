@@ -19,7 +19,7 @@ import (
 )
 
 // PollInterval is how often a reader looks for events: the kernel
-// wakes it only when the ring fills up (see bpf/xdp.c, bpf/probe.c), so
+// wakes it only when the ring fills up (see bpf/xdp.c, bpf/hook.c), so
 // this bounds the delay of an event on a quiet machine.
 const PollInterval = 20 * time.Millisecond
 

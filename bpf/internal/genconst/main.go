@@ -8,8 +8,8 @@
 // Every enumerator of an enum whose name starts with grain_ becomes an
 // untyped constant (untyped, so that callers can use it as a uint8 flag, a
 // uint32 index or an int bound alike). Its Go name is its C name without
-// GRAIN_, in CamelCase: GRAIN_MAX_RULES is MaxRules, GRAIN_PROBE_T_FD is
-// ProbeTFd; CIDR, IP, IPV6, TCP and UDP keep Go's initialisms. Given several
+// GRAIN_, in CamelCase: GRAIN_MAX_RULES is MaxRules, GRAIN_HOOK_T_FD is
+// HookTFd; CIDR, IP, IPV6, TCP and UDP keep Go's initialisms. Given several
 // objects (one per architecture), it checks that they agree.
 package main
 

@@ -8,7 +8,7 @@ import (
 )
 
 // TestCommittedConstantsMatchObjects checks that bpf/limits.go and
-// bpf/probe_limits.go hold exactly the enums of the committed objects, so
+// bpf/hook_limits.go hold exactly the enums of the committed objects, so
 // that codegen and the engine use the C programs' limits and codes (`make
 // check-generated` checks that the objects match their C sources).
 func TestCommittedConstantsMatchObjects(t *testing.T) {
@@ -17,7 +17,7 @@ func TestCommittedConstantsMatchObjects(t *testing.T) {
 		objects     []string
 	}{
 		{"limits.go", "grain.h", []string{"xdp_bpfel.o"}},
-		{"probe_limits.go", "probe.h", []string{"probe_x86_bpfel.o", "probe_arm64_bpfel.o"}},
+		{"hook_limits.go", "hook.h", []string{"hook_x86_bpfel.o", "hook_arm64_bpfel.o"}},
 	} {
 		dir := filepath.Join("..", "..")
 		wd, err := os.Getwd()
@@ -49,7 +49,7 @@ func TestGoName(t *testing.T) {
 		"GRAIN_MAX_IPV6_EXT_HEADERS": "MaxIPv6ExtHeaders",
 		"GRAIN_STAT_NOT_IP":          "StatNotIP",
 		"GRAIN_AUX_SRC4_DEFAULT":     "AuxSrc4Default",
-		"GRAIN_PROBE_T_FD":           "ProbeTFd",
+		"GRAIN_HOOK_T_FD":            "HookTFd",
 		"GRAIN_DEDUP_TCP_FLAGS":      "DedupTCPFlags",
 	} {
 		got, err := goName(c)

@@ -14,10 +14,10 @@ import (
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
-// TestLoadProbeRawTracepointCookie: the feature is there exactly when the
+// TestRawTracepointCookieFeature: the feature is there exactly when the
 // kernel is 6.10 or later (raw tracepoint cookies), and then a cookie given
 // at attach reaches the program.
-func TestLoadProbeRawTracepointCookie(t *testing.T) {
+func TestRawTracepointCookieFeature(t *testing.T) {
 	vmtest.RequireRoot(t)
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The kernel structures the probe programs read: the few fields named
+/* The kernel structures the kernel-hook programs read: the few fields named
  * here, relocated by CO-RE against the running kernel's BTF, wherever the
- * kernel puts them. Part of probe.c. */
-#ifndef GRAIN_PROBE_KERNEL_H
-#define GRAIN_PROBE_KERNEL_H
+ * kernel puts them. Part of hook.c. */
+#ifndef GRAIN_HOOK_KERNEL_H
+#define GRAIN_HOOK_KERNEL_H
 
 /* This header stands in for vmlinux.h: libbpf's bpf_tracing.h then names
  * the registers as the kernel's pt_regs does (di, not the UAPI's rdi). */

@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The nesting guard: each call of a probe program works in a per-CPU
+/* The nesting guard: each call of a kernel-hook program works in a per-CPU
  * scratch level (struct scratch) that it claims and releases, so that a
  * program running inside another on one CPU (an interrupt, a preempted
- * fentry/fexit program) never shares the other's memory. Part of probe.c,
- * which includes it after struct scratch and the probe_scratch and
- * probe_nesting maps. */
-#ifndef GRAIN_PROBE_NESTING_H
-#define GRAIN_PROBE_NESTING_H
+ * fentry/fexit program) never shares the other's memory. Part of hook.c,
+ * which includes it after struct scratch and the hook_scratch and
+ * hook_nesting maps. */
+#ifndef GRAIN_HOOK_NESTING_H
+#define GRAIN_HOOK_NESTING_H
 
 static __always_inline void count_nesting(int skipped)
 {
 	__u32 zero = 0;
-	struct grain_probe_nesting *n = bpf_map_lookup_elem(&probe_nesting, &zero);
+	struct grain_hook_nesting *n = bpf_map_lookup_elem(&hook_nesting, &zero);
 	if (!n)
 		return;
 	/* atomic: a deeper interrupt may count between a load and a store */
@@ -32,16 +32,16 @@ static __always_inline void count_nesting(int skipped)
 static __always_inline struct scratch *claim(void)
 {
 	__u32 key = 0;
-	struct scratch *s = bpf_map_lookup_elem(&probe_scratch, &key);
+	struct scratch *s = bpf_map_lookup_elem(&hook_scratch, &key);
 	if (!s)
 		return 0;
 	if (__sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
 		s->level = 0;
 		return s;
 	}
-	for (__u32 l = 1; l < GRAIN_PROBE_NEST_LEVELS; l++) {
+	for (__u32 l = 1; l < GRAIN_HOOK_NEST_LEVELS; l++) {
 		key = l;
-		s = bpf_map_lookup_elem(&probe_scratch, &key);
+		s = bpf_map_lookup_elem(&hook_scratch, &key);
 		if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
 			s->level = l;
 			count_nesting(0);

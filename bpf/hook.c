@@ -1,10 +1,10 @@
 //go:build ignore
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* grain's generic probe programs: one kprobe, one kretprobe, one fentry, one
+/* grain's generic kernel-hook programs: one kprobe, one kretprobe, one fentry, one
  * fexit, one tracepoint (perf event), one raw tracepoint and one raw syscall
  * tracepoint program. They never change with policies: every hook, rule and
- * filter lives in the maps below, written by userspace (engine/probe.go)
+ * filter lives in the maps below, written by userspace (engine/hook)
  * from a Plan (codegen/probe.go).
  *
  * One program serves every attach point of its type; the attach cookie (the
@@ -28,31 +28,31 @@
  * rule + labels, or the rule's own counter), emit (ring buffer, rate
  * limited) and signal.
  *
- * By concern: probe.h holds what Go shares (limits, codes, map values),
- * probe_kernel.h the kernel structures read through CO-RE, probe_filters.h
- * the filters, probe_nesting.h the per-CPU scratch levels and their guard;
+ * By concern: hook.h holds what Go shares (limits, codes, map values),
+ * hook_kernel.h the kernel structures read through CO-RE, hook_filters.h
+ * the filters, hook_nesting.h the per-CPU scratch levels and their guard;
  * this file the maps, value decoding, actions and the programs. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 
-#include "probe.h"
+#include "hook.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_INET 2
 #define AF_INET6 10
 
-#include "probe_kernel.h"
+#include "hook_kernel.h"
 
 /* Path assembly buffer: components are written backwards ending at
- * PATH_END; a path is at most GRAIN_PROBE_STR_LEN - 1 bytes, so writes stay
+ * PATH_END; a path is at most GRAIN_HOOK_STR_LEN - 1 bytes, so writes stay
  * in [PATH_END - STR_LEN, PATH_END]; the masks below only restate that to
  * the verifier. */
 #define PATH_BUF 1536
 #define PATH_END 1023
-#define EVENT_BUF (GRAIN_PROBE_EVENT_MAX + 512)
+#define EVENT_BUF (GRAIN_HOOK_EVENT_MAX + 512)
 
 #define HAVE_UID (1 << 0)
 #define HAVE_COMM (1 << 1)
@@ -64,18 +64,18 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * tracepoint programs (raw sys_enter, grain_raw_tracepoint), nor fentry/fexit
  * programs of different functions (which run preemptible on a preemptible
  * kernel): a hook firing in an interrupt while another grain program runs on
- * the CPU takes the next free level of probe_scratch (claim); when all
- * GRAIN_PROBE_NEST_LEVELS are busy the call is skipped and counted
- * (probe_nesting). */
+ * the CPU takes the next free level of hook_scratch (claim); when all
+ * GRAIN_HOOK_NEST_LEVELS are busy the call is skipped and counted
+ * (hook_nesting). */
 struct scratch {
 	__u32 busy;  /* claimed by a running program: set by cmpxchg, cleared by its owner */
-	__u32 level; /* this level's key in probe_scratch */
-	struct grain_probe_val vals[GRAIN_PROBE_MAX_ARGS];
-	__u64 raw[GRAIN_PROBE_MAX_ARGS];
+	__u32 level; /* this level's key in hook_scratch */
+	struct grain_hook_val vals[GRAIN_HOOK_MAX_ARGS];
+	__u64 raw[GRAIN_HOOK_MAX_ARGS];
 	__u32 decoded; /* argument slots whose vals[] are filled */
 	__u32 have;    /* HAVE_* */
 	__u32 gen;
-	__u32 flags;   /* GRAIN_PROBE_EV_* */
+	__u32 flags;   /* GRAIN_HOOK_EV_* */
 	__u64 pid_tgid;
 	__u64 uid_gid;
 	__u64 cgroup;
@@ -88,8 +88,8 @@ struct scratch {
 	__u32 pw_pos;
 	__u32 pw_truncated;
 	char comm[16];
-	struct grain_probe_string_key skey;
-	struct grain_probe_count_key ckey;
+	struct grain_hook_string_key skey;
+	struct grain_hook_count_key ckey;
 	__u8 ckey_spill[128]; /* label writes are masked to stay in here */
 	char path[PATH_BUF];
 	__u8 event[EVENT_BUF];
@@ -99,99 +99,99 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct grain_probe_active);
-} probe_active SEC(".maps");
+	__type(value, struct grain_hook_active);
+} hook_active SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_HOOKS);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_MAX_HOOKS);
 	__type(key, __u32);
-	__type(value, struct grain_probe_hook);
-} probe_hooks SEC(".maps");
+	__type(value, struct grain_hook);
+} hooks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_SYSCALLS);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_SYSCALLS);
 	__type(key, __u32);
-	__type(value, struct grain_probe_syscall);
-} probe_syscalls SEC(".maps");
+	__type(value, struct grain_hook_syscall);
+} hook_syscalls SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_MAX_RULES);
 	__type(key, __u32);
-	__type(value, struct grain_probe_rule);
-} probe_rules SEC(".maps");
+	__type(value, struct grain_hook_rule);
+} hook_rules SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_FILTERS);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_MAX_FILTERS);
 	__type(key, __u32);
-	__type(value, struct grain_probe_filter);
-} probe_filters SEC(".maps");
+	__type(value, struct grain_hook_filter);
+} hook_filters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, GRAIN_PROBE_SET_ENTRIES);
-	__type(key, struct grain_probe_value_key);
+	__uint(max_entries, GRAIN_HOOK_SET_ENTRIES);
+	__type(key, struct grain_hook_value_key);
 	__type(value, __u8);
-} probe_values SEC(".maps");
+} hook_values SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, GRAIN_PROBE_STRING_ENTRIES);
+	__uint(max_entries, GRAIN_HOOK_STRING_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct grain_probe_string_key);
+	__type(key, struct grain_hook_string_key);
 	__type(value, __u8);
-} probe_strings SEC(".maps");
+} hook_strings SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_MAX_RULES);
 	__type(key, __u32);
-	__type(value, struct grain_probe_counter);
-} probe_counters SEC(".maps");
+	__type(value, struct grain_hook_counter);
+} hook_counters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_GENERATIONS * GRAIN_PROBE_MAX_RULES);
+	__uint(max_entries, GRAIN_HOOK_GENERATIONS * GRAIN_HOOK_MAX_RULES);
 	__type(key, __u32);
-	__type(value, struct grain_probe_rate);
-} probe_rate SEC(".maps");
+	__type(value, struct grain_hook_rate);
+} hook_rate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, GRAIN_PROBE_COUNT_ENTRIES);
-	__type(key, struct grain_probe_count_key);
-	__type(value, struct grain_probe_count);
-} probe_counts SEC(".maps");
+	__uint(max_entries, GRAIN_HOOK_COUNT_ENTRIES);
+	__type(key, struct grain_hook_count_key);
+	__type(value, struct grain_hook_count);
+} hook_counts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, GRAIN_PROBE_COUNT_ENTRIES);
-	__type(key, struct grain_probe_count_key_small);
-	__type(value, struct grain_probe_count);
-} probe_counts_small SEC(".maps");
+	__uint(max_entries, GRAIN_HOOK_COUNT_ENTRIES);
+	__type(key, struct grain_hook_count_key_small);
+	__type(value, struct grain_hook_count);
+} hook_counts_small SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
-} probe_events SEC(".maps");
+} hook_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, GRAIN_PROBE_NEST_LEVELS);
+	__uint(max_entries, GRAIN_HOOK_NEST_LEVELS);
 	__type(key, __u32);
 	__type(value, struct scratch);
-} probe_scratch SEC(".maps");
+} hook_scratch SEC(".maps");
 
 /* Touched only by calls that found their CPU's level 0 busy. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct grain_probe_nesting);
-} probe_nesting SEC(".maps");
+	__type(value, struct grain_hook_nesting);
+} hook_nesting SEC(".maps");
 
 /* A kretprobe cannot read the function's arguments at return: the engine
  * also attaches grain_kprobe to the entry of such a hook (same cookie),
@@ -199,10 +199,10 @@ struct {
  * the kernel missed) age out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, GRAIN_PROBE_STASH_ENTRIES);
-	__type(key, struct grain_probe_stash_key);
-	__type(value, struct grain_probe_stash);
-} probe_stash SEC(".maps");
+	__uint(max_entries, GRAIN_HOOK_STASH_ENTRIES);
+	__type(key, struct grain_hook_stash_key);
+	__type(value, struct grain_hook_stash);
+} hook_stash SEC(".maps");
 
 /* Process context, fetched once per call when first needed. */
 static __always_inline void need(struct scratch *s, __u32 what)
@@ -261,7 +261,7 @@ __noinline int path_step(struct scratch *s)
 	__u32 len = BPF_CORE_READ(d, d_name.len);
 	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
 	__u32 pos = s->pw_pos;
-	if (len > 255 || pos > PATH_END || PATH_END - pos + len + 1 > GRAIN_PROBE_STR_LEN - 1)
+	if (len > 255 || pos > PATH_END || PATH_END - pos + len + 1 > GRAIN_HOOK_STR_LEN - 1)
 		return 1; /* too long: truncated */
 	pos -= len + 1;
 	__u32 at = pos & 1023;
@@ -273,19 +273,19 @@ __noinline int path_step(struct scratch *s)
 }
 
 /* path_walk writes the path of (dentry, vfsmount) into vals[slot].str,
- * walking up at most GRAIN_PROBE_PATH_DEPTH components and mount points;
+ * walking up at most GRAIN_HOOK_PATH_DEPTH components and mount points;
  * a longer path keeps its last components and sets
- * GRAIN_PROBE_EV_TRUNCATED. */
+ * GRAIN_HOOK_EV_TRUNCATED. */
 __noinline int path_walk(struct scratch *s, __u32 slot, __u64 dentry_p, __u64 vfsmnt_p)
 {
-	if (!s || slot >= GRAIN_PROBE_MAX_ARGS)
+	if (!s || slot >= GRAIN_HOOK_MAX_ARGS)
 		return 0;
 	s->pw_dentry = dentry_p;
 	s->pw_vfsmnt = vfsmnt_p;
 	s->pw_pos = PATH_END;
 	s->pw_truncated = 1;
 	s->path[PATH_END] = 0;
-	for (int i = 0; i < GRAIN_PROBE_PATH_DEPTH; i++) {
+	for (int i = 0; i < GRAIN_HOOK_PATH_DEPTH; i++) {
 		if (path_step(s))
 			break;
 	}
@@ -295,42 +295,42 @@ __noinline int path_walk(struct scratch *s, __u32 slot, __u64 dentry_p, __u64 vf
 		s->path[PATH_END - 1] = '/';
 	}
 	if (s->pw_truncated)
-		s->flags |= GRAIN_PROBE_EV_TRUNCATED;
-	struct grain_probe_val *v = &s->vals[slot];
-	__u32 n = (PATH_END - pos) & (GRAIN_PROBE_STR_LEN - 1);
+		s->flags |= GRAIN_HOOK_EV_TRUNCATED;
+	struct grain_hook_val *v = &s->vals[slot];
+	__u32 n = (PATH_END - pos) & (GRAIN_HOOK_STR_LEN - 1);
 	bpf_probe_read_kernel(v->str, n + 1, &s->path[pos & 1023]);
 	v->len = n;
 	return 0;
 }
 
 /* decode fills vals[slot] from the raw value by the argument's type. */
-__noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
+__noinline int decode(struct scratch *s, struct grain_hook *h, __u32 slot)
 {
-	if (!s || !h || slot >= GRAIN_PROBE_MAX_ARGS)
+	if (!s || !h || slot >= GRAIN_HOOK_MAX_ARGS)
 		return 0;
 	if (s->decoded & (1 << slot))
 		return 0;
 	s->decoded |= 1 << slot;
-	struct grain_probe_val *v = &s->vals[slot];
+	struct grain_hook_val *v = &s->vals[slot];
 	__u64 raw = s->raw[slot];
 	__u8 type = h->args[slot].type;
 	long n;
 	v->num = raw;
 	v->len = 0;
 	switch (type) {
-	case GRAIN_PROBE_T_STRING:
-		n = bpf_probe_read_kernel_str(v->str, GRAIN_PROBE_STR_LEN, (void *)raw);
+	case GRAIN_HOOK_T_STRING:
+		n = bpf_probe_read_kernel_str(v->str, GRAIN_HOOK_STR_LEN, (void *)raw);
 		v->len = n > 0 ? n - 1 : 0;
 		if (n <= 0)
 			v->str[0] = 0;
 		break;
-	case GRAIN_PROBE_T_USTRING:
-		n = bpf_probe_read_user_str(v->str, GRAIN_PROBE_STR_LEN, (void *)raw);
+	case GRAIN_HOOK_T_USTRING:
+		n = bpf_probe_read_user_str(v->str, GRAIN_HOOK_STR_LEN, (void *)raw);
 		v->len = n > 0 ? n - 1 : 0;
 		if (n <= 0)
 			v->str[0] = 0;
 		break;
-	case GRAIN_PROBE_T_SOCK: {
+	case GRAIN_HOOK_T_SOCK: {
 		struct sock *sk = (struct sock *)raw;
 		__builtin_memset(v->saddr, 0, 16);
 		__builtin_memset(v->daddr, 0, 16);
@@ -346,7 +346,7 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 		}
 		break;
 	}
-	case GRAIN_PROBE_T_SOCKADDR: {
+	case GRAIN_HOOK_T_SOCKADDR: {
 		/* sockaddr_in: family, port, addr at 4; sockaddr_in6: family,
 		 * port, flowinfo, addr at 8. */
 		__u8 *b = (__u8 *)v->str;
@@ -368,7 +368,7 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 			v->dport = 0;
 		break;
 	}
-	case GRAIN_PROBE_T_FD: {
+	case GRAIN_HOOK_T_FD: {
 		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
 		unsigned int max = BPF_CORE_READ(fdt, max_fds);
@@ -383,7 +383,7 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 		path_walk(s, slot, (__u64)BPF_CORE_READ(f, f_path.dentry), (__u64)BPF_CORE_READ(f, f_path.mnt));
 		break;
 	}
-	case GRAIN_PROBE_T_FILE: {
+	case GRAIN_HOOK_T_FILE: {
 		struct file *f = (struct file *)raw;
 		v->str[0] = 0;
 		if (!f)
@@ -391,7 +391,7 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 		path_walk(s, slot, (__u64)BPF_CORE_READ(f, f_path.dentry), (__u64)BPF_CORE_READ(f, f_path.mnt));
 		break;
 	}
-	case GRAIN_PROBE_T_PATH: {
+	case GRAIN_HOOK_T_PATH: {
 		struct path *p = (struct path *)raw;
 		v->str[0] = 0;
 		if (!p)
@@ -405,34 +405,34 @@ __noinline int decode(struct scratch *s, struct grain_probe_hook *h, __u32 slot)
 	return 0;
 }
 
-#include "probe_filters.h"
+#include "hook_filters.h"
 
 /* put_field copies the bytes of a label field into dst (size bytes, zero
  * padded by the caller). */
-static __always_inline void put_label(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_label *l)
+static __always_inline void put_label(struct scratch *s, struct grain_hook *h, struct grain_hook_label *l)
 {
 	__u32 off = l->offset & 127;
 	__u32 size = l->size;
 	__u8 *dst = &s->ckey.labels[off];
-	if (l->field == GRAIN_PROBE_F_COMM) {
+	if (l->field == GRAIN_HOOK_F_COMM) {
 		need(s, HAVE_COMM);
 		__builtin_memcpy(dst, s->comm, 16);
 		return;
 	}
-	if (l->field == GRAIN_PROBE_F_ARG && l->arg < GRAIN_PROBE_MAX_ARGS) {
+	if (l->field == GRAIN_HOOK_F_ARG && l->arg < GRAIN_HOOK_MAX_ARGS) {
 		__u32 arg = l->arg;
 		decode(s, h, arg);
-		struct grain_probe_val *v = &s->vals[arg];
+		struct grain_hook_val *v = &s->vals[arg];
 		switch (l->sub) {
-		case GRAIN_PROBE_SUB_STR: {
+		case GRAIN_HOOK_SUB_STR: {
 			__u32 n = v->len < size ? v->len : size;
 			bpf_probe_read_kernel(dst, n & 127, v->str);
 			return;
 		}
-		case GRAIN_PROBE_SUB_SADDR:
+		case GRAIN_HOOK_SUB_SADDR:
 			__builtin_memcpy(dst, v->saddr, 16);
 			return;
-		case GRAIN_PROBE_SUB_DADDR:
+		case GRAIN_HOOK_SUB_DADDR:
 			__builtin_memcpy(dst, v->daddr, 16);
 			return;
 		}
@@ -441,39 +441,39 @@ static __always_inline void put_label(struct scratch *s, struct grain_probe_hook
 	__builtin_memcpy(dst, &x, 8);
 }
 
-__noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_rule *r, struct grain_probe_counter *c)
+__noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_hook_rule *r, struct grain_hook_counter *c)
 {
 	if (!s || !h || !r)
 		return 0;
 	__u64 sum = 0;
-	if (r->flags & GRAIN_PROBE_R_SUM)
-		sum = int_field(s, h, GRAIN_PROBE_F_ARG, r->sum_arg, GRAIN_PROBE_SUB_NUM);
+	if (r->flags & GRAIN_HOOK_R_SUM)
+		sum = int_field(s, h, GRAIN_HOOK_F_ARG, r->sum_arg, GRAIN_HOOK_SUB_NUM);
 	if (!r->nlabels) {
 		/* One total: the rule's per-CPU counter (hits) holds it. */
 		if (c)
 			c->sum += sum;
 		return 0;
 	}
-	int small = r->flags & GRAIN_PROBE_R_SMALL_KEY;
+	int small = r->flags & GRAIN_HOOK_R_SMALL_KEY;
 	if (small)
-		__builtin_memset(&s->ckey, 0, sizeof(struct grain_probe_count_key_small));
+		__builtin_memset(&s->ckey, 0, sizeof(struct grain_hook_count_key_small));
 	else
 		__builtin_memset(&s->ckey, 0, sizeof(s->ckey));
 	s->ckey.rule_id = r->id;
-	for (int i = 0; i < GRAIN_PROBE_MAX_LABELS; i++) {
+	for (int i = 0; i < GRAIN_HOOK_MAX_LABELS; i++) {
 		if (i >= r->nlabels)
 			break;
 		put_label(s, h, &r->labels[i]);
 	}
 	__u32 level = s->level;
-	struct scratch *ms = bpf_map_lookup_elem(&probe_scratch, &level); /* as in filter_holds */
+	struct scratch *ms = bpf_map_lookup_elem(&hook_scratch, &level); /* as in filter_holds */
 	if (!ms)
 		return 0;
 	/* the small map reads the first bytes of the same key */
-	void *map = small ? (void *)&probe_counts_small : (void *)&probe_counts;
-	struct grain_probe_count *v = bpf_map_lookup_elem(map, &ms->ckey);
+	void *map = small ? (void *)&hook_counts_small : (void *)&hook_counts;
+	struct grain_hook_count *v = bpf_map_lookup_elem(map, &ms->ckey);
 	if (!v) {
-		struct grain_probe_count init = {};
+		struct grain_hook_count init = {};
 		bpf_map_update_elem(map, &ms->ckey, &init, BPF_NOEXIST);
 		v = bpf_map_lookup_elem(map, &ms->ckey);
 		if (!v) {
@@ -487,12 +487,12 @@ __noinline int do_count(struct scratch *s, struct grain_probe_hook *h, struct gr
 	return 0;
 }
 
-__noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct grain_probe_rule *r, struct grain_probe_counter *c, __u32 ri)
+__noinline int do_emit(struct scratch *s, struct grain_hook *h, struct grain_hook_rule *r, struct grain_hook_counter *c, __u32 ri)
 {
 	if (!s || !h || !r || !c)
 		return 0;
 	if (r->rate_limit) {
-		struct grain_probe_rate *rs = bpf_map_lookup_elem(&probe_rate, &ri);
+		struct grain_hook_rate *rs = bpf_map_lookup_elem(&hook_rate, &ri);
 		if (rs) {
 			__u64 sec = bpf_ktime_get_boot_ns() / 1000000000;
 			if (rs->window != sec) {
@@ -506,7 +506,7 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 		}
 	}
 	need(s, HAVE_UID | HAVE_COMM | HAVE_CGROUP | HAVE_PPID);
-	struct grain_probe_event *e = (struct grain_probe_event *)s->event;
+	struct grain_hook_event *e = (struct grain_hook_event *)s->event;
 	e->boot_ns = bpf_ktime_get_boot_ns();
 	e->cgroup = s->cgroup;
 	e->rule_id = r->id;
@@ -521,28 +521,28 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 	__u32 off = sizeof(*e);
 	__u32 nargs = 0;
 	__u32 mask = r->emit_args;
-	for (__u32 slot = 0; slot < GRAIN_PROBE_MAX_ARGS; slot++) {
+	for (__u32 slot = 0; slot < GRAIN_HOOK_MAX_ARGS; slot++) {
 		if (!(mask & (1 << slot)))
 			continue;
 		decode(s, h, slot);
-		struct grain_probe_val *v = &s->vals[slot];
+		struct grain_hook_val *v = &s->vals[slot];
 		__u8 type = h->args[slot].type;
 		off &= 2047;
-		struct grain_probe_ev_arg *a = (struct grain_probe_ev_arg *)&s->event[off];
+		struct grain_hook_ev_arg *a = (struct grain_hook_ev_arg *)&s->event[off];
 		__u8 *data = &s->event[(off + sizeof(*a)) & 2047];
 		__u32 len;
 		switch (type) {
-		case GRAIN_PROBE_T_SOCK:
-		case GRAIN_PROBE_T_SOCKADDR:
+		case GRAIN_HOOK_T_SOCK:
+		case GRAIN_HOOK_T_SOCKADDR:
 			len = 40; /* family, sport, dport, len, saddr, daddr */
 			__builtin_memcpy(data, &v->family, 40);
 			break;
-		case GRAIN_PROBE_T_STRING:
-		case GRAIN_PROBE_T_USTRING:
-		case GRAIN_PROBE_T_FILE:
-		case GRAIN_PROBE_T_PATH:
-		case GRAIN_PROBE_T_FD:
-			len = v->len & (GRAIN_PROBE_STR_LEN - 1);
+		case GRAIN_HOOK_T_STRING:
+		case GRAIN_HOOK_T_USTRING:
+		case GRAIN_HOOK_T_FILE:
+		case GRAIN_HOOK_T_PATH:
+		case GRAIN_HOOK_T_FD:
+			len = v->len & (GRAIN_HOOK_STR_LEN - 1);
 			bpf_probe_read_kernel(data, len, v->str);
 			break;
 		default:
@@ -563,10 +563,10 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 	/* A wakeup costs the calling CPU an interrupt; the reader polls every
 	 * few milliseconds instead and is woken only when the ring crosses an
 	 * eighth of its size, to drain it before it fills. */
-	__u64 pending = bpf_ringbuf_query(&probe_events, BPF_RB_AVAIL_DATA);
+	__u64 pending = bpf_ringbuf_query(&hook_events, BPF_RB_AVAIL_DATA);
 	__u64 wake_at = s->wake_at;
 	__u64 flags = pending < wake_at && pending + off + 8 >= wake_at ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&probe_events, s->event, off, flags) == 0)
+	if (bpf_ringbuf_output(&hook_events, s->event, off, flags) == 0)
 		c->events++;
 	else
 		c->events_lost++;
@@ -575,27 +575,27 @@ __noinline int do_emit(struct scratch *s, struct grain_probe_hook *h, struct gra
 
 /* rule_apply runs rule index ri (in the active generation) on one call:
  * one function call per rule (hook_run is inlined in the programs). */
-__noinline int rule_apply(struct scratch *s, struct grain_probe_hook *h, __u32 ri)
+__noinline int rule_apply(struct scratch *s, struct grain_hook *h, __u32 ri)
 {
 	if (!s || !h)
 		return 0;
-	struct grain_probe_rule *r = bpf_map_lookup_elem(&probe_rules, &ri);
+	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
 	if (!r)
 		return 0;
 	__u32 nsel = r->nselectors;
 	if (nsel) {
 		int selected = 0;
-		for (int i = 0; i < GRAIN_PROBE_MAX_SELECTORS && !selected; i++) {
+		for (int i = 0; i < GRAIN_HOOK_MAX_SELECTORS && !selected; i++) {
 			if (i >= nsel)
 				break;
-			__u32 first = s->gen * GRAIN_PROBE_MAX_FILTERS + r->selectors[i].first;
+			__u32 first = s->gen * GRAIN_HOOK_MAX_FILTERS + r->selectors[i].first;
 			__u32 nf = r->selectors[i].nfilters;
 			int all = 1;
-			for (int j = 0; j < GRAIN_PROBE_MAX_SEL_FILTERS; j++) {
+			for (int j = 0; j < GRAIN_HOOK_MAX_SEL_FILTERS; j++) {
 				if (j >= nf)
 					break;
 				__u32 fi = first + j;
-				struct grain_probe_filter *f = bpf_map_lookup_elem(&probe_filters, &fi);
+				struct grain_hook_filter *f = bpf_map_lookup_elem(&hook_filters, &fi);
 				if (!f) {
 					all = 0;
 					break;
@@ -613,15 +613,15 @@ __noinline int rule_apply(struct scratch *s, struct grain_probe_hook *h, __u32 r
 		if (!selected)
 			return 0;
 	}
-	struct grain_probe_counter *c = bpf_map_lookup_elem(&probe_counters, &ri);
+	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
 	if (c)
 		c->hits++;
 	/* A count without labels or sum is the hits counter: no call. */
-	if ((r->flags & GRAIN_PROBE_R_COUNT) && (r->nlabels || (r->flags & GRAIN_PROBE_R_SUM)))
+	if ((r->flags & GRAIN_HOOK_R_COUNT) && (r->nlabels || (r->flags & GRAIN_HOOK_R_SUM)))
 		do_count(s, h, r, c);
-	if (r->flags & GRAIN_PROBE_R_EMIT)
+	if (r->flags & GRAIN_HOOK_R_EMIT)
 		do_emit(s, h, r, c, ri);
-	if (r->flags & GRAIN_PROBE_R_SIGNAL) {
+	if (r->flags & GRAIN_HOOK_R_SIGNAL) {
 		if (bpf_send_signal(r->signal) == 0 && c)
 			c->signals++;
 	}
@@ -629,13 +629,13 @@ __noinline int rule_apply(struct scratch *s, struct grain_probe_hook *h, __u32 r
 }
 
 /* hook_run runs every rule of the hook, in order. */
-static __always_inline int hook_run(struct scratch *s, struct grain_probe_hook *h)
+static __always_inline int hook_run(struct scratch *s, struct grain_hook *h)
 {
 	__u32 n = h->nrules;
-	for (int i = 0; i < GRAIN_PROBE_MAX_HOOK_RULES; i++) {
+	for (int i = 0; i < GRAIN_HOOK_MAX_HOOK_RULES; i++) {
 		if (i >= n)
 			break;
-		rule_apply(s, h, s->gen * GRAIN_PROBE_MAX_RULES + (h->rules[i] & (GRAIN_PROBE_MAX_RULES - 1)));
+		rule_apply(s, h, s->gen * GRAIN_HOOK_MAX_RULES + (h->rules[i] & (GRAIN_HOOK_MAX_RULES - 1)));
 	}
 	return 0;
 }
@@ -654,12 +654,12 @@ static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
 	return x;
 }
 
-#include "probe_nesting.h"
+#include "hook_nesting.h"
 
 /* begin starts a call: it returns a claimed scratch level with the active
  * generation, or 0 when grain itself is calling, nothing is configured or
  * the CPU has no free level. The caller releases the level (GUARDED). */
-static __always_inline struct scratch *begin_with(struct grain_probe_active *act)
+static __always_inline struct scratch *begin_with(struct grain_hook_active *act)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if ((pid_tgid >> 32) == act->agent_tgid)
@@ -680,26 +680,26 @@ static __always_inline struct scratch *begin_with(struct grain_probe_active *act
 static __always_inline struct scratch *begin(void)
 {
 	__u32 zero = 0;
-	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	struct grain_hook_active *act = bpf_map_lookup_elem(&hook_active, &zero);
 	if (!act)
 		return 0;
 	return begin_with(act);
 }
 
-static __always_inline struct grain_probe_hook *hook_of(struct scratch *s, __u64 slot)
+static __always_inline struct grain_hook *hook_of(struct scratch *s, __u64 slot)
 {
-	__u32 key = s->gen * GRAIN_PROBE_MAX_HOOKS + (slot & (GRAIN_PROBE_MAX_HOOKS - 1));
+	__u32 key = s->gen * GRAIN_HOOK_MAX_HOOKS + (slot & (GRAIN_HOOK_MAX_HOOKS - 1));
 	s->hook = slot;
-	struct grain_probe_hook *h = bpf_map_lookup_elem(&probe_hooks, &key);
+	struct grain_hook *h = bpf_map_lookup_elem(&hooks, &key);
 	if (!h || !h->nrules)
 		return 0;
 	return h;
 }
 
-static __always_inline __u64 ext_arg(struct grain_probe_arg *a, __u64 x)
+static __always_inline __u64 ext_arg(struct grain_hook_arg *a, __u64 x)
 {
-	if (a->type == GRAIN_PROBE_T_INT || a->type == GRAIN_PROBE_T_UINT)
-		return extend(x, a->width, a->type == GRAIN_PROBE_T_INT);
+	if (a->type == GRAIN_HOOK_T_INT || a->type == GRAIN_HOOK_T_UINT)
+		return extend(x, a->width, a->type == GRAIN_HOOK_T_INT);
 	return x;
 }
 
@@ -727,42 +727,42 @@ static __always_inline __u64 regs_arg(struct pt_regs *r, __u32 i)
 
 static __always_inline int kprobe_run(struct scratch *s, struct pt_regs *ctx, int is_ret)
 {
-	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	struct grain_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
-	struct grain_probe_stash_key sk = {.pid_tgid = s->pid_tgid, .slot = s->hook};
-	if (!is_ret && h->kind == GRAIN_PROBE_KIND_KRETPROBE) {
+	struct grain_hook_stash_key sk = {.pid_tgid = s->pid_tgid, .slot = s->hook};
+	if (!is_ret && h->kind == GRAIN_HOOK_KIND_KRETPROBE) {
 		/* the entry of a kretprobe hook: save the argument registers
 		 * (straight-line: cheaper to verify than a loop by slot) */
 		if (!h->nargs)
 			return 0;
-		struct grain_probe_stash st = {
+		struct grain_hook_stash st = {
 			.raw = {PT_REGS_PARM1_CORE(ctx), PT_REGS_PARM2_CORE(ctx), PT_REGS_PARM3_CORE(ctx),
 				PT_REGS_PARM4_CORE(ctx), PT_REGS_PARM5_CORE(ctx), PT_REGS_PARM6_CORE(ctx)},
 		};
-		bpf_map_update_elem(&probe_stash, &sk, &st, BPF_ANY);
+		bpf_map_update_elem(&hook_stash, &sk, &st, BPF_ANY);
 		return 0;
 	}
-	struct grain_probe_stash *st = 0;
-	if (is_ret && h->flags & GRAIN_PROBE_HOOK_STASH) {
-		st = bpf_map_lookup_elem(&probe_stash, &sk);
+	struct grain_hook_stash *st = 0;
+	if (is_ret && h->flags & GRAIN_HOOK_STASH) {
+		st = bpf_map_lookup_elem(&hook_stash, &sk);
 		if (!st)
 			return 0; /* entered before the hook was attached */
 	}
-	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+	for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
 		if (i >= h->nargs)
 			break;
-		struct grain_probe_arg *a = &h->args[i];
-		if (a->source == GRAIN_PROBE_SRC_RET)
+		struct grain_hook_arg *a = &h->args[i];
+		if (a->source == GRAIN_HOOK_SRC_RET)
 			s->raw[i] = ext_arg(a, PT_REGS_RC_CORE(ctx));
 		else if (st)
-			s->raw[i] = ext_arg(a, st->raw[a->index < GRAIN_PROBE_MAX_ARGS ? a->index : 0]);
+			s->raw[i] = ext_arg(a, st->raw[a->index < GRAIN_HOOK_MAX_ARGS ? a->index : 0]);
 		else
 			s->raw[i] = ext_arg(a, regs_arg(ctx, a->index));
 	}
 	int ret = hook_run(s, h);
 	if (st)
-		bpf_map_delete_elem(&probe_stash, &sk);
+		bpf_map_delete_elem(&hook_stash, &sk);
 	return ret;
 }
 
@@ -780,15 +780,15 @@ int grain_kretprobe(struct pt_regs *ctx)
 
 static __always_inline int tracing_run(struct scratch *s, __u64 *ctx)
 {
-	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	struct grain_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
-	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+	for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
 		if (i >= h->nargs)
 			break;
-		struct grain_probe_arg *a = &h->args[i];
+		struct grain_hook_arg *a = &h->args[i];
 		__u64 x = 0;
-		if (a->source == GRAIN_PROBE_SRC_RET)
+		if (a->source == GRAIN_HOOK_SRC_RET)
 			bpf_get_func_ret(ctx, &x);
 		else
 			bpf_get_func_arg(ctx, a->index, &x);
@@ -812,27 +812,27 @@ int grain_fexit(__u64 *ctx)
 
 static __always_inline int tracepoint_run(struct scratch *s, void *ctx)
 {
-	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	struct grain_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
-	for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+	for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
 		if (i >= h->nargs)
 			break;
-		struct grain_probe_arg *a = &h->args[i];
+		struct grain_hook_arg *a = &h->args[i];
 		__u32 off = a->offset & 0xffff;
-		if (a->flags & (GRAIN_PROBE_FIELD_DATA_LOC | GRAIN_PROBE_FIELD_ARRAY)) {
+		if (a->flags & (GRAIN_HOOK_FIELD_DATA_LOC | GRAIN_HOOK_FIELD_ARRAY)) {
 			/* a string inside the record */
 			__u32 size = a->size;
-			if (a->flags & GRAIN_PROBE_FIELD_DATA_LOC) {
+			if (a->flags & GRAIN_HOOK_FIELD_DATA_LOC) {
 				__u32 loc = 0;
 				bpf_probe_read_kernel(&loc, 4, ctx + off);
 				off = loc & 0xffff;
 				size = loc >> 16;
 			}
 			barrier_var(size);
-			if (size > GRAIN_PROBE_STR_LEN)
-				size = GRAIN_PROBE_STR_LEN;
-			struct grain_probe_val *v = &s->vals[i];
+			if (size > GRAIN_HOOK_STR_LEN)
+				size = GRAIN_HOOK_STR_LEN;
+			struct grain_hook_val *v = &s->vals[i];
 			long n = bpf_probe_read_kernel_str(v->str, size, ctx + off);
 			v->len = n > 0 ? n - 1 : 0;
 			if (n <= 0)
@@ -864,7 +864,7 @@ int grain_tracepoint(void *ctx)
  * holds the tracepoint's C arguments, which grain does not read. */
 static __always_inline int raw_tracepoint_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx)
 {
-	struct grain_probe_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
+	struct grain_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
 	if (!h)
 		return 0;
 	return hook_run(s, h);
@@ -876,21 +876,21 @@ int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 	return GUARDED(begin(), raw_tracepoint_run(s, ctx));
 }
 
-static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx, struct grain_probe_syscall *sc, __u64 nr)
+static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx, struct grain_hook_syscall *sc, __u64 nr)
 {
 	s->syscall = nr;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	for (int k = 0; k < GRAIN_PROBE_SYSCALL_HOOKS; k++) {
+	for (int k = 0; k < GRAIN_HOOK_SYSCALL_HOOKS; k++) {
 		if (k >= sc->nhooks)
 			break;
-		struct grain_probe_hook *h = hook_of(s, sc->hooks[k]);
+		struct grain_hook *h = hook_of(s, sc->hooks[k]);
 		if (!h)
 			continue;
 		s->decoded = 0; /* hooks of one syscall may read other types */
-		for (__u32 i = 0; i < GRAIN_PROBE_MAX_ARGS; i++) {
+		for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
 			if (i >= h->nargs)
 				break;
-			struct grain_probe_arg *a = &h->args[i];
+			struct grain_hook_arg *a = &h->args[i];
 			__u64 x = 0;
 			switch (a->index) {
 			case 0:
@@ -924,19 +924,19 @@ SEC("raw_tracepoint/sys_enter")
 int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 zero = 0;
-	struct grain_probe_active *act = bpf_map_lookup_elem(&probe_active, &zero);
+	struct grain_hook_active *act = bpf_map_lookup_elem(&hook_active, &zero);
 	if (!act)
 		return 0;
 	__u64 nr = ctx->args[1];
-	if (nr >= GRAIN_PROBE_SYSCALLS)
+	if (nr >= GRAIN_HOOK_SYSCALLS)
 		return 0;
-	__u32 key = (act->generation & 1) * GRAIN_PROBE_SYSCALLS + nr;
-	struct grain_probe_syscall *sc = bpf_map_lookup_elem(&probe_syscalls, &key);
+	__u32 key = (act->generation & 1) * GRAIN_HOOK_SYSCALLS + nr;
+	struct grain_hook_syscall *sc = bpf_map_lookup_elem(&hook_syscalls, &key);
 	if (!sc || !sc->nhooks)
 		return 0;
 	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }
 
-/* Keep the constants of probe.h in BTF, where bpf/internal/genconst reads
+/* Keep the constants of hook.h in BTF, where bpf/internal/genconst reads
  * them. */
-const struct grain_probe_constants *unused_constants __attribute__((unused));
+const struct grain_hook_constants *unused_constants __attribute__((unused));

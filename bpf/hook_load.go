@@ -9,13 +9,13 @@ import (
 	"github.com/cilium/ebpf/features"
 )
 
-// Probe holds the maps of the generic probe programs and the programs
+// Hooks holds the maps of the generic kernel-hook programs and the programs
 // loaded so far. Programs are loaded when first needed: a kernel without
 // kprobes can still run tracepoint hooks. fentry/fexit programs are loaded
 // once per target function (the kernel binds them to it at load time);
 // every copy is the same bytecode and finds its configuration by cookie,
 // like the others.
-type Probe struct {
+type Hooks struct {
 	spec *ebpf.CollectionSpec
 	maps map[string]*ebpf.Map
 
@@ -24,14 +24,14 @@ type Probe struct {
 	tracing map[string]*ebpf.Program // "grain_fentry:func"
 }
 
-// ProbeOptions tune the maps of the probe programs before loading.
-type ProbeOptions struct {
+// HookOptions tune the maps of the kernel-hook programs before loading.
+type HookOptions struct {
 	// RingBufferBytes sizes the event ring buffer (a power of two, at least
 	// one page). Zero keeps the compiled-in 4 MiB.
 	RingBufferBytes uint32
 }
 
-// Probe program names.
+// Kernel-hook program names.
 const (
 	ProgKprobe     = "grain_kprobe"
 	ProgKretprobe  = "grain_kretprobe"
@@ -44,38 +44,38 @@ const (
 	ProgRawTracepoint = "grain_raw_tracepoint"
 )
 
-// LoadProbe creates the maps of the generic probe programs. Programs are
+// LoadHooks creates the maps of the generic kernel-hook programs. Programs are
 // loaded by Program and TracingProgram.
-func LoadProbe(opts ProbeOptions) (*Probe, error) {
+func LoadHooks(opts HookOptions) (*Hooks, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
 	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
 		return nil, fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
 	}
-	spec, err := loadProbe()
+	spec, err := loadHook()
 	if err != nil {
-		return nil, fmt.Errorf("parse embedded probe object: %w", err)
+		return nil, fmt.Errorf("parse embedded hook object: %w", err)
 	}
 	if opts.RingBufferBytes != 0 {
-		spec.Maps["probe_events"].MaxEntries = opts.RingBufferBytes
+		spec.Maps["hook_events"].MaxEntries = opts.RingBufferBytes
 	}
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = map[string]*ebpf.ProgramSpec{}
 	coll, err := ebpf.NewCollection(mapsOnly)
 	if err != nil {
-		return nil, fmt.Errorf("create probe maps: %w", err)
+		return nil, fmt.Errorf("create hook maps: %w", err)
 	}
-	p := &Probe{spec: spec, maps: coll.Maps, progs: map[string]*ebpf.Program{}, tracing: map[string]*ebpf.Program{}}
+	p := &Hooks{spec: spec, maps: coll.Maps, progs: map[string]*ebpf.Program{}, tracing: map[string]*ebpf.Program{}}
 	return p, nil
 }
 
 // load loads one program of the object with the shared maps.
-func (p *Probe) load(name, attachTo string) (*ebpf.Program, error) {
+func (p *Hooks) load(name, attachTo string) (*ebpf.Program, error) {
 	cs := p.spec.Copy()
 	ps, ok := cs.Programs[name]
 	if !ok {
-		return nil, fmt.Errorf("probe object has no program %s", name)
+		return nil, fmt.Errorf("hook object has no program %s", name)
 	}
 	if attachTo != "" {
 		ps.AttachTo = attachTo
@@ -97,7 +97,7 @@ func (p *Probe) load(name, attachTo string) (*ebpf.Program, error) {
 
 // Program returns the program name (ProgKprobe, ProgKretprobe,
 // ProgTracepoint, ProgRawTracepoint, ProgSysEnter), loading it on first use.
-func (p *Probe) Program(name string) (*ebpf.Program, error) {
+func (p *Hooks) Program(name string) (*ebpf.Program, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if prog, ok := p.progs[name]; ok {
@@ -113,7 +113,7 @@ func (p *Probe) Program(name string) (*ebpf.Program, error) {
 
 // TracingProgram returns the fentry or fexit program (ProgFentry,
 // ProgFexit) bound to the kernel function fn, loading it on first use.
-func (p *Probe) TracingProgram(name, fn string) (*ebpf.Program, error) {
+func (p *Hooks) TracingProgram(name, fn string) (*ebpf.Program, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := name + ":" + fn
@@ -130,7 +130,7 @@ func (p *Probe) TracingProgram(name, fn string) (*ebpf.Program, error) {
 
 // ReleaseTracingProgram unloads the fentry/fexit copy of fn (after its
 // link is closed).
-func (p *Probe) ReleaseTracingProgram(name, fn string) {
+func (p *Hooks) ReleaseTracingProgram(name, fn string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := name + ":" + fn
@@ -140,30 +140,30 @@ func (p *Probe) ReleaseTracingProgram(name, fn string) {
 	}
 }
 
-// ProbeMaps are the maps of the probe programs.
-type ProbeMaps struct {
+// HookMaps are the maps of the kernel-hook programs.
+type HookMaps struct {
 	Active, Hooks, Syscalls, Rules, Filters, Values, Strings *ebpf.Map
 	Counters, Rate, Counts, CountsSmall, Events              *ebpf.Map
 	// Scratch holds each CPU's working memory, one value per nesting
-	// level (ProbeNestLevels); Nesting counts, per CPU, the calls that
-	// found another grain program running on their CPU (ProbeNesting).
+	// level (HookNestLevels); Nesting counts, per CPU, the calls that
+	// found another grain program running on their CPU (HookNesting).
 	Scratch, Nesting *ebpf.Map
 }
 
-// Maps returns the probe maps.
-func (p *Probe) Maps() ProbeMaps {
+// Maps returns the kernel-hook maps.
+func (p *Hooks) Maps() HookMaps {
 	m := p.maps
-	return ProbeMaps{
-		Active: m["probe_active"], Hooks: m["probe_hooks"], Syscalls: m["probe_syscalls"],
-		Rules: m["probe_rules"], Filters: m["probe_filters"], Values: m["probe_values"],
-		Strings: m["probe_strings"], Counters: m["probe_counters"], Rate: m["probe_rate"],
-		Counts: m["probe_counts"], CountsSmall: m["probe_counts_small"], Events: m["probe_events"],
-		Scratch: m["probe_scratch"], Nesting: m["probe_nesting"],
+	return HookMaps{
+		Active: m["hook_active"], Hooks: m["hooks"], Syscalls: m["hook_syscalls"],
+		Rules: m["hook_rules"], Filters: m["hook_filters"], Values: m["hook_values"],
+		Strings: m["hook_strings"], Counters: m["hook_counters"], Rate: m["hook_rate"],
+		Counts: m["hook_counts"], CountsSmall: m["hook_counts_small"], Events: m["hook_events"],
+		Scratch: m["hook_scratch"], Nesting: m["hook_nesting"],
 	}
 }
 
 // Close unloads every program and frees the maps held by this process.
-func (p *Probe) Close() error {
+func (p *Hooks) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
@@ -180,22 +180,22 @@ func (p *Probe) Close() error {
 	return errors.Join(errs...)
 }
 
-// Map-value mirrors of probe.h, for the engine that fills the maps.
+// Map-value mirrors of hook.h, for the engine that fills the maps.
 type (
-	ProbeActive        = probeGrainProbeActive
-	ProbeArg           = probeGrainProbeArg
-	ProbeHook          = probeGrainProbeHook
-	ProbeSyscall       = probeGrainProbeSyscall
-	ProbeSelector      = probeGrainProbeSelector
-	ProbeLabel         = probeGrainProbeLabel
-	ProbeRule          = probeGrainProbeRule
-	ProbeFilter        = probeGrainProbeFilter
-	ProbeValueKey      = probeGrainProbeValueKey
-	ProbeStringKey     = probeGrainProbeStringKey
-	ProbeCounter       = probeGrainProbeCounter
-	ProbeRate          = probeGrainProbeRate
-	ProbeCountKey      = probeGrainProbeCountKey
-	ProbeCountKeySmall = probeGrainProbeCountKeySmall
-	ProbeCount         = probeGrainProbeCount
-	ProbeNesting       = probeGrainProbeNesting
+	HookActive        = hookGrainHookActive
+	HookArg           = hookGrainHookArg
+	Hook              = hookGrainHook
+	HookSyscall       = hookGrainHookSyscall
+	HookSelector      = hookGrainHookSelector
+	HookLabel         = hookGrainHookLabel
+	HookRule          = hookGrainHookRule
+	HookFilter        = hookGrainHookFilter
+	HookValueKey      = hookGrainHookValueKey
+	HookStringKey     = hookGrainHookStringKey
+	HookCounter       = hookGrainHookCounter
+	HookRate          = hookGrainHookRate
+	HookCountKey      = hookGrainHookCountKey
+	HookCountKeySmall = hookGrainHookCountKeySmall
+	HookCount         = hookGrainHookCount
+	HookNesting       = hookGrainHookNesting
 )

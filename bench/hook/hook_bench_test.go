@@ -1,10 +1,10 @@
-// Package probe measures the generic probe programs on the running kernel:
+// Package hookbench measures the generic kernel-hook programs on the running kernel:
 // the cost each hooked system call pays, and how many events per second
 // reach decoded Go values.
 //
-//	go test -run '^$' -bench . -benchtime 2000000x ./bench/probe
-//	go test -run '^$' -bench TracepointOverhead -benchtime 300000x ./bench/probe
-package probe
+//	go test -run '^$' -bench . -benchtime 2000000x ./bench/hook
+//	go test -run '^$' -bench TracepointOverhead -benchtime 300000x ./bench/hook
+package hookbench
 
 import (
 	"errors"
@@ -54,7 +54,7 @@ func enableProgStats(b *testing.B) {
 	b.Cleanup(func() { stats.Close() })
 }
 
-func newProbes(b testing.TB, opts hook.Options) *hook.Hooks {
+func newHooks(b testing.TB, opts hook.Options) *hook.Hooks {
 	b.Helper()
 	vmtest.RequireRoot(b)
 	opts.ObserveSelf = true // the loop runs in this process
@@ -86,15 +86,15 @@ func renameLoop(n int) {
 	}
 }
 
-// BenchmarkProbeOverhead: ns per getppid call with each kind of hook, and
+// BenchmarkHookOverhead: ns per getppid call with each kind of hook, and
 // the overhead over the same loop without hooks. Machines here are shared
 // and noisy: each sub-benchmark alternates hooked and unhooked loops of b.N
 // calls for 5 rounds and reports the medians (ns/op: hooked; base-ns:
 // unhooked; overhead-ns: the median of the per-round differences). The
 // calls run in this process, which the benchmark lets the hooks see
 // (ObserveSelf).
-func BenchmarkProbeOverhead(b *testing.B) {
-	p := newProbes(b, hook.Options{})
+func BenchmarkHookOverhead(b *testing.B) {
+	p := newHooks(b, hook.Options{})
 	enableProgStats(b)
 	pid := os.Getpid()
 	cases := []struct{ name, policy string }{
@@ -136,14 +136,14 @@ func BenchmarkProbeOverhead(b *testing.B) {
 	}
 }
 
-// BenchmarkProbeTracepointOverhead: ns per prctl(PR_SET_NAME) call hooked
+// BenchmarkHookTracepointOverhead: ns per prctl(PR_SET_NAME) call hooked
 // on the tracepoint task/task_rename, which grain attaches as a raw
 // tracepoint when its policy reads no record field (Linux 6.10+), against
 // the same loop unhooked, medians of 5 alternating rounds as
-// BenchmarkProbeOverhead. The empty programs give the floors of the two
+// BenchmarkHookOverhead. The empty programs give the floors of the two
 // mechanisms.
-func BenchmarkProbeTracepointOverhead(b *testing.B) {
-	p := newProbes(b, hook.Options{})
+func BenchmarkHookTracepointOverhead(b *testing.B) {
+	p := newHooks(b, hook.Options{})
 	if !p.Features().RawTracepoints() {
 		b.Logf("no raw tracepoint cookies (%v): grain uses the perf-event tracepoint", p.Features().RawTracepointCookie)
 	}
@@ -281,13 +281,13 @@ func drain(b *testing.B, p *hook.Hooks) func() {
 	return func() { r.Close(); wg.Wait() }
 }
 
-// BenchmarkProbeEventThroughput: events from the kernel to decoded Go
+// BenchmarkHookEventThroughput: events from the kernel to decoded Go
 // values (hook.Event) per second, with exact loss accounting:
 // b.N getppid calls each emit an event; one goroutine decodes them while
 // another makes the calls. Reports received events/s and lost events;
 // received + lost must equal b.N.
-func BenchmarkProbeEventThroughput(b *testing.B) {
-	p := newProbes(b, hook.Options{RingBufferBytes: 16 << 20})
+func BenchmarkHookEventThroughput(b *testing.B) {
+	p := newHooks(b, hook.Options{RingBufferBytes: 16 << 20})
 	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
@@ -411,13 +411,13 @@ func attachEmptyPerfRename(b *testing.B) (func(), *ebpf.Program) {
 	return func() { l.Close(); prog.Close() }, prog
 }
 
-// BenchmarkProbeEventDecode: the reader's side alone. b.N getppid calls
+// BenchmarkHookEventDecode: the reader's side alone. b.N getppid calls
 // emit events into a ring buffer large enough to hold them all, with
 // nobody reading; then the timer runs while one goroutine reads and
 // decodes them all into hook.Event values. Reports events/s;
 // nothing may be lost.
-func BenchmarkProbeEventDecode(b *testing.B) {
-	p := newProbes(b, hook.Options{RingBufferBytes: 512 << 20})
+func BenchmarkHookEventDecode(b *testing.B) {
+	p := newHooks(b, hook.Options{RingBufferBytes: 512 << 20})
 	if err := p.Apply(plantest.Compile(b, fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, emit: {event: "e", fields: ["pid", "tgid", "uid", "comm"]}}`, os.Getpid()))); err != nil {
 		b.Fatal(err)
 	}
