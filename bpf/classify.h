@@ -378,7 +378,7 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 }
 
 /* Applies one candidate rule: contents, counters, event. Returns
- * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS}. */
+ * VERDICT_CONTINUE or 1 + GRAIN_ACTION_{DROP,PASS,WOULD_DROP}. */
 static __always_inline int FN(rule_apply_inline)(CTX *ctx, void *data, void *data_end, struct pkt_meta *m,
 					     __u32 gen, __u32 index)
 {
@@ -875,10 +875,9 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 			v = FN(rules_apply)(ctx, &m, gen, i * 64, w);
 		else
 			v = FN(rule_apply)(ctx, &m, gen, i * 64 + lowest_bit(w));
-		if (v == 1 + GRAIN_ACTION_DROP)
-			return XDP_DROP;
-		if (v == 1 + GRAIN_ACTION_PASS)
-			return XDP_PASS;
+		/* pass and would_drop (monitor mode) decide as drop does */
+		if (v != VERDICT_CONTINUE)
+			return v == 1 + GRAIN_ACTION_DROP ? XDP_DROP : XDP_PASS;
 	}
 	return XDP_PASS;
 }

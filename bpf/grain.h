@@ -33,7 +33,7 @@ enum grain_limits {
 	 * when the engine gave that slot to the interface, else
 	 * GRAIN_IFACE_SLOTS (every other interface). */
 	GRAIN_IFACE_SLOTS = 256,
-	GRAIN_VERDICTS = 3, /* indexed by GRAIN_ACTION_* */
+	GRAIN_VERDICTS = 4, /* indexed by GRAIN_ACTION_* */
 };
 
 /* Regions of the bitmaps array, per generation. */
@@ -88,6 +88,9 @@ enum grain_actions {
 	GRAIN_ACTION_COUNT = 0,
 	GRAIN_ACTION_DROP = 1,
 	GRAIN_ACTION_PASS = 2,
+	/* A drop rule of a policy in monitor mode: it decides the packet,
+	 * counts and emits like GRAIN_ACTION_DROP, and the packet passes. */
+	GRAIN_ACTION_WOULD_DROP = 3,
 };
 
 enum grain_rule_flags {

@@ -18,7 +18,7 @@ const (
 	MaxIPv6ExtHeaders  = 6    // GRAIN_MAX_IPV6_EXT_HEADERS
 	EmitPayloadBytes   = 272  // GRAIN_EMIT_PAYLOAD_BYTES
 	IfaceSlots         = 256  // GRAIN_IFACE_SLOTS
-	Verdicts           = 3    // GRAIN_VERDICTS
+	Verdicts           = 4    // GRAIN_VERDICTS
 )
 
 // enum grain_bitmap_regions (grain.h)
@@ -71,9 +71,10 @@ const (
 
 // enum grain_actions (grain.h)
 const (
-	ActionCount = 0 // GRAIN_ACTION_COUNT
-	ActionDrop  = 1 // GRAIN_ACTION_DROP
-	ActionPass  = 2 // GRAIN_ACTION_PASS
+	ActionCount     = 0 // GRAIN_ACTION_COUNT
+	ActionDrop      = 1 // GRAIN_ACTION_DROP
+	ActionPass      = 2 // GRAIN_ACTION_PASS
+	ActionWouldDrop = 3 // GRAIN_ACTION_WOULD_DROP
 )
 
 // enum grain_rule_flags (grain.h)

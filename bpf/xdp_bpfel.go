@@ -156,8 +156,8 @@ type xdpGrainIfaceCounter struct {
 	_       structs.HostLayout
 	Ifindex uint32
 	Pad     uint32
-	Packets [3]uint64
-	Bytes   [3]uint64
+	Packets [4]uint64
+	Bytes   [4]uint64
 }
 
 type xdpGrainIfaceKey struct {

@@ -17,6 +17,8 @@ type Options struct {
 	// Interfaces, when set, replace the interfaces of every packet policy
 	// (the `grain run --interface` flag).
 	Interfaces []string
+	// Monitor puts every policy in monitor mode (`grain run --monitor`).
+	Monitor bool
 }
 
 // XDPProgram is the name of the generic XDP program in every Plan.
@@ -46,6 +48,11 @@ type rule struct {
 // position and come as a policies.ErrorList.
 func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 	sorted := slices.Clone(ps)
+	if opts.Monitor {
+		for i := range sorted {
+			sorted[i].Mode = policies.ModeMonitor
+		}
+	}
 	slices.SortFunc(sorted, func(a, b policies.Policy) int {
 		return cmp.Or(cmp.Compare(a.Priority, b.Priority), strings.Compare(a.Name, b.Name))
 	})
@@ -139,7 +146,7 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 			continue
 		}
 		index := len(rules)
-		pr := Rule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Action: p.Then}
+		pr := Rule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Action: p.Then, Monitor: p.Monitored()}
 		if p.Emit != nil {
 			pr.Event, pr.Fields = p.Emit.Event, p.Emit.Fields
 			pr.EmitPayload = p.Emit.CarriesPayload()

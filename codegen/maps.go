@@ -71,7 +71,7 @@ var fieldBits = map[string]uint32{
 
 var cidrFields = map[string]uint8{"src4": bpf.CIDRSrc4, "dst4": bpf.CIDRDst4, "src6": bpf.CIDRSrc6, "dst6": bpf.CIDRDst6}
 
-var actions = map[string]uint8{"count": bpf.ActionCount, "drop": bpf.ActionDrop, "pass": bpf.ActionPass}
+var actions = map[string]uint8{"count": bpf.ActionCount, "drop": bpf.ActionDrop, "pass": bpf.ActionPass, WouldDrop: bpf.ActionWouldDrop}
 
 // dedupFieldBits are the event fields deduplication compares when a rule's
 // event carries them (bpf/grain.h: GRAIN_DEDUP_*); ifindex is compared
@@ -231,7 +231,7 @@ func kernelContent(c Content) bpf.Content {
 
 // kernelRule is a rule as the XDP program reads it, without its id.
 func kernelRule(r Rule, contents []Content) bpf.Rule {
-	v := bpf.Rule{Action: actions[r.Action], Ncontents: uint8(len(r.Contents))}
+	v := bpf.Rule{Action: actions[r.Verdict()], Ncontents: uint8(len(r.Contents))}
 	if r.Event != "" {
 		v.Flags |= bpf.RuleEmit
 	}

@@ -64,11 +64,14 @@ type Attachment struct {
 // Rule is one policy in priority order; its index is its bit in every
 // bitmap.
 type Rule struct {
-	Index    int      `json:"index"`
-	Policy   string   `json:"policy"`
-	Position string   `json:"position"`
-	Priority int      `json:"priority"`
-	Action   string   `json:"action"`
+	Index    int    `json:"index"`
+	Policy   string `json:"policy"`
+	Position string `json:"position"`
+	Priority int    `json:"priority"`
+	Action   string `json:"action"`
+	// Monitor: the policy is in monitor mode, so a drop is reported as
+	// would_drop and the packet passes (Verdict).
+	Monitor  bool     `json:"monitor,omitempty"`
 	Contents []int    `json:"contents,omitempty"`
 	Event    string   `json:"event,omitempty"`
 	Fields   []string `json:"fields,omitempty"`
@@ -82,6 +85,19 @@ type Rule struct {
 	// RateLimit is the most events per second the rule sends
 	// (policies.Emit.RateLimit); 0 is no limit.
 	RateLimit int `json:"rate_limit,omitempty"`
+}
+
+// The verdict a monitored drop rule reports: it decides the packet as a
+// drop would, and the packet passes.
+const WouldDrop = "would_drop"
+
+// Verdict is what the rule reports for a packet it decides or counts:
+// its action, or WouldDrop for a drop rule in monitor mode.
+func (r Rule) Verdict() string {
+	if r.Monitor && r.Action == "drop" {
+		return WouldDrop
+	}
+	return r.Action
 }
 
 // Content is one payload condition as the XDP program evaluates it.

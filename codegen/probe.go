@@ -80,6 +80,9 @@ type ProbeRule struct {
 	Count        *ProbeCount     `json:"count,omitempty"`
 	Signal       string          `json:"signal,omitempty"`
 	SignalNumber int             `json:"signal_number,omitempty"`
+	// Monitor: the policy is in monitor mode; the kernel sends no signal
+	// (the rule's kernel form has none) and grain reports would_signal.
+	Monitor bool `json:"monitor,omitempty"`
 }
 
 // ProbeSelector holds ANDed filters.
@@ -267,7 +270,7 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 			return ProbeRef{}, false
 		}
 		index := len(plan.Rules)
-		r := ProbeRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi}
+		r := ProbeRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi, Monitor: p.Monitored()}
 		ok = true
 		if len(h.Selectors) > bpf.HookMaxSelectors {
 			fail(p, h.Selectors[bpf.HookMaxSelectors].Pos, "at most %d match selectors per policy", bpf.HookMaxSelectors)

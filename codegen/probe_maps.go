@@ -112,7 +112,7 @@ func buildProbeMaps(pp *ProbePlan) {
 				kr.SumArg = uint8(r.Count.SumSlot)
 			}
 		}
-		if r.SignalNumber != 0 {
+		if r.SignalNumber != 0 && !r.Monitor {
 			kr.Flags |= bpf.HookRSignal
 			kr.Signal = uint8(r.SignalNumber)
 		}

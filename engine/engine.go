@@ -993,8 +993,8 @@ func (e *Engine) rule(id uint32) (codegen.Rule, bool) { return e.gen.Lookup(id) 
 type RuleCounter struct {
 	Policy string `json:"policy"`
 	// Verdict is the policy's action on the packets counted: "drop",
-	// "pass" or "count". A policy whose action changed over reloads has a
-	// counter per action.
+	// "pass", "count", or "would_drop" (a drop in monitor mode). A policy
+	// whose verdict changed over reloads has a counter per verdict.
 	Verdict    string `json:"verdict"`
 	Packets    uint64 `json:"packets"`
 	Bytes      uint64 `json:"bytes"`
@@ -1028,9 +1028,9 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 		if err := maps.RuleCounters.Lookup(gen*bpf.MaxRules+uint32(r.Index), &perCPU); err != nil {
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
-		key := r.Policy + "\x00" + r.Action
+		key := r.Policy + "\x00" + r.Verdict()
 		c := out[key]
-		c.Policy, c.Verdict = r.Policy, r.Action
+		c.Policy, c.Verdict = r.Policy, r.Verdict()
 		for _, v := range perCPU {
 			c.add(RuleCounter{Packets: v.Packets, Bytes: v.Bytes, Events: v.Events, EventsLost: v.EventsLost,
 				EventsDeduplicated: v.EventsDeduplicated, EventsRateLimited: v.EventsRateLimited})

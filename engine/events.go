@@ -19,7 +19,7 @@ import (
 
 var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
-var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass"}
+var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass", bpf.ActionWouldDrop: codegen.WouldDrop}
 
 // StreamEvents reads emitted events from the kernel and writes one JSON
 // object per line to out until ctx ends: ReadEvents into a pipeline with

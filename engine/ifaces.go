@@ -16,7 +16,7 @@ import (
 // one verdict, since grain started.
 type InterfaceCounter struct {
 	Interface string `json:"interface"`
-	Verdict   string `json:"verdict"` // "drop", "pass" or "count"
+	Verdict   string `json:"verdict"` // "drop", "pass", "count" or "would_drop"
 	Packets   uint64 `json:"packets"`
 	Bytes     uint64 `json:"bytes"`
 }

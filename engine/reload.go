@@ -27,7 +27,13 @@ type Status struct {
 	Policies   string   `json:"policies"`
 	PolicyHash string   `json:"policy_hash"`
 	Rules      []string `json:"rules"`
+	// Monitored are the rules in monitor mode: they report would_drop
+	// and would_signal, and drop nothing.
+	Monitored  []string `json:"monitored,omitempty"`
 	Interfaces []string `json:"interfaces"`
+	// Verdicts count the packets rules judged, per interface and verdict
+	// (would_drop for monitored drops), since grain started.
+	Verdicts []InterfaceCounter `json:"verdicts,omitempty"`
 	// InterfaceHooks says where the packet program runs on each interface:
 	// "xdp", "xdp generic" (veth without tcx) or "tcx ingress" (veth).
 	InterfaceHooks map[string]string `json:"interface_hooks,omitempty"`
@@ -49,6 +55,7 @@ type Status struct {
 type Reloader struct {
 	Dir        string
 	Interfaces []string // --interface override
+	Monitor    bool     // --monitor: every policy in monitor mode
 	Engine     *Engine
 	// Hooks applies the kernel-hook policies. Nil when this kernel cannot
 	// run them (HooksErr says why): a tree with such policies then fails
@@ -201,7 +208,7 @@ func (r *Reloader) pending() chan bool {
 }
 
 func (r *Reloader) apply(snap *policies.Snapshot) error {
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{Interfaces: r.Interfaces})
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{Interfaces: r.Interfaces, Monitor: r.Monitor})
 	if err != nil {
 		return err
 	}
@@ -247,13 +254,19 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 	if r.Pipeline != nil {
 		r.Pipeline.Set(stages)
 	}
-	r.status.Rules = r.status.Rules[:0]
+	r.status.Rules, r.status.Monitored = r.status.Rules[:0], nil
 	for _, rule := range plan.Rules {
 		r.status.Rules = append(r.status.Rules, rule.Policy)
+		if rule.Monitor {
+			r.status.Monitored = append(r.status.Monitored, rule.Policy)
+		}
 	}
 	if plan.Probes != nil {
 		for _, rule := range plan.Probes.Rules {
 			r.status.Rules = append(r.status.Rules, rule.Policy)
+			if rule.Monitor {
+				r.status.Monitored = append(r.status.Monitored, rule.Policy)
+			}
 		}
 	}
 	return nil
@@ -265,7 +278,9 @@ func (r *Reloader) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Rules = append([]string(nil), s.Rules...)
-	s.Interfaces = r.Engine.Interfaces() // links follow interface events between reloads
+	s.Monitored = append([]string(nil), s.Monitored...)
+	s.Verdicts, _ = r.Engine.InterfaceCounters() // none if the map cannot be read
+	s.Interfaces = r.Engine.Interfaces()         // links follow interface events between reloads
 	s.InterfaceHooks = r.Engine.InterfaceHooks()
 	s.Unjudged, _ = r.Engine.PacketStats() // zero if the map cannot be read
 	if r.Hooks != nil {

@@ -60,6 +60,7 @@ func registerHooks(meter metric.Meter, cfg HookMetricsConfig) (*hookMetrics, err
 	lost := cs.eventsLost()
 	limited := cs.eventsRateLimited()
 	signals := counter("grain.probe.signals", "{signal}", "Signals sent to processes by each kernel-hook policy.")
+	wouldSignals := counter("grain.probe.would_signals", "{signal}", "Signals a kernel-hook policy in monitor mode would have sent: its hits.")
 	countErrors := counter("grain.probe.count_errors", "{call}", "Calls a count could not record because its map was full.")
 	nested := counter("grain.probe.nested", "{call}",
 		"Kernel calls whose probe program started while another grain probe program ran on the same CPU (an interrupt), served in a deeper per-CPU scratch level.")
@@ -83,10 +84,13 @@ func registerHooks(meter metric.Meter, cfg HookMetricsConfig) (*hookMetrics, err
 				o.ObserveInt64(lost, toInt64(c.EventsLost), metric.WithAttributes(policy, lossRingFull))
 				o.ObserveInt64(limited, toInt64(c.EventsRateLimited), byPolicy)
 				o.ObserveInt64(signals, toInt64(c.Signals), byPolicy)
+				if c.WouldSignals > 0 {
+					o.ObserveInt64(wouldSignals, toInt64(c.WouldSignals), byPolicy)
+				}
 				o.ObserveInt64(countErrors, toInt64(c.CountErrors), byPolicy)
 			}
 			return nil
-		}, hits, emitted, lost, limited, signals, countErrors)
+		}, hits, emitted, lost, limited, signals, wouldSignals, countErrors)
 		if err != nil {
 			return nil, err
 		}

@@ -64,6 +64,9 @@ func (d *decoder) decodePolicy(v cue.Value) {
 	prio, _ := v.LookupPath(cue.ParsePath("priority")).Int64()
 	p.Priority = int(prio)
 	p.Then, _ = v.LookupPath(cue.ParsePath("then")).String()
+	if mode, _ := v.LookupPath(cue.ParsePath("mode")).String(); mode == ModeMonitor {
+		p.Mode = mode // the zero value is enforce
+	}
 	// Lists that select must not be empty, in either kind of policy.
 	for _, name := range []string{"match", "syscall"} {
 		if f := v.LookupPath(cue.MakePath(cue.Str(name))); f.Exists() {

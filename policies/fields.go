@@ -70,6 +70,7 @@ var fieldWants = map[string]string{
 	"match.payload.nocase":      "true or false",
 	"match.payload.not":         "true or false",
 	"then":                      `"drop", "pass" or "count"`,
+	"mode":                      `"enforce" or "monitor"`,
 	"emit":                      `a struct {event: "name", fields: [...]}`,
 	"emit.event":                "a name made of letters, digits, _ . and -, starting with a letter or _",
 	"emit.fields":               "a list of field names: for xdp saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname; for kernel hooks process fields and argument names",

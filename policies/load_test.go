@@ -267,7 +267,7 @@ func TestLoadErrors(t *testing.T) {
 			`misspelt_field.cue:3:2: policy typo_top: matc: field not allowed; did you mean match?`,
 			`misspelt_field.cue:9:9: policy typo_match: match.paylod: field not allowed; did you mean payload?`,
 			`misspelt_field.cue:15:35: policy typo_content: match.payload[0].ofset: field not allowed; did you mean offset?`,
-			`misspelt_field.cue:22:2: policy unknown_field: colour: field not allowed; allowed fields: priority, xdp, kprobe, kretprobe, tracepoint, syscall, attach, args, match, then, emit, count, signal`,
+			`misspelt_field.cue:22:2: policy unknown_field: colour: field not allowed; allowed fields: priority, xdp, kprobe, kretprobe, tracepoint, syscall, attach, args, match, then, emit, count, signal, mode`,
 			`misspelt_field.cue:29:38: policy typo_and_bad_port: match.dport: got 70000, want a port 0..65535, a range string "first-last" or a list of them`,
 			`misspelt_field.cue:29:45: policy typo_and_bad_port: match.protocl: field not allowed; did you mean protocol?`,
 			`misspelt_field.cue:35:28: policy typos_in_a_list: match[0].dprt: field not allowed; did you mean dport?`,

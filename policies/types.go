@@ -49,7 +49,19 @@ type Policy struct {
 	Then string
 	// Emit, when set, sends an event for each matched packet or call.
 	Emit *Emit
+	// Mode is ModeMonitor for a policy that judges, counts and emits, but
+	// drops nothing and sends no signal; empty (enforce) otherwise.
+	Mode string
 }
+
+// Monitored reports that the policy only reports what it would enforce.
+func (p Policy) Monitored() bool { return p.Mode == ModeMonitor }
+
+// The modes of a policy (the schema's mode field).
+const (
+	ModeEnforce = "enforce"
+	ModeMonitor = "monitor"
+)
 
 // XDPHook says where a packet policy is attached.
 type XDPHook struct {

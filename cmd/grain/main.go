@@ -214,6 +214,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&ifaces, "interface", "attach to this interface, or to those matching this shell pattern (veth*), instead of the policies' (repeatable)")
 	pinPath := fs.String("pin-path", defaultPinPath, "bpffs directory holding grain's pinned maps and links")
 	socket := fs.String("status-socket", defaultSocket, "root-only Unix socket that `grain status` reads")
+	monitor := fs.Bool("monitor", false, "put every policy in monitor mode: judge, count and emit, but drop nothing (verdict would_drop) and send no signal")
 	keep := fs.Bool("keep-on-exit", false, "leave the program attached and its state pinned on exit (for upgrades); by default grain detaches everything")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time after a file change before reloading")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
@@ -364,7 +365,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			hooks.Close()
 		}
 	}
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Engine: eng, Hooks: hooks, HooksErr: hooksErr,
+	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Monitor: *monitor, Engine: eng, Hooks: hooks, HooksErr: hooksErr,
 		Log: log, Pipeline: pipe, Load: worker.Load}
 	if err := reloader.Reload(ctx, true); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)

@@ -24,6 +24,9 @@ type RuleCounter struct {
 	EventsLost        uint64 `json:"events_lost"`
 	EventsRateLimited uint64 `json:"events_limited"`
 	Signals           uint64 `json:"signals"`
+	// WouldSignals are the hits of a policy in monitor mode that has a
+	// signal: the signals enforcing would have sent.
+	WouldSignals uint64 `json:"would_signals,omitempty"`
 	// CountErrors are calls not counted because the count map was full.
 	CountErrors uint64 `json:"count_errors"`
 }
@@ -34,6 +37,7 @@ func (c *RuleCounter) add(o RuleCounter) {
 	c.EventsLost += o.EventsLost
 	c.EventsRateLimited += o.EventsRateLimited
 	c.Signals += o.Signals
+	c.WouldSignals += o.WouldSignals
 	c.CountErrors += o.CountErrors
 }
 
@@ -88,6 +92,9 @@ func (e *Hooks) generationRuleCounters(gen uint32, into map[string]RuleCounter) 
 		for _, v := range perCPU {
 			c.add(RuleCounter{Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
 				EventsRateLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors})
+			if r.Monitor && r.Signal != "" {
+				c.WouldSignals += v.Hits
+			}
 		}
 		into[r.Policy] = c
 	}

@@ -438,6 +438,10 @@ func (d *decoder) toPipeline(out *pipeline.Event) {
 		out.AppendString("exe", exe)
 	}
 	out.AppendString("host", d.host)
+	if d.lastOK && d.last.Monitor && d.last.Signal != "" {
+		// monitor mode: the kernel sent nothing; say what enforcing would
+		out.AppendString("would_signal", d.last.Signal)
+	}
 	emits := d.emits()
 	pf := &d.field1
 	for i := range emits {
