@@ -11,11 +11,17 @@ import (
 // Verdict is what the packet program returns for a frame.
 type Verdict uint8
 
-// The verdicts. A packet no rule decides is passed.
+// The verdicts. A packet no rule decides is passed. WouldDrop is the
+// verdict of a drop rule in monitor mode: it decides as Drop does, and the
+// program passes the packet.
 const (
 	Pass Verdict = iota
 	Drop
+	WouldDrop
 )
+
+// Dropped reports whether the program drops the packet.
+func (v Verdict) Dropped() bool { return v == Drop }
 
 func (v Verdict) String() string {
 	switch v {
@@ -23,6 +29,8 @@ func (v Verdict) String() string {
 		return "pass"
 	case Drop:
 		return "drop"
+	case WouldDrop:
+		return codegen.WouldDrop
 	}
 	return "unknown"
 }
@@ -116,7 +124,7 @@ type Field struct {
 
 var protocolNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
-var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass"}
+var verdictNames = map[uint8]string{bpf.ActionCount: "count", bpf.ActionDrop: "drop", bpf.ActionPass: "pass", bpf.ActionWouldDrop: codegen.WouldDrop}
 
 // Addr is one of the event's addresses as the pipeline shows it.
 func (e *Event) Addr(b [16]byte) netip.Addr {
@@ -797,9 +805,12 @@ func (p *Packet) ruleApply(frame []byte, iface string, index uint32) bool {
 	}
 	r.Rule = int(index)
 	r.Policy = p.plan.Rules[index].Policy
-	if rule.Action == bpf.ActionDrop {
+	switch rule.Action {
+	case bpf.ActionDrop:
 		r.Verdict = Drop
-	} else {
+	case bpf.ActionWouldDrop:
+		r.Verdict = WouldDrop
+	default:
 		r.Verdict = Pass
 	}
 	return true

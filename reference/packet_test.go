@@ -127,3 +127,25 @@ func TestJudgeAllocatesNothing(t *testing.T) {
 		t.Fatalf("%v allocations per run, want 0", n)
 	}
 }
+
+// A drop policy in monitor mode decides as a drop would (a later drop rule
+// does not see the packet), the packet passes, and its event says
+// would_drop.
+func TestJudgeMonitorMode(t *testing.T) {
+	p := newPacket(t, plantest.Compile(t, `
+watch_http: {priority: 1, mode: "monitor", xdp: interfaces: ["eth0"], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop", emit: event: "would_block"}
+drop_tcp: {priority: 2, xdp: interfaces: ["eth0"], match: protocol: "tcp", then: "drop"}
+`))
+	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.1\r\n")).Bytes()
+	r := p.Judge(frame, "eth0")
+	if r.Verdict != WouldDrop || r.Verdict.Dropped() || r.Policy != "watch_http" || len(r.Events) != 1 {
+		t.Fatalf("verdict %s by %q with %d events, want would_drop by watch_http with 1 event", r.Verdict, r.Policy, len(r.Events))
+	}
+	if f := r.Events[0].Fields(); f[len(f)-1] != (Field{"verdict", "would_drop"}) {
+		t.Errorf("event fields %v, want verdict would_drop", f)
+	}
+	frame = pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.0\r\n")).Bytes()
+	if r := p.Judge(frame, "eth0"); r.Verdict != Drop || r.Policy != "drop_tcp" {
+		t.Errorf("HTTP/1.0: verdict %s by %q, want drop by drop_tcp", r.Verdict, r.Policy)
+	}
+}
