@@ -21,11 +21,11 @@ const (
 // errorConverter turns CUE's errors about one policy into Errors that
 // point into the user's file and say what the field takes.
 type errorConverter struct {
-	file   string    // the user's file; positions anywhere else are the schema's
-	policy string    // the policy's name
-	decl   Position  // where the policy is declared
-	raw    cue.Value // the user's value before unification
-	schema cue.Value // the whole schema, for the fields each struct allows
+	files  map[string]bool // the tree's files; positions anywhere else are the schema's
+	policy string          // the policy's name
+	decl   Position        // where the policy is declared
+	raw    cue.Value       // the user's value before unification
+	schema cue.Value       // the whole schema, for the fields each struct allows
 }
 
 // fieldPath is a path inside a policy: labels, and list indices as
@@ -217,7 +217,7 @@ func allPositions(e cueerrors.Error) []token.Pos {
 func (c *errorConverter) userPosition(errs []cueerrors.Error) (Position, bool) {
 	for _, e := range errs {
 		for _, p := range allPositions(e) {
-			if p.IsValid() && p.Filename() == c.file {
+			if p.IsValid() && c.files[p.Filename()] {
 				return positionOf(p), true
 			}
 		}
@@ -231,7 +231,7 @@ func (c *errorConverter) userPosition(errs []cueerrors.Error) (Position, bool) {
 func (c *errorConverter) involvesSchema(g *errorGroup) bool {
 	for _, e := range g.errs {
 		for _, p := range allPositions(e) {
-			if p.IsValid() && p.Filename() != c.file {
+			if p.IsValid() && !c.files[p.Filename()] {
 				return true
 			}
 		}
@@ -244,7 +244,7 @@ func (c *errorConverter) involvesSchema(g *errorGroup) bool {
 func (c *errorConverter) nearestPosition(p fieldPath) Position {
 	for n := len(p); n > 0; n-- {
 		v := c.raw.LookupPath(p[:n].cuePath())
-		if pos := v.Pos(); v.Exists() && pos.IsValid() && pos.Filename() == c.file {
+		if pos := v.Pos(); v.Exists() && pos.IsValid() && c.files[pos.Filename()] {
 			return positionOf(pos)
 		}
 	}
@@ -345,7 +345,7 @@ func (c *errorConverter) labelPosition(v cue.Value, name string) (Position, bool
 		if !ok {
 			continue
 		}
-		if label, _, err := ast.LabelName(f.Label); err == nil && label == name && f.Label.Pos().Filename() == c.file {
+		if label, _, err := ast.LabelName(f.Label); err == nil && label == name && c.files[f.Label.Pos().Filename()] {
 			return positionOf(f.Label.Pos()), true
 		}
 	}

@@ -22,8 +22,8 @@ var hookFields = []string{"xdp", "kprobe", "kretprobe", "tracepoint", "syscall"}
 // making the checks the schema leaves to Go. Each check records an error
 // and carries on, so that one load reports every problem.
 type decoder struct {
-	file   string
-	raw    cue.Value // the user's policy value, for positions
+	files  map[string]bool // the tree's files: positions elsewhere are the schema's
+	raw    cue.Value       // the user's policy value, for positions
 	policy *Policy
 	errs   []Error
 }
@@ -40,7 +40,7 @@ func (d *decoder) errorf(pos Position, path string, format string, args ...any) 
 // schema's position, so the user's own value at the same path is asked
 // next; values that come from the schema alone take the policy's.
 func (d *decoder) pos(v cue.Value) Position {
-	if p := v.Pos(); p.IsValid() && p.Filename() == d.file {
+	if p := v.Pos(); p.IsValid() && d.files[p.Filename()] {
 		return positionOf(p)
 	}
 	// v's path starts with the policy's label; raw is rooted below it.
@@ -51,7 +51,7 @@ func (d *decoder) pos(v cue.Value) Position {
 		if f, ok := raw.Source().(*ast.Field); ok && f.Value != nil {
 			p = f.Value.Pos()
 		}
-		if p.IsValid() && p.Filename() == d.file {
+		if p.IsValid() && d.files[p.Filename()] {
 			return positionOf(p)
 		}
 	}

@@ -16,9 +16,10 @@ import (
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
+	"cuelang.org/go/cue/build"
 	"cuelang.org/go/cue/cuecontext"
 	cueerrors "cuelang.org/go/cue/errors"
-	"cuelang.org/go/cue/parser"
+	"cuelang.org/go/cue/token"
 
 	"github.com/grain-ebpf/grain/schema"
 )
@@ -98,13 +99,13 @@ func (c *Cache) Load(root string) (*Snapshot, error) {
 		}
 		files[i] = sourceFile{name: name, src: src}
 	}
-	return load(root, files, c)
+	return loadTree(root, files, c)
 }
 
 // LoadBytes loads a single policy file held in memory, as Load would load
 // a file of that name; name is also the snapshot's Root.
 func LoadBytes(name string, src []byte) (*Snapshot, error) {
-	return load(name, []sourceFile{{name: name, src: src}}, nil)
+	return loadTree(name, []sourceFile{{name: name, src: src}}, nil)
 }
 
 type sourceFile struct {
@@ -151,7 +152,11 @@ func Files(root string) ([]string, error) {
 		if path == real {
 			return nil
 		}
-		if Skipped(d.Name()) {
+		rel, err := filepath.Rel(real, path)
+		if err != nil {
+			return err
+		}
+		if skippedBelowRoot(rel, d.IsDir()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -159,10 +164,6 @@ func Files(root string) ([]string, error) {
 		}
 		if d.IsDir() || !strings.HasSuffix(d.Name(), ".cue") {
 			return nil
-		}
-		rel, err := filepath.Rel(real, path)
-		if err != nil {
-			return err
 		}
 		name := filepath.Join(root, rel)
 		mode := d.Type()
@@ -234,11 +235,43 @@ func insideDir(dir, path string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
 }
 
-// skipped reports whether a file or directory below the root is left out:
-// hidden and underscore names (editor backups, ConfigMap "..data" links),
-// and CUE module metadata.
+// Skipped reports whether a file or directory named name is left out of
+// a tree wherever it is: hidden and underscore names (editor backups,
+// ConfigMap "..data" links), and cue.mod directories (the root's own is
+// read, see skippedBelowRoot).
 func Skipped(name string) bool {
 	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "cue.mod"
+}
+
+// IsTestFile reports whether a file is a policy test (`grain test` reads
+// those), never loaded as policies: its name ends in _test.cue, as CUE's
+// own loader leaves such files out of packages.
+func IsTestFile(name string) bool {
+	return strings.HasSuffix(name, "_test.cue")
+}
+
+// moduleDirs are the directories of the root's cue.mod that hold packages
+// the tree may import (vendored modules, and the user's own).
+var moduleDirs = []string{"pkg", "usr", "gen"}
+
+// skippedBelowRoot reports whether the loader leaves out the entry at rel,
+// a path below the tree's root whose parent directories are not left out.
+// Of the root's cue.mod it reads module.cue and the packages under
+// cue.mod/pkg, usr and gen; test files are left out everywhere.
+func skippedBelowRoot(rel string, isDir bool) bool {
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	name := parts[len(parts)-1]
+	if parts[0] == "cue.mod" {
+		switch {
+		case len(parts) == 1:
+			return !isDir
+		case len(parts) == 2 && isDir:
+			return !slices.Contains(moduleDirs, name)
+		case len(parts) == 2:
+			return name != "module.cue"
+		}
+	}
+	return Skipped(name) || (!isDir && IsTestFile(name))
 }
 
 // loader is the state of one Load. It owns a fresh cue.Context: a context
@@ -254,10 +287,19 @@ type loader struct {
 	cache    *Cache
 	pipeline *Pipeline // the tree's `pipeline` field (pipeline.go)
 	values   valueBudget
-	syntax   *ast.File // of the file being loaded, for positions CUE omits
+	tree     treeFS
+	src      map[string][]byte // the tree's files by name
+	syntax   []*ast.File       // of the instance being loaded, for positions CUE omits
+	// transitive are build errors of imports of imports.
+	transitive []transitiveError
 }
 
-func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
+type transitiveError struct {
+	file string
+	errs []cueerrors.Error
+}
+
+func loadTree(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 	ctx := cuecontext.New()
 	sch := ctx.CompileString(schema.Source, cue.Filename(schema.Filename))
 	if err := sch.Err(); err != nil {
@@ -270,24 +312,33 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 		declared: map[string]Position{},
 		cache:    cache,
 		values:   valueBudget{left: MaxTreeValues},
+		src:      make(map[string][]byte, len(files)),
 	}
 	snap := &Snapshot{Root: root, Hash: hashFiles(root, files)}
 	var total int
 	for _, f := range files {
 		total += len(f.src)
+		l.src[f.name] = f.src
+		snap.Files = append(snap.Files, f.name)
 	}
 	if total > MaxTreeBytes {
 		// Load checked the files' sizes; LoadBytes' caller did not.
 		return nil, ErrorList{{Pos: Position{File: root},
 			Msg: fmt.Sprintf("holds %d bytes of .cue source; a policy tree may hold at most %d bytes (%d KiB): split it or shorten it", total, MaxTreeBytes, MaxTreeBytes>>10)}}
 	}
-	for _, f := range files {
-		snap.Files = append(snap.Files, f.name)
-		if cache != nil {
-			cache.progress.set(f.name)
+	if len(files) > 0 {
+		l.tree = newTreeFS(root, files)
+		for _, in := range l.tree.instances() {
+			if !l.loadInstance(in) {
+				break // the tree's value budget is spent: the rest would be too
+			}
 		}
-		if !l.loadFile(f) {
-			break // the tree's value budget is spent: the rest would be too
+	}
+	if len(l.errs) == 0 {
+		// No package of the tree failed to build by itself: what its
+		// imports failed on is outside them, and said here.
+		for _, t := range l.transitive {
+			l.cueErrors(t.file, t.errs, nil)
 		}
 	}
 	l.checkRenamesOntoEmittedFields()
@@ -302,18 +353,27 @@ func load(root string, files []sourceFile, cache *Cache) (*Snapshot, error) {
 }
 
 // cueErrors reports errors found before policies are checked one by one
-// (syntax, references, conflicts in the file itself) with CUE's own
-// message. An error inside a policy is attributed to it when policies is
-// given.
+// (syntax, imports, references, conflicts in the instance itself) with
+// CUE's own message, at the first position in the tree's files (file
+// when there is none). An error inside a policy is attributed to it when
+// policies is given.
 func (l *loader) cueErrors(file string, errs []cueerrors.Error, policies map[string]Position) {
 	for _, e := range errs {
 		msg := message(e)
+		// A failed import wraps what failed.
+		for u := errors.Unwrap(e); u != nil; u = errors.Unwrap(u) {
+			if ce, ok := u.(cueerrors.Error); ok {
+				msg += ": " + message(ce)
+			} else {
+				msg += ": " + u.Error()
+			}
+		}
 		if strings.Contains(msg, "errors in empty disjunction") {
 			continue // a summary of errors listed on their own
 		}
 		out := Error{Pos: Position{File: file}}
 		for _, p := range allPositions(e) {
-			if p.IsValid() && p.Filename() == file {
+			if p.IsValid() && l.tree.users[p.Filename()] {
 				out.Pos = positionOf(p)
 				break
 			}
@@ -334,75 +394,161 @@ func (l *loader) cueErrors(file string, errs []cueerrors.Error, policies map[str
 		if len(path) > 0 {
 			msg = path.String() + ": " + msg
 		}
+		if strings.Contains(msg, "embed") && !strings.Contains(msg, embedHint) {
+			msg = "cannot embed a file: " + embedHint
+		}
+		if strings.Contains(msg, "imports are unavailable") || strings.Contains(msg, "cannot find package") {
+			msg += importHint(l.tree.hasMod)
+		}
 		out.Msg = msg
 		l.errs = append(l.errs, out)
 	}
 }
 
-// loadFile loads one file's policies into l. It reports false when the
-// file spent the tree's value budget: nothing of it was validated.
-func (l *loader) loadFile(f sourceFile) bool {
-	// Parse first to find where each policy is declared: the value of a
-	// field declared twice in one file carries the position of one of its
-	// parts, not of its first label.
-	syntax, err := parser.ParseFile(f.name, f.src)
-	if err != nil {
-		l.cueErrors(f.name, cueerrors.Errors(err), nil)
+// buildErrors reports what kept an instance from being built: syntax,
+// the module file, imports. A package of the tree that fails is reported
+// as itself, not again in every package importing it.
+func (l *loader) buildErrors(in *instance, file string) {
+	var errs, transitive []cueerrors.Error
+	for _, e := range cueerrors.Errors(in.build.Err) {
+		// Their paths are import paths, not paths of fields.
+		if inner, ok := errors.Unwrap(e).(cueerrors.Error); ok && message(e) == message(inner) {
+			// An import of an import failed: reported where it did,
+			// unless that is outside the tree's packages (cue.mod/pkg).
+			transitive = append(transitive, noPath{e: e})
+			continue
+		}
+		errs = append(errs, noPath{e: e})
+	}
+	l.cueErrors(file, errs, nil)
+	l.transitive = append(l.transitive, transitiveError{file, transitive})
+}
+
+// noPath is a CUE error without its path.
+type noPath struct{ e cueerrors.Error }
+
+func (e noPath) Error() string                { return e.e.Error() }
+func (e noPath) Position() token.Pos          { return e.e.Position() }
+func (e noPath) InputPositions() []token.Pos  { return e.e.InputPositions() }
+func (e noPath) Msg() (string, []interface{}) { return e.e.Msg() }
+func (noPath) Path() []string                 { return nil }
+func (e noPath) Unwrap() error                { return errors.Unwrap(e.e) }
+
+// importHint says how imports are found.
+func importHint(hasMod bool) string {
+	if hasMod {
+		return ": a package of the tree is imported by the module path in cue.mod/module.cue and its directory below the root; other modules are vendored under cue.mod/pkg (grain downloads nothing)"
+	}
+	return ": the tree has no cue.mod/module.cue, so only the standard library can be imported; make the tree's root a CUE module (cue mod init) to import its packages"
+}
+
+// loadInstance loads one instance's policies into l. It reports false
+// when the instance spent the tree's value budget: nothing of it was
+// validated.
+func (l *loader) loadInstance(in *instance) bool {
+	b := in.build
+	// Where errors without a position of their own go: the instance's
+	// first file of its own directory.
+	file := in.dir
+	if len(in.own) > 0 {
+		file = in.own[0].Filename
+	} else if len(b.Files) > 0 {
+		file = b.Files[0].Filename
+	}
+	if l.cache != nil {
+		l.cache.progress.set(file)
+	}
+	l.syntax = b.Files
+	// Where each policy is declared: the position of the value of a field
+	// declared twice is that of one of its parts, not of its first label.
+	labels, inherited := map[string]Position{}, map[string]bool{}
+	for _, f := range in.own {
+		for k, pos := range declarations(f) {
+			if _, seen := labels[k]; !seen {
+				labels[k] = pos
+			}
+		}
+	}
+	for _, f := range b.Files {
+		for k := range declarations(f) {
+			if _, own := labels[k]; !own {
+				inherited[k] = true
+			}
+		}
+	}
+	if b.Err != nil {
+		l.buildErrors(in, file)
 		return true
 	}
-	l.syntax = syntax
-	labels := declarations(syntax)
-	keys := cacheKeys(f, syntax)
-	file := l.ctx.BuildFile(syntax)
+	value := l.ctx.BuildInstance(b)
+	if in.library {
+		// Its values are checked where they are used; a library that does
+		// not build is reported once, here.
+		if err := value.Err(); err != nil {
+			l.cueErrors(file, cueerrors.Errors(err), nil)
+		}
+		return true
+	}
+	keys := l.cacheKeys(in)
 
-	// Walk the file's value within the tree's budget before anything
-	// validates it: validation would expand it whole, however large.
-	if pos, ok := l.spendValues(file, labels); !ok {
+	// Walk the value within the tree's budget before anything validates
+	// it: validation would expand it whole, however large.
+	if pos, ok := l.spendValues(value, labels); !ok {
 		l.errs = append(l.errs, Error{Pos: pos, Msg: tooManyValues()})
 		return false
 	}
-	it, err := file.Fields()
+	it, err := value.Fields()
 	if err != nil {
 		// Some top-level value is itself an error (an unresolved
 		// reference, say): say everything that is wrong and stop.
-		if verr := file.Validate(); verr != nil {
+		if verr := value.Validate(); verr != nil {
 			err = verr
 		}
-		l.cueErrors(f.name, cueerrors.Errors(err), labels)
+		l.cueErrors(file, cueerrors.Errors(err), labels)
 		return true
 	}
 	// Errors outside policies (in a user's own definitions, say) are
-	// reported for the file; those inside a policy come with the policy.
-	if err := file.Validate(); err != nil {
+	// reported for the instance; those inside a policy come with the
+	// policy.
+	if err := value.Validate(); err != nil {
 		var outside []cueerrors.Error
 		for _, e := range cueerrors.Errors(err) {
 			if p := e.Path(); len(p) > 0 {
-				if _, ok := labels[p[0]]; ok {
+				if _, ok := labels[p[0]]; ok || inherited[p[0]] {
 					continue
 				}
 			}
 			outside = append(outside, e)
 		}
-		l.cueErrors(f.name, outside, nil)
+		l.cueErrors(file, outside, nil)
 	}
 
 	for it.Next() {
+		sel := it.Selector().String()
+		if inherited[sel] {
+			continue // declared in a directory above: that instance's policy
+		}
 		name := it.Selector().Unquoted()
-		pos, ok := labels[it.Selector().String()]
+		pos, ok := labels[sel]
 		if !ok {
+			// Made by a comprehension: it belongs to the directory that
+			// made it.
 			pos = positionOf(it.Value().Pos())
+			if pos.File != "" && filepath.Dir(pos.File) != in.dir {
+				continue
+			}
 		}
 		if name == schema.PipelineField {
-			l.loadPipeline(f.name, pos, it.Value())
+			l.loadPipeline(pos, it.Value())
 			continue
 		}
 		if first, dup := l.declared[name]; dup {
 			l.errs = append(l.errs, Error{Pos: pos, Policy: name,
-				Msg: fmt.Sprintf("declared again; first declared at %s: a policy name must be unique across all files", first)})
+				Msg: fmt.Sprintf("declared again; first declared at %s: a policy name must be unique across all packages and files", first)})
 			continue
 		}
 		l.declared[name] = pos
-		key, cacheable := keys[it.Selector().String()]
+		key, cacheable := keys[sel]
 		if cacheable && l.cache != nil {
 			if p, ok := l.cache.entries[key]; ok {
 				l.cache.next[key] = p
@@ -411,7 +557,7 @@ func (l *loader) loadFile(f sourceFile) bool {
 			}
 		}
 		n := len(l.policies)
-		l.loadPolicy(f.name, name, pos, it.Value())
+		l.loadPolicy(name, pos, it.Value())
 		if cacheable && l.cache != nil && len(l.policies) > n {
 			l.cache.next[key] = l.policies[n]
 		}
@@ -460,40 +606,66 @@ func readBounded(name string) ([]byte, error) {
 	return src, nil
 }
 
-// cacheKeys returns, for each top-level policy declared once in the file
-// and referring to no identifier, a key over everything its decoded value
-// depends on: schema, file name, the other declarations of the file, and
-// the declaration's own text and position.
-func cacheKeys(f sourceFile, syntax *ast.File) map[string][32]byte {
+// cacheKeys returns, for each top-level policy of the instance declared
+// once in its files and referring to no identifier, a key over everything
+// its decoded value depends on: the schema, the other declarations of
+// every file of the instance (definitions, hidden fields, embeddings,
+// imports), the files of the packages it imports, and the declaration's
+// own file, position and text.
+func (l *loader) cacheKeys(in *instance) map[string][32]byte {
 	count := map[string]int{}
-	var policies []*ast.Field
+	type decl struct {
+		field *ast.Field
+		file  string
+	}
+	var policies []decl
 	context := sha256.New()
 	context.Write([]byte(schema.Source))
-	context.Write([]byte(f.name))
-	for _, decl := range syntax.Decls {
-		if field, ok := decl.(*ast.Field); ok {
-			if name, isIdent, err := ast.LabelName(field.Label); err == nil &&
-				!(isIdent && (strings.HasPrefix(name, "#") || strings.HasPrefix(name, "_"))) {
-				key := cue.Str(name).String()
-				count[key]++
-				policies = append(policies, field)
+	for _, f := range in.build.Files {
+		src := l.src[f.Filename]
+		fmt.Fprintf(context, "%d:%s\x00", len(f.Filename), f.Filename)
+		for _, d := range f.Decls {
+			if field, ok := d.(*ast.Field); ok {
+				if name, isIdent, err := ast.LabelName(field.Label); err == nil &&
+					!(isIdent && (strings.HasPrefix(name, "#") || strings.HasPrefix(name, "_"))) {
+					count[cue.Str(name).String()]++
+					policies = append(policies, decl{field, f.Filename})
+					continue
+				}
+			}
+			context.Write(sourceOf(src, d))
+		}
+	}
+	// What the instance imports, all the way down; the standard library
+	// is part of grain's version, as the schema is.
+	seen := map[*build.Instance]bool{}
+	var imports func(b *build.Instance)
+	imports = func(b *build.Instance) {
+		for _, imp := range b.Imports {
+			if seen[imp] {
 				continue
 			}
+			seen[imp] = true
+			for _, f := range imp.Files {
+				fmt.Fprintf(context, "%d:%s\x00", len(f.Filename), f.Filename)
+				context.Write(l.src[f.Filename])
+			}
+			imports(imp)
 		}
-		context.Write(sourceOf(f.src, decl))
 	}
+	imports(in.build)
 	base := context.Sum(nil)
 	keys := map[string][32]byte{}
-	for _, field := range policies {
-		name, _, _ := ast.LabelName(field.Label)
+	for _, d := range policies {
+		name, _, _ := ast.LabelName(d.field.Label)
 		key := cue.Str(name).String()
-		if count[key] != 1 || refersToIdentifiers(field.Value) {
+		if count[key] != 1 || refersToIdentifiers(d.field.Value) {
 			continue
 		}
 		h := sha256.New()
 		h.Write(base)
-		fmt.Fprintf(h, "%d:%d:%d", field.Pos().Line(), field.Pos().Column(), field.Pos().Offset())
-		h.Write(sourceOf(f.src, field))
+		fmt.Fprintf(h, "%s:%d:%d:%d", d.file, d.field.Pos().Line(), d.field.Pos().Column(), d.field.Pos().Offset())
+		h.Write(sourceOf(l.src[d.file], d.field))
 		keys[key] = [32]byte(h.Sum(nil))
 	}
 	return keys
@@ -560,10 +732,10 @@ func declarations(f *ast.File) map[string]Position {
 	return labels
 }
 
-func (l *loader) loadPolicy(file, name string, pos Position, raw cue.Value) {
+func (l *loader) loadPolicy(name string, pos Position, raw cue.Value) {
 	v := raw.Unify(l.policy)
 	if err := v.Validate(cue.Concrete(true)); err != nil {
-		c := errorConverter{file: file, policy: name, decl: pos, raw: raw, schema: l.schema}
+		c := errorConverter{files: l.tree.users, policy: name, decl: pos, raw: raw, schema: l.schema}
 		errs := c.convert(err)
 		l.errs = append(l.errs, errs...)
 		l.errs = append(l.errs, c.unknownFields(errs)...)
@@ -576,7 +748,7 @@ func (l *loader) loadPolicy(file, name string, pos Position, raw cue.Value) {
 		}
 		return
 	}
-	d := decoder{file: file, raw: raw, policy: &Policy{Name: name, Pos: pos}}
+	d := decoder{files: l.tree.users, raw: raw, policy: &Policy{Name: name, Pos: pos}}
 	d.decodePolicy(v)
 	if len(d.errs) > 0 {
 		l.errs = append(l.errs, d.errs...)

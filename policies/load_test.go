@@ -23,9 +23,10 @@ func pos(file string, line, col int) Position {
 func wantTree() *Snapshot {
 	web := filepath.Join("testdata", "tree", "web.cue")
 	ssh := filepath.Join("testdata", "tree", "lan", "ssh.cue")
+	mod := filepath.Join("testdata", "tree", "cue.mod", "module.cue")
 	return &Snapshot{
 		Root:  filepath.Join("testdata", "tree"),
-		Files: []string{ssh, web},
+		Files: []string{mod, ssh, web},
 		Policies: []Policy{
 			{
 				Name:     "block_http",
@@ -113,12 +114,13 @@ func TestLoadTree(t *testing.T) {
 }
 
 // The tree holds broken .cue files in .cache/, _drafts/, .hidden.cue,
-// _draft.cue, a broken notes.txt and a cue.mod/: loading succeeds only if
-// all are skipped, and Files shows exactly what was read.
+// _draft.cue and a broken notes.txt: loading succeeds only if all are
+// skipped, and Files shows exactly what was read (with the module file,
+// cue.mod/module.cue).
 func TestLoadSkipsHiddenUnderscoreAndOtherFiles(t *testing.T) {
 	s := mustLoad(t, filepath.Join("testdata", "tree"))
 	for _, f := range s.Files {
-		if strings.Contains(f, "/.") || strings.Contains(f, "/_") || strings.Contains(f, "cue.mod") || !strings.HasSuffix(f, ".cue") {
+		if strings.Contains(f, "/.") || strings.Contains(f, "/_") || !strings.HasSuffix(f, ".cue") {
 			t.Errorf("loaded %s, which should be skipped", f)
 		}
 	}
@@ -221,7 +223,7 @@ func TestLoadSymlinkedRoot(t *testing.T) {
 
 func TestLoadDuplicateNamesAcrossFiles(t *testing.T) {
 	_, err := Load(filepath.Join("testdata", "dup"))
-	want := "testdata/dup/b.cue:7:1: policy web: declared again; first declared at testdata/dup/a.cue:1:1: a policy name must be unique across all files"
+	want := "testdata/dup/b.cue:7:1: policy web: declared again; first declared at testdata/dup/a.cue:1:1: a policy name must be unique across all packages and files"
 	if err == nil || err.Error() != want {
 		t.Errorf("got error\n%v\nwant\n%s", err, want)
 	}

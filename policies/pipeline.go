@@ -87,7 +87,7 @@ type Enrich struct {
 }
 
 // loadPipeline decodes the tree's `pipeline` field.
-func (l *loader) loadPipeline(file string, pos Position, raw cue.Value) {
+func (l *loader) loadPipeline(pos Position, raw cue.Value) {
 	if l.pipeline != nil {
 		l.errs = append(l.errs, Error{Pos: pos, Policy: schema.PipelineField,
 			Msg: fmt.Sprintf("declared again; first declared at %s: a tree has one pipeline", l.pipeline.Pos)})
@@ -100,13 +100,13 @@ func (l *loader) loadPipeline(file string, pos Position, raw cue.Value) {
 	}
 	v := raw.Unify(sch.LookupPath(cue.ParsePath(schema.PipelineDefinition)))
 	if err := v.Validate(cue.Concrete(true)); err != nil {
-		c := errorConverter{file: file, policy: schema.PipelineField, decl: pos, raw: raw, schema: sch}
+		c := errorConverter{files: l.tree.users, policy: schema.PipelineField, decl: pos, raw: raw, schema: sch}
 		for _, e := range c.convert(err) {
 			l.errs = append(l.errs, suggestPipelineField(e, sch))
 		}
 		return
 	}
-	d := pipelineDecoder{decoder: decoder{file: file, raw: raw, policy: &Policy{Name: schema.PipelineField, Pos: pos}}}
+	d := pipelineDecoder{decoder: decoder{files: l.tree.users, raw: raw, policy: &Policy{Name: schema.PipelineField, Pos: pos}}}
 	p := &Pipeline{Pos: pos}
 	d.decode(v, p)
 	if len(d.errs) > 0 {

@@ -7,21 +7,23 @@ import (
 	"cuelang.org/go/cue/token"
 )
 
-// embedHint says why @embed cannot work in a policy file.
-const embedHint = "grain loads each policy file on its own, not as a CUE module, so @embed and @extern(embed) cannot work: write the value into the file"
+// embedHint says why @embed cannot work in a policy tree.
+const embedHint = "grain evaluates only the tree's .cue files, so @embed and @extern(embed) cannot work: write the value into a .cue file"
 
 // sourcePosition finds a position for an error CUE gives none (a
-// structural cycle, an embedding outside a module): the field at path in
-// the file's syntax, or the attribute the message is about, or else the
-// start of the file, so that every error has a line.
-func sourcePosition(syntax *ast.File, file string, path fieldPath, msg string) (Position, string) {
-	if syntax != nil && syntax.Filename == file {
-		if strings.Contains(msg, "embed") {
-			if p := embedAttribute(syntax); p.IsValid() {
+// structural cycle, an embedding): the field at path in the instance's
+// files, or the attribute the message is about, or else the start of
+// file, so that every error has a line.
+func sourcePosition(files []*ast.File, file string, path fieldPath, msg string) (Position, string) {
+	if strings.Contains(msg, "embed") {
+		for _, f := range files {
+			if p := embedAttribute(f); p.IsValid() {
 				return positionOf(p), msg + ": " + embedHint
 			}
 		}
-		if p := fieldAt(syntax.Decls, path); p.IsValid() {
+	}
+	for _, f := range files {
+		if p := fieldAt(f.Decls, path); p.IsValid() {
 			return positionOf(p), msg
 		}
 	}

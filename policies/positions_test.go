@@ -12,7 +12,7 @@ func TestErrorsWithoutCUEPositionsArePositioned(t *testing.T) {
 		{"#L: {a: #L}\n", "p.cue:1:6: #L.a: structural cycle"},
 		{"#A: {x: #B}\n#B: {\n\ty: #A\n}\n", "p.cue:3:2: #B.y: structural cycle"},
 		{"@extern(embed)\n\npackage p\n\nz: _ @embed(file=\"/etc/passwd\", type=text)\n",
-			"p.cue:5:6: cannot embed files when not in a module: " + embedHint},
+			"p.cue:5:6: cannot embed a file: " + embedHint},
 		{"p: {\n\txdp: interfaces: [\"eth0\", \"eth[\"]\n\tthen: \"drop\"\n}\n",
 			`p.cue:2:28: policy p: xdp.interfaces[1]: "eth[" is not a valid interface pattern: want a name, or a shell pattern with * (any characters), ? (one character), [a-z] (one of a class) or \ (escapes the next character); look for an unclosed [ or a trailing \`},
 		{"p: {\n\txdp: interfaces: [\"eth0\"]\n\tthen: \"drop\"\n\tmatch: interface: \"a\\\\\"\n}\n",

@@ -229,7 +229,7 @@ func (w *Watcher) handle(ev fsnotify.Event) bool {
 		// file, or a directory of the tree. A tree whose content did not
 		// change costs the reader a hash of it.
 		_, treeDir := w.all[path]
-		return treeDir || (strings.HasSuffix(name, ".cue") && !Skipped(name))
+		return treeDir || (strings.HasSuffix(name, ".cue") && !Skipped(name) && !IsTestFile(name))
 	}
 	return true
 }
@@ -250,8 +250,9 @@ func (w *Watcher) inTree(dir string) bool {
 	if rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 		return false
 	}
-	for part := range strings.SplitSeq(rel, string(filepath.Separator)) {
-		if Skipped(part) {
+	parts := strings.Split(rel, string(filepath.Separator))
+	for i := range parts {
+		if skippedBelowRoot(filepath.Join(parts[:i+1]...), true) {
 			return false
 		}
 	}
@@ -261,7 +262,7 @@ func (w *Watcher) inTree(dir string) bool {
 // watchTree watches dir and the directories below it, as a sync would.
 func (w *Watcher) watchTree(dir string) {
 	dirs := make(map[string]struct{})
-	err := collectDirs(dir, dirs)
+	err := collectDirs(w.realRoot, dir, dirs)
 	for d := range dirs {
 		w.all[d] = struct{}{}
 		err = errors.Join(err, w.add(d))
@@ -340,7 +341,7 @@ func (w *Watcher) plan() (realRoot string, lookups map[string]map[string]struct{
 		dirs[filepath.Dir(real)] = struct{}{}
 		return "", lookups, dirs, nil
 	}
-	return real, lookups, dirs, collectDirs(real, dirs)
+	return real, lookups, dirs, collectDirs(real, real, dirs)
 }
 
 // maxLinks is how many symbolic links resolve follows, as Linux's path
@@ -394,11 +395,11 @@ func resolve(path string) (string, map[string]map[string]struct{}, error) {
 	return cur, lookups, nil
 }
 
-// collectDirs adds to dirs the directory dir, every directory below it that
-// the loader walks, and the directory of the target of every symbolically
-// linked .cue file in them. Directories that vanish during the walk are not
-// an error.
-func collectDirs(dir string, dirs map[string]struct{}) error {
+// collectDirs adds to dirs the directory dir (root or below it), every
+// directory below it that the loader walks, and the directory of the
+// target of every symbolically linked .cue file in them. Directories that
+// vanish during the walk are not an error.
+func collectDirs(root, dir string, dirs map[string]struct{}) error {
 	var errs error
 	walkErr := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -410,7 +411,7 @@ func collectDirs(dir string, dirs map[string]struct{}) error {
 			}
 			return nil
 		}
-		if path != dir && Skipped(d.Name()) {
+		if rel, err := filepath.Rel(root, path); err == nil && rel != "." && skippedBelowRoot(rel, d.IsDir()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}

@@ -332,7 +332,7 @@ func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
 	root, outside := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(root, "sub", "policy.cue"), policy(1))
 	writeFile(t, filepath.Join(outside, "other.cue"), policy(2))
-	for _, d := range []string{".git/objects", "_drafts", "cue.mod"} {
+	for _, d := range []string{".git/objects", "_drafts", "cue.mod/other", "sub/cue.mod"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +351,9 @@ func TestWatchSkipsLinkedAndHiddenDirectories(t *testing.T) {
 	}
 	got := w.fs.WatchList()
 	slices.Sort(got)
-	want := []string{real, filepath.Join(real, "sub")}
+	// The root's cue.mod holds the module file and vendored packages; the
+	// rest of it, and a cue.mod below the root, are not read.
+	want := []string{real, filepath.Join(real, "cue.mod"), filepath.Join(real, "sub")}
 	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
 		want = append(want, d) // where root's path is looked up
 		if d == "/" {
@@ -707,7 +709,10 @@ func TestTreeHash(t *testing.T) {
 	writeFile(t, filepath.Join(root, "a.cue~"), "garbage")
 	writeFile(t, filepath.Join(root, "_draft.cue"), "garbage")
 	writeFile(t, filepath.Join(root, "notes.txt"), "garbage")
-	writeFile(t, filepath.Join(root, "cue.mod", "module.cue"), "garbage")
+	writeFile(t, filepath.Join(root, "cue.mod", "notes.cue"), "garbage")
+	writeFile(t, filepath.Join(root, "cue.mod", "other", "x.cue"), "garbage")
+	writeFile(t, filepath.Join(root, "net", "cue.mod", "module.cue"), "garbage")
+	writeFile(t, filepath.Join(root, "a_test.cue"), "garbage")
 	writeFile(t, filepath.Join(root, ".git", "x.cue"), "garbage")
 	writeFile(t, filepath.Join(outside, "dir", "x.cue"), "garbage")
 	if err := os.Symlink(filepath.Join(outside, "dir"), filepath.Join(root, "dirlink")); err != nil {
@@ -742,6 +747,10 @@ func TestTreeHash(t *testing.T) {
 	changed("rename")
 	writeFile(t, filepath.Join(root, "new.cue"), "")
 	changed("new empty file")
+	writeFile(t, filepath.Join(root, "cue.mod", "module.cue"), `module: "example.com/p"`)
+	changed("the module file")
+	writeFile(t, filepath.Join(root, "cue.mod", "pkg", "example.com", "lib", "lib.cue"), "package lib")
+	changed("a vendored package")
 
 	// A dangling link is an error, as it is to the loader.
 	if err := os.Symlink(filepath.Join(root, "_shared", "missing.cue"), filepath.Join(root, "dangling.cue")); err != nil {
