@@ -40,7 +40,7 @@ type MetricsConfig struct {
 	// Counters reads the per-policy cumulative counters, normally
 	// (*engine.Engine).Counters. Nil exports no rule metrics.
 	Counters func() ([]engine.RuleCounter, error)
-	// Status reads the reload status, normally (*engine.Reloader).Status.
+	// Status reads the reload status, normally (*daemon.Reloader).Status.
 	// Nil exports no reload metrics (grain run with a fixed policy set).
 	Status func() engine.Status
 	// Pipeline reads the event pipeline's counts, normally

@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/grain-ebpf/grain/engine"
+	"github.com/grain-ebpf/grain/engine/daemon"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -56,7 +57,7 @@ func writeTree(tb testing.TB, dir, iface string, n, port0 int) {
 type rig struct {
 	worker   *policies.Worker
 	prog     *ebpf.Program
-	reloader *engine.Reloader
+	reloader *daemon.Reloader
 	watcher  *policies.Watcher
 	done     chan struct{}
 	applied  chan error
@@ -80,7 +81,7 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 	}
 	tb.Cleanup(worker.Close)
 	r.worker = worker
-	r.reloader = &engine.Reloader{Dir: dir, Engine: e, Log: log, Load: worker.Load}
+	r.reloader = &daemon.Reloader{Dir: dir, Engine: e, Log: log, Load: worker.Load}
 	// The event reader and pipeline, as in grain run: the reader also lets
 	// the engine forget the names of replaced rule sets.
 	pipe := pipeline.New(pipeline.Options{})

@@ -47,27 +47,27 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
-// daemon is `grain run` inside a namespace, with its event lines collected.
-type daemon struct {
+// grainProcess is `grain run` inside a namespace, with its event lines collected.
+type grainProcess struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	events []map[string]any
 	stderr strings.Builder
 }
 
-func startGrain(t *testing.T, ns string, args ...string) *daemon {
+func startGrain(t *testing.T, ns string, args ...string) *grainProcess {
 	t.Helper()
 	return startGrainEnv(t, nil, ns, args...)
 }
 
 // startGrainEnv starts grain with extra environment variables.
-func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *daemon {
+func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *grainProcess {
 	t.Helper()
 	bin, err := buildGrain()
 	if err != nil {
 		t.Fatalf("build grain: %v", err)
 	}
-	d := &daemon{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
+	d := &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
 	d.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := d.cmd.StdoutPipe()
 	stderr, _ := d.cmd.StderrPipe()
@@ -113,7 +113,7 @@ func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *daemo
 }
 
 // stop sends SIGTERM and waits for a clean exit.
-func (d *daemon) stop(t *testing.T) {
+func (d *grainProcess) stop(t *testing.T) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
@@ -128,14 +128,14 @@ func (d *daemon) stop(t *testing.T) {
 	}
 }
 
-func (d *daemon) log() string {
+func (d *grainProcess) log() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.stderr.String()
 }
 
 // waitEvent waits for an event whose fields include want.
-func (d *daemon) waitEvent(t *testing.T, want map[string]any) {
+func (d *grainProcess) waitEvent(t *testing.T, want map[string]any) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -195,7 +195,7 @@ func TestEndToEndNativeXDP(t *testing.T) {
 // endToEndBlockHTTP runs `grain run` with examples/block-http on the server
 // end of p, checks real requests over IPv4 and IPv6 and the events, stops
 // grain and checks the requests pass again. It returns the stopped grain.
-func endToEndBlockHTTP(t *testing.T, p *netns.Pair) *daemon {
+func endToEndBlockHTTP(t *testing.T, p *netns.Pair) *grainProcess {
 	t.Helper()
 	port := p.HTTPServer(t)
 	for _, addr := range []netip.Addr{p.ServerIP4, p.ServerIP6} {

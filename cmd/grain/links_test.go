@@ -68,7 +68,7 @@ func xdpOn(t *testing.T, ns, dev string) bool {
 
 // waitXDP waits up to limit for an XDP program on dev and returns how long
 // it took.
-func waitXDP(t *testing.T, d *daemon, ns, dev string, since time.Time, limit time.Duration) time.Duration {
+func waitXDP(t *testing.T, d *grainProcess, ns, dev string, since time.Time, limit time.Duration) time.Duration {
 	t.Helper()
 	for !xdpOn(t, ns, dev) {
 		if time.Since(since) > limit {

@@ -11,13 +11,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -26,7 +24,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
-	"github.com/grain-ebpf/grain/engine/hook"
+	"github.com/grain-ebpf/grain/engine/daemon"
 	"github.com/grain-ebpf/grain/export"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
@@ -224,6 +222,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
 	ringBytes := fs.Uint("event-ring-bytes", 1<<20, fmt.Sprintf("size of the kernel's packet-event ring buffer in bytes (a power of two, at least %d): it holds the events of a burst until grain reads them", bpf.MinRingBufferBytes))
+	exitFlush := fs.Duration("exit-flush", daemon.DefaultExitFlush, "on exit, how long grain waits for its event sinks (stdout, OTLP) to flush before it counts what is left as lost; enforcement stays meanwhile")
 	memLimit := fs.Int64("memory-limit", 24<<20, "soft limit in bytes of the Go runtime's memory (the garbage collector works harder near it; GOMEMLIMIT, when set, wins); 0: none")
 	limits := evalFlags(fs)
 	if err := fs.Parse(args); err != nil || !checkLimits(limits, stderr) {
@@ -248,6 +247,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	check(!set["otlp-queue"] || *otlpQueue >= 1 && *otlpQueue <= maxQueueEvents, "--otlp-queue %d: want a number of events from 1 to %d", *otlpQueue, maxQueueEvents)
 	check(*otlpRetry > 0, "--otlp-retry %v: want a positive duration (e.g. 30s)", *otlpRetry)
 	check(*debounce > 0, "--debounce %v: want a positive duration (e.g. 100ms)", *debounce)
+	check(*exitFlush > 0, "--exit-flush %v: want a positive duration (e.g. 5s)", *exitFlush)
 	check(*memLimit >= 0, "--memory-limit %d: want a number of bytes, or 0 for no limit", *memLimit)
 	r := *ringBytes
 	check(r >= bpf.MinRingBufferBytes && r <= 1<<30 && r&(r-1) == 0, "--event-ring-bytes %d: must be a power of two from %d to 1073741824", r, bpf.MinRingBufferBytes)
@@ -275,248 +275,43 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		// gives it (BENCHMARKS.md: 100 policies exporting).
 		debug.SetMemoryLimit(*memLimit)
 	}
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
+	// A write to a closed stdout pipe fails (and is counted) instead of
+	// killing grain with SIGPIPE before it can detach.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	cfg := daemon.Config{
+		Policies: *dir, Interfaces: ifaces, Monitor: *monitor, PinPath: *pinPath, StatusSocket: *socket, KeepOnExit: *keep,
+		Debounce: *debounce, Metrics: metricsLn, EventQueue: *eventQueue, RingBufferBytes: uint32(*ringBytes),
+		OTLP:       *otlpEndpoint != "" || otlpFromEnv(),
+		OTLPConfig: export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()},
+		OTLPQueue:  *otlpQueue, OTLPRetry: *otlpRetry, Limits: *limits, ExitFlush: *exitFlush,
+		Log: log, Reload: hup,
+	}
+	if *toStdout {
+		cfg.Stdout = stdout
+	}
 
 	// SIGINT and SIGTERM end ctx: they abandon a tree's evaluation too.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// Policy trees are evaluated in a worker process, within limits: a
-	// tree that would evaluate for hours costs a bounded time and never
-	// holds up the status socket, signals or the rule set in force.
-	worker, err := policies.NewWorker(*limits)
+	d, err := daemon.Start(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		return 1
 	}
-	defer worker.Close()
-	// Validate before touching the kernel: a bad tree fails fast.
-	if _, _, err := compileWith(ctx, worker, *dir, ifaces); err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	// The event pipeline and its sinks; the first reload installs the
-	// tree's stages.
-	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
-	otlp := *otlpEndpoint != "" || otlpFromEnv()
-	otlpCfg := export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()}
-	// A write to a closed stdout pipe fails (and is counted) instead of
-	// killing grain with SIGPIPE before it can detach.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	// What is pending when grain stops (stdout's lines, OTLP log records
-	// and metrics) is flushed for at most exitFlushTime in all, from the
-	// moment the event readers stop; what is left is counted as lost.
-	var cancelFlush context.CancelFunc = func() {}
-	exitFlush := sync.OnceValue(func() context.Context {
-		flush, cancel := context.WithTimeoutCause(context.Background(), exitFlushTime, errExitFlush)
-		cancelFlush = cancel
-		return flush
-	})
-	defer func() { exitFlush(); cancelFlush() }()
-	var sinks []pipeline.Sink
-	var jsonSink *pipeline.JSONSink
-	if *toStdout {
-		jsonSink = pipeline.NewJSONSink(stdout)
-		jsonSink.Log = log
-		sinks = append(sinks, jsonSink)
-	}
-	if otlp {
-		logSink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{Config: otlpCfg, QueueSize: *otlpQueue, RetryFor: *otlpRetry})
-		if err != nil {
-			fmt.Fprintln(stderr, "grain: OTLP logs:", err)
-			return 1
-		}
-		// On exit, after the pipeline has drained: export what is pending
-		// within the exit's flush bound (a collector that is down must not
-		// hold up the exit); what is left is counted as lost.
-		defer func() { logSink.Shutdown(exitFlush()) }()
-		sinks = append(sinks, logSink)
-	}
-	pipe := pipeline.New(pipeline.Options{QueueEvents: *eventQueue, Sinks: sinks})
-
-	eng, err := engine.New(engine.Options{Logger: log, PinPath: *pinPath, RingBufferBytes: uint32(*ringBytes)})
-	if err != nil {
+	if err := d.Run(ctx); err != nil {
 		fmt.Fprintln(stderr, "grain:", err)
 		return 1
 	}
-	// On a failed start, what an earlier grain left in force stays in force.
-	abandon := func() {
-		if eng.Adopted() {
-			eng.Release()
-		} else {
-			eng.Close()
-		}
-	}
-	// Watch before the first load: an edit made while it runs is not missed.
-	watcher, err := policies.NewWatcher(*dir, *debounce, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "grain: watch policies:", err)
-		abandon()
-		return 1
-	}
-	defer watcher.Close()
-	// Kernel hooks (kprobe, tracepoint, syscall policies). A kernel that
-	// cannot run them still enforces packet policies; a tree that has
-	// kernel hooks then fails to apply, saying why.
-	hooks, hooksErr := hook.New(hook.Options{Logger: log})
-	if hooksErr != nil {
-		log.Warn("kernel hook policies unavailable", "error", hooksErr)
-	}
-	closeHooks := func() {
-		if hooks != nil {
-			hooks.Close()
-		}
-	}
-	reloader := &engine.Reloader{Dir: *dir, Interfaces: ifaces, Monitor: *monitor, Engine: eng, Hooks: hooks, HooksErr: hooksErr,
-		Log: log, Pipeline: pipe, Load: worker.Load}
-	if err := reloader.Reload(ctx, true); err != nil {
-		fmt.Fprintln(stderr, "grain:", err)
-		closeHooks()
-		abandon()
-		return 1
-	}
-	exit := func() {
-		// Kernel hooks live as long as grain: their links are not pinned.
-		closeHooks()
-		if *keep {
-			eng.Release()
-		} else {
-			log.Info("stopping: detaching")
-			eng.Close()
-		}
-	}
-	defer exit()
-	var hookMetrics export.HookMetricsConfig
-	if hooks != nil {
-		hookMetrics = export.HookMetricsConfig{Counters: hooks.Counters, Counts: hooks.CountSnapshot,
-			MetricNames: reloader.CountMetrics, Nesting: hooks.Nesting}
-	}
-
-	if ln, err := reloader.ServeStatus(*socket); err != nil {
-		log.Warn("no status socket", "error", err)
-	} else {
-		defer ln.Close()
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-
-	// Interfaces follow: when a link that the policies name or match with
-	// a pattern appears, or an attached one goes, the engine applies the
-	// rule set in force again, itself, on its own goroutine. It does not
-	// go through the Reloader: the policy files are not read again, so a
-	// new link gets the last good policy even while the tree on disk is
-	// broken or half-saved, and within milliseconds. The engine's lock
-	// serializes this with the reloads of the loop below.
-	if err := eng.FollowLinks(ctx); err != nil {
-		log.Warn("interfaces will not follow: new links are attached at the next reload only", "error", err)
-	}
-	// Logged once grain watches files and links: from here on every change
-	// is seen (tests wait for this line).
-	log.Info("enforcing", "policies", *dir, "interfaces", strings.Join(eng.Interfaces(), ","))
-
-	if otlp {
-		metrics, err := export.NewMetrics(ctx, export.MetricsConfig{Config: otlpCfg, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Hooks: hookMetrics, Interfaces: eng.InterfaceCounters})
-		if err != nil {
-			fmt.Fprintln(stderr, "grain: OTLP metrics:", err)
-			return 1
-		}
-		// Runs before the log sink's shutdown (deferred earlier), so the
-		// final points do not count the events still being flushed.
-		defer func() { metrics.Shutdown(exitFlush()) }()
-		log.Info("exporting over OTLP", "endpoint", *otlpEndpoint)
-	}
-	if *metricsAddr != "" {
-		prom, handler, err := export.NewPrometheus(ctx, export.MetricsConfig{
-			Config: export.Config{ServiceVersion: versionString()}, Counters: eng.Counters, Status: reloader.Status,
-			Pipeline: pipe.Stats, Hooks: hookMetrics, Interfaces: eng.InterfaceCounters})
-		if err != nil {
-			fmt.Fprintln(stderr, "grain: Prometheus metrics:", err)
-			return 1
-		}
-		defer prom.Shutdown(context.Background())
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", handler)
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(metricsLn)
-		defer srv.Close()
-		log.Info("serving Prometheus metrics", "url", "http://"+metricsLn.Addr().String()+"/metrics")
-	}
-	streamErr := make(chan error, 1)
-	pipeCtx, stopPipe := context.WithCancel(context.Background())
-	go pipe.Run(pipeCtx)
-	go func() {
-		// The readers stop with ctx; the pipeline then drains its queue.
-		hookErr := make(chan error, 1)
-		go func() {
-			if hooks == nil {
-				hookErr <- nil
-				return
-			}
-			hookErr <- hooks.ReadEvents(ctx, pipe.Producer())
-		}()
-		err := errors.Join(eng.ReadEvents(ctx, pipe.Producer()), <-hookErr)
-		stopPipe()
-		select {
-		case <-pipe.Done():
-		case <-exitFlush().Done():
-			// A stdout whose reader does not read holds the pipeline in
-			// a write: give it up (its lines are counted as lost).
-			if jsonSink != nil {
-				jsonSink.Abandon()
-			}
-			<-pipe.Done()
-		}
-		if jsonSink != nil {
-			// What stdout's writer still holds, within the exit's bound;
-			// the rest is counted as lost.
-			jsonSink.Drain(exitFlush())
-			jsonSink.Abandon()
-		}
-		if st := pipe.Stats(); st.QueueFull > 0 {
-			log.Warn("events dropped: the queue in front of the pipeline was full", "dropped", st.QueueFull)
-		}
-		if jsonSink != nil {
-			if st := jsonSink.Stats(); st.Failed+st.QueueFull > 0 {
-				log.Warn("events not written to stdout", "dropped", st.Failed+st.QueueFull, "written", st.Exported)
-			}
-		}
-		streamErr <- err
-	}()
-	// Reloads run beside this loop, so that signals are seen while a tree
-	// is evaluated; a change that comes meanwhile abandons that evaluation.
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		reloader.Serve(ctx)
-	}()
-	for {
-		select {
-		case <-watcher.Changes():
-			reloader.Request(false)
-		case <-hup:
-			log.Info("SIGHUP: reloading")
-			reloader.Request(true)
-		case err := <-streamErr:
-			// No reload may run once the exit detaches.
-			stop()
-			<-served
-			if err != nil {
-				fmt.Fprintln(stderr, "grain:", err)
-				return 1
-			}
-			return 0
-		}
-	}
+	return 0
 }
 
 // maxQueueEvents bounds --event-queue and --otlp-queue: each event queued
 // costs memory up front.
 const maxQueueEvents = 1 << 24
-
-// exitFlushTime bounds what grain's exit spends flushing its sinks.
-const exitFlushTime = 5 * time.Second
-
-var errExitFlush = fmt.Errorf("grain is stopping: flushing takes at most %v", exitFlushTime)
 
 // otlpFromEnv reports whether the standard OpenTelemetry variables name a
 // collector.

@@ -421,7 +421,7 @@ func TestPipelineReload(t *testing.T) {
 }
 
 // hasEvent reports whether an event whose fields include want arrived.
-func (d *daemon) hasEvent(want map[string]any) bool {
+func (d *grainProcess) hasEvent(want map[string]any) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, ev := range d.events {

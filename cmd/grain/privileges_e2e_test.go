@@ -20,7 +20,7 @@ import (
 const nobody = 65534
 
 // lockedWriter appends what is written to a daemon's stderr.
-type lockedWriter struct{ d *daemon }
+type lockedWriter struct{ d *grainProcess }
 
 func (w lockedWriter) Write(p []byte) (int, error) {
 	w.d.mu.Lock()
@@ -100,7 +100,7 @@ func TestRunAsUserWithCapabilities(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d := &daemon{cmd: exec.Command(bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
+	d := &grainProcess{cmd: exec.Command(bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
 		"--pin-path", pins, "--status-socket", sock, "--debounce", "100ms")}
 	d.cmd.Stdout = io.Discard
 	d.cmd.Stderr = lockedWriter{d}

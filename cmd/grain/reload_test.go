@@ -41,7 +41,7 @@ func writePolicy(t *testing.T, path, src string) {
 }
 
 // waitLog waits until grain's stderr holds n occurrences of s.
-func (d *daemon) waitLog(t *testing.T, s string, n int) {
+func (d *grainProcess) waitLog(t *testing.T, s string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

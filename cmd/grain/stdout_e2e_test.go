@@ -21,10 +21,10 @@ import (
 // startGrainStdout starts `grain run` in namespace ns with its stdout on
 // the write end of a pipe (the caller's read end decides how it is read),
 // and waits until it enforces.
-func startGrainStdout(t *testing.T, ns string, stdout *os.File, args ...string) *daemon {
+func startGrainStdout(t *testing.T, ns string, stdout *os.File, args ...string) *grainProcess {
 	t.Helper()
 	bin := buildGrainPath(t)
-	d := &daemon{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
+	d := &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
 	d.cmd.Stdout = stdout
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -49,7 +49,7 @@ func startGrainStdout(t *testing.T, ns string, stdout *os.File, args ...string) 
 
 // terminate sends SIGTERM and waits for grain to exit, at most 30 s (a
 // guard against a hang, not a measure: the exit flushes for at most 5 s).
-func (d *daemon) terminate(t *testing.T) {
+func (d *grainProcess) terminate(t *testing.T) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)

@@ -15,99 +15,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/internal/hookchild"
 	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
-// The hook tests trigger real activity in child processes: grain filters
-// out its own process (the test binary) in the kernel. A child is this test
-// binary started with GRAIN_HOOK_CHILD set, or a copy of a system binary
-// under a unique name (a unique comm).
-func init() {
-	mode := os.Getenv("GRAIN_HOOK_CHILD")
-	if mode == "" {
-		return
-	}
-	os.Exit(hookChild(strings.Fields(mode)))
-}
-
-func hookChild(args []string) int {
-	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
-	switch args[0] {
-	case "close": // close N FD: N failing close(FD) calls
-		for range atoi(args[1]) {
-			syscall.Close(atoi(args[2]))
-		}
-	case "lseek": // lseek N FD OFFSET
-		for range atoi(args[1]) {
-			syscall.Seek(atoi(args[2]), int64(atoi(args[3])), 0)
-		}
-	case "open": // open PATH...: open and close each
-		for _, p := range args[1:] {
-			if fd, err := syscall.Open(p, syscall.O_RDONLY, 0); err == nil {
-				syscall.Close(fd)
-			}
-		}
-	case "connect": // connect ADDR: one TCP connection
-		c, err := net.Dial("tcp", args[1])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		c.Close()
-	case "alternate": // alternate N FD1 FD2: N close calls, FD1 and FD2 in turn
-		a, b := atoi(args[2]), atoi(args[3])
-		for i := range atoi(args[1]) {
-			if i%2 == 0 {
-				syscall.Close(a)
-			} else {
-				syscall.Close(b)
-			}
-		}
-	case "alternate-until-eof": // alternate-until-eof FD1 FD2: as alternate, until stdin ends
-		a, b := atoi(args[1]), atoi(args[2])
-		var ended atomic.Bool
-		go func() {
-			io.Copy(io.Discard, os.Stdin)
-			ended.Store(true)
-		}()
-		for !ended.Load() {
-			syscall.Close(a)
-			syscall.Close(b)
-		}
-	case "rename": // rename N NAME: N prctl(PR_SET_NAME, NAME) from one thread
-		renameLoop(atoi(args[1]), args[2])
-	case "wait": // wait MODE...: read a line from stdin, then run MODE
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		return hookChild(args[1:])
-	}
-	return 0
-}
-
-// selfComm is the comm of a child runChild starts: the test binary's
-// name, cut to the kernel's 15 bytes (pkg.test here, pkg_sub.test in a
-// guest).
-func selfComm() string {
-	name := filepath.Base(os.Args[0])
-	return name[:min(len(name), 15)]
-}
-
-// runChild runs this test binary as a child doing mode.
-func runChild(t *testing.T, mode string) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD="+mode)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("child %q: %v\n%s", mode, err, out)
-	}
-}
+// The hook tests trigger real activity in child processes (hookchild).
+func init() { hookchild.Serve() }
 
 func requireRoot(t testing.TB) {
 	t.Helper()
@@ -156,29 +76,6 @@ func collect(t *testing.T, p *Hooks, timeout time.Duration, done func([]Event) b
 	return out
 }
 
-// uniqueChild copies this test binary to a temporary file named name: its
-// processes have comm name (a system binary could be a busybox applet that
-// would not run under another name). Run it with childCmd.
-func uniqueChild(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(dst, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
-// childCmd runs bin (this test binary or a copy) as a child doing mode.
-func childCmd(bin, mode string) *exec.Cmd {
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD="+mode)
-	return cmd
-}
-
 func fieldStr(ev Event, name string) string {
 	if f := ev.Field(name); f != nil {
 		return fmt.Sprint(f.Value())
@@ -195,7 +92,7 @@ func uniqueName(prefix string) string {
 func TestHookTracepointExec(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainexec")
-	bin := uniqueChild(t, comm)
+	bin := hookchild.Copy(t, comm)
 	applyHooks(t, p, fmt.Sprintf(`
 execs: {
 	tracepoint: "sched/sched_process_exec"
@@ -209,13 +106,13 @@ execs: {
 	}
 	var pids []int
 	for range 3 {
-		cmd := childCmd(bin, "close 0 -1")
+		cmd := hookchild.Command(bin, "close 0 -1")
 		if err := cmd.Run(); err != nil {
 			t.Fatal(err)
 		}
 		pids = append(pids, cmd.Process.Pid)
 	}
-	runChild(t, "close 0 -1") // another comm: not selected
+	hookchild.Run(t, "close 0 -1") // another comm: not selected
 	evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= 3 })
 	if len(evs) != 3 {
 		t.Fatalf("got %d events, want 3: %+v", len(evs), evs)
@@ -257,7 +154,7 @@ func TestHookSyscallFilters(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	dir := t.TempDir()
 	commA, commB := uniqueName("graincatA"), uniqueName("graincatB")
-	catA, catB := uniqueChild(t, commA), uniqueChild(t, commB)
+	catA, catB := hookchild.Copy(t, commA), hookchild.Copy(t, commB)
 	inside, outside := filepath.Join(dir, "watched", "f"), filepath.Join(dir, "other")
 	os.MkdirAll(filepath.Dir(inside), 0o755)
 	os.WriteFile(inside, []byte("x"), 0o644)
@@ -277,11 +174,11 @@ opens: {
 			t.Fatalf("%v: %v %s", cmd.Args, err, out)
 		}
 	}
-	run(childCmd(catA, "open "+inside))  // selected by the first selector
-	run(childCmd(catA, "open "+outside)) // wrong path for A
-	run(childCmd(catB, "open "+inside))  // wrong path for B
-	run(childCmd(catB, "open "+outside)) // selected by the second selector
-	nobody := childCmd(catA, "open "+inside)
+	run(hookchild.Command(catA, "open "+inside))  // selected by the first selector
+	run(hookchild.Command(catA, "open "+outside)) // wrong path for A
+	run(hookchild.Command(catB, "open "+inside))  // wrong path for B
+	run(hookchild.Command(catB, "open "+outside)) // selected by the second selector
+	nobody := hookchild.Command(catA, "open "+inside)
 	nobody.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	for _, d := range []string{filepath.Dir(catA), filepath.Dir(filepath.Dir(catA)), dir, filepath.Dir(dir), filepath.Dir(inside)} {
 		os.Chmod(d, 0o755)
@@ -358,15 +255,15 @@ seeks: {
 	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "set" {
 		t.Fatalf("a set of %d values compiles to %q, want set", len(set), op)
 	}
-	runChild(t, "close 1000 987003")
-	runChild(t, "close 7 987011")
-	runChild(t, "close 5 986999") // not in the set
-	runChild(t, "lseek 10 987500 1500")
-	runChild(t, "lseek 10 987500 2500") // offset out of range
+	hookchild.Run(t, "close 1000 987003")
+	hookchild.Run(t, "close 7 987011")
+	hookchild.Run(t, "close 5 986999") // not in the set
+	hookchild.Run(t, "lseek 10 987500 1500")
+	hookchild.Run(t, "lseek 10 987500 2500") // offset out of range
 	got := countLines(t, p)
 	want := []string{
-		"test.closes syscall=close,fd=987003,comm=" + selfComm() + " 1000",
-		"test.closes syscall=close,fd=987011,comm=" + selfComm() + " 7",
+		"test.closes syscall=close,fd=987003,comm=" + hookchild.SelfComm() + " 1000",
+		"test.closes syscall=close,fd=987011,comm=" + hookchild.SelfComm() + " 7",
 		"test.seek_bytes fd=987500 15000",
 	}
 	if !slices.Equal(got, want) {
@@ -407,7 +304,7 @@ closes: {
 	match: args: file: {prefix: %q}
 	emit: {event: "close", fields: ["file"]}
 }`, filepath.Dir(dir)+"/"))
-	runChild(t, "open "+file+" /etc/hostname")
+	hookchild.Run(t, "open "+file+" /etc/hostname")
 	evs := collect(t, p, time.Second, func(e []Event) bool { return len(e) > 1 })
 	if len(evs) != 1 || fieldStr(evs[0], "file") != file || evs[0].Truncated {
 		t.Fatalf("events %+v, want one with file %s", evs, file)
@@ -431,14 +328,14 @@ closes: {
 	match: {process: cgroup: "/%s", args: fd: 987777}
 	count: {metric: "test.closes", by: ["cgroup"]}
 }`, name))
-	runChild(t, "close 3 987777") // in the test's own cgroup: not counted
+	hookchild.Run(t, "close 3 987777") // in the test's own cgroup: not counted
 	cg, err := os.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cg.Close()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "GRAIN_HOOK_CHILD=close 5 987777")
+	cmd.Env = append(os.Environ(), hookchild.Env+"=close 5 987777")
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("child in cgroup: %v %s", err, out)
@@ -462,7 +359,7 @@ closes: {
 	emit: {event: "close", fields: ["pid", "fd"]}
 }`)
 	const n = 20000
-	runChild(t, fmt.Sprintf("close %d 987654", n))
+	hookchild.Run(t, fmt.Sprintf("close %d 987654", n))
 	evs := collect(t, p, 2*time.Second, func(e []Event) bool { return false })
 	c, err := p.Counters()
 	if err != nil {
@@ -485,7 +382,7 @@ closes: {
 	match: args: fd: 987655
 	emit: {event: "close", fields: ["fd"], rate_limit: 50}
 }`)
-	runChild(t, "close 1000 987655")
+	hookchild.Run(t, "close 1000 987655")
 	evs := collect(t, p, 500*time.Millisecond, func(e []Event) bool { return false })
 	c, _ := p.Counters()
 	// The 1000 calls take well under a second: one or two windows.
@@ -501,14 +398,14 @@ func TestHookReload(t *testing.T) {
 	a := `a: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987600, count: metric: "m"}`
 	b := `b: {tracepoint: "syscalls/sys_enter_close", args: [{field: "fd", type: "int"}], match: args: fd: 987600, count: metric: "m"}`
 	applyHooks(t, p, a)
-	runChild(t, "close 4 987600")
+	hookchild.Run(t, "close 4 987600")
 	applyHooks(t, p, a+"\n"+b)
-	runChild(t, "close 3 987600")
+	hookchild.Run(t, "close 3 987600")
 	applyHooks(t, p, b)
 	if got := p.Attachments(); len(got) != 1 || got[0].Mechanism != MechanismTracepoint || p.sysLink != nil {
 		t.Fatalf("attachments after dropping the syscall hook: %+v (sys_enter attached: %v)", got, p.sysLink != nil)
 	}
-	runChild(t, "close 2 987600")
+	hookchild.Run(t, "close 2 987600")
 	counts, _ := p.CountSnapshot()
 	got := map[string]uint64{}
 	for _, c := range counts {
@@ -540,7 +437,7 @@ closes: {
 	defer cancel()
 	go func() { p.StreamEvents(ctx, pw); pw.Close() }()
 	time.Sleep(50 * time.Millisecond)
-	runChild(t, "close 1 987656")
+	hookchild.Run(t, "close 1 987656")
 	line, err := bufio.NewReader(pr).ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
@@ -553,8 +450,8 @@ closes: {
 	wantTail := `,"host":"` + host + `","fd":987656,"syscall":"close"}` + "\n"
 	if !strings.HasPrefix(line, wantHead) || !strings.HasSuffix(line, wantTail) ||
 		!strings.Contains(line, `"policy":"closes","event":"close","pid":`) ||
-		!strings.Contains(line, `"uid":0,"gid":0,"comm":"`+selfComm()+`","cgroup":`) {
-		t.Fatalf("line %q, want %s...\"policy\":\"closes\",\"event\":\"close\",\"pid\":...,\"uid\":0,\"gid\":0,\"comm\":\"%s\",\"cgroup\":...%s", line, wantHead, selfComm(), wantTail)
+		!strings.Contains(line, `"uid":0,"gid":0,"comm":"`+hookchild.SelfComm()+`","cgroup":`) {
+		t.Fatalf("line %q, want %s...\"policy\":\"closes\",\"event\":\"close\",\"pid\":...,\"uid\":0,\"gid\":0,\"comm\":\"%s\",\"cgroup\":...%s", line, wantHead, hookchild.SelfComm(), wantTail)
 	}
 	var ev map[string]any
 	if err := json.Unmarshal([]byte(line), &ev); err != nil {
@@ -624,7 +521,7 @@ tcp_connect: {
 	if got := p.Mechanism(KindKprobe, "tcp_connect"); got != wantMech {
 		t.Fatalf("mechanism %q, want %q", got, wantMech)
 	}
-	runChild(t, "connect "+addr)
+	hookchild.Run(t, "connect "+addr)
 	evs := collect(t, p, 5*time.Second, func(e []Event) bool { return len(e) >= 1 })
 	if len(evs) != 1 {
 		t.Fatalf("events %+v", evs)
@@ -704,7 +601,7 @@ opens: {
 			if got := p.Mechanism(KindKretprobe, "do_sys_openat2"); got != want {
 				t.Fatalf("mechanism %q, want %q", got, want)
 			}
-			runChild(t, "open "+file+" "+missing+" "+file)
+			hookchild.Run(t, "open "+file+" "+missing+" "+file)
 			evs := collect(t, p, 2*time.Second, func(e []Event) bool { return len(e) > 3 })
 			var got []string
 			for _, ev := range evs {
@@ -759,7 +656,7 @@ func TestHookReloadAtomic(t *testing.T) {
 	defer r.Close()
 	// The child calls until told to stop, so that every reload falls
 	// among its calls however fast or slow this machine is.
-	cmd := childCmd(os.Args[0], "alternate-until-eof 987701 987702")
+	cmd := hookchild.Command(os.Args[0], "alternate-until-eof 987701 987702")
 	stop, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -861,7 +758,7 @@ func truncatedPath(t *testing.T, dir string, wantOf func(string) string) {
 	file := filepath.Join(dir, "deep.txt")
 	os.WriteFile(file, []byte("x"), 0o644)
 	comm := uniqueName("graindeep")
-	bin := uniqueChild(t, comm)
+	bin := hookchild.Copy(t, comm)
 	applyHooks(t, p, fmt.Sprintf(`
 closes: {
 	syscall: "close"
@@ -869,7 +766,7 @@ closes: {
 	match: process: comm: %q
 	emit: {event: "close", fields: ["file"]}
 }`, comm))
-	if out, err := childCmd(bin, "open "+file).CombinedOutput(); err != nil {
+	if out, err := hookchild.Command(bin, "open "+file).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
 	evs := collect(t, p, 3*time.Second, func(e []Event) bool {
@@ -906,8 +803,8 @@ connects: {
 	match: [{daddr: "127.0.0.0/8", dport: %s}, {daddr: "::1/128", dport: %s}]
 	emit: {event: "connect", fields: ["family", "daddr", "dport", "addr"]}
 }`, port(addrs[0]), port(addrs[1])))
-	runChild(t, "connect "+addrs[0])
-	runChild(t, "connect "+addrs[1])
+	hookchild.Run(t, "connect "+addrs[0])
+	hookchild.Run(t, "connect "+addrs[1])
 	evs := collect(t, p, time.Second, func(e []Event) bool { return len(e) > 2 })
 	var got []string
 	for _, ev := range evs {
@@ -928,7 +825,7 @@ connects: {
 func TestHookTracepointCharArray(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	comm := uniqueName("grainfork")
-	bin := uniqueChild(t, comm)
+	bin := hookchild.Copy(t, comm)
 	applyHooks(t, p, fmt.Sprintf(`
 forks: {
 	tracepoint: "sched/sched_process_fork"
@@ -937,7 +834,7 @@ forks: {
 	emit: {event: "fork", fields: ["parent_comm", "parent_pid", "child_pid", "tgid"]}
 }`, comm))
 	// The Go runtime of the child starts threads: clones with its comm.
-	cmd := childCmd(bin, "close 0 -1")
+	cmd := hookchild.Command(bin, "close 0 -1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}

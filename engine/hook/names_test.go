@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/engine/generation"
+	"github.com/grain-ebpf/grain/internal/hookchild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -25,7 +26,7 @@ func TestHookEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 		applyHooks(t, p, fmt.Sprintf(`%s: {syscall: "close", args: [{index: 0, type: "int", name: "fd"}], match: args: fd: 987801, emit: {event: "close", fields: ["fd"]}}`, name))
 		ids = append(ids, generation.RuleID(p.gen.Epoch(), 0))
 		if i < 2 {
-			runChild(t, "close 2 987801") // read only after the sets that follow
+			hookchild.Run(t, "close 2 987801") // read only after the sets that follow
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -3,26 +3,14 @@ package hook
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// renameLoop makes n prctl(PR_SET_NAME, name) calls from one thread: each
-// fires task/task_rename in the context of the renamed thread, whose comm
-// is still the old name there.
-func renameLoop(n int, name string) {
-	runtime.LockOSThread()
-	b := append([]byte(name), 0)
-	for range n {
-		syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0)
-	}
-}
+	"github.com/grain-ebpf/grain/internal/hookchild"
+)
 
 // rawTracepointsExpected: raw tracepoints take cookies from Linux 6.10.
 func rawTracepointsExpected(t *testing.T) bool {
@@ -84,7 +72,7 @@ func TestHookTracepointNoCookieFallback(t *testing.T) {
 func testRenameNoFields(t *testing.T, p *Hooks, want Mechanism) {
 	t.Helper()
 	comm := uniqueName("grainren")
-	bin := uniqueChild(t, comm)
+	bin := hookchild.Copy(t, comm)
 	applyHooks(t, p, fmt.Sprintf(`
 renames: {
 	tracepoint: "task/task_rename"
@@ -99,11 +87,11 @@ renames: {
 		t.Fatalf("attachments %+v", a)
 	}
 	const n = 7
-	cmd := childCmd(bin, "rename "+strconv.Itoa(n)+" "+comm) // keeps its comm
+	cmd := hookchild.Command(bin, "rename "+strconv.Itoa(n)+" "+comm) // keeps its comm
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	runChild(t, "rename 5 grainother") // another comm: filtered out
+	hookchild.Run(t, "rename 5 grainother") // another comm: filtered out
 	if got := ruleHits(t, p, "renames"); got != n {
 		t.Fatalf("hits %d, want %d", got, n)
 	}
@@ -166,11 +154,11 @@ renames: {
 		// selected by the newcomm field, or by comm without fields. Its
 		// exec renames it too (from this test's comm): one more call
 		// with fields.
-		cmd := childCmd(uniqueChild(t, newName), "rename "+strconv.Itoa(ph.n)+" "+newName)
+		cmd := hookchild.Command(hookchild.Copy(t, newName), "rename "+strconv.Itoa(ph.n)+" "+newName)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%v %s", err, out)
 		}
-		runChild(t, "rename 5 grainother") // filtered out either way
+		hookchild.Run(t, "rename 5 grainother") // filtered out either way
 		n := ph.n
 		if ph.fields {
 			n++

@@ -6,6 +6,9 @@
 package plantest
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/grain-ebpf/grain/codegen"
@@ -32,4 +35,15 @@ func Compile(tb testing.TB, src string) *codegen.Plan {
 	tb.Helper()
 	_, plan := Load(tb, src)
 	return plan
+}
+
+// UDPDrop is the source of a policy name that drops UDP to port on the
+// interfaces (names or patterns).
+func UDPDrop(name string, port int, interfaces ...string) string {
+	var quoted []string
+	for _, i := range interfaces {
+		quoted = append(quoted, strconv.Quote(i))
+	}
+	return fmt.Sprintf("%s: {xdp: interfaces: [%s], match: {protocol: \"udp\", dport: %d}, then: \"drop\"}\n",
+		name, strings.Join(quoted, ", "), port)
 }

@@ -1,8 +1,9 @@
-package engine
+package daemon
 
 import (
 	"fmt"
 
+	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/engine/hook"
 )
 
@@ -20,7 +21,7 @@ type Prepared interface {
 }
 
 var (
-	_ Prepared = (*PreparedRules)(nil)
+	_ Prepared = (*engine.PreparedRules)(nil)
 	_ Prepared = (*hook.Prepared)(nil)
 )
 

@@ -1,4 +1,4 @@
-package engine
+package daemon
 
 import (
 	"context"
@@ -17,37 +17,11 @@ import (
 	"time"
 
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine"
 	"github.com/grain-ebpf/grain/engine/hook"
 	"github.com/grain-ebpf/grain/pipeline"
 	"github.com/grain-ebpf/grain/policies"
 )
-
-// Status is what `grain status` prints.
-type Status struct {
-	Policies   string   `json:"policies"`
-	PolicyHash string   `json:"policy_hash"`
-	Rules      []string `json:"rules"`
-	// Monitored are the rules in monitor mode: they report would_drop
-	// and would_signal, and drop nothing.
-	Monitored  []string `json:"monitored,omitempty"`
-	Interfaces []string `json:"interfaces"`
-	// Verdicts count the packets rules judged, per interface and verdict
-	// (would_drop for monitored drops), since grain started.
-	Verdicts []InterfaceCounter `json:"verdicts,omitempty"`
-	// InterfaceHooks says where the packet program runs on each interface:
-	// "xdp", "xdp generic" (veth without tcx) or "tcx ingress" (veth).
-	InterfaceHooks map[string]string `json:"interface_hooks,omitempty"`
-	LastReload     time.Time         `json:"last_reload"`
-	LastResult     string            `json:"last_result"`
-	LastError      string            `json:"last_error,omitempty"`
-	LastSuccess    time.Time         `json:"last_success"`
-	ReloadsOK      uint64            `json:"reloads_succeeded"`
-	ReloadsError   uint64            `json:"reloads_failed"`
-	// Unjudged counts the packets the program passed without judging them.
-	Unjudged PacketStats `json:"unjudged_packets"`
-	// Hooks are the kernel hooks in force and how each is attached.
-	Hooks []hook.Attachment `json:"hooks,omitempty"`
-}
 
 // Reloader loads a policy tree and applies it, all or nothing: load,
 // validate, compile, write into the kernel; on any error the rule set in
@@ -56,7 +30,7 @@ type Reloader struct {
 	Dir        string
 	Interfaces []string // --interface override
 	Monitor    bool     // --monitor: every policy in monitor mode
-	Engine     *Engine
+	Engine     *engine.Engine
 	// Hooks applies the kernel-hook policies. Nil when this kernel cannot
 	// run them (HooksErr says why): a tree with such policies then fails
 	// to apply, naming the reason, and packet policies work as before.
@@ -75,7 +49,7 @@ type Reloader struct {
 	requestsOnce sync.Once
 	requests     chan bool // a pending request, and whether it forces
 	mu           sync.Mutex
-	status       Status
+	status       engine.Status
 	cache        policies.Cache // decoded policies reused across reloads
 	applied      *codegen.Plan  // the plan in force
 }
@@ -273,7 +247,7 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 }
 
 // Status returns a copy of the reload status.
-func (r *Reloader) Status() Status {
+func (r *Reloader) Status() engine.Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.status
@@ -429,4 +403,11 @@ func (r *Reloader) CountMetrics() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// Applied is the plan in force, nil before the first successful reload.
+func (r *Reloader) Applied() *codegen.Plan {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied
 }

@@ -1,4 +1,4 @@
-package engine
+package daemon
 
 import (
 	"log/slog"
