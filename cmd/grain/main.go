@@ -38,7 +38,7 @@ const usage = `grain: a declarative eBPF policy engine
 
 Usage:
   grain run --policies DIR [--interface IFACE]...   enforce policies, print events as JSON lines
-  grain check DIR                                   validate policies (exit 1 on errors)
+  grain check [--strict] DIR                        validate policies (exit 1 on errors; --strict: on warnings)
   grain compile [--interface IFACE]... DIR          print the compiled Plan as JSON
   grain fmt [--check] [PATH...]                     format CUE files (--check: list unformatted, exit 1)
   grain status                                      print the running grain's policy hash, rules, reload result
@@ -155,16 +155,20 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	limits := evalFlags(fs)
+	strict := fs.Bool("strict", false, "make warnings (shadowed policies) errors")
 	if err := fs.Parse(args); err != nil || !checkLimits(limits, stderr) {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: grain check DIR")
+		fmt.Fprintln(stderr, "usage: grain check [--strict] DIR")
 		return 2
 	}
 	snap, plan, err := compileDir(fs.Arg(0), nil, *limits)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if reportShadows(plan, *strict, stderr) {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: %d policies in %d files, %d packet rules: OK\n", fs.Arg(0), len(snap.Policies), len(snap.Files), len(plan.Rules))
