@@ -40,6 +40,7 @@ Usage:
   grain run --policies DIR [--interface IFACE]...   enforce policies, print events as JSON lines
   grain check [--strict] DIR                        validate policies (exit 1 on errors; --strict: on warnings)
   grain compile [--interface IFACE]... DIR          print the compiled Plan as JSON
+  grain test [--kernel] [--junit FILE] [DIR]        run the tests beside the policies (*_test.cue)
   grain fmt [--check] [PATH...]                     format CUE files (--check: list unformatted, exit 1)
   grain status                                      print the running grain's policy hash, rules, reload result
   grain version                                     print the version
@@ -63,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "compile":
 		return cmdCompile(args[1:], stdout, stderr)
+	case "test":
+		return cmdTest(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
 	case "fmt":

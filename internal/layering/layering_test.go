@@ -35,7 +35,10 @@ var allowed = map[string][]string{
 	"pipeline":              {"policies"},
 	"export":                {"pipeline", "engine", "engine/hook"},
 	"reference":             {"codegen", "bpf"},
-	"cmd/grain":             {"schema", "policies", "codegen", "engine", "engine/daemon", "engine/hook", "bpf", "pipeline", "export", "reference"},
+	"pcap":                  {},
+	"policytest":            {"policies", "schema", "codegen", "reference", "pcap"},
+	"plandiff":              {"policies", "codegen", "reference", "pcap"},
+	"cmd/grain":             {"schema", "policies", "codegen", "engine", "engine/daemon", "engine/hook", "bpf", "pipeline", "export", "reference", "pcap", "policytest", "plandiff"},
 }
 
 // free are trees of non-product code.
