@@ -186,6 +186,10 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 		metric.WithUnit("1"),
 		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))
 	errs = append(errs, err)
+	applied, err := meter.Int64ObservableGauge("grain.policy.last_applied",
+		metric.WithUnit("s"),
+		metric.WithDescription("When the policy tree in force was applied, in seconds since the Unix epoch."))
+	errs = append(errs, err)
 	rulesActive, err := meter.Int64ObservableGauge("grain.policy.rules",
 		metric.WithUnit("{rule}"),
 		metric.WithDescription("Policies in force (packet and kernel-hook rules)."))
@@ -260,11 +264,12 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 			o.ObserveInt64(reloads, toInt64(st.ReloadsError), reloadFailed)
 			if st.PolicyHash != "" {
 				o.ObserveInt64(hash, 1, metric.WithAttributes(AttrPolicyHash.String(st.PolicyHash)))
+				o.ObserveInt64(applied, st.LastSuccess.Unix())
 				o.ObserveInt64(rulesActive, int64(len(st.Rules)))
 			}
 		}
 		return nil
-	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, deduplicated, rateLimited, reloads, hash, rulesActive, received, discarded, exported, pending)
+	}, packets, bytes, ifacePackets, ifaceBytes, emitted, lost, deduplicated, rateLimited, reloads, hash, applied, rulesActive, received, discarded, exported, pending)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

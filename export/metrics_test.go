@@ -136,7 +136,8 @@ func TestMetricsExport(t *testing.T) {
 		{Policy: "block_http", Verdict: "drop", Packets: 7, Bytes: 420, Events: 5, EventsLost: 2, EventsDeduplicated: 9, EventsRateLimited: 4},
 		{Policy: "log_ssh", Verdict: "count", Packets: 3, Bytes: 180, Events: 3},
 	}
-	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1, Rules: []string{"block_http", "log_ssh"}}
+	status := engine.Status{PolicyHash: "sha256:abc", ReloadsOK: 4, ReloadsError: 1, Rules: []string{"block_http", "log_ssh"},
+		LastSuccess: time.Unix(1700000000, 0)}
 	cum := metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
 	want := map[string]point{
 		"grain.rule.packets{grain.policy=block_http,grain.verdict=drop}":                                   {7, "sum", true, cum, "{packet}"},
@@ -150,7 +151,8 @@ func TestMetricsExport(t *testing.T) {
 		"grain.reloads{grain.reload.result=success}":                                                       {4, "sum", true, cum, "{reload}"},
 		"grain.reloads{grain.reload.result=failure}":                                                       {1, "sum", true, cum, "{reload}"},
 		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                                           {1, "gauge", false, 0, "1"},
-		"grain.policy.rules{}": {2, "gauge", false, 0, "{rule}"},
+		"grain.policy.last_applied{}":                                                                      {1700000000, "gauge", false, 0, "s"},
+		"grain.policy.rules{}":                                                                             {2, "gauge", false, 0, "{rule}"},
 	}
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
