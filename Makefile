@@ -42,7 +42,7 @@ build:
 
 # deps installs what the demo and the tests use when it is missing (root).
 deps:
-	@./scripts/deps.sh
+	@GO=$(GO) ./scripts/deps.sh
 
 demo: deps build
 	./scripts/demo.sh

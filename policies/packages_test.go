@@ -237,13 +237,14 @@ func TestLoadLeavesOutTestFiles(t *testing.T) {
 	}
 }
 
-// A package that embeds schema.#Policies (for the cue CLI) loads in grain
+// A package that applies schema.#Policy to its fields (for the cue CLI)
+// loads in grain
 // without vendoring the schema: grain supplies its own; a vendored copy is
 // used as the cue CLI would use it.
 func TestLoadSchemaImport(t *testing.T) {
 	files := map[string]string{
 		"cue.mod/module.cue": "module: \"example.com/p\"\nlanguage: version: \"v0.12.0\"\n",
-		"schema.cue":         "package fw\n\nimport \"github.com/grain-ebpf/grain/schema\"\n\nschema.#Policies\n",
+		"schema.cue":         "package fw\n\nimport \"github.com/grain-ebpf/grain/schema\"\n\n[!=\"pipeline\"]: schema.#Policy\npipeline?: schema.#Pipeline\n",
 		"block.cue":          blockCUE,
 		"lists.cue":          listsCUE,
 	}

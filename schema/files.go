@@ -1,13 +1,5 @@
 package schema
 
-import _ "embed"
-
-// PoliciesSource is the text of policies.cue: the #Policies definition a
-// policy package embeds for the cue CLI to check it.
-//
-//go:embed policies.cue
-var PoliciesSource string
-
 // ImportPath is the schema's CUE import path (cue.mod/module.cue here).
 const ImportPath = "github.com/grain-ebpf/grain/schema"
 
@@ -18,7 +10,6 @@ func Files() map[string]string {
 	return map[string]string{
 		"schema.cue":   Source,
 		"pipeline.cue": PipelineSource,
-		"policies.cue": PoliciesSource,
 	}
 }
 

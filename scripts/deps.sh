@@ -15,3 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # bpffs and tracefs are not mounted at boot on minimal systems.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || true
+# The cue CLI at the version of cuelang.org/go in go.mod, where the
+# policies tests look for it (they install it there themselves if not).
+go=${GO:-go}
+cue_version=$($go list -m -f '{{.Version}}' cuelang.org/go)
+cue_dir="${XDG_CACHE_HOME:-$HOME/.cache}/grain-tools/cue-$cue_version"
+[ -x "$cue_dir/cue" ] || GOBIN="$cue_dir" $go install "cuelang.org/go/cmd/cue@$cue_version"
