@@ -775,3 +775,46 @@ func TestTreeHashSingleFile(t *testing.T) {
 		t.Error("content change of a single-file root kept its hash")
 	}
 }
+
+// The module file, packages vendored under cue.mod/pkg (made after the
+// watch started, too) and imported packages of the tree are read by the
+// loader: a change to any of them is a change.
+func TestWatchModuleAndImportedPackages(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "cue.mod", "module.cue"), "module: \"example.com/p\"\n")
+	writeFile(t, filepath.Join(root, "lib", "lib.cue"), "package lib\n")
+	writeFile(t, filepath.Join(root, "fw", "fw.cue"), "package fw\n")
+	w := startWatcher(t, root)
+
+	writeFile(t, filepath.Join(root, "cue.mod", "module.cue"), "module: \"example.com/q\"\n")
+	expectOne(t, w, "module.cue written")
+	writeFile(t, filepath.Join(root, "lib", "lib.cue"), "package lib\n\n#x: 1\n")
+	expectOne(t, w, "imported package written")
+	vendored := filepath.Join(root, "cue.mod", "pkg", "example.com", "dep", "dep.cue")
+	writeFile(t, vendored, "package dep\n")
+	waitChange(t, w, "package vendored")
+	drainChanges(w) // its new directories may make a second burst
+	writeFile(t, vendored, "package dep\n\n#y: 2\n")
+	expectOne(t, w, "vendored package written")
+	// A test file is not read: no change.
+	writeFile(t, filepath.Join(root, "fw", "fw_test.cue"), "package fw\n")
+	waitChange(t, w, "test file created") // a new name in a tree directory counts; its content does not
+	drainChanges(w)
+	now := time.Now()
+	if err := os.Chtimes(filepath.Join(root, "fw", "fw_test.cue"), now, now); err != nil {
+		t.Fatal(err)
+	}
+	assertQuiet(t, w, "touch of a test file")
+}
+
+// drainChanges reads changes until none arrives for quiet.
+func drainChanges(w *Watcher) {
+	for {
+		select {
+		case <-w.Changes():
+			continue
+		case <-time.After(quiet):
+		}
+		return
+	}
+}
