@@ -11,6 +11,8 @@
  * hook gets its own copies: the verifier checks a global function's context
  * argument against the program type. */
 
+#include "tls.h"
+
 /* Compares the content's pattern at frame offset off. The caller ensures
  * off + len <= the payload end. */
 static __always_inline int FN(pattern_at)(CTX *ctx, __u32 off, const struct grain_content *c)
@@ -229,12 +231,13 @@ static __always_inline void FN(event_fill)(__u32 ifindex, struct grain_event *e,
 	__builtin_memcpy(e->daddr, m->daddr, 16);
 }
 
-/* Copies the start of the L4 payload, at most GRAIN_EMIT_PAYLOAD_BYTES and
- * never past the IP length, to dst; returns how many bytes. Whole words
+/* Copies the start of the L4 payload, at most max bytes (a constant, a
+ * multiple of 8) and never past the IP length, to dst; returns how many
+ * bytes. Whole words
  * only, no byte loop: the last eight bytes are read as one word ending where
  * the copy ends (overlapping the word before it; for a payload shorter than
  * eight bytes the word starts in the headers and is shifted). */
-static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m, __u8 *dst)
+static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m, __u8 *dst, const __u32 max)
 {
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
@@ -242,8 +245,8 @@ static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m
 	if (off > MAX_FRAME_OFF || end > MAX_FRAME_OFF || end <= off)
 		return 0;
 	__u32 n = end - off;
-	if (n > GRAIN_EMIT_PAYLOAD_BYTES)
-		n = GRAIN_EMIT_PAYLOAD_BYTES;
+	if (n > max)
+		n = max;
 	__u32 tail_off = off + n - 8;
 	if (off + n < 8 || tail_off > MAX_FRAME_OFF)
 		return 0;
@@ -260,7 +263,7 @@ static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m
 	bound_offset(off);
 	__u8 *p = data + off;
 	barrier_var(p);
-	for (__u32 i = 0; i < GRAIN_EMIT_PAYLOAD_BYTES / 8; i++) {
+	for (__u32 i = 0; i < max / 8; i++) {
 		if (i * 8 + 8 > n)
 			break;
 		__u8 *q = p + i * 8;
@@ -271,7 +274,7 @@ static __always_inline __u32 FN(payload_copy)(CTX *ctx, const struct pkt_meta *m
 	}
 	__u32 last = n - 8;
 	barrier_var(last);
-	if (last > GRAIN_EMIT_PAYLOAD_BYTES - 8)
+	if (last > max - 8)
 		return 0;
 	*(__u64 *)(dst + last) = tail;
 	return n;
@@ -289,7 +292,23 @@ __noinline int FN(emit_payload_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, _
 	if (!e)
 		return 0;
 	FN(event_fill)(CTX_IFINDEX(ctx), &e->ev, m, gen, key, r, now, 0);
-	e->payload_len = FN(payload_copy)(ctx, m, e->payload);
+	e->payload_len = FN(payload_copy)(ctx, m, e->payload, GRAIN_EMIT_PAYLOAD_BYTES);
+	event_submit(e, RECORD_BYTES(sizeof(*e)));
+	return 1;
+}
+
+/* The same with room for a whole first segment, for the TLS fields
+ * (GRAIN_RULE_EMIT_HELLO). */
+__noinline int FN(emit_hello_event)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key, __u64 now)
+{
+	const struct grain_rule *r = bpf_map_lookup_elem(&rules, &key);
+	if (!m || !r)
+		return 0;
+	struct grain_event_hello *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return 0;
+	FN(event_fill)(CTX_IFINDEX(ctx), &e->ev, m, gen, key, r, now, 0);
+	e->payload_len = FN(payload_copy)(ctx, m, e->payload, GRAIN_EMIT_HELLO_BYTES);
 	event_submit(e, RECORD_BYTES(sizeof(*e)));
 	return 1;
 }
@@ -328,7 +347,10 @@ __noinline int FN(rule_emit)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 key)
 		/* counted below */
 	} else if (r->flags & GRAIN_RULE_EMIT_PAYLOAD) {
 		stage_drain(bpf_get_smp_processor_id());
-		sent = FN(emit_payload_event)(ctx, m, gen, key, now);
+		if (r->flags & GRAIN_RULE_EMIT_HELLO)
+			sent = FN(emit_hello_event)(ctx, m, gen, key, now);
+		else
+			sent = FN(emit_payload_event)(ctx, m, gen, key, now);
 	} else {
 		__u32 cpu = bpf_get_smp_processor_id(), slot = 0;
 		struct event_stage *st = stage_reserve(cpu, &slot);
@@ -789,6 +811,12 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 				return XDP_PASS;
 			w0 &= b->w[0];
 		}
+		if ((fields & GRAIN_FIELD_SNI) && w0) {
+			b = bitmap_at(gen, FN(tls_sni_lookup)(ctx, &m, gen));
+			if (!b)
+				return XDP_PASS;
+			w0 &= b->w[0];
+		}
 		if (!w0)
 			return XDP_PASS;
 		int v;
@@ -813,7 +841,7 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 	if (!all)
 		return XDP_PASS;
 	const struct grain_bitmap *bm_proto = all, *bm_src = all, *bm_dst = all, *bm_sport = all,
-				  *bm_dport = all, *bm_flags = all, *bm_iface = all;
+				  *bm_dport = all, *bm_flags = all, *bm_iface = all, *bm_sni = all;
 	if (fields & GRAIN_FIELD_PROTO) {
 		bm_proto = bitmap_at(gen, GRAIN_BITMAP_REGION_PROTO + m.protocol);
 		if (!bm_proto)
@@ -852,13 +880,18 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 		if (!bm_iface)
 			return XDP_PASS;
 	}
+	if (fields & GRAIN_FIELD_SNI) {
+		bm_sni = bitmap_at(gen, FN(tls_sni_lookup)(ctx, &m, gen));
+		if (!bm_sni)
+			return XDP_PASS;
+	}
 
 	/* Each bitmap says which of its words are non-zero: only words that
 	 * hold a candidate in every field are visited, so a packet that matches
 	 * no rule, or one rule among thousands, costs about the same as with a
 	 * single rule. */
 	__u64 words = bm_proto->nonzero & bm_src->nonzero & bm_dst->nonzero & bm_sport->nonzero &
-		      bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & all->nonzero;
+		      bm_dport->nonzero & bm_flags->nonzero & bm_iface->nonzero & bm_sni->nonzero & all->nonzero;
 	for (__u32 j = 0; j < GRAIN_BITMAP_WORDS; j++) {
 		if (!words)
 			break;
@@ -867,7 +900,7 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 		if (i >= GRAIN_BITMAP_WORDS)
 			break;
 		__u64 w = bm_proto->w[i] & bm_src->w[i] & bm_dst->w[i] & bm_sport->w[i] & bm_dport->w[i] &
-			  bm_flags->w[i] & bm_iface->w[i] & all->w[i];
+			  bm_flags->w[i] & bm_iface->w[i] & bm_sni->w[i] & all->w[i];
 		if (!w)
 			continue;
 		int v;

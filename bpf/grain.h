@@ -29,6 +29,18 @@ enum grain_limits {
 	 * carries at most: a DNS header (12), the longest name (255) and the
 	 * question's type and class (4), rounded up to 8. */
 	GRAIN_EMIT_PAYLOAD_BYTES = 272,
+	/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_HELLO rule (TLS
+	 * fields) carries at most: a whole first segment at a 1500-byte MTU,
+	 * rounded up so that its record's size is no whole number of events
+	 * (below). */
+	GRAIN_EMIT_HELLO_BYTES = 1512,
+	/* tls_sni (tls.h): the longest server name matched (a DNS name in
+	 * presentation form, without the trailing dot), the extensions of a
+	 * ClientHello walked to find it, and the distinct names and
+	 * "*.suffix" patterns of a generation. */
+	GRAIN_TLS_MAX_NAME = 253,
+	GRAIN_TLS_MAX_EXTENSIONS = 32,
+	GRAIN_MAX_SNI_ENTRIES = 1024,
 	/* Per-interface verdict counters: slot ifindex % GRAIN_IFACE_SLOTS
 	 * when the engine gave that slot to the interface, else
 	 * GRAIN_IFACE_SLOTS (every other interface). */
@@ -44,7 +56,8 @@ enum grain_bitmap_regions {
 	GRAIN_BITMAP_REGION_SPORT = GRAIN_BITMAP_REGION_AUX + 16, /* [source port class] */
 	GRAIN_BITMAP_REGION_DPORT = GRAIN_BITMAP_REGION_SPORT + GRAIN_MAX_PORT_CLASSES,
 	GRAIN_BITMAP_REGION_CIDR = GRAIN_BITMAP_REGION_DPORT + GRAIN_MAX_PORT_CLASSES, /* [cidr class] */
-	GRAIN_BITMAPS_PER_GEN = GRAIN_BITMAP_REGION_CIDR + GRAIN_MAX_CIDR_ENTRIES,
+	GRAIN_BITMAP_REGION_SNI = GRAIN_BITMAP_REGION_CIDR + GRAIN_MAX_CIDR_ENTRIES, /* [sni class] */
+	GRAIN_BITMAPS_PER_GEN = GRAIN_BITMAP_REGION_SNI + GRAIN_MAX_SNI_ENTRIES,
 };
 
 /* Aux bitmaps: the rules that hold when a field has no value or no entry. */
@@ -57,6 +70,7 @@ enum grain_aux_bitmaps {
 	GRAIN_AUX_NO_PORTS = 5, /* packet without ports: rules with no port condition */
 	GRAIN_AUX_NOT_TCP = 6,  /* packet without tcp flags: rules with no flag condition */
 	GRAIN_AUX_ALL = 7,      /* every rule of the generation */
+	GRAIN_AUX_NO_SNI = 8,   /* no server name, or none matched: rules with no tls_sni condition */
 };
 
 /* Fields a generation uses; a field no rule constrains is never looked up. */
@@ -68,6 +82,7 @@ enum grain_fields {
 	GRAIN_FIELD_DPORT = 1 << 4,
 	GRAIN_FIELD_FLAGS = 1 << 5,
 	GRAIN_FIELD_IFACE = 1 << 6,
+	GRAIN_FIELD_SNI = 1 << 7,
 };
 
 /* Port-class array: one u16 class per (generation, direction, port). */
@@ -106,6 +121,10 @@ enum grain_rule_flags {
 	/* The quick word is the rule's whole payload condition (its only
 	 * content, anchored, at most eight bytes): no content is looked up. */
 	GRAIN_RULE_QUICK_ONLY = 1 << 3,
+	/* With GRAIN_RULE_EMIT_PAYLOAD: the event carries up to
+	 * GRAIN_EMIT_HELLO_BYTES of payload (struct grain_event_hello), for
+	 * the TLS fields. */
+	GRAIN_RULE_EMIT_HELLO = 1 << 4,
 };
 
 /* Fields of an event that deduplication compares (grain_rule.dedup_fields):
@@ -216,6 +235,16 @@ struct grain_cidr_key {
 	__u8 prefixlen;
 	__u8 _pad;
 	__u8 addr[16]; /* masked to prefixlen; IPv4 in the first 4 bytes */
+};
+
+/* An sni_class key (bpf/tls.h): the generation, then the server name
+ * lowercased and reversed, then a zero byte; prefixlen counts the bits
+ * compared. "*.example.com" is the reversed ".example.com" without the zero
+ * byte. */
+struct grain_sni_key {
+	__u32 prefixlen;
+	__u8 generation;
+	__u8 name[GRAIN_TLS_MAX_NAME + 2];
 };
 
 struct grain_iface_key {
@@ -345,5 +374,18 @@ struct grain_event_payload {
 	__u16 _pad[3];
 	__u8 payload[GRAIN_EMIT_PAYLOAD_BYTES];
 };
+
+/* The event of a rule whose fields need the TLS ClientHello. */
+struct grain_event_hello {
+	struct grain_event ev;
+	__u16 payload_len;   /* bytes of payload[] that hold packet bytes */
+	__u16 _pad[3];
+	__u8 payload[GRAIN_EMIT_HELLO_BYTES];
+};
+
+/* Userspace tells a record by its size: a batch of staged events is a
+ * whole number of them, a payload or hello event never is. */
+_Static_assert(sizeof(struct grain_event_payload) % sizeof(struct grain_event) != 0, "payload event size");
+_Static_assert(sizeof(struct grain_event_hello) % sizeof(struct grain_event) != 0, "hello event size");
 
 #endif

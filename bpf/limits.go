@@ -17,6 +17,10 @@ const (
 	MaxIfaceEntries    = 256  // GRAIN_MAX_IFACE_ENTRIES
 	MaxIPv6ExtHeaders  = 6    // GRAIN_MAX_IPV6_EXT_HEADERS
 	EmitPayloadBytes   = 272  // GRAIN_EMIT_PAYLOAD_BYTES
+	EmitHelloBytes     = 1512 // GRAIN_EMIT_HELLO_BYTES
+	TLSMaxName         = 253  // GRAIN_TLS_MAX_NAME
+	TLSMaxExtensions   = 32   // GRAIN_TLS_MAX_EXTENSIONS
+	MaxSNIEntries      = 1024 // GRAIN_MAX_SNI_ENTRIES
 	IfaceSlots         = 256  // GRAIN_IFACE_SLOTS
 	Verdicts           = 4    // GRAIN_VERDICTS
 )
@@ -29,7 +33,8 @@ const (
 	BitmapRegionSport = 528   // GRAIN_BITMAP_REGION_SPORT
 	BitmapRegionDport = 4626  // GRAIN_BITMAP_REGION_DPORT
 	BitmapRegionCIDR  = 8724  // GRAIN_BITMAP_REGION_CIDR
-	BitmapsPerGen     = 12820 // GRAIN_BITMAPS_PER_GEN
+	BitmapRegionSNI   = 12820 // GRAIN_BITMAP_REGION_SNI
+	BitmapsPerGen     = 13844 // GRAIN_BITMAPS_PER_GEN
 )
 
 // enum grain_aux_bitmaps (grain.h)
@@ -42,17 +47,19 @@ const (
 	AuxNoPorts      = 5 // GRAIN_AUX_NO_PORTS
 	AuxNotTCP       = 6 // GRAIN_AUX_NOT_TCP
 	AuxAll          = 7 // GRAIN_AUX_ALL
+	AuxNoSNI        = 8 // GRAIN_AUX_NO_SNI
 )
 
 // enum grain_fields (grain.h)
 const (
-	FieldProto = 1  // GRAIN_FIELD_PROTO
-	FieldSrc   = 2  // GRAIN_FIELD_SRC
-	FieldDst   = 4  // GRAIN_FIELD_DST
-	FieldSport = 8  // GRAIN_FIELD_SPORT
-	FieldDport = 16 // GRAIN_FIELD_DPORT
-	FieldFlags = 32 // GRAIN_FIELD_FLAGS
-	FieldIface = 64 // GRAIN_FIELD_IFACE
+	FieldProto = 1   // GRAIN_FIELD_PROTO
+	FieldSrc   = 2   // GRAIN_FIELD_SRC
+	FieldDst   = 4   // GRAIN_FIELD_DST
+	FieldSport = 8   // GRAIN_FIELD_SPORT
+	FieldDport = 16  // GRAIN_FIELD_DPORT
+	FieldFlags = 32  // GRAIN_FIELD_FLAGS
+	FieldIface = 64  // GRAIN_FIELD_IFACE
+	FieldSNI   = 128 // GRAIN_FIELD_SNI
 )
 
 // enum grain_port_dirs (grain.h)
@@ -79,10 +86,11 @@ const (
 
 // enum grain_rule_flags (grain.h)
 const (
-	RuleEmit        = 1 // GRAIN_RULE_EMIT
-	RuleEmitPayload = 2 // GRAIN_RULE_EMIT_PAYLOAD
-	RuleQuick       = 4 // GRAIN_RULE_QUICK
-	RuleQuickOnly   = 8 // GRAIN_RULE_QUICK_ONLY
+	RuleEmit        = 1  // GRAIN_RULE_EMIT
+	RuleEmitPayload = 2  // GRAIN_RULE_EMIT_PAYLOAD
+	RuleQuick       = 4  // GRAIN_RULE_QUICK
+	RuleQuickOnly   = 8  // GRAIN_RULE_QUICK_ONLY
+	RuleEmitHello   = 16 // GRAIN_RULE_EMIT_HELLO
 )
 
 // enum grain_dedup_fields (grain.h)

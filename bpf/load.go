@@ -132,6 +132,7 @@ func (x *XDP) mapsByName() map[string]*ebpf.Map {
 		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
 		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
 		"rate_windows": m.RateWindows, "event_stages": x.objs.EventStages, "rule_names": x.objs.RuleNames,
+		"sni_class": m.SNIClass, "sni_scratch": x.objs.SniScratch,
 	}
 }
 
@@ -475,13 +476,15 @@ type (
 	IfaceCounter = xdpGrainIfaceCounter
 	Event        = xdpGrainEvent
 	EventPayload = xdpGrainEventPayload
+	EventHello   = xdpGrainEventHello
+	SNIKey       = xdpGrainSniKey
 )
 
 // XDPMaps are the maps of the generic XDP program.
 type XDPMaps struct {
 	Active, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
 	Rules, Contents, RuleCounters, Stats, Events        *ebpf.Map
-	IfaceCounters, RateWindows                          *ebpf.Map
+	IfaceCounters, RateWindows, SNIClass                *ebpf.Map
 }
 
 // Maps returns the program's maps.
@@ -491,7 +494,7 @@ func (x *XDP) Maps() XDPMaps {
 		Active: m.Active, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
 		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
 		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events, IfaceCounters: m.IfaceCounters,
-		RateWindows: m.RateWindows,
+		RateWindows: m.RateWindows, SNIClass: m.SniClass,
 	}
 }
 

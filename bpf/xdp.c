@@ -155,6 +155,16 @@ struct {
 	__type(value, __u32);
 } cidr_class SEC(".maps");
 
+/* (generation, reversed server name) -> class: bitmaps[GRAIN_BITMAP_REGION_SNI
+ * + class] (tls.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_SNI_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct grain_sni_key);
+	__type(value, __u32);
+} sni_class SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_IFACE_ENTRIES);
@@ -386,6 +396,8 @@ int grain_tc(struct __sk_buff *skb)
 /* Keep the shared types in BTF so bpf2go can generate their Go mirrors. */
 const struct grain_event *unused_event __attribute__((unused));
 const struct grain_event_payload *unused_event_payload __attribute__((unused));
+const struct grain_event_hello *unused_event_hello __attribute__((unused));
+const struct grain_sni_key *unused_sni_key __attribute__((unused));
 const struct grain_counter *unused_counter __attribute__((unused));
 const struct grain_active *unused_active __attribute__((unused));
 const struct grain_constants *unused_constants __attribute__((unused));

@@ -118,6 +118,14 @@ type xdpGrainEvent struct {
 	CounterKey uint32
 }
 
+type xdpGrainEventHello struct {
+	_          structs.HostLayout
+	Ev         xdpGrainEvent
+	PayloadLen uint16
+	Pad        [3]uint16
+	Payload    [1512]uint8
+}
+
 type xdpGrainEventPayload struct {
 	_          structs.HostLayout
 	Ev         xdpGrainEvent
@@ -191,6 +199,20 @@ type xdpGrainRule struct {
 	Pad4         [8]uint8
 }
 
+type xdpGrainSniKey struct {
+	_          structs.HostLayout
+	Prefixlen  uint32
+	Generation uint8
+	Name       [255]uint8
+}
+
+type xdpSniScratch struct {
+	_     structs.HostLayout
+	Key   xdpGrainSniKey
+	Spill [11]uint8
+	_     [1]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -207,6 +229,8 @@ const (
 	xdpMapRateWindows        = "rate_windows"
 	xdpMapRuleCounters       = "rule_counters"
 	xdpMapRules              = "rules"
+	xdpMapSniClass           = "sni_class"
+	xdpMapSniScratch         = "sni_scratch"
 	xdpMapStats              = "stats"
 	xdpProgGrainTc           = "grain_tc"
 	xdpProgGrainXdp          = "grain_xdp"
@@ -217,7 +241,9 @@ const (
 	xdpVarUnusedConstants    = "unused_constants"
 	xdpVarUnusedCounter      = "unused_counter"
 	xdpVarUnusedEvent        = "unused_event"
+	xdpVarUnusedEventHello   = "unused_event_hello"
 	xdpVarUnusedEventPayload = "unused_event_payload"
+	xdpVarUnusedSniKey       = "unused_sni_key"
 )
 
 // loadXdp returns the embedded CollectionSpec for xdp.
@@ -282,6 +308,8 @@ type xdpMapSpecs struct {
 	RateWindows   *ebpf.MapSpec `ebpf:"rate_windows"`
 	RuleCounters  *ebpf.MapSpec `ebpf:"rule_counters"`
 	Rules         *ebpf.MapSpec `ebpf:"rules"`
+	SniClass      *ebpf.MapSpec `ebpf:"sni_class"`
+	SniScratch    *ebpf.MapSpec `ebpf:"sni_scratch"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -296,7 +324,9 @@ type xdpVariableSpecs struct {
 	UnusedConstants    *ebpf.VariableSpec `ebpf:"unused_constants"`
 	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventHello   *ebpf.VariableSpec `ebpf:"unused_event_hello"`
 	UnusedEventPayload *ebpf.VariableSpec `ebpf:"unused_event_payload"`
+	UnusedSniKey       *ebpf.VariableSpec `ebpf:"unused_sni_key"`
 }
 
 // xdpObjects contains all objects after they have been loaded into the kernel.
@@ -331,6 +361,8 @@ type xdpMaps struct {
 	RateWindows   *ebpf.Map `ebpf:"rate_windows"`
 	RuleCounters  *ebpf.Map `ebpf:"rule_counters"`
 	Rules         *ebpf.Map `ebpf:"rules"`
+	SniClass      *ebpf.Map `ebpf:"sni_class"`
+	SniScratch    *ebpf.Map `ebpf:"sni_scratch"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 }
 
@@ -348,6 +380,8 @@ func (m *xdpMaps) Close() error {
 		m.RateWindows,
 		m.RuleCounters,
 		m.Rules,
+		m.SniClass,
+		m.SniScratch,
 		m.Stats,
 	)
 }
@@ -363,7 +397,9 @@ type xdpVariables struct {
 	UnusedConstants    *ebpf.Variable `ebpf:"unused_constants"`
 	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventHello   *ebpf.Variable `ebpf:"unused_event_hello"`
 	UnusedEventPayload *ebpf.Variable `ebpf:"unused_event_payload"`
+	UnusedSniKey       *ebpf.Variable `ebpf:"unused_sni_key"`
 }
 
 // xdpPrograms contains all programs after they have been loaded into the kernel.

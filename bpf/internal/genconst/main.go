@@ -9,7 +9,7 @@
 // untyped constant (untyped, so that callers can use it as a uint8 flag, a
 // uint32 index or an int bound alike). Its Go name is its C name without
 // GRAIN_, in CamelCase: GRAIN_MAX_RULES is MaxRules, GRAIN_HOOK_T_FD is
-// HookTFd; CIDR, IP, IPV6, TCP and UDP keep Go's initialisms. Given several
+// HookTFd; CIDR, IP, IPV6, TCP, UDP, TLS and SNI keep Go's initialisms. Given several
 // objects (one per architecture), it checks that they agree.
 package main
 
@@ -119,7 +119,7 @@ func grainEnums(obj string) ([]enum, error) {
 }
 
 // initialisms are the words of C names spelled as in Go names.
-var initialisms = map[string]string{"CIDR": "CIDR", "IP": "IP", "IPV6": "IPv6", "TCP": "TCP", "UDP": "UDP"}
+var initialisms = map[string]string{"CIDR": "CIDR", "IP": "IP", "IPV6": "IPv6", "TCP": "TCP", "UDP": "UDP", "TLS": "TLS", "SNI": "SNI"}
 
 // goName turns GRAIN_MAX_CIDR_ENTRIES into MaxCIDREntries.
 func goName(c string) (string, error) {
