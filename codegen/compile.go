@@ -42,6 +42,7 @@ type rule struct {
 	flagsClear uint8
 	hasFlags   bool
 	interfaces []string // effective: attach set, narrowed by match.interface
+	sni        []string // tls_sni names and "*." patterns, lowercased
 }
 
 // Compile turns policies into a Plan. Errors name the policy and its
@@ -150,9 +151,18 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 		if p.Emit != nil {
 			pr.Event, pr.Fields = p.Emit.Event, p.Emit.Fields
 			pr.EmitPayload = p.Emit.CarriesPayload()
+			pr.EmitHello = p.Emit.CarriesHello()
 			pr.DedupNs, pr.RateLimit = p.Emit.Dedup.Nanoseconds(), p.Emit.RateLimit
 		}
 		ok := true
+		for _, name := range p.Match.ServerNames {
+			if err := checkServerNameLimit(name); err != nil {
+				fail(p, p.Match.ServerNamesPos, "match.tls_sni: %v", err)
+				ok = false
+			}
+		}
+		r.sni = sortedSet(p.Match.ServerNames)
+		pr.ServerNames = r.sni
 		for _, c := range p.Match.Payload {
 			content, err := compileContent(c, len(plan.Contents))
 			if err != nil {
@@ -257,7 +267,7 @@ func impliedProtocols(m policies.PacketMatch) []int {
 		for _, p := range m.Protocols {
 			out = append(out, protocolNumbers[p])
 		}
-	case len(m.TCPFlags) > 0:
+	case len(m.TCPFlags) > 0 || len(m.ServerNames) > 0:
 		out = []int{6}
 	case len(m.SourcePorts) > 0 || len(m.DestinationPorts) > 0 || len(m.Payload) > 0:
 		out = []int{6, 17}
@@ -420,7 +430,14 @@ func buildTables(plan *Plan, rules []rule, attached []string) error {
 		}
 	}
 
-	for _, name := range []string{"protocol", "saddr", "daddr", "sport", "dport", "tcp_flags", "interface"} {
+	if err := buildServerNames(t, rules); err != nil {
+		return err
+	}
+	if len(t.ServerNames) > 0 {
+		fields["tls_sni"] = true
+	}
+
+	for _, name := range []string{"protocol", "saddr", "daddr", "sport", "dport", "tcp_flags", "interface", "tls_sni"} {
 		if fields[name] {
 			plan.Fields = append(plan.Fields, name)
 		}

@@ -3,6 +3,7 @@ package codegen
 import (
 	"encoding/binary"
 	"net/netip"
+	"strings"
 
 	"github.com/grain-ebpf/grain/bpf"
 )
@@ -22,6 +23,8 @@ type XDPMaps struct {
 	DestinationPorts []PortRun `json:"destination_ports"`
 	// CIDRs are the cidr_class entries: prefix key to class.
 	CIDRs []CIDREntry `json:"cidrs"`
+	// ServerNames are the sni_class entries: reversed name key to class.
+	ServerNames []ServerNameEntry `json:"server_names,omitempty"`
 	// Interfaces hold the bitmap of each interface name or pattern; a
 	// link's iface_bitmaps entry is the OR of those of every name and
 	// pattern that matches its name, and a link none matches has none.
@@ -56,6 +59,12 @@ type CIDREntry struct {
 	Class uint32              `json:"class"`
 }
 
+// ServerNameEntry is one sni_class entry.
+type ServerNameEntry struct {
+	Key   Kernel[bpf.SNIKey] `json:"key"`
+	Class uint32             `json:"class"`
+}
+
 // InterfaceBitmap is the bitmap of the rules of one interface name or
 // pattern.
 type InterfaceBitmap struct {
@@ -66,7 +75,7 @@ type InterfaceBitmap struct {
 var fieldBits = map[string]uint32{
 	"protocol": bpf.FieldProto, "saddr": bpf.FieldSrc, "daddr": bpf.FieldDst,
 	"sport": bpf.FieldSport, "dport": bpf.FieldDport, "tcp_flags": bpf.FieldFlags,
-	"interface": bpf.FieldIface,
+	"interface": bpf.FieldIface, "tls_sni": bpf.FieldSNI,
 }
 
 var cidrFields = map[string]uint8{"src4": bpf.CIDRSrc4, "dst4": bpf.CIDRDst4, "src6": bpf.CIDRSrc6, "dst6": bpf.CIDRDst6}
@@ -124,6 +133,7 @@ func buildMaps(plan *Plan) {
 	put(bpf.BitmapRegionAux+bpf.AuxNoPorts, t.NoPorts)
 	put(bpf.BitmapRegionAux+bpf.AuxNotTCP, t.NotTCP)
 	put(bpf.BitmapRegionAux+bpf.AuxAll, t.All)
+	put(bpf.BitmapRegionAux+bpf.AuxNoSNI, t.NoServerName)
 	for class, pc := range t.SourcePorts {
 		put(bpf.BitmapRegionSport+class, pc.Rules)
 	}
@@ -133,6 +143,9 @@ func buildMaps(plan *Plan) {
 	for class, c := range t.CIDRs {
 		put(bpf.BitmapRegionCIDR+class, c.Rules)
 	}
+	for class, c := range t.ServerNames {
+		put(bpf.BitmapRegionSNI+class, c.Rules)
+	}
 
 	m.SourcePorts, m.DestinationPorts = portRuns(t.SourcePorts), portRuns(t.DestinationPorts)
 	m.CIDRs = make([]CIDREntry, 0, len(t.CIDRs))
@@ -141,6 +154,9 @@ func buildMaps(plan *Plan) {
 		key := bpf.CIDRKey{Field: cidrFields[c.Field], Prefixlen: uint8(prefix.Bits())}
 		copy(key.Addr[:], prefix.Addr().AsSlice())
 		m.CIDRs = append(m.CIDRs, CIDREntry{Key: Kernel[bpf.CIDRKey]{key}, Class: uint32(class)})
+	}
+	for class, c := range t.ServerNames {
+		m.ServerNames = append(m.ServerNames, ServerNameEntry{Key: Kernel[bpf.SNIKey]{ServerNameKey(c.Pattern)}, Class: uint32(class)})
 	}
 	m.Interfaces = make([]InterfaceBitmap, 0, len(t.Interfaces))
 	for _, e := range t.Interfaces {
@@ -238,6 +254,9 @@ func kernelRule(r Rule, contents []Content) bpf.Rule {
 	if r.EmitPayload {
 		v.Flags |= bpf.RuleEmitPayload
 	}
+	if r.EmitHello {
+		v.Flags |= bpf.RuleEmitHello
+	}
 	if r.DedupNs > 0 {
 		v.DedupNs, v.DedupFields = uint64(r.DedupNs), dedupFields(r.Fields)
 	}
@@ -246,7 +265,45 @@ func kernelRule(r Rule, contents []Content) bpf.Rule {
 		v.Contents[i] = uint16(c)
 	}
 	setQuick(&v, r, contents)
+	if v.Flags&bpf.RuleQuick == 0 && len(r.ServerNames) > 0 {
+		setHelloQuick(&v)
+	}
 	return v
+}
+
+// helloWord is the quick word of a tls_sni rule without an anchored
+// content: the payload's first eight bytes as every ClientHello's first
+// segment starts, a handshake record of version 3.x (bytes 0 and 1) whose
+// message is a ClientHello (byte 5). It lets the gate pass other packets
+// at once when every rule is a tls_sni rule.
+var helloWord = struct{ pattern, mask []byte }{
+	pattern: []byte{0x16, 0x03, 0, 0, 0, 0x01, 0, 0},
+	mask:    []byte{0xff, 0xff, 0, 0, 0, 0xff, 0, 0},
+}
+
+func setHelloQuick(v *bpf.Rule) {
+	v.Flags |= bpf.RuleQuick
+	v.QuickEnd = uint16(len(helloWord.pattern))
+	v.QuickPattern, v.QuickMask = tailWord(helloWord.pattern), tailWord(helloWord.mask)
+}
+
+// ServerNameKey is the sni_class key of a tls_sni name or "*." pattern
+// (bpf/tls.h): the name reversed, then for a name a zero byte; for a
+// pattern, the reversed name and the dot before it, which every name under
+// it continues. The generation is the engine's.
+func ServerNameKey(pattern string) bpf.SNIKey {
+	var k bpf.SNIKey
+	name, wildcard := strings.CutPrefix(pattern, "*")
+	n := len(name)
+	for i := 0; i < n; i++ {
+		k.Name[i] = name[n-1-i]
+	}
+	bytes := n
+	if !wildcard {
+		bytes++ // the zero byte after the name
+	}
+	k.Prefixlen = uint32(8 * (1 + bytes))
+	return k
 }
 
 // setQuick gives a rule its quick word: the tail word of its first

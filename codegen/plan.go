@@ -79,6 +79,11 @@ type Rule struct {
 	// payload (bpf.EmitPayloadBytes at most), for the fields decoded from
 	// it.
 	EmitPayload bool `json:"emit_payload,omitempty"`
+	// EmitHello makes the payload a whole first segment
+	// (bpf.EmitHelloBytes), for the TLS fields decoded from a ClientHello.
+	EmitHello bool `json:"emit_hello,omitempty"`
+	// ServerNames are the rule's tls_sni names and patterns (an OR).
+	ServerNames []string `json:"tls_sni,omitempty"`
 	// DedupNs is the rule's deduplication window in nanoseconds
 	// (policies.Emit.Dedup); 0 sends every event.
 	DedupNs int64 `json:"dedup_ns,omitempty"`
@@ -139,7 +144,13 @@ type Tables struct {
 	Interfaces    []InterfaceEntry `json:"interfaces"`
 	// InterfaceDefault holds the rules for an interface not listed.
 	InterfaceDefault RuleSet `json:"interface_default"`
-	All              RuleSet `json:"all"`
+	// ServerNames hold one entry per distinct tls_sni name or pattern,
+	// with the rules of every pattern that matches all it matches
+	// (bpf/tls.h); NoServerName holds the rules for a packet that is not
+	// a ClientHello, has no server name, or one no entry matches.
+	ServerNames  []ServerNameClass `json:"server_names,omitempty"`
+	NoServerName RuleSet           `json:"no_server_name"`
+	All          RuleSet           `json:"all"`
 }
 
 // KeyedTable is a small array-indexed bitmap table.
@@ -167,6 +178,13 @@ type CIDRClass struct {
 	Field  string  `json:"field"`
 	Prefix string  `json:"prefix"`
 	Rules  RuleSet `json:"rules"`
+}
+
+// ServerNameClass is one tls_sni name ("example.com") or suffix pattern
+// ("*.example.com") with the rules of the patterns that contain it.
+type ServerNameClass struct {
+	Pattern string  `json:"pattern"`
+	Rules   RuleSet `json:"rules"`
 }
 
 // InterfaceEntry holds the rules that apply to packets from one interface.

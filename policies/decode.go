@@ -181,6 +181,10 @@ func (d *decoder) decodeMatch(m cue.Value) {
 			}
 		}
 	}
+	if v, ok := field("tls_sni"); ok {
+		pm.ServerNames = d.serverNames(v)
+		pm.ServerNamesPos = d.pos(v)
+	}
 	for _, name := range []string{"process", "args"} {
 		if v, ok := field(name); ok {
 			d.errorf(d.pos(v), "match."+name, "match.%s is for kernel hooks (kprobe, kretprobe, tracepoint, syscall), not xdp: remove it", name)
@@ -206,6 +210,9 @@ func (d *decoder) checkProtocols(m cue.Value) {
 	}
 	if v := m.LookupPath(cue.ParsePath("tcp_flags")); v.Exists() && !has("tcp") {
 		d.errorf(d.pos(v), "match.tcp_flags", "tcp_flags need protocol tcp, but protocol is %s", strings.Join(protos, ", "))
+	}
+	if v := m.LookupPath(cue.ParsePath("tls_sni")); v.Exists() && !has("tcp") {
+		d.errorf(d.pos(v), "match.tls_sni", "tls_sni needs protocol tcp (TLS runs over TCP), but protocol is %s", strings.Join(protos, ", "))
 	}
 }
 
@@ -380,7 +387,8 @@ func (d *decoder) content(v cue.Value, path string) (Content, bool) {
 }
 
 // PacketEmitFields are the fields an xdp policy's events can carry.
-var PacketEmitFields = []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "ifindex", "payload", "dns_qname"}
+var PacketEmitFields = []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "ifindex", "payload", "dns_qname",
+	"tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4"}
 
 // decodeEmit reads emit; fields must be among allowed.
 func (d *decoder) decodeEmit(v cue.Value, allowed []string) {
@@ -437,7 +445,7 @@ func (d *decoder) decodeDedup(v cue.Value, e *Emit) {
 	case err != nil || dur > maxDedup:
 		d.errorf(d.pos(r), "emit.dedup", "dedup %q is longer than the longest window, \"60m\": use a shorter one", s)
 	case payload && dur != 0:
-		d.errorf(d.pos(r), "emit.dedup", "events with payload or dns_qname are not deduplicated (the kernel does not compare payloads): remove dedup or set it to \"0s\"")
+		d.errorf(d.pos(r), "emit.dedup", "events with payload, dns_qname or tls_* fields are not deduplicated (the kernel does not compare payloads): remove dedup or set it to \"0s\"")
 	default:
 		e.Dedup = dur
 	}

@@ -69,11 +69,13 @@ var fieldWants = map[string]string{
 	"match.payload.depth":       "an integer >= 1: how many bytes from offset the pattern must lie within",
 	"match.payload.nocase":      "true or false",
 	"match.payload.not":         "true or false",
+	"match.tls_sni":             `a server name ("example.com"), a suffix pattern ("*.example.com") or a list of them`,
+	"match.tls_sni[]":           `a server name ("example.com") or a suffix pattern ("*.example.com")`,
 	"then":                      `"drop", "pass" or "count"`,
 	"mode":                      `"enforce" or "monitor"`,
 	"emit":                      `a struct {event: "name", fields: [...]}`,
 	"emit.event":                "a name made of letters, digits, _ . and -, starting with a letter or _",
-	"emit.fields":               "a list of field names: for xdp saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname; for kernel hooks process fields and argument names",
+	"emit.fields":               "a list of field names: for xdp saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname, tls_sni, tls_version, tls_legacy_version, tls_alpn, tls_ja4; for kernel hooks process fields and argument names",
 	"emit.fields[]":             "a field name of lower-case letters, digits and _",
 }
 

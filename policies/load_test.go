@@ -296,11 +296,11 @@ func TestLoadErrors(t *testing.T) {
 			`tcp_flags.cue:15:38: policy flags_without_tcp: match.tcp_flags: tcp_flags need protocol tcp, but protocol is udp`,
 		}},
 		{"emit.cue", []string{
-			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: unknown field "ttl"; want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname`,
+			`emit.cue:4:39: policy unknown_emit_field: emit.fields[1]: unknown field "ttl"; want one of saddr, daddr, sport, dport, protocol, tcp_flags, len, ifindex, payload, dns_qname, tls_sni, tls_version, tls_legacy_version, tls_alpn, tls_ja4`,
 			`emit.cue:10:2: policy no_event: emit: missing event: add event: "name"`,
 			`emit.cue:16:28: policy dedup_too_long: emit.dedup: dedup "90m" is longer than the longest window, "60m": use a shorter one`,
 			`emit.cue:22:28: policy dedup_not_a_duration: emit.dedup: got "1 second", want a duration in ms, s or m, e.g. "1s", "250ms" or "0s" (every event)`,
-			`emit.cue:28:51: policy dedup_of_payload: emit.dedup: events with payload or dns_qname are not deduplicated (the kernel does not compare payloads): remove dedup or set it to "0s"`,
+			`emit.cue:28:51: policy dedup_of_payload: emit.dedup: events with payload, dns_qname or tls_* fields are not deduplicated (the kernel does not compare payloads): remove dedup or set it to "0s"`,
 			`emit.cue:33:28: policy dedup_on_a_kernel_hook: emit.dedup: dedup is for xdp policies; a kernel hook's events are limited with rate_limit: remove it`,
 		}},
 		{"no_hook.cue", []string{

@@ -197,7 +197,7 @@ func (pd *probeDecoder) args(v cue.Value) {
 // selector reads one match struct into a Selector.
 func (pd *probeDecoder) selector(m cue.Value, path string) {
 	sel := Selector{Pos: pd.pos(m)}
-	for _, name := range []string{"protocol", "tcp_flags", "interface", "payload"} {
+	for _, name := range []string{"protocol", "tcp_flags", "interface", "payload", "tls_sni"} {
 		if v := m.LookupPath(cue.MakePath(cue.Str(name))); v.Exists() {
 			pd.errorf(pd.pos(v), path+"."+name, "%s is a packet condition, for xdp policies only", name)
 		}

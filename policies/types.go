@@ -88,6 +88,13 @@ type PacketMatch struct {
 	Interfaces []string
 	// Payload contents, all of which must hold (AND).
 	Payload []Content
+	// ServerNames are the TLS server names (SNI) of which the first
+	// segment of a ClientHello must ask for one: lowercased names
+	// ("example.com") or suffix patterns ("*.example.com"). Empty: any
+	// packet, hello or not.
+	ServerNames []string
+	// ServerNamesPos is where tls_sni is written.
+	ServerNamesPos Position
 }
 
 // PortRange is an inclusive port range; a single port has First == Last.
@@ -128,7 +135,17 @@ type Emit struct {
 
 // payloadEmitFields are the xdp emit fields read from the L4 payload: their
 // events carry its first bytes.
-var payloadEmitFields = []string{"payload", "dns_qname"}
+var payloadEmitFields = []string{"payload", "dns_qname", "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4"}
+
+// TLSEmitFields are the xdp emit fields decoded from a TLS ClientHello:
+// their events carry a whole first segment (bpf.EmitHelloBytes).
+var TLSEmitFields = []string{"tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4"}
+
+// CarriesHello reports whether the event has fields decoded from a TLS
+// ClientHello.
+func (e *Emit) CarriesHello() bool {
+	return slices.ContainsFunc(e.Fields, func(f string) bool { return slices.Contains(TLSEmitFields, f) })
+}
 
 // CarriesPayload reports whether the event has fields read from the L4
 // payload (a larger record, never deduplicated).
