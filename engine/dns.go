@@ -19,16 +19,19 @@ import (
 // payloadOf returns the payload bytes a record carries, or nil when the
 // record has none (a plain bpf.Event, or a short record).
 func payloadOf(record []byte) []byte {
-	var ev bpf.EventPayload
-	if len(record) < int(unsafe.Sizeof(ev)) {
-		return nil
+	switch len(record) {
+	case int(unsafe.Sizeof(bpf.EventPayload{})):
+		p := (*bpf.EventPayload)(unsafe.Pointer(&record[0]))
+		if n := int(p.PayloadLen); n <= len(p.Payload) {
+			return p.Payload[:n]
+		}
+	case int(unsafe.Sizeof(bpf.EventHello{})):
+		p := (*bpf.EventHello)(unsafe.Pointer(&record[0]))
+		if n := int(p.PayloadLen); n <= len(p.Payload) {
+			return p.Payload[:n]
+		}
 	}
-	p := (*bpf.EventPayload)(unsafe.Pointer(&record[0]))
-	n := int(p.PayloadLen)
-	if n > len(p.Payload) {
-		return nil
-	}
-	return p.Payload[:n]
+	return nil
 }
 
 // appendPayloadField appends the payload field f of one record to out:
@@ -40,6 +43,13 @@ func appendPayloadField(out *pipeline.Event, f string, protocol uint8, record []
 	switch f {
 	case "payload":
 		out.AppendString(f, hex.EncodeToString(payload))
+	case "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4":
+		if protocol != 6 {
+			return
+		}
+		if v, ok := parseClientHello(payload).field(f); ok {
+			out.AppendString(f, v)
+		}
 	case "dns_qname":
 		msg := payload
 		if protocol == 6 {

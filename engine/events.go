@@ -47,7 +47,7 @@ func (e *Engine) ReadEvents(ctx context.Context, pr *pipeline.Producer) error {
 func forEachEvent(rec []byte, fn func(event []byte)) {
 	size := int(unsafe.Sizeof(bpf.Event{}))
 	switch {
-	case len(rec) == int(unsafe.Sizeof(bpf.EventPayload{})):
+	case len(rec) == int(unsafe.Sizeof(bpf.EventPayload{})), len(rec) == int(unsafe.Sizeof(bpf.EventHello{})):
 		fn(rec)
 	case len(rec) > 0 && len(rec)%size == 0:
 		for off := 0; off < len(rec); off += size {
@@ -155,7 +155,7 @@ func (d *eventDecoder) decode(out *pipeline.Event, ev *bpf.Event) {
 			out.AppendUint(f, uint64(ev.PacketLen))
 		case "ifindex":
 			out.AppendUint(f, uint64(ev.Ifindex))
-		case "payload", "dns_qname":
+		case "payload", "dns_qname", "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4":
 			appendPayloadField(out, f, ev.Protocol, d.record)
 		}
 	}

@@ -91,6 +91,18 @@ func writeGeneration(maps bpf.XDPMaps, gen, epoch uint32, plan *codegen.Plan, if
 		}
 	}
 
+	// Server names: replace this generation's entries.
+	if err := generation.DeleteStale(maps.SNIClass, func(k bpf.SNIKey) bool { return uint32(k.Generation) == gen }); err != nil {
+		return fmt.Errorf("clear server name classes: %w", err)
+	}
+	for _, c := range pm.ServerNames {
+		key := c.Key.Value
+		key.Generation = uint8(gen)
+		if err := maps.SNIClass.Put(key, c.Class); err != nil {
+			return fmt.Errorf("write server name class %d: %w", c.Class, err)
+		}
+	}
+
 	// Interfaces.
 	if err := generation.DeleteStale(maps.IfaceBitmaps, func(k bpf.IfaceKey) bool { return k.Generation == gen }); err != nil {
 		return fmt.Errorf("clear interface bitmaps: %w", err)
