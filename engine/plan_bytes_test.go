@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -10,36 +8,7 @@ import (
 	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
-	"github.com/grain-ebpf/grain/policies"
 )
-
-// examplePlans compiles every example policy tree.
-func examplePlans(t *testing.T) map[string]*codegen.Plan {
-	t.Helper()
-	dirs, err := filepath.Glob("../examples/*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*codegen.Plan{}
-	for _, dir := range dirs {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			continue
-		}
-		snap, err := policies.Load(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-		if err != nil {
-			t.Fatalf("%s: %v", dir, err)
-		}
-		out[filepath.Base(dir)] = plan
-	}
-	if len(out) == 0 {
-		t.Fatal("no examples")
-	}
-	return out
-}
 
 // The engine writes the Plan's XDP map entries as they are: every entry
 // read back from the generation in force equals the Plan's, with only the
@@ -48,7 +17,7 @@ func examplePlans(t *testing.T) map[string]*codegen.Plan {
 func TestXDPWritesThePlanVerbatim(t *testing.T) {
 	vmtest.HostOnly(t, "map entries read back as written on every kernel")
 	e := testEngine(t)
-	plans := examplePlans(t)
+	plans := plantest.Examples(t, "../examples")
 	plans["all fields"] = plantest.Compile(t, `
 a: {priority: 1, xdp: interfaces: ["lo", "grain-*"], match: {interface: "lo", saddr: ["10.0.0.0/8", "fd00::/8"], dport: "1-100", payload: [{startswith: "GET "}, {contains: "x", nocase: true}]}, then: "drop", emit: {event: "e", fields: ["saddr", "dport"], dedup: "1s"}}
 b: {priority: 2, xdp: interfaces: ["lo", "grain-*"], match: {interface: "grain-*", daddr: "192.168.0.0/16", sport: [53, 5353], tcp_flags: ["syn", "!ack"]}, then: "count", emit: {event: "f", rate_limit: 5}}

@@ -442,24 +442,8 @@ func TestXDPEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 			runXDP(t, e, httpFrom(uint16(6100+i)))
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var out vmtest.LockedBuffer
-	done := make(chan error, 1)
-	go func() { done <- e.StreamEvents(ctx, &out) }()
-	// Until the reader has read every event of the replaced sets.
-	for deadline := time.Now().Add(10 * time.Second); e.gen.Retired() > 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		var ev map[string]any
-		if err := json.Unmarshal([]byte(line), &ev); err != nil {
-			t.Fatalf("not JSON: %v: %q", err, line)
-		}
+	for _, ev := range vmtest.StreamUntilDrained(t, e.StreamEvents, e.gen.Retired) {
 		got = append(got, fmt.Sprint(ev["policy"], "/", ev["sport"]))
 	}
 	if want := []string{"set_a/6000", "set_a/6100", "set_b/6001", "set_b/6101"}; !slices.Equal(got, want) {

@@ -93,6 +93,12 @@ func NewWorker(limits Limits) (*Worker, error) {
 	return &Worker{Command: []string{self}, Limits: limits}, nil
 }
 
+// ErrSuperseded is the cause (context.WithCancelCause) with which a caller
+// abandons a Load because a newer tree is to be loaded: the worker is then
+// replaced at once, so that the newer load does not wait for it to start.
+// Cancelled for any other cause, the worker is stopped only.
+var ErrSuperseded = errors.New("a newer change arrived")
+
 // Load is Load, run in the worker process within the worker's limits.
 func (w *Worker) Load(ctx context.Context, root string) (*Snapshot, error) {
 	w.mu.Lock()
@@ -125,7 +131,13 @@ func (w *Worker) Load(ctx context.Context, root string) (*Snapshot, error) {
 			return nil, w.failed(fmt.Errorf("policies: evaluating %s: the worker ended: %w", root, err))
 		}
 	case <-ctx.Done():
-		w.restart()
+		if errors.Is(context.Cause(ctx), ErrSuperseded) {
+			w.restart()
+		} else {
+			// grain stops, or the caller gave up: no worker is started
+			// that nothing would ask to load (the next Load starts one).
+			w.stop()
+		}
 		return nil, ctx.Err()
 	case <-backstop.C:
 		w.stop()
@@ -212,8 +224,8 @@ func (w *Worker) failed(err error) error {
 }
 
 // restart ends the worker and starts the next one now: a load abandoned
-// for a newer change is followed by that change's load, which then need
-// not wait for the process to start.
+// for a newer change (ErrSuperseded) is followed by that change's load,
+// which then need not wait for the process to start.
 func (w *Worker) restart() {
 	w.stop()
 	if p, err := w.start(); err == nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,20 +170,34 @@ func TestWorkerStopsAtItsLimits(t *testing.T) {
 	}
 }
 
+// A load abandoned for a newer tree (ErrSuperseded) replaces the worker at
+// once; one abandoned for any other cause (grain stops) leaves no worker
+// running. Either way the next load works.
 func TestWorkerLoadIsAbandonedWithItsContext(t *testing.T) {
 	w := newWorker(t, policies.Limits{Timeout: time.Hour})
 	dir := writeTree(t, map[string]string{"slow.cue": plantest.RunawayTree})
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		cancel()
-	}()
-	if _, err := w.Load(ctx, dir); !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, want context.Canceled", err)
-	}
 	good := writeTree(t, map[string]string{"p.cue": "p: {xdp: interfaces: [\"eth0\"], match: protocol: \"tcp\", then: \"drop\"}\n"})
-	if _, err := w.Load(context.Background(), good); err != nil {
-		t.Fatalf("after the abandoned load: %v", err)
+	for _, cause := range []error{policies.ErrSuperseded, context.Canceled} {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			cancel(cause)
+		}()
+		if _, err := w.Load(ctx, dir); !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled with %v: got %v, want context.Canceled", cause, err)
+		}
+		pid := w.Pid()
+		if superseded := cause == policies.ErrSuperseded; (pid != 0) != superseded {
+			t.Errorf("cancelled with %v: worker pid %d after the load; want a worker running: %v", cause, pid, superseded)
+		}
+		if pid != 0 {
+			if err := syscall.Kill(pid, 0); err != nil {
+				t.Errorf("the replacement worker %d does not run: %v", pid, err)
+			}
+		}
+		if _, err := w.Load(context.Background(), good); err != nil {
+			t.Fatalf("after the load cancelled with %v: %v", cause, err)
+		}
 	}
 }
 

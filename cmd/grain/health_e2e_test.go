@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/policies"
@@ -180,26 +178,9 @@ func TestStopKeepsEnforcementWhileTelemetryDrains(t *testing.T) {
 			if keep {
 				args = append(args, "--keep-on-exit")
 			}
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			size, err := unix.FcntlInt(r.Fd(), unix.F_GETPIPE_SZ, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := startGrainStdout(t, p.ServerNS, w, args...)
 			received := udpServer(t, p)
-			sender := newUDPSender(t, p)
-			// Until the pipe is full: the exit's drain then waits on it.
-			if !waitFor(func() bool {
-				sender.send(t, 200)
-				queued, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ)
-				return err == nil && queued > size-os.Getpagesize()
-			}) {
-				t.Fatalf("the pipe did not fill; stderr:\n%s", d.log())
-			}
+			d, sender, r := startGrainStalled(t, p, args...)
+			defer r.Close()
 			sender.send(t, 200)
 			d.cmd.Process.Signal(syscall.SIGTERM)
 			d.waitLog(t, "step=telemetry", 1)

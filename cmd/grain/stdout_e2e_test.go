@@ -140,11 +140,28 @@ func TestStdoutReaderGone(t *testing.T) {
 func TestStdoutReaderStalled(t *testing.T) {
 	vmtest.HostOnly(t, "stdout handling is userspace")
 	p, args, sock, _ := stdoutSetup(t)
+	d, sender, r := startGrainStalled(t, p, args...)
+	defer r.Close()
+	sender.send(t, 200) // events for a write that waits
+	d.terminate(t)
+	if !regexp.MustCompile(`events not written to stdout" dropped=[1-9]`).MatchString(d.log()) ||
+		!strings.Contains(d.log(), "stopping: detaching") {
+		t.Errorf("grain did not log the dropped events and detaching; stderr:\n%s", d.log())
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("status socket %s left behind (stat: %v)", sock, err)
+	}
+}
+
+// startGrainStalled starts grain with its stdout on a pipe that nobody
+// reads, and sends the datagrams grain reports until the pipe is full:
+// grain's next write to stdout waits. It returns the read end.
+func startGrainStalled(t *testing.T, p *netns.Pair, args ...string) (*grainProcess, *udpSender, *os.File) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
 	size, err := unix.FcntlInt(r.Fd(), unix.F_GETPIPE_SZ, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -159,13 +176,5 @@ func TestStdoutReaderStalled(t *testing.T) {
 	}) {
 		t.Fatalf("the pipe did not fill; stderr:\n%s", d.log())
 	}
-	sender.send(t, 200) // events for a write that waits
-	d.terminate(t)
-	if !regexp.MustCompile(`events not written to stdout" dropped=[1-9]`).MatchString(d.log()) ||
-		!strings.Contains(d.log(), "stopping: detaching") {
-		t.Errorf("grain did not log the dropped events and detaching; stderr:\n%s", d.log())
-	}
-	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("status socket %s left behind (stat: %v)", sock, err)
-	}
+	return d, sender, r
 }

@@ -149,7 +149,7 @@ func (r *Reloader) Serve(ctx context.Context) {
 				running = false
 			case next := <-requests:
 				// Carry the newer request over; a forced one stays forced.
-				cancel(errors.New("a newer change arrived"))
+				cancel(policies.ErrSuperseded)
 				r.Request(force || next)
 			}
 		}

@@ -1,13 +1,9 @@
 package hook
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/hookchild"
@@ -29,23 +25,8 @@ func TestHookEventsOfReplacedRuleSetsKeepTheirNames(t *testing.T) {
 			hookchild.Run(t, "close 2 987801") // read only after the sets that follow
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var out vmtest.LockedBuffer
-	done := make(chan error, 1)
-	go func() { done <- p.StreamEvents(ctx, &out) }()
-	for deadline := time.Now().Add(10 * time.Second); p.gen.Retired() > 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		var ev map[string]any
-		if err := json.Unmarshal([]byte(line), &ev); err != nil {
-			t.Fatalf("not JSON: %v: %q", err, line)
-		}
+	for _, ev := range vmtest.StreamUntilDrained(t, p.StreamEvents, p.gen.Retired) {
 		got = append(got, fmt.Sprint(ev["policy"]))
 	}
 	if want := []string{"set_a", "set_a", "set_b", "set_b"}; !slices.Equal(got, want) {

@@ -2,8 +2,6 @@ package hook
 
 import (
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
@@ -11,36 +9,7 @@ import (
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/plantest"
-	"github.com/grain-ebpf/grain/policies"
 )
-
-// examplePlans compiles every example policy tree.
-func examplePlans(t *testing.T) map[string]*codegen.Plan {
-	t.Helper()
-	dirs, err := filepath.Glob("../../examples/*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*codegen.Plan{}
-	for _, dir := range dirs {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			continue
-		}
-		snap, err := policies.Load(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-		if err != nil {
-			t.Fatalf("%s: %v", dir, err)
-		}
-		out[filepath.Base(dir)] = plan
-	}
-	if len(out) == 0 {
-		t.Fatal("no examples")
-	}
-	return out
-}
 
 // The engine writes the Plan's kernel-hook map entries as they are, adding
 // only what depends on this machine: the hook's slot, mechanism and
@@ -50,7 +19,7 @@ func TestHookWritesThePlanVerbatim(t *testing.T) {
 	plans := map[string]*codegen.Plan{}
 	feats := p.Features()
 	noFunctions := feats.Kprobes != nil && feats.FentryErr != nil
-	for name, plan := range examplePlans(t) {
+	for name, plan := range plantest.Examples(t, "../../examples") {
 		if plan.Probes == nil {
 			continue
 		}

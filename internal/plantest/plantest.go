@@ -7,6 +7,8 @@ package plantest
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,4 +48,33 @@ func UDPDrop(name string, port int, interfaces ...string) string {
 	}
 	return fmt.Sprintf("%s: {xdp: interfaces: [%s], match: {protocol: \"udp\", dport: %d}, then: \"drop\"}\n",
 		name, strings.Join(quoted, ", "), port)
+}
+
+// Examples compiles every example policy tree below dir (the repository's
+// examples/, relative to the test's package), by the example's name.
+func Examples(tb testing.TB, dir string) map[string]*codegen.Plan {
+	tb.Helper()
+	dirs, err := filepath.Glob(filepath.Join(dir, "*"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]*codegen.Plan{}
+	for _, dir := range dirs {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			continue
+		}
+		snap, err := policies.Load(dir)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+		if err != nil {
+			tb.Fatalf("%s: %v", dir, err)
+		}
+		out[filepath.Base(dir)] = plan
+	}
+	if len(out) == 0 {
+		tb.Fatalf("no example policy trees in %s", dir)
+	}
+	return out
 }

@@ -2,9 +2,14 @@ package vmtest
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"io"
 	"os"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // HostOnlyPrefix starts the skip message of HostOnly, by which the runner
@@ -59,4 +64,32 @@ func (b *LockedBuffer) Bytes() []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return bytes.Clone(b.b.Bytes())
+}
+
+// StreamUntilDrained runs stream (an engine's StreamEvents: events as JSON
+// lines) until retired (its generation.Switch's Retired) says that every
+// event of the replaced rule sets has been read, at most 10 s, and returns
+// the events it wrote.
+func StreamUntilDrained(t testing.TB, stream func(context.Context, io.Writer) error, retired func() int) []map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out LockedBuffer
+	done := make(chan error, 1)
+	go func() { done <- stream(ctx, &out) }()
+	for deadline := time.Now().Add(10 * time.Second); retired() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var events []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not JSON: %v: %q", err, line)
+		}
+		events = append(events, ev)
+	}
+	return events
 }
