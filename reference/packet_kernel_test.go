@@ -101,7 +101,7 @@ type differ struct {
 	shown  bool
 	plan   *codegen.Plan
 	p      *Packet
-	frames [][]byte
+	frames [][]byte // the batch
 	// expected over the batch
 	rulePackets []uint64
 	stats       [bpf.StatMax]uint64
@@ -139,10 +139,24 @@ func describe(r *Result) string {
 
 // runSet applies one policy set and runs n random frames through both.
 func (d *differ) runSet(set int, gs genSet, rng *rand.Rand, n int) int {
+	d.use(set, gs.src, compileSource(d.t, fmt.Sprintf("set%d.cue", set), gs.src))
+	done := 0
+	for done < n && d.reports < diffMaxReports {
+		batch := make([][]byte, min(diffBatch, n-done))
+		for i := range batch {
+			batch[i] = randomFrame(rng)
+		}
+		d.check(batch)
+		done += len(batch)
+	}
+	return done
+}
+
+// use makes plan, compiled from src, the rule set of both.
+func (d *differ) use(set int, src string, plan *codegen.Plan) {
 	t := d.t
 	t.Helper()
-	d.set, d.src, d.shown = set, gs.src, false
-	d.plan = compileSource(t, fmt.Sprintf("set%d.cue", set), gs.src)
+	d.set, d.src, d.shown, d.plan = set, src, false, plan
 	p, err := NewPacket(d.plan, testIface)
 	if err != nil {
 		t.Fatal(err)
@@ -150,25 +164,17 @@ func (d *differ) runSet(set int, gs genSet, rng *rand.Rand, n int) int {
 	d.p = p
 	d.k.apply(t, d.plan)
 	d.rulePackets = make([]uint64, len(d.plan.Rules))
-	done := 0
-	for done < n && d.reports < diffMaxReports {
-		batch := min(diffBatch, n-done)
-		d.runBatch(rng, batch)
-		done += batch
-	}
-	return done
 }
 
-// runBatch runs a batch of frames, comparing each verdict, then the
-// batch's counts and events.
-func (d *differ) runBatch(rng *rand.Rand, n int) {
+// check runs a batch of frames through both, comparing each verdict, then
+// the batch's counts and events.
+func (d *differ) check(frames [][]byte) {
 	t := d.t
-	d.frames = d.frames[:0]
+	t.Helper()
+	d.frames = frames
 	d.stats = [bpf.StatMax]uint64{}
 	d.events, d.eventFrame = d.events[:0], d.eventFrame[:0]
-	for i := 0; i < n; i++ {
-		frame := randomFrame(rng)
-		d.frames = append(d.frames, frame)
+	for i, frame := range frames {
 		r := d.p.Judge(frame, testIface)
 		got := d.k.run(t, frame)
 		if got != r.Verdict {
@@ -186,7 +192,7 @@ func (d *differ) runBatch(rng *rand.Rand, n int) {
 		d.count(r)
 		for _, ev := range r.Events {
 			d.events = append(d.events, ev)
-			d.eventFrame = append(d.eventFrame, len(d.frames)-1)
+			d.eventFrame = append(d.eventFrame, i)
 		}
 	}
 	if got := d.k.statsSince(t); got != d.stats {
@@ -197,6 +203,7 @@ func (d *differ) runBatch(rng *rand.Rand, n int) {
 		if got[i] != d.rulePackets[i] {
 			d.report("rule %d (%s) counted %d packets in the kernel, %d in the reference%s", i, d.plan.Rules[i].Policy,
 				got[i], d.rulePackets[i], d.framesOfRule(i))
+			d.rulePackets[i] = got[i] // report each disagreement once
 		}
 	}
 	evs := d.k.events(t, len(d.events))
