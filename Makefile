@@ -31,7 +31,7 @@ VM_513_KERNEL := --deb $(UBUNTU_POOL_513)/linux-image-unsigned-5.13.0-52-generic
 	--deb $(UBUNTU_POOL_513)/linux-modules-5.13.0-52-generic_5.13.0-52.59~20.04.1_amd64.deb\#8b9c9e679883b97b3d583415796c79980ac623488b20722d55a13bb60bbd616b \
 	--modules '' --features older-than-5.15
 
-.PHONY: build demo test test-unit test-privileged generate check-generated deps bench clean
+.PHONY: build image demo test test-unit test-privileged generate check-generated deps bench clean
 
 # The version is the commit (GOFLAGS=-buildvcs=false, set on some machines,
 # keeps Go from stamping it itself).
@@ -39,6 +39,17 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
 
 build:
 	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/grain
+
+# The container image (deploy/image): an OCI archive with an amd64 and an
+# arm64 image of the static binary, both from this one commit, no base image.
+IMAGE_NAME ?= localhost/grain:$(VERSION)
+image:
+	@for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/grain-linux-$$arch ./cmd/grain || exit 1; \
+	done
+	$(GO) run ./deploy/image -o bin/grain-image.tar -name $(IMAGE_NAME) -version $(VERSION) \
+		-epoch $$(git log -1 --format=%ct 2>/dev/null || echo 0) amd64=bin/grain-linux-amd64 arm64=bin/grain-linux-arm64
+	@ls -l bin/grain-image.tar
 
 # deps installs what the demo and the tests use when it is missing (root).
 deps:

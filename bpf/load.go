@@ -171,11 +171,11 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
-	if err := features.HaveProgramType(ebpf.XDP); err != nil {
-		return nil, fmt.Errorf("kernel lacks XDP programs (BPF_PROG_TYPE_XDP): %w", err)
+	if err := HaveXDP(); err != nil {
+		return nil, err
 	}
-	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
-		return nil, fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
+	if err := HaveRingBuffer(); err != nil {
+		return nil, err
 	}
 	spec, err := loadXdp()
 	if err != nil {
@@ -360,6 +360,35 @@ func EnsureBPFFS(dir string) error {
 	}
 	return nil
 }
+
+// HaveXDP reports whether the kernel has XDP programs.
+func HaveXDP() error {
+	if err := features.HaveProgramType(ebpf.XDP); err != nil {
+		return fmt.Errorf("kernel lacks XDP programs (BPF_PROG_TYPE_XDP): %w", err)
+	}
+	return nil
+}
+
+// HaveRingBuffer reports whether the kernel has BPF ring buffers, which
+// carry grain's events.
+func HaveRingBuffer() error {
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
+	}
+	return nil
+}
+
+// MissingCapabilities names the capabilities grain needs to load and attach
+// its programs that the process does not hold (effective set).
+func MissingCapabilities() ([]string, error) { return missingCapabilities() }
+
+// SyscallUsable reports whether the bpf() system call works for this
+// process: a seccomp profile, a security module or a kernel without it
+// refuse it, each with an error that says so.
+func SyscallUsable() error { return bpfUsable() }
+
+// KernelRelease is uname -r, and whether it is older than MinKernel.
+func KernelRelease() (release string, tooOld bool) { return olderThanMinKernel() }
 
 // CheckPrivileges reports a clear error when the process cannot use BPF. It
 // asks for capabilities, not uid 0: root has them all, and a process of

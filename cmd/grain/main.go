@@ -43,6 +43,7 @@ Usage:
   grain test [--kernel] [--junit FILE] [DIR]        run the tests beside the policies (*_test.cue)
   grain fmt [--check] [PATH...]                     format CUE files (--check: list unformatted, exit 1)
   grain status                                      print the running grain's policy hash, rules, reload result
+  grain doctor [--format json]                      what this node offers grain (exit 1: packet policies cannot run)
   grain version                                     print the version
   grain help policy                                 describe the policy schema
 `
@@ -70,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "fmt":
 		return cmdFmt(args[1:], stdout, stderr)
+	case "doctor":
+		return cmdDoctor(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "grain", versionString())
 		return 0
@@ -275,6 +278,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		metricsLn = ln
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if err := raiseCapabilities(); err != nil {
+		log.Warn("file capabilities not raised", "error", err)
+	}
 	if os.Getenv("GOMEMLIMIT") == "" && *memLimit > 0 {
 		// Under a flood of events the queues fill with live events and
 		// the default GOGC lets garbage double the heap on top of them:
