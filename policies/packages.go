@@ -181,8 +181,14 @@ func (t treeFS) instances() []*instance {
 		}
 	}
 	slices.Sort(loose)
+	// A file given alone makes an instance whose Dir is the loader's, not
+	// the file's: its directory is taken from the file.
+	looseDir := map[*build.Instance]string{}
 	for _, p := range loose {
-		built = append(built, load.Instances([]string{"./" + p}, cfg)...)
+		for _, b := range load.Instances([]string{"./" + p}, cfg) {
+			looseDir[b] = t.userName(filepath.Dir(virtualRoot + "/" + p))
+			built = append(built, b)
+		}
 	}
 
 	imported := map[string]bool{}
@@ -202,6 +208,9 @@ func (t treeFS) instances() []*instance {
 	out := make([]*instance, 0, len(built))
 	for _, b := range built {
 		in := &instance{build: b, library: imported[b.Dir+"\x00"+b.PkgName], dir: t.userName(b.Dir)}
+		if dir, ok := looseDir[b]; ok {
+			in.dir = dir
+		}
 		for _, f := range b.Files {
 			if filepath.Dir(f.Filename) == in.dir {
 				in.own = append(in.own, f)

@@ -27,3 +27,32 @@ func TestTestFilesAreNotPolicies(t *testing.T) {
 		t.Errorf("loaded %d policies from %v, want web from web.cue alone", len(snap.Policies), snap.Files)
 	}
 }
+
+// A file without a package clause in a directory below the root is loaded
+// on its own, and its fields are policies (examples/ is such a tree).
+func TestLooseFilesBelowTheRoot(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "web"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, src := range map[string]string{
+		"top.cue":     `top: {xdp: interfaces: ["eth0"], then: "pass"}`,
+		"web/web.cue": `web: {xdp: interfaces: ["eth0"], then: "drop"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range snap.Policies {
+		names = append(names, p.Name+"@"+p.Pos.String())
+	}
+	want := []string{"top@" + filepath.Join(dir, "top.cue") + ":1:1", "web@" + filepath.Join(dir, "web/web.cue") + ":1:1"}
+	if !slices.Equal(names, want) {
+		t.Errorf("policies %v, want %v", names, want)
+	}
+}
