@@ -41,6 +41,7 @@ Usage:
   grain check [--strict] DIR                        validate policies (exit 1 on errors; --strict: on warnings)
   grain compile [--interface IFACE]... DIR          print the compiled Plan as JSON
   grain test [--kernel] [--junit FILE] [DIR]        run the tests beside the policies (*_test.cue)
+  grain diff [--pcap FILE] OLD NEW                  compare two trees (directories or git revisions)
   grain fmt [--check] [PATH...]                     format CUE files (--check: list unformatted, exit 1)
   grain status                                      print the running grain's policy hash, rules, reload result
   grain doctor [--format json]                      what this node offers grain (exit 1: packet policies cannot run)
@@ -67,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCompile(args[1:], stdout, stderr)
 	case "test":
 		return cmdTest(args[1:], stdout, stderr)
+	case "diff":
+		return cmdDiff(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
 	case "fmt":
