@@ -38,10 +38,10 @@ func TestGrainDiff(t *testing.T) {
 		return pktbuild.TCP4(src, "10.0.0.1", sport, 80, pktbuild.ACK, []byte("GET / "+version+"\r\n")).Bytes()
 	}
 	writePcap(t, pcapPath,
-		http("10.0.0.2", "HTTP/1.1", 1), // drop by block_http -> pass
-		http("10.0.0.2", "HTTP/1.0", 2), // pass -> drop by block_http
-		http("10.9.0.2", "HTTP/1.0", 3), // pass by allow_admin -> drop by block_http
-		http("10.0.0.3", "HTTP/1.1", 4), // like the first
+		http("10.0.0.2", "HTTP/1.1", 1),                                          // drop by block_http -> pass
+		http("10.0.0.2", "HTTP/1.0", 2),                                          // pass -> drop by block_http
+		http("10.9.0.2", "HTTP/1.0", 3),                                          // pass by allow_admin -> drop by block_http
+		http("10.0.0.3", "HTTP/1.1", 4),                                          // like the first
 		pktbuild.TCP4("10.0.0.2", "10.0.0.1", 5, 443, pktbuild.ACK, nil).Bytes(), // unchanged
 	)
 
