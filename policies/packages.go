@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"testing/fstest"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -76,7 +75,7 @@ type instance struct {
 // treeFS holds the tree's files for cue/load, by slash paths below the
 // tree's root.
 type treeFS struct {
-	fs fstest.MapFS
+	fs map[string][]byte
 	// userName maps an FS path to the name positions show: the file's
 	// name as the tree was given, or the embedded schema's.
 	userName func(string) string
@@ -94,7 +93,7 @@ func newTreeFS(root string, files []sourceFile) treeFS {
 	if len(files) == 1 && files[0].name == root {
 		dir = filepath.Dir(root)
 	}
-	t := treeFS{fs: fstest.MapFS{}, users: map[string]bool{}}
+	t := treeFS{fs: map[string][]byte{}, users: map[string]bool{}}
 	const vendored = "cue.mod/pkg/" + schemaImportPath + "/"
 	vendorsSchema := false
 	for _, f := range files {
@@ -103,7 +102,7 @@ func newTreeFS(root string, files []sourceFile) treeFS {
 			rel = filepath.Base(f.name)
 		}
 		rel = filepath.ToSlash(rel)
-		t.fs[rel] = &fstest.MapFile{Data: f.src, Mode: 0o444}
+		t.fs[rel] = f.src
 		if strings.HasPrefix(rel, vendored) {
 			vendorsSchema = true
 		} else {
@@ -112,12 +111,11 @@ func newTreeFS(root string, files []sourceFile) treeFS {
 	}
 	_, t.hasMod = t.fs["cue.mod/module.cue"]
 	if !t.hasMod {
-		t.fs["cue.mod/module.cue"] = &fstest.MapFile{Mode: 0o444,
-			Data: fmt.Appendf(nil, "module: %q\nlanguage: version: %q\n", anonymousModule, cue.LanguageVersion())}
+		t.fs["cue.mod/module.cue"] = fmt.Appendf(nil, "module: %q\nlanguage: version: %q\n", anonymousModule, cue.LanguageVersion())
 	}
 	if !vendorsSchema {
 		for name, src := range schema.Files() {
-			t.fs[vendored+name] = &fstest.MapFile{Data: []byte(src), Mode: 0o444}
+			t.fs[vendored+name] = []byte(src)
 		}
 	}
 	t.userName = func(p string) string {
@@ -138,11 +136,11 @@ func (t treeFS) instances() []*instance {
 	// clause: only the clause is parsed here; cue/load parses the rest.
 	pkgDirs := map[string]bool{}
 	var loose []string
-	for p, f := range t.fs {
+	for p, src := range t.fs {
 		if strings.HasPrefix(p, "cue.mod/") {
 			continue
 		}
-		clause, err := parser.ParseFile(p, f.Data, parser.PackageClauseOnly)
+		clause, err := parser.ParseFile(p, src, parser.PackageClauseOnly)
 		if err == nil && clause.PackageName() != "" {
 			pkgDirs[path.Dir(p)] = true
 			continue
@@ -150,8 +148,8 @@ func (t treeFS) instances() []*instance {
 		loose = append(loose, p)
 	}
 	overlay := make(map[string]load.Source, len(t.fs))
-	for p, f := range t.fs {
-		overlay[virtualRoot+"/"+p] = load.FromBytes(f.Data)
+	for p, src := range t.fs {
+		overlay[virtualRoot+"/"+p] = load.FromBytes(src)
 	}
 	cfg := &load.Config{
 		Overlay:    overlay,
