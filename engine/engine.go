@@ -67,7 +67,7 @@ type Engine struct {
 	// apply then switches the pinned links and replaces the map pins.
 	takeOver bool
 	// totals hold the counters of rule sets no longer in the maps.
-	totals map[string]RuleCounter
+	totals generation.Tally[RuleCounter]
 	// ifaces knows which interface each verdict counter slot counts.
 	ifaces ifaceSlots
 	// noTCX: veth gets generic XDP, because the kernel lacks tcx or the tc
@@ -109,7 +109,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, pinPath: opts.PinPath,
-		pinLock: pinLock, totals: map[string]RuleCounter{}, noTCX: bpf.HaveTCX() != nil}
+		pinLock: pinLock, totals: generation.Tally[RuleCounter]{}, noTCX: bpf.HaveTCX() != nil}
 	if !e.noTCX {
 		// veth links get the tc program: verify it now, beside the
 		// first apply, rather than when the first veth appears.
@@ -1009,19 +1009,22 @@ type RuleCounter struct {
 }
 
 // add adds o's counts to c's.
-func (c *RuleCounter) add(o RuleCounter) {
+// Plus is c with o's counts added; it takes o's policy and verdict.
+func (c RuleCounter) Plus(o RuleCounter) RuleCounter {
+	c.Policy, c.Verdict = o.Policy, o.Verdict
 	c.Packets += o.Packets
 	c.Bytes += o.Bytes
 	c.Events += o.Events
 	c.EventsLost += o.EventsLost
 	c.EventsDeduplicated += o.EventsDeduplicated
 	c.EventsRateLimited += o.EventsRateLimited
+	return c
 }
 
 // generationCounters sums the per-CPU counters of rules, written in
 // generation gen, by policy name and verdict (counterKey).
-func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[string]RuleCounter, error) {
-	out := map[string]RuleCounter{}
+func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (generation.Tally[RuleCounter], error) {
+	out := generation.Tally[RuleCounter]{}
 	maps := e.xdp.Maps()
 	var perCPU []bpf.Counter
 	for _, r := range rules {
@@ -1029,24 +1032,13 @@ func (e *Engine) generationCounters(gen uint32, rules []codegen.Rule) (map[strin
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
 		key := r.Policy + "\x00" + r.Verdict()
-		c := out[key]
-		c.Policy, c.Verdict = r.Policy, r.Verdict()
 		for _, v := range perCPU {
-			c.add(RuleCounter{Packets: v.Packets, Bytes: v.Bytes, Events: v.Events, EventsLost: v.EventsLost,
-				EventsDeduplicated: v.EventsDeduplicated, EventsRateLimited: v.EventsRateLimited})
+			out.Add(key, RuleCounter{Policy: r.Policy, Verdict: r.Verdict(), Packets: v.Packets, Bytes: v.Bytes,
+				Events: v.Events, EventsLost: v.EventsLost, EventsDeduplicated: v.EventsDeduplicated,
+				EventsRateLimited: v.EventsRateLimited})
 		}
-		out[key] = c
 	}
 	return out, nil
-}
-
-func addCounters(into map[string]RuleCounter, from map[string]RuleCounter) {
-	for key, c := range from {
-		t := into[key]
-		t.Policy, t.Verdict = c.Policy, c.Verdict
-		t.add(c)
-		into[key] = t
-	}
 }
 
 // harvest folds the counters of the plan last written into generation gen
@@ -1057,7 +1049,7 @@ func (e *Engine) harvest(gen uint32) error {
 	if err != nil {
 		return err
 	}
-	addCounters(e.totals, c)
+	e.totals.AddAll(c)
 	e.rules[gen] = nil
 	return nil
 }
@@ -1067,23 +1059,18 @@ func (e *Engine) harvest(gen uint32) error {
 func (e *Engine) Counters() ([]RuleCounter, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sum := map[string]RuleCounter{}
-	addCounters(sum, e.totals)
+	sum := generation.Tally[RuleCounter]{}
+	sum.AddAll(e.totals)
 	for gen := uint32(0); gen < bpf.Generations; gen++ {
 		c, err := e.generationCounters(gen, e.rules[gen])
 		if err != nil {
 			return nil, err
 		}
-		addCounters(sum, c)
+		sum.AddAll(c)
 	}
-	out := make([]RuleCounter, 0, len(sum))
-	for _, c := range sum {
-		out = append(out, c)
-	}
-	slices.SortFunc(out, func(a, b RuleCounter) int {
+	return sum.Sorted(func(a, b RuleCounter) int {
 		return cmp.Or(strings.Compare(a.Policy, b.Policy), strings.Compare(a.Verdict, b.Verdict))
-	})
-	return out, nil
+	}), nil
 }
 
 // PacketStats counts, since the program was loaded, the packets no rule

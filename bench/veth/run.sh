@@ -17,7 +17,9 @@
 # grain-every (the policy with dedup "0s": an event for every dropped
 # packet, where grain's default sends one per second for a flood that
 # repeats one event) and grain-noemit (the policy without its emit line:
-# grain without events).
+# grain without events), grain-before (GRAIN_BEFORE, another grain binary,
+# e.g. one built from an earlier commit, with the same policies: a change
+# measured beside the code before it, in the same run).
 #
 # and two floods: (1) short HTTP/1.1 requests (dropped by every filter) and
 # (2) 1400-byte payloads without the pattern (passed by every filter but
@@ -53,6 +55,7 @@ RUNS=${RUNS:-5}
 CPU=${CPU:-1}
 CONFIGS=${CONFIGS:-none passall dropall iptables grain}
 GRAIN=${GRAIN:-bin/grain}
+GRAIN_BEFORE=${GRAIN_BEFORE:-}
 POLICIES=${POLICIES:-examples/block-http}
 
 SRV_IF=gbsrv
@@ -122,6 +125,10 @@ for cfg in $CONFIGS; do
 			notes+=("grain: skipped, $GRAIN not found (make build)")
 		fi
 		;;
+	grain-before)
+		[[ -x $GRAIN_BEFORE ]] || die "grain-before needs GRAIN_BEFORE, an executable grain"
+		configs+=("$cfg")
+		;;
 	*) die "unknown configuration $cfg" ;;
 	esac
 done
@@ -188,6 +195,7 @@ for cfg in "${configs[@]}"; do
 	iptables) ip netns exec "$srv" iptables -t raw -A PREROUTING -p tcp -m string --algo bm --string HTTP/1.1 -j DROP ;;
 	# stdout (the JSON events) goes to /dev/null.
 	grain) start_helper "$cfg" "$GRAIN" run --policies "$POLICIES" --interface "$SRV_IF" ;;
+	grain-before) start_helper "$cfg" "$GRAIN_BEFORE" run --policies "$POLICIES" --interface "$SRV_IF" ;;
 	grain-every) start_grain_variant "$cfg" 's/emit: {/emit: {dedup: "0s", /' ;;
 	grain-noemit) start_grain_variant "$cfg" '/^[[:space:]]*emit:/d' ;;
 	esac
@@ -262,6 +270,7 @@ describe() {
 	grain) echo "grain, $POLICIES (events to /dev/null; default dedup)" ;;
 	grain-every) echo "grain, $POLICIES with dedup \"0s\": an event per dropped packet (informational)" ;;
 	grain-noemit) echo "grain, $POLICIES without emit (informational)" ;;
+	grain-before) echo "grain before ($GRAIN_BEFORE), $POLICIES" ;;
 	xdp-generic-*) echo "XDP generic-mode ${1##*-} (informational)" ;;
 	tcx-*) echo "tcx ingress ${1##*-} (informational)" ;;
 	esac
@@ -306,7 +315,7 @@ fi
 if has grain-every && has iptables && has dropall; then
 	echo "- the same with an event for every dropped packet (grain-every): $(ratio http dropall grain-every)"
 fi
-for cfg in grain grain-every grain-noemit; do
+for cfg in grain grain-before grain-every grain-noemit; do
 	has $cfg || continue
 	awk -v cfg="$cfg" -v ns="${userspace_ns[$cfg]:-0}" -v n=$((N * RUNS)) 'BEGIN {
 		printf "- %s: its userspace, on the other CPUs and not in the figures, used %.1f ns per dropped packet during flood 1\n", cfg, ns / n
@@ -320,5 +329,6 @@ echo "- passed packets end at a blackhole routing rule in the server namespace (
 echo
 extra=""
 [[ $GRAIN != bin/grain ]] && extra+=" GRAIN=$GRAIN"
+[[ -n $GRAIN_BEFORE ]] && extra+=" GRAIN_BEFORE=$GRAIN_BEFORE"
 [[ $POLICIES != examples/block-http ]] && extra+=" POLICIES=$POLICIES"
 echo "Command: sudo N=$N RUNS=$RUNS CPU=$CPU CONFIGS=\"$CONFIGS\"$extra bench/veth/run.sh"

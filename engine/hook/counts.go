@@ -31,7 +31,9 @@ type RuleCounter struct {
 	CountErrors uint64 `json:"count_errors"`
 }
 
-func (c *RuleCounter) add(o RuleCounter) {
+// Plus is c with o's counts added; it takes o's policy.
+func (c RuleCounter) Plus(o RuleCounter) RuleCounter {
+	c.Policy = o.Policy
 	c.Hits += o.Hits
 	c.Events += o.Events
 	c.EventsLost += o.EventsLost
@@ -39,6 +41,7 @@ func (c *RuleCounter) add(o RuleCounter) {
 	c.Signals += o.Signals
 	c.WouldSignals += o.WouldSignals
 	c.CountErrors += o.CountErrors
+	return c
 }
 
 // CountSample is one in-kernel aggregation: a metric with its labels.
@@ -77,7 +80,7 @@ func (s *CountSample) key() string {
 
 // generationRuleCounters sums the per-CPU counters of the rules of
 // generation gen by policy.
-func (e *Hooks) generationRuleCounters(gen uint32, into map[string]RuleCounter) error {
+func (e *Hooks) generationRuleCounters(gen uint32, into generation.Tally[RuleCounter]) error {
 	g := e.written[gen]
 	if g == nil {
 		return nil
@@ -87,16 +90,14 @@ func (e *Hooks) generationRuleCounters(gen uint32, into map[string]RuleCounter) 
 		if err := e.p.Maps().Counters.Lookup(gen*bpf.HookMaxRules+uint32(i), &perCPU); err != nil {
 			return fmt.Errorf("read hook counters: %w", err)
 		}
-		c := into[r.Policy]
-		c.Policy = r.Policy
 		for _, v := range perCPU {
-			c.add(RuleCounter{Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
-				EventsRateLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors})
+			c := RuleCounter{Policy: r.Policy, Hits: v.Hits, Events: v.Events, EventsLost: v.EventsLost,
+				EventsRateLimited: v.EventsLimited, Signals: v.Signals, CountErrors: v.CountErrors}
 			if r.Monitor && r.Signal != "" {
-				c.WouldSignals += v.Hits
+				c.WouldSignals = v.Hits
 			}
+			into.Add(r.Policy, c)
 		}
-		into[r.Policy] = c
 	}
 	return nil
 }
@@ -347,21 +348,14 @@ func (e *Hooks) CountSnapshot() ([]CountSample, error) {
 func (e *Hooks) Counters() ([]RuleCounter, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sum := map[string]RuleCounter{}
-	for k, v := range e.ruleTotals {
-		sum[k] = v
-	}
+	sum := generation.Tally[RuleCounter]{}
+	sum.AddAll(e.ruleTotals)
 	for gen := uint32(0); gen < bpf.HookGenerations; gen++ {
 		if err := e.generationRuleCounters(gen, sum); err != nil {
 			return nil, err
 		}
 	}
-	out := make([]RuleCounter, 0, len(sum))
-	for _, c := range sum {
-		out = append(out, c)
-	}
-	slices.SortFunc(out, func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
-	return out, nil
+	return sum.Sorted(func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) }), nil
 }
 
 // Nesting counts, since the programs were loaded, the kernel calls

@@ -64,7 +64,7 @@ type Hooks struct {
 	noRaw map[string]bool
 
 	// totals of rule sets no longer in the maps
-	ruleTotals  map[string]RuleCounter
+	ruleTotals  generation.Tally[RuleCounter]
 	countTotals map[string]*CountSample
 
 	cgroupRoot string
@@ -125,7 +125,7 @@ func New(opts Options) (*Hooks, error) {
 		return nil, err
 	}
 	e := &Hooks{log: log, p: p, feats: feats, hooks: map[string]*attachment{}, noRaw: map[string]bool{},
-		ruleTotals:  map[string]RuleCounter{},
+		ruleTotals:  generation.Tally[RuleCounter]{},
 		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
