@@ -61,6 +61,9 @@ func randomPolicies(rng *rand.Rand, n int, gate bool) genSet {
 	}
 	for i := range n {
 		fmt.Fprintf(&b, "p%03d: {\n\tpriority: %d\n", i, rng.IntN(40))
+		if rng.IntN(6) == 0 {
+			b.WriteString("\tmode: \"monitor\"\n")
+		}
 		attach := rng.IntN(8)
 		switch attach {
 		case 0:

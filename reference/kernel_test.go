@@ -93,7 +93,7 @@ func (k *kernel) drain() {
 	k.rd.SetDeadline(time.Time{})
 }
 
-// run judges one frame; the verdict is XDP_DROP (1) or XDP_PASS (2).
+// run judges one frame: XDP_DROP (1) is Drop, XDP_PASS (2) Pass.
 func (k *kernel) run(t testing.TB, frame []byte) Verdict {
 	t.Helper()
 	ret, err := k.prog.Run(&ebpf.RunOptions{Data: frame})

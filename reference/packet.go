@@ -213,6 +213,9 @@ func NewPacket(plan *codegen.Plan, ifaces ...string) (*Packet, error) {
 	if len(pm.Rules) != len(plan.Rules) {
 		return nil, planError("has %d rules in its kernel form and %d in its readable form", len(pm.Rules), len(plan.Rules))
 	}
+	if pm.Config.Value.Fields&bpf.FieldSNI != 0 {
+		return nil, planError("matches TLS server names (tls_sni), which the reference evaluator does not evaluate yet")
+	}
 	if len(pm.Rules) > bpf.MaxRules || len(pm.Contents) > bpf.MaxContents {
 		return nil, planError("has %d rules and %d contents; the program holds %d and %d", len(pm.Rules), len(pm.Contents), bpf.MaxRules, bpf.MaxContents)
 	}

@@ -81,8 +81,8 @@ func TestJudgeAgreesWithKernel(t *testing.T) {
 	elapsed := time.Since(start)
 	t.Logf("%d frames of %d policy sets in %v (%.0f frames/s, reference and kernel together)",
 		frames, diffSets, elapsed.Round(time.Millisecond), float64(frames)/elapsed.Seconds())
-	t.Logf("frames: %d dropped, %d passed by a rule, %d passed by none, %d counted by some rule, %d passed by the gate, "+
-		"%d not IP, %d malformed; %d events (%d with payload)", d.tally.dropped, d.tally.passedByRule, d.tally.passedByNone,
+	t.Logf("frames: %d dropped, %d would be dropped (monitor), %d passed by a rule, %d passed by none, %d counted by some rule, %d passed by the gate, "+
+		"%d not IP, %d malformed; %d events (%d with payload)", d.tally.dropped, d.tally.wouldDrop, d.tally.passedByRule, d.tally.passedByNone,
 		d.tally.counted, d.tally.gated, d.tally.notIP, d.tally.malformed, d.tally.events, d.tally.payloadEvents)
 	if d.reports > 0 {
 		t.Fatalf("%d disagreements (seed %d; rerun with %s=%d)", d.reports, seed, seedEnv, seed)
@@ -109,7 +109,7 @@ type differ struct {
 	eventFrame  []int
 	// what the frames exercised, over the run
 	tally struct {
-		dropped, passedByRule, passedByNone, counted, gated, notIP, malformed, events, payloadEvents int
+		dropped, wouldDrop, passedByRule, passedByNone, counted, gated, notIP, malformed, events, payloadEvents int
 	}
 }
 
@@ -177,7 +177,7 @@ func (d *differ) check(frames [][]byte) {
 	for i, frame := range frames {
 		r := d.p.Judge(frame, testIface)
 		got := d.k.run(t, frame)
-		if got != r.Verdict {
+		if got.Dropped() != r.Verdict.Dropped() {
 			d.report("frame %x: kernel %s, reference %s", frame, got, describe(r))
 		}
 		for _, idx := range r.CountedRules {
@@ -242,6 +242,8 @@ func (d *differ) count(r *Result) {
 	switch {
 	case r.Verdict == Drop:
 		c.dropped++
+	case r.Verdict == WouldDrop:
+		c.wouldDrop++
 	case r.Rule >= 0:
 		c.passedByRule++
 	default:

@@ -3,6 +3,7 @@ package reference
 import (
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/grain-ebpf/grain/codegen"
@@ -147,5 +148,14 @@ drop_tcp: {priority: 2, xdp: interfaces: ["eth0"], match: protocol: "tcp", then:
 	frame = pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.ACK, []byte("GET / HTTP/1.0\r\n")).Bytes()
 	if r := p.Judge(frame, "eth0"); r.Verdict != Drop || r.Policy != "drop_tcp" {
 		t.Errorf("HTTP/1.0: verdict %s by %q, want drop by drop_tcp", r.Verdict, r.Policy)
+	}
+}
+
+// A plan that matches TLS server names is refused, saying so, until Judge
+// evaluates them: an answer without them would be wrong.
+func TestNewPacketRefusesServerNames(t *testing.T) {
+	plan := plantest.Compile(t, `tls: {xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "example.com"}, then: "drop"}`)
+	if _, err := NewPacket(plan); err == nil || !strings.Contains(err.Error(), "tls_sni") {
+		t.Fatalf("NewPacket of a tls_sni plan: %v, want an error naming tls_sni", err)
 	}
 }
