@@ -86,12 +86,18 @@ func runChild(t *testing.T, name, what string) (int, error) {
 // set of probes. observeSelf lets the hooks see this test process.
 func apply(t *testing.T, dir string, observeSelf bool) *hook.Hooks {
 	t.Helper()
+	return applyWith(t, dir, observeSelf, codegen.Options{})
+}
+
+// applyWith is apply with codegen options (monitor mode).
+func applyWith(t *testing.T, dir string, observeSelf bool, opts codegen.Options) *hook.Hooks {
+	t.Helper()
 	vmtest.RequireRoot(t)
 	snap, err := policies.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	plan, err := codegen.Compile(snap.Policies, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,5 +393,38 @@ func TestExampleKprobeUDPTraffic(t *testing.T) {
 	want := map[string]string{"comm": strings.TrimSpace(string(comm)), "daddr": dst.Addr().String(), "dport": strconv.Itoa(int(dst.Port()))}
 	if n, ok := count(t, p, "udp.bytes_sent", want); n != 300 {
 		t.Errorf("udp.bytes_sent%v = %d (found %v), want 300", want, n, ok)
+	}
+}
+
+// The same policy in monitor mode (grain run --monitor): the process that
+// opens the canary lives, the event is sent, and the counters say the
+// signal it would have sent.
+func TestExampleKillOnOpenMonitor(t *testing.T) {
+	p := applyWith(t, "kill-on-open", false, codegen.Options{Monitor: true})
+	c := collect(t, p)
+	const name = "grain-kill-mon"
+	pid, err := runChild(t, name, "open:/tmp/grain-canary")
+	if err != nil {
+		t.Fatalf("in monitor mode the child that opened the canary ended with %v, want exit 0", err)
+	}
+	evs := c.events(5*time.Second, func(ev *hook.Event) bool { return ev.Comm == name })
+	if len(evs) != 1 || field(&evs[0], "tgid") != uint64(pid) {
+		t.Fatalf("events %+v; want one of process (tgid) %d", evs, pid)
+	}
+	counters, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range counters {
+		if c.Policy == "kill_on_canary" {
+			found = true
+			if c.Signals != 0 || c.WouldSignals != 1 {
+				t.Errorf("kill_on_canary: %d signals, %d would_signals; want 0 and 1", c.Signals, c.WouldSignals)
+			}
+		}
+	}
+	if !found {
+		t.Error("no counter of kill_on_canary")
 	}
 }
