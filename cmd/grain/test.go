@@ -40,16 +40,27 @@ func cmdTest(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() == 1 {
 		dir = fs.Arg(0)
 	}
-	cases, err := policytest.Load(dir)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 2
+	// The tests load here while the worker process evaluates the tree.
+	type loaded struct {
+		cases []policytest.Case
+		err   error
 	}
+	tests := make(chan loaded, 1)
+	go func() {
+		cases, err := policytest.Load(dir)
+		tests <- loaded{cases, err}
+	}()
 	_, plan, err := compileDir(dir, nil, *limits)
+	t := <-tests
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
+	if t.err != nil {
+		fmt.Fprintln(stderr, t.err)
+		return 2
+	}
+	cases := t.cases
 	var opts policytest.Options
 	if *kernel {
 		k, err := newKernelJudge(plan)
