@@ -35,6 +35,26 @@
 // rule sends before deduplication (emit.dedup) and the rate limit
 // (emit.rate_limit) decide whether it is sent, and a lost event (a full
 // ring buffer) is not lost here.
+//
+// # Kernel hooks
+//
+//	h, err := reference.NewHook(plan)
+//	c := reference.Call{Kind: "syscall", Target: "openat", TGID: 40, UID: 1000, Comm: "cat"}
+//	c.Args[1].Str = "/etc/passwd"
+//	for _, r := range h.Call(c) {
+//		// r.Policy selected the call; r.Event, r.Count, r.Signal are what
+//		// it does with it
+//	}
+//
+// Call mirrors the kernel-hook programs (bpf/hook.c, bpf/hook_filters.h):
+// the hooks the call reaches, each hook's policies in order (hook_run),
+// a policy's selectors ORed and their filters ANDed (ruleApply,
+// filterHolds, with the trie lookups as longest-prefix matches, trieKey
+// and lpmMatches), the values read by type (read), and the event fields
+// and count labels as the hook's event reader decodes them (field). A
+// cgroup is its path here (the kernel compares ids, which depend on the
+// machine); exe, host and container are added in userspace and left out.
+// Over time (rate limits) it models nothing, as for packets.
 package reference
 
 import (
