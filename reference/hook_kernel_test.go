@@ -342,4 +342,3 @@ func readHookEvents(t *testing.T, rd *hook.EventReader, n int) []string {
 		out = append(out, eventString(ev.Policy, ev.Event, fields))
 	}
 }
-
