@@ -13,7 +13,7 @@ VM_PACKAGES := ./bpf ./engine/... ./examples ./cmd/grain ./internal/vmtest
 # A kernel older than grain supports (Debian 11's 5.10): grain must refuse
 # it with an error that names what it lacks. Only the tests of that refusal
 # run there, and they are named so: TestOldKernel...
-VM_OLD_TESTS := ./engine:^TestOldKernel
+VM_OLD_TESTS := ./engine:^TestOldKernel ./cmd/grain:^TestOldKernel
 VM_OLD_KERNEL := --kernel linux-image-5.10.0-32-amd64 --suite bullseye --modules '' --features older-than-5.15
 
 # grain's minimum, Linux 5.15, as Ubuntu 22.04 ships it (no Debian suite has
@@ -51,6 +51,13 @@ image:
 		-epoch $$(git log -1 --format=%ct 2>/dev/null || echo 0) amd64=bin/grain-linux-amd64 arm64=bin/grain-linux-arm64
 	@ls -l bin/grain-image.tar
 
+# The cluster tests' Kubernetes components (about 20 minutes on a cold
+# machine) and OpenTelemetry Collector (about 5), built from the Go module
+# proxy once and cached under /var/cache (deploy/kubernetes).
+.PHONY: cluster-deps
+cluster-deps:
+	@start=$$SECONDS; ./scripts/k8s-binaries.sh >/dev/null && ./scripts/otelcol-binary.sh >/dev/null; rc=$$?; echo "== cluster binaries took $$((SECONDS-start)) s"; exit $$rc
+
 # deps installs what the demo and the tests use when it is missing (root).
 deps:
 	@GO=$(GO) ./scripts/deps.sh
@@ -60,7 +67,7 @@ demo: deps build
 
 # Unit tests, then the privileged kernel and network tests (root).
 # -v so that CI output shows each privileged test ran (or why it skipped).
-test: deps build
+test: deps build cluster-deps
 	@start=$$SECONDS; $(GO) vet ./... && echo "== go vet took $$((SECONDS-start)) s"
 	@start=$$SECONDS; $(GO) test -count=1 -v ./...; rc=$$?; echo "== host tests took $$((SECONDS-start)) s"; exit $$rc
 	@start=$$SECONDS; $(MAKE) --no-print-directory -j2 -O test-guests; rc=$$?; echo "== guests took $$((SECONDS-start)) s"; exit $$rc
@@ -78,14 +85,14 @@ guest-amd64:
 guest-arm64:
 	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch arm64 --timeout 1500 $(VM_PACKAGES); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
 guest-old:
-	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) '$(VM_OLD_TESTS)'; rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
+	@start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_OLD_KERNEL) $(VM_OLD_TESTS); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc
 guest-amd64-5.15:
 	@if curl -fsS -m 20 -o /dev/null http://archive.ubuntu.com/ubuntu/dists/jammy/Release; then \
 		start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_515_KERNEL) $(VM_PACKAGES); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc; \
 	else echo "== amd64 guest 5.15 (grain's minimum) NOT RUN: archive.ubuntu.com does not answer from here"; fi
 guest-5.13:
 	@if curl -fsS -m 20 -o /dev/null http://archive.ubuntu.com/ubuntu/dists/jammy/Release; then \
-		start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_513_KERNEL) '$(VM_OLD_TESTS)'; rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc; \
+		start=$$SECONDS; GO=$(GO) ./scripts/vm-test.sh --arch amd64 $(VM_513_KERNEL) $(VM_OLD_TESTS); rc=$$?; echo "== $@ took $$((SECONDS-start)) s"; exit $$rc; \
 	else echo "== amd64 guest 5.13 (too old) NOT RUN: archive.ubuntu.com does not answer from here"; fi
 
 # Rebuild the committed BPF objects with Debian's clang-19.

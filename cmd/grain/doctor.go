@@ -257,7 +257,7 @@ func checkPinPath(dir string, uid, gid int) (string, error) {
 				return "", fmt.Errorf("chmod 700 the pin directory %s (needs its owner or CAP_FOWNER): %w", dir, err)
 			}
 		}
-		existing = dir
+		return fmt.Sprintf("%s is on a bpffs, given to %d:%d", dir, uid, gid), nil
 	}
 	if err := unix.Faccessat(unix.AT_FDCWD, existing, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
 		what := "create the pin directory in"

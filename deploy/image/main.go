@@ -43,9 +43,6 @@ const (
 	mediaLayer    = "application/vnd.oci.image.layer.v1.tar+gzip"
 )
 
-// Where the binary lies in the image, and the entrypoint.
-const binaryPath = "grain"
-
 type descriptor struct {
 	MediaType   string            `json:"mediaType"`
 	Digest      string            `json:"digest"`
@@ -80,6 +77,10 @@ func main() {
 	name := flag.String("name", "localhost/grain:latest", "the image's name and tag (REPOSITORY:TAG)")
 	version := flag.String("version", "", "grain's version, recorded as the image's version label")
 	epoch := flag.Int64("epoch", 0, "timestamp of every file and of the image, in seconds since 1970 (reproducible builds)")
+	o := options{}
+	flag.StringVar(&o.path, "path", "grain", "the binary's path in the image, its entrypoint")
+	flag.StringVar(&o.cmd, "cmd", "run --policies /etc/grain/policies", "the image's default arguments, space-separated")
+	flag.BoolVar(&o.fileCaps, "file-caps", true, "give the binary grain's file capabilities")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: image [flags] ARCH=BINARY...\n")
 		flag.PrintDefaults()
@@ -89,13 +90,23 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := write(*out, *name, *version, time.Unix(*epoch, 0).UTC(), flag.Args()); err != nil {
+	o.name, o.version, o.created = *name, *version, time.Unix(*epoch, 0).UTC()
+	if err := write(*out, o, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "image:", err)
 		os.Exit(1)
 	}
 }
 
-func write(out, name, version string, created time.Time, binaries []string) error {
+// options are what the flags set (the tests build other images with them,
+// such as a pause image).
+type options struct {
+	name, version, path, cmd string
+	fileCaps                 bool
+	created                  time.Time
+}
+
+func write(out string, o options, binaries []string) error {
+	name, version, created := o.name, o.version, o.created
 	repo, tag, ok := strings.Cut(name, ":")
 	if !ok || strings.Contains(tag, "/") || repo == "" || tag == "" {
 		return fmt.Errorf("-name %q: want REPOSITORY:TAG, e.g. localhost/grain:v1", name)
@@ -115,7 +126,7 @@ func write(out, name, version string, created time.Time, binaries []string) erro
 		if err := checkStatic(exe, arch); err != nil {
 			return fmt.Errorf("%s: %w", bin, err)
 		}
-		layerTar, err := layer(exe, created)
+		layerTar, err := layer(exe, o.path, o.fileCaps, created)
 		if err != nil {
 			return err
 		}
@@ -130,10 +141,10 @@ func write(out, name, version string, created time.Time, binaries []string) erro
 			"architecture": arch,
 			"os":           "linux",
 			"config": map[string]any{
-				"Entrypoint": []string{"/" + binaryPath},
-				"Cmd":        []string{"run", "--policies", "/etc/grain/policies"},
+				"Entrypoint": []string{"/" + o.path},
+				"Cmd":        strings.Fields(o.cmd),
 				"Labels": map[string]string{
-					"org.opencontainers.image.title":   "grain",
+					"org.opencontainers.image.title":   o.path,
 					"org.opencontainers.image.version": version,
 					"org.opencontainers.image.source":  "https://github.com/grain-ebpf/grain",
 				},
@@ -240,13 +251,15 @@ type dockerManifest struct {
 
 // layer is the image's one layer, uncompressed: the binary, owned by root,
 // with its file capabilities.
-func layer(exe []byte, created time.Time) ([]byte, error) {
+func layer(exe []byte, path string, fileCaps bool, created time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	hdr := &tar.Header{
-		Typeflag: tar.TypeReg, Name: binaryPath, Mode: 0o755, Size: int64(len(exe)),
+		Typeflag: tar.TypeReg, Name: path, Mode: 0o755, Size: int64(len(exe)),
 		ModTime: created, Format: tar.FormatPAX,
-		PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(fileCapabilities())},
+	}
+	if fileCaps {
+		hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(fileCapabilities())}
 	}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return nil, err
