@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/plandiff"
@@ -37,32 +38,23 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	defer os.RemoveAll(tmp)
-	w, err := policies.NewWorker(*limits)
-	if err != nil {
-		fmt.Fprintln(stderr, "grain diff:", err)
-		return 2
-	}
-	defer w.Close()
+	// Both trees load at once, each in a worker of its own.
 	var trees [2]plandiff.Tree
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
 	for i, arg := range fs.Args() {
-		dir := arg
-		if st, err := os.Stat(arg); err != nil || !st.IsDir() {
-			if dir, err = plandiff.Checkout(arg, tmp); err != nil {
-				fmt.Fprintln(stderr, "grain diff:", err)
-				return 2
-			}
-		}
-		snap, err := w.Load(context.Background(), dir)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trees[i], errs[i] = loadTree(arg, tmp, *limits)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
-			fmt.Fprintf(stderr, "grain diff: %s:\n%v\n", arg, err)
+			fmt.Fprintln(stderr, "grain diff:", err)
 			return 2
 		}
-		plan, err := codegen.Compile(snap.Policies, codegen.Options{})
-		if err != nil {
-			fmt.Fprintf(stderr, "grain diff: %s:\n%v\n", arg, err)
-			return 2
-		}
-		trees[i] = plandiff.Tree{Name: arg, Policies: relativePositions(snap.Policies, dir), Plan: plan}
 	}
 	d := plandiff.Compare(trees[0], trees[1])
 	if *pcapFile != "" {
@@ -97,6 +89,31 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	return 1
+}
+
+// loadTree loads and compiles one side of a diff: a directory, or a git
+// revision checked out under tmp.
+func loadTree(arg, tmp string, limits policies.Limits) (plandiff.Tree, error) {
+	dir := arg
+	if st, err := os.Stat(arg); err != nil || !st.IsDir() {
+		if dir, err = plandiff.Checkout(arg, tmp); err != nil {
+			return plandiff.Tree{}, err
+		}
+	}
+	w, err := policies.NewWorker(limits)
+	if err != nil {
+		return plandiff.Tree{}, err
+	}
+	defer w.Close()
+	snap, err := w.Load(context.Background(), dir)
+	if err != nil {
+		return plandiff.Tree{}, fmt.Errorf("%s:\n%w", arg, err)
+	}
+	plan, err := codegen.Compile(snap.Policies, codegen.Options{})
+	if err != nil {
+		return plandiff.Tree{}, fmt.Errorf("%s:\n%w", arg, err)
+	}
+	return plandiff.Tree{Name: arg, Policies: relativePositions(snap.Policies, dir), Plan: plan}, nil
 }
 
 // relativePositions names the files of a checked-out revision as they are
