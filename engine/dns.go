@@ -2,9 +2,6 @@ package engine
 
 import (
 	"encoding/hex"
-	"errors"
-	"strconv"
-	"strings"
 	"unsafe"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -59,79 +56,8 @@ func appendPayloadField(out *pipeline.Event, f string, protocol uint8, record []
 			}
 			msg = msg[2:]
 		}
-		if name, err := dnsQuestionName(msg); err == nil {
+		if name, err := pipeline.DNSQuestionName(msg); err == nil {
 			out.AppendString(f, name)
 		}
 	}
-}
-
-var (
-	errDNSTruncated   = errors.New("dns: truncated")
-	errDNSNoQuestion  = errors.New("dns: no question")
-	errDNSPointer     = errors.New("dns: compression pointer in the question name")
-	errDNSLabelType   = errors.New("dns: reserved label type")
-	errDNSNameTooLong = errors.New("dns: name longer than 255 bytes")
-)
-
-// dnsMaxName is the longest name in wire form (RFC 1035 3.1): its labels,
-// their length bytes and the root's zero byte.
-const dnsMaxName = 255
-
-// dnsQuestionName decodes the name of the first question of the DNS message
-// msg (starting at the 12-byte header) into presentation form: labels
-// joined by dots, without the trailing dot ("." for the root); bytes other
-// than printable ASCII, and dots and backslashes inside a label, are
-// written as \DDD (decimal, as dig does). Letters keep the case they were
-// sent in. It refuses a message without a question, a name that does not
-// end within msg, one longer than 255 bytes, a compression pointer (nothing
-// precedes the first question that it could point to) and the reserved
-// label types.
-func dnsQuestionName(msg []byte) (string, error) {
-	if len(msg) < 12 {
-		return "", errDNSTruncated
-	}
-	if msg[4] == 0 && msg[5] == 0 { // QDCOUNT
-		return "", errDNSNoQuestion
-	}
-	var b strings.Builder
-	off := 12
-	for {
-		if off >= len(msg) {
-			return "", errDNSTruncated
-		}
-		l := int(msg[off])
-		switch {
-		case l&0xc0 == 0xc0:
-			return "", errDNSPointer
-		case l&0xc0 != 0:
-			return "", errDNSLabelType
-		}
-		if off-12+1+l > dnsMaxName {
-			return "", errDNSNameTooLong
-		}
-		if l == 0 {
-			break
-		}
-		if off+1+l > len(msg) {
-			return "", errDNSTruncated
-		}
-		if b.Len() > 0 {
-			b.WriteByte('.')
-		}
-		for _, c := range msg[off+1 : off+1+l] {
-			if c <= ' ' || c > '~' || c == '.' || c == '\\' {
-				b.WriteByte('\\')
-				d := strconv.Itoa(int(c))
-				b.WriteString(strings.Repeat("0", 3-len(d)))
-				b.WriteString(d)
-				continue
-			}
-			b.WriteByte(c)
-		}
-		off += 1 + l
-	}
-	if b.Len() == 0 {
-		return ".", nil
-	}
-	return b.String(), nil
 }
