@@ -6,6 +6,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/pipeline"
 )
 
 // Verdict is what the packet program returns for a frame.
@@ -137,7 +138,8 @@ func (e *Event) Addr(b [16]byte) netip.Addr {
 // Fields are the event's fields as the pipeline exports them (engine's
 // decoder): those the policy asked for, then interface and verdict. It
 // allocates; call it for the events you print or compare. A payload field
-// is its bytes in hex; dns_qname is not decoded here.
+// is its bytes in hex, dns_qname the name of the DNS question it starts
+// with; ifindex is not known here (Interface is the name).
 func (e *Event) Fields() []Field {
 	out := make([]Field, 0, len(e.fields)+2)
 	for _, f := range e.fields {
@@ -162,6 +164,19 @@ func (e *Event) Fields() []Field {
 			out = append(out, Field{f, uint64(e.Len)})
 		case "payload":
 			out = append(out, Field{f, hexString(e.Payload)})
+		case "dns_qname":
+			msg := e.Payload
+			if e.Protocol == protoTCP {
+				// DNS over TCP: a two-byte length precedes the message.
+				if len(msg) < 2 {
+					continue
+				}
+				msg = msg[2:]
+			}
+			// A payload that is no well-formed DNS question has none.
+			if name, err := pipeline.DNSQuestionName(msg); err == nil {
+				out = append(out, Field{f, name})
+			}
 		}
 	}
 	out = append(out, Field{"interface", e.Interface}, Field{"verdict", verdictNames[e.Verdict]})

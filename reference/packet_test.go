@@ -159,3 +159,28 @@ func TestNewPacketRefusesServerNames(t *testing.T) {
 		t.Fatalf("NewPacket of a tls_sni plan: %v, want an error naming tls_sni", err)
 	}
 }
+
+// examples/dns-queries' events name the question, over UDP and TCP, as the
+// engine's event reader does.
+func TestJudgeDNSQuestionField(t *testing.T) {
+	p := newPacket(t, plantest.Compile(t, `dns: {xdp: interfaces: ["eth0"], match: {dport: 53}, then: "count",
+	emit: {event: "q", fields: ["dns_qname"], dedup: "0s"}}`))
+	query := []byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, 'g', 'r', 'a', 'i', 'n', 3, 'o', 'r', 'g', 0, 0, 1, 0, 1}
+	udp := pktbuild.Frame{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.53"), Protocol: 17,
+		SPort: 5353, DPort: 53, Payload: query}.Bytes()
+	tcp := pktbuild.TCP4("10.0.0.2", "10.0.0.53", 5353, 53, pktbuild.ACK, append([]byte{0, byte(len(query))}, query...)).Bytes()
+	for name, frame := range map[string][]byte{"udp": udp, "tcp": tcp} {
+		r := p.Judge(frame, "eth0")
+		if len(r.Events) != 1 {
+			t.Fatalf("%s: %d events, want 1", name, len(r.Events))
+		}
+		if f := r.Events[0].Fields(); len(f) != 3 || f[0] != (Field{"dns_qname", "grain.org"}) {
+			t.Errorf("%s: fields %v, want dns_qname grain.org first", name, f)
+		}
+	}
+	bad := pktbuild.Frame{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.53"), Protocol: 17,
+		SPort: 5353, DPort: 53, Payload: []byte("not dns")}.Bytes()
+	if f := p.Judge(bad, "eth0").Events[0].Fields(); len(f) != 2 {
+		t.Errorf("a payload that is no DNS question: fields %v, want none but interface and verdict", f)
+	}
+}

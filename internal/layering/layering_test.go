@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	"engine/ring":           {"pipeline", "engine/generation"},
 	"pipeline":              {"policies"},
 	"export":                {"pipeline", "engine", "engine/hook"},
-	"reference":             {"codegen", "bpf"},
+	"reference":             {"codegen", "bpf", "pipeline"},
 	"pcap":                  {},
 	"policytest":            {"policies", "schema", "codegen", "reference", "pcap"},
 	"plandiff":              {"policies", "codegen", "reference", "pcap"},
