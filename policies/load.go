@@ -29,9 +29,12 @@ import (
 //
 // Files ending in .cue are read, including symbolic links to files (as
 // Kubernetes mounts ConfigMaps); files and directories whose names start
-// with "." or "_", and cue.mod directories, are skipped. Each top-level
-// regular field of a file is one policy named by its label; a name may be
-// used once in the whole tree.
+// with "." or "_", *_test.cue files, and of cue.mod directories all but
+// the root's module file and packages, are skipped. The files are
+// evaluated as CUE packages of the root's module (packages.go); each
+// regular top-level field of a package that no other imports is one
+// policy named by its label, and a name may be used once in the whole
+// tree.
 //
 // Problems in the policies come back as an ErrorList, every one positioned
 // in the user's files, with paths as root joined with the path below it.

@@ -56,8 +56,9 @@ type Watcher struct {
 // that never goes quiet still fires at most every maxDelay = 4*debounce).
 //
 // The directories watched are those the policy loader reads: directories
-// whose names start with "." or "_", cue.mod directories and symbolic links
-// to directories are left out (a link could make the tree a loop). Two more
+// whose names start with "." or "_", cue.mod directories but the root's
+// (its module file and packages) and symbolic links to directories are
+// left out (a link could make the tree a loop). Two more
 // kinds are watched because the loader's result depends on them too: the
 // directory holding each target of a symbolically linked .cue file (its
 // content can change in place), and every directory in which the path root
@@ -440,8 +441,9 @@ func collectDirs(root, dir string, dirs map[string]struct{}) error {
 // TreeHash returns the hex SHA-256 of the policy files under root that the
 // policy loader reads, as relative paths and contents: .cue files, including
 // symbolic links to files, outside directories and files whose names start
-// with "." or "_" and outside cue.mod directories; symbolic links to
-// directories are not followed. root may also be a single .cue file.
+// with "." or "_", but test files (*_test.cue), with the root's module file
+// and the packages of its cue.mod; symbolic links to directories are not
+// followed. root may also be a single .cue file.
 //
 // The hash does not depend on where the tree is, nor on anything the loader
 // ignores, so a reload loop can skip reloading a tree whose hash did not
