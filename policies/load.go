@@ -484,6 +484,13 @@ func (l *loader) loadInstance(in *instance) bool {
 		return true
 	}
 	value := l.ctx.BuildInstance(b)
+	// Walk the value within the tree's budget before anything validates
+	// it: validation would expand it whole, however large. A library's
+	// values count too, once here and again where they are used.
+	if pos, ok := l.spendValues(value, labels); !ok {
+		l.errs = append(l.errs, Error{Pos: pos, Msg: tooManyValues()})
+		return false
+	}
 	if in.library {
 		// Its values are checked where they are used; a library that does
 		// not build is reported once, here.
@@ -493,13 +500,6 @@ func (l *loader) loadInstance(in *instance) bool {
 		return true
 	}
 	keys := l.cacheKeys(in)
-
-	// Walk the value within the tree's budget before anything validates
-	// it: validation would expand it whole, however large.
-	if pos, ok := l.spendValues(value, labels); !ok {
-		l.errs = append(l.errs, Error{Pos: pos, Msg: tooManyValues()})
-		return false
-	}
 	it, err := value.Fields()
 	if err != nil {
 		// Some top-level value is itself an error (an unresolved

@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,5 +256,24 @@ func TestLoadSchemaImport(t *testing.T) {
 	writeFile(t, filepath.Join(root, "bad.cue"), "package fw\n\nbad: #LAN & {\n\tmatch: paylod: \"x\"\n\tthen: \"drop\"\n}\n")
 	if got, want := loadErrors(t, root), "bad.cue:4:9: policy bad: match.paylod: field not allowed; did you mean payload?"; got != want {
 		t.Errorf("errors:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// A library's values are walked within the tree's value budget, like a
+// policy package's, even where only a small part of it is used.
+func TestLoadLibraryWithinValueBudget(t *testing.T) {
+	var lib strings.Builder
+	lib.WriteString("package lib\n\na0: \"x\"\n")
+	for i := 1; i <= 30; i++ {
+		fmt.Fprintf(&lib, "a%d: [a%d, a%d]\n", i, i-1, i-1)
+	}
+	root := writeTree(t, map[string]string{
+		"cue.mod/module.cue": "module: \"example.com/p\"\nlanguage: version: \"v0.12.0\"\n",
+		"lib/m.cue":          lib.String(),
+		"fw/p.cue":           "package fw\n\nimport \"example.com/p/lib\"\n\np: {xdp: interfaces: [\"eth0\"], then: \"drop\", emit: event: lib.a0}\n",
+	})
+	got := loadErrors(t, root)
+	if !strings.HasPrefix(got, "lib/m.cue:") || !strings.Contains(got, "evaluates to more than 500000 values") {
+		t.Errorf("error:\n%s\nwant the value bound, in lib/m.cue", got)
 	}
 }
