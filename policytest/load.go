@@ -7,6 +7,7 @@ package policytest
 
 import (
 	"fmt"
+	"net/netip"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/grain-ebpf/grain/pcap"
 	"github.com/grain-ebpf/grain/policies"
+	"github.com/grain-ebpf/grain/reference"
 	"github.com/grain-ebpf/grain/schema"
 )
 
@@ -35,6 +37,8 @@ type Case struct {
 	Frames [][]byte
 	// Pcap is the file the frames came from, "" for a packet case.
 	Pcap string
+	// Call is the kernel-hook call of a call case (no Frames).
+	Call *reference.Call
 	// Interface the frames arrive on; "" for the Plan's first.
 	Interface string
 	Expect    Expect
@@ -48,7 +52,12 @@ type Expect struct {
 	Counted  *[]string `json:"counted,omitempty"`
 	Event    *Event    `json:"event,omitempty"`
 	NoEvent  bool      `json:"no_event,omitempty"`
-	Unjudged *string   `json:"unjudged,omitempty"`
+	Unjudged *string  `json:"unjudged,omitempty"`
+	// Calls.
+	Policies    *[]string `json:"policies,omitempty"`
+	Signal      *string   `json:"signal,omitempty"`
+	WouldSignal *string   `json:"would_signal,omitempty"`
+	Counts      *[]string `json:"counts,omitempty"`
 }
 
 // Event is an expected event: its policy, name and some of its fields.
@@ -115,6 +124,7 @@ func testSchema() string {
 // rawCase is #Test as it decodes.
 type rawCase struct {
 	Packet    *rawPacket `json:"packet"`
+	Call      *rawCall   `json:"call"`
 	Pcap      string     `json:"pcap"`
 	Interface string     `json:"interface"`
 	Expect    Expect     `json:"expect"`
@@ -200,10 +210,32 @@ func loadFile(ctx *cue.Context, def cue.Value, file string) ([]Case, Errors) {
 			continue
 		}
 		c.Interface, c.Expect = rc.Interface, rc.Expect
+		given := 0
+		for _, b := range []bool{rc.Packet != nil, rc.Pcap != "", rc.Call != nil} {
+			if b {
+				given++
+			}
+		}
+		e := &c.Expect
+		packetOnly := e.Verdict != nil || e.Policy != nil || e.Counted != nil || e.Unjudged != nil
+		callOnly := e.Policies != nil || e.Signal != nil || e.WouldSignal != nil || e.Counts != nil
 		switch {
-		case (rc.Packet == nil) == (rc.Pcap == ""):
-			fail("give one of packet (a frame by its fields) and pcap (a file of frames)")
+		case given != 1:
+			fail("give one of packet (a frame by its fields), pcap (a file of frames) and call (a kernel-hook call)")
 			continue
+		case rc.Call != nil && packetOnly:
+			fail("verdict, policy, counted and unjudged are for packets; a call expects policies, signal, would_signal, counts, event")
+			continue
+		case rc.Call == nil && callOnly:
+			fail("policies, signal, would_signal and counts are for calls; a packet expects verdict, policy, counted, unjudged, event")
+			continue
+		case rc.Call != nil:
+			call, err := rc.Call.call()
+			if err != nil {
+				fail("call: %v", err)
+				continue
+			}
+			c.Call = call
 		case rc.Packet != nil:
 			p := rc.Packet
 			frame, err := Packet{Protocol: p.Protocol, Saddr: p.Saddr, Daddr: p.Daddr, Sport: p.Sport, Dport: p.Dport,
@@ -235,8 +267,8 @@ func loadFile(ctx *cue.Context, def cue.Value, file string) ([]Case, Errors) {
 			}
 			c.Pcap = path
 		}
-		if e := c.Expect; e.Verdict == nil && e.Policy == nil && e.Counted == nil && e.Event == nil && !e.NoEvent && e.Unjudged == nil {
-			fail("expect checks nothing: give a verdict, policy, counted, event, no_event or unjudged")
+		if !packetOnly && !callOnly && e.Event == nil && !e.NoEvent {
+			fail("expect checks nothing: give a verdict, policy, counted, event, no_event or unjudged (packets), or policies, signal, would_signal, counts, event, no_event (calls)")
 			continue
 		}
 		cases = append(cases, c)
@@ -273,4 +305,114 @@ func cueErrors(file, test string, err error) Errors {
 		out = append(out, Error{Pos: pos, Test: test, Msg: msg})
 	}
 	return out
+}
+
+type rawCall struct {
+	Syscall    string         `json:"syscall"`
+	Kprobe     string         `json:"kprobe"`
+	Kretprobe  string         `json:"kretprobe"`
+	Tracepoint string         `json:"tracepoint"`
+	PID        uint32         `json:"pid"`
+	TGID       uint32         `json:"tgid"`
+	PPID       uint32         `json:"ppid"`
+	UID        uint32         `json:"uid"`
+	GID        uint32         `json:"gid"`
+	Comm       string         `json:"comm"`
+	Cgroup     string         `json:"cgroup"`
+	Args       []any          `json:"args"`
+	Ret        int64          `json:"ret"`
+	Fields     map[string]any `json:"fields"`
+}
+
+// call turns the call's fields into the reference evaluator's Call.
+func (rc *rawCall) call() (*reference.Call, error) {
+	c := &reference.Call{PID: rc.PID, TGID: rc.TGID, PPID: rc.PPID, UID: rc.UID, GID: rc.GID, Comm: rc.Comm,
+		Cgroup: rc.Cgroup, Ret: reference.Value{Int: rc.Ret}}
+	n := 0
+	for _, h := range [][2]string{{"syscall", rc.Syscall}, {"kprobe", rc.Kprobe}, {"kretprobe", rc.Kretprobe}, {"tracepoint", rc.Tracepoint}} {
+		if h[1] != "" {
+			c.Kind, c.Target = h[0], h[1]
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("give the hook: one of syscall, kprobe, kretprobe and tracepoint")
+	}
+	if len(rc.Args) > len(c.Args) {
+		return nil, fmt.Errorf("args: %d values; a hook reads at most %d", len(rc.Args), len(c.Args))
+	}
+	for i, a := range rc.Args {
+		v, err := value(a)
+		if err != nil {
+			return nil, fmt.Errorf("args[%d]: %v", i, err)
+		}
+		c.Args[i] = v
+	}
+	if len(rc.Fields) > 0 {
+		c.Fields = map[string]reference.Value{}
+		for k, a := range rc.Fields {
+			v, err := value(a)
+			if err != nil {
+				return nil, fmt.Errorf("fields.%s: %v", k, err)
+			}
+			c.Fields[k] = v
+		}
+	}
+	return c, nil
+}
+
+// number is an integer as CUE decodes it into an interface.
+func number(x any) (int64, bool) {
+	switch x := x.(type) {
+	case int:
+		return int64(x), true
+	case int64:
+		return x, true
+	case float64:
+		return int64(x), true
+	}
+	return 0, false
+}
+
+// value converts a #TestValue as CUE decodes it.
+func value(a any) (reference.Value, error) {
+	if n, ok := number(a); ok {
+		return reference.Value{Int: n}, nil
+	}
+	switch a := a.(type) {
+	case string:
+		return reference.Value{Str: a}, nil
+	case map[string]any:
+		var v reference.Value
+		for k, x := range a {
+			n, _ := number(x)
+			switch k {
+			case "family":
+				v.Family = uint16(n)
+			case "sport":
+				v.Sport = uint16(n)
+			case "dport":
+				v.Dport = uint16(n)
+			case "saddr", "daddr":
+				s, _ := x.(string)
+				addr, err := netip.ParseAddr(s)
+				if err != nil {
+					return v, fmt.Errorf("%s %q: not an address", k, s)
+				}
+				if k == "saddr" {
+					v.Saddr = addr
+				} else {
+					v.Daddr = addr
+				}
+			}
+		}
+		if v.Family == 0 {
+			v.Family = 2
+			if (v.Daddr.IsValid() && v.Daddr.Is6()) || (v.Saddr.IsValid() && v.Saddr.Is6()) {
+				v.Family = 10
+			}
+		}
+		return v, nil
+	}
+	return reference.Value{}, fmt.Errorf("%v: want an integer, a string or a socket address", a)
 }

@@ -39,8 +39,11 @@ func (rep *Report) WriteText(w io.Writer, coverage bool) error {
 			fmt.Fprintf(&b, "%s: policy %s: no case exercises it\n", r.Position, r.Policy)
 		}
 		for _, r := range rep.UncoveredHooks {
-			fmt.Fprintf(&b, "%s: policy %s: a kernel-hook policy; no case exercises it\n", r.Position, r.Policy)
+			fmt.Fprintf(&b, "%s: policy %s: no case exercises it\n", r.Position, r.Policy)
 		}
+	}
+	if rep.CallsNotInKernel > 0 {
+		fmt.Fprintf(&b, "%d call cases checked on the reference evaluator only: --kernel runs the packet cases\n", rep.CallsNotInKernel)
 	}
 	fmt.Fprintf(&b, "%d passed, %d failed\n", rep.Passed, rep.Failed)
 	_, err := io.WriteString(w, b.String())

@@ -25,6 +25,13 @@ type Outcome struct {
 	// Events sent, with their fields as the pipeline exports them; nil
 	// from a Judge that cannot see events.
 	Events []OutEvent
+	// Calls: the kernel-hook policies that selected the call, in order,
+	// the signal sent, the one a monitored policy would send, and the
+	// metrics counted.
+	Matched     []string
+	Signal      string
+	WouldSignal string
+	Counts      []string
 }
 
 // OutEvent is one event an Outcome holds.
@@ -66,8 +73,11 @@ type Report struct {
 	// count or send an event; Uncovered are the Plan's policies none did.
 	Exercised map[string]bool
 	Uncovered []codegen.Rule
-	// UncoveredHooks are the kernel-hook policies (cases are packets).
+	// UncoveredHooks are the kernel-hook policies no call selected.
 	UncoveredHooks []codegen.ProbeRule
+	// CallsNotInKernel counts the call cases a run with a kernel Judge
+	// checked on the reference evaluator only.
+	CallsNotInKernel int
 }
 
 // Options change a run.
@@ -87,9 +97,23 @@ func Run(plan *codegen.Plan, cases []Case, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	hooks, err := reference.NewHook(plan)
+	if err != nil {
+		return nil, err
+	}
 	rep := &Report{Exercised: map[string]bool{}}
 	for i := range cases {
 		c := &cases[i]
+		if c.Call != nil {
+			got := callOutcome(plan, hooks.Call(*c.Call))
+			rep.exercise(got)
+			res := Result{Case: c, Failures: check(1, &c.Expect, got)}
+			if opts.Kernel != nil {
+				rep.CallsNotInKernel++
+			}
+			rep.add(res)
+			continue
+		}
 		iface := c.Interface
 		if iface == "" && len(ifaces) > 0 {
 			iface = ifaces[0]
@@ -109,12 +133,7 @@ func Run(plan *codegen.Plan, cases []Case, opts Options) (*Report, error) {
 				}
 			}
 		}
-		if len(res.Failures) == 0 {
-			rep.Passed++
-		} else {
-			rep.Failed++
-		}
-		rep.Results = append(rep.Results, res)
+		rep.add(res)
 	}
 	for _, r := range plan.Rules {
 		if !rep.Exercised[r.Policy] {
@@ -122,9 +141,50 @@ func Run(plan *codegen.Plan, cases []Case, opts Options) (*Report, error) {
 		}
 	}
 	if plan.Probes != nil {
-		rep.UncoveredHooks = plan.Probes.Rules
+		for _, r := range plan.Probes.Rules {
+			if !rep.Exercised[r.Policy] {
+				rep.UncoveredHooks = append(rep.UncoveredHooks, r)
+			}
+		}
 	}
 	return rep, nil
+}
+
+func (r *Report) add(res Result) {
+	if len(res.Failures) == 0 {
+		r.Passed++
+	} else {
+		r.Failed++
+	}
+	r.Results = append(r.Results, res)
+}
+
+// callOutcome converts the reference evaluator's answer for a call.
+func callOutcome(plan *codegen.Plan, results []reference.HookResult) Outcome {
+	o := Outcome{Matched: []string{}, Counts: []string{}}
+	for _, r := range results {
+		o.Matched = append(o.Matched, r.Policy)
+		if r.Signal != "" && o.Signal == "" {
+			o.Signal = r.Signal
+		}
+		if pr := plan.Probes.Rules[r.Rule]; pr.Monitor && pr.Signal != "" && o.WouldSignal == "" {
+			o.WouldSignal = pr.Signal
+		}
+		if r.Count != nil {
+			o.Counts = append(o.Counts, r.Count.Metric)
+		}
+		if r.Event != nil {
+			oe := OutEvent{Policy: r.Policy, Name: r.Event.Name, Fields: map[string]string{}}
+			for _, f := range r.Event.Fields {
+				oe.Fields[f.Key] = fieldString(f.Value)
+			}
+			o.Events = append(o.Events, oe)
+		}
+	}
+	if len(o.Matched) > 0 {
+		o.Policy = o.Matched[0] // an expected event's default policy
+	}
+	return o
 }
 
 func (r *Report) exercise(o Outcome) {
@@ -132,6 +192,9 @@ func (r *Report) exercise(o Outcome) {
 		r.Exercised[o.Policy] = true
 	}
 	for _, p := range o.Counted {
+		r.Exercised[p] = true
+	}
+	for _, p := range o.Matched {
 		r.Exercised[p] = true
 	}
 	for _, e := range o.Events {
@@ -194,6 +257,18 @@ func check(frame int, e *Expect, got Outcome) []Failure {
 	}
 	if e.Unjudged != nil && *e.Unjudged != got.Unjudged {
 		fail("unjudged", *e.Unjudged, orNone(got.Unjudged))
+	}
+	if e.Policies != nil && !slices.Equal(*e.Policies, got.Matched) {
+		fail("policies", list(*e.Policies), list(got.Matched))
+	}
+	if e.Signal != nil && *e.Signal != got.Signal {
+		fail("signal", orNone(*e.Signal), orNone(got.Signal))
+	}
+	if e.WouldSignal != nil && *e.WouldSignal != got.WouldSignal {
+		fail("would_signal", orNone(*e.WouldSignal), orNone(got.WouldSignal))
+	}
+	if e.Counts != nil && !slices.Equal(*e.Counts, got.Counts) {
+		fail("counts", list(*e.Counts), list(got.Counts))
 	}
 	if e.NoEvent && len(got.Events) > 0 {
 		fail("no_event", "no event", eventsString(got.Events))

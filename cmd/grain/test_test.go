@@ -235,3 +235,62 @@ policies/web_test.cue:10:2: test captured: frame 2: verdict: expected drop, got 
 		t.Errorf("--format yaml: exit %d, want 2", code)
 	}
 }
+
+// TestGrainTestCalls: kernel-hook cases, a call by its process and
+// arguments, on a repository made here: the policies that select it, the
+// signal, the signal a monitored policy would send, counts and event
+// fields; and the failures when the policy no longer selects the call.
+func TestGrainTestCalls(t *testing.T) {
+	vmtest.HostOnly(t, "the reference evaluator needs no kernel")
+	r := newPolicyRepo(t)
+	policy := `kill_canary: {
+	syscall: ["openat", "openat2"]
+	args: [{index: 1, type: "user_string", name: "filename"}]
+	match: args: filename: "/tmp/canary"
+	signal: "SIGKILL"
+	emit: {event: "canary", fields: ["tgid", "filename"]}
+}
+watch_secrets: {
+	syscall: "openat"
+	mode: "monitor"
+	args: [{index: 1, type: "user_string", name: "filename"}]
+	match: {args: filename: {prefix: "/etc/secrets/"}, process: comm: "curl"}
+	signal: "SIGTERM"
+	count: {metric: "secret.opens", by: ["comm"]}
+}
+`
+	tests := `tests: {
+	canary_killed: {
+		call: {syscall: "openat", tgid: 77, comm: "sh", args: [-100, "/tmp/canary", 0]}
+		expect: {policies: ["kill_canary"], signal: "SIGKILL", event: fields: {tgid: 77, filename: "/tmp/canary"}}
+	}
+	secret_watched: {
+		call: {syscall: "openat", comm: "curl", args: [-100, "/etc/secrets/key", 0]}
+		expect: {policies: ["watch_secrets"], signal: "", would_signal: "SIGTERM", counts: ["secret.opens"], no_event: true}
+	}
+	other_process_ignored: {
+		call: {syscall: "openat", comm: "cat", args: [-100, "/etc/secrets/key", 0]}
+		expect: policies: []
+	}
+}
+`
+	r.write(map[string]string{"hooks/hooks.cue": policy, "hooks/hooks_test.cue": tests})
+	r.commit("hook policies")
+	if code, out, errOut := runIn(t, r.dir, "test", "--coverage", "hooks"); code != 0 || out != "3 passed, 0 failed\n" {
+		t.Errorf("grain test: exit %d, %q %q; want 0, 3 passed", code, out, errOut)
+	}
+	r.write(map[string]string{"hooks/hooks.cue": strings.Replace(policy, `comm: "curl"`, `comm: "wget"`, 1)})
+	want := `hooks/hooks_test.cue:6:2: test secret_watched: policies: expected [watch_secrets], got []
+hooks/hooks_test.cue:6:2: test secret_watched: would_signal: expected SIGTERM, got none
+hooks/hooks_test.cue:6:2: test secret_watched: counts: expected [secret.opens], got []
+2 passed, 1 failed
+`
+	if code, out, _ := runIn(t, r.dir, "test", "hooks"); code != 1 || out != want {
+		t.Errorf("grain test of the edit: exit %d\n%s\nwant exit 1\n%s", code, out, want)
+	}
+	// A packet expectation in a call case is refused.
+	r.write(map[string]string{"hooks/hooks_test.cue": `tests: t: {call: {syscall: "openat"}, expect: verdict: "drop"}` + "\n"})
+	if code, _, errOut := runIn(t, r.dir, "test", "hooks"); code != 2 || !strings.Contains(errOut, "hooks/hooks_test.cue:1:8: test t: verdict, policy, counted and unjudged are for packets") {
+		t.Errorf("a verdict for a call: exit %d, %q", code, errOut)
+	}
+}
