@@ -7,8 +7,8 @@ package policytest
 
 import (
 	"fmt"
-	"net/netip"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,7 +52,7 @@ type Expect struct {
 	Counted  *[]string `json:"counted,omitempty"`
 	Event    *Event    `json:"event,omitempty"`
 	NoEvent  bool      `json:"no_event,omitempty"`
-	Unjudged *string  `json:"unjudged,omitempty"`
+	Unjudged *string   `json:"unjudged,omitempty"`
 	// Calls.
 	Policies    *[]string `json:"policies,omitempty"`
 	Signal      *string   `json:"signal,omitempty"`
