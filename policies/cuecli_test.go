@@ -1,49 +1,20 @@
 package policies
 
 import (
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/grain-ebpf/grain/internal/cuecli"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/schema"
 )
-
-// cueCLI is the cue command at the version of cuelang.org/go grain is
-// built with, installed from the module proxy into a cache on first use
-// (scripts/deps.sh installs it there for make test).
-func cueCLI(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "cuelang.org/go").Output()
-	if err != nil {
-		t.Fatalf("the version of cuelang.org/go in go.mod: %v", err)
-	}
-	version := strings.TrimSpace(string(out))
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(cache, "grain-tools", "cue-"+version)
-	bin := filepath.Join(dir, "cue")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	cmd := exec.Command("go", "install", "cuelang.org/go/cmd/cue@"+version)
-	cmd.Env = append(os.Environ(), "GOBIN="+dir)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("installing the cue CLI %s: %v\n%s", version, err, out)
-	}
-	return bin
-}
 
 // A tree that vendors the schema and applies #Policy is accepted by the
 // cue CLI as by grain, and a misspelt field is refused by both at the
 // same place.
 func TestCUECLIChecksTheSameTree(t *testing.T) {
 	vmtest.HostOnly(t, "needs the go command and the module proxy")
-	cue := cueCLI(t)
 	files := map[string]string{
 		"cue.mod/module.cue": "module: \"example.com/policies\"\nlanguage: version: \"v0.12.0\"\n",
 		"fw/schema.cue":      "package fw\n\nimport \"github.com/grain-ebpf/grain/schema\"\n\n[!=\"pipeline\"]: schema.#Policy\npipeline?: schema.#Pipeline\n",
@@ -58,10 +29,7 @@ func TestCUECLIChecksTheSameTree(t *testing.T) {
 	}
 	root := writeTree(t, files)
 	vet := func() (string, error) {
-		cmd := exec.Command(cue, "vet", "-c", "./...")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CUE_REGISTRY=none")
-		out, err := cmd.CombinedOutput()
+		out, err := cuecli.Command(t, root, "vet", "-c", "./...").CombinedOutput()
 		return string(out), err
 	}
 	if out, err := vet(); err != nil {
@@ -87,7 +55,6 @@ func TestCUECLIChecksTheSameTree(t *testing.T) {
 // A value of the wrong kind, too, is refused by both at the same place.
 func TestCUECLIRefusesWhatGrainRefuses(t *testing.T) {
 	vmtest.HostOnly(t, "needs the go command and the module proxy")
-	cue := cueCLI(t)
 	files := map[string]string{
 		"cue.mod/module.cue": "module: \"example.com/policies\"\nlanguage: version: \"v0.12.0\"\n",
 		"schema.cue":         "package fw\n\nimport \"github.com/grain-ebpf/grain/schema\"\n\n[!=\"pipeline\"]: schema.#Policy\npipeline?: schema.#Pipeline\n",
@@ -98,10 +65,7 @@ func TestCUECLIRefusesWhatGrainRefuses(t *testing.T) {
 		files["cue.mod/pkg/github.com/grain-ebpf/grain/schema/"+name] = src
 	}
 	root := writeTree(t, files)
-	cmd := exec.Command(cue, "vet", "-c", ".")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CUE_REGISTRY=none")
-	out, err := cmd.CombinedOutput()
+	out, err := cuecli.Command(t, root, "vet", "-c", ".").CombinedOutput()
 	if err == nil {
 		t.Fatalf("cue vet accepted a bad tree:\n%s", out)
 	}

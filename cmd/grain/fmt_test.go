@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/grain-ebpf/grain/internal/cuecli"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
@@ -109,4 +114,47 @@ func TestFmtSyntaxErrorAndUsage(t *testing.T) {
 			t.Errorf("grain %v: no message", args)
 		}
 	}
+}
+
+// grain fmt formats as the cue CLI of the same CUE version does: the two
+// list the same files, and a file grain formatted passes cue fmt --check.
+func TestFmtAgreesWithCUEFmt(t *testing.T) {
+	vmtest.HostOnly(t, "needs the go command and the module proxy")
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.cue":      formattedPolicy,
+		"b.cue":      unformattedPolicy,
+		"c.cue":      "package fw\n\nimport \"strings\"\n#L: {x:   1,\n    y: strings.ToLower(\"A\")}\nlist: [1,2,\n3]\n",
+		"d_test.cue": "package fw\n\ntests:{a:{expect:verdict:\"drop\"}}\n",
+	})
+	out, err := cuecli.Command(t, dir, "fmt", "--check", "--files", ".").Output()
+	if code := exitCode(err); code != 1 {
+		t.Fatalf("cue fmt --check: exit %d (%v), want 1", code, err)
+	}
+	// In dir, as cue ran: both list paths below it.
+	t.Chdir(dir)
+	var grainOut, errOut bytes.Buffer
+	if code := run([]string{"fmt", "--check", "."}, &grainOut, &errOut); code != 1 {
+		t.Fatalf("grain fmt --check: exit %d, want 1: %s", code, errOut.String())
+	}
+	if got, want := strings.Fields(grainOut.String()), strings.Fields(string(out)); !slices.Equal(got, want) {
+		t.Errorf("grain fmt --check listed %q, cue fmt --check %q", got, want)
+	}
+	if code := run([]string{"fmt", "."}, &grainOut, &errOut); code != 0 {
+		t.Fatalf("grain fmt: exit %d: %s", code, errOut.String())
+	}
+	if out, err := cuecli.Command(t, dir, "fmt", "--check", "--files", ".").CombinedOutput(); err != nil {
+		t.Errorf("cue fmt --check after grain fmt: %v\n%s", err, out)
+	}
+}
+
+func exitCode(err error) int {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }
