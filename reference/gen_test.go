@@ -33,6 +33,10 @@ var (
 		{"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
 		{"ZZ", "ZZ"}, {"eTc/PaSsWd", "eTc/PaSsWd"},
 	}
+	// tls_sni names and patterns of policies, and the names hellos ask for
+	genServerNames = []string{"grain.example", "*.example", "*.b.example", "other.test", "*.grain.example"}
+	genHelloNames  = []string{"grain.example", "x.grain.example", "a.b.example", "GRAIN.Example.", "example", "other.test",
+		"zz.other.test", "b.example", ""}
 	// gate-mode patterns: all four bytes long, so every rule's quick word
 	// ends at payload byte 4 and the generation gets a gate
 	genGatePatterns = []string{"GET ", "POST", "HEAD", "get ", "PUT "}
@@ -128,8 +132,17 @@ func randomPolicies(rng *rand.Rand, n int, gate bool) genSet {
 			match = append(match, fmt.Sprintf("tcp_flags: [%s]", strings.Join(flags, ", ")))
 			hasFlags = true
 		}
-		// grain refuses ports without tcp or udp, and flags without tcp
-		if len(protos) > 0 && hasFlags && !slices.Contains(protos, "tcp") {
+		hasSNI := rng.IntN(6) == 0
+		if hasSNI {
+			var names []string
+			for range 1 + rng.IntN(2) {
+				names = append(names, pick(genServerNames))
+			}
+			match = append(match, fmt.Sprintf("tls_sni: %s", quoted(names)))
+		}
+		// grain refuses ports without tcp or udp, and flags or server
+		// names without tcp
+		if len(protos) > 0 && (hasFlags || hasSNI) && !slices.Contains(protos, "tcp") {
 			protos = append(protos, "tcp")
 		}
 		if len(protos) > 0 && hasPorts && !slices.Contains(protos, "tcp") && !slices.Contains(protos, "udp") {
@@ -161,7 +174,7 @@ func randomPolicies(rng *rand.Rand, n int, gate bool) genSet {
 		}
 		fmt.Fprintf(&b, "\tthen: %q\n", pick([]string{"drop", "pass", "count", "count", "drop"}))
 		if rng.IntN(3) == 0 {
-			fields := []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "payload", "dns_qname"}
+			fields := []string{"saddr", "daddr", "sport", "dport", "protocol", "tcp_flags", "len", "payload", "dns_qname", "tls_sni", "tls_alpn"}
 			rng.Shuffle(len(fields), func(i, j int) { fields[i], fields[j] = fields[j], fields[i] })
 			k := rng.IntN(4)
 			var fs []string
@@ -346,6 +359,13 @@ func randomFrame(rng *rand.Rand) []byte {
 		}
 	}
 	f.Payload = randomPayload(rng, 1400)
+	if f.Protocol == 6 && rng.IntN(6) == 0 {
+		sid := make([]byte, rng.IntN(34))
+		f.Payload = clientHello(genHelloNames[rng.IntN(len(genHelloNames))], sid, rng.IntN(5))
+		if rng.IntN(5) == 0 {
+			f.Payload[rng.IntN(len(f.Payload))] = byte(rng.UintN(256)) // a damaged hello
+		}
+	}
 	frame := f.Bytes()
 
 	// Fragment offsets and lengths in IPv6 fragment headers pktbuild
@@ -394,4 +414,39 @@ func randomFrame(rng *rand.Rand) []byte {
 		frame = frame[:14+rng.IntN(len(frame)-13)]
 	}
 	return frame
+}
+
+// clientHello is the first segment of a TLS ClientHello asking for name
+// (none when ""), with a session id and extra extensions before
+// server_name.
+func clientHello(name string, sid []byte, extra int) []byte {
+	be16 := func(b []byte, v int) []byte { return binary.BigEndian.AppendUint16(b, uint16(v)) }
+	var ext []byte
+	for i := range extra {
+		ext = be16(ext, 0x0a+i) // supported groups and others: skipped
+		ext = be16(ext, 4)
+		ext = append(ext, 0, 2, 0, 0x1d)
+	}
+	if name != "" {
+		sn := be16(nil, len(name)+3)
+		sn = append(sn, 0)
+		sn = be16(sn, len(name))
+		sn = append(sn, name...)
+		ext = be16(ext, 0)
+		ext = be16(ext, len(sn))
+		ext = append(ext, sn...)
+	}
+	body := []byte{3, 3}
+	body = append(body, make([]byte, 32)...) // random
+	body = append(body, byte(len(sid)))
+	body = append(body, sid...)
+	body = be16(body, 4)
+	body = append(body, 0x13, 0x01, 0x13, 0x02) // cipher suites
+	body = append(body, 1, 0)                   // compression: null
+	body = be16(body, len(ext))
+	body = append(body, ext...)
+	hs := append([]byte{1, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+	rec := []byte{22, 3, 1}
+	rec = be16(rec, len(hs))
+	return append(rec, hs...)
 }

@@ -164,6 +164,7 @@ type kernelEvent struct {
 var (
 	eventSize        = int(unsafe.Sizeof(bpf.Event{}))
 	eventPayloadSize = int(unsafe.Sizeof(bpf.EventPayload{}))
+	eventHelloSize   = int(unsafe.Sizeof(bpf.EventHello{}))
 )
 
 // events reads n events, polling (the program wakes no reader for fewer
@@ -188,6 +189,10 @@ func (k *kernel) events(t testing.TB, n int) []kernelEvent {
 		}
 		raw := rec.RawSample
 		switch {
+		case len(raw) == eventHelloSize:
+			p := (*bpf.EventHello)(unsafe.Pointer(&raw[0]))
+			n := min(int(p.PayloadLen), len(p.Payload))
+			out = append(out, kernelEvent{ev: p.Ev, payload: bytes.Clone(p.Payload[:n]), hasPayload: true})
 		case len(raw) == eventPayloadSize:
 			p := (*bpf.EventPayload)(unsafe.Pointer(&raw[0]))
 			n := min(int(p.PayloadLen), len(p.Payload))

@@ -228,9 +228,6 @@ func NewPacket(plan *codegen.Plan, ifaces ...string) (*Packet, error) {
 	if len(pm.Rules) != len(plan.Rules) {
 		return nil, planError("has %d rules in its kernel form and %d in its readable form", len(pm.Rules), len(plan.Rules))
 	}
-	if pm.Config.Value.Fields&bpf.FieldSNI != 0 {
-		return nil, planError("matches TLS server names (tls_sni), which the reference evaluator does not evaluate yet")
-	}
 	if len(pm.Rules) > bpf.MaxRules || len(pm.Contents) > bpf.MaxContents {
 		return nil, planError("has %d rules and %d contents; the program holds %d and %d", len(pm.Rules), len(pm.Contents), bpf.MaxRules, bpf.MaxContents)
 	}
@@ -617,12 +614,15 @@ func (p *Packet) classify(frame []byte, iface string) {
 		if fields&bpf.FieldIface != 0 && !and(p.ifaceLookup(iface)) {
 			return
 		}
+		if fields&bpf.FieldSNI != 0 && w0 != 0 && !and(p.bitmapAt(p.tlsSNILookup(frame))) {
+			return
+		}
 		p.rulesApply(frame, iface, 0, w0)
 		return
 	}
 
 	all := p.bitmapAt(bpf.BitmapRegionAux + bpf.AuxAll)
-	bm := [7]*bpf.Bitmap{all, all, all, all, all, all, all}
+	bm := [8]*bpf.Bitmap{all, all, all, all, all, all, all, all}
 	if fields&bpf.FieldProto != 0 {
 		bm[0] = p.bitmapAt(bpf.BitmapRegionProto + uint32(m.protocol))
 	}
@@ -643,6 +643,9 @@ func (p *Packet) classify(frame []byte, iface string) {
 	}
 	if fields&bpf.FieldIface != 0 {
 		bm[6] = p.ifaceLookup(iface)
+	}
+	if fields&bpf.FieldSNI != 0 {
+		bm[7] = p.bitmapAt(p.tlsSNILookup(frame))
 	}
 	words := all.Nonzero
 	for _, b := range bm {
@@ -927,21 +930,22 @@ func (p *Packet) eventFill(frame []byte, iface string, index uint32, rule *bpf.R
 	e.Sport, e.Dport = m.sport, m.dport
 	e.Saddr, e.Daddr = m.saddr, m.daddr
 	if rule.Flags&bpf.RuleEmitPayload != 0 {
-		e.Payload, e.HasPayload = payloadCopy(frame, m), true
+		max := uint32(bpf.EmitPayloadBytes)
+		if rule.Flags&bpf.RuleEmitHello != 0 {
+			max = bpf.EmitHelloBytes // the ClientHello's first segment
+		}
+		e.Payload, e.HasPayload = payloadCopy(frame, m, max), true
 	}
 }
 
 // payloadCopy is payload_copy: the start of the L4 payload an event
-// carries, at most bpf.EmitPayloadBytes and never past the IP length.
-func payloadCopy(frame []byte, m *pktMeta) []byte {
+// carries, at most max bytes and never past the IP length.
+func payloadCopy(frame []byte, m *pktMeta, max uint32) []byte {
 	off, end := m.payloadOff, m.payloadEnd
 	if off > maxFrameOff || end > maxFrameOff || end <= off {
 		return frame[:0]
 	}
-	n := end - off
-	if n > bpf.EmitPayloadBytes {
-		n = bpf.EmitPayloadBytes
-	}
+	n := min(end-off, max)
 	tailOff := off + n - 8
 	if off+n < 8 || tailOff > maxFrameOff || tailOff+8 > uint32(len(frame)) {
 		return frame[:0]

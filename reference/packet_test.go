@@ -3,7 +3,6 @@ package reference
 import (
 	"net/netip"
 	"os"
-	"strings"
 	"testing"
 
 	"github.com/grain-ebpf/grain/codegen"
@@ -151,12 +150,37 @@ drop_tcp: {priority: 2, xdp: interfaces: ["eth0"], match: protocol: "tcp", then:
 	}
 }
 
-// A plan that matches TLS server names is refused, saying so, until Judge
-// evaluates them: an answer without them would be wrong.
-func TestNewPacketRefusesServerNames(t *testing.T) {
-	plan := plantest.Compile(t, `tls: {xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "example.com"}, then: "drop"}`)
-	if _, err := NewPacket(plan); err == nil || !strings.Contains(err.Error(), "tls_sni") {
-		t.Fatalf("NewPacket of a tls_sni plan: %v, want an error naming tls_sni", err)
+// tls_sni matches the ClientHello's server name: exact names, "*."
+// patterns at label boundaries, in any case, one trailing dot ignored.
+func TestJudgeServerName(t *testing.T) {
+	p := newPacket(t, plantest.Compile(t, `
+exact: {priority: 1, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "grain.example"}, then: "drop"}
+under: {priority: 2, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "*.example"}, then: "count"}
+`))
+	for _, c := range []struct {
+		name    string
+		verdict Verdict
+		policy  string
+		counted int
+	}{
+		{"grain.example", Drop, "exact", 0}, // decided before under counts
+		{"GRAIN.Example.", Drop, "exact", 0},
+		{"a.b.example", Pass, "", 1},
+		{"example", Pass, "", 0},
+		{"xexample", Pass, "", 0},
+		{"grain.example.org", Pass, "", 0},
+	} {
+		hello := clientHello(c.name, []byte{7, 7}, 3)
+		r := p.Judge(pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 443, pktbuild.ACK|pktbuild.PSH, hello).Bytes(), "eth0")
+		if r.Verdict != c.verdict || r.Policy != c.policy || len(r.Counted) != c.counted {
+			t.Errorf("%q: %s by %q counted %v, want %s by %q, %d counted", c.name, r.Verdict, r.Policy, r.Counted, c.verdict, c.policy, c.counted)
+		}
+	}
+	// The name's record cut short: no name.
+	hello := clientHello("grain.example", nil, 0)
+	r := p.Judge(pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 443, pktbuild.ACK, hello[:len(hello)-3]).Bytes(), "eth0")
+	if r.Verdict != Pass || len(r.Counted) != 0 {
+		t.Errorf("a truncated hello: %s by %q counted %v, want pass, nothing counted", r.Verdict, r.Policy, r.Counted)
 	}
 }
 

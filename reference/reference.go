@@ -20,7 +20,8 @@
 // Judge mirrors the packet program (bpf/xdp.c, bpf/classify.h) stage by
 // stage, one method per stage named after its C function: judgeGate
 // (gate_fails), parse (parse), classify (classify_full), cidrBitmapIndex
-// (cidr_bitmap_index), portLookup (port_lookup), ruleApply
+// (cidr_bitmap_index), portLookup (port_lookup), tlsSNILookup and
+// tlsSNIIndex (tls_sni_lookup, tls_sni_index of tls.h), ruleApply
 // (rule_apply_inline), contentMatch (content_match), patternAt
 // (pattern_at), eventFill and payloadCopy (event_fill, payload_copy). A
 // change to the C program is made here in the function of the same name,
