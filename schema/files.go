@@ -10,6 +10,7 @@ func Files() map[string]string {
 	return map[string]string{
 		"schema.cue":   Source,
 		"pipeline.cue": PipelineSource,
+		"test.cue":     TestSource,
 	}
 }
 
