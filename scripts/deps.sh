@@ -5,6 +5,7 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl) # the TLS end-to-end test's server
 command -v clang-19 >/dev/null || need+=(clang-19)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 # The single-node cluster of deploy/kubernetes' tests, and the image's
