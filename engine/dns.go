@@ -33,8 +33,10 @@ func payloadOf(record []byte) []byte {
 
 // appendPayloadField appends the payload field f of one record to out:
 // "payload" as lowercase hex of the carried bytes, "dns_qname" as the name
-// of the DNS question the payload starts with. A payload that is not a
-// well-formed DNS question gets no dns_qname.
+// of the DNS question the payload starts with, the tls_* fields as the
+// ClientHello it starts with says them. A payload that is not a
+// well-formed DNS question gets no dns_qname, one that is no hello no
+// tls_* field.
 func appendPayloadField(out *pipeline.Event, f string, protocol uint8, record []byte) {
 	payload := payloadOf(record)
 	switch f {
@@ -44,7 +46,7 @@ func appendPayloadField(out *pipeline.Event, f string, protocol uint8, record []
 		if protocol != 6 {
 			return
 		}
-		if v, ok := parseClientHello(payload).field(f); ok {
+		if v, ok := pipeline.ParseClientHello(payload).Field(f); ok {
 			out.AppendString(f, v)
 		}
 	case "dns_qname":

@@ -12,6 +12,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
+	"github.com/grain-ebpf/grain/pipeline"
 )
 
 // A count rule ahead of the drop rule: a hello it matches must still reach
@@ -30,24 +31,7 @@ block_sni: {
 	then: "drop"
 }`
 
-var (
-	helloCiphers = []uint16{0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0x009c, 0x002f}
-	helloSigAlgs = []uint16{0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601}
-)
-
-// hello13 is a TLS 1.3 hello asking for name, its server_name extension
-// at position sniAt among the others.
-func hello13(name string, sniAt int, keyShare int) []byte {
-	exts := []pktbuild.TLSExt{
-		{Type: pktbuild.TLSExtSupportedGroups, Data: []byte{0, 6, 0x11, 0xec, 0, 0x1d, 0, 0x17}},
-		pktbuild.ALPNExt("h2", "http/1.1"),
-		pktbuild.SigAlgsExt(helloSigAlgs...),
-		pktbuild.VersionsExt(0x0304, 0x0303),
-		pktbuild.KeyShareExt(0x11ec, keyShare),
-	}
-	exts = append(exts[:sniAt], append([]pktbuild.TLSExt{pktbuild.SNIExt(name)}, exts[sniAt:]...)...)
-	return pktbuild.ClientHello(0x0303, helloCiphers, exts...)
-}
+func hello13(name string, sniAt, keyShare int) []byte { return pktbuild.Hello13(name, sniAt, keyShare) }
 
 func helloFrame(payload []byte) []byte {
 	return pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 443, pktbuild.PSH|pktbuild.ACK, payload).Bytes()
@@ -72,8 +56,8 @@ func TestXDPTLSSNI(t *testing.T) {
 	if len(maxName) != bpf.TLSMaxName {
 		t.Fatalf("the longest name is %d bytes, want %d", len(maxName), bpf.TLSMaxName)
 	}
-	tls12 := pktbuild.ClientHello(0x0303, helloCiphers, pktbuild.SNIExt("blocked.example"), pktbuild.SigAlgsExt(helloSigAlgs...))
-	greased := pktbuild.ClientHello(0x0303, append([]uint16{pktbuild.GREASE(3)}, helloCiphers...),
+	tls12 := pktbuild.ClientHello(0x0303, pktbuild.HelloCiphers, pktbuild.SNIExt("blocked.example"), pktbuild.SigAlgsExt(pktbuild.HelloSigAlgs...))
+	greased := pktbuild.ClientHello(0x0303, append([]uint16{pktbuild.GREASE(3)}, pktbuild.HelloCiphers...),
 		pktbuild.TLSExt{Type: pktbuild.GREASE(1)}, pktbuild.VersionsExt(pktbuild.GREASE(5), 0x0304),
 		pktbuild.TLSExt{Type: pktbuild.GREASE(2), Data: []byte{0}}, pktbuild.SNIExt("x.evil.example"),
 		pktbuild.TLSExt{Type: pktbuild.GREASE(9)})
@@ -82,8 +66,8 @@ func TestXDPTLSSNI(t *testing.T) {
 	for i := 0; i < bpf.TLSMaxExtensions-1; i++ {
 		many = append(many, pktbuild.TLSExt{Type: uint16(0x4000 + i)})
 	}
-	lastWalked := pktbuild.ClientHello(0x0303, helloCiphers, append(many, pktbuild.SNIExt("blocked.example"))...)
-	pastWalked := pktbuild.ClientHello(0x0303, helloCiphers, append(append(many, pktbuild.TLSExt{Type: 0x5000}), pktbuild.SNIExt("blocked.example"))...)
+	lastWalked := pktbuild.ClientHello(0x0303, pktbuild.HelloCiphers, append(many, pktbuild.SNIExt("blocked.example"))...)
+	pastWalked := pktbuild.ClientHello(0x0303, pktbuild.HelloCiphers, append(append(many, pktbuild.TLSExt{Type: 0x5000}), pktbuild.SNIExt("blocked.example"))...)
 	nul := hello13("blocked.example", 0, 32)
 	nulAt := bytes.Index(nul, []byte("blocked.example"))
 	nul[nulAt+3] = 0 // "blo\0ked.example"
@@ -142,7 +126,7 @@ func TestXDPTLSSNIExtensionOrder(t *testing.T) {
 			pktbuild.SNIExt("blocked.example"),
 			{Type: pktbuild.TLSExtSupportedGroups, Data: []byte{0, 4, 0, 0x1d, 0, 0x17}},
 			pktbuild.ALPNExt("h2"),
-			pktbuild.SigAlgsExt(helloSigAlgs...),
+			pktbuild.SigAlgsExt(pktbuild.HelloSigAlgs...),
 			pktbuild.VersionsExt(0x0304),
 			pktbuild.KeyShareExt(0x001d, 32),
 			{Type: pktbuild.GREASE(i), Data: []byte{1, 2, 3}},
@@ -153,7 +137,7 @@ func TestXDPTLSSNIExtensionOrder(t *testing.T) {
 		for _, x := range exts {
 			order = append(order, fmt.Sprintf("%#04x", x.Type))
 		}
-		if got := runBoth(t, e, helloFrame(pktbuild.ClientHello(0x0303, helloCiphers, exts...))); got != xdpDrop {
+		if got := runBoth(t, e, helloFrame(pktbuild.ClientHello(0x0303, pktbuild.HelloCiphers, exts...))); got != xdpDrop {
 			t.Errorf("extensions %v: verdict %s, want drop", order, verdictName(got))
 		}
 	}
@@ -205,22 +189,32 @@ func TestXDPTLSEvents(t *testing.T) {
 	then: "count"
 	emit: {event: "tls_hello", fields: ["saddr", "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4", "payload"]}
 }`)
-	goHello := goClientHello(t, &tls.Config{ServerName: "www.example.com", NextProtos: []string{"h2", "http/1.1"}})
+	goHello := pktbuild.GoClientHello(t, &tls.Config{ServerName: "www.example.com", NextProtos: []string{"h2", "http/1.1"}})
 	crafted := hello13("blocked.example", 2, 32)
 	frames := [][]byte{helloFrame(goHello), helloFrame(crafted), helloFrame([]byte("GET / HTTP/1.1\r\n\r\n"))}
 	events := eventsOf(t, e, frames, []uint32{xdpPass, xdpPass, xdpPass})
 
+	helloFields := func(p []byte) map[string]string {
+		h := pipeline.ParseClientHello(p)
+		out := map[string]string{}
+		for _, f := range pipeline.TLSFields {
+			if v, ok := h.Field(f); ok {
+				out[f] = v
+			}
+		}
+		return out
+	}
 	captured := goHello[:min(len(goHello), bpf.EmitHelloBytes)]
 	for i, p := range [][]byte{captured, crafted, []byte("GET / HTTP/1.1\r\n\r\n")} {
 		want := helloFields(p)
-		if i < 2 && len(want) != len(tlsFields) {
+		if i < 2 && len(want) != len(pipeline.TLSFields) {
 			t.Fatalf("hello %d: the decoder gives %v, want every TLS field", i, want)
 		}
 		got := events[i]
 		if got["payload"] != hex.EncodeToString(p) {
 			t.Errorf("event %d: payload of %d hex digits, want the first %d bytes of the payload", i, len(fmt.Sprint(got["payload"])), len(p))
 		}
-		for _, f := range tlsFields {
+		for _, f := range pipeline.TLSFields {
 			if w, ok := want[f]; ok && got[f] != w || !ok && got[f] != nil {
 				t.Errorf("event %d: %s = %v, want %q (%v)", i, f, got[f], w, got)
 			}

@@ -139,7 +139,8 @@ func (e *Event) Addr(b [16]byte) netip.Addr {
 // decoder): those the policy asked for, then interface and verdict. It
 // allocates; call it for the events you print or compare. A payload field
 // is its bytes in hex, dns_qname the name of the DNS question it starts
-// with; ifindex is not known here (Interface is the name).
+// with, the tls_* fields what the ClientHello it starts with says; ifindex
+// is not known here (Interface is the name).
 func (e *Event) Fields() []Field {
 	out := make([]Field, 0, len(e.fields)+2)
 	for _, f := range e.fields {
@@ -176,6 +177,14 @@ func (e *Event) Fields() []Field {
 			// A payload that is no well-formed DNS question has none.
 			if name, err := pipeline.DNSQuestionName(msg); err == nil {
 				out = append(out, Field{f, name})
+			}
+		case "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4":
+			// A payload that is no ClientHello has none.
+			if e.Protocol != protoTCP {
+				continue
+			}
+			if v, ok := pipeline.ParseClientHello(e.Payload).Field(f); ok {
+				out = append(out, Field{f, v})
 			}
 		}
 	}

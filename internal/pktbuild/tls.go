@@ -1,6 +1,12 @@
 package pktbuild
 
-import "encoding/binary"
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+)
 
 // TLS ClientHellos for tests of the tls_sni field and the TLS event fields.
 
@@ -103,4 +109,49 @@ func ClientHello(legacyVersion uint16, ciphers []uint16, exts ...TLSExt) []byte 
 	rec := []byte{22, 3, 1}
 	rec = binary.BigEndian.AppendUint16(rec, uint16(len(hs)))
 	return append(rec, hs...)
+}
+
+// HelloCiphers and HelloSigAlgs are the cipher suites and signature
+// algorithms of Hello13.
+var (
+	HelloCiphers = []uint16{0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0x009c, 0x002f}
+	HelloSigAlgs = []uint16{0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601}
+)
+
+// Hello13 is a TLS 1.3 hello asking for name, as browsers send them:
+// supported groups, ALPN h2 and http/1.1, signature algorithms,
+// supported_versions and a key share of keyShare bytes (1216 for
+// X25519MLKEM768), with server_name inserted at position sniAt (0 to 5).
+func Hello13(name string, sniAt, keyShare int) []byte {
+	exts := []TLSExt{
+		{Type: TLSExtSupportedGroups, Data: []byte{0, 6, 0x11, 0xec, 0, 0x1d, 0, 0x17}},
+		ALPNExt("h2", "http/1.1"),
+		SigAlgsExt(HelloSigAlgs...),
+		VersionsExt(0x0304, 0x0303),
+		KeyShareExt(0x11ec, keyShare),
+	}
+	exts = append(exts[:sniAt], append([]TLSExt{SNIExt(name)}, exts[sniAt:]...)...)
+	return ClientHello(0x0303, HelloCiphers, exts...)
+}
+
+// GoClientHello is the first record crypto/tls sends for a handshake with
+// cfg.
+func GoClientHello(t testing.TB, cfg *tls.Config) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() {
+		_ = tls.Client(a, cfg).Handshake()
+		a.Close()
+	}()
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(b, hdr); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+int(hdr[3])<<8|int(hdr[4]))
+	copy(rec, hdr)
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }

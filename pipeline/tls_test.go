@@ -1,50 +1,25 @@
-package engine
+package pipeline
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
-	"io"
-	"net"
 	"regexp"
 	"testing"
 
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 )
 
-var tlsFields = []string{"tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4"}
-
 func helloFields(p []byte) map[string]string {
-	h := parseClientHello(p)
+	h := ParseClientHello(p)
 	out := map[string]string{}
-	for _, f := range tlsFields {
-		if v, ok := h.field(f); ok {
+	for _, f := range TLSFields {
+		if v, ok := h.Field(f); ok {
 			out[f] = v
 		}
 	}
 	return out
-}
-
-// goClientHello is the first record crypto/tls sends for a handshake with
-// cfg.
-func goClientHello(t *testing.T, cfg *tls.Config) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer b.Close()
-	go func() {
-		_ = tls.Client(a, cfg).Handshake()
-		a.Close()
-	}()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+int(hdr[3])<<8|int(hdr[4]))
-	copy(rec, hdr)
-	if _, err := io.ReadFull(b, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
 }
 
 func sha12(s string) string {
@@ -68,7 +43,7 @@ func TestTLSFieldsCrafted(t *testing.T) {
 		"tls_ja4": "t13d0305h2_" + sha12("1301,1302,c02b") + "_" + sha12("000a,000d,002b_0403,0804"),
 	}
 	got := helloFields(h)
-	for _, f := range tlsFields {
+	for _, f := range TLSFields {
 		if got[f] != want[f] {
 			t.Errorf("%s = %q, want %q", f, got[f], want[f])
 		}
@@ -94,12 +69,12 @@ func TestTLSFieldsCrafted(t *testing.T) {
 // field at all; a payload that is not a hello gives none.
 func TestTLSFieldsTruncated(t *testing.T) {
 	hellos := map[string][]byte{
-		"crafted":    hello13("blocked.example", 3, 1216),
-		"crypto/tls": goClientHello(t, &tls.Config{ServerName: "www.example.com", NextProtos: []string{"h2", "http/1.1"}}),
+		"crafted":    pktbuild.Hello13("blocked.example", 3, 1216),
+		"crypto/tls": pktbuild.GoClientHello(t, &tls.Config{ServerName: "www.example.com", NextProtos: []string{"h2", "http/1.1"}}),
 	}
 	for name, h := range hellos {
 		whole := helloFields(h)
-		for _, f := range tlsFields {
+		for _, f := range TLSFields {
 			if whole[f] == "" {
 				t.Errorf("%s: the whole hello has no %s (%v)", name, f, whole)
 			}
@@ -120,7 +95,7 @@ func TestTLSFieldsTruncated(t *testing.T) {
 		t.Logf("crypto/tls's hello is %d bytes: one segment", len(g))
 	}
 	first := helloFields(g[:min(len(g), 1448)])
-	for _, f := range tlsFields {
+	for _, f := range TLSFields {
 		if first[f] != helloFields(g)[f] {
 			t.Errorf("crypto/tls's first segment: %s = %q, want %q", f, first[f], helloFields(g)[f])
 		}
@@ -130,7 +105,7 @@ func TestTLSFieldsTruncated(t *testing.T) {
 	}
 
 	// Corrupted lengths inside a hello captured whole.
-	h := hello13("blocked.example", 0, 32)
+	h := pktbuild.Hello13("blocked.example", 0, 32)
 	for _, c := range []struct {
 		name string
 		at   int
@@ -138,7 +113,7 @@ func TestTLSFieldsTruncated(t *testing.T) {
 	}{
 		{"session id longer than 32", 43, 33},
 		{"cipher suites past the hello", 76, 0xff},
-		{"odd cipher suites length", 77, byte(2*len(helloCiphers) - 1)},
+		{"odd cipher suites length", 77, byte(2*len(pktbuild.HelloCiphers) - 1)},
 	} {
 		bad := append([]byte(nil), h...)
 		bad[c.at] = c.b
@@ -157,4 +132,14 @@ func TestTLSFieldsTruncated(t *testing.T) {
 			t.Errorf("%q: fields %v, want none", p, got)
 		}
 	}
+}
+
+// sniEnd is the payload offset one past name in a hello.
+func sniEnd(t *testing.T, hello []byte, name string) int {
+	t.Helper()
+	i := bytes.Index(hello, []byte(name))
+	if i < 0 {
+		t.Fatalf("%q is not in the hello", name)
+	}
+	return i + len(name)
 }

@@ -1,4 +1,4 @@
-package engine
+package pipeline
 
 import (
 	"crypto/sha256"
@@ -12,7 +12,8 @@ import (
 
 // TLS fields of packet events, decoded from the first TCP segment of a
 // ClientHello that the event carries (bpf.EventHello: up to
-// bpf.EmitHelloBytes of payload). A field is given only when the bytes
+// bpf.EmitHelloBytes of payload), as the engine's event reader and the
+// reference evaluator both give them. A field is given only when the bytes
 // that decide it were captured and are well formed: a payload that is not
 // a hello, or a malformed one, gets no TLS field, and a hello cut short (it
 // spans segments, as large post-quantum key shares make it) gets only the
@@ -38,9 +39,9 @@ const (
 	tlsExtSupportedVersions = 0x002b
 )
 
-// clientHello is what a captured hello says; the ...OK flags tell which
+// ClientHello is what a captured hello says; the ...OK flags tell which
 // parts were captured whole.
-type clientHello struct {
+type ClientHello struct {
 	ok            bool // a ClientHello, well formed as far as captured
 	complete      bool // captured to its end
 	legacyVersion uint16
@@ -60,9 +61,9 @@ type clientHello struct {
 	hasSigAlgs  bool
 }
 
-// parseClientHello reads the hello at the start of a TCP payload.
-func parseClientHello(p []byte) clientHello {
-	var h clientHello
+// ParseClientHello reads the hello at the start of a TCP payload.
+func ParseClientHello(p []byte) ClientHello {
+	var h ClientHello
 	// record: type 22 (handshake), version 3.x, length
 	if len(p) < 9 || p[0] != 22 || p[1] != 3 || p[5] != 1 {
 		return h
@@ -84,7 +85,7 @@ func parseClientHello(p []byte) clientHello {
 	// A read that fails inside a hello captured whole means a malformed
 	// one (no field at all); in one cut short, only that the rest is not
 	// known.
-	cut := func() clientHello {
+	cut := func() ClientHello {
 		if h.complete {
 			h.ok = false
 		}
@@ -175,7 +176,7 @@ func parseClientHello(p []byte) clientHello {
 
 // readExtension reads the extensions the fields come from; false when one
 // is malformed.
-func (h *clientHello) readExtension(typ uint16, body []byte) bool {
+func (h *ClientHello) readExtension(typ uint16, body []byte) bool {
 	r := tlsReader{b: body}
 	switch typ {
 	case tlsExtServerName:
@@ -229,9 +230,12 @@ func (h *clientHello) readExtension(typ uint16, body []byte) bool {
 	return true
 }
 
-// field is the value of one TLS event field, and whether the hello
-// decides it.
-func (h clientHello) field(f string) (string, bool) {
+// TLSFields are the event fields a ClientHello gives.
+var TLSFields = []string{"tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4"}
+
+// Field is the value of one TLS event field (TLSFields), and whether the
+// hello decides it.
+func (h ClientHello) Field(f string) (string, bool) {
 	if !h.ok {
 		return "", false
 	}
@@ -257,7 +261,7 @@ func (h clientHello) field(f string) (string, bool) {
 }
 
 // highestVersion is the highest version the hello offers, when known.
-func (h clientHello) highestVersion() (uint16, bool) {
+func (h ClientHello) highestVersion() (uint16, bool) {
 	if !h.hasVersions {
 		// Without supported_versions the legacy version is the
 		// highest; known only when every extension's type is.
@@ -302,7 +306,7 @@ func tlsVersionName(v uint16) string {
 // b the first 12 hex digits of the SHA-256 of the sorted cipher suites;
 // c of the sorted extensions but server_name and ALPN, then "_" and the
 // signature algorithms in the order sent.
-func (h clientHello) ja4() string {
+func (h ClientHello) ja4() string {
 	var a strings.Builder
 	a.WriteByte('t')
 	v, _ := h.highestVersion()
