@@ -60,21 +60,38 @@ func startGrain(t *testing.T, ns string, args ...string) *grainProcess {
 	return startGrainEnv(t, nil, ns, args...)
 }
 
-// startGrainEnv starts grain with extra environment variables.
+// startGrainEnv starts grain with extra environment variables and waits
+// until it enforces.
 func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *grainProcess {
+	t.Helper()
+	d, attached := launchGrain(t, env, ns, args...)
+	select {
+	case <-attached:
+	// A hang guard, not a speed figure: in an emulated guest that shares the
+	// host with another, a start (the policy worker evaluating the tree,
+	// programs loaded and verified) has taken over 20 s.
+	case <-time.After(90 * time.Second):
+		t.Fatalf("grain did not start enforcing within 90 s; stderr:\n%s", d.log())
+	}
+	return d
+}
+
+// launchGrain starts grain, collecting its stderr and event lines;
+// attached is closed when grain logs that it enforces.
+func launchGrain(t *testing.T, env []string, ns string, args ...string) (d *grainProcess, attached <-chan struct{}) {
 	t.Helper()
 	bin, err := buildGrain()
 	if err != nil {
 		t.Fatalf("build grain: %v", err)
 	}
-	d := &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
+	d = &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
 	d.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := d.cmd.StdoutPipe()
 	stderr, _ := d.cmd.StderrPipe()
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	attached := make(chan struct{})
+	enforcing := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		once := sync.Once{}
@@ -83,7 +100,7 @@ func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *grain
 			d.stderr.WriteString(sc.Text() + "\n")
 			d.mu.Unlock()
 			if strings.Contains(sc.Text(), "enforcing") {
-				once.Do(func() { close(attached) })
+				once.Do(func() { close(enforcing) })
 			}
 		}
 	}()
@@ -101,15 +118,7 @@ func startGrainEnv(t *testing.T, env []string, ns string, args ...string) *grain
 		}
 	}()
 	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
-	select {
-	case <-attached:
-	// A hang guard, not a speed figure: in an emulated guest that shares the
-	// host with another, a start (the policy worker evaluating the tree,
-	// programs loaded and verified) has taken over 20 s.
-	case <-time.After(90 * time.Second):
-		t.Fatalf("grain did not start enforcing within 90 s; stderr:\n%s", d.log())
-	}
-	return d
+	return d, enforcing
 }
 
 // stop sends SIGTERM and waits for a clean exit.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -63,33 +62,20 @@ func TestReadinessAndPolicyHash(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "grain.sock")
 	const metricsAddr = "127.0.0.1:9471"
 	const late = "glate0"
-	bin := buildGrainPath(t)
-	d := &grainProcess{cmd: p.Command(p.ServerNS, bin, "run", "--policies", dir, "--interface", "glate*",
-		"--pin-path", netns.PinDir(t), "--status-socket", sock, "--metrics-addr", metricsAddr, "--stdout=false")}
-	stderr, err := d.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			d.mu.Lock()
-			d.stderr.WriteString(sc.Text() + "\n")
-			d.mu.Unlock()
-		}
-	}()
+	d, enforcing := launchGrain(t, nil, p.ServerNS, "run", "--policies", dir, "--interface", "glate*",
+		"--pin-path", netns.PinDir(t), "--status-socket", sock, "--metrics-addr", metricsAddr, "--stdout=false")
 
 	// From the moment it answers until it logs that it enforces, grain
 	// is never ready: no link matches glate* yet.
 	var answers []string
-	deadline := time.Now().Add(90 * time.Second) // a hang guard, as in startGrain
-	for !strings.Contains(d.log(), "enforcing") {
-		if time.Now().After(deadline) {
+	deadline := time.After(90 * time.Second) // a hang guard, as in startGrainEnv
+	for started := false; !started; {
+		select {
+		case <-enforcing:
+			started = true
+		case <-deadline:
 			t.Fatalf("grain did not start enforcing; stderr:\n%s", d.log())
+		default:
 		}
 		if code, body, err := httpGetIn(p.ServerNS, metricsAddr, "/readyz"); err == nil {
 			if code != http.StatusServiceUnavailable {
