@@ -22,7 +22,12 @@ enum grain_limits {
 	GRAIN_SCAN_WINDOW = 1500,         /* bytes of L4 payload searched */
 	GRAIN_PREFILTER_SPAN = 8,         /* prefilter bytes lie in pattern[0..8) */
 	GRAIN_MAX_PORT_CLASSES = 2 * GRAIN_MAX_RULES + 2,
-	GRAIN_MAX_CIDR_ENTRIES = 2 * GRAIN_MAX_RULES,
+	/* Distinct address prefixes per generation (cidr_class entries),
+	 * and distinct rule sets among them (their bitmaps): prefixes with
+	 * the same rules share one bitmap, so a block list of many prefixes
+	 * costs one bitmap, not one each. */
+	GRAIN_MAX_CIDR_ENTRIES = 16384,
+	GRAIN_MAX_CIDR_CLASSES = 2 * GRAIN_MAX_RULES,
 	GRAIN_MAX_IFACE_ENTRIES = 256,
 	GRAIN_MAX_IPV6_EXT_HEADERS = 6,
 	/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule
@@ -56,7 +61,7 @@ enum grain_bitmap_regions {
 	GRAIN_BITMAP_REGION_SPORT = GRAIN_BITMAP_REGION_AUX + 16, /* [source port class] */
 	GRAIN_BITMAP_REGION_DPORT = GRAIN_BITMAP_REGION_SPORT + GRAIN_MAX_PORT_CLASSES,
 	GRAIN_BITMAP_REGION_CIDR = GRAIN_BITMAP_REGION_DPORT + GRAIN_MAX_PORT_CLASSES, /* [cidr class] */
-	GRAIN_BITMAP_REGION_SNI = GRAIN_BITMAP_REGION_CIDR + GRAIN_MAX_CIDR_ENTRIES, /* [sni class] */
+	GRAIN_BITMAP_REGION_SNI = GRAIN_BITMAP_REGION_CIDR + GRAIN_MAX_CIDR_CLASSES, /* [sni class] */
 	GRAIN_BITMAPS_PER_GEN = GRAIN_BITMAP_REGION_SNI + GRAIN_MAX_SNI_ENTRIES,
 };
 

@@ -4,25 +4,26 @@ package bpf
 
 // enum grain_limits (grain.h)
 const (
-	Generations        = 2    // GRAIN_GENERATIONS
-	MaxRules           = 2048 // GRAIN_MAX_RULES
-	BitmapWords        = 32   // GRAIN_BITMAP_WORDS
-	MaxContents        = 1024 // GRAIN_MAX_CONTENTS
-	MaxContentsPerRule = 4    // GRAIN_MAX_CONTENTS_PER_RULE
-	MaxContentLen      = 64   // GRAIN_MAX_CONTENT_LEN
-	ScanWindow         = 1500 // GRAIN_SCAN_WINDOW
-	PrefilterSpan      = 8    // GRAIN_PREFILTER_SPAN
-	MaxPortClasses     = 4098 // GRAIN_MAX_PORT_CLASSES
-	MaxCIDREntries     = 4096 // GRAIN_MAX_CIDR_ENTRIES
-	MaxIfaceEntries    = 256  // GRAIN_MAX_IFACE_ENTRIES
-	MaxIPv6ExtHeaders  = 6    // GRAIN_MAX_IPV6_EXT_HEADERS
-	EmitPayloadBytes   = 272  // GRAIN_EMIT_PAYLOAD_BYTES
-	EmitHelloBytes     = 1512 // GRAIN_EMIT_HELLO_BYTES
-	TLSMaxName         = 253  // GRAIN_TLS_MAX_NAME
-	TLSMaxExtensions   = 32   // GRAIN_TLS_MAX_EXTENSIONS
-	MaxSNIEntries      = 1024 // GRAIN_MAX_SNI_ENTRIES
-	IfaceSlots         = 256  // GRAIN_IFACE_SLOTS
-	Verdicts           = 4    // GRAIN_VERDICTS
+	Generations        = 2     // GRAIN_GENERATIONS
+	MaxRules           = 2048  // GRAIN_MAX_RULES
+	BitmapWords        = 32    // GRAIN_BITMAP_WORDS
+	MaxContents        = 1024  // GRAIN_MAX_CONTENTS
+	MaxContentsPerRule = 4     // GRAIN_MAX_CONTENTS_PER_RULE
+	MaxContentLen      = 64    // GRAIN_MAX_CONTENT_LEN
+	ScanWindow         = 1500  // GRAIN_SCAN_WINDOW
+	PrefilterSpan      = 8     // GRAIN_PREFILTER_SPAN
+	MaxPortClasses     = 4098  // GRAIN_MAX_PORT_CLASSES
+	MaxCIDREntries     = 16384 // GRAIN_MAX_CIDR_ENTRIES
+	MaxCIDRClasses     = 4096  // GRAIN_MAX_CIDR_CLASSES
+	MaxIfaceEntries    = 256   // GRAIN_MAX_IFACE_ENTRIES
+	MaxIPv6ExtHeaders  = 6     // GRAIN_MAX_IPV6_EXT_HEADERS
+	EmitPayloadBytes   = 272   // GRAIN_EMIT_PAYLOAD_BYTES
+	EmitHelloBytes     = 1512  // GRAIN_EMIT_HELLO_BYTES
+	TLSMaxName         = 253   // GRAIN_TLS_MAX_NAME
+	TLSMaxExtensions   = 32    // GRAIN_TLS_MAX_EXTENSIONS
+	MaxSNIEntries      = 1024  // GRAIN_MAX_SNI_ENTRIES
+	IfaceSlots         = 256   // GRAIN_IFACE_SLOTS
+	Verdicts           = 4     // GRAIN_VERDICTS
 )
 
 // enum grain_bitmap_regions (grain.h)

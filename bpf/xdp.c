@@ -147,9 +147,11 @@ struct {
 	__type(value, __u16);
 } port_class SEC(".maps");
 
-/* (generation, field, prefix) -> class: bitmaps[GRAIN_BITMAP_REGION_CIDR + class] */
+/* (generation, field, prefix) -> class: bitmaps[GRAIN_BITMAP_REGION_CIDR + class].
+ * Not preallocated: most trees hold a few prefixes, not the limit's 2 x 16384. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, GRAIN_GENERATIONS * GRAIN_MAX_CIDR_ENTRIES);
 	__type(key, struct grain_cidr_key);
 	__type(value, __u32);
@@ -310,7 +312,7 @@ __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 		k[3] = a[3] & prefix_mask(plen, 3);
 		__builtin_memcpy(key.addr, k, 16);
 		__u32 *cls = bpf_map_lookup_elem(&cidr_class, &key);
-		if (cls && *cls < GRAIN_MAX_CIDR_ENTRIES)
+		if (cls && *cls < GRAIN_MAX_CIDR_CLASSES)
 			return GRAIN_BITMAP_REGION_CIDR + *cls;
 	}
 	return fallback;

@@ -408,6 +408,10 @@ func buildTables(plan *Plan, rules []rule, attached []string) error {
 		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
 			Msg: fmt.Sprintf("too many distinct address prefixes in all packet policies: %d, at most %d", len(t.CIDRs), bpf.MaxCIDREntries)}}
 	}
+	if _, classes := cidrClasses(t.CIDRs); len(classes) > bpf.MaxCIDRClasses {
+		return policies.ErrorList{{Pos: rules[0].policy.Pos, Policy: rules[0].policy.Name,
+			Msg: fmt.Sprintf("address prefixes select too many distinct sets of rules in all packet policies: %d, at most %d; give prefixes that share rules one policy", len(classes), bpf.MaxCIDRClasses)}}
+	}
 
 	// Interfaces: only when rules differ in the interfaces they apply to.
 	// Names and patterns are compared as strings: rules whose patterns

@@ -163,6 +163,41 @@ r3: {priority: 3, xdp: interfaces: ["lo"], match: {saddr: "fd00::/8"}, then: "dr
 	}
 }
 
+// Prefixes that select the same rules share one class, whose one bitmap
+// holds those rules: a long block list costs one bitmap.
+func TestPrefixesShareClasses(t *testing.T) {
+	plan, err := Compile(load(t, `
+a: {priority: 0, xdp: interfaces: ["lo"], match: {saddr: ["10.0.0.0/8", "192.168.0.0/16", "172.16.0.0/12"]}, then: "drop"}
+b: {priority: 1, xdp: interfaces: ["lo"], match: {saddr: ["10.1.0.0/16", "192.0.2.0/24"]}, then: "drop"}
+`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	classOf := map[string]uint32{}
+	for i, e := range plan.Maps.CIDRs {
+		classOf[plan.Tables.CIDRs[i].Prefix] = e.Class
+	}
+	// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16: {a}; 192.0.2.0/24: {b};
+	// 10.1.0.0/16: {a, b}.
+	same := [][]string{{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}, {"192.0.2.0/24"}, {"10.1.0.0/16"}}
+	seen := map[uint32]bool{}
+	for _, group := range same {
+		c := classOf[group[0]]
+		if seen[c] {
+			t.Errorf("%s shares class %d with prefixes of other rules (%v)", group[0], c, classOf)
+		}
+		seen[c] = true
+		for _, p := range group[1:] {
+			if classOf[p] != c {
+				t.Errorf("%s: class %d, want %d, the class of %s (%v)", p, classOf[p], c, group[0], classOf)
+			}
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("%d classes, want 3: %v", len(seen), classOf)
+	}
+}
+
 func TestCompileErrors(t *testing.T) {
 	for _, c := range []struct{ src, want string }{
 		{`p: {xdp: interfaces: ["lo"], match: payload: ["a", "b", "c", "d", "e"], then: "drop"}`, "test.cue:1:67: policy p: at most 4 payload contents"},

@@ -44,18 +44,43 @@ func TestLimitsArePositionedErrors(t *testing.T) {
 		}
 	})
 	t.Run("address prefixes", func(t *testing.T) {
-		// 5 policies of 1000 source addresses: the fifth goes over.
+		// Policies of 1000 source addresses each: the one that passes
+		// the limit goes over.
+		n := bpf.MaxCIDREntries/1000 + 1
 		var b strings.Builder
-		for i := range 5 {
-			fmt.Fprintf(&b, "p%d: {\n\txdp: interfaces: [\"eth0\"]\n\tthen: \"drop\"\n\tmatch: saddr: [", i)
+		for i := range n {
+			fmt.Fprintf(&b, "p%02d: {\n\txdp: interfaces: [\"eth0\"]\n\tthen: \"drop\"\n\tmatch: saddr: [", i)
 			for j := range 1000 {
 				fmt.Fprintf(&b, "\"10.%d.%d.%d\", ", i, j/256, j%256)
 			}
 			b.WriteString("]\n}\n")
 		}
 		e := compileError(t, b.String())
-		want := policies.Error{Pos: policies.Position{File: "limits.cue", Line: 21, Column: 1}, Policy: "p4",
-			Msg: fmt.Sprintf("match.saddr: too many distinct address prefixes in all packet policies: 5000, at most %d; this policy goes over: merge prefixes into shorter ones or remove some", bpf.MaxCIDREntries)}
+		want := policies.Error{Pos: policies.Position{File: "limits.cue", Line: 5*(n-1) + 1, Column: 1}, Policy: fmt.Sprintf("p%02d", n-1),
+			Msg: fmt.Sprintf("match.saddr: too many distinct address prefixes in all packet policies: %d, at most %d; this policy goes over: merge prefixes into shorter ones or remove some", n*1000, bpf.MaxCIDREntries)}
+		if e != want {
+			t.Errorf("got  %v\nwant %v", e, want)
+		}
+	})
+	t.Run("address rule sets", func(t *testing.T) {
+		// Policy a<i> drops 10.i.0.0/16 and policy b<j> 10.i.j.0/24 for
+		// every i: each /24 selects {a<i>, b<j>}, a set of rules of its
+		// own, and there are more such sets than bitmaps.
+		na, nb := 64, bpf.MaxCIDRClasses/64+16
+		var b strings.Builder
+		for i := range na {
+			fmt.Fprintf(&b, "a%02d: {\n\txdp: interfaces: [\"eth0\"]\n\tthen: \"drop\"\n\tmatch: saddr: \"10.%d.0.0/16\"\n}\n", i, i)
+		}
+		for j := range nb {
+			fmt.Fprintf(&b, "b%02d: {\n\txdp: interfaces: [\"eth0\"]\n\tthen: \"drop\"\n\tmatch: saddr: [", j)
+			for i := range na {
+				fmt.Fprintf(&b, "\"10.%d.%d.0/24\", ", i, j)
+			}
+			b.WriteString("]\n}\n")
+		}
+		e := compileError(t, b.String())
+		want := policies.Error{Pos: policies.Position{File: "limits.cue", Line: 1, Column: 1}, Policy: "a00",
+			Msg: fmt.Sprintf("address prefixes select too many distinct sets of rules in all packet policies: %d, at most %d; give prefixes that share rules one policy", na+na*nb, bpf.MaxCIDRClasses)}
 		if e != want {
 			t.Errorf("got  %v\nwant %v", e, want)
 		}

@@ -2,6 +2,7 @@ package codegen
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -101,6 +102,26 @@ func BitmapOf(rules RuleSet) bpf.Bitmap {
 	return b
 }
 
+// cidrClasses numbers the distinct rule sets of the prefixes in order of
+// first appearance: prefixes with the same rules share a class and its one
+// bitmap (a block list of thousands of prefixes is one class). classOf[i]
+// is the class of prefixes[i]; classes[c] the rules of class c.
+func cidrClasses(prefixes []CIDRClass) (classOf []int, classes []RuleSet) {
+	index := map[string]int{}
+	classOf = make([]int, len(prefixes))
+	for i, c := range prefixes {
+		key := fmt.Sprint([]int(c.Rules))
+		class, ok := index[key]
+		if !ok {
+			class = len(classes)
+			index[key] = class
+			classes = append(classes, c.Rules)
+		}
+		classOf[i] = class
+	}
+	return classOf, classes
+}
+
 // buildMaps encodes the plan's rules, contents and tables into the XDP
 // program's map entries.
 func buildMaps(plan *Plan) {
@@ -140,8 +161,9 @@ func buildMaps(plan *Plan) {
 	for class, pc := range t.DestinationPorts {
 		put(bpf.BitmapRegionDport+class, pc.Rules)
 	}
-	for class, c := range t.CIDRs {
-		put(bpf.BitmapRegionCIDR+class, c.Rules)
+	classOf, classes := cidrClasses(t.CIDRs)
+	for class, rules := range classes {
+		put(bpf.BitmapRegionCIDR+class, rules)
 	}
 	for class, c := range t.ServerNames {
 		put(bpf.BitmapRegionSNI+class, c.Rules)
@@ -149,11 +171,11 @@ func buildMaps(plan *Plan) {
 
 	m.SourcePorts, m.DestinationPorts = portRuns(t.SourcePorts), portRuns(t.DestinationPorts)
 	m.CIDRs = make([]CIDREntry, 0, len(t.CIDRs))
-	for class, c := range t.CIDRs {
+	for i, c := range t.CIDRs {
 		prefix := netip.MustParsePrefix(c.Prefix)
 		key := bpf.CIDRKey{Field: cidrFields[c.Field], Prefixlen: uint8(prefix.Bits())}
 		copy(key.Addr[:], prefix.Addr().AsSlice())
-		m.CIDRs = append(m.CIDRs, CIDREntry{Key: Kernel[bpf.CIDRKey]{key}, Class: uint32(class)})
+		m.CIDRs = append(m.CIDRs, CIDREntry{Key: Kernel[bpf.CIDRKey]{key}, Class: uint32(classOf[i])})
 	}
 	for class, c := range t.ServerNames {
 		m.ServerNames = append(m.ServerNames, ServerNameEntry{Key: Kernel[bpf.SNIKey]{ServerNameKey(c.Pattern)}, Class: uint32(class)})

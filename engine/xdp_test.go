@@ -464,6 +464,35 @@ func TestXDPManyRules(t *testing.T) {
 	}
 }
 
+// A block list as long as the limit, of every IPv4 prefix length from /16
+// to /32: an address in the last prefix, in the first, and in none; the
+// prefixes share one bitmap.
+func TestXDPPrefixListAtTheLimit(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
+	var b strings.Builder
+	b.WriteString("block: {xdp: interfaces: [\"lo\"], then: \"drop\", match: saddr: [\n")
+	prefix := func(i int) string { return fmt.Sprintf("%d.%d.0.0/%d", 1+i/256, i%256, 16+i%17) }
+	for i := range bpf.MaxCIDREntries {
+		fmt.Fprintf(&b, "%q,\n", prefix(i))
+	}
+	b.WriteString("]}\n")
+	e := applyPolicy(t, b.String())
+	for name, c := range map[string]struct {
+		src  string
+		want uint32
+	}{
+		"the last prefix":  {netip.MustParsePrefix(prefix(bpf.MaxCIDREntries - 1)).Addr().String(), xdpDrop},
+		"the first prefix": {"1.0.255.255", xdpDrop},
+		"no prefix":        {"198.18.0.7", xdpPass},
+		"beside a /32":     {fmt.Sprintf("%d.%d.0.1", 1+16/256, 16%256), xdpPass},
+	} {
+		f := pktbuild.TCP4(c.src, "10.0.0.1", 5, 80, pktbuild.ACK, nil)
+		if got := runBoth(t, e, f.Bytes()); got != c.want {
+			t.Errorf("from %s (%s): %s, want %s", c.src, name, verdictName(got), verdictName(c.want))
+		}
+	}
+}
+
 // Emitted events carry the packet's addresses and ports.
 func TestXDPEmitEvent(t *testing.T) {
 	e := applyPolicy(t, blockHTTP)

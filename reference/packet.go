@@ -737,7 +737,7 @@ func (p *Packet) cidrBitmapIndex(field uint32) uint32 {
 				key.addr[w*4+b] = addr[w*4+b] & mask[b]
 			}
 		}
-		if cls, ok := p.cidrClass[key]; ok && cls < bpf.MaxCIDREntries {
+		if cls, ok := p.cidrClass[key]; ok && cls < bpf.MaxCIDRClasses {
 			return bpf.BitmapRegionCIDR + cls
 		}
 	}
