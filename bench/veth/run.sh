@@ -65,53 +65,9 @@ CLI_IP=10.201.0.2
 PORT=8080
 PREFIX=grain-bench-$$
 
-die() { echo "run.sh: $*" >&2; exit 1; }
-log() { echo "# $*" >&2; }
-
-[[ $EUID -eq 0 ]] || die "needs root (network namespaces, XDP, iptables)"
-for tool in ip iptables taskset go; do
-	command -v "$tool" >/dev/null || die "$tool is missing"
-done
-ncpu=$(nproc)
-((CPU < ncpu)) || die "CPU=$CPU but this machine has $ncpu CPUs"
-# Helpers (grain, XDP loaders) run on every CPU but the sender's.
-if ((ncpu > 1)); then
-	OTHER=$(seq 0 $((ncpu - 1)) | grep -vx "$CPU" | paste -sd,)
-else
-	OTHER=$CPU
-fi
-
-tmp=""
-declare -A helper_pid=()
-cleanup() {
-	local rc=$? cfg pid i
-	trap - EXIT INT TERM
-	for cfg in "${!helper_pid[@]}"; do
-		pid=${helper_pid[$cfg]}
-		kill -TERM "$pid" 2>/dev/null || continue
-		for ((i = 0; i < 50; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	for cfg in $CONFIGS; do
-		ip netns delete "$PREFIX-$cfg-srv" 2>/dev/null || true
-		ip netns delete "$PREFIX-$cfg-cli" 2>/dev/null || true
-	done
-	[[ -n $tmp ]] && rm -rf "$tmp"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-tmp=$(mktemp -d -t grain-bench.XXXXXX)
-
-log "building the sender and the XDP loader"
-go build -o "$tmp/sender" ./bench/veth/sender
-go build -o "$tmp/dropall" ./bench/veth/dropall
+# shellcheck source=bench/veth/lib.sh
+. bench/veth/lib.sh
+veth_init iptables
 
 configs=()
 notes=()
@@ -132,45 +88,6 @@ for cfg in $CONFIGS; do
 	*) die "unknown configuration $cfg" ;;
 	esac
 done
-
-# make_pair CFG: the namespaces, the veth pair and the blackhole rule.
-make_pair() {
-	local srv=$PREFIX-$1-srv cli=$PREFIX-$1-cli ns
-	ip netns add "$srv"
-	ip netns add "$cli"
-	# Created inside the namespaces: the names never meet the host's.
-	ip link add "$SRV_IF" netns "$srv" type veth peer name "$CLI_IF" netns "$cli"
-	for ns in "$srv" "$cli"; do
-		# No IPv6: router solicitations and the like would be stray packets.
-		ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-		ip -n "$ns" link set lo up
-	done
-	ip -n "$srv" addr add "$SRV_IP/24" dev "$SRV_IF"
-	ip -n "$cli" addr add "$CLI_IP/24" dev "$CLI_IF"
-	ip -n "$srv" link set "$SRV_IF" up
-	ip -n "$cli" link set "$CLI_IF" up
-	# Passed packets end at the routing decision: the local table moves
-	# behind a rule that blackholes TCP to the flood's port arriving on the
-	# veth (forwarding is off, so not even an ICMP error is sent).
-	ip -n "$srv" rule add pref 100 lookup local
-	ip -n "$srv" rule del pref 0
-	ip -n "$srv" rule add pref 10 iif "$SRV_IF" ipproto tcp dport "$PORT" blackhole
-}
-
-# start_helper CFG CMD...: runs CMD in CFG's server namespace on the other
-# CPUs and waits (at most 10 s) for "attached" on its stderr.
-start_helper() {
-	local cfg=$1 i
-	shift
-	ip netns exec "$PREFIX-$cfg-srv" taskset -c "$OTHER" "$@" >/dev/null 2>"$tmp/$cfg.log" &
-	helper_pid[$cfg]=$!
-	for ((i = 0; i < 100; i++)); do
-		grep -qs attached "$tmp/$cfg.log" && return 0
-		kill -0 "${helper_pid[$cfg]}" 2>/dev/null || die "$cfg: $1 exited: $(cat "$tmp/$cfg.log")"
-		sleep 0.1
-	done
-	die "$cfg: $1 did not report \"attached\" within 10 s: $(cat "$tmp/$cfg.log")"
-}
 
 # start_grain_variant CFG SED: grain with the policies edited by a sed
 # script (into a directory of the configuration's own).
@@ -201,18 +118,8 @@ for cfg in "${configs[@]}"; do
 	esac
 done
 
-# proc_cpu_ns PID: user+system time of a whole process so far, in ns.
-clk_tck=$(getconf CLK_TCK)
-proc_cpu_ns() {
-	# Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends
-	# the command name (which may contain spaces).
-	local rest
-	rest=$(sed 's/.*) //' "/proc/$1/stat")
-	awk -v t="$clk_tck" '{ printf "%d\n", ($12 + $13) * 1e9 / t }' <<<"$rest"
-}
-
-# send CFG FLOOD COUNT: one flood, printing "cfg flood cpu+ksoftirqd wall"
-# (ns per packet).
+# send CFG FLOOD COUNT: one flood, printing "cfg flood cpu+ksoftirqd wall
+# machine" (ns per packet; machine: every CPU's busy time, /proc/stat).
 send() {
 	local cfg=$1 flood=$2 count=$3 mac json
 	mac=$(ip netns exec "$PREFIX-$cfg-srv" cat "/sys/class/net/$SRV_IF/address")
@@ -222,7 +129,8 @@ send() {
 		match($0, /"cpu_ns_per_pkt":[0-9.e+-]+/); c = substr($0, RSTART + 17, RLENGTH - 17)
 		match($0, /"ksoftirqd_ns_per_pkt":[0-9.e+-]+/); k = substr($0, RSTART + 23, RLENGTH - 23)
 		match($0, /"wall_ns_per_pkt":[0-9.e+-]+/); w = substr($0, RSTART + 18, RLENGTH - 18)
-		printf "%s %s %.1f %.1f\n", cfg, flood, c + k, w
+		match($0, /"machine_ns_per_pkt":[0-9.e+-]+/); m = substr($0, RSTART + 21, RLENGTH - 21)
+		printf "%s %s %.1f %.1f %.1f\n", cfg, flood, c + k, w, m
 	}' <<<"$json"
 }
 
@@ -250,16 +158,7 @@ for ((r = 1; r <= RUNS; r++)); do
 	done
 done
 
-# stats CFG FLOOD COLUMN: "median min max" of a column of the results.
-stats() {
-	awk -v cfg="$1" -v flood="$2" -v col="$3" '$1 == cfg && $2 == flood { print $col }' "$tmp/results" |
-		sort -g | awk '{ v[NR] = $1 } END {
-			if (NR == 0) { print "- - -"; exit }
-			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-			printf "%.0f %.0f %.0f\n", m, v[1], v[NR]
-		}'
-}
-median() { stats "$1" "$2" 3 | cut -d' ' -f1; }
+median() { stats "$tmp/results" "$1" "$2" 3 | cut -d' ' -f1; }
 
 describe() {
 	case $1 in
@@ -297,14 +196,16 @@ echo "## veth benchmark: CPU ns per packet (median of $RUNS runs of $N packets; 
 echo
 echo "$(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $ncpu CPUs, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| configuration | flood 1: HTTP/1.1 request, 81 B frames (dropped) | wall | flood 2: 1400 B filler, 1454 B frames (passed) | wall |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| configuration | flood 1: HTTP/1.1 request, 81 B frames (dropped) | wall | machine | flood 2: 1400 B filler, 1454 B frames (passed) | wall | machine |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for cfg in "${configs[@]}"; do
-	read -r m1 lo1 hi1 < <(stats "$cfg" http 3)
-	read -r w1 _ _ < <(stats "$cfg" http 4)
-	read -r m2 lo2 hi2 < <(stats "$cfg" filler 3)
-	read -r w2 _ _ < <(stats "$cfg" filler 4)
-	echo "| $(describe "$cfg") | $m1 ($lo1-$hi1) | $w1 | $m2 ($lo2-$hi2) | $w2 |"
+	read -r m1 lo1 hi1 < <(stats "$tmp/results" "$cfg" http 3)
+	read -r w1 _ _ < <(stats "$tmp/results" "$cfg" http 4)
+	read -r a1 _ _ < <(stats "$tmp/results" "$cfg" http 5)
+	read -r m2 lo2 hi2 < <(stats "$tmp/results" "$cfg" filler 3)
+	read -r w2 _ _ < <(stats "$tmp/results" "$cfg" filler 4)
+	read -r a2 _ _ < <(stats "$tmp/results" "$cfg" filler 5)
+	echo "| $(describe "$cfg") | $m1 ($lo1-$hi1) | $w1 | $a1 | $m2 ($lo2-$hi2) | $w2 | $a2 |"
 done
 echo
 has() { [[ " ${configs[*]} " == *" $1 "* ]]; }
@@ -324,7 +225,7 @@ done
 for note in "${notes[@]}"; do
 	echo "- $note"
 done
-echo "- CPU = the sender thread's user+system time (getrusage) + its CPU's ksoftirqd, per packet; wall = elapsed per packet"
+echo "- CPU = the sender thread's user+system time (getrusage) + its CPU's ksoftirqd, per packet; wall = elapsed per packet; machine = every CPU's busy time (/proc/stat) per packet, including whatever else ran meanwhile"
 echo "- passed packets end at a blackhole routing rule in the server namespace (no reply traffic)"
 echo
 extra=""

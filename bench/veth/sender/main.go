@@ -51,6 +51,7 @@ func main() {
 		iface   = flag.String("interface", "", "interface to send on (one end of the veth pair)")
 		dst     = flag.String("dst", "", "destination IPv4:port (the server end)")
 		dstMAC  = flag.String("dst-mac", "", "destination MAC: the server end's address")
+		srcIP   = flag.String("src", "", "source IPv4 address (default: the interface's)")
 		payload = flag.String("payload", "http", `"http": a short HTTP/1.1 request; "filler": -size bytes without the pattern`)
 		size    = flag.Int("size", 1400, "filler payload size in bytes")
 		count   = flag.Int("n", 500000, "packets to send")
@@ -63,7 +64,7 @@ func main() {
 	log.SetPrefix("sender: ")
 
 	cfg := floodConfig{
-		iface: *iface, dst: *dst, dstMAC: *dstMAC, payload: *payload, size: *size,
+		iface: *iface, dst: *dst, dstMAC: *dstMAC, src: *srcIP, payload: *payload, size: *size,
 		count: *count, batch: *batch, cpu: *cpu, label: *label,
 	}
 	res, err := flood(cfg)
@@ -76,9 +77,9 @@ func main() {
 }
 
 type floodConfig struct {
-	iface, dst, dstMAC, payload string
-	size, count, batch, cpu     int
-	label                       string
+	iface, dst, dstMAC, src, payload string
+	size, count, batch, cpu          int
+	label                            string
 }
 
 // result is the JSON line printed for one flood.
@@ -96,8 +97,16 @@ type result struct {
 	// KsoftirqdNsPerPkt is the receive work deferred to ksoftirqd on the
 	// pinned CPU, which the sender's own CPU time misses.
 	KsoftirqdNsPerPkt float64 `json:"ksoftirqd_ns_per_pkt"`
-	SendErrors        int     `json:"send_errors"`
-	Flow              string  `json:"flow"`
+	// MachineNsPerPkt is the busy time of every CPU during the flood
+	// (/proc/stat: all but idle, iowait and steal), per packet: what the
+	// machine paid, including whatever else ran on it meanwhile.
+	// SenderCPUNsPerPkt is the same for the pinned CPU alone, and
+	// AllKsoftirqdNsPerPkt the run time of every CPU's ksoftirqd.
+	MachineNsPerPkt      float64 `json:"machine_ns_per_pkt"`
+	SenderCPUNsPerPkt    float64 `json:"sender_cpu_ns_per_pkt"`
+	AllKsoftirqdNsPerPkt float64 `json:"all_ksoftirqd_ns_per_pkt"`
+	SendErrors           int     `json:"send_errors"`
+	Flow                 string  `json:"flow"`
 }
 
 func flood(cfg floodConfig) (*result, error) {
@@ -114,6 +123,11 @@ func flood(cfg floodConfig) (*result, error) {
 	src, err := ipv4Of(ifc)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.src != "" {
+		if src, err = netip.ParseAddr(cfg.src); err != nil || !src.Is4() {
+			return nil, fmt.Errorf("-src %q: want an IPv4 address", cfg.src)
+		}
 	}
 	dstAP, err := netip.ParseAddrPort(cfg.dst)
 	if err != nil || !dstAP.Addr().Is4() {
@@ -167,6 +181,12 @@ func flood(cfg floodConfig) (*result, error) {
 		msgs[i].hdr.SetIovlen(1)
 	}
 
+	allKsoftirqd := ksoftirqdSchedstats()
+	allKs0 := sumSchedstats(allKsoftirqd)
+	machine0, err := readProcStat()
+	if err != nil {
+		return nil, err
+	}
 	ks0 := readSchedstat(ksoftirqd)
 	var ru0, ru1 unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
@@ -190,6 +210,11 @@ func flood(cfg floodConfig) (*result, error) {
 		return nil, err
 	}
 	ks1 := readSchedstat(ksoftirqd)
+	machine1, err := readProcStat()
+	if err != nil {
+		return nil, err
+	}
+	allKs1 := sumSchedstats(allKsoftirqd)
 	runtime.KeepAlive(frame)
 	if sent < cfg.count {
 		return nil, fmt.Errorf("sent %d of %d frames (%d send errors)", sent, cfg.count, res.SendErrors)
@@ -201,6 +226,11 @@ func flood(cfg floodConfig) (*result, error) {
 	res.CPUNsPerPkt = float64(res.CPUNs) / float64(sent)
 	res.WallNsPerPkt = float64(res.WallNs) / float64(sent)
 	res.KsoftirqdNsPerPkt = float64(res.KsoftirqdNs) / float64(sent)
+	res.MachineNsPerPkt = float64(machine1.busy(-1)-machine0.busy(-1)) / float64(sent)
+	if cfg.cpu >= 0 {
+		res.SenderCPUNsPerPkt = float64(machine1.busy(cfg.cpu)-machine0.busy(cfg.cpu)) / float64(sent)
+	}
+	res.AllKsoftirqdNsPerPkt = float64(allKs1-allKs0) / float64(sent)
 	return res, nil
 }
 
@@ -325,6 +355,73 @@ func checksum(acc uint32, b []byte) uint16 {
 }
 
 func tvNs(tv unix.Timeval) int64 { return tv.Sec*1e9 + tv.Usec*1e3 }
+
+// procStat is /proc/stat's busy time in ns: all CPUs at index 0, CPU n at
+// index n+1.
+type procStat []int64
+
+// busy returns CPU cpu's busy time, or every CPU's for cpu -1.
+func (p procStat) busy(cpu int) int64 {
+	if cpu+1 < len(p) {
+		return p[cpu+1]
+	}
+	return 0
+}
+
+// readProcStat reads the cpu lines of /proc/stat. Busy is every field but
+// idle, iowait and steal (time the hypervisor gave to someone else); guest
+// time is already part of user time. Tick-sampled: a flood must last many
+// ticks (10 ms at USER_HZ 100) for the figure to mean anything.
+func readProcStat() (procStat, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil, err
+	}
+	tick := int64(1e9 / 100) // USER_HZ is 100 on every Linux architecture
+	var p procStat
+	for _, line := range strings.Split(string(b), "\n") {
+		fs := strings.Fields(line)
+		if len(fs) < 9 || !strings.HasPrefix(fs[0], "cpu") {
+			continue
+		}
+		var busy int64
+		for i, f := range fs[1:9] { // user nice system idle iowait irq softirq steal
+			if i == 3 || i == 4 || i == 7 {
+				continue
+			}
+			v, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("/proc/stat: %q: %w", line, err)
+			}
+			busy += v * tick
+		}
+		p = append(p, busy)
+	}
+	if len(p) < 2 {
+		return nil, errors.New("/proc/stat has no cpu lines")
+	}
+	return p, nil
+}
+
+// ksoftirqdSchedstats returns the schedstat paths of every CPU's ksoftirqd.
+func ksoftirqdSchedstats() []string {
+	var paths []string
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, c := range comms {
+		if b, err := os.ReadFile(c); err == nil && strings.HasPrefix(string(b), "ksoftirqd/") {
+			paths = append(paths, filepath.Join(filepath.Dir(c), "schedstat"))
+		}
+	}
+	return paths
+}
+
+func sumSchedstats(paths []string) int64 {
+	var ns int64
+	for _, p := range paths {
+		ns += readSchedstat(p)
+	}
+	return ns
+}
 
 // ksoftirqdSchedstat returns the schedstat path of ksoftirqd/cpu, or "".
 func ksoftirqdSchedstat(cpu int) string {
