@@ -360,7 +360,7 @@ func counters(b *testing.B, p *hook.Hooks) hook.RuleCounter {
 }
 
 // attachEmpty attaches a program that only returns to raw sys_enter.
-func attachEmpty(b *testing.B) (func(), *ebpf.Program) {
+func attachEmpty(b testing.TB) (func(), *ebpf.Program) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.RawTracepoint, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
 	if err != nil {
@@ -374,7 +374,7 @@ func attachEmpty(b *testing.B) (func(), *ebpf.Program) {
 }
 
 // emptyProg is a program of type typ that only returns.
-func emptyProg(b *testing.B, typ ebpf.ProgramType) *ebpf.Program {
+func emptyProg(b testing.TB, typ ebpf.ProgramType) *ebpf.Program {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: typ, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
 	if err != nil {

@@ -1,0 +1,308 @@
+package hookbench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/hook"
+	"github.com/grain-ebpf/grain/internal/plantest"
+)
+
+// The same work as bpftrace, on the same hook, in one run: what grain adds
+// to each hooked call beside what bpftrace adds, and beside an empty
+// program on grain's own hook (the floor no program can go under).
+//
+//	go test -run '^$' -bench BesideBpftrace -benchtime 1000000x ./bench/hook   (syscalls)
+//	go test -run '^$' -bench BesideBpftraceExec -benchtime 2000x ./bench/hook
+//
+// Needs bpftrace (Debian package bpftrace); skips without it.
+
+// besideRounds is how many times each configuration runs, interleaved.
+const besideRounds = 5
+
+type besideWorkload struct {
+	// grain's policy and bpftrace's program doing the same work.
+	policy, bpftrace string
+	// attachFloor attaches an empty program where grain's program went,
+	// by the mechanism grain used (hook.Hooks.Mechanism while attached).
+	attachFloor func(tb testing.TB, mech hook.Mechanism) (func(), *ebpf.Program)
+	// hook is grain's hook, to ask for its mechanism.
+	kind hook.Kind
+	name string
+	// run makes n hooked calls.
+	run func(tb testing.TB, n int)
+	// comm is the comm the hooked calls carry ("" for this process's).
+	comm string
+}
+
+// BenchmarkHookBesideBpftraceSyscalls: every system call counted per comm,
+// the tight loop getppid (ns per call above the unhooked loop).
+func BenchmarkHookBesideBpftraceSyscalls(b *testing.B) {
+	reportBeside(b, besideBpftrace(b, b.N, besideRounds, syscallsWorkload))
+}
+
+var syscallsWorkload = besideWorkload{
+	policy:   `every_syscall: {syscall: "*", count: {metric: "syscalls", by: ["comm"]}}`,
+	bpftrace: `tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }`,
+	attachFloor: func(tb testing.TB, _ hook.Mechanism) (func(), *ebpf.Program) {
+		return attachEmpty(tb)
+	},
+	run: func(_ testing.TB, n int) { loop(n) },
+}
+
+// BenchmarkHookBesideBpftraceExec: sched_process_exec counted per comm,
+// the tight loop fork+exec+wait of a static-enough /bin/true (ns per exec
+// above the unhooked loop; an exec costs far more than the hook, so this
+// one is noisy: read its spread).
+func BenchmarkHookBesideBpftraceExec(b *testing.B) {
+	reportBeside(b, besideBpftrace(b, b.N, besideRounds, execWorkload))
+}
+
+const execTracepoint = "sched/sched_process_exec"
+
+var execWorkload = besideWorkload{
+	policy:   `every_exec: {tracepoint: "` + execTracepoint + `", count: {metric: "execs", by: ["comm"]}}`,
+	bpftrace: `tracepoint:sched:sched_process_exec { @[comm] = count(); }`,
+	attachFloor: func(tb testing.TB, mech hook.Mechanism) (func(), *ebpf.Program) {
+		return attachEmptyTracepoint(tb, mech, "sched", "sched_process_exec")
+	},
+	kind: hook.KindTracepoint,
+	name: execTracepoint,
+	run:  execLoop,
+	comm: "true",
+}
+
+// TestHookBesideBpftraceShort runs both comparisons with few calls, one
+// round, so that they keep working: bpftrace must count every call, and
+// every figure must come out (the figures themselves are the benchmarks').
+func TestHookBesideBpftraceShort(t *testing.T) {
+	for name, c := range map[string]struct {
+		w besideWorkload
+		n int
+	}{"syscalls": {syscallsWorkload, 20000}, "exec": {execWorkload, 20}} {
+		t.Run(name, func(t *testing.T) {
+			r := besideBpftrace(t, c.n, 1, c.w)
+			if len(r.base) != 1 || len(r.grain) != 1 || len(r.floor) != 1 || len(r.bpftrace) != 1 {
+				t.Fatalf("figures missing: %+v", r)
+			}
+			t.Logf("%s", r)
+		})
+	}
+}
+
+// besideResult holds ns per call of each round.
+type besideResult struct {
+	base, grain, floor, bpftrace []float64
+}
+
+// above is the median over rounds of v's figure minus the unhooked one.
+func (r besideResult) above(v []float64) float64 {
+	d := make([]float64, len(v))
+	for i := range v {
+		d[i] = v[i] - r.base[i]
+	}
+	return median(d)
+}
+
+func (r besideResult) String() string {
+	g, f, t := r.above(r.grain), r.above(r.floor), r.above(r.bpftrace)
+	goal := max(0.5*t, 1.1*f)
+	return fmt.Sprintf("per call above the unhooked loop (median of %d interleaved rounds): grain %+.0f ns, empty program on grain's hook %+.0f ns, bpftrace %+.0f ns; goal grain <= max(0.5 x bpftrace, 1.1 x floor) = %.0f ns: %s\n"+
+		"rounds (ns per call): base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
+		len(r.base), g, f, t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.base, r.grain, r.floor, r.bpftrace)
+}
+
+func reportBeside(b *testing.B, r besideResult) {
+	g, f, t := r.above(r.grain), r.above(r.floor), r.above(r.bpftrace)
+	b.ReportMetric(median(r.grain), "ns/op") // hooked by grain
+	b.ReportMetric(median(r.base), "base-ns")
+	b.ReportMetric(g, "grain-ns")
+	b.ReportMetric(f, "floor-ns")
+	b.ReportMetric(t, "bpftrace-ns")
+	if t > 0 {
+		b.ReportMetric(g/t, "grain/bpftrace")
+	}
+	b.Logf("%s", r)
+}
+
+// besideBpftrace measures n calls of w.run unhooked, under grain's policy,
+// under an empty program on grain's hook and under bpftrace, interleaved,
+// rounds times.
+func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult {
+	bpftrace, err := exec.LookPath("bpftrace")
+	if err != nil {
+		tb.Skip("bpftrace is missing (apt-get install bpftrace)")
+	}
+	p := newHooks(tb, hook.Options{})
+	plan := plantest.Compile(tb, w.policy)
+	var base, grain, floor, bt []float64
+	timed := func(n int) float64 {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		start := time.Now()
+		w.run(tb, n)
+		return float64(time.Since(start).Nanoseconds()) / float64(n)
+	}
+	for range rounds {
+		base = append(base, timed(n))
+
+		if err := p.Apply(plan); err != nil {
+			tb.Fatal(err)
+		}
+		var mech hook.Mechanism
+		if w.name != "" {
+			mech = p.Mechanism(w.kind, w.name)
+		}
+		grain = append(grain, timed(n))
+		if err := p.Apply(&codegen.Plan{}); err != nil {
+			tb.Fatal(err)
+		}
+
+		stop, _ := w.attachFloor(tb, mech)
+		floor = append(floor, timed(n))
+		stop()
+
+		bt = append(bt, runBpftrace(tb, n, w.comm, bpftrace, w.bpftrace, func() float64 { return timed(n) }))
+	}
+	return besideResult{base: base, grain: grain, floor: floor, bpftrace: bt}
+}
+
+// bpftraceReady is printed by the BEGIN probe, which bpftrace runs once
+// every other probe is attached.
+const bpftraceReady = "grain-bench-ready"
+
+var bpftraceCount = regexp.MustCompile(`^@\[(.*)\]: (\d+)$`)
+
+// runBpftrace runs program under bpftrace, calls measure once it is
+// attached, stops bpftrace and checks from its map that it counted the
+// measured calls (this process's comm at least as many times as measured).
+func runBpftrace(b testing.TB, n int, comm, bpftrace, program string, measure func() float64) float64 {
+	cmd := exec.Command(bpftrace, "-e", `BEGIN { printf("`+bpftraceReady+`\n"); } `+program)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	// bpftrace runs on the other CPUs (its map is printed at exit only).
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		io.Copy(io.Discard, out)
+	}()
+	ready := false
+	timeout := time.After(60 * time.Second)
+	for !ready {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				cmd.Wait()
+				b.Fatalf("bpftrace exited before attaching: %s", stderr.String())
+			}
+			ready = l == bpftraceReady
+		case <-timeout:
+			cmd.Process.Kill()
+			cmd.Wait()
+			b.Fatalf("bpftrace did not attach within 60 s: %s", stderr.String())
+		}
+	}
+	ns := measure()
+	// On SIGTERM bpftrace prints its maps and exits; bpftrace 0.17 misses
+	// a signal that comes right after BEGIN, so it is repeated until
+	// bpftrace is gone.
+	cmd.Process.Signal(syscall.SIGTERM)
+	again := time.NewTicker(time.Second)
+	defer again.Stop()
+	if comm == "" {
+		comm = commOf(b)
+	}
+	var counted uint64
+	for done := false; !done; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				done = true
+			} else if m := bpftraceCount.FindStringSubmatch(l); m != nil && m[1] == comm {
+				counted, _ = strconv.ParseUint(m[2], 10, 64)
+			}
+		case <-again.C:
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("bpftrace: %v: %s", err, stderr.String())
+	}
+	if counted < uint64(n) {
+		b.Fatalf("bpftrace counted %d calls of %s, want at least %d: it was not attached during the loop", counted, comm, n)
+	}
+	return ns
+}
+
+// commOf is this process's comm.
+func commOf(b testing.TB) string {
+	c, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return strings.TrimSpace(string(c))
+}
+
+const trueBinary = "/bin/true"
+
+// execLoop forks and executes /bin/true n times, one at a time, waiting
+// for each.
+func execLoop(b testing.TB, n int) {
+	attr := &syscall.ProcAttr{Files: []uintptr{0, 1, 2}}
+	for range n {
+		pid, err := syscall.ForkExec(trueBinary, []string{"true"}, attr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ws syscall.WaitStatus
+		if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil || ws.ExitStatus() != 0 {
+			b.Fatalf("%s: %v, status %v", trueBinary, err, ws)
+		}
+	}
+}
+
+// attachEmptyTracepoint attaches an empty program to the tracepoint
+// group/name by the mechanism grain used for it (a raw tracepoint with a
+// cookie, or a perf-event tracepoint).
+func attachEmptyTracepoint(b testing.TB, mech hook.Mechanism, group, name string) (func(), *ebpf.Program) {
+	if mech == hook.MechanismRawTracepoint {
+		prog := emptyProg(b, ebpf.RawTracepoint)
+		l, err := bpf.AttachRawTracepointCookie(name, prog, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return func() { l.Close(); prog.Close() }, prog
+	}
+	prog := emptyProg(b, ebpf.TracePoint)
+	l, err := link.Tracepoint(group, name, prog, &link.TracepointOptions{Cookie: 1})
+	if err != nil {
+		b.Fatal(fmt.Errorf("attach an empty program to %s/%s: %w", group, name, err))
+	}
+	return func() { l.Close(); prog.Close() }, prog
+}
