@@ -117,10 +117,13 @@ BENCH_RELOADS ?= 300
 bench: build
 	$(GO) test -run '^$$' -bench PerPacket -benchtime 1x ./bench/xdp/
 	N=500000 RUNS=7 CPU=1 CONFIGS="none dropall iptables grain grain-every" bench/veth/run.sh
+	N=300000 RUNS=5 CPU=1 INSTALL=1 bench/veth/cidr.sh
 	GRAIN_BENCH_EDITS=$(BENCH_EDITS) GRAIN_BENCH_RELOADS=$(BENCH_RELOADS) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/reload/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/export/
 	$(GO) test -run '^$$' -bench Overhead -benchtime 300000x ./bench/hook/
 	$(GO) test -run '^$$' -bench 'Throughput|Decode' -benchtime 2000000x ./bench/hook/
+	$(GO) test -run '^$$' -bench BesideBpftraceSyscalls -benchtime 1000000x ./bench/hook/
+	$(GO) test -run '^$$' -bench BesideBpftraceExec -benchtime 2000x ./bench/hook/
 
 clean:
 	rm -rf bin

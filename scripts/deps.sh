@@ -16,6 +16,12 @@ command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v podman >/dev/null || need+=(podman)
 command -v openssl >/dev/null || need+=(openssl)
+# The short runs of the benchmarks beside other tools (bench/veth's
+# cidr.sh, bench/hook's bpftrace comparison) are tests too.
+command -v ipset >/dev/null || need+=(ipset)
+command -v nft >/dev/null || need+=(nftables)
+command -v xdp-filter >/dev/null || need+=(xdp-tools)
+command -v bpftrace >/dev/null || need+=(bpftrace)
 # scripts/vm-test.sh installs what the kernel tests under QEMU need.
 if [ ${#need[@]} -gt 0 ]; then
 	echo "installing: ${need[*]}"
