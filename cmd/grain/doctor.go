@@ -241,20 +241,20 @@ func checkPinPath(dir string, uid, gid int) (string, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", fmt.Errorf("create the pin directory %s: %w", dir, err)
 		}
-		// An upgrade's init container finds the directory already given:
-		// without CAP_FOWNER it may chown it, not chmod it.
+		// chmod while it is still ours: afterwards only CAP_FOWNER could
+		// (an upgrade's init container finds the directory already given).
 		var st unix.Stat_t
 		if err := unix.Stat(dir, &st); err != nil {
 			return "", fmt.Errorf("stat the pin directory %s: %w", dir, err)
 		}
+		if st.Mode&0o777 != 0o700 && int(st.Uid) == os.Geteuid() {
+			if err := os.Chmod(dir, 0o700); err != nil {
+				return "", fmt.Errorf("chmod 700 the pin directory %s: %w", dir, err)
+			}
+		}
 		if int(st.Uid) != uid || int(st.Gid) != gid {
 			if err := os.Chown(dir, uid, gid); err != nil {
 				return "", fmt.Errorf("give the pin directory %s to %d:%d (needs CAP_CHOWN): %w", dir, uid, gid, err)
-			}
-		}
-		if st.Mode&0o777 != 0o700 {
-			if err := os.Chmod(dir, 0o700); err != nil {
-				return "", fmt.Errorf("chmod 700 the pin directory %s (needs its owner or CAP_FOWNER): %w", dir, err)
 			}
 		}
 		return fmt.Sprintf("%s is on a bpffs, given to %d:%d", dir, uid, gid), nil
