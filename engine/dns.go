@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"encoding/hex"
 	"unsafe"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -31,35 +30,11 @@ func payloadOf(record []byte) []byte {
 	return nil
 }
 
-// appendPayloadField appends the payload field f of one record to out:
-// "payload" as lowercase hex of the carried bytes, "dns_qname" as the name
-// of the DNS question the payload starts with, the tls_* fields as the
-// ClientHello it starts with says them. A payload that is not a
-// well-formed DNS question gets no dns_qname, one that is no hello no
-// tls_* field.
+// appendPayloadField appends the payload field f of one record to out, as
+// pipeline.PayloadField decodes it; a record whose payload holds none (no
+// well-formed DNS question, no hello) gets none.
 func appendPayloadField(out *pipeline.Event, f string, protocol uint8, record []byte) {
-	payload := payloadOf(record)
-	switch f {
-	case "payload":
-		out.AppendString(f, hex.EncodeToString(payload))
-	case "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4":
-		if protocol != 6 {
-			return
-		}
-		if v, ok := pipeline.ParseClientHello(payload).Field(f); ok {
-			out.AppendString(f, v)
-		}
-	case "dns_qname":
-		msg := payload
-		if protocol == 6 {
-			// DNS over TCP: a two-byte length precedes the message.
-			if len(msg) < 2 {
-				return
-			}
-			msg = msg[2:]
-		}
-		if name, err := pipeline.DNSQuestionName(msg); err == nil {
-			out.AppendString(f, name)
-		}
+	if v, ok := pipeline.PayloadField(f, protocol, payloadOf(record)); ok {
+		out.AppendString(f, v)
 	}
 }
