@@ -163,27 +163,8 @@ func (e *Event) Fields() []Field {
 			out = append(out, Field{f, tcpFlagsString(e.TCPFlags)})
 		case "len":
 			out = append(out, Field{f, uint64(e.Len)})
-		case "payload":
-			out = append(out, Field{f, hexString(e.Payload)})
-		case "dns_qname":
-			msg := e.Payload
-			if e.Protocol == protoTCP {
-				// DNS over TCP: a two-byte length precedes the message.
-				if len(msg) < 2 {
-					continue
-				}
-				msg = msg[2:]
-			}
-			// A payload that is no well-formed DNS question has none.
-			if name, err := pipeline.DNSQuestionName(msg); err == nil {
-				out = append(out, Field{f, name})
-			}
-		case "tls_sni", "tls_version", "tls_legacy_version", "tls_alpn", "tls_ja4":
-			// A payload that is no ClientHello has none.
-			if e.Protocol != protoTCP {
-				continue
-			}
-			if v, ok := pipeline.ParseClientHello(e.Payload).Field(f); ok {
+		default: // payload, dns_qname, tls_*: as the engine decodes them
+			if v, ok := pipeline.PayloadField(f, e.Protocol, e.Payload); ok {
 				out = append(out, Field{f, v})
 			}
 		}

@@ -155,7 +155,8 @@ drop_tcp: {priority: 2, xdp: interfaces: ["eth0"], match: protocol: "tcp", then:
 func TestJudgeServerName(t *testing.T) {
 	p := newPacket(t, plantest.Compile(t, `
 exact: {priority: 1, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "grain.example"}, then: "drop"}
-under: {priority: 2, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "*.example"}, then: "count"}
+under: {priority: 2, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni: "*.example"}, then: "count",
+	emit: {event: "hello", fields: ["tls_sni"], dedup: "0s"}}
 `))
 	for _, c := range []struct {
 		name    string
@@ -174,6 +175,9 @@ under: {priority: 2, xdp: interfaces: ["eth0"], match: {protocol: "tcp", tls_sni
 		r := p.Judge(pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 443, pktbuild.ACK|pktbuild.PSH, hello).Bytes(), "eth0")
 		if r.Verdict != c.verdict || r.Policy != c.policy || len(r.Counted) != c.counted {
 			t.Errorf("%q: %s by %q counted %v, want %s by %q, %d counted", c.name, r.Verdict, r.Policy, r.Counted, c.verdict, c.policy, c.counted)
+		}
+		if c.counted == 1 && (len(r.Events) != 1 || r.Events[0].Fields()[0] != (Field{"tls_sni", c.name})) {
+			t.Errorf("%q: events %+v, want under's with tls_sni %s", c.name, r.Events, c.name)
 		}
 	}
 	// The name's record cut short: no name.

@@ -21,12 +21,3 @@ func tcpFlagsString(f uint8) string {
 	}
 	return strings.Join(parts, ",")
 }
-
-func hexString(b []byte) string {
-	const digits = "0123456789abcdef"
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = append(out, digits[c>>4], digits[c&15])
-	}
-	return string(out)
-}
