@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -25,6 +26,8 @@ type Tree struct {
 	Name     string
 	Policies []policies.Policy
 	Plan     *codegen.Plan
+	// Pipeline is the tree's event pipeline, nil when it has none.
+	Pipeline *policies.Pipeline
 }
 
 // PolicyRef names a policy and where it is declared.
@@ -61,6 +64,8 @@ type Diff struct {
 	// FeaturesNeeded are kernel features the new tree needs that the old
 	// one did not.
 	FeaturesNeeded []string
+	// Pipeline lists the event pipeline's stages that differ.
+	Pipeline []FieldChange
 	// Replay holds the frames replayed through both Plans, when asked.
 	Replay *Replay
 }
@@ -99,7 +104,32 @@ func Compare(old, new Tree) *Diff {
 	d.InterfacesAdded, d.InterfacesRemoved = setDiff(interfaces(old.Plan), interfaces(new.Plan))
 	d.HooksAdded, d.HooksRemoved = setDiff(hooks(old.Plan), hooks(new.Plan))
 	d.FeaturesNeeded, _ = setDiff(Features(old.Plan), Features(new.Plan))
+	d.Pipeline = compareFields(pipelineFields(old.Pipeline), pipelineFields(new.Pipeline))
 	return d
+}
+
+// pipelineFields lists the stages of an event pipeline, each as a field.
+func pipelineFields(p *policies.Pipeline) []field {
+	if p == nil {
+		return nil
+	}
+	var out []field
+	add := func(path string, v any, n int) {
+		for i := range n {
+			out = append(out, field{fmt.Sprintf("%s[%d]", path, i), plain(reflect.ValueOf(v).Index(i).Interface())})
+		}
+	}
+	add("filter", p.Filters, len(p.Filters))
+	add("sample", p.Samples, len(p.Samples))
+	add("rate_limit", p.RateLimits, len(p.RateLimits))
+	add("rewrite", p.Rewrites, len(p.Rewrites))
+	if e := plain(p.Enrich); e != "{}" {
+		out = append(out, field{"enrich", e})
+	}
+	if p.HashKey != "" {
+		out = append(out, field{"hash_key", "(set)"})
+	}
+	return out
 }
 
 func compareFields(old, new []field) []FieldChange {
@@ -296,7 +326,7 @@ func (d *Diff) ReplayPcap(name string, r io.Reader, old, new *codegen.Plan, ifac
 func (d *Diff) Empty() bool {
 	return len(d.Added) == 0 && len(d.Removed) == 0 && len(d.Changed) == 0 && d.OrderOld == nil &&
 		len(d.InterfacesAdded) == 0 && len(d.InterfacesRemoved) == 0 && len(d.HooksAdded) == 0 &&
-		len(d.HooksRemoved) == 0 && len(d.FeaturesNeeded) == 0 && (d.Replay == nil || d.Replay.Changed == 0)
+		len(d.HooksRemoved) == 0 && len(d.FeaturesNeeded) == 0 && len(d.Pipeline) == 0 && (d.Replay == nil || d.Replay.Changed == 0)
 }
 
 func orAbsent(s string) string {

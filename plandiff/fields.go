@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/grain-ebpf/grain/policies"
 )
@@ -128,7 +129,7 @@ func stripPos(v reflect.Value) any {
 			if !f.IsExported() || f.Name == "Pos" || v.Field(i).IsZero() {
 				continue
 			}
-			m[strings.ToLower(f.Name)] = stripPos(v.Field(i))
+			m[snake(f.Name)] = stripPos(v.Field(i))
 		}
 		return m
 	case reflect.Slice, reflect.Array:
@@ -144,4 +145,18 @@ func stripPos(v reflect.Value) any {
 		return stripPos(v.Elem())
 	}
 	return v.Interface()
+}
+
+// snake writes a Go field name as the schema's fields are written:
+// OneIn is one_in, CIDRs cidrs.
+func snake(name string) string {
+	var b strings.Builder
+	for i, r := range name {
+		lower := unicode.ToLower(r)
+		if i > 0 && r != lower && !unicode.IsUpper(rune(name[i-1])) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(lower)
+	}
+	return b.String()
 }

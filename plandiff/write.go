@@ -40,6 +40,12 @@ func (d *Diff) WriteText(w io.Writer) error {
 	for _, s := range d.FeaturesNeeded {
 		fmt.Fprintf(&b, "+ kernel feature needed: %s\n", s)
 	}
+	if len(d.Pipeline) > 0 {
+		b.WriteString("~ pipeline\n")
+		for _, f := range d.Pipeline {
+			fmt.Fprintf(&b, "    %s: %s -> %s\n", f.Field, orAbsent(f.Old), orAbsent(f.New))
+		}
+	}
 	if r := d.Replay; r != nil {
 		fmt.Fprintf(&b, "pcap %s: %d frames, %d changed\n", r.File, r.Frames, r.Changed)
 		for _, t := range r.Transitions {
@@ -99,6 +105,13 @@ func (d *Diff) WriteMarkdown(w io.Writer) error {
 	list("Hooks added", d.HooksAdded)
 	list("Hooks removed", d.HooksRemoved)
 	list("Kernel features newly needed", d.FeaturesNeeded)
+	if len(d.Pipeline) > 0 {
+		b.WriteString("**Event pipeline:**\n\n| stage | old | new |\n|---|---|---|\n")
+		for _, f := range d.Pipeline {
+			fmt.Fprintf(&b, "| `%s` | %s | %s |\n", md(f.Field), md(orAbsent(f.Old)), md(orAbsent(f.New)))
+		}
+		b.WriteString("\n")
+	}
 	if r := d.Replay; r != nil {
 		fmt.Fprintf(&b, "**Replay of `%s`:** %d frames, %d changed\n\n", md(r.File), r.Frames, r.Changed)
 		if len(r.Transitions) > 0 {

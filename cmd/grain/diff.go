@@ -113,7 +113,7 @@ func loadTree(arg, tmp string, limits policies.Limits) (plandiff.Tree, error) {
 	if err != nil {
 		return plandiff.Tree{}, fmt.Errorf("%s:\n%w", arg, err)
 	}
-	return plandiff.Tree{Name: arg, Policies: relativePositions(snap.Policies, dir), Plan: plan}, nil
+	return plandiff.Tree{Name: arg, Policies: relativePositions(snap.Policies, dir), Plan: plan, Pipeline: snap.Pipeline}, nil
 }
 
 // relativePositions names the files of a checked-out revision as they are

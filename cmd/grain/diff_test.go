@@ -16,7 +16,8 @@ import (
 func TestGrainDiff(t *testing.T) {
 	vmtest.HostOnly(t, "no kernel takes part")
 	r := newPolicyRepo(t)
-	r.write(map[string]string{"policies/web.cue": repoPolicies, "README.md": "policies\n"})
+	r.write(map[string]string{"policies/web.cue": repoPolicies, "README.md": "policies\n",
+		"policies/pipeline.cue": "pipeline: sample: [{event: \"http_blocked\", one_in: 10}]\n"})
 	r.commit("policies")
 	edited := strings.NewReplacer(
 		`payload: "HTTP/1.1"`, `payload: "HTTP/1.0"`,
@@ -31,7 +32,7 @@ func TestGrainDiff(t *testing.T) {
 	signal: "SIGKILL"
 }
 `
-	r.write(map[string]string{"policies/web.cue": edited})
+	r.write(map[string]string{"policies/web.cue": edited, "policies/pipeline.cue": "pipeline: sample: [{event: \"http_blocked\", one_in: 100}]\n"})
 	r.commit("edit")
 	pcapPath := filepath.Join(t.TempDir(), "traffic.pcap")
 	http := func(src, version string, sport uint16) []byte {
@@ -58,6 +59,8 @@ func TestGrainDiff(t *testing.T) {
 + kernel feature needed: BTF (/sys/kernel/btf/vmlinux)
 + kernel feature needed: bpf_send_signal (signal actions)
 + kernel feature needed: raw tracepoint raw_syscalls/sys_enter
+~ pipeline
+    sample[0]: {"events":["http_blocked"],"one_in":10} -> {"events":["http_blocked"],"one_in":100}
 pcap ` + pcapPath + `: 5 frames, 4 changed
     2: drop by block_http -> pass (no policy) (frames 1, 4)
     1: pass (no policy) -> drop by block_http (frames 2)
@@ -87,6 +90,12 @@ pcap ` + pcapPath + `: 5 frames, 4 changed
 **Hooks added:** syscall openat
 
 **Kernel features newly needed:** BTF (/sys/kernel/btf/vmlinux), bpf_send_signal (signal actions), raw tracepoint raw_syscalls/sys_enter
+
+**Event pipeline:**
+
+| stage | old | new |
+|---|---|---|
+| ` + "`sample[0]`" + ` | {"events":["http_blocked"],"one_in":10} | {"events":["http_blocked"],"one_in":100} |
 
 `
 	if code, out, _ := runIn(t, dir, "diff", "--format", "markdown", "main~1", "main"); code != 1 || out != md {
