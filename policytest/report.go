@@ -43,7 +43,7 @@ func (rep *Report) WriteText(w io.Writer, coverage bool) error {
 		}
 	}
 	if rep.CallsNotInKernel > 0 {
-		fmt.Fprintf(&b, "%d call cases checked on the reference evaluator only: --kernel runs the packet cases\n", rep.CallsNotInKernel)
+		fmt.Fprintf(&b, "%d call cases checked on the reference evaluator only: the kernel runs a hook program only in the calling thread's own process context\n", rep.CallsNotInKernel)
 	}
 	fmt.Fprintf(&b, "%d passed, %d failed\n", rep.Passed, rep.Failed)
 	_, err := io.WriteString(w, b.String())
