@@ -59,8 +59,9 @@ type HookResult struct {
 	Event *HookEvent
 	// Count is what the policy's count adds to (nil when it has none).
 	Count *HookCount
-	// Signal is the signal sent to the caller, "" when none.
-	Signal string
+	// Signal is the signal sent to the caller, "" when none. WouldSignal
+	// is the signal of a policy in monitor mode, which sends none.
+	Signal, WouldSignal string
 }
 
 // HookEvent is a kernel-hook event.
@@ -263,6 +264,9 @@ func (h *Hook) ruleApply(s *callState, ri int) (HookResult, bool) {
 			e.Fields = append(e.Fields, s.field(f.Name, f.ProbeRef, 0))
 		}
 		out.Event = e
+	}
+	if spec.Monitor && spec.Signal != "" {
+		out.WouldSignal = spec.Signal
 	}
 	if r.Flags&bpf.HookRSignal != 0 {
 		out.Signal = spec.Signal

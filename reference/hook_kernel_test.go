@@ -142,6 +142,11 @@ func randomHookPolicies(rng *rand.Rand, n int, pc procContext) string {
 		} else {
 			fmt.Fprintf(&b, "\tmatch: [%s]\n", strings.Join(sels, ", "))
 		}
+		// In monitor mode a signal is counted, never sent: were it sent,
+		// the test process itself would die.
+		if rng.IntN(5) == 0 {
+			b.WriteString("\tmode: \"monitor\"\n\tsignal: \"SIGKILL\"\n")
+		}
 		emit, count := rng.IntN(2) == 0, rng.IntN(2) == 0
 		if !emit && !count {
 			emit = true // a hook policy needs an action
@@ -208,7 +213,7 @@ func TestHookAgreesWithKernel(t *testing.T) {
 		}
 		hitsBefore := hookHits(t, p)
 		countsBefore := hookCounts(t, p)
-		wantHits := map[string]uint64{}
+		wantHits, wantWould := map[string]uint64{}, map[string]uint64{}
 		wantCounts := map[string][2]uint64{}
 		var wantEvents []string
 		for range callsPerSet {
@@ -222,6 +227,12 @@ func TestHookAgreesWithKernel(t *testing.T) {
 			for _, r := range h.Call(c) {
 				selected++
 				wantHits[r.Policy]++
+				if r.Signal != "" {
+					t.Fatalf("the reference sends %s for %s: the generator writes only policies in monitor mode", r.Signal, r.Policy)
+				}
+				if r.WouldSignal != "" {
+					wantWould[r.Policy]++
+				}
 				if r.Count != nil {
 					k := countKey(r.Policy, r.Count.Labels)
 					v := wantCounts[k]
@@ -242,8 +253,12 @@ func TestHookAgreesWithKernel(t *testing.T) {
 		}
 		hits := hookHits(t, p)
 		for _, r := range plan.Probes.Rules {
-			if got := hits[r.Policy] - hitsBefore[r.Policy]; got != wantHits[r.Policy] {
-				report("%s selected %d calls in the kernel, %d in the reference", r.Policy, got, wantHits[r.Policy])
+			got := hits[r.Policy]
+			got[0] -= hitsBefore[r.Policy][0]
+			got[1] -= hitsBefore[r.Policy][1]
+			if got[0] != wantHits[r.Policy] || got[1] != wantWould[r.Policy] {
+				report("%s selected %d calls (%d signals it would send) in the kernel, %d (%d) in the reference",
+					r.Policy, got[0], got[1], wantHits[r.Policy], wantWould[r.Policy])
 			}
 		}
 		counts := hookCounts(t, p)
@@ -267,15 +282,17 @@ func TestHookAgreesWithKernel(t *testing.T) {
 	t.Logf("%d calls of %d policy sets, %d selections", calls, sets, selected)
 }
 
-func hookHits(t *testing.T, p *hook.Hooks) map[string]uint64 {
+// hookHits are each policy's hits and the signals it would have sent.
+func hookHits(t *testing.T, p *hook.Hooks) map[string][2]uint64 {
 	t.Helper()
 	cs, err := p.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]uint64{}
+	out := map[string][2]uint64{}
 	for _, c := range cs {
-		out[c.Policy] += c.Hits
+		v := out[c.Policy]
+		out[c.Policy] = [2]uint64{v[0] + c.Hits, v[1] + c.WouldSignals + c.Signals}
 	}
 	return out
 }

@@ -3,6 +3,8 @@ package reference
 import (
 	"fmt"
 	"testing"
+
+	"github.com/grain-ebpf/grain/internal/plantest"
 )
 
 func newHook(t *testing.T, dir string) *Hook {
@@ -62,5 +64,25 @@ func TestCallSyscallCounts(t *testing.T) {
 	c := rs[0].Count
 	if got, want := fmt.Sprint(c.Metric, c.Labels, c.Sum), "process.syscalls[{tgid 9} {comm a-very-long-pro} {syscall getppid}] 0"; got != want {
 		t.Fatalf("count %s, want %s", got, want)
+	}
+}
+
+// A policy in monitor mode sends no signal, and says which it would send.
+func TestCallMonitorSendsNoSignal(t *testing.T) {
+	h, err := NewHook(plantest.Compile(t, `kill: {
+	mode: "monitor"
+	syscall: "openat"
+	args: [{index: 1, type: "user_string", name: "filename"}]
+	match: args: filename: "/tmp/canary"
+	signal: "SIGKILL"
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Call{Kind: "syscall", Target: "openat"}
+	c.Args[1].Str = "/tmp/canary"
+	rs := h.Call(c)
+	if len(rs) != 1 || rs[0].Signal != "" || rs[0].WouldSignal != "SIGKILL" {
+		t.Fatalf("%+v, want kill selecting, no signal, SIGKILL it would send", rs)
 	}
 }
