@@ -93,15 +93,23 @@ func writeFrames(b *testing.B, path string, n int) {
 }
 
 // timed runs the commands (each a list of grain invocations, timed
-// together) interleaved, *runs times, and returns each one's median.
-func timed(b *testing.B, bin string, wantExit []int, cmds ...[][]string) []time.Duration {
+// together) interleaved, *runs times, and returns each one's median wall
+// time and median CPU time (user and system, grain's and its policy
+// worker's: on a busy machine the CPU time is the steadier figure).
+func timed(b *testing.B, bin string, wantExit []int, cmds ...[][]string) (wall, cpu []time.Duration) {
 	b.Helper()
 	samples := make([][]time.Duration, len(cmds))
+	cpus := make([][]time.Duration, len(cmds))
 	for range *runs {
 		for i, cmd := range cmds {
 			start := time.Now()
+			var used time.Duration
 			for j, args := range cmd {
-				err := exec.Command(bin, args...).Run()
+				c := exec.Command(bin, args...)
+				err := c.Run()
+				if c.ProcessState != nil {
+					used += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
+				}
 				code := 0
 				if ee, ok := err.(*exec.ExitError); ok {
 					code = ee.ExitCode()
@@ -113,14 +121,18 @@ func timed(b *testing.B, bin string, wantExit []int, cmds ...[][]string) []time.
 				}
 			}
 			samples[i] = append(samples[i], time.Since(start))
+			cpus[i] = append(cpus[i], used)
 		}
 	}
-	out := make([]time.Duration, len(cmds))
-	for i, s := range samples {
+	median := func(s []time.Duration) time.Duration {
 		slices.Sort(s)
-		out[i] = s[len(s)/2]
+		return s[len(s)/2]
 	}
-	return out
+	for i := range cmds {
+		wall = append(wall, median(samples[i]))
+		cpu = append(cpu, median(cpus[i]))
+	}
+	return wall, cpu
 }
 
 // BenchmarkCheckAndTest: grain check + grain test of 1000 rules and 1000
@@ -130,11 +142,13 @@ func BenchmarkCheckAndTest(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "tree")
 	writeTree(b, dir, 0)
 	for b.Loop() {
-		d := timed(b, bin, []int{0, 0},
+		d, cpu := timed(b, bin, []int{0, 0},
 			[][]string{{"check", dir}},
 			[][]string{{"check", dir}, {"test", dir}})
 		b.ReportMetric(d[0].Seconds(), "check-s")
 		b.ReportMetric(d[1].Seconds(), "check+test-s")
+		b.ReportMetric(cpu[0].Seconds(), "check-cpu-s")
+		b.ReportMetric(cpu[1].Seconds(), "check+test-cpu-s")
 	}
 }
 
@@ -150,11 +164,13 @@ func BenchmarkDiffPcap(b *testing.B) {
 	frameFile := filepath.Join(tmp, "frames.pcap")
 	writeFrames(b, frameFile, *frames)
 	for b.Loop() {
-		d := timed(b, bin, []int{1, 1},
+		d, cpu := timed(b, bin, []int{1, 1},
 			[][]string{{"diff", old, new}},
 			[][]string{{"diff", "--pcap", frameFile, old, new}})
 		b.ReportMetric(d[0].Seconds(), "diff-s")
 		b.ReportMetric(d[1].Seconds(), "diff-pcap-s")
+		b.ReportMetric(cpu[0].Seconds(), "diff-cpu-s")
+		b.ReportMetric(cpu[1].Seconds(), "diff-pcap-cpu-s")
 		b.ReportMetric(float64(*frames)/(d[1]-d[0]).Seconds(), "frames/s")
 	}
 }
