@@ -138,7 +138,7 @@ func newKernelJudge(plan *codegen.Plan) (*kernelJudge, error) {
 
 func (k *kernelJudge) close() { k.e.Close() }
 
-// ruleKey names a rule's counter by policy and verdict, as Counters does.
+// counts reads the packets counted per policy and verdict (Counters).
 func (k *kernelJudge) counts() (map[string]uint64, error) {
 	cs, err := k.e.Counters()
 	if err != nil {
@@ -156,7 +156,7 @@ func (k *kernelJudge) Judge(frame []byte, iface string) (policytest.Outcome, err
 		if err := k.e.ApplyTables(k.plan, map[string]uint32{iface: loopbackIndex}); err != nil {
 			return policytest.Outcome{}, err
 		}
-		k.iface = iface
+		k.iface, k.before = iface, nil // counted from the rule set now in force
 	}
 	var err error
 	if k.before == nil {
