@@ -105,7 +105,7 @@ func Run(plan *codegen.Plan, cases []Case, opts Options) (*Report, error) {
 	for i := range cases {
 		c := &cases[i]
 		if c.Call != nil {
-			got := callOutcome(plan, hooks.Call(*c.Call))
+			got := callOutcome(hooks.Call(*c.Call))
 			rep.exercise(got)
 			res := Result{Case: c, Failures: check(1, &c.Expect, got)}
 			if opts.Kernel != nil {
@@ -160,15 +160,15 @@ func (r *Report) add(res Result) {
 }
 
 // callOutcome converts the reference evaluator's answer for a call.
-func callOutcome(plan *codegen.Plan, results []reference.HookResult) Outcome {
+func callOutcome(results []reference.HookResult) Outcome {
 	o := Outcome{Matched: []string{}, Counts: []string{}}
 	for _, r := range results {
 		o.Matched = append(o.Matched, r.Policy)
 		if r.Signal != "" && o.Signal == "" {
 			o.Signal = r.Signal
 		}
-		if pr := plan.Probes.Rules[r.Rule]; pr.Monitor && pr.Signal != "" && o.WouldSignal == "" {
-			o.WouldSignal = pr.Signal
+		if r.WouldSignal != "" && o.WouldSignal == "" {
+			o.WouldSignal = r.WouldSignal
 		}
 		if r.Count != nil {
 			o.Counts = append(o.Counts, r.Count.Metric)
