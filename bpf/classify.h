@@ -812,10 +812,16 @@ static __always_inline int FN(classify_full)(CTX *ctx)
 			w0 &= b->w[0];
 		}
 		if ((fields & GRAIN_FIELD_SNI) && w0) {
-			b = bitmap_at(gen, FN(tls_sni_lookup)(ctx, &m, gen));
-			if (!b)
-				return XDP_PASS;
-			w0 &= b->w[0];
+			if (FN(tls_hello_start)(ctx, &m)) {
+				b = bitmap_at(gen, FN(tls_sni_index)(ctx, m.payload_off, m.payload_end, gen));
+				if (!b)
+					return XDP_PASS;
+				w0 &= b->w[0];
+			} else {
+				/* no hello: the rules without tls_sni, no lookup */
+				__u64 n0 = c0->no_sni_w0, n1 = c1->no_sni_w0;
+				w0 &= n0 ^ ((n0 ^ n1) & sel);
+			}
 		}
 		if (!w0)
 			return XDP_PASS;

@@ -202,6 +202,9 @@ struct grain_gen_config {
 	/* With up to 64 rules: word 0 of each protocol's bitmap (the protocol
 	 * field's candidates without a bitmap lookup) */
 	__u64 proto_w0[256];
+	/* With up to 64 rules: word 0 of the GRAIN_AUX_NO_SNI bitmap, the
+	 * candidates of a packet that is no ClientHello without a lookup */
+	__u64 no_sni_w0;
 };
 
 /* A generation's gate for one L4 protocol (GRAIN_GATE_TCP, _UDP): eight

@@ -65,6 +65,24 @@ static __always_inline int FN(tls_be16)(CTX *ctx, __u32 off, __u32 end)
 	return (p[0] << 8) | p[1];
 }
 
+__noinline __u32 FN(tls_sni_name_index)(CTX *ctx, __u32 pos, __u32 end, __u32 gen);
+
+/* The eight packet bytes that end at frame offset end, byte-swapped (the
+ * last one first), or 0 when they are out of reach. */
+__noinline __u64 FN(tls_name_word)(CTX *ctx, __u32 end)
+{
+	void *data = CTX_DATA(ctx);
+	void *data_end = CTX_DATA_END(ctx);
+	__u32 src = end - 8;
+	if (end < 8 || src > MAX_FRAME_OFF)
+		return 0;
+	bound_offset(src);
+	__u8 *q = data + src;
+	if ((void *)(q + 8) > data_end)
+		return 0;
+	return __builtin_bswap64(*(__u64 *)q);
+}
+
 /* The bitmaps index (within the generation) of the tls_sni candidates of a
  * TCP payload [off, end): an sni_class entry's, or GRAIN_AUX_NO_SNI. A
  * global function: verified once, and only hellos reach it. */
@@ -129,7 +147,21 @@ __noinline __u32 FN(tls_sni_index)(CTX *ctx, __u32 off, __u32 end, __u32 gen)
 	}
 	if (!found || pos + ext_len > end)
 		return none;
-	end = pos + ext_len;
+	/* A call, not the code itself: the loop leaves it at up to
+	 * GRAIN_TLS_MAX_EXTENSIONS places, and the verifier would check what
+	 * follows once for each. */
+	return FN(tls_sni_name_index)(ctx, pos, pos + ext_len, gen);
+}
+
+/* The bitmaps index of the server_name extension's body [pos, end): its
+ * first name, looked up in sni_class. */
+__noinline __u32 FN(tls_sni_name_index)(CTX *ctx, __u32 pos, __u32 end, __u32 gen)
+{
+	const __u32 none = GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
+	void *data = CTX_DATA(ctx);
+	void *data_end = CTX_DATA_END(ctx);
+	if (end > MAX_FRAME_OFF)
+		return none;
 	/* server_name_list length, name type 0 (host_name), name length */
 	if (pos > MAX_FRAME_OFF || pos + 5 > end)
 		return none;
@@ -160,53 +192,57 @@ __noinline __u32 FN(tls_sni_index)(CTX *ctx, __u32 off, __u32 end, __u32 gen)
 	sc->key.prefixlen = 8 * (1 + name_len + 1);
 	sc->key.generation = gen;
 	/* Word k of the key's name holds name bytes [len-8k-8, len-8k)
-	 * reversed: one byte swap of the packet word that ends there. The
-	 * word that holds the name's first byte is masked to the name, so the
-	 * zero byte after it ends the key; a name of whole words gets a zero
-	 * word. Every packet word read lies after the hello's headers. */
-	for (__u32 k = 0; k < GRAIN_TLS_MAX_NAME / 8 + 1; k++) {
-		__u32 done = k * 8;
-		if (done > name_len)
+	 * reversed: one byte swap of the packet word that ends there (a call:
+	 * the loop's body stays a few instructions for the verifier). The
+	 * whole words first, then the word that holds the name's first
+	 * bytes, masked to them so that the zero byte after the name ends
+	 * the key (a zero word when the name is whole words). The words read
+	 * lie after the hello's headers. No branch depends on how much of a
+	 * word is name: the verifier would follow each range of the length
+	 * through every later word. */
+	__u32 whole = name_len / 8;
+	for (__u32 k = 0; k < GRAIN_TLS_MAX_NAME / 8; k++) {
+		if (k >= whole)
 			break;
-		__u64 w = 0;
-		if (done < name_len) {
-			__u32 src = name_end - done - 8;
-			if (src > MAX_FRAME_OFF)
-				return none;
-			bound_offset(src);
-			__u8 *q = data + src;
-			barrier_var(q);
-			if ((void *)(q + 8) > data_end)
-				return none;
-			w = __builtin_bswap64(*(__u64 *)q);
-			__u32 left = name_len - done;
-			__u64 keep = left >= 8 ? ~0ULL : (1ULL << (left * 8)) - 1;
-			/* a zero byte inside the name: no name */
-			if (zero_bytes(w | ~keep))
-				return none;
-			w &= keep;
-			w |= ascii_upper(w) >> 2;
-		}
-		*(__u64 *)(sc->key.name + (done & 0xff)) = w;
+		__u64 w = FN(tls_name_word)(ctx, name_end - k * 8);
+		/* a zero byte inside the name (or a word out of reach): no name */
+		if (zero_bytes(w))
+			return none;
+		w |= ascii_upper(w) >> 2;
+		*(__u64 *)(sc->key.name + k * 8) = w;
 	}
+	__u32 left = name_len & 7;
+	__u64 keep = (1ULL << (left * 8)) - 1;
+	__u64 w = FN(tls_name_word)(ctx, name_end - whole * 8);
+	if (zero_bytes(w | ~keep))
+		return none;
+	w &= keep;
+	w |= ascii_upper(w) >> 2;
+	*(__u64 *)(sc->key.name + (whole & 31) * 8) = w;
 	__u32 *cls = bpf_map_lookup_elem(&sni_class, &sc->key);
 	if (!cls || *cls >= GRAIN_MAX_SNI_ENTRIES)
 		return none;
 	return GRAIN_BITMAP_REGION_SNI + *cls;
 }
 
-/* The bitmaps index of the tls_sni candidates of a parsed packet: only a
- * TCP payload that starts like a ClientHello record is looked at. */
-static __always_inline __u32 FN(tls_sni_lookup)(CTX *ctx, const struct pkt_meta *m, __u32 gen)
+/* Whether a parsed packet's TCP payload starts like a ClientHello record:
+ * only such a payload is looked at further. */
+static __always_inline int FN(tls_hello_start)(CTX *ctx, const struct pkt_meta *m)
 {
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
 	__u32 off = m->payload_off;
 	if (m->protocol != IPPROTO_TCP || off > MAX_FRAME_OFF)
-		return GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
+		return 0;
 	bound_offset(off);
 	__u8 *h = data + off;
-	if ((void *)(h + 6) > data_end || h[0] != 22 || h[5] != 1)
+	return (void *)(h + 6) <= data_end && h[0] == 22 && h[5] == 1;
+}
+
+/* The bitmaps index of the tls_sni candidates of a parsed packet. */
+static __always_inline __u32 FN(tls_sni_lookup)(CTX *ctx, const struct pkt_meta *m, __u32 gen)
+{
+	if (!FN(tls_hello_start)(ctx, m))
 		return GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
 	return FN(tls_sni_index)(ctx, m->payload_off, m->payload_end, gen);
 }

@@ -158,6 +158,7 @@ type xdpGrainGenConfig struct {
 	Pad      [4]uint8
 	_        [4]byte
 	ProtoW0  [256]uint64
+	NoSniW0  uint64
 }
 
 type xdpGrainIfaceCounter struct {

@@ -199,6 +199,7 @@ func buildMaps(plan *Plan) {
 		for k := range cfg.ProtoW0 {
 			cfg.ProtoW0[k] = BitmapOf(protocols[k]).W[0]
 		}
+		cfg.NoSniW0 = BitmapOf(t.NoServerName).W[0]
 	}
 	for _, f := range plan.Fields {
 		cfg.Fields |= fieldBits[f]
