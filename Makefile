@@ -120,6 +120,8 @@ bench: build
 	N=300000 RUNS=5 CPU=1 INSTALL=1 bench/veth/cidr.sh
 	GRAIN_BENCH_EDITS=$(BENCH_EDITS) GRAIN_BENCH_RELOADS=$(BENCH_RELOADS) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/reload/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/export/
+	$(GO) test -run '^$$' -bench KernelToCollector -rates 500000 -protocol grpc -collector "$$(./scripts/otelcol-binary.sh)" ./bench/export/
+	$(GO) test -run '^$$' -bench KernelToCollector -rates 500000 -protocol http/protobuf -collector "$$(./scripts/otelcol-binary.sh)" ./bench/export/
 	$(GO) test -run '^$$' -bench Overhead -benchtime 300000x ./bench/hook/
 	$(GO) test -run '^$$' -bench 'Throughput|Decode' -benchtime 2000000x ./bench/hook/
 	$(GO) test -run '^$$' -bench BesideBpftraceSyscalls -benchtime 1000000x ./bench/hook/

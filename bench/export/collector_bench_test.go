@@ -37,49 +37,7 @@ func BenchmarkKernelToCollector(b *testing.B) {
 	for _, rate := range parseRates(b) {
 		b.Run(fmt.Sprint(rate), func(b *testing.B) {
 			for range min(b.N, 1) { // one measurement of -duration, whatever -benchtime says
-				c := startCollector(b, *collectorBinary)
-				endpoint := "http://" + c.http
-				if *protocol == "grpc" {
-					endpoint = "http://" + c.grpc // plain gRPC, no TLS
-				}
-				sink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{
-					Config: export.Config{Protocol: *protocol, Endpoint: endpoint}})
-				if err != nil {
-					b.Fatal(err)
-				}
-				accepted0, _ := c.records(b)
-				cpu0 := c.cpuNs(b)
-				r := measure(b, rate, sink, func() uint64 {
-					// The collector counts a request once it has handed
-					// it on; wait until its count stops moving.
-					var last uint64
-					for i := 0; i < 100; i++ {
-						n, _ := c.records(b)
-						if i > 0 && n == last {
-							break
-						}
-						last = n
-						time.Sleep(100 * time.Millisecond)
-					}
-					return last - accepted0
-				}, func() {
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					defer cancel()
-					sink.Shutdown(ctx)
-				})
-				collectorCPU := c.cpuNs(b) - cpu0
-				_, refused := c.records(b)
-				if refused != 0 {
-					b.Errorf("the collector refused %d records", refused)
-				}
-				if r.exported != r.arrived {
-					b.Errorf("sink counted %d exported, the collector accepted %d", r.exported, r.arrived)
-				}
-				b.Log(r)
-				b.Logf("collector: %.0f ns of CPU per event (%.2f CPU-seconds)", float64(collectorCPU)/float64(max(r.arrived, 1)), float64(collectorCPU)/1e9)
-				if r.unaccounted() != 0 {
-					b.Errorf("%d events unaccounted for: every generated event must arrive or be counted lost", r.unaccounted())
-				}
+				r, collectorCPU := toCollector(b, *collectorBinary, *protocol, rate, *duration)
 				b.ReportMetric(r.delivered, "events/s")
 				b.ReportMetric(float64(r.unaccounted()), "unaccounted")
 				b.ReportMetric(float64(r.generated-r.arrived), "lost")
@@ -89,13 +47,85 @@ func BenchmarkKernelToCollector(b *testing.B) {
 	}
 }
 
+// TestKernelToCollectorShort runs the collector benchmark's path for a
+// moment on each protocol, so that it keeps working: every event must
+// arrive at the collector or be counted lost. It needs the collector that
+// scripts/otelcol-binary.sh builds (and caches); it skips without one.
+func TestKernelToCollectorShort(t *testing.T) {
+	bin := *collectorBinary
+	if bin == "" {
+		found, _ := filepath.Glob("/var/cache/grain-otelcol/*/otelcol")
+		if len(found) == 0 {
+			t.Skip("no collector: scripts/otelcol-binary.sh builds one into /var/cache/grain-otelcol")
+		}
+		bin = found[len(found)-1]
+	}
+	for _, proto := range []string{"grpc", "http/protobuf"} {
+		t.Run(strings.ReplaceAll(proto, "/", "_"), func(t *testing.T) {
+			r, _ := toCollector(t, bin, proto, 20000, 200*time.Millisecond)
+			if r.arrived == 0 {
+				t.Errorf("nothing arrived at the collector: %v", r)
+			}
+		})
+	}
+}
+
+// toCollector measures one rate for d against a collector started for it,
+// checks the accounting, and returns the result and the collector's CPU
+// time in ns.
+func toCollector(tb testing.TB, bin, proto string, rate int, d time.Duration) (result, int64) {
+	c := startCollector(tb, bin)
+	endpoint := "http://" + c.http
+	if proto == "grpc" {
+		endpoint = "http://" + c.grpc // plain gRPC, no TLS
+	}
+	sink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{
+		Config: export.Config{Protocol: proto, Endpoint: endpoint}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	accepted0, _ := c.records(tb)
+	cpu0 := c.cpuNs(tb)
+	r := measureFor(tb, rate, d, sink, func() uint64 {
+		// The collector counts a request once it has handed it on: wait
+		// until its count stops moving.
+		var last uint64
+		for i := 0; i < 100; i++ {
+			n, _ := c.records(tb)
+			if i > 0 && n == last {
+				break
+			}
+			last = n
+			time.Sleep(100 * time.Millisecond)
+		}
+		return last - accepted0
+	}, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sink.Shutdown(ctx)
+	})
+	collectorCPU := c.cpuNs(tb) - cpu0
+	if _, refused := c.records(tb); refused != 0 {
+		tb.Errorf("the collector refused %d records", refused)
+	}
+	if r.exported != r.arrived {
+		tb.Errorf("sink counted %d exported, the collector accepted %d", r.exported, r.arrived)
+	}
+	tb.Log(r)
+	tb.Logf("collector: %.0f ns of CPU per event (%.2f CPU-seconds)", float64(collectorCPU)/float64(max(r.arrived, 1)), float64(collectorCPU)/1e9)
+	if r.unaccounted() != 0 {
+		tb.Errorf("%d events unaccounted for: every generated event must arrive or be counted lost", r.unaccounted())
+	}
+	return r, collectorCPU
+}
+
 type collector struct {
 	cmd                *exec.Cmd
 	grpc, http, metric string // host:port
 }
 
 // freePort returns a loopback address with a port nobody listens on now.
-func freePort(b *testing.B) string {
+func freePort(b testing.TB) string {
 	ln := listen(b)
 	defer ln.Close()
 	return ln.Addr().String()
@@ -104,7 +134,7 @@ func freePort(b *testing.B) string {
 // startCollector runs the collector with an OTLP receiver on gRPC and
 // HTTP and its own metrics on a Prometheus endpoint, and waits (at most
 // 60 s) until that endpoint answers; the collector stops with the test.
-func startCollector(b *testing.B, bin string) *collector {
+func startCollector(b testing.TB, bin string) *collector {
 	c := &collector{grpc: freePort(b), http: freePort(b), metric: freePort(b)}
 	host, port, _ := net.SplitHostPort(c.metric)
 	config := fmt.Sprintf(`receivers:
@@ -162,7 +192,7 @@ service:
 
 // records returns the log records the collector's receiver accepted and
 // refused so far, over its transports.
-func (c *collector) records(b *testing.B) (accepted, refused uint64) {
+func (c *collector) records(b testing.TB) (accepted, refused uint64) {
 	resp, err := http.Get("http://" + c.metric + "/metrics")
 	if err != nil {
 		b.Fatal(err)
@@ -191,7 +221,7 @@ func (c *collector) records(b *testing.B) (accepted, refused uint64) {
 }
 
 // cpuNs is the collector's user+system CPU time so far.
-func (c *collector) cpuNs(b *testing.B) int64 {
+func (c *collector) cpuNs(b testing.TB) int64 {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
 	if err != nil {
 		b.Fatal(err)

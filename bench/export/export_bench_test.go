@@ -73,7 +73,7 @@ var (
 	eng     *engine.Engine
 )
 
-func setup(b *testing.B) *engine.Engine {
+func setup(b testing.TB) *engine.Engine {
 	vmtest.RequireRoot(b)
 	engOnce.Do(func() {
 		var err error
@@ -103,7 +103,7 @@ func setup(b *testing.B) *engine.Engine {
 // removes it again, which costs ~16 ms of synchronisation per call here;
 // attached, the program is already there and a call of 1000 runs takes
 // ~0.2 ms.
-func attach(b *testing.B, e *engine.Engine) {
+func attach(b testing.TB, e *engine.Engine) {
 	pair := netns.NewPair(b)
 	var l link.Link
 	if err := netns.Do(pair.ServerNS, func() (err error) {
@@ -118,7 +118,7 @@ func attach(b *testing.B, e *engine.Engine) {
 // generate runs the matching packet through the XDP program at about rate
 // runs per second for d, from one goroutine per CPU, in slices of 1 ms
 // (each slice one BPF_PROG_TEST_RUN with repeat).
-func generate(b *testing.B, e *engine.Engine, rate int, d time.Duration) uint64 {
+func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 {
 	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.PSH|pktbuild.ACK,
 		[]byte("GET / HTTP/1.1\r\nHost: example\r\n\r\n")).Bytes()
 	workers := runtime.NumCPU()
@@ -168,7 +168,7 @@ func generate(b *testing.B, e *engine.Engine, rate int, d time.Duration) uint64 
 // (the events generated; BPF_PROG_TEST_RUN restarts a run interrupted by
 // a signal, so the runs requested are not an exact count), events written
 // to the ring buffer and events that found it full.
-func counters(b *testing.B, e *engine.Engine) (packets, emitted, lost uint64) {
+func counters(b testing.TB, e *engine.Engine) (packets, emitted, lost uint64) {
 	cs, err := e.Counters()
 	if err != nil {
 		b.Fatal(err)
@@ -183,7 +183,12 @@ func counters(b *testing.B, e *engine.Engine) (packets, emitted, lost uint64) {
 
 // measure runs one rate through a fresh pipeline with sink; arrived
 // reports what reached the far end.
-func measure(b *testing.B, rate int, sink pipeline.Sink, arrived func() uint64, shutdown func()) result {
+func measure(b testing.TB, rate int, sink pipeline.Sink, arrived func() uint64, shutdown func()) result {
+	return measureFor(b, rate, *duration, sink, arrived, shutdown)
+}
+
+// measureFor is measure with events generated for d.
+func measureFor(b testing.TB, rate int, d time.Duration, sink pipeline.Sink, arrived func() uint64, shutdown func()) result {
 	e := setup(b)
 	attach(b, e)
 	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{sink}})
@@ -197,7 +202,7 @@ func measure(b *testing.B, rate int, sink pipeline.Sink, arrived func() uint64, 
 	base := p.Stats().Received
 
 	start := time.Now()
-	generate(b, e, rate, *duration)
+	generate(b, e, rate, d)
 	genTime := time.Since(start)
 	packets1, emitted1, lost1 := counters(b, e)
 	r := result{offered: rate, generated: packets1 - packets0, emitted: emitted1 - emitted0, ringLost: lost1 - lost0, genTime: genTime}
@@ -307,7 +312,7 @@ func BenchmarkKernelToOTLP(b *testing.B) {
 	}
 }
 
-func listen(b *testing.B) net.Listener {
+func listen(b testing.TB) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
