@@ -65,11 +65,9 @@ static __always_inline int FN(tls_be16)(CTX *ctx, __u32 off, __u32 end)
 	return (p[0] << 8) | p[1];
 }
 
-__noinline __u32 FN(tls_sni_name_index)(CTX *ctx, __u32 pos, __u32 end, __u32 gen);
-
 /* The eight packet bytes that end at frame offset end, byte-swapped (the
  * last one first), or 0 when they are out of reach. */
-__noinline __u64 FN(tls_name_word)(CTX *ctx, __u32 end)
+static __always_inline __u64 FN(tls_name_word)(CTX *ctx, __u32 end)
 {
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
@@ -83,12 +81,15 @@ __noinline __u64 FN(tls_name_word)(CTX *ctx, __u32 end)
 	return __builtin_bswap64(*(__u64 *)q);
 }
 
-/* The bitmaps index (within the generation) of the tls_sni candidates of a
- * TCP payload [off, end): an sni_class entry's, or GRAIN_AUX_NO_SNI. A
- * global function: verified once, and only hellos reach it. */
-__noinline __u32 FN(tls_sni_index)(CTX *ctx, __u32 off, __u32 end, __u32 gen)
+/* Where the server_name extension of the ClientHello in the TCP payload
+ * [off, end) lies: its body's start << 16 | its end (frame offsets), or 0
+ * when there is none to read. A global function: verified once, and only
+ * hellos reach it. The packet program calls it and tls_sni_name_index
+ * one after the other, not one from the other: a deeper chain of calls
+ * takes more than the 512 bytes of stack Linux 6.1 allows in all. */
+__noinline __u32 FN(tls_sni_find)(CTX *ctx, __u32 off, __u32 end)
 {
-	const __u32 none = GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
+	const __u32 none = 0;
 	void *data = CTX_DATA(ctx);
 	void *data_end = CTX_DATA_END(ctx);
 	if (off > MAX_FRAME_OFF || end > MAX_FRAME_OFF || end < off + 44)
@@ -147,10 +148,10 @@ __noinline __u32 FN(tls_sni_index)(CTX *ctx, __u32 off, __u32 end, __u32 gen)
 	}
 	if (!found || pos + ext_len > end)
 		return none;
-	/* A call, not the code itself: the loop leaves it at up to
-	 * GRAIN_TLS_MAX_EXTENSIONS places, and the verifier would check what
+	/* Nothing more here: the loop leaves at up to
+	 * GRAIN_TLS_MAX_EXTENSIONS places, and the verifier checks what
 	 * follows once for each. */
-	return FN(tls_sni_name_index)(ctx, pos, pos + ext_len, gen);
+	return pos << 16 | (pos + ext_len);
 }
 
 /* The bitmaps index of the server_name extension's body [pos, end): its
@@ -239,10 +240,20 @@ static __always_inline int FN(tls_hello_start)(CTX *ctx, const struct pkt_meta *
 	return (void *)(h + 6) <= data_end && h[0] == 22 && h[5] == 1;
 }
 
+/* The bitmaps index of the tls_sni candidates of a packet whose payload
+ * starts like a hello (tls_hello_start). */
+static __always_inline __u32 FN(tls_sni_index)(CTX *ctx, const struct pkt_meta *m, __u32 gen)
+{
+	__u32 ext = FN(tls_sni_find)(ctx, m->payload_off, m->payload_end);
+	if (!ext)
+		return GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
+	return FN(tls_sni_name_index)(ctx, ext >> 16, ext & 0xffff, gen);
+}
+
 /* The bitmaps index of the tls_sni candidates of a parsed packet. */
 static __always_inline __u32 FN(tls_sni_lookup)(CTX *ctx, const struct pkt_meta *m, __u32 gen)
 {
 	if (!FN(tls_hello_start)(ctx, m))
 		return GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_NO_SNI;
-	return FN(tls_sni_index)(ctx, m->payload_off, m->payload_end, gen);
+	return FN(tls_sni_index)(ctx, m, gen);
 }
