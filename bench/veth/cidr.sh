@@ -152,9 +152,15 @@ for cfg in "${configs[@]}"; do
 		mkdir "$tmp/$cfg.bpffs"
 		mount -t bpf bpf "$tmp/$cfg.bpffs"
 		mounts+=("$tmp/$cfg.bpffs")
-		LIBXDP_BPFFS=$tmp/$cfg.bpffs ip netns exec "$srv" xdp-filter load -f ipv4 "$SRV_IF"
-		prefixes "$count" | sed 's|/.*||' |
-			LIBXDP_BPFFS=$tmp/$cfg.bpffs xargs -I@ ip netns exec "$srv" xdp-filter ip -m src @
+		# Loaded and filled in one mount namespace: `ip netns exec` makes a
+		# new one each time, and where libxdp falls back to a bpffs of its
+		# own in there (a CI run once found no filter map after the load),
+		# its pins would not outlive the command.
+		prefixes "$count" | sed 's|/.*||' >"$tmp/$cfg.addrs"
+		LIBXDP_BPFFS=$tmp/$cfg.bpffs ip netns exec "$srv" sh -ec '
+			xdp-filter load -f ipv4 "$1"
+			while read -r a; do xdp-filter ip -m src "$a"; done <"$2"
+		' sh "$SRV_IF" "$tmp/$cfg.addrs"
 		;;
 	grain-*)
 		mkdir "$tmp/$cfg"
