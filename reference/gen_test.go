@@ -362,6 +362,9 @@ func randomFrame(rng *rand.Rand) []byte {
 	if f.Protocol == 6 && rng.IntN(6) == 0 {
 		sid := make([]byte, rng.IntN(34))
 		f.Payload = clientHello(genHelloNames[rng.IntN(len(genHelloNames))], sid, rng.IntN(5))
+		if rng.IntN(2) == 0 {
+			f.Payload = shuffledHello(rng, genHelloNames[rng.IntN(len(genHelloNames))])
+		}
 		if rng.IntN(5) == 0 {
 			f.Payload[rng.IntN(len(f.Payload))] = byte(rng.UintN(256)) // a damaged hello
 		}
@@ -449,4 +452,28 @@ func clientHello(name string, sid []byte, extra int) []byte {
 	rec := []byte{22, 3, 1}
 	rec = be16(rec, len(hs))
 	return append(rec, hs...)
+}
+
+// shuffledHello is a hello as browsers send them, asking for name: its
+// extensions in random order with GREASE ones, a key share of random size
+// (up to a post-quantum one's 1216 bytes, which pushes what follows past
+// a segment's usual end), and up to 40 more extensions (past the 32 the
+// program walks), sometimes cut short.
+func shuffledHello(rng *rand.Rand, name string) []byte {
+	exts := []pktbuild.TLSExt{
+		pktbuild.SNIExt(name),
+		pktbuild.ALPNExt("h2", "http/1.1"),
+		pktbuild.VersionsExt(pktbuild.GREASE(rng.IntN(16)), 0x0304, 0x0303),
+		pktbuild.KeyShareExt(0x11ec, []int{32, 600, 1216}[rng.IntN(3)]),
+		{Type: pktbuild.GREASE(rng.IntN(16))},
+	}
+	for range rng.IntN(41) {
+		exts = append(exts, pktbuild.TLSExt{Type: uint16(0x4000 + rng.IntN(100)), Data: make([]byte, rng.IntN(8))})
+	}
+	rng.Shuffle(len(exts), func(i, j int) { exts[i], exts[j] = exts[j], exts[i] })
+	h := pktbuild.ClientHello(0x0303, []uint16{pktbuild.GREASE(rng.IntN(16)), 0x1301, 0x1302}, exts...)
+	if rng.IntN(4) == 0 {
+		h = h[:1+rng.IntN(len(h))]
+	}
+	return h
 }
