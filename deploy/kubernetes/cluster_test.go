@@ -498,13 +498,6 @@ func (n *node) request(server netip.AddrPort, version string, wait time.Duration
 // did (the path works), and that the new pod adopted the old one's pinned
 // state. It returns the new pod.
 func (n *node) replaceWithoutGap(server netip.AddrPort, old string, replace func()) string {
-	pod, _ := n.replace(server, old, replace, true)
-	return pod
-}
-
-// replace is replaceWithoutGap; with noGap false it only measures the
-// requests that got through, and returns their count.
-func (n *node) replace(server netip.AddrPort, old string, replace func(), noGap bool) (string, int64) {
 	n.t.Helper()
 	var tries, leaks, controls, controlOK, errs atomic.Int64
 	stop := make(chan struct{})
@@ -546,7 +539,7 @@ func (n *node) replace(server netip.AddrPort, old string, replace func(), noGap 
 	wg.Wait()
 	n.t.Logf("FIGURE replacement (old pod %s -> %s ready in %.2f s): %d HTTP/1.1 requests sent every 10 ms, %d answered; %d HTTP/1.0 controls, %d answered; %d connection errors",
 		old, pod, took.Seconds(), tries.Load(), leaks.Load(), controls.Load(), controlOK.Load(), errs.Load())
-	if leaks.Load() != 0 && noGap {
+	if leaks.Load() != 0 {
 		out, _ := n.kubectl("-n", "grain-system", "logs", pod, "-c", "grain")
 		n.t.Logf("the new pod's log:\n%s", out)
 		n.t.Errorf("%d of %d HTTP/1.1 requests got through while the pod was replaced", leaks.Load(), tries.Load())
@@ -554,7 +547,7 @@ func (n *node) replace(server netip.AddrPort, old string, replace func(), noGap 
 	if controlOK.Load() == 0 || tries.Load() < 100 {
 		n.t.Errorf("the client did not run (%d tries) or the path was broken (%d of %d controls answered)", tries.Load(), controlOK.Load(), controls.Load())
 	}
-	return pod, leaks.Load()
+	return pod
 }
 
 // grainPID finds the running grain in the node: its network namespace and
