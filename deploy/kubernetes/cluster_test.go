@@ -39,7 +39,14 @@ const otelcolBinary = "/var/cache/grain-otelcol/v0.165.0/otelcol"
 // enforces; a rollout restart and a pod deletion let no request through
 // while a client retries every 10 ms, and the new pod adopts; the
 // documented uninstall leaves nothing attached.
-func TestCluster(t *testing.T) {
+func TestCluster(t *testing.T) { testCluster(t, false) }
+
+// TestClusterPrivileged is TestCluster with deploy/kubernetes-privileged,
+// applied from the start: the same checks, with the grain process root
+// holding every capability the node's root has.
+func TestClusterPrivileged(t *testing.T) { testCluster(t, true) }
+
+func testCluster(t *testing.T, privileged bool) {
 	vmtest.HostOnly(t, "the cluster's components run on the host; the guests have no container runtime")
 	vmtest.RequireRoot(t)
 	if _, err := os.Stat(otelcolBinary); err != nil {
@@ -68,7 +75,7 @@ func TestCluster(t *testing.T) {
 
 	phase("ManifestsApplyAsShipped", func(t *testing.T) {
 		collector = n.startCollector()
-		overlay := n.overlay()
+		overlay := n.overlay(privileged)
 		start := time.Now()
 		n.mustKubectl("apply", "-k", overlay)
 		pod = n.waitReadyPod(3*time.Minute, "")
@@ -151,7 +158,11 @@ func TestCluster(t *testing.T) {
 		})
 	})
 
-	phase("LeastPrivileged", func(t *testing.T) {
+	profile := "LeastPrivileged"
+	if privileged {
+		profile = "Privileged"
+	}
+	phase(profile, func(t *testing.T) {
 		pid := n.grainPID()
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
@@ -162,10 +173,19 @@ func TestCluster(t *testing.T) {
 			k, v, _ := strings.Cut(line, ":")
 			fields[k] = strings.TrimSpace(v)
 		}
-		if uid := strings.Fields(fields["Uid"]); len(uid) < 2 || uid[0] != "65532" || uid[1] != "65532" {
+		if uid := strings.Fields(fields["Uid"]); !privileged && (len(uid) < 2 || uid[0] != "65532" || uid[1] != "65532") {
 			t.Errorf("grain runs as uid %q, want 65532", fields["Uid"])
 		}
 		want := uint64(1)<<unix.CAP_BPF | 1<<unix.CAP_PERFMON | 1<<unix.CAP_NET_ADMIN
+		if privileged {
+			eff, err := strconv.ParseUint(fields["CapEff"], 16, 64)
+			need := want | 1<<unix.CAP_SYS_ADMIN
+			if uid := strings.Fields(fields["Uid"]); err != nil || len(uid) < 1 || uid[0] != "0" || eff&need != need {
+				t.Errorf("the privileged grain runs as uid %q with CapEff %s: want root holding CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN", fields["Uid"], fields["CapEff"])
+			}
+			t.Logf("FIGURE grain's RSS in the privileged pod with examples/block-http: %s", fields["VmRSS"])
+			return
+		}
 		for _, set := range []string{"CapEff", "CapPrm", "CapBnd"} {
 			got, err := strconv.ParseUint(fields[set], 16, 64)
 			if err != nil || got != want {
@@ -220,9 +240,16 @@ func TestCluster(t *testing.T) {
 
 // overlay writes the test's kustomization over the shipped manifests and
 // returns its directory. These are its only changes, and why.
-func (n *node) overlay() string {
+func (n *node) overlay(privileged bool) string {
 	n.t.Helper()
-	abs, err := filepath.Abs(".")
+	base, extra := ".", ""
+	if privileged {
+		// Change 3, privileged only: its whole-bpffs mount is the test's
+		// bpffs too.
+		base = "../kubernetes-privileged"
+		extra = "              - name: bpffs-root\n                hostPath: {path: " + n.bpffs + ", type: DirectoryOrCreate}\n"
+	}
+	abs, err := filepath.Abs(base)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -254,7 +281,7 @@ patches:
             volumes:
               - name: bpffs
                 hostPath: {path: %s, type: DirectoryOrCreate}
-`, rel, filepath.Join(n.bpffs, "grain")))
+%s`, rel, filepath.Join(n.bpffs, "grain"), extra))
 	n.t.Logf("the test's changes to the shipped manifests (%s): image ghcr.io/grain-ebpf/grain:latest -> %s; bpffs hostPath /sys/fs/bpf/grain -> %s", filepath.Join(dir, "kustomization.yaml"), grainImage, filepath.Join(n.bpffs, "grain"))
 	return dir
 }
