@@ -182,8 +182,9 @@ func register(meter metric.Meter, cfg MetricsConfig) error {
 	pending, err := meter.Int64ObservableUpDownCounter("grain.events.pending", metric.WithUnit("{event}"),
 		metric.WithDescription("Events queued in a sink or being exported, by sink."))
 	errs := append(cs.errs, err)
+	// No unit: an info-style series whose value is always 1 (a unit of
+	// "1" would make it grain_policy_active_hash_ratio in Prometheus).
 	hash, err := meter.Int64ObservableGauge("grain.policy.active_hash",
-		metric.WithUnit("1"),
 		metric.WithDescription("Always 1; grain.policy.hash names the active policy set."))
 	errs = append(errs, err)
 	applied, err := meter.Int64ObservableGauge("grain.policy.last_applied",

@@ -150,7 +150,7 @@ func TestMetricsExport(t *testing.T) {
 		"grain.events.lost{grain.loss.reason=ring_buffer_full,grain.policy=log_ssh,grain.verdict=count}":   {0, "sum", true, cum, "{event}"},
 		"grain.reloads{grain.reload.result=success}":                                                       {4, "sum", true, cum, "{reload}"},
 		"grain.reloads{grain.reload.result=failure}":                                                       {1, "sum", true, cum, "{reload}"},
-		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                                           {1, "gauge", false, 0, "1"},
+		"grain.policy.active_hash{grain.policy.hash=sha256:abc}":                                           {1, "gauge", false, 0, ""},
 		"grain.policy.last_applied{}":                                                                      {1700000000, "gauge", false, 0, "s"},
 		"grain.policy.rules{}":                                                                             {2, "gauge", false, 0, "{rule}"},
 	}
