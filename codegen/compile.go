@@ -192,12 +192,12 @@ func Compile(ps []policies.Policy, opts Options) (*Plan, error) {
 			}
 		}
 	}
-	plan.Probes = compileProbes(sorted, &errs)
+	plan.Hooks = compileHooks(sorted, &errs)
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}
-	if plan.Probes != nil {
-		buildProbeMaps(plan.Probes)
+	if plan.Hooks != nil {
+		buildHookMaps(plan.Hooks)
 	}
 
 	if len(rules) > 0 {

@@ -46,8 +46,8 @@ func TestMonitorMode(t *testing.T) {
 			t.Errorf("rule %s: verdict %q, kernel action %d; want %q, %d", r.Policy, r.Verdict(), plan.Maps.Rules[i].Value.Action, w.verdict, w.action)
 		}
 	}
-	pr := plan.Probes.Rules[0]
-	kr := plan.Probes.Maps.Rules[0].Value
+	pr := plan.Hooks.Rules[0]
+	kr := plan.Hooks.Maps.Rules[0].Value
 	if !pr.Monitor || pr.Signal != "SIGKILL" || kr.Flags&bpf.HookRSignal != 0 || kr.Signal != 0 {
 		t.Errorf("monitored hook: rule %+v, kernel flags %#x signal %d; want the signal named and not in the kernel's rule", pr, kr.Flags, kr.Signal)
 	}

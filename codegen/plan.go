@@ -4,8 +4,8 @@
 //
 // codegen is the one place that turns policies into the bytes the kernel
 // reads. A Plan holds them twice: in a readable form (Rules, Contents,
-// Tables, ProbePlan.Hooks and .Rules), which tests, events and counts
-// name things by, and in the kernel's form (Plan.Maps, ProbePlan.Maps),
+// Tables, HookPlan.Hooks and .Rules), which tests, events and counts
+// name things by, and in the kernel's form (Plan.Maps, HookPlan.Maps),
 // which the engine copies into the maps verbatim. The engine adds only what
 // depends on the running machine or on the moment: interface indexes,
 // cgroup ids, tracepoint field offsets and argument widths, kprobe or
@@ -44,9 +44,9 @@ type Plan struct {
 	// Maps is every entry the XDP program reads for this rule set, in the
 	// kernel's form (maps.go).
 	Maps XDPMaps `json:"maps"`
-	// Probes holds the kernel-hook policies (codegen/probe.go); nil when
+	// Hooks holds the kernel-hook policies (codegen/hook.go); nil when
 	// there are none.
-	Probes *ProbePlan `json:"probes,omitempty"`
+	Hooks *HookPlan `json:"probes,omitempty"`
 }
 
 // Program names one generic program of the bpf package.

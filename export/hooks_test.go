@@ -14,7 +14,7 @@ import (
 // its instrument, and its samples are exported with their labels as
 // semantic-convention attributes. The probe counters are exported per
 // policy, the nesting counters once.
-func TestProbeMetricsFollowReloads(t *testing.T) {
+func TestHookMetricsFollowReloads(t *testing.T) {
 	var mu sync.Mutex
 	names := []string{"process.execs"}
 	samples := []hook.CountSample{

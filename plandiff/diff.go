@@ -175,11 +175,11 @@ func interfaces(plan *codegen.Plan) []string {
 
 // hooks names the plan's kernel-hook attach points as a reader knows them.
 func hooks(plan *codegen.Plan) []string {
-	if plan.Probes == nil {
+	if plan.Hooks == nil {
 		return nil
 	}
 	var out []string
-	for _, h := range plan.Probes.Hooks {
+	for _, h := range plan.Hooks.Hooks {
 		s := h.Kind + " " + h.Target
 		if h.Kind == "syscall" {
 			s = h.Kind + " " + strings.Join(h.Syscalls, ",")
@@ -199,9 +199,9 @@ func Features(plan *codegen.Plan) []string {
 	if len(plan.Rules) > 0 {
 		set["XDP or tcx (packet policies)"] = true
 	}
-	if plan.Probes != nil {
+	if plan.Hooks != nil {
 		set["BTF (/sys/kernel/btf/vmlinux)"] = true
-		for _, h := range plan.Probes.Hooks {
+		for _, h := range plan.Hooks.Hooks {
 			switch {
 			case h.Kind == "tracepoint":
 				set["tracepoints"] = true
@@ -215,7 +215,7 @@ func Features(plan *codegen.Plan) []string {
 				set["kprobes or fentry/fexit"] = true
 			}
 		}
-		for _, r := range plan.Probes.Rules {
+		for _, r := range plan.Hooks.Rules {
 			if r.Signal != "" && !r.Monitor {
 				set["bpf_send_signal (signal actions)"] = true
 			}

@@ -47,7 +47,7 @@ func fieldsOf(p policies.Policy) []field {
 		}
 		add("then", p.Then)
 	}
-	if h := p.Probe; h != nil {
+	if h := p.Hook; h != nil {
 		target := h.Target
 		if h.Kind == "syscall" {
 			target = strs(h.Syscalls)

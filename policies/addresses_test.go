@@ -32,7 +32,7 @@ func TestMappedAddressesAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.Policies[0].Probe.Selectors[0].Filters[0].CIDRs; len(got) != 1 || got[0] != "::ffff:10.0.0.1/128" {
+	if got := s.Policies[0].Hook.Selectors[0].Filters[0].CIDRs; len(got) != 1 || got[0] != "::ffff:10.0.0.1/128" {
 		t.Errorf("CIDRs = %q, want [::ffff:10.0.0.1/128]", got)
 	}
 }

@@ -89,7 +89,7 @@ func (d *decoder) decodePolicy(v cue.Value) {
 		d.errorf(d.pos(second), hooks[1], "a policy has one hook, this one has %s: split it into one policy per hook", strings.Join(hooks, " and "))
 		return
 	case hooks[0] != "xdp":
-		d.decodeProbe(v, hooks[0])
+		d.decodeHook(v, hooks[0])
 		return
 	}
 

@@ -544,7 +544,7 @@ func TestEverySchemaFieldIsDescribed(t *testing.T) {
 }
 
 // The examples of kernel hooks decode to exactly these policies.
-func TestLoadProbeExamples(t *testing.T) {
+func TestLoadHookExamples(t *testing.T) {
 	load := func(dir string) Policy {
 		t.Helper()
 		s, err := Load(filepath.Join("..", "examples", dir))
@@ -557,14 +557,14 @@ func TestLoadProbeExamples(t *testing.T) {
 		p := s.Policies[0]
 		// Positions are checked elsewhere; compare the rest.
 		p.Pos = Position{}
-		p.Probe.Pos = Position{}
-		for i := range p.Probe.Args {
-			p.Probe.Args[i].Pos = Position{}
+		p.Hook.Pos = Position{}
+		for i := range p.Hook.Args {
+			p.Hook.Args[i].Pos = Position{}
 		}
-		for i := range p.Probe.Selectors {
-			p.Probe.Selectors[i].Pos = Position{}
-			for j := range p.Probe.Selectors[i].Filters {
-				p.Probe.Selectors[i].Filters[j].Pos = Position{}
+		for i := range p.Hook.Selectors {
+			p.Hook.Selectors[i].Pos = Position{}
+			for j := range p.Hook.Selectors[i].Filters {
+				p.Hook.Selectors[i].Filters[j].Pos = Position{}
 			}
 		}
 		return p
@@ -574,21 +574,21 @@ func TestLoadProbeExamples(t *testing.T) {
 		want Policy
 	}{
 		{"file-access", Policy{Name: "etc_opens", Priority: 1000,
-			Probe: &ProbeHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
+			Hook: &KernelHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
 				Args:      []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
 				Selectors: []Selector{{Filters: []Filter{{Field: "filename", Op: "prefix", Strings: []string{"/etc/"}}}}},
 			},
 			Emit: &Emit{Event: "file_open", Fields: []string{"tgid", "uid", "comm", "exe", "filename"}, RateLimit: 1000},
 		}},
 		{"process-exec", Policy{Name: "execs", Priority: 1000,
-			Probe: &ProbeHook{Kind: "tracepoint", Target: "sched/sched_process_exec",
+			Hook: &KernelHook{Kind: "tracepoint", Target: "sched/sched_process_exec",
 				Args:  []Arg{{Name: "filename", Source: "field", Index: -1, Field: "filename", Type: "string"}},
 				Count: &Count{Metric: "process.execs", By: []string{"comm", "uid"}},
 			},
 			Emit: &Emit{Event: "exec", Fields: []string{"pid", "ppid", "uid", "comm", "filename", "cgroup", "container"}},
 		}},
 		{"kill-on-open", Policy{Name: "kill_on_canary", Priority: 1000,
-			Probe: &ProbeHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
+			Hook: &KernelHook{Kind: "syscall", Syscalls: []string{"openat", "openat2"},
 				Args:      []Arg{{Name: "filename", Source: "arg", Index: 1, Type: "user_string"}},
 				Selectors: []Selector{{Filters: []Filter{{Field: "filename", Op: "eq", Strings: []string{"/tmp/grain-canary"}}}}},
 				Signal:    "SIGKILL",
@@ -596,7 +596,7 @@ func TestLoadProbeExamples(t *testing.T) {
 			Emit: &Emit{Event: "killed_on_open", Fields: []string{"tgid", "comm", "exe", "filename"}},
 		}},
 		{"udp-traffic", Policy{Name: "udp_sent", Priority: 1000,
-			Probe: &ProbeHook{Kind: "kprobe", Target: "udp_sendmsg", Attach: "auto",
+			Hook: &KernelHook{Kind: "kprobe", Target: "udp_sendmsg", Attach: "auto",
 				Args: []Arg{{Name: "arg0", Source: "arg", Index: 0, Type: "sock"},
 					{Name: "size", Source: "arg", Index: 2, Type: "uint"}},
 				Count: &Count{Metric: "udp.bytes_sent", By: []string{"comm", "daddr", "dport"}, Sum: "size"},
@@ -604,14 +604,14 @@ func TestLoadProbeExamples(t *testing.T) {
 		}},
 	} {
 		if got := load(tc.dir); !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("%s:\n got %+v\nwant %+v\n got probe %+v\nwant probe %+v", tc.dir, got, tc.want, got.Probe, tc.want.Probe)
+			t.Errorf("%s:\n got %+v\nwant %+v\n got probe %+v\nwant probe %+v", tc.dir, got, tc.want, got.Hook, tc.want.Hook)
 		}
 	}
 }
 
 // Selectors: a list of matches is ORed, and each value form maps to its
 // operator.
-func TestLoadProbeSelectors(t *testing.T) {
+func TestLoadHookSelectors(t *testing.T) {
 	s, err := LoadBytes("sel.cue", []byte(`
 connects: {
 	kretprobe: "tcp_v4_connect"
@@ -626,7 +626,7 @@ connects: {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := s.Policies[0].Probe
+	h := s.Policies[0].Hook
 	if h.Kind != "kretprobe" || h.Target != "tcp_v4_connect" || h.Attach != "kprobe" {
 		t.Errorf("hook %+v", h)
 	}

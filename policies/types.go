@@ -39,10 +39,10 @@ type Policy struct {
 	Pos Position
 	// Priority orders rules: lower first; ties are broken by Name.
 	Priority int
-	// XDP is set for packet policies; Probe for kernel-function,
+	// XDP is set for packet policies; Hook for kernel-function,
 	// tracepoint and syscall policies. Exactly one is set.
-	XDP   *XDPHook
-	Probe *ProbeHook
+	XDP  *XDPHook
+	Hook *KernelHook
 	// Match selects packets. Zero value matches every IP packet.
 	Match PacketMatch
 	// Then is the action of a packet policy: "drop", "pass" or "count".
@@ -153,9 +153,9 @@ func (e *Emit) CarriesPayload() bool {
 	return slices.ContainsFunc(e.Fields, func(f string) bool { return slices.Contains(payloadEmitFields, f) })
 }
 
-// ProbeHook is a policy on a kernel event: a kernel function's entry or
+// KernelHook is a policy on a kernel event: a kernel function's entry or
 // return, a tracepoint, or system calls.
-type ProbeHook struct {
+type KernelHook struct {
 	// Kind is "kprobe" (function entry), "kretprobe" (function return),
 	// "tracepoint" or "syscall" (raw syscall tracepoint filtered by number).
 	Kind string

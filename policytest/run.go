@@ -74,7 +74,7 @@ type Report struct {
 	Exercised map[string]bool
 	Uncovered []codegen.Rule
 	// UncoveredHooks are the kernel-hook policies no call selected.
-	UncoveredHooks []codegen.ProbeRule
+	UncoveredHooks []codegen.HookRule
 	// CallsNotInKernel counts the call cases a run with a kernel Judge
 	// checked on the reference evaluator only.
 	CallsNotInKernel int
@@ -140,8 +140,8 @@ func Run(plan *codegen.Plan, cases []Case, opts Options) (*Report, error) {
 			rep.Uncovered = append(rep.Uncovered, r)
 		}
 	}
-	if plan.Probes != nil {
-		for _, r := range plan.Probes.Rules {
+	if plan.Hooks != nil {
+		for _, r := range plan.Hooks.Rules {
 			if !rep.Exercised[r.Policy] {
 				rep.UncoveredHooks = append(rep.UncoveredHooks, r)
 			}

@@ -52,7 +52,7 @@ type Value struct {
 // HookResult is what one policy does with a call its filters select.
 type HookResult struct {
 	Policy string
-	Rule   int // index in Plan.Probes.Rules
+	Rule   int // index in Plan.Hooks.Rules
 	// Event is the event the policy sends (nil when it sends none): its
 	// name and fields as the hook's event reader decodes them. Fields the
 	// kernel does not read (exe, host, container) are left out.
@@ -82,7 +82,7 @@ type HookCount struct {
 // Hook evaluates a Plan's kernel-hook policies.
 type Hook struct {
 	plan  *codegen.Plan
-	probe *codegen.ProbePlan
+	probe *codegen.HookPlan
 }
 
 // NewHook makes the evaluator of plan's kernel-hook policies (a plan with
@@ -91,8 +91,8 @@ func NewHook(plan *codegen.Plan) (*Hook, error) {
 	if err := checkPlan(plan); err != nil {
 		return nil, err
 	}
-	h := &Hook{plan: plan, probe: plan.Probes}
-	if pp := plan.Probes; pp != nil {
+	h := &Hook{plan: plan, probe: plan.Hooks}
+	if pp := plan.Hooks; pp != nil {
 		m := &pp.Maps
 		if len(m.Hooks) != len(pp.Hooks) || len(m.Rules) != len(pp.Rules) {
 			return nil, planError("has %d hooks and %d rules in its kernel form, %d and %d in its readable form",
@@ -108,7 +108,7 @@ type callState struct {
 	c       *Call
 	syscall int
 	hook    *bpf.Hook
-	spec    *codegen.ProbeHook
+	spec    *codegen.KernelHook
 	vals    [bpf.HookMaxArgs]Value
 }
 
@@ -155,7 +155,7 @@ func (h *Hook) Call(c Call) []HookResult {
 
 // hookReaches reports whether a call reaches the hook: its kind and
 // target, or for a syscall hook one of its system calls (or "*").
-func hookReaches(h *codegen.ProbeHook, c *Call) bool {
+func hookReaches(h *codegen.KernelHook, c *Call) bool {
 	if h.Kind != c.Kind {
 		return false
 	}
@@ -250,7 +250,7 @@ func (h *Hook) ruleApply(s *callState, ri int) (HookResult, bool) {
 			c.Sum = int64(s.intField(bpf.HookFArg, r.SumArg, bpf.HookSubNum))
 		}
 		for _, l := range spec.Count.Labels {
-			c.Labels = append(c.Labels, s.field(l.Name, l.ProbeRef, l.Size))
+			c.Labels = append(c.Labels, s.field(l.Name, l.HookRef, l.Size))
 		}
 		out.Count = c
 	}
@@ -261,7 +261,7 @@ func (h *Hook) ruleApply(s *callState, ri int) (HookResult, bool) {
 			case "exe", "host", "container":
 				continue // added in userspace
 			}
-			e.Fields = append(e.Fields, s.field(f.Name, f.ProbeRef, 0))
+			e.Fields = append(e.Fields, s.field(f.Name, f.HookRef, 0))
 		}
 		out.Event = e
 	}
@@ -443,7 +443,7 @@ func lpmMatches(e *bpf.HookStringKey, key bpf.HookStringKey) bool {
 // event reader decodes it (engine/hook: decodeArgField), but a cgroup,
 // which is its path here (the kernel's is an id of the machine). A string
 // label keeps its first size bytes (size 0: all).
-func (s *callState) field(name string, ref codegen.ProbeRef, size int) Field {
+func (s *callState) field(name string, ref codegen.HookRef, size int) Field {
 	c := s.c
 	switch ref.Kind {
 	case "pid":

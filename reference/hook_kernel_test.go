@@ -252,7 +252,7 @@ func TestHookAgreesWithKernel(t *testing.T) {
 			t.Errorf("seed %d, hook policy set %d: %s\npolicies:\n%s", seed, set, fmt.Sprintf(format, args...), src)
 		}
 		hits := hookHits(t, p)
-		for _, r := range plan.Probes.Rules {
+		for _, r := range plan.Hooks.Rules {
 			got := hits[r.Policy]
 			got[0] -= hitsBefore[r.Policy][0]
 			got[1] -= hitsBefore[r.Policy][1]

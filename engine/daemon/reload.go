@@ -186,10 +186,10 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if len(plan.Rules) == 0 && plan.Probes == nil {
+	if len(plan.Rules) == 0 && plan.Hooks == nil {
 		return fmt.Errorf("%s holds no policy: keeping the rules in force (delete grain's pins or stop it to enforce nothing)", r.Dir)
 	}
-	if plan.Probes != nil && r.Hooks == nil {
+	if plan.Hooks != nil && r.Hooks == nil {
 		return fmt.Errorf("kernel hook policies cannot run here: %w", r.HooksErr)
 	}
 	stages, err := pipeline.Compile(snap.Pipeline)
@@ -205,9 +205,9 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 	// and the packet half waits for a grace period. A tree that had and
 	// has no hooks skips them: their write waits for a grace period too,
 	// which packet-only reloads need not pay.
-	hadHooks := r.applied != nil && r.applied.Probes != nil
+	hadHooks := r.applied != nil && r.applied.Hooks != nil
 	var halves []Prepared
-	if r.Hooks != nil && (plan.Probes != nil || hadHooks) {
+	if r.Hooks != nil && (plan.Hooks != nil || hadHooks) {
 		hooks, err := r.Hooks.Prepare(plan)
 		if err != nil {
 			return err
@@ -235,8 +235,8 @@ func (r *Reloader) apply(snap *policies.Snapshot) error {
 			r.status.Monitored = append(r.status.Monitored, rule.Policy)
 		}
 	}
-	if plan.Probes != nil {
-		for _, rule := range plan.Probes.Rules {
+	if plan.Hooks != nil {
+		for _, rule := range plan.Hooks.Rules {
 			r.status.Rules = append(r.status.Rules, rule.Policy)
 			if rule.Monitor {
 				r.status.Monitored = append(r.status.Monitored, rule.Policy)
@@ -392,11 +392,11 @@ func (s *ownedSocket) Close() error {
 func (r *Reloader) CountMetrics() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.applied == nil || r.applied.Probes == nil {
+	if r.applied == nil || r.applied.Hooks == nil {
 		return nil
 	}
 	var names []string
-	for _, rule := range r.applied.Probes.Rules {
+	for _, rule := range r.applied.Hooks.Rules {
 		if rule.Count != nil && !slices.Contains(names, rule.Count.Metric) {
 			names = append(names, rule.Count.Metric)
 		}

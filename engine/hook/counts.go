@@ -170,7 +170,7 @@ func (e *Hooks) addCount(out map[string]*CountSample, harvestEpoch *uint32, key 
 	return harvestEpoch != nil
 }
 
-func (e *Hooks) rulesOfEpoch(epoch uint32) []codegen.ProbeRule {
+func (e *Hooks) rulesOfEpoch(epoch uint32) []codegen.HookRule {
 	for _, g := range e.written {
 		if g != nil && g.epoch == epoch {
 			return g.rules
@@ -251,7 +251,7 @@ func addSamples(into map[string]*CountSample, from map[string]*CountSample) {
 }
 
 // decodeCountKey turns a count key into a sample with named labels.
-func decodeCountKey(r codegen.ProbeRule, key *bpf.HookCountKey) *CountSample {
+func decodeCountKey(r codegen.HookRule, key *bpf.HookCountKey) *CountSample {
 	s := &CountSample{Metric: r.Count.Metric, Policy: r.Policy, IsSum: r.Count.Sum != ""}
 	for _, l := range r.Count.Labels {
 		if l.Offset+l.Size > len(key.Labels) {

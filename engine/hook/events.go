@@ -92,7 +92,7 @@ type decoder struct {
 	e          *Hooks
 	bootOffset time.Duration
 	lastID     uint32
-	last       codegen.ProbeRule
+	last       codegen.HookRule
 	lastOK     bool
 	haveLast   bool
 	comms      map[[16]byte]string
@@ -126,7 +126,7 @@ func (e *Hooks) newDecoder() *decoder {
 
 // probeRule names the rule an event's id refers to, if its plan is still
 // known.
-func (e *Hooks) probeRule(id uint32) (codegen.ProbeRule, bool) { return e.gen.Lookup(id) }
+func (e *Hooks) probeRule(id uint32) (codegen.HookRule, bool) { return e.gen.Lookup(id) }
 
 func (d *decoder) comm(b []byte) string {
 	var k [16]byte
@@ -230,7 +230,7 @@ func (d *decoder) names() (policy, event string) {
 }
 
 // emits lists the fields the rule of the event parsed emits.
-func (d *decoder) emits() []codegen.ProbeField {
+func (d *decoder) emits() []codegen.HookField {
 	if !d.lastOK || d.last.Emit == nil {
 		return nil
 	}
@@ -257,7 +257,7 @@ func (d *decoder) fill(ev *Event) {
 // field writes the value of emit field f of the event parsed into pf;
 // false when it has none here (an argument not read; the container, which
 // the pipeline's cgroup enrichment adds).
-func (d *decoder) field(f *codegen.ProbeField, pf *Field) bool {
+func (d *decoder) field(f *codegen.HookField, pf *Field) bool {
 	h := &d.cur
 	*pf = Field{Name: f.Name}
 	switch f.Kind {

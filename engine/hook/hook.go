@@ -53,7 +53,7 @@ type Hooks struct {
 	mu sync.Mutex
 	// gen switches the rule generations (used with mu held) and names the
 	// rules of every epoch whose events may still be read.
-	gen *generation.Switch[codegen.ProbeRule]
+	gen *generation.Switch[codegen.HookRule]
 	// written[g] is what the plan of generation g put into the maps.
 	written [bpf.HookGenerations]*generationContents
 	// hooks by key: attachment, slot and mechanism, kept across reloads.
@@ -73,7 +73,7 @@ type Hooks struct {
 
 // attachment is one attached hook.
 type attachment struct {
-	hook      codegen.ProbeHook
+	hook      codegen.KernelHook
 	planned   []bpf.HookArg // the plan's arguments, which resolveArgs completes
 	kind      Kind
 	slot      int
@@ -87,7 +87,7 @@ type attachment struct {
 // generationContents remembers what one generation holds, to rewrite it.
 type generationContents struct {
 	epoch   uint32
-	rules   []codegen.ProbeRule
+	rules   []codegen.HookRule
 	values  []bpf.HookValueKey
 	strings []bpf.HookStringKey
 }
@@ -130,7 +130,7 @@ func New(opts Options) (*Hooks, error) {
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
 	}
-	if e.gen, err = generation.New[codegen.ProbeRule](generation.Options{Activate: e.activate}); err != nil {
+	if e.gen, err = generation.New[codegen.HookRule](generation.Options{Activate: e.activate}); err != nil {
 		e.Close()
 		return nil, err
 	}
@@ -176,14 +176,14 @@ func (e *Hooks) Apply(plan *codegen.Plan) error {
 // Until one of them, the Hooks are locked.
 type Prepared struct {
 	e          *Hooks
-	pp         codegen.ProbePlan
+	pp         codegen.HookPlan
 	want       map[string]*attachment // the hooks in force after the commit, by key
 	added      []*attachment          // attached for it
 	replaced   []*attachment          // in force now, detached after the commit
 	entryLinks []link.Link            // entry kprobes added to kretprobes in force
 	sysAdded   bool                   // raw sys_enter attached for it
 	// written is the generation written, with its rules' epoch
-	written *generation.Pending[codegen.ProbeRule]
+	written *generation.Pending[codegen.HookRule]
 	// before describes the inactive generation before writeInactive,
 	// which replaces it once it has harvested its counters.
 	before *generationContents
@@ -209,8 +209,8 @@ func (e *Hooks) Prepare(plan *codegen.Plan) (*Prepared, error) {
 // of what it did.
 func (e *Hooks) prepare(plan *codegen.Plan) (*Prepared, error) {
 	p := &Prepared{e: e, want: map[string]*attachment{}}
-	if plan != nil && plan.Probes != nil {
-		p.pp = *plan.Probes
+	if plan != nil && plan.Hooks != nil {
+		p.pp = *plan.Hooks
 	}
 	// Attach new hooks, on slots no current attachment uses.
 	used := map[int]bool{}
@@ -342,7 +342,7 @@ func (p *Prepared) undo() {
 	p.added, p.entryLinks, p.sysAdded = nil, nil, false
 }
 
-func hookLabel(h codegen.ProbeHook) string {
+func hookLabel(h codegen.KernelHook) string {
 	if kindOf(h) == KindSyscall {
 		return "syscall:" + strings.Join(h.Syscalls, ",")
 	}
@@ -387,7 +387,7 @@ func (e *Hooks) hooksOfKind(kind Kind) []*attachment {
 }
 
 // attach resolves and attaches one hook with cookie slot.
-func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.HookArg, slot int) (*attachment, error) {
+func (e *Hooks) attach(h codegen.KernelHook, planned []bpf.HookArg, slot int) (*attachment, error) {
 	a := &attachment{hook: h, kind: kindOf(h), planned: planned, slot: slot}
 	cookie := uint64(slot)
 	switch a.kind {
@@ -441,7 +441,7 @@ func (e *Hooks) attach(h codegen.ProbeHook, planned []bpf.HookArg, slot int) (*a
 // tracepoint (~60 ns cheaper per call: no perf record is built) when it
 // reads no record field and the kernel gives raw tracepoints cookies
 // (Linux 6.10); else the perf-event tracepoint, which has the record.
-func (e *Hooks) tracepointMechanism(h codegen.ProbeHook) Mechanism {
+func (e *Hooks) tracepointMechanism(h codegen.KernelHook) Mechanism {
 	if len(h.Args) == 0 && e.feats.RawTracepoints() && !e.noRaw[h.Target] && !strings.HasPrefix(h.Target, "syscalls/") {
 		return MechanismRawTracepoint
 	}
@@ -570,7 +570,7 @@ func (e *Hooks) detach(a *attachment) {
 // bpf.HookArg of each) for the chosen mechanism on this kernel:
 // tracepoint fields by the tracefs format, integer widths by BTF or the
 // syscall's tracepoint; and gives the numbers of its syscalls.
-func (e *Hooks) resolveArgs(h codegen.ProbeHook, planned []bpf.HookArg, mechanism Mechanism) ([]bpf.HookArg, []int, error) {
+func (e *Hooks) resolveArgs(h codegen.KernelHook, planned []bpf.HookArg, mechanism Mechanism) ([]bpf.HookArg, []int, error) {
 	var fields map[string]tpField
 	var widths []tpField // per argument index, when known
 	var syscalls []int
@@ -853,15 +853,15 @@ func Cgroup2Mount() string {
 // writeInactive fills the inactive generation with pp, which no program
 // reads until the commit, and returns it with the epoch of its rule ids.
 // e.mu held.
-func (e *Hooks) writeInactive(pp *codegen.ProbePlan, hooks map[string]*attachment) (*generation.Pending[codegen.ProbeRule], error) {
+func (e *Hooks) writeInactive(pp *codegen.HookPlan, hooks map[string]*attachment) (*generation.Pending[codegen.HookRule], error) {
 	return e.gen.Prepare(pp.Rules, func(next, epoch uint32) error { return e.fill(pp, hooks, next, epoch) })
 }
 
-// fill writes pp's map entries (codegen.ProbeMaps) into generation next
+// fill writes pp's map entries (codegen.HookMaps) into generation next
 // as they are, adding the generation to keys, epoch to rule ids, and what
 // depends on this machine: the hooks' slots, mechanisms and resolved
 // arguments, syscall numbers and cgroup ids.
-func (e *Hooks) fill(pp *codegen.ProbePlan, hooks map[string]*attachment, next, epoch uint32) error {
+func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, epoch uint32) error {
 	m := e.p.Maps()
 	pm := &pp.Maps
 	// Resolve what may fail before touching the maps.

@@ -252,7 +252,7 @@ seeks: {
 	count: {metric: "test.seek_bytes", by: ["fd"], sum: "offset"}
 }`, strings.Join(set, ", ")))
 	plan := plantest.Compile(t, "x: {syscall: \"close\", args: [{index: 0, type: \"int\", name: \"fd\"}], match: args: fd: ["+strings.Join(set, ",")+"], count: metric: \"m\"}")
-	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "set" {
+	if op := plan.Hooks.Rules[0].Selectors[0].Filters[0].Op; op != "set" {
 		t.Fatalf("a set of %d values compiles to %q, want set", len(set), op)
 	}
 	hookchild.Run(t, "close 1000 987003")

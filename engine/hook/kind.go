@@ -49,7 +49,7 @@ func (k *Kind) UnmarshalText(b []byte) error {
 
 // kindOf is the kind of a planned hook; 0 for a kind grain does not know
 // (policies refuse those before a plan is made).
-func kindOf(h codegen.ProbeHook) Kind {
+func kindOf(h codegen.KernelHook) Kind {
 	var k Kind
 	if k.UnmarshalText([]byte(h.Kind)) != nil {
 		return 0

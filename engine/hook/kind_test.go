@@ -53,7 +53,7 @@ func TestKernelKindOfEachMechanism(t *testing.T) {
 		{"kretprobe", MechanismKretprobe, bpf.HookKindKretprobe},
 		{"kretprobe", MechanismFexit, bpf.HookKindFexit},
 	} {
-		k := kindOf(codegen.ProbeHook{Kind: c.policy})
+		k := kindOf(codegen.KernelHook{Kind: c.policy})
 		if k.String() != c.policy {
 			t.Errorf("policy kind %q reads as %v", c.policy, k)
 		}
@@ -61,7 +61,7 @@ func TestKernelKindOfEachMechanism(t *testing.T) {
 			t.Errorf("%s hook by %s: kernel kind %d, want %d", c.policy, c.mech, got, c.want)
 		}
 	}
-	if k := kindOf(codegen.ProbeHook{Kind: "uprobe"}); k != 0 {
+	if k := kindOf(codegen.KernelHook{Kind: "uprobe"}); k != 0 {
 		t.Errorf("unknown policy kind reads as %v, want 0", k)
 	}
 }

@@ -83,7 +83,7 @@ func TestHookNestingLevels(t *testing.T) {
 	count: {metric: "test.nested", by: ["tgid", "syscall"]}
 }`, strings.TrimSpace(string(comm)))
 	plan := plantest.Compile(t, src)
-	if op := plan.Probes.Rules[0].Selectors[0].Filters[0].Op; op != "trie" {
+	if op := plan.Hooks.Rules[0].Selectors[0].Filters[0].Op; op != "trie" {
 		t.Fatalf("comm filter of three names compiles to %q, want trie", op)
 	}
 	if err := p.Apply(plan); err != nil {

@@ -20,10 +20,10 @@ func TestHookWritesThePlanVerbatim(t *testing.T) {
 	feats := p.Features()
 	noFunctions := feats.Kprobes != nil && feats.FentryErr != nil
 	for name, plan := range plantest.Examples(t, "../../examples") {
-		if plan.Probes == nil {
+		if plan.Hooks == nil {
 			continue
 		}
-		if noFunctions && slices.ContainsFunc(plan.Probes.Hooks, func(h codegen.ProbeHook) bool { return h.Kind == "kprobe" || h.Kind == "kretprobe" }) {
+		if noFunctions && slices.ContainsFunc(plan.Hooks.Hooks, func(h codegen.KernelHook) bool { return h.Kind == "kprobe" || h.Kind == "kretprobe" }) {
 			t.Logf("%s: skipped: this kernel attaches neither kprobes nor fentry", name)
 			continue
 		}
@@ -50,9 +50,9 @@ connects: {
 			t.Fatalf("%s: %v", name, err)
 		}
 		m := p.p.Maps()
-		pm := &plan.Probes.Maps
+		pm := &plan.Hooks.Maps
 		gen := p.gen.Active()
-		for i, h := range plan.Probes.Hooks {
+		for i, h := range plan.Hooks.Hooks {
 			a := p.hooks[h.Key()]
 			var got bpf.Hook
 			if err := m.Hooks.Lookup(gen*bpf.HookMaxHooks+uint32(a.slot), &got); err != nil {

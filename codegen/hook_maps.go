@@ -8,12 +8,12 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 )
 
-// ProbeMaps is the content of the hook programs' maps for one rule set, in
+// HookMaps is the content of the hook programs' maps for one rule set, in
 // one generation's part of each map. The engine writes every entry as it
 // is, adding the generation to keys and the epoch to rule ids, and fills in
-// what depends on the running kernel: see Hooks and ProbeMapFilter.Cgroups.
-type ProbeMaps struct {
-	// Hooks[i] is the hooks entry of ProbePlan.Hooks[i] but for what
+// what depends on the running kernel: see Hooks and HookMapFilter.Cgroups.
+type HookMaps struct {
+	// Hooks[i] is the hooks entry of HookPlan.Hooks[i] but for what
 	// the engine resolves when it attaches the hook: the slot it goes in,
 	// Kind and the stash flag (by kprobe or fentry), and of each argument
 	// its width, tracepoint field offset, size and flags (a tracepoint
@@ -23,13 +23,13 @@ type ProbeMaps struct {
 	Rules []Kernel[bpf.HookRule] `json:"rules"`
 	// Filters are the hook_filters entries by index, which rule selectors
 	// point into, each with the value and string entries it looks up.
-	Filters []ProbeMapFilter `json:"filters"`
+	Filters []HookMapFilter `json:"filters"`
 }
 
-// ProbeMapFilter is one hook_filters entry and the entries of the values
+// HookMapFilter is one hook_filters entry and the entries of the values
 // and strings maps keyed by it (their Filter is the filter's index in the
 // generation).
-type ProbeMapFilter struct {
+type HookMapFilter struct {
 	// Rule is the index of the rule the filter belongs to.
 	Rule   int                    `json:"rule"`
 	Filter Kernel[bpf.HookFilter] `json:"filter"`
@@ -60,9 +60,9 @@ var partCodes = map[string]uint8{
 	"saddr": bpf.HookSubSaddr, "daddr": bpf.HookSubDaddr, "sport": bpf.HookSubSport, "dport": bpf.HookSubDport,
 }
 
-// buildProbeMaps encodes pp's hooks, rules and filters into the hook
+// buildHookMaps encodes pp's hooks, rules and filters into the hook
 // programs' map entries.
-func buildProbeMaps(pp *ProbePlan) {
+func buildHookMaps(pp *HookPlan) {
 	m := &pp.Maps
 	m.Hooks = []Kernel[bpf.Hook]{}
 	for _, h := range pp.Hooks {
@@ -78,7 +78,7 @@ func buildProbeMaps(pp *ProbePlan) {
 		m.Hooks = append(m.Hooks, Kernel[bpf.Hook]{kh})
 	}
 	m.Rules = []Kernel[bpf.HookRule]{}
-	m.Filters = []ProbeMapFilter{}
+	m.Filters = []HookMapFilter{}
 	for i, r := range pp.Rules {
 		kr := bpf.HookRule{Nselectors: uint8(len(r.Selectors))}
 		for si, sel := range r.Selectors {
@@ -122,12 +122,12 @@ func buildProbeMaps(pp *ProbePlan) {
 
 // kernelFilter encodes one filter of rule: its operation and inline
 // values, and the value or string keys it looks up.
-func kernelFilter(rule int, f ProbeFilter) ProbeMapFilter {
+func kernelFilter(rule int, f HookFilter) HookMapFilter {
 	kf := bpf.HookFilter{Field: filterKinds[f.Kind], Arg: uint8(f.Slot), Sub: partCodes[f.Part]}
 	if f.Negate {
 		kf.Negate = 1
 	}
-	out := ProbeMapFilter{Rule: rule}
+	out := HookMapFilter{Rule: rule}
 	switch f.Op {
 	case "cgroup":
 		// One id per path, resolved by the engine.
@@ -191,7 +191,7 @@ func commWords(s string, n int) (val, mask [2]uint64) {
 // their NUL, prefixes without, and addresses as the family byte followed
 // by the address, the prefix length counting the 32 bits of the filter
 // index in front.
-func trieKeys(f ProbeFilter) []Kernel[bpf.HookStringKey] {
+func trieKeys(f HookFilter) []Kernel[bpf.HookStringKey] {
 	var keys []Kernel[bpf.HookStringKey]
 	for _, s := range f.Strings {
 		k := bpf.HookStringKey{Prefixlen: uint32(32 + 8*(len(s)+1))}

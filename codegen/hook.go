@@ -10,41 +10,41 @@ import (
 	"github.com/grain-ebpf/grain/policies"
 )
 
-// ProbePlan is the kernel-hook part of a Plan: the attach points (hooks)
+// HookPlan is the kernel-hook part of a Plan: the attach points (hooks)
 // with the values each reads, and the rules run at them. The engine resolves
 // what depends on the running kernel: kprobe or fentry, tracepoint field
 // offsets, syscall numbers, cgroup ids.
-type ProbePlan struct {
-	Hooks []ProbeHook `json:"hooks"`
-	Rules []ProbeRule `json:"rules"`
+type HookPlan struct {
+	Hooks []KernelHook `json:"hooks"`
+	Rules []HookRule   `json:"rules"`
 	// Maps is what the hook programs read for these rules, in the
-	// kernel's form (probe_maps.go).
-	Maps ProbeMaps `json:"maps"`
+	// kernel's form (hook_maps.go).
+	Maps HookMaps `json:"maps"`
 }
 
-// ProbeHook is one attach point, shared by every policy on the same
+// KernelHook is one attach point, shared by every policy on the same
 // function, tracepoint or set of system calls.
-type ProbeHook struct {
+type KernelHook struct {
 	Index int `json:"index"`
 	// Kind is "kprobe", "kretprobe", "tracepoint" or "syscall".
 	Kind     string   `json:"kind"`
 	Target   string   `json:"target,omitempty"`
 	Syscalls []string `json:"syscalls,omitempty"`
 	// Attach is "auto", "kprobe" or "fentry" for kprobe/kretprobe hooks.
-	Attach string     `json:"attach,omitempty"`
-	Args   []ProbeArg `json:"args,omitempty"`
-	// Rules are indices into ProbePlan.Rules, in order.
+	Attach string    `json:"attach,omitempty"`
+	Args   []HookArg `json:"args,omitempty"`
+	// Rules are indices into HookPlan.Rules, in order.
 	Rules []int `json:"rules"`
 }
 
 // Key identifies the attach point: hooks with equal keys in two plans are
 // the same attachment, kept across a reload.
-func (h ProbeHook) Key() string {
+func (h KernelHook) Key() string {
 	return h.Kind + "|" + h.Attach + "|" + h.Target + "|" + strings.Join(h.Syscalls, ",")
 }
 
-// ProbeArg is one value the hook reads, in slot Slot.
-type ProbeArg struct {
+// HookArg is one value the hook reads, in slot Slot.
+type HookArg struct {
 	Slot int `json:"slot"`
 	// Source is "arg" (Index), "ret" or "field" (Field).
 	Source string `json:"source"`
@@ -55,42 +55,42 @@ type ProbeArg struct {
 	Type string `json:"type"`
 }
 
-// ProbeRef says where a named value comes from: a process property
+// HookRef says where a named value comes from: a process property
 // (Kind "pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup"), the syscall
 // number ("syscall"), a value added in userspace ("exe", "container",
 // "host"), or part Part of argument slot Slot (Kind "arg"; Part "num",
 // "str", "family", "saddr", "daddr", "sport", "dport", or "text" for the
 // text form of a sock/sockaddr).
-type ProbeRef struct {
+type HookRef struct {
 	Kind string `json:"kind"`
 	Slot int    `json:"slot"`
 	Part string `json:"part,omitempty"`
 }
 
-// ProbeRule is one probe policy at its hook.
-type ProbeRule struct {
+// HookRule is one probe policy at its hook.
+type HookRule struct {
 	Index    int    `json:"index"`
 	Policy   string `json:"policy"`
 	Position string `json:"position"`
 	Priority int    `json:"priority"`
 	Hook     int    `json:"hook"`
 	// Selectors are ORed; none selects every call.
-	Selectors    []ProbeSelector `json:"selectors,omitempty"`
-	Emit         *ProbeEmit      `json:"emit,omitempty"`
-	Count        *ProbeCount     `json:"count,omitempty"`
-	Signal       string          `json:"signal,omitempty"`
-	SignalNumber int             `json:"signal_number,omitempty"`
+	Selectors    []HookSelector `json:"selectors,omitempty"`
+	Emit         *HookEmit      `json:"emit,omitempty"`
+	Count        *HookCount     `json:"count,omitempty"`
+	Signal       string         `json:"signal,omitempty"`
+	SignalNumber int            `json:"signal_number,omitempty"`
 	// Monitor: the policy is in monitor mode; the kernel sends no signal
 	// (the rule's kernel form has none) and grain reports would_signal.
 	Monitor bool `json:"monitor,omitempty"`
 }
 
-// ProbeSelector holds ANDed filters.
-type ProbeSelector struct {
-	Filters []ProbeFilter `json:"filters"`
+// HookSelector holds ANDed filters.
+type HookSelector struct {
+	Filters []HookFilter `json:"filters"`
 }
 
-// ProbeFilter is one condition as the kernel evaluates it. Op is "in"
+// HookFilter is one condition as the kernel evaluates it. Op is "in"
 // (Ints, held in the filter), "set" (Ints, in a hash map: more than
 // bpf.HookMaxInline values), "range" (Ranges), "comm" (up to
 // bpf.HookCommInline exact Strings or Prefixes of comm, compared in the
@@ -98,9 +98,9 @@ type ProbeSelector struct {
 // "cgroup" (Cgroups paths: the engine
 // resolves them to ids and uses "in" or "set"). Negate inverts it (ne,
 // notin).
-type ProbeFilter struct {
+type HookFilter struct {
 	Field string `json:"field"`
-	ProbeRef
+	HookRef
 	Op       string     `json:"op"`
 	Negate   bool       `json:"negate,omitempty"`
 	Ints     []int64    `json:"ints,omitempty"`
@@ -111,33 +111,33 @@ type ProbeFilter struct {
 	Cgroups  []string   `json:"cgroups,omitempty"`
 }
 
-// ProbeEmit is the event of a rule.
-type ProbeEmit struct {
-	Event     string       `json:"event"`
-	Fields    []ProbeField `json:"fields,omitempty"`
-	RateLimit int          `json:"rate_limit,omitempty"`
+// HookEmit is the event of a rule.
+type HookEmit struct {
+	Event     string      `json:"event"`
+	Fields    []HookField `json:"fields,omitempty"`
+	RateLimit int         `json:"rate_limit,omitempty"`
 }
 
-// ProbeField is one named value of an event.
-type ProbeField struct {
+// HookField is one named value of an event.
+type HookField struct {
 	Name string `json:"name"`
-	ProbeRef
+	HookRef
 }
 
-// ProbeCount is the in-kernel aggregation of a rule.
-type ProbeCount struct {
-	Metric string       `json:"metric"`
-	Labels []ProbeLabel `json:"labels,omitempty"`
+// HookCount is the in-kernel aggregation of a rule.
+type HookCount struct {
+	Metric string      `json:"metric"`
+	Labels []HookLabel `json:"labels,omitempty"`
 	// Sum names the integer argument added up, in slot SumSlot.
 	Sum     string `json:"sum,omitempty"`
 	SumSlot int    `json:"sum_slot,omitempty"`
 }
 
-// ProbeLabel is one label of a count key: Size bytes at Offset of the
+// HookLabel is one label of a count key: Size bytes at Offset of the
 // key's label bytes.
-type ProbeLabel struct {
+type HookLabel struct {
 	Name string `json:"name"`
-	ProbeRef
+	HookRef
 	Offset int `json:"offset"`
 	Size   int `json:"size"`
 }
@@ -154,24 +154,24 @@ const labelStringBytes = 64
 
 var processKinds = []string{"pid", "tgid", "ppid", "uid", "gid", "comm", "cgroup"}
 
-// compileProbes compiles the probe policies of sorted (priority order)
-// into a ProbePlan; nil when there are none.
-func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePlan {
+// compileHooks compiles the probe policies of sorted (priority order)
+// into a HookPlan; nil when there are none.
+func compileHooks(sorted []policies.Policy, errs *policies.ErrorList) *HookPlan {
 	fail := func(p policies.Policy, pos policies.Position, format string, args ...any) {
 		*errs = append(*errs, policies.Error{Pos: pos, Policy: p.Name, Msg: fmt.Sprintf(format, args...)})
 	}
-	plan := &ProbePlan{}
+	plan := &HookPlan{}
 	hookOf := map[string]int{}
 	nfilters, nset, ntrie := 0, 0, 0
 	// Where each total first went over its limit: the error points there.
 	var filtersOver, setOver, trieOver *policies.Error
 	perSyscall := map[string]int{}
 	for _, p := range sorted {
-		h := p.Probe
+		h := p.Hook
 		if h == nil {
 			continue
 		}
-		hook := ProbeHook{Kind: h.Kind, Target: h.Target, Attach: h.Attach}
+		hook := KernelHook{Kind: h.Kind, Target: h.Target, Attach: h.Attach}
 		if h.Kind == "syscall" {
 			hook.Syscalls = sortedSet(h.Syscalls)
 			ok := true
@@ -218,18 +218,18 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 			continue
 		}
 		// The policy's arguments, in the hook's slots.
-		names := map[string]ProbeRef{}
+		names := map[string]HookRef{}
 		var sockSlot = -1
 		argsOK := true
 		for _, a := range h.Args {
-			pa := ProbeArg{Source: a.Source, Index: a.Index, Field: a.Field, Type: a.Type}
+			pa := HookArg{Source: a.Source, Index: a.Index, Field: a.Field, Type: a.Type}
 			if a.Source != "arg" {
 				pa.Index = -1
 			}
 			if h.Kind == "tracepoint" && strings.HasPrefix(h.Target, "syscalls/") && a.Type == "string" {
 				pa.Type = "user_string" // syscall arguments point into user memory
 			}
-			slot := slices.IndexFunc(hk.Args, func(b ProbeArg) bool {
+			slot := slices.IndexFunc(hk.Args, func(b HookArg) bool {
 				return b.Source == pa.Source && b.Index == pa.Index && b.Field == pa.Field && b.Type == pa.Type
 			})
 			if slot < 0 {
@@ -244,33 +244,33 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 			}
 			switch a.Type {
 			case "int", "uint":
-				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "num"}
+				names[a.Name] = HookRef{Kind: "arg", Slot: slot, Part: "num"}
 			case "sock", "sockaddr":
-				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "text"}
+				names[a.Name] = HookRef{Kind: "arg", Slot: slot, Part: "text"}
 				sockSlot = slot
 			default:
-				names[a.Name] = ProbeRef{Kind: "arg", Slot: slot, Part: "str"}
+				names[a.Name] = HookRef{Kind: "arg", Slot: slot, Part: "str"}
 			}
 		}
 		if !argsOK {
 			continue
 		}
-		ref := func(name string) (ProbeRef, bool) {
+		ref := func(name string) (HookRef, bool) {
 			if r, ok := names[name]; ok {
 				return r, true
 			}
 			switch {
 			case slices.Contains(processKinds, name), name == "exe", name == "container", name == "host":
-				return ProbeRef{Kind: name}, true
+				return HookRef{Kind: name}, true
 			case name == "syscall" && h.Kind == "syscall":
-				return ProbeRef{Kind: "syscall"}, true
+				return HookRef{Kind: "syscall"}, true
 			case sockSlot >= 0 && slices.Contains([]string{"family", "saddr", "daddr", "sport", "dport"}, name):
-				return ProbeRef{Kind: "arg", Slot: sockSlot, Part: name}, true
+				return HookRef{Kind: "arg", Slot: sockSlot, Part: name}, true
 			}
-			return ProbeRef{}, false
+			return HookRef{}, false
 		}
 		index := len(plan.Rules)
-		r := ProbeRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi, Monitor: p.Monitored()}
+		r := HookRule{Index: index, Policy: p.Name, Position: p.Pos.String(), Priority: p.Priority, Hook: hi, Monitor: p.Monitored()}
 		ok = true
 		if len(h.Selectors) > bpf.HookMaxSelectors {
 			fail(p, h.Selectors[bpf.HookMaxSelectors].Pos, "at most %d match selectors per policy", bpf.HookMaxSelectors)
@@ -282,9 +282,9 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 				ok = false
 				continue
 			}
-			var ps ProbeSelector
+			var ps HookSelector
 			for _, f := range sel.Filters {
-				pf, err := compileProbeFilter(f, ref)
+				pf, err := compileHookFilter(f, ref)
 				if err != nil {
 					fail(p, f.Pos, "match %s: %v", f.Field, err)
 					ok = false
@@ -305,7 +305,7 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 			r.Selectors = append(r.Selectors, ps)
 		}
 		if p.Emit != nil {
-			e := &ProbeEmit{Event: p.Emit.Event, RateLimit: p.Emit.RateLimit}
+			e := &HookEmit{Event: p.Emit.Event, RateLimit: p.Emit.RateLimit}
 			for _, name := range p.Emit.Fields {
 				rf, found := ref(name)
 				if !found {
@@ -313,12 +313,12 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 					ok = false
 					continue
 				}
-				e.Fields = append(e.Fields, ProbeField{Name: name, ProbeRef: rf})
+				e.Fields = append(e.Fields, HookField{Name: name, HookRef: rf})
 			}
 			r.Emit = e
 		}
 		if h.Count != nil {
-			c := &ProbeCount{Metric: h.Count.Metric, Sum: h.Count.Sum}
+			c := &HookCount{Metric: h.Count.Metric, Sum: h.Count.Sum}
 			off := 0
 			for i, name := range h.Count.By {
 				rf, found := ref(name)
@@ -344,7 +344,7 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 					ok = false
 					break
 				}
-				c.Labels = append(c.Labels, ProbeLabel{Name: name, ProbeRef: rf, Offset: off, Size: size})
+				c.Labels = append(c.Labels, HookLabel{Name: name, HookRef: rf, Offset: off, Size: size})
 				off += size
 			}
 			if c.Sum != "" {
@@ -393,20 +393,20 @@ func compileProbes(sorted []policies.Policy, errs *policies.ErrorList) *ProbePla
 	return plan
 }
 
-func hookName(h ProbeHook) string {
+func hookName(h KernelHook) string {
 	if h.Kind == "syscall" {
 		return "syscall " + strings.Join(h.Syscalls, ",")
 	}
 	return h.Kind + " " + h.Target
 }
 
-// compileProbeFilter turns a typed filter into the kernel's form.
-func compileProbeFilter(f policies.Filter, ref func(string) (ProbeRef, bool)) (ProbeFilter, error) {
+// compileHookFilter turns a typed filter into the kernel's form.
+func compileHookFilter(f policies.Filter, ref func(string) (HookRef, bool)) (HookFilter, error) {
 	r, ok := ref(f.Field)
 	if !ok {
-		return ProbeFilter{}, fmt.Errorf("%s is neither a process field nor an argument of this policy", f.Field)
+		return HookFilter{}, fmt.Errorf("%s is neither a process field nor an argument of this policy", f.Field)
 	}
-	pf := ProbeFilter{Field: f.Field, ProbeRef: r, Negate: f.Op == "ne" || f.Op == "notin"}
+	pf := HookFilter{Field: f.Field, HookRef: r, Negate: f.Op == "ne" || f.Op == "notin"}
 	switch {
 	case r.Kind == "exe" || r.Kind == "container" || r.Kind == "host":
 		return pf, fmt.Errorf("%s is looked up in userspace and cannot be matched in the kernel", f.Field)

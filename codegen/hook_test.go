@@ -9,9 +9,9 @@ import (
 	"github.com/grain-ebpf/grain/policies"
 )
 
-// TestProbeHooksShared: policies on one attach point share a hook, and an
+// TestHooksShared: policies on one attach point share a hook, and an
 // argument both read takes one slot.
-func TestProbeHooksShared(t *testing.T) {
+func TestHooksShared(t *testing.T) {
 	plan, err := Compile(load(t, `
 a: {
 	tracepoint: "sched/sched_process_exec"
@@ -34,7 +34,7 @@ d: {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := plan.Probes
+	p := plan.Hooks
 	if len(p.Hooks) != 2 || len(p.Hooks[0].Args) != 2 || fmt.Sprint(p.Hooks[0].Rules) != "[0 1]" || fmt.Sprint(p.Hooks[1].Rules) != "[2 3]" {
 		t.Fatalf("hooks %+v", p.Hooks)
 	}
@@ -46,14 +46,14 @@ d: {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if typ := plan.Probes.Hooks[0].Args[0].Type; typ != "user_string" {
+	if typ := plan.Hooks.Hooks[0].Args[0].Type; typ != "user_string" {
 		t.Fatalf("syscalls tracepoint string read as %s", typ)
 	}
 }
 
-// TestProbeFilterForms: values beyond the inline limit move to a hash set;
+// TestHookFilterForms: values beyond the inline limit move to a hash set;
 // strings, prefixes and CIDRs go to the trie; cgroups stay paths.
-func TestProbeFilterForms(t *testing.T) {
+func TestHookFilterForms(t *testing.T) {
 	var many []string
 	for i := range bpf.HookMaxInline + 1 {
 		many = append(many, fmt.Sprint(1000+i))
@@ -73,7 +73,7 @@ x: {
 		t.Fatal(err)
 	}
 	got := map[string]string{}
-	for _, f := range plan.Probes.Rules[0].Selectors[0].Filters {
+	for _, f := range plan.Hooks.Rules[0].Selectors[0].Filters {
 		got[f.Field] = f.Op
 	}
 	want := map[string]string{"uid": "set", "pid": "in", "comm": "comm", "cgroup": "cgroup", "daddr": "trie", "dport": "range"}
@@ -82,9 +82,9 @@ x: {
 	}
 }
 
-// TestProbeLimits: what the programs cannot hold is an error at the
+// TestHookLimits: what the programs cannot hold is an error at the
 // policy, naming the limit.
-func TestProbeLimits(t *testing.T) {
+func TestHookLimits(t *testing.T) {
 	long := strings.Repeat("x", bpf.HookMatchLen+1)
 	for _, c := range []struct{ src, want string }{
 		{`x: {syscall: "nosuchcall", count: metric: "m"}`, "no system call is named nosuchcall"},

@@ -35,15 +35,15 @@ var userspaceFields = []string{"exe", "container", "host"}
 // probeDecoder holds what decoding one probe policy has learnt so far.
 type probeDecoder struct {
 	*decoder
-	hook *ProbeHook
+	hook *KernelHook
 	// fields maps every field the policy can refer to, to its kind.
 	fields map[string]string
 }
 
-func (d *decoder) decodeProbe(v cue.Value, hook string) {
+func (d *decoder) decodeHook(v cue.Value, hook string) {
 	hv := v.LookupPath(cue.MakePath(cue.Str(hook)))
-	h := &ProbeHook{Kind: hook, Pos: d.pos(hv)}
-	d.policy.Probe = h
+	h := &KernelHook{Kind: hook, Pos: d.pos(hv)}
+	d.policy.Hook = h
 	pd := probeDecoder{decoder: d, hook: h, fields: map[string]string{
 		"pid": kindInt, "tgid": kindInt, "ppid": kindInt, "uid": kindInt, "gid": kindInt,
 		"comm": kindString, "cgroup": kindInt, "exe": kindString, "container": kindString, "host": kindString,
