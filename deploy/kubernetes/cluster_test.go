@@ -1,12 +1,14 @@
 package kubernetes
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -37,7 +39,8 @@ const otelcolBinary = "/var/cache/grain-otelcol/v0.165.0/otelcol"
 // kubelet's ..data swap; its events reach a real OpenTelemetry Collector
 // configured by otel-collector/; the least-privileged profile is what
 // enforces; a rollout restart and a pod deletion let no request through
-// while a client retries every 10 ms, and the new pod adopts; the
+// while a client retries every 10 ms, and the new pod adopts; so do a
+// switch to deploy/kubernetes-privileged and a restart after it; the
 // documented uninstall leaves nothing attached.
 func TestCluster(t *testing.T) { testCluster(t, false) }
 
@@ -211,6 +214,25 @@ func testCluster(t *testing.T, privileged bool) {
 		})
 	})
 
+	if !privileged {
+		// A running node moved to the privileged profile, then restarted
+		// within it: each new pod adopts what the last left pinned, through
+		// another mount of the same pin directory (root's, not uid 65532's),
+		// and enforces throughout. The policies in force are the user's,
+		// kept as docs/deployment.md says: an apply -k would replace them
+		// with the shipped example, which blocks nothing.
+		phase("SwitchToPrivilegedKeepsEnforcing", func(t *testing.T) {
+			pod = n.replaceWithoutGap(server, pod, func() {
+				n.applyKeepingPolicies(n.overlay(true))
+			})
+		})
+		phase("RestartAfterSwitchKeepsEnforcing", func(t *testing.T) {
+			pod = n.replaceWithoutGap(server, pod, func() {
+				n.mustKubectl("-n", "grain-system", "rollout", "restart", "daemonset/grain")
+			})
+		})
+	}
+
 	phase("UninstallLeavesNothingAttached", func(t *testing.T) {
 		// docs/deployment.md's steps: pods that detach on exit, then delete.
 		n.mustKubectl("-n", "grain-system", "set", "env", "daemonset/grain", "GRAIN_KEEP_ON_EXIT=false")
@@ -284,6 +306,25 @@ patches:
 %s`, rel, filepath.Join(n.bpffs, "grain"), extra))
 	n.t.Logf("the test's changes to the shipped manifests (%s): image ghcr.io/grain-ebpf/grain:latest -> %s; bpffs hostPath /sys/fs/bpf/grain -> %s", filepath.Join(dir, "kustomization.yaml"), grainImage, filepath.Join(n.bpffs, "grain"))
 	return dir
+}
+
+// applyKeepingPolicies applies the kustomization in dir except its
+// grain-policies ConfigMap, whose shipped example would replace the
+// policies in force (docs/deployment.md, switching profiles).
+func (n *node) applyKeepingPolicies(dir string) {
+	n.t.Helper()
+	var keep []string
+	for _, doc := range strings.Split(n.mustKubectl("kustomize", dir), "\n---\n") {
+		if strings.Contains(doc, "kind: ConfigMap") && strings.Contains(doc, "name: grain-policies\n") {
+			continue
+		}
+		keep = append(keep, doc)
+	}
+	if len(keep) == 0 {
+		n.t.Fatalf("kubectl kustomize %s gave nothing but the policies", dir)
+	}
+	n.write("switch.yaml", strings.Join(keep, "\n---\n")+"\n")
+	n.mustKubectl("apply", "-f", n.path("switch.yaml"))
 }
 
 // startCollector runs the collector with otel-collector/'s configuration,
@@ -527,6 +568,17 @@ func (n *node) request(server netip.AddrPort, version string, wait time.Duration
 func (n *node) replaceWithoutGap(server netip.AddrPort, old string, replace func()) string {
 	n.t.Helper()
 	var tries, leaks, controls, controlOK, errs atomic.Int64
+	// When the first and last request got through, and what the old pod
+	// said while it stopped: a leak's cause is in one pod or the other.
+	var leakMu sync.Mutex
+	var firstLeak, lastLeak time.Time
+	oldLog := exec.Command("nsenter", "--net="+filepath.Join(netns.Dir, n.ns), "--",
+		filepath.Join(n.bin, "kubectl"), "--kubeconfig="+n.path("kubeconfig"), "-n", "grain-system", "logs", "-f", "--timestamps", old, "-c", "grain")
+	var oldOut bytes.Buffer
+	oldLog.Stdout, oldLog.Stderr = &oldOut, &oldOut
+	if err := oldLog.Start(); err != nil {
+		n.t.Fatalf("follow the old pod's log: %v", err)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	loop := func(every time.Duration, version string, sent, answered *atomic.Int64) {
@@ -546,6 +598,14 @@ func (n *node) replaceWithoutGap(server netip.AddrPort, old string, replace func
 				}
 				if ok {
 					answered.Add(1)
+					if version == "HTTP/1.1" {
+						leakMu.Lock()
+						if firstLeak.IsZero() {
+							firstLeak = time.Now()
+						}
+						lastLeak = time.Now()
+						leakMu.Unlock()
+					}
 				}
 			})
 		}
@@ -564,11 +624,14 @@ func (n *node) replaceWithoutGap(server netip.AddrPort, old string, replace func
 	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
+	oldLog.Process.Kill()
+	oldLog.Wait()
 	n.t.Logf("FIGURE replacement (old pod %s -> %s ready in %.2f s): %d HTTP/1.1 requests sent every 10 ms, %d answered; %d HTTP/1.0 controls, %d answered; %d connection errors",
 		old, pod, took.Seconds(), tries.Load(), leaks.Load(), controls.Load(), controlOK.Load(), errs.Load())
 	if leaks.Load() != 0 {
 		out, _ := n.kubectl("-n", "grain-system", "logs", pod, "-c", "grain")
 		n.t.Logf("the new pod's log:\n%s", out)
+		n.t.Logf("leaks from %s to %s; replace at %s; the old pod's log:\n%s", firstLeak.Format(time.RFC3339Nano), lastLeak.Format(time.RFC3339Nano), start.Format(time.RFC3339Nano), oldOut.String())
 		n.t.Errorf("%d of %d HTTP/1.1 requests got through while the pod was replaced", leaks.Load(), tries.Load())
 	}
 	if controlOK.Load() == 0 || tries.Load() < 100 {
