@@ -19,11 +19,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// XDP is the loaded generic XDP program with its maps, and the same rules
-// as a TC program, loaded on first use (TCProgram).
+// XDP is the maps of grain's packet programs, and the programs: the
+// generic XDP one (Program) and the same rules for tc (TCProgram), each
+// verified on its first use. The verifier takes about a second per program
+// on a busy machine (BENCHMARKS.md §13): an interface that needs one of
+// them does not wait for the other.
 type XDP struct {
 	objs xdpLoaded
-	spec *ebpf.CollectionSpec // for the TC program
+	spec *ebpf.CollectionSpec // for the programs
 
 	// pinPath is where the maps are pinned (XDPOptions.PinPath);
 	// pinPending is set while they are not, because maps of another
@@ -31,23 +34,20 @@ type XDP struct {
 	pinPath    string
 	pinPending bool
 
-	tcMu   sync.Mutex
-	tc     *ebpf.Program
-	closed bool // set by Close: TCProgram must not load over closed maps
+	progMu sync.Mutex
+	progs  map[string]*ebpf.Program // by name, once loaded (loadProgram)
+	closed bool                     // set by Close: no program loads over closed maps
 }
 
-// xdpLoaded is what LoadXDP loads: the maps, the XDP program and the
-// variables, not the TC program (its verification costs as much as the XDP
-// program's, and only veth links need it).
+// xdpLoaded is what LoadXDP loads: the maps and the variables, no program.
 type xdpLoaded struct {
 	xdpMaps
 	xdpVariables
-	GrainXdp  *ebpf.Program `ebpf:"grain_xdp"`
-	RuleNames *ebpf.Map     `ebpf:"rule_names"` // ruleNamesSpec
+	RuleNames *ebpf.Map `ebpf:"rule_names"` // ruleNamesSpec
 }
 
 func (o *xdpLoaded) Close() error {
-	return errors.Join(o.GrainXdp.Close(), o.xdpMaps.Close(), o.RuleNames.Close())
+	return errors.Join(o.xdpMaps.Close(), o.RuleNames.Close())
 }
 
 // RuleNamesBytes is the most bytes SaveRuleNames keeps for one generation.
@@ -107,20 +107,23 @@ type XDPOptions struct {
 // Plan).
 const ProgTC = "grain_tc"
 
-// Program is the XDP program.
-func (x *XDP) Program() *ebpf.Program { return x.objs.GrainXdp }
+// progXDP names the XDP program.
+const progXDP = "grain_xdp"
+
+// Program is the XDP program, loaded on the first call.
+func (x *XDP) Program() (*ebpf.Program, error) { return x.loadProgram(progXDP) }
 
 // Close releases the programs and maps held by this process.
 func (x *XDP) Close() error {
-	x.tcMu.Lock()
-	defer x.tcMu.Unlock()
+	x.progMu.Lock()
+	defer x.progMu.Unlock()
 	x.closed = true
-	var err error
-	if x.tc != nil {
-		err = x.tc.Close()
-		x.tc = nil
+	var errs []error
+	for name, p := range x.progs {
+		errs = append(errs, p.Close())
+		delete(x.progs, name)
 	}
-	return errors.Join(err, x.objs.Close())
+	return errors.Join(append(errs, x.objs.Close())...)
 }
 
 // mapsByName is every map of the program by its name in the object (and
@@ -139,34 +142,55 @@ func (x *XDP) mapsByName() map[string]*ebpf.Map {
 // TCProgram is the same rule walk as Program for tc ingress (tcx): it
 // reads the same maps, so both see every apply at once. Loaded on the first
 // call.
-func (x *XDP) TCProgram() (*ebpf.Program, error) {
-	x.tcMu.Lock()
-	defer x.tcMu.Unlock()
-	if x.tc != nil {
-		return x.tc, nil
+func (x *XDP) TCProgram() (*ebpf.Program, error) { return x.loadProgram(ProgTC) }
+
+// loadProgram verifies the program name on the maps LoadXDP loaded, once:
+// later calls return the same program. Both programs share every map but
+// the compiler's constant sections, whose contents are the same.
+func (x *XDP) loadProgram(name string) (*ebpf.Program, error) {
+	x.progMu.Lock()
+	defer x.progMu.Unlock()
+	if p := x.progs[name]; p != nil {
+		return p, nil
 	}
 	if x.closed {
-		return nil, errors.New("load grain_tc: the XDP program and its maps are closed")
+		return nil, fmt.Errorf("load %s: grain's maps are closed", name)
 	}
 	shared := x.mapsByName()
-	for name := range x.spec.Maps {
-		if _, ok := shared[name]; !ok && !strings.HasPrefix(name, ".") {
-			return nil, fmt.Errorf("load %s: map %q is not shared with grain_xdp (a grain bug)", ProgTC, name)
+	for m := range x.spec.Maps {
+		if _, ok := shared[m]; !ok && !strings.HasPrefix(m, ".") {
+			return nil, fmt.Errorf("load %s: map %q is not shared between the packet programs (a grain bug)", name, m)
 		}
 	}
-	var o struct {
-		Program *ebpf.Program `ebpf:"grain_tc"`
+	coll, err := ebpf.NewCollectionWithOptions(x.onlyProgram(name), ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		return nil, explainLoadError(name, x.spec.Programs[name], err)
 	}
-	if err := x.spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
-		return nil, explainLoadError(ProgTC, x.spec.Programs[ProgTC], err)
+	defer coll.Close()
+	p := coll.DetachProgram(name)
+	if x.progs == nil {
+		x.progs = map[string]*ebpf.Program{}
 	}
-	x.tc = o.Program
-	return x.tc, nil
+	x.progs[name] = p
+	return p, nil
 }
 
-// LoadXDP loads the generic XDP program and its maps into the kernel. Errors
-// say which kernel feature is missing or, for a verifier rejection, the tail
-// of the verifier log.
+// onlyProgram is the object without its other programs, whose
+// verification the load of this one must not wait for.
+func (x *XDP) onlyProgram(name string) *ebpf.CollectionSpec {
+	spec := x.spec.Copy()
+	for other := range spec.Programs {
+		if other != name {
+			delete(spec.Programs, other)
+		}
+	}
+	return spec
+}
+
+// LoadXDP loads the maps of grain's packet programs into the kernel; the
+// programs load on first use (Program, TCProgram). Errors say which kernel
+// feature is missing or, for a verifier rejection, the tail of the verifier
+// log.
 func LoadXDP(opts XDPOptions) (*XDP, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
@@ -252,7 +276,15 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 		err = spec.LoadAndAssign(&x.objs, nil)
 	}
 	if err != nil {
-		return nil, explainLoadError("grain_xdp", spec.Programs["grain_xdp"], err)
+		return nil, explainLoadError("grain's maps", nil, err)
+	}
+	if _, old := olderThanMinKernel(); old {
+		// The programs load on first use, but a kernel grain does not
+		// support is refused now, at start, saying what it lacks.
+		if _, err := x.Program(); err != nil {
+			x.Close()
+			return nil, err
+		}
 	}
 	return x, nil
 }

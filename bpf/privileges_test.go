@@ -93,7 +93,10 @@ func TestCheckPrivilegesAsUser(t *testing.T) {
 		if err != nil {
 			t.Fatalf("LoadXDP with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: %v", err)
 		}
-		x.Close()
+		defer x.Close()
+		if _, err := x.Program(); err != nil {
+			t.Fatalf("load grain_xdp with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: %v", err)
+		}
 		t.Log("loaded the XDP program")
 		return
 	}

@@ -39,8 +39,12 @@ func TestVerifierInstructions(t *testing.T) {
 		spec           *ebpf.CollectionSpec
 		maps           map[string]*ebpf.Map
 	}
+	xdp, err := x.Program()
+	if err != nil {
+		t.Fatal(err)
+	}
 	progs := []loaded{
-		{name: "grain_xdp", prog: x.Program(), spec: x.spec, maps: x.mapsByName()},
+		{name: "grain_xdp", prog: xdp, spec: x.spec, maps: x.mapsByName()},
 		{name: ProgTC, prog: tc, spec: x.spec, maps: x.mapsByName()},
 	}
 	load := func(name, attachTo string) {
@@ -140,7 +144,11 @@ func TestVerifierLogInstructions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer x.Close()
-	info, err := x.Program().Info()
+	prog, err := x.Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := prog.Info()
 	if err != nil {
 		t.Fatal(err)
 	}

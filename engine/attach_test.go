@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -122,4 +124,63 @@ func TestXDPAttachModes(t *testing.T) {
 			t.Errorf("hook on virtio-net at MTU 9000 = %q, want the generic fallback %q", got, hookXDPGeneric)
 		}
 	})
+}
+
+// On a veth with tcx, grain verifies only grain_tc: the verifier's work on
+// grain_xdp, which no attach point would run, is what start-up used to
+// wait for first (BENCHMARKS.md §13). Read from the kernel: the programs
+// that use this engine's rule table.
+func TestVethVerifiesOnlyTC(t *testing.T) {
+	if err := bpf.HaveTCX(); err != nil {
+		vmtest.Missing(t, "tcx", err)
+	}
+	p := netns.NewPair(t)
+	e := ownEngine(t, Options{})
+	t.Cleanup(func() { e.Close() })
+	if got := programsUsing(t, e.XDP().Maps().Rules); len(got) != 0 {
+		t.Fatalf("before any attach the kernel holds %v on the engine's maps; want no program verified yet", got)
+	}
+	plan := plantest.Compile(t, fmt.Sprintf(`block: {xdp: interfaces: [%q], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`, p.ServerIf))
+	if err := netns.Do(p.ServerNS, func() error { return e.Apply(plan) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.InterfaceHooks()[p.ServerIf]; got != hookTCX {
+		t.Fatalf("hook on a veth = %q, want %q", got, hookTCX)
+	}
+	if got := programsUsing(t, e.XDP().Maps().Rules); !slices.Equal(got, []string{bpf.ProgTC}) {
+		t.Errorf("programs on the engine's maps after a veth attach: %v; want only %s", got, bpf.ProgTC)
+	}
+}
+
+// programsUsing names the programs in the kernel that use map m, sorted.
+func programsUsing(t *testing.T, m *ebpf.Map) []string {
+	t.Helper()
+	mi, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := mi.ID()
+	var names []string
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			break // ENOENT: no more programs
+		}
+		id = next
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // unloaded meanwhile
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, _ := info.MapIDs()
+		if slices.Contains(ids, want) {
+			names = append(names, info.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }

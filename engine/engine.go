@@ -83,7 +83,9 @@ type xdpLink struct {
 	hook    string // hookXDP, hookXDPGeneric or hookTCX
 }
 
-// New loads the generic XDP program. Nothing is attached yet.
+// New loads the maps of the packet programs. Nothing is attached yet, and
+// no program verified: an attach verifies the one its interface needs
+// (attachLink), so that start-up waits for one verification, not two.
 func New(opts Options) (*Engine, error) {
 	log := opts.Logger
 	if log == nil {
@@ -110,11 +112,6 @@ func New(opts Options) (*Engine, error) {
 	}
 	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, pinPath: opts.PinPath,
 		pinLock: pinLock, totals: generation.Tally[RuleCounter]{}, noTCX: bpf.HaveTCX() != nil}
-	if !e.noTCX {
-		// veth links get the tc program: verify it now, beside the
-		// first apply, rather than when the first veth appears.
-		go x.TCProgram()
-	}
 	if e.gen, err = generation.New[codegen.Rule](generation.Options{Activate: e.activate, Staged: x.StagedRuleIDs}); err != nil {
 		e.closeFDs()
 		return nil, err
@@ -253,7 +250,7 @@ func (e *Engine) adoptLinks() error {
 			continue
 		}
 		var ifindex uint32
-		prog, hook := e.xdp.Program(), hookXDP
+		hook := hookXDP
 		if info, err := l.Info(); err == nil {
 			found := false
 			if xi := info.XDP(); xi != nil {
@@ -263,10 +260,6 @@ func (e *Engine) adoptLinks() error {
 			if ti := info.TCX(); ti != nil {
 				ifindex, found = ti.Ifindex, true
 				hook = hookTCX
-				if prog, err = e.xdp.TCProgram(); err != nil {
-					l.Close()
-					return err
-				}
 			}
 			if found && ifindex == 0 {
 				// The interface was removed while no grain ran.
@@ -275,6 +268,15 @@ func (e *Engine) adoptLinks() error {
 				l.Close()
 				continue
 			}
+		}
+		load := e.xdp.Program
+		if hook == hookTCX {
+			load = e.xdp.TCProgram
+		}
+		prog, err := load()
+		if err != nil {
+			l.Close()
+			return err
 		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
@@ -876,8 +878,12 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 			e.log.Info("the kernel lacks tcx (Linux 6.6): veth interfaces get generic XDP", "error", err)
 		}
 	}
+	prog, err := e.xdp.Program()
+	if err != nil {
+		return nil, "", err
+	}
 	if veth {
-		l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: int(index), Flags: link.XDPGenericMode})
 		if err != nil {
 			return nil, "", attachXDPError(name, index, err)
 		}
@@ -885,7 +891,7 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	}
 	// The kernel's default: native (driver) XDP where the driver has it,
 	// generic otherwise.
-	l, err := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index)})
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: int(index)})
 	if err == nil {
 		return l, xdpHookOf(index), nil
 	}
@@ -895,7 +901,7 @@ func (e *Engine) attachLink(name string, index uint32) (link.Link, string, error
 	// The driver has native XDP but refuses it here (an MTU too large for
 	// XDP, LRO or GRO_HW on, too few queues): generic XDP judges the same
 	// packets, later and at a higher cost, rather than none.
-	l, genericErr := link.AttachXDP(link.XDPOptions{Program: e.xdp.Program(), Interface: int(index), Flags: link.XDPGenericMode})
+	l, genericErr := link.AttachXDP(link.XDPOptions{Program: prog, Interface: int(index), Flags: link.XDPGenericMode})
 	if genericErr != nil {
 		return nil, "", attachXDPError(name, index, errors.Join(err, genericErr))
 	}

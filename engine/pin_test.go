@@ -56,7 +56,7 @@ func TestTakeOverPinsOfAnotherLayout(t *testing.T) {
 	// programID is the engine's program for the hook.
 	programID := func(t *testing.T, e *Engine, tcx bool) ebpf.ProgramID {
 		t.Helper()
-		prog := e.XDP().Program()
+		prog := xdpProgram(t, e)
 		if tcx {
 			var err error
 			if prog, err = e.XDP().TCProgram(); err != nil {

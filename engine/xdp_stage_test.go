@@ -111,7 +111,7 @@ func httpFrom(sport uint16) []byte {
 
 func runRepeat(t testing.TB, e *Engine, frame []byte, repeat int) {
 	t.Helper()
-	ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: frame, Repeat: uint32(repeat)})
+	ret, err := xdpProgram(t, e).Run(&ebpf.RunOptions{Data: frame, Repeat: uint32(repeat)})
 	if err != nil || ret != 1 {
 		t.Fatalf("BPF_PROG_TEST_RUN: verdict %d, %v; want XDP_DROP", ret, err)
 	}
@@ -224,6 +224,7 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	const rounds, repeat = 40, 300
+	prog := xdpProgram(t, e)
 	var wg sync.WaitGroup
 	total := 0
 	// A signal during a test run with Repeat (the Go runtime's preemption)
@@ -249,7 +250,7 @@ func TestXDPEventStagingEveryCPU(t *testing.T) {
 			}
 			defer unix.SchedSetaffinity(0, &cpus)
 			for r := 0; r < rounds; r++ {
-				ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: httpFrom(uint16(cpu)), Repeat: repeat,
+				ret, err := prog.Run(&ebpf.RunOptions{Data: httpFrom(uint16(cpu)), Repeat: repeat,
 					Reset: func() { retried.Add(1) }})
 				if err != nil || ret != 1 {
 					t.Errorf("CPU %d: verdict %d, %v", cpu, ret, err)
@@ -319,7 +320,7 @@ func TestXDPEventStagesOfAnEarlierEngine(t *testing.T) {
 	testcpu.Pin(t, 0)
 	pins := netns.PinDir(t)
 	first := ownEngine(t, Options{PinPath: pins})
-	info, err := first.XDP().Program().Info()
+	info, err := xdpProgram(t, first).Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +375,7 @@ func sportsOf(events []bpf.Event) []uint16 {
 func TestXDPEventStageWithoutTimers(t *testing.T) {
 	e := ownEngine(t, Options{})
 	testcpu.Pin(t, 0)
-	prog, err := e.XDP().Program().Clone()
+	prog, err := xdpProgram(t, e).Clone()
 	if err != nil {
 		e.Close()
 		t.Fatal(err)

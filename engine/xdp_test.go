@@ -62,9 +62,19 @@ func applyPolicy(t testing.TB, src string) *Engine {
 	return e
 }
 
+// xdpProgram is e's XDP program, verified on the first call.
+func xdpProgram(t testing.TB, e *Engine) *ebpf.Program {
+	t.Helper()
+	prog, err := e.XDP().Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prog
+}
+
 func runXDP(t testing.TB, e *Engine, frame []byte) uint32 {
 	t.Helper()
-	ret, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: frame})
+	ret, err := xdpProgram(t, e).Run(&ebpf.RunOptions{Data: frame})
 	if err != nil {
 		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}

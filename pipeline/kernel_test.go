@@ -102,8 +102,12 @@ func kernel(t *testing.T, src string) (*engine.Engine, *policies.Snapshot) {
 
 func run(t *testing.T, e *engine.Engine, frames ...[]byte) {
 	t.Helper()
+	prog, err := e.XDP().Program()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range frames {
-		if _, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: f}); err != nil {
+		if _, err := prog.Run(&ebpf.RunOptions{Data: f}); err != nil {
 			t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 		}
 	}

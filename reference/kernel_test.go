@@ -58,7 +58,12 @@ func theKernel(t testing.TB) *kernel {
 			kernelErr = err
 			return
 		}
-		kernelRun = &kernel{e: e, prog: e.XDP().Program(), maps: e.XDP().Maps(), rd: rd}
+		prog, err := e.XDP().Program()
+		if err != nil {
+			kernelErr = err
+			return
+		}
+		kernelRun = &kernel{e: e, prog: prog, maps: e.XDP().Maps(), rd: rd}
 	})
 	if kernelErr != nil {
 		t.Fatalf("load the packet program: %v", kernelErr)

@@ -104,10 +104,14 @@ func setup(b testing.TB) *engine.Engine {
 // attached, the program is already there and a call of 1000 runs takes
 // ~0.2 ms.
 func attach(b testing.TB, e *engine.Engine) {
+	prog, err := e.XDP().Program()
+	if err != nil {
+		b.Fatal(err)
+	}
 	pair := netns.NewPair(b)
 	var l link.Link
 	if err := netns.Do(pair.ServerNS, func() (err error) {
-		l, err = link.AttachXDP(link.XDPOptions{Program: e.XDP().Program(), Interface: pair.ServerIfIndex, Flags: link.XDPGenericMode})
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: pair.ServerIfIndex, Flags: link.XDPGenericMode})
 		return err
 	}); err != nil {
 		b.Fatal(err)
@@ -121,6 +125,10 @@ func attach(b testing.TB, e *engine.Engine) {
 func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 {
 	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.PSH|pktbuild.ACK,
 		[]byte("GET / HTTP/1.1\r\nHost: example\r\n\r\n")).Bytes()
+	prog, err := e.XDP().Program()
+	if err != nil {
+		b.Fatal(err)
+	}
 	workers := runtime.NumCPU()
 	var total atomic.Uint64
 	var wg sync.WaitGroup
@@ -150,7 +158,7 @@ func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 
 					done = due - 5*slice
 				}
 				n := min(due-done, slice)
-				if _, err := e.XDP().Program().Run(&ebpf.RunOptions{Data: frame, Repeat: uint32(n)}); err != nil {
+				if _, err := prog.Run(&ebpf.RunOptions{Data: frame, Repeat: uint32(n)}); err != nil {
 					b.Error(err)
 					return
 				}

@@ -73,7 +73,11 @@ func newRig(tb testing.TB, dir string, p *netns.Pair, debounce time.Duration) *r
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { e.Close() })
-	r := &rig{prog: e.XDP().Program(), done: make(chan struct{}), applied: make(chan error, 1024)}
+	prog, err := e.XDP().Program()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := &rig{prog: prog, done: make(chan struct{}), applied: make(chan error, 1024)}
 	// As grain run evaluates trees: in a worker process (TestMain).
 	worker, err := policies.NewWorker(policies.DefaultLimits)
 	if err != nil {

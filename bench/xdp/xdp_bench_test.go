@@ -97,7 +97,11 @@ func grainWith(tb testing.TB, src string) (*ebpf.Program, *engine.Engine, *drain
 	if err := e.ApplyTables(plantest.Compile(tb, src), map[string]uint32{"lo": 1}); err != nil {
 		tb.Fatal(err)
 	}
-	return e.XDP().Program(), e, newDrainer(tb, e.XDP().Maps().Events, int(unsafe.Sizeof(bpf.Event{})))
+	prog, err := e.XDP().Program()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return prog, e, newDrainer(tb, e.XDP().Maps().Events, int(unsafe.Sizeof(bpf.Event{})))
 }
 
 func median(xs []float64) float64 {

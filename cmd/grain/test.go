@@ -168,7 +168,11 @@ func (k *kernelJudge) Judge(frame []byte, iface string) (policytest.Outcome, err
 	if err != nil {
 		return policytest.Outcome{}, err
 	}
-	ret, err := k.e.XDP().Program().Run(&ebpf.RunOptions{Data: frame})
+	prog, err := k.e.XDP().Program()
+	if err != nil {
+		return policytest.Outcome{}, err
+	}
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
 	if err != nil {
 		return policytest.Outcome{}, fmt.Errorf("BPF_PROG_TEST_RUN: %w", err)
 	}

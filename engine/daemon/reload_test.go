@@ -134,8 +134,12 @@ func (g *reloadRig) verdictOnOther(port int) uint32 {
 	binary.NativeEndian.PutUint32(md[4:], uint32(len(frame)))
 	binary.NativeEndian.PutUint32(md[12:], g.otherIdx)
 	var verdict uint32
-	err := netns.Do(g.p.ServerNS, func() (err error) {
-		verdict, err = g.e.XDP().Program().Run(&ebpf.RunOptions{Data: frame, Context: md})
+	prog, err := g.e.XDP().Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = netns.Do(g.p.ServerNS, func() (err error) {
+		verdict, err = prog.Run(&ebpf.RunOptions{Data: frame, Context: md})
 		return err
 	})
 	if err != nil {
