@@ -126,7 +126,8 @@ func TestXDPAttachModes(t *testing.T) {
 	})
 }
 
-// On a veth with tcx, grain verifies only grain_tc: the verifier's work on
+// On a veth with tcx, grain verifies only grain_tc, ahead of the apply
+// (VerifyAhead) or at it: the verifier's work on
 // grain_xdp, which no attach point would run, is what start-up used to
 // wait for first (BENCHMARKS.md §13). Read from the kernel: the programs
 // that use this engine's rule table.
@@ -141,7 +142,13 @@ func TestVethVerifiesOnlyTC(t *testing.T) {
 		t.Fatalf("before any attach the kernel holds %v on the engine's maps; want no program verified yet", got)
 	}
 	plan := plantest.Compile(t, fmt.Sprintf(`block: {xdp: interfaces: [%q], match: {protocol: "tcp", payload: "HTTP/1.1"}, then: "drop"}`, p.ServerIf))
-	if err := netns.Do(p.ServerNS, func() error { return e.Apply(plan) }); err != nil {
+	// As grain run does with --interface: the verification starts before
+	// the policies load, and only for the program the veth needs.
+	err := netns.Do(p.ServerNS, func() error {
+		e.VerifyAhead([]string{p.ServerIf, "gnone*"})
+		return e.Apply(plan)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got := e.InterfaceHooks()[p.ServerIf]; got != hookTCX {

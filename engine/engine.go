@@ -847,6 +847,40 @@ func (e *Engine) linkChanged(u netlink.LinkUpdate) bool {
 	return false
 }
 
+// VerifyAhead starts verifying, in the background, the packet programs that
+// the interfaces named or matched by patterns need, as attachLink chooses:
+// the verifier's seconds then pass while the policies load, and the first
+// apply finds the program ready. It verifies nothing that no present
+// interface needs; a failed load is tried again, and reported, by the
+// attach that needs it.
+func (e *Engine) VerifyAhead(patterns []string) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return // the attaches verify what they need
+	}
+	e.mu.Lock()
+	noTCX := e.noTCX
+	e.mu.Unlock()
+	var tc, xdp bool
+	for _, l := range links {
+		for _, pattern := range patterns {
+			if codegen.InterfaceMatches(pattern, l.Attrs().Name) {
+				if l.Type() == "veth" && !noTCX {
+					tc = true
+				} else {
+					xdp = true
+				}
+			}
+		}
+	}
+	if tc {
+		go e.xdp.TCProgram()
+	}
+	if xdp {
+		go e.xdp.Program()
+	}
+}
+
 // attachLink attaches the packet program to one interface and says where.
 // On veth, grain runs at tc ingress (tcx, Linux 6.6): a veth packet is
 // already a socket buffer, which native XDP converts to a frame and back

@@ -177,6 +177,9 @@ func (d *Daemon) start(ctx context.Context) (err error) {
 	if d.eng, err = engine.New(engine.Options{Logger: log, PinPath: cfg.PinPath, RingBufferBytes: cfg.RingBufferBytes}); err != nil {
 		return err
 	}
+	// The interfaces are known before the policies load (--interface):
+	// their program verifies meanwhile.
+	d.eng.VerifyAhead(cfg.Interfaces)
 	if d.watcher, err = policies.NewWatcher(cfg.Policies, cfg.Debounce, log); err != nil {
 		return fmt.Errorf("watch policies: %w", err)
 	}
