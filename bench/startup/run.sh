@@ -48,6 +48,7 @@ ip -n "$ns" link set st1 up
 one() {
 	local bin=$1 run=$2 start now
 	local log=$work/$run.log
+	: >"$log"
 	start=$(date +%s%N)
 	ip netns exec "$ns" "$bin" run --policies "$POLICIES" --interface st0 --stdout=false \
 		--pin-path "/sys/fs/bpf/$ns-$run" --status-socket "$work/$run.sock" >"$log" 2>&1 &
