@@ -3,29 +3,14 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
-	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/grain-ebpf/grain/bpf"
+	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 	"github.com/grain-ebpf/grain/pipeline"
 )
-
-// dnsQuery is a DNS query message for name (labels split at dots) of type
-// A, with the recursion-desired flag, as resolvers send it.
-func dnsQuery(id uint16, name string) []byte {
-	msg := binary.BigEndian.AppendUint16(nil, id)
-	msg = append(msg, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0) // RD; one question
-	for _, l := range strings.Split(strings.TrimSuffix(name, "."), ".") {
-		if l == "" {
-			continue
-		}
-		msg = append(msg, byte(len(l)))
-		msg = append(msg, l...)
-	}
-	return append(msg, 0, 0, 1, 0, 1) // root; QTYPE A, QCLASS IN
-}
 
 // record is a bpf.EventPayload record as the ring buffer holds it.
 func payloadRecord(payload []byte) []byte {
@@ -36,7 +21,7 @@ func payloadRecord(payload []byte) []byte {
 
 func TestAppendPayloadField(t *testing.T) {
 	vmtest.HostOnly(t, "parsing in userspace")
-	query := dnsQuery(9, "grain.example")
+	query := pktbuild.DNSQuery(9, "grain.example")
 	tcpQuery := append(binary.BigEndian.AppendUint16(nil, uint16(len(query))), query...)
 	var small bpf.Event
 	for _, c := range []struct {

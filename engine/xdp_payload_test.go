@@ -57,7 +57,7 @@ func eventsOf(t *testing.T, e *Engine, frames [][]byte, wantVerdicts []uint32) [
 func TestXDPEmitPayload(t *testing.T) {
 	e := applyPolicy(t, dnsPolicy)
 
-	query := dnsQuery(0x1234, "www.grain-test.example")
+	query := pktbuild.DNSQuery(0x1234, "www.grain-test.example")
 	long := make([]byte, bpf.EmitPayloadBytes+100)
 	for i := range long {
 		long[i] = byte(i * 7)
@@ -65,7 +65,7 @@ func TestXDPEmitPayload(t *testing.T) {
 	// The longest DNS name (255 bytes of wire form) still fits.
 	label63 := strings.Repeat("q", 63)
 	longestName := strings.Join([]string{label63, label63, label63, strings.Repeat("z", 61)}, ".")
-	longestQuery := dnsQuery(1, longestName)
+	longestQuery := pktbuild.DNSQuery(1, longestName)
 	// Link padding after the IP packet is not payload.
 	padded := append(udp("10.0.0.2", "10.0.0.1", 5000, 9999, []byte("abc")).Bytes(), "PADDINGPADDING"...)
 	tcpQuery := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 5001, 9999, pktbuild.PSH|pktbuild.ACK, []byte("0123456789abcdefX"))

@@ -2,31 +2,16 @@ package pipeline
 
 import (
 	"bytes"
-	"encoding/binary"
 	"strings"
 	"testing"
 
+	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
 )
 
-// dnsQuery is a DNS query message for name (labels split at dots) of type
-// A, with the recursion-desired flag, as resolvers send it.
-func dnsQuery(id uint16, name string) []byte {
-	msg := binary.BigEndian.AppendUint16(nil, id)
-	msg = append(msg, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0) // RD; one question
-	for _, l := range strings.Split(strings.TrimSuffix(name, "."), ".") {
-		if l == "" {
-			continue
-		}
-		msg = append(msg, byte(len(l)))
-		msg = append(msg, l...)
-	}
-	return append(msg, 0, 0, 1, 0, 1) // root; QTYPE A, QCLASS IN
-}
-
 func TestDNSQuestionName(t *testing.T) {
 	vmtest.HostOnly(t, "parsing in userspace")
-	header := dnsQuery(7, "")[:12]
+	header := pktbuild.DNSQuery(7, "")[:12]
 	withName := func(wire ...byte) []byte { return append(bytes.Clone(header), wire...) }
 	label63 := strings.Repeat("a", 63)
 	// 4 labels of 63 bytes: 4*64 + 1 = 257 bytes of wire name, over 255.
@@ -36,7 +21,7 @@ func TestDNSQuestionName(t *testing.T) {
 	}
 	tooLong = append(tooLong, 0)
 	// The longest name: 3 labels of 63 and one of 61, 255 bytes in all.
-	longest := dnsQuery(1, strings.Join([]string{label63, label63, label63, strings.Repeat("b", 61)}, "."))
+	longest := pktbuild.DNSQuery(1, strings.Join([]string{label63, label63, label63, strings.Repeat("b", 61)}, "."))
 
 	for _, c := range []struct {
 		name string
@@ -44,10 +29,10 @@ func TestDNSQuestionName(t *testing.T) {
 		want string
 		err  error
 	}{
-		{"plain", dnsQuery(1, "www.example.com"), "www.example.com", nil},
-		{"case kept", dnsQuery(1, "WwW.ExAmple.COM"), "WwW.ExAmple.COM", nil},
-		{"root", dnsQuery(1, "."), ".", nil},
-		{"no type and class", dnsQuery(1, "example.org")[:12+13], "example.org", nil},
+		{"plain", pktbuild.DNSQuery(1, "www.example.com"), "www.example.com", nil},
+		{"case kept", pktbuild.DNSQuery(1, "WwW.ExAmple.COM"), "WwW.ExAmple.COM", nil},
+		{"root", pktbuild.DNSQuery(1, "."), ".", nil},
+		{"no type and class", pktbuild.DNSQuery(1, "example.org")[:12+13], "example.org", nil},
 		{"longest name", longest, longest255(label63), nil},
 		{"escaped bytes", withName(3, 'a', '.', 'b', 2, '\\', 0x00, 1, 0xff, 0), `a\046b.\092\000.\255`, nil},
 		{"header only", header, "", ErrDNSTruncated},
@@ -55,7 +40,7 @@ func TestDNSQuestionName(t *testing.T) {
 		{"empty", nil, "", ErrDNSTruncated},
 		{"label past the end", withName(7, 'e', 'x', 'a'), "", ErrDNSTruncated},
 		{"no root label", withName(3, 'c', 'o', 'm'), "", ErrDNSTruncated},
-		{"no question", append(append(bytes.Clone(header[:4]), 0, 0), dnsQuery(1, "example.com")[6:]...), "", ErrDNSNoQuestion},
+		{"no question", append(append(bytes.Clone(header[:4]), 0, 0), pktbuild.DNSQuery(1, "example.com")[6:]...), "", ErrDNSNoQuestion},
 		{"compression pointer", withName(3, 'w', 'w', 'w', 0xc0, 12), "", ErrDNSPointer},
 		{"pointer first", withName(0xc0, 12), "", ErrDNSPointer},
 		{"reserved label type 01", withName(0x41, 'a', 0), "", ErrDNSLabelType},
