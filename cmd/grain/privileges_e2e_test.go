@@ -46,6 +46,49 @@ func worldDir(t *testing.T, owner int) string {
 	return dir
 }
 
+// capableUserFiles prepares what an operator gives a least-privileged
+// grain: a copy of the binary and of examples/block-http that any user may
+// read, and a pin directory on bpffs owned by nobody.
+func capableUserFiles(t *testing.T) (bin, policyDir, pins string) {
+	t.Helper()
+	root := worldDir(t, 0)
+	bin = filepath.Join(root, "grain")
+	copyFile(t, buildGrainPath(t), bin, 0o755)
+	policyDir = filepath.Join(root, "policies")
+	if err := os.Mkdir(policyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, "../../examples/block-http/policy.cue", filepath.Join(policyDir, "policy.cue"), 0o644)
+	pins = netns.PinDir(t)
+	if err := os.Mkdir(pins, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(pins, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	return bin, policyDir, pins
+}
+
+// startAsCapableUser starts bin with args as nobody holding only CAP_BPF,
+// CAP_NET_ADMIN and CAP_PERFMON, in namespace ns; it is killed with the test.
+func startAsCapableUser(t *testing.T, ns, bin string, args ...string) *grainProcess {
+	t.Helper()
+	d := &grainProcess{cmd: exec.Command(bin, args...)}
+	d.cmd.Stdout = io.Discard
+	d.cmd.Stderr = lockedWriter{d}
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
+		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON},
+	}
+	// Started from a thread in the namespace: the child is born there
+	// (entering one later would need CAP_SYS_ADMIN).
+	if err := netns.Do(ns, d.cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	return d
+}
+
 // copyFile copies src to dst with mode.
 func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	t.Helper()
@@ -78,42 +121,14 @@ func TestRunAsUserWithCapabilities(t *testing.T) {
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 
-	root := worldDir(t, 0)
-	bin := filepath.Join(root, "grain")
-	copyFile(t, buildGrainPath(t), bin, 0o755)
-	policyDir := filepath.Join(root, "policies")
-	if err := os.Mkdir(policyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, "../../examples/block-http/policy.cue", filepath.Join(policyDir, "policy.cue"), 0o644)
-	sockDir := worldDir(t, nobody)
-	sock := filepath.Join(sockDir, "grain.sock")
-
-	pins := netns.PinDir(t)
-	if err := os.Mkdir(pins, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(pins, nobody, nobody); err != nil {
-		t.Fatal(err)
-	}
+	bin, policyDir, pins := capableUserFiles(t)
+	sock := filepath.Join(worldDir(t, nobody), "grain.sock")
 	if err := os.Chmod(filepath.Dir(pins), 0o711); err != nil {
 		t.Fatal(err)
 	}
 
-	d := &grainProcess{cmd: exec.Command(bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
-		"--pin-path", pins, "--status-socket", sock, "--debounce", "100ms")}
-	d.cmd.Stdout = io.Discard
-	d.cmd.Stderr = lockedWriter{d}
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
-		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON},
-	}
-	// Started from a thread in the server's namespace: the child is born
-	// there (entering one later would need CAP_SYS_ADMIN).
-	if err := netns.Do(p.ServerNS, d.cmd.Start); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	d := startAsCapableUser(t, p.ServerNS, bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
+		"--pin-path", pins, "--status-socket", sock, "--debounce", "100ms")
 	d.waitLog(t, "enforcing", 1)
 	t.Logf("grain as nobody:\n%s", d.log())
 

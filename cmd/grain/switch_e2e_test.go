@@ -1,11 +1,6 @@
 package main
 
 import (
-	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -25,22 +20,7 @@ func TestSwitchUserToRootKeepsEnforcing(t *testing.T) {
 	p := netns.NewPair(t)
 	port := p.HTTPServer(t)
 
-	root := worldDir(t, 0)
-	bin := filepath.Join(root, "grain")
-	copyFile(t, buildGrainPath(t), bin, 0o755)
-	policyDir := filepath.Join(root, "policies")
-	if err := os.Mkdir(policyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, "../../examples/block-http/policy.cue", filepath.Join(policyDir, "policy.cue"), 0o644)
-
-	pins := netns.PinDir(t)
-	if err := os.Mkdir(pins, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(pins, nobody, nobody); err != nil {
-		t.Fatal(err)
-	}
+	bin, policyDir, pins := capableUserFiles(t)
 	// The least-privileged pod's view: the same directory at another path.
 	alias := worldDir(t, 0)
 	if err := unix.Mount(pins, alias, "", unix.MS_BIND, ""); err != nil {
@@ -48,18 +28,8 @@ func TestSwitchUserToRootKeepsEnforcing(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Unmount(alias, unix.MNT_DETACH) })
 
-	d := &grainProcess{cmd: exec.Command(bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
-		"--pin-path", alias, "--keep-on-exit", "--debounce", "100ms")}
-	d.cmd.Stdout = io.Discard
-	d.cmd.Stderr = lockedWriter{d}
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
-		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON},
-	}
-	if err := netns.Do(p.ServerNS, d.cmd.Start); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	d := startAsCapableUser(t, p.ServerNS, bin, "run", "--policies", policyDir, "--interface", p.ServerIf,
+		"--pin-path", alias, "--keep-on-exit", "--debounce", "100ms")
 	d.waitLog(t, "enforcing", 1)
 	if !blocked(t, p, port, "GET / HTTP/1.1") {
 		t.Fatal("grain as nobody: HTTP/1.1 not blocked")
