@@ -262,14 +262,23 @@ static __always_inline const struct grain_bitmap *bitmap_at(__u32 gen, __u32 ind
 	return bpf_map_lookup_elem(&bitmaps, &key);
 }
 
+/* The network-order mask of word word (0-3) of a prefix of plen (0-128)
+ * bits. Branch-free: cidr_bitmap_index calls it four times in each of up
+ * to 129 iterations, and the paths its branches made, which differed in
+ * the key bytes they left on the stack, did not prune: they were half the
+ * packet program's verification (BENCHMARKS.md §7). */
 static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
 {
-	__u32 bits = plen > word * 32 ? plen - word * 32 : 0;
-	if (bits >= 32)
-		return 0xffffffff;
-	if (bits == 0)
-		return 0;
-	return bpf_htonl(0xffffffff << (32 - bits));
+	__s64 bits = (__s64)plen - word * 32;
+	__s64 below = bits >> 63; /* -1 when bits < 0 */
+	barrier_var(below); /* else clang makes a branch of the clamp */
+	bits &= ~below;
+	__s64 over = bits - 32;
+	__s64 within = over >> 63; /* -1 when bits < 32 */
+	barrier_var(within);
+	bits -= over & ~within;
+	/* the high bits bits of the low word */
+	return bpf_htonl((__u32)(0xffffffff00000000ULL >> bits));
 }
 
 /* Finds the candidate rules for one address: tries each prefix length the
