@@ -5,7 +5,7 @@ package bpf
 
 // The objects are committed so that `go build` needs no clang; `make
 // generate` rebuilds them with Debian's clang-19.
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -Iinclude" -target bpfel -type grain_gen_config -type grain_cidr_key -type grain_iface_key -type grain_rule -type grain_content -type grain_counter -type grain_event -type grain_event_payload -type grain_event_hello -type grain_sni_key -type grain_bitmap -type grain_active -type grain_gate xdp xdp.c -- -I.
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -Iinclude" -target bpfel -type grain_gen_config -type grain_cidr_key -type grain_cidr_index -type grain_iface_key -type grain_rule -type grain_content -type grain_counter -type grain_event -type grain_event_payload -type grain_event_hello -type grain_sni_key -type grain_bitmap -type grain_active -type grain_gate xdp xdp.c -- -I.
 
 // The hook programs read pt_regs, which differ between architectures:
 // one object per target (hook_x86_bpfel.o, hook_arm64_bpfel.o).

@@ -28,6 +28,11 @@ enum grain_limits {
 	 * costs one bitmap, not one each. */
 	GRAIN_MAX_CIDR_ENTRIES = 16384,
 	GRAIN_MAX_CIDR_CLASSES = 2 * GRAIN_MAX_RULES,
+	/* IPv4 prefixes longer than GRAIN_CIDR_INDEX_BITS are looked up in
+	 * cidr_class, at most one lookup per length present under the
+	 * address's index entry; shorter ones are folded into the entry. */
+	GRAIN_CIDR_INDEX_BITS = 16,
+	GRAIN_CIDR_INDEX_ENTRIES = 1 << GRAIN_CIDR_INDEX_BITS,
 	GRAIN_MAX_IFACE_ENTRIES = 256,
 	GRAIN_MAX_IPV6_EXT_HEADERS = 6,
 	/* Bytes of L4 payload an event of a GRAIN_RULE_EMIT_PAYLOAD rule
@@ -192,10 +197,9 @@ struct grain_bitmap {
 struct grain_gen_config {
 	__u32 nrules;
 	__u32 fields;           /* GRAIN_FIELD_* */
-	__u8 n_src4, n_dst4, n_src6, n_dst6;
-	/* distinct prefix lengths per CIDR field, longest first */
-	__u8 src4_lens[33];
-	__u8 dst4_lens[33];
+	__u8 n_src6, n_dst6;
+	/* distinct IPv6 prefix lengths per field, longest first (IPv4 has
+	 * the cidr_index array instead) */
 	__u8 src6_lens[129];
 	__u8 dst6_lens[129];
 	__u8 _pad[4];
@@ -235,6 +239,17 @@ struct grain_active {
 	__u32 _pad;
 	struct grain_gate gate[GRAIN_GENERATIONS][GRAIN_GATES];
 	struct grain_gen_config config[GRAIN_GENERATIONS];
+};
+
+/* One cidr_index entry: what the IPv4 prefixes of a field say about the
+ * addresses of one /16 (GRAIN_CIDR_INDEX_BITS). */
+struct grain_cidr_index {
+	/* 1 + the cidr class of the longest prefix of at most 16 bits that
+	 * contains the /16; 0: none does */
+	__u16 short_class;
+	/* bit k set: some prefix of 32 - k bits (17..32) lies in the /16, so
+	 * the lowest bit set is the longest length to look up */
+	__u16 long_lens;
 };
 
 struct grain_cidr_key {

@@ -15,6 +15,8 @@ const (
 	MaxPortClasses     = 4098  // GRAIN_MAX_PORT_CLASSES
 	MaxCIDREntries     = 16384 // GRAIN_MAX_CIDR_ENTRIES
 	MaxCIDRClasses     = 4096  // GRAIN_MAX_CIDR_CLASSES
+	CIDRIndexBits      = 16    // GRAIN_CIDR_INDEX_BITS
+	CIDRIndexEntries   = 65536 // GRAIN_CIDR_INDEX_ENTRIES
 	MaxIfaceEntries    = 256   // GRAIN_MAX_IFACE_ENTRIES
 	MaxIPv6ExtHeaders  = 6     // GRAIN_MAX_IPV6_EXT_HEADERS
 	EmitPayloadBytes   = 272   // GRAIN_EMIT_PAYLOAD_BYTES

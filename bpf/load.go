@@ -132,6 +132,7 @@ func (x *XDP) mapsByName() map[string]*ebpf.Map {
 	m := x.Maps()
 	return map[string]*ebpf.Map{
 		"active": m.Active, "bitmaps": m.Bitmaps, "port_class": m.PortClass, "cidr_class": m.CIDRClass,
+		"cidr_index":    m.CIDRIndex,
 		"iface_bitmaps": m.IfaceBitmaps, "rules": m.Rules, "contents": m.Contents,
 		"rule_counters": m.RuleCounters, "stats": m.Stats, "events": m.Events, "iface_counters": m.IfaceCounters,
 		"rate_windows": m.RateWindows, "event_stages": x.objs.EventStages, "rule_names": x.objs.RuleNames,
@@ -529,6 +530,7 @@ type (
 	Gate         = xdpGrainGate
 	GenConfig    = xdpGrainGenConfig
 	CIDRKey      = xdpGrainCidrKey
+	CIDRIndex    = xdpGrainCidrIndex
 	IfaceKey     = xdpGrainIfaceKey
 	Rule         = xdpGrainRule
 	Content      = xdpGrainContent
@@ -543,9 +545,10 @@ type (
 
 // XDPMaps are the maps of the generic XDP program.
 type XDPMaps struct {
-	Active, Bitmaps, PortClass, CIDRClass, IfaceBitmaps *ebpf.Map
-	Rules, Contents, RuleCounters, Stats, Events        *ebpf.Map
-	IfaceCounters, RateWindows, SNIClass                *ebpf.Map
+	Active, Bitmaps, PortClass, CIDRClass, CIDRIndex *ebpf.Map
+	IfaceBitmaps                                     *ebpf.Map
+	Rules, Contents, RuleCounters, Stats, Events     *ebpf.Map
+	IfaceCounters, RateWindows, SNIClass             *ebpf.Map
 }
 
 // Maps returns the program's maps.
@@ -553,7 +556,7 @@ func (x *XDP) Maps() XDPMaps {
 	m := x.objs.xdpMaps
 	return XDPMaps{
 		Active: m.Active, Bitmaps: m.Bitmaps, PortClass: m.PortClass,
-		CIDRClass: m.CidrClass, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
+		CIDRClass: m.CidrClass, CIDRIndex: m.CidrIndex, IfaceBitmaps: m.IfaceBitmaps, Rules: m.Rules, Contents: m.Contents,
 		RuleCounters: m.RuleCounters, Stats: m.Stats, Events: m.Events, IfaceCounters: m.IfaceCounters,
 		RateWindows: m.RateWindows, SNIClass: m.SniClass,
 	}

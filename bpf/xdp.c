@@ -147,7 +147,19 @@ struct {
 	__type(value, __u16);
 } port_class SEC(".maps");
 
-/* (generation, field, prefix) -> class: bitmaps[GRAIN_BITMAP_REGION_CIDR + class].
+/* (generation, IPv4 field, the address's first 16 bits) -> which prefixes
+ * can contain the address (struct grain_cidr_index): 1 MiB, preallocated
+ * like port_class, so that an IPv4 address costs one array lookup plus
+ * one hash lookup per prefix length present in its /16. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GRAIN_GENERATIONS * 2 * GRAIN_CIDR_INDEX_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct grain_cidr_index);
+} cidr_index SEC(".maps");
+
+/* (generation, field, prefix) -> class: bitmaps[GRAIN_BITMAP_REGION_CIDR + class];
+ * for IPv4 only prefixes longer than GRAIN_CIDR_INDEX_BITS.
  * Not preallocated: most trees hold a few prefixes, not the limit's 2 x 16384. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -281,32 +293,76 @@ static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
 	return bpf_htonl((__u32)(0xffffffff00000000ULL >> bits));
 }
 
-/* Finds the candidate rules for one address: tries each prefix length the
- * generation uses, longest first; an entry's bitmap holds every rule whose
- * prefix contains it. Returns the bitmaps index (within the generation) to
+/* Lowest set bit of a non-zero word. BPF has no ctz instruction: clang
+ * expands this into a multiply by a De Bruijn constant and a lookup in a
+ * 64-byte table, branch-free, so the verifier sees one unknown index rather
+ * than 64 constants to follow one by one. */
+static __always_inline __u32 lowest_bit(__u64 w)
+{
+	return __builtin_ctzll(w) & 63;
+}
+
+/* cidr_bitmap_index indexes what it would otherwise branch on. */
+_Static_assert(__builtin_offsetof(struct pkt_meta, daddr) ==
+	       __builtin_offsetof(struct pkt_meta, saddr) + sizeof(((struct pkt_meta *)0)->saddr), "daddr follows saddr");
+_Static_assert(__builtin_offsetof(struct grain_gen_config, dst6_lens) ==
+	       __builtin_offsetof(struct grain_gen_config, src6_lens) + sizeof(((struct grain_gen_config *)0)->src6_lens),
+	       "dst6_lens follows src6_lens");
+_Static_assert(__builtin_offsetof(struct grain_gen_config, n_dst6) == __builtin_offsetof(struct grain_gen_config, n_src6) + 1,
+	       "n_dst6 follows n_src6");
+_Static_assert(GRAIN_CIDR_SRC4 + 1 == GRAIN_CIDR_DST4 && GRAIN_CIDR_SRC6 + 1 == GRAIN_CIDR_DST6 && (GRAIN_CIDR_SRC4 & 1) == 0 &&
+	       (GRAIN_CIDR_SRC6 & 1) == 0, "a field's bit 0 is its direction");
+
+/* Finds the candidate rules for one address, the class of the longest
+ * prefix that contains it: an entry's bitmap holds every rule whose prefix
+ * contains it. IPv4: the /16's cidr_index entry, then a cidr_class lookup
+ * per longer length present in that /16, longest first, else the entry's
+ * short class. IPv6: a cidr_class lookup per length the generation uses,
+ * longest first. Returns the bitmaps index (within the generation) to
  * use. A global function: verified once, not once per caller and path. */
 __noinline __u32 cidr_bitmap_index(struct pkt_meta *m, __u32 gen, __u32 field)
 {
 	__u32 fallback = GRAIN_BITMAP_REGION_AUX + GRAIN_AUX_SRC4_DEFAULT + (field & 3);
-	__u32 zero = 0;
-	const struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
-	if (!m || !act)
+	if (!m)
 		return fallback;
-	const struct grain_gen_config *gc = &act->config[gen & 1];
-	const __u8 *lens;
-	__u32 n;
-	const __u8 *addr = field == GRAIN_CIDR_SRC4 || field == GRAIN_CIDR_SRC6 ? m->saddr : m->daddr;
-	switch (field) {
-	case GRAIN_CIDR_SRC4: lens = gc->src4_lens; n = gc->n_src4; break;
-	case GRAIN_CIDR_DST4: lens = gc->dst4_lens; n = gc->n_dst4; break;
-	case GRAIN_CIDR_SRC6: lens = gc->src6_lens; n = gc->n_src6; break;
-	default: lens = gc->dst6_lens; n = gc->n_dst6; break;
-	}
+	/* daddr follows saddr, as each field's dst follows its src: indexed,
+	 * not branched on, so that the verifier walks each path once, not
+	 * once per field */
+	__u32 dst = field & 1;
 	__u32 a[4];
-	__builtin_memcpy(a, addr, 16);
+	__builtin_memcpy(a, m->saddr + dst * sizeof(m->saddr), 16);
 	struct grain_cidr_key key = {};
 	key.generation = gen;
 	key.field = field;
+	if (field == GRAIN_CIDR_SRC4 || field == GRAIN_CIDR_DST4) {
+		__u32 slot = ((gen & 1) * 2 + dst) * GRAIN_CIDR_INDEX_ENTRIES +
+			     (bpf_ntohl(a[0]) >> (32 - GRAIN_CIDR_INDEX_BITS));
+		const struct grain_cidr_index *ix = bpf_map_lookup_elem(&cidr_index, &slot);
+		if (!ix)
+			return fallback;
+		__u32 lens = ix->long_lens;
+		for (__u32 i = 0; i < 32 - GRAIN_CIDR_INDEX_BITS && lens; i++) {
+			__u32 k = lowest_bit(lens) & 15; /* the prefix has 32 - k bits */
+			lens &= lens - 1;
+			key.prefixlen = 32 - k;
+			__u32 masked = a[0] & bpf_htonl(0xffffffff << k);
+			__builtin_memcpy(key.addr, &masked, 4);
+			__u32 *cls = bpf_map_lookup_elem(&cidr_class, &key);
+			if (cls && *cls < GRAIN_MAX_CIDR_CLASSES)
+				return GRAIN_BITMAP_REGION_CIDR + *cls;
+		}
+		__u32 short_class = ix->short_class;
+		if (short_class && short_class <= GRAIN_MAX_CIDR_CLASSES)
+			return GRAIN_BITMAP_REGION_CIDR + short_class - 1;
+		return fallback;
+	}
+	__u32 zero = 0;
+	const struct grain_active *act = bpf_map_lookup_elem(&active, &zero);
+	if (!act)
+		return fallback;
+	const struct grain_gen_config *gc = &act->config[gen & 1];
+	const __u8 *lens = gc->src6_lens + dst * sizeof(gc->src6_lens);
+	__u32 n = (&gc->n_src6)[dst];
 	for (__u32 i = 0; i < 129; i++) {
 		if (i >= n)
 			break;
@@ -336,15 +392,6 @@ static __always_inline const struct grain_bitmap *port_lookup(__u32 gen, __u32 d
 	if (!cls || *cls >= GRAIN_MAX_PORT_CLASSES)
 		return 0;
 	return bitmap_at(gen, (dir == GRAIN_PORT_DIR_SRC ? GRAIN_BITMAP_REGION_SPORT : GRAIN_BITMAP_REGION_DPORT) + *cls);
-}
-
-/* Lowest set bit of a non-zero word. BPF has no ctz instruction: clang
- * expands this into a multiply by a De Bruijn constant and a lookup in a
- * 64-byte table, branch-free, so the verifier sees one unknown index rather
- * than 64 constants to follow one by one. */
-static __always_inline __u32 lowest_bit(__u64 w)
-{
-	return __builtin_ctzll(w) & 63;
 }
 
 /* The packet-reading part, for XDP ... */

@@ -44,6 +44,12 @@ type xdpGrainBitmap struct {
 	Nonzero uint64
 }
 
+type xdpGrainCidrIndex struct {
+	_          structs.HostLayout
+	ShortClass uint16
+	LongLens   uint16
+}
+
 type xdpGrainCidrKey struct {
 	_          structs.HostLayout
 	Generation uint8
@@ -147,16 +153,11 @@ type xdpGrainGenConfig struct {
 	_        structs.HostLayout
 	Nrules   uint32
 	Fields   uint32
-	N_src4   uint8
-	N_dst4   uint8
 	N_src6   uint8
 	N_dst6   uint8
-	Src4Lens [33]uint8
-	Dst4Lens [33]uint8
 	Src6Lens [129]uint8
 	Dst6Lens [129]uint8
 	Pad      [4]uint8
-	_        [4]byte
 	ProtoW0  [256]uint64
 	NoSniW0  uint64
 }
@@ -221,6 +222,7 @@ const (
 	xdpMapActive             = "active"
 	xdpMapBitmaps            = "bitmaps"
 	xdpMapCidrClass          = "cidr_class"
+	xdpMapCidrIndex          = "cidr_index"
 	xdpMapContents           = "contents"
 	xdpMapEventStages        = "event_stages"
 	xdpMapEvents             = "events"
@@ -300,6 +302,7 @@ type xdpMapSpecs struct {
 	Active        *ebpf.MapSpec `ebpf:"active"`
 	Bitmaps       *ebpf.MapSpec `ebpf:"bitmaps"`
 	CidrClass     *ebpf.MapSpec `ebpf:"cidr_class"`
+	CidrIndex     *ebpf.MapSpec `ebpf:"cidr_index"`
 	Contents      *ebpf.MapSpec `ebpf:"contents"`
 	EventStages   *ebpf.MapSpec `ebpf:"event_stages"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
@@ -353,6 +356,7 @@ type xdpMaps struct {
 	Active        *ebpf.Map `ebpf:"active"`
 	Bitmaps       *ebpf.Map `ebpf:"bitmaps"`
 	CidrClass     *ebpf.Map `ebpf:"cidr_class"`
+	CidrIndex     *ebpf.Map `ebpf:"cidr_index"`
 	Contents      *ebpf.Map `ebpf:"contents"`
 	EventStages   *ebpf.Map `ebpf:"event_stages"`
 	Events        *ebpf.Map `ebpf:"events"`
@@ -372,6 +376,7 @@ func (m *xdpMaps) Close() error {
 		m.Active,
 		m.Bitmaps,
 		m.CidrClass,
+		m.CidrIndex,
 		m.Contents,
 		m.EventStages,
 		m.Events,

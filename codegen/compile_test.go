@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/policies"
 )
 
@@ -174,8 +175,19 @@ b: {priority: 1, xdp: interfaces: ["lo"], match: {saddr: ["10.1.0.0/16", "192.0.
 		t.Fatal(err)
 	}
 	classOf := map[string]uint32{}
-	for i, e := range plan.Maps.CIDRs {
-		classOf[plan.Tables.CIDRs[i].Prefix] = e.Class
+	for _, e := range plan.Maps.CIDRs {
+		k := e.Key.Value
+		classOf[netip.PrefixFrom(netip.AddrFrom4([4]byte(k.Addr[:4])), int(k.Prefixlen)).String()] = e.Class
+	}
+	for _, c := range plan.Tables.CIDRs {
+		p := netip.MustParsePrefix(c.Prefix)
+		if p.Bits() > bpf.CIDRIndexBits {
+			continue
+		}
+		// Its class is in the index entries of its /16s.
+		if e, ok := indexEntry(plan.Maps.SourceIndex4, slash16(p.Addr())); ok && e.ShortClass != 0 {
+			classOf[c.Prefix] = uint32(e.ShortClass - 1)
+		}
 	}
 	// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16: {a}; 192.0.2.0/24: {b};
 	// 10.1.0.0/16: {a, b}.

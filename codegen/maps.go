@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -22,8 +23,15 @@ type XDPMaps struct {
 	// value of the port_class entries.
 	SourcePorts      []PortRun `json:"source_ports"`
 	DestinationPorts []PortRun `json:"destination_ports"`
-	// CIDRs are the cidr_class entries: prefix key to class.
+	// CIDRs are the cidr_class entries: prefix key to class, for IPv4
+	// only the prefixes longer than bpf.CIDRIndexBits.
 	CIDRs []CIDREntry `json:"cidrs"`
+	// SourceIndex4 and DestinationIndex4 are the cidr_index entries of
+	// IPv4 addresses that are not zero, by the address's first
+	// bpf.CIDRIndexBits bits: the class of the longest shorter prefix
+	// that contains them, and which longer lengths occur there.
+	SourceIndex4      []CIDRIndexRun `json:"source_index4"`
+	DestinationIndex4 []CIDRIndexRun `json:"destination_index4"`
 	// ServerNames are the sni_class entries: reversed name key to class.
 	ServerNames []ServerNameEntry `json:"server_names,omitempty"`
 	// Interfaces hold the bitmap of each interface name or pattern; a
@@ -58,6 +66,14 @@ type PortRun struct {
 type CIDREntry struct {
 	Key   Kernel[bpf.CIDRKey] `json:"key"`
 	Class uint32              `json:"class"`
+}
+
+// CIDRIndexRun is one cidr_index entry for the /16s First to Last (the
+// address's first 16 bits).
+type CIDRIndexRun struct {
+	First int                   `json:"first"`
+	Last  int                   `json:"last"`
+	Entry Kernel[bpf.CIDRIndex] `json:"entry"`
 }
 
 // ServerNameEntry is one sni_class entry.
@@ -173,10 +189,15 @@ func buildMaps(plan *Plan) {
 	m.CIDRs = make([]CIDREntry, 0, len(t.CIDRs))
 	for i, c := range t.CIDRs {
 		prefix := netip.MustParsePrefix(c.Prefix)
+		if prefix.Addr().Is4() && prefix.Bits() <= bpf.CIDRIndexBits {
+			continue // in the index entries of its /16s
+		}
 		key := bpf.CIDRKey{Field: cidrFields[c.Field], Prefixlen: uint8(prefix.Bits())}
 		copy(key.Addr[:], prefix.Addr().AsSlice())
 		m.CIDRs = append(m.CIDRs, CIDREntry{Key: Kernel[bpf.CIDRKey]{key}, Class: uint32(classOf[i])})
 	}
+	m.SourceIndex4 = cidrIndex(t.CIDRs, classOf, "src4")
+	m.DestinationIndex4 = cidrIndex(t.CIDRs, classOf, "dst4")
 	for class, c := range t.ServerNames {
 		m.ServerNames = append(m.ServerNames, ServerNameEntry{Key: Kernel[bpf.SNIKey]{ServerNameKey(c.Pattern)}, Class: uint32(class)})
 	}
@@ -205,14 +226,67 @@ func buildMaps(plan *Plan) {
 		cfg.Fields |= fieldBits[f]
 	}
 	lens := t.PrefixLengths
-	cfg.N_src4 = uint8(copyLens(cfg.Src4Lens[:], lens["src4"]))
-	cfg.N_dst4 = uint8(copyLens(cfg.Dst4Lens[:], lens["dst4"]))
 	cfg.N_src6 = uint8(copyLens(cfg.Src6Lens[:], lens["src6"]))
 	cfg.N_dst6 = uint8(copyLens(cfg.Dst6Lens[:], lens["dst6"]))
 	m.Config.Value = cfg
 	for i, proto := range [bpf.Gates]int{bpf.GateTCP: 6, bpf.GateUDP: 17} {
 		m.Gates.Value[i] = gateOf(m.Rules, protocols[proto])
 	}
+}
+
+// cidrIndex is the cidr_index of one IPv4 field (src4, dst4) in runs of
+// equal entries, without the zero ones: for each /16, 1 + the class of the
+// longest prefix of at most 16 bits that contains it, and bit 32-len for
+// each length len of a longer prefix in it. classOf[i] is the class of
+// prefixes[i].
+func cidrIndex(prefixes []CIDRClass, classOf []int, field string) []CIDRIndexRun {
+	type short struct {
+		prefix netip.Prefix
+		class  int
+	}
+	var shorts []short
+	var index []bpf.CIDRIndex // allocated at the first prefix
+	for i, c := range prefixes {
+		if c.Field != field {
+			continue
+		}
+		if index == nil {
+			index = make([]bpf.CIDRIndex, bpf.CIDRIndexEntries)
+		}
+		prefix := netip.MustParsePrefix(c.Prefix)
+		if prefix.Bits() <= bpf.CIDRIndexBits {
+			shorts = append(shorts, short{prefix, classOf[i]})
+			continue
+		}
+		index[slash16(prefix.Addr())].LongLens |= 1 << (32 - prefix.Bits())
+	}
+	// Shortest first, so that a longer prefix overwrites the /16s of
+	// the shorter ones that contain it.
+	slices.SortStableFunc(shorts, func(a, b short) int { return a.prefix.Bits() - b.prefix.Bits() })
+	for _, s := range shorts {
+		first := slash16(s.prefix.Addr())
+		for i := range 1 << (bpf.CIDRIndexBits - s.prefix.Bits()) {
+			index[first+i].ShortClass = uint16(s.class + 1)
+		}
+	}
+	runs := []CIDRIndexRun{}
+	for i, e := range index {
+		if e == (bpf.CIDRIndex{}) {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].Last == i-1 && runs[n-1].Entry.Value == e {
+			runs[n-1].Last = i
+			continue
+		}
+		runs = append(runs, CIDRIndexRun{First: i, Last: i, Entry: Kernel[bpf.CIDRIndex]{e}})
+	}
+	return runs
+}
+
+// slash16 is an IPv4 address's cidr_index slot: its first 16 bits.
+func slash16(a netip.Addr) int {
+	b := a.As4()
+	return int(b[0])<<8 | int(b[1])
 }
 
 // keyedSets gives every key 0..255 its rule set: its entry's, or the

@@ -139,7 +139,9 @@ type Tables struct {
 	// for an address no prefix contains.
 	CIDRs        []CIDRClass        `json:"cidrs"`
 	CIDRDefaults map[string]RuleSet `json:"cidr_defaults"`
-	// PrefixLengths per CIDR field, longest first: the lookups tried.
+	// PrefixLengths per CIDR field, longest first: the lookups an IPv6
+	// address tries (an IPv4 address tries those its /16's index entry
+	// names, Maps.SourceIndex4).
 	PrefixLengths map[string][]int `json:"prefix_lengths"`
 	Interfaces    []InterfaceEntry `json:"interfaces"`
 	// InterfaceDefault holds the rules for an interface not listed.

@@ -53,6 +53,10 @@ type Engine struct {
 	gen *generation.Switch[codegen.Rule]
 	// rules[g] are the rules written into generation g, for counters.
 	rules [bpf.Generations][]codegen.Rule
+	// index[g] is what generation g's part of the IPv4 prefix index
+	// holds, nil when unknown (never written by this engine, or a write
+	// failed): a reload then writes only the entries that change.
+	index [bpf.Generations]*cidrIndexRuns
 	links map[string]xdpLink // interface name -> XDP link
 	// current is the plan last applied with its attachments (nil before
 	// the first Apply and after Close): link events re-apply it.
@@ -674,7 +678,7 @@ func (e *Engine) writeInactive(plan *codegen.Plan, ifindex map[string]uint32) (*
 		if claimed, err = e.ifaces.claim(maps.IfaceCounters, ifindex); err != nil {
 			return fmt.Errorf("interface counters: %w", err)
 		}
-		if err := writeGeneration(maps, next, epoch, plan, ifindex); err != nil {
+		if err := writeGeneration(maps, next, epoch, plan, ifindex, &e.index[next]); err != nil {
 			return fmt.Errorf("write rule generation %d: %w", next, err)
 		}
 		if err := e.saveRuleNames(next, epoch, plan.Rules); err != nil {

@@ -64,6 +64,23 @@ c: {priority: 3, xdp: interfaces: ["lo", "grain-*"], match: {protocol: "udp", pa
 				differ("cidr entry", i)
 			}
 		}
+		// The whole index of the generation: entries the plan does not
+		// have are zero, whatever an earlier plan wrote there.
+		for dir, runs := range [][]codegen.CIDRIndexRun{pm.SourceIndex4, pm.DestinationIndex4} {
+			want := make([]bpf.CIDRIndex, bpf.CIDRIndexEntries)
+			for _, run := range runs {
+				for i := run.First; i <= run.Last; i++ {
+					want[i] = run.Entry.Value
+				}
+			}
+			for i := range want {
+				var got bpf.CIDRIndex
+				if err := m.CIDRIndex.Lookup((gen*2+uint32(dir))*bpf.CIDRIndexEntries+uint32(i), &got); err != nil || got != want[i] {
+					differ("address index entry", i)
+					break
+				}
+			}
+		}
 		for link, idx := range ifindex {
 			var want bpf.Bitmap
 			matched := false

@@ -16,10 +16,14 @@ import (
 // rules often; frames also take every shape the parser distinguishes.
 
 var (
-	genV4 = []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3", "192.0.2.0/24", "192.0.2.7", "0.0.0.0/0"}
+	// IPv4 lengths on both sides of the index's /16 (bpf/xdp.c,
+	// cidr_index), nested within and across it
+	genV4 = []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3", "192.0.2.0/24", "192.0.2.7", "0.0.0.0/0",
+		"10.1.16.0/20", "10.1.128.0/17", "172.16.0.0/12", "192.0.2.6/31"}
 	genV6 = []string{"fd00::/8", "fd00:1::/32", "fd00:1::/64", "fd00:1::7", "2001:db8::/32", "::/0"}
 	// host addresses of frames: inside and outside the prefixes above
-	genHosts4 = []string{"10.1.2.3", "10.1.2.4", "10.1.9.9", "10.200.0.1", "192.0.2.7", "192.0.2.200", "198.51.100.1"}
+	genHosts4 = []string{"10.1.2.3", "10.1.2.4", "10.1.9.9", "10.200.0.1", "192.0.2.7", "192.0.2.200", "198.51.100.1",
+		"10.1.20.1", "10.1.200.1", "10.0.255.255", "172.31.255.255", "172.32.0.1", "192.0.2.6"}
 	genHosts6 = []string{"fd00:1::7", "fd00:1::8", "fd00:1:0:1::1", "fd99::1", "2001:db8::1", "2001:db9::1"}
 	genPorts  = []string{"53", "80", "443", "8080", "1000-2000", "0-1023", "1024-65535", "65535", "0"}
 	// frames' ports: inside and at the edges of the ranges above

@@ -2,6 +2,7 @@ package reference
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 
 	"github.com/grain-ebpf/grain/bpf"
@@ -180,7 +181,8 @@ type Packet struct {
 	bitmaps   []*bpf.Bitmap // by index within the generation; nil reads as zero
 	portClass [2][65536]uint16
 	cidrClass map[cidrKey]uint32
-	ifaces    map[string]*bpf.Bitmap // per interface name: nil when no entry matches
+	cidrIndex [2][bpf.CIDRIndexEntries]bpf.CIDRIndex // src4, dst4
+	ifaces    map[string]*bpf.Bitmap                 // per interface name: nil when no entry matches
 	rules     []bpf.Rule
 	contents  []bpf.Content
 	config    bpf.GenConfig
@@ -246,6 +248,16 @@ func NewPacket(plan *codegen.Plan, ifaces ...string) (*Packet, error) {
 			}
 			for port := run.First; port <= run.Last; port++ {
 				p.portClass[dir][port] = run.Class
+			}
+		}
+	}
+	for dir, runs := range [][]codegen.CIDRIndexRun{pm.SourceIndex4, pm.DestinationIndex4} {
+		for _, run := range runs {
+			if run.First < 0 || run.Last >= bpf.CIDRIndexEntries || run.First > run.Last {
+				return nil, planError("has an address index run %d-%d outside 0-%d", run.First, run.Last, bpf.CIDRIndexEntries-1)
+			}
+			for i := run.First; i <= run.Last; i++ {
+				p.cidrIndex[dir][i] = run.Entry.Value
 			}
 		}
 	}
@@ -688,24 +700,37 @@ func prefixMask(plen, word uint32) [4]byte {
 }
 
 // cidrBitmapIndex is cidr_bitmap_index: the bitmap of an address field,
-// found by trying each prefix length in use, longest first.
+// the class of the longest prefix that contains the address. IPv4: the
+// /16's index entry, then each longer length it names, longest first,
+// else the entry's short class. IPv6: each prefix length in use, longest
+// first.
 func (p *Packet) cidrBitmapIndex(field uint32) uint32 {
 	fallback := uint32(bpf.BitmapRegionAux+bpf.AuxSrc4Default) + field&3
-	cfg := &p.config
-	var lens []uint8
-	var n uint32
-	addr := &p.m.daddr
-	switch field {
-	case bpf.CIDRSrc4:
-		lens, n, addr = cfg.Src4Lens[:], uint32(cfg.N_src4), &p.m.saddr
-	case bpf.CIDRDst4:
-		lens, n = cfg.Dst4Lens[:], uint32(cfg.N_dst4)
-	case bpf.CIDRSrc6:
-		lens, n, addr = cfg.Src6Lens[:], uint32(cfg.N_src6), &p.m.saddr
-	default:
-		lens, n = cfg.Dst6Lens[:], uint32(cfg.N_dst6)
+	addr := &p.m.saddr
+	if field&1 != 0 {
+		addr = &p.m.daddr
 	}
 	key := cidrKey{field: uint8(field)}
+	if field == bpf.CIDRSrc4 || field == bpf.CIDRDst4 {
+		ix := p.cidrIndex[field&1][binary.BigEndian.Uint16(addr[:2])]
+		for lens := uint32(ix.LongLens); lens != 0; lens &= lens - 1 {
+			k := uint32(bits.TrailingZeros32(lens)) // the prefix has 32 - k bits
+			key.prefixlen = uint8(32 - k)
+			binary.BigEndian.PutUint32(key.addr[:4], binary.BigEndian.Uint32(addr[:4])&(^uint32(0)<<k))
+			if cls, ok := p.cidrClass[key]; ok && cls < bpf.MaxCIDRClasses {
+				return bpf.BitmapRegionCIDR + cls
+			}
+		}
+		if c := uint32(ix.ShortClass); c != 0 && c <= bpf.MaxCIDRClasses {
+			return bpf.BitmapRegionCIDR + c - 1
+		}
+		return fallback
+	}
+	cfg := &p.config
+	lens, n := cfg.Src6Lens[:], uint32(cfg.N_src6)
+	if field&1 != 0 {
+		lens, n = cfg.Dst6Lens[:], uint32(cfg.N_dst6)
+	}
 	for i := uint32(0); i < 129 && i < n && int(i) < len(lens); i++ {
 		plen := uint32(lens[i])
 		if plen > 128 {
