@@ -257,46 +257,62 @@ func truncate(b []byte, n int) string {
 
 // Field numbers of the OTLP protobuf messages (opentelemetry-proto).
 const (
-	reqResourceLogs     = 1 // ExportLogsServiceRequest.resource_logs
-	rlResource          = 1 // ResourceLogs.resource
-	rlScopeLogs         = 2
-	rlSchemaURL         = 3
-	resAttributes       = 1 // Resource.attributes
-	slScope             = 1 // ScopeLogs.scope
-	slLogRecords        = 2
-	scopeName           = 1 // InstrumentationScope.name
-	scopeVersion        = 2
-	lrTime              = 1 // LogRecord.time_unix_nano
-	lrSeverityNumber    = 2
-	lrSeverityText      = 3
-	lrBody              = 5
-	lrAttributes        = 6
-	lrObservedTime      = 11
-	lrEventName         = 12
-	kvKey               = 1 // KeyValue.key
-	kvValue             = 2
-	avString            = 1 // AnyValue.string_value
-	avBool              = 2
-	avInt               = 3
-	avDouble            = 4
-	avArray             = 5
-	arrayValues         = 1 // ArrayValue.values
-	severityInfo        = 9 // SeverityNumber INFO
-	maxInlineMessageLen = 1 << 14
+	reqResourceLogs  = 1 // ExportLogsServiceRequest.resource_logs
+	rlResource       = 1 // ResourceLogs.resource
+	rlScopeLogs      = 2
+	rlSchemaURL      = 3
+	resAttributes    = 1 // Resource.attributes
+	slScope          = 1 // ScopeLogs.scope
+	slLogRecords     = 2
+	scopeName        = 1 // InstrumentationScope.name
+	scopeVersion     = 2
+	lrTime           = 1 // LogRecord.time_unix_nano
+	lrSeverityNumber = 2
+	lrSeverityText   = 3
+	lrBody           = 5
+	lrAttributes     = 6
+	lrObservedTime   = 11
+	lrEventName      = 12
+	kvKey            = 1 // KeyValue.key
+	kvValue          = 2
+	avString         = 1 // AnyValue.string_value
+	avBool           = 2
+	avInt            = 3
+	avDouble         = 4
+	avArray          = 5
+	arrayValues      = 1 // ArrayValue.values
+	severityInfo     = 9 // SeverityNumber INFO
 )
 
 // logEncoder encodes ExportLogsServiceRequest bodies. The resource and
-// scope never change, so they are encoded once.
+// scope never change, so they are encoded once; so are the parts of a
+// record that repeat from one event to the next (severity, the attribute
+// keys, the policy and event name of the last event), which leaves the
+// per-event work to the values.
 type logEncoder struct {
 	head    []byte // resource and schema URL of the ResourceLogs
 	scope   []byte // the InstrumentationScope message
 	records []byte // the log records of the batch being encoded
-	rec     []byte // one record
 	out     []byte
+
+	keys      []encodedKey // event field keys seen, with their encoding
+	policyKey []byte       // the encoded key of grain.policy
+
+	// The last event's policy and name, and what they encode to: body,
+	// event name and the grain.policy attribute.
+	policy, name string
+	named        []byte
 }
+
+// maxRequestBytes bounds one request body: the collector's OTLP receiver
+// refuses gRPC messages over 4 MiB unless configured otherwise, and a
+// batch of events with long strings (paths, DNS names) could reach that.
+const maxRequestBytes = 3 << 20
 
 func newLogEncoder(res *resource.Resource, version string) *logEncoder {
 	e := &logEncoder{}
+	e.policyKey = protowire.AppendTag(nil, kvKey, protowire.BytesType)
+	e.policyKey = protowire.AppendString(e.policyKey, string(AttrPolicy))
 	var attrs []byte
 	for _, kv := range res.Attributes() {
 		attrs = protowire.AppendTag(attrs, resAttributes, protowire.BytesType)
@@ -354,88 +370,160 @@ func appendKeyValue(b []byte, key string, v attribute.Value) []byte {
 	return protowire.AppendBytes(b, val)
 }
 
-// appendStringAttr appends a KeyValue with a string value without
-// building it elsewhere first.
-func (e *logEncoder) appendStringAttr(b []byte, key, value string) []byte {
-	key, value = pipeline.ValidUTF8(key), pipeline.ValidUTF8(value)
+// encodedKey is an event field's key and its KeyValue.key field.
+type encodedKey struct {
+	key string
+	enc []byte
+}
+
+// maxKeys bounds the keys an encoder keeps: events carry a few of a small
+// vocabulary, so a short list scanned in order beats a map.
+const maxKeys = 64
+
+// key returns the encoded KeyValue.key field of an event field's key.
+func (e *logEncoder) key(k string) []byte {
+	for i := range e.keys {
+		if e.keys[i].key == k {
+			return e.keys[i].enc
+		}
+	}
+	b := protowire.AppendTag(nil, kvKey, protowire.BytesType)
+	b = protowire.AppendString(b, pipeline.ValidUTF8(string(fieldKey(k))))
+	if len(e.keys) < maxKeys {
+		e.keys = append(e.keys, encodedKey{k, b})
+	}
+	return b
+}
+
+// appendStringAttr appends an attribute with a string value that is valid
+// UTF-8 already; key is the encoded KeyValue.key.
+func appendStringAttr(b, key []byte, value string) []byte {
 	vlen := 1 + protowire.SizeBytes(len(value))
-	kvLen := 1 + protowire.SizeBytes(len(key)) + 1 + protowire.SizeBytes(vlen)
 	b = protowire.AppendTag(b, lrAttributes, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(kvLen))
-	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
-	b = protowire.AppendString(b, key)
+	b = protowire.AppendVarint(b, uint64(len(key)+1+protowire.SizeBytes(vlen)))
+	b = append(b, key...)
 	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(vlen))
 	b = protowire.AppendTag(b, avString, protowire.BytesType)
 	return protowire.AppendString(b, value)
 }
 
-func (e *logEncoder) appendIntAttr(b []byte, key string, value int64) []byte {
+func appendIntAttr(b, key []byte, value int64) []byte {
 	vlen := 1 + protowire.SizeVarint(uint64(value))
-	kvLen := 1 + protowire.SizeBytes(len(key)) + 1 + protowire.SizeBytes(vlen)
 	b = protowire.AppendTag(b, lrAttributes, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(kvLen))
-	b = protowire.AppendTag(b, kvKey, protowire.BytesType)
-	b = protowire.AppendString(b, key)
+	b = protowire.AppendVarint(b, uint64(len(key)+1+protowire.SizeBytes(vlen)))
+	b = append(b, key...)
 	b = protowire.AppendTag(b, kvValue, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(vlen))
 	b = protowire.AppendTag(b, avInt, protowire.VarintType)
 	return protowire.AppendVarint(b, uint64(value))
 }
 
-// encode returns the request body for events (valid until the next call).
-func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) []byte {
-	e.records = e.records[:0]
+// appendNamed appends the fields that follow from the event's policy and
+// name: body and event name (the name) and the grain.policy attribute.
+// Events come in runs of the same policy, so the encoding of the last one
+// is kept.
+func (e *logEncoder) appendNamed(b []byte, ev *pipeline.Event) []byte {
+	if e.named != nil && ev.Policy == e.policy && ev.Name == e.name {
+		return append(b, e.named...)
+	}
+	e.policy, e.name = ev.Policy, ev.Name
+	name := pipeline.ValidUTF8(ev.Name)
+	if name == "" {
+		name = "unknown"
+	}
+	n := e.named[:0]
+	n = protowire.AppendTag(n, lrBody, protowire.BytesType)
+	n = protowire.AppendVarint(n, uint64(1+protowire.SizeBytes(len(name))))
+	n = protowire.AppendTag(n, avString, protowire.BytesType)
+	n = protowire.AppendString(n, name)
+	n = protowire.AppendTag(n, lrEventName, protowire.BytesType)
+	n = protowire.AppendString(n, name)
+	n = appendStringAttr(n, e.policyKey, pipeline.ValidUTF8(ev.Policy))
+	e.named = n
+	return append(b, n...)
+}
+
+// encode returns the request body for the first events (valid until the
+// next call) and how many that is: all of them, or as many as fit in
+// maxRequestBytes (at least one).
+func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) ([]byte, int) {
+	// What every record of the request begins with.
+	var common [9 + 2 + 6]byte
+	c := protowire.AppendTag(common[:0], lrObservedTime, protowire.Fixed64Type)
+	c = protowire.AppendFixed64(c, uint64(observed.UnixNano()))
+	c = protowire.AppendTag(c, lrSeverityNumber, protowire.VarintType)
+	c = protowire.AppendVarint(c, severityInfo)
+	c = protowire.AppendTag(c, lrSeverityText, protowire.BytesType)
+	c = protowire.AppendString(c, "INFO")
+
+	// The records are written in place after room for the request's
+	// framing, which is written in front of them once their length is
+	// known: no copy of the records.
+	room := 1 + 5 + len(e.head) + 1 + 5 + 1 + protowire.SizeBytes(len(e.scope))
+	out := append(e.out[:0], make([]byte, room)...)
 	var addr [64]byte
+	n := 0
 	for i := range events {
 		ev := &events[i]
-		name := pipeline.ValidUTF8(ev.Name)
-		if name == "" {
-			name = "unknown"
-		}
-		r := e.rec[:0]
-		r = protowire.AppendTag(r, lrTime, protowire.Fixed64Type)
-		r = protowire.AppendFixed64(r, uint64(ev.Time.UnixNano()))
-		r = protowire.AppendTag(r, lrObservedTime, protowire.Fixed64Type)
-		r = protowire.AppendFixed64(r, uint64(observed.UnixNano()))
-		r = protowire.AppendTag(r, lrSeverityNumber, protowire.VarintType)
-		r = protowire.AppendVarint(r, severityInfo)
-		r = protowire.AppendTag(r, lrSeverityText, protowire.BytesType)
-		r = protowire.AppendString(r, "INFO")
-		r = protowire.AppendTag(r, lrBody, protowire.BytesType)
-		r = protowire.AppendVarint(r, uint64(1+protowire.SizeBytes(len(name))))
-		r = protowire.AppendTag(r, avString, protowire.BytesType)
-		r = protowire.AppendString(r, name)
-		r = protowire.AppendTag(r, lrEventName, protowire.BytesType)
-		r = protowire.AppendString(r, name)
-		r = e.appendStringAttr(r, string(AttrPolicy), ev.Policy)
+		at := len(out)
+		// Tag and a two-byte length (a record of 128 to 16383 bytes),
+		// corrected below if the record's length needs another size.
+		out = append(out, byte(slLogRecords<<3|protowire.BytesType), 0, 0)
+		out = protowire.AppendTag(out, lrTime, protowire.Fixed64Type)
+		out = protowire.AppendFixed64(out, uint64(ev.Time.UnixNano()))
+		out = append(out, c...)
+		out = e.appendNamed(out, ev)
 		for j := range ev.Fields {
 			f := &ev.Fields[j]
-			key := string(fieldKey(f.Key))
 			switch f.Kind {
 			case pipeline.Uint:
-				r = e.appendIntAttr(r, key, toInt64(f.Num))
+				out = appendIntAttr(out, e.key(f.Key), toInt64(f.Num))
 			case pipeline.Addr:
-				r = e.appendStringAttr(r, key, string(f.Addr.AppendTo(addr[:0])))
+				out = appendStringAttr(out, e.key(f.Key), string(f.Addr.AppendTo(addr[:0])))
 			default:
-				r = e.appendStringAttr(r, key, f.Str)
+				out = appendStringAttr(out, e.key(f.Key), pipeline.ValidUTF8(f.Str))
 			}
 		}
-		e.rec = r
-		e.records = protowire.AppendTag(e.records, slLogRecords, protowire.BytesType)
-		e.records = protowire.AppendBytes(e.records, r)
+		out = fixLength(out, at+1)
+		if n > 0 && len(out)+64 > maxRequestBytes {
+			out = out[:at]
+			break
+		}
+		n++
 	}
-	scopeLogsLen := 1 + protowire.SizeBytes(len(e.scope)) + len(e.records)
+	records := len(out) - room
+	scopeLogsLen := 1 + protowire.SizeBytes(len(e.scope)) + records
 	resourceLogsLen := len(e.head) + 1 + protowire.SizeBytes(scopeLogsLen)
-	out := e.out[:0]
-	out = protowire.AppendTag(out, reqResourceLogs, protowire.BytesType)
-	out = protowire.AppendVarint(out, uint64(resourceLogsLen))
-	out = append(out, e.head...)
-	out = protowire.AppendTag(out, rlScopeLogs, protowire.BytesType)
-	out = protowire.AppendVarint(out, uint64(scopeLogsLen))
-	out = protowire.AppendTag(out, slScope, protowire.BytesType)
-	out = protowire.AppendBytes(out, e.scope)
-	out = append(out, e.records...)
+	var frame [1 + 5 + 1 + 5]byte
+	f := protowire.AppendTag(frame[:0], reqResourceLogs, protowire.BytesType)
+	f = protowire.AppendVarint(f, uint64(resourceLogsLen))
+	start := room - (len(f) + len(e.head) + protowire.SizeTag(rlScopeLogs) + protowire.SizeVarint(uint64(scopeLogsLen)) +
+		protowire.SizeTag(slScope) + protowire.SizeBytes(len(e.scope)))
+	h := append(out[start:start], f...)
+	h = append(h, e.head...)
+	h = protowire.AppendTag(h, rlScopeLogs, protowire.BytesType)
+	h = protowire.AppendVarint(h, uint64(scopeLogsLen))
+	h = protowire.AppendTag(h, slScope, protowire.BytesType)
+	protowire.AppendBytes(h, e.scope)
 	e.out = out
-	return out
+	return out[start:], n
+}
+
+// fixLength writes the length of the message that follows the two bytes
+// reserved for it at b[at:at+2], moving the message when its length takes
+// another number of bytes than two.
+func fixLength(b []byte, at int) []byte {
+	l := len(b) - at - 2
+	size := protowire.SizeVarint(uint64(l))
+	switch {
+	case size < 2:
+		copy(b[at+1:], b[at+2:])
+		b = b[:len(b)-1]
+	case size > 2:
+		b = append(b, make([]byte, size-2)...)
+		copy(b[at+size:], b[at+2:at+2+l])
+	}
+	protowire.AppendVarint(b[at:at], uint64(l))
+	return b
 }

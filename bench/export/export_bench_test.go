@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/engine"
@@ -36,7 +39,19 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "how long events are generated at each rate")
 	protocol = flag.String("protocol", "http/protobuf", "OTLP protocol for the OTLP benchmark")
 	receiver = flag.String("receiver", "decode", "what the OTLP receiver does with a request: decode (every record, as a collector) or wire (count records by walking the protobuf framing; HTTP only)")
+	// The OTLP log sink's settings (export.LogSinkConfig); 0 keeps its
+	// defaults.
+	sinkBatch       = flag.Int("batch", 0, "OTLP sink: records per export (0: the sink's default)")
+	sinkQueue       = flag.Int("queue", 0, "OTLP sink: events queued for export (0: the sink's default)")
+	sinkConcurrency = flag.Int("concurrency", 0, "OTLP sink: exports in flight (0: the sink's default)")
 )
+
+// sinkConfig is the OTLP log sink's configuration for an endpoint, with
+// the -batch, -queue and -concurrency flags.
+func sinkConfig(proto, endpoint string) export.LogSinkConfig {
+	return export.LogSinkConfig{Config: export.Config{Protocol: proto, Endpoint: endpoint},
+		BatchSize: *sinkBatch, QueueSize: *sinkQueue, Concurrency: *sinkConcurrency}
+}
 
 const policy = `block_http: {
 	xdp: interfaces: ["lo"]
@@ -55,6 +70,28 @@ type result struct {
 	sinkFailed, arrived uint64 // sink failures; records the OTLP receiver got (stdout: lines written)
 	genTime, drainTime  time.Duration
 	delivered           float64 // arrived per second of generation
+	// CPU time from the start of generation to the end of the drain:
+	// the generator's threads (BPF_PROG_TEST_RUN, in the kernel), this
+	// whole process (generator included), the receiving peer when it is
+	// another process, and the whole machine (/proc/stat, all CPUs).
+	genCPU, procCPU, peerCPU, machineCPU time.Duration
+}
+
+// cpus formats CPU time over the run's wall time as CPUs kept busy.
+func (r result) cpus(t time.Duration) float64 {
+	return t.Seconds() / (r.genTime + r.drainTime).Seconds()
+}
+
+// CPUString says where the machine's CPU time went during the run, per
+// party, in CPUs and per event generated.
+func (r result) CPUString() string {
+	per := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / float64(max(r.generated, 1)) }
+	grain := r.procCPU - r.genCPU
+	others := r.machineCPU - r.procCPU - r.peerCPU
+	return fmt.Sprintf("CPU over %v: generator %.2f CPUs (%.0f ns/event), grain %.2f CPUs (%.0f ns/event), receiver %.2f CPUs (%.0f ns/event), "+
+		"everything else on the machine %.2f CPUs, of %d",
+		(r.genTime + r.drainTime).Round(time.Millisecond), r.cpus(r.genCPU), per(r.genCPU), r.cpus(grain), per(grain),
+		r.cpus(r.peerCPU), per(r.peerCPU), r.cpus(others), runtime.NumCPU())
 }
 
 func (r result) unaccounted() int64 {
@@ -122,7 +159,7 @@ func attach(b testing.TB, e *engine.Engine) {
 // generate runs the matching packet through the XDP program at about rate
 // runs per second for d, from one goroutine per CPU, in slices of 1 ms
 // (each slice one BPF_PROG_TEST_RUN with repeat).
-func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 {
+func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) (runs uint64, cpu time.Duration) {
 	frame := pktbuild.TCP4("10.0.0.2", "10.0.0.1", 40000, 80, pktbuild.PSH|pktbuild.ACK,
 		[]byte("GET / HTTP/1.1\r\nHost: example\r\n\r\n")).Bytes()
 	prog, err := e.XDP().Program()
@@ -130,13 +167,19 @@ func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 
 		b.Fatal(err)
 	}
 	workers := runtime.NumCPU()
-	var total atomic.Uint64
+	var total, cpuNs atomic.Uint64
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// One thread per worker, so that its CPU time is the
+			// generator's (the test runs in the kernel, in this thread).
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			t0 := threadCPU(b)
+			defer func() { cpuNs.Add(uint64(threadCPU(b) - t0)) }()
 			var done, runs uint64
 			for {
 				elapsed := time.Since(start)
@@ -169,7 +212,44 @@ func generate(b testing.TB, e *engine.Engine, rate int, d time.Duration) uint64 
 		}()
 	}
 	wg.Wait()
-	return total.Load()
+	return total.Load(), time.Duration(cpuNs.Load())
+}
+
+func rusageCPU(b testing.TB, who int) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(who, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// threadCPU is the calling thread's user+system CPU time.
+func threadCPU(b testing.TB) time.Duration { return rusageCPU(b, unix.RUSAGE_THREAD) }
+
+// processCPU is this process's user+system CPU time, all threads.
+func processCPU(b testing.TB) time.Duration { return rusageCPU(b, unix.RUSAGE_SELF) }
+
+// machineCPU is the CPU time all CPUs spent busy so far (/proc/stat:
+// everything but idle and iowait).
+func machineCPU(b testing.TB) time.Duration {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy int64
+	for i := 1; i < len(f) && i <= 8; i++ {
+		if i == 4 || i == 5 {
+			continue
+		}
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		busy += v
+	}
+	return time.Duration(busy) * 10 * time.Millisecond // USER_HZ 100
 }
 
 // counters reads the kernel's counts: packets that matched the emit rule
@@ -192,11 +272,15 @@ func counters(b testing.TB, e *engine.Engine) (packets, emitted, lost uint64) {
 // measure runs one rate through a fresh pipeline with sink; arrived
 // reports what reached the far end.
 func measure(b testing.TB, rate int, sink pipeline.Sink, arrived func() uint64, shutdown func()) result {
-	return measureFor(b, rate, *duration, sink, arrived, shutdown)
+	return measureFor(b, rate, *duration, sink, arrived, shutdown, nil)
 }
 
-// measureFor is measure with events generated for d.
-func measureFor(b testing.TB, rate int, d time.Duration, sink pipeline.Sink, arrived func() uint64, shutdown func()) result {
+// measureFor is measure with events generated for d; peerCPU, when the
+// receiver is another process, reads its CPU time so far.
+func measureFor(b testing.TB, rate int, d time.Duration, sink pipeline.Sink, arrived func() uint64, shutdown func(), peerCPU func() time.Duration) result {
+	if peerCPU == nil {
+		peerCPU = func() time.Duration { return 0 }
+	}
 	e := setup(b)
 	attach(b, e)
 	p := pipeline.New(pipeline.Options{Sinks: []pipeline.Sink{sink}})
@@ -209,11 +293,12 @@ func measureFor(b testing.TB, rate int, d time.Duration, sink pipeline.Sink, arr
 	packets0, emitted0, lost0 := counters(b, e)
 	base := p.Stats().Received
 
+	proc0, peer0, machine0 := processCPU(b), peerCPU(), machineCPU(b)
 	start := time.Now()
-	generate(b, e, rate, d)
+	_, genCPU := generate(b, e, rate, d)
 	genTime := time.Since(start)
 	packets1, emitted1, lost1 := counters(b, e)
-	r := result{offered: rate, generated: packets1 - packets0, emitted: emitted1 - emitted0, ringLost: lost1 - lost0, genTime: genTime}
+	r := result{offered: rate, generated: packets1 - packets0, emitted: emitted1 - emitted0, ringLost: lost1 - lost0, genTime: genTime, genCPU: genCPU}
 	// Drain: until everything the kernel wrote was read and the sink has
 	// nothing pending.
 	deadline := time.Now().Add(30 * time.Second)
@@ -224,12 +309,13 @@ func measureFor(b testing.TB, rate int, d time.Duration, sink pipeline.Sink, arr
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	r.procCPU, r.peerCPU, r.machineCPU = processCPU(b)-proc0, peerCPU()-peer0, machineCPU(b)-machine0
+	r.drainTime = time.Since(start) - genTime
 	stopRead()
 	<-readDone
 	stopRun()
 	<-p.Done()
 	shutdown()
-	r.drainTime = time.Since(start) - genTime
 	st := p.Stats()
 	r.received, r.queueFull = st.Received-base, st.QueueFull
 	s := st.Sinks[0]
@@ -294,8 +380,7 @@ func BenchmarkKernelToOTLP(b *testing.B) {
 				} else {
 					url, stop = recv.ServeHTTP(b, listen(b))
 				}
-				sink, err := export.NewLogSink(context.Background(), export.LogSinkConfig{
-					Config: export.Config{Protocol: *protocol, Endpoint: url}})
+				sink, err := export.NewLogSink(context.Background(), sinkConfig(*protocol, url))
 				if err != nil {
 					b.Fatal(err)
 				}
