@@ -9,7 +9,7 @@ package bpf
 
 // The hook programs read pt_regs, which differ between architectures:
 // one object per target (hook_x86_bpfel.o, hook_arm64_bpfel.o).
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -Iinclude" -target amd64,arm64 -type grain_hook_active -type grain_hook_arg -type grain_hook -type grain_hook_syscall -type grain_hook_selector -type grain_hook_label -type grain_hook_rule -type grain_hook_filter -type grain_hook_value_key -type grain_hook_string_key -type grain_hook_counter -type grain_hook_rate -type grain_hook_count_key -type grain_hook_count_key_small -type grain_hook_count -type grain_hook_nesting hook hook.c -- -I.
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -nostdinc -Iinclude" -target amd64,arm64 -type grain_hook_active -type grain_hook_arg -type grain_hook -type grain_hook_syscall -type grain_hook_selector -type grain_hook_label -type grain_hook_rule -type grain_hook_filter -type grain_hook_value_key -type grain_hook_string_key -type grain_hook_counter -type grain_hook_rate -type grain_hook_count_key -type grain_hook_count_key_small -type grain_hook_count -type grain_hook_nesting -type grain_hook_count_pending hook hook.c -- -I.
 
 // The constants C and Go share are enums in grain.h and hook.h; their Go
 // names are written from the objects' BTF (bpf/internal/genconst).

@@ -174,6 +174,13 @@ struct {
 } hook_counts_small SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GRAIN_HOOK_NEST_LEVELS);
+	__type(key, __u32);
+	__type(value, struct grain_hook_count_pending);
+} hook_count_pending SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } hook_events SEC(".maps");
@@ -441,7 +448,50 @@ static __always_inline void put_label(struct scratch *s, struct grain_hook *h, s
 	__builtin_memcpy(dst, &x, 8);
 }
 
-__noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_hook_rule *r, struct grain_hook_counter *c)
+/* same_key: whether the pending slot holds the key just built in s->ckey
+ * (its first 32 bytes for a small key, all 104 otherwise). */
+static __always_inline int same_key(struct grain_hook_count_pending *p, struct scratch *s, int small)
+{
+	__u64 *a = (__u64 *)&p->key, *b = (__u64 *)&s->ckey;
+	__u32 n = small ? sizeof(struct grain_hook_count_key_small) / 8 : sizeof(struct grain_hook_count_key) / 8;
+	for (__u32 i = 0; i < sizeof(struct grain_hook_count_key) / 8; i++) {
+		if (i >= n)
+			break;
+		if (a[i] != b[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* flush adds the slot's pending calls to the count map. A full map loses
+ * them: they count as errors of the slot's rule while that rule is still
+ * at its index (not of a rule that took the index since). */
+static __always_inline void flush(struct grain_hook_count_pending *p)
+{
+	__u64 calls = p->calls;
+	if (!calls)
+		return;
+	/* the small map reads the first bytes of the same key */
+	void *map = p->small ? (void *)&hook_counts_small : (void *)&hook_counts;
+	struct grain_hook_count *v = bpf_map_lookup_elem(map, &p->key);
+	if (!v) {
+		struct grain_hook_count init = {};
+		bpf_map_update_elem(map, &p->key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(map, &p->key);
+	}
+	if (v) {
+		v->calls += calls;
+		v->sum += p->sum;
+		return;
+	}
+	__u32 ri = p->counter;
+	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
+	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
+	if (r && c && r->id == p->key.rule_id)
+		c->count_errors += calls;
+}
+
+__noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_hook_rule *r, struct grain_hook_counter *c, __u32 ri)
 {
 	if (!s || !h || !r)
 		return 0;
@@ -454,7 +504,7 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 			c->sum += sum;
 		return 0;
 	}
-	int small = r->flags & GRAIN_HOOK_R_SMALL_KEY;
+	int small = r->flags & GRAIN_HOOK_R_SMALL_KEY ? 1 : 0;
 	if (small)
 		__builtin_memset(&s->ckey, 0, sizeof(struct grain_hook_count_key_small));
 	else
@@ -465,25 +515,29 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 			break;
 		put_label(s, h, &r->labels[i]);
 	}
+	/* The level's slot: only the program holding the level writes it. */
 	__u32 level = s->level;
-	struct scratch *ms = bpf_map_lookup_elem(&hook_scratch, &level); /* as in filter_holds */
-	if (!ms)
+	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
+	if (!p)
 		return 0;
-	/* the small map reads the first bytes of the same key */
-	void *map = small ? (void *)&hook_counts_small : (void *)&hook_counts;
-	struct grain_hook_count *v = bpf_map_lookup_elem(map, &ms->ckey);
-	if (!v) {
-		struct grain_hook_count init = {};
-		bpf_map_update_elem(map, &ms->ckey, &init, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(map, &ms->ckey);
-		if (!v) {
-			if (c)
-				c->count_errors++;
-			return 0;
-		}
+	if (p->calls && same_key(p, s, small)) {
+		p->calls++;
+		p->sum += sum;
+		return 0;
 	}
-	v->calls++;
-	v->sum += sum;
+	/* Another key: the sequence brackets the flush and the key change
+	 * (atomics: ordered for a reader on another CPU). */
+	__sync_fetch_and_add(&p->seq, 1);
+	flush(p);
+	if (small)
+		__builtin_memcpy(&p->key, &s->ckey, sizeof(struct grain_hook_count_key_small));
+	else
+		__builtin_memcpy(&p->key, &s->ckey, sizeof(p->key));
+	p->small = small;
+	p->counter = ri;
+	p->calls = 1;
+	p->sum = sum;
+	__sync_lock_test_and_set(&p->seq_end, p->seq);
 	return 0;
 }
 
@@ -618,7 +672,7 @@ __noinline int rule_apply(struct scratch *s, struct grain_hook *h, __u32 ri)
 		c->hits++;
 	/* A count without labels or sum is the hits counter: no call. */
 	if ((r->flags & GRAIN_HOOK_R_COUNT) && (r->nlabels || (r->flags & GRAIN_HOOK_R_SUM)))
-		do_count(s, h, r, c);
+		do_count(s, h, r, c, ri);
 	if (r->flags & GRAIN_HOOK_R_EMIT)
 		do_emit(s, h, r, c, ri);
 	if (r->flags & GRAIN_HOOK_R_SIGNAL) {
@@ -661,15 +715,22 @@ static __always_inline __u64 extend(__u64 x, __u32 size, int is_signed)
  * the CPU has no free level. The caller releases the level (GUARDED). */
 static __always_inline struct scratch *begin_with(struct grain_hook_active *act)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if ((pid_tgid >> 32) == act->agent_tgid)
+	/* One helper call for the ids and comm (bpf_get_current_pid_tgid
+	 * and a later bpf_get_current_task_btf were two): comm is two loads,
+	 * read whether a filter or label asks for it or not. */
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 tgid = t->tgid;
+	if (tgid == act->agent_tgid)
 		return 0;
 	struct scratch *s = claim();
 	if (!s)
 		return 0;
 	s->gen = act->generation & 1;
-	s->pid_tgid = pid_tgid;
-	s->have = 0;
+	s->pid_tgid = (__u64)tgid << 32 | (__u32)t->pid;
+	__u64 *comm = (__u64 *)s->comm;
+	comm[0] = *(__u64 *)&t->comm[0];
+	comm[1] = *(__u64 *)&t->comm[8];
+	s->have = HAVE_COMM;
 	s->decoded = 0;
 	s->flags = 0;
 	s->syscall = 0;

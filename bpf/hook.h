@@ -285,6 +285,24 @@ struct grain_hook_count {
 	__u64 sum;
 };
 
+/* Per CPU and nesting level: the last count key and its calls not yet added
+ * to the count map (write-combining). A call with the same key only adds
+ * here; another key first adds these to the map (flush). Readers add the
+ * map first and these after: a count moves only from here to the map, so a
+ * read never counts it twice. The key changes under a sequence: seq moves
+ * first, seq_end takes its value last; a copy read in field order whose
+ * seq_end equals its seq saw no change under way. */
+struct grain_hook_count_pending {
+	__u64 seq_end;
+	__u64 calls;   /* 0: nothing pending */
+	__u64 sum;
+	__u32 counter; /* hook_counters index of the key's rule (count_errors) */
+	__u8 small;    /* the key is a grain_hook_count_key_small (hook_counts_small) */
+	__u8 _pad[3];
+	struct grain_hook_count_key key;
+	__u64 seq;
+};
+
 /* Event: this header, then for each emitted argument a grain_hook_ev_arg
  * and its len bytes of data padded to 8. */
 struct grain_hook_event {

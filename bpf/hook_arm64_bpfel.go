@@ -63,6 +63,18 @@ type hookGrainHookCountKeySmall struct {
 	Labels [24]uint8
 }
 
+type hookGrainHookCountPending struct {
+	_       structs.HostLayout
+	SeqEnd  uint64
+	Calls   uint64
+	Sum     uint64
+	Counter uint32
+	Small   uint8
+	Pad     [3]uint8
+	Key     hookGrainHookCountKey
+	Seq     uint64
+}
+
 type hookGrainHookCounter struct {
 	_             structs.HostLayout
 	Hits          uint64
@@ -208,6 +220,7 @@ type hookScratch struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	hookMapHookActive          = "hook_active"
+	hookMapHookCountPending    = "hook_count_pending"
 	hookMapHookCounters        = "hook_counters"
 	hookMapHookCounts          = "hook_counts"
 	hookMapHookCountsSmall     = "hook_counts_small"
@@ -287,21 +300,22 @@ type hookProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hookMapSpecs struct {
-	HookActive      *ebpf.MapSpec `ebpf:"hook_active"`
-	HookCounters    *ebpf.MapSpec `ebpf:"hook_counters"`
-	HookCounts      *ebpf.MapSpec `ebpf:"hook_counts"`
-	HookCountsSmall *ebpf.MapSpec `ebpf:"hook_counts_small"`
-	HookEvents      *ebpf.MapSpec `ebpf:"hook_events"`
-	HookFilters     *ebpf.MapSpec `ebpf:"hook_filters"`
-	HookNesting     *ebpf.MapSpec `ebpf:"hook_nesting"`
-	HookRate        *ebpf.MapSpec `ebpf:"hook_rate"`
-	HookRules       *ebpf.MapSpec `ebpf:"hook_rules"`
-	HookScratch     *ebpf.MapSpec `ebpf:"hook_scratch"`
-	HookStash       *ebpf.MapSpec `ebpf:"hook_stash"`
-	HookStrings     *ebpf.MapSpec `ebpf:"hook_strings"`
-	HookSyscalls    *ebpf.MapSpec `ebpf:"hook_syscalls"`
-	HookValues      *ebpf.MapSpec `ebpf:"hook_values"`
-	Hooks           *ebpf.MapSpec `ebpf:"hooks"`
+	HookActive       *ebpf.MapSpec `ebpf:"hook_active"`
+	HookCountPending *ebpf.MapSpec `ebpf:"hook_count_pending"`
+	HookCounters     *ebpf.MapSpec `ebpf:"hook_counters"`
+	HookCounts       *ebpf.MapSpec `ebpf:"hook_counts"`
+	HookCountsSmall  *ebpf.MapSpec `ebpf:"hook_counts_small"`
+	HookEvents       *ebpf.MapSpec `ebpf:"hook_events"`
+	HookFilters      *ebpf.MapSpec `ebpf:"hook_filters"`
+	HookNesting      *ebpf.MapSpec `ebpf:"hook_nesting"`
+	HookRate         *ebpf.MapSpec `ebpf:"hook_rate"`
+	HookRules        *ebpf.MapSpec `ebpf:"hook_rules"`
+	HookScratch      *ebpf.MapSpec `ebpf:"hook_scratch"`
+	HookStash        *ebpf.MapSpec `ebpf:"hook_stash"`
+	HookStrings      *ebpf.MapSpec `ebpf:"hook_strings"`
+	HookSyscalls     *ebpf.MapSpec `ebpf:"hook_syscalls"`
+	HookValues       *ebpf.MapSpec `ebpf:"hook_values"`
+	Hooks            *ebpf.MapSpec `ebpf:"hooks"`
 }
 
 // hookVariableSpecs contains global variables before they are loaded into the kernel.
@@ -331,26 +345,28 @@ func (o *hookObjects) Close() error {
 //
 // It can be passed to loadHookObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hookMaps struct {
-	HookActive      *ebpf.Map `ebpf:"hook_active"`
-	HookCounters    *ebpf.Map `ebpf:"hook_counters"`
-	HookCounts      *ebpf.Map `ebpf:"hook_counts"`
-	HookCountsSmall *ebpf.Map `ebpf:"hook_counts_small"`
-	HookEvents      *ebpf.Map `ebpf:"hook_events"`
-	HookFilters     *ebpf.Map `ebpf:"hook_filters"`
-	HookNesting     *ebpf.Map `ebpf:"hook_nesting"`
-	HookRate        *ebpf.Map `ebpf:"hook_rate"`
-	HookRules       *ebpf.Map `ebpf:"hook_rules"`
-	HookScratch     *ebpf.Map `ebpf:"hook_scratch"`
-	HookStash       *ebpf.Map `ebpf:"hook_stash"`
-	HookStrings     *ebpf.Map `ebpf:"hook_strings"`
-	HookSyscalls    *ebpf.Map `ebpf:"hook_syscalls"`
-	HookValues      *ebpf.Map `ebpf:"hook_values"`
-	Hooks           *ebpf.Map `ebpf:"hooks"`
+	HookActive       *ebpf.Map `ebpf:"hook_active"`
+	HookCountPending *ebpf.Map `ebpf:"hook_count_pending"`
+	HookCounters     *ebpf.Map `ebpf:"hook_counters"`
+	HookCounts       *ebpf.Map `ebpf:"hook_counts"`
+	HookCountsSmall  *ebpf.Map `ebpf:"hook_counts_small"`
+	HookEvents       *ebpf.Map `ebpf:"hook_events"`
+	HookFilters      *ebpf.Map `ebpf:"hook_filters"`
+	HookNesting      *ebpf.Map `ebpf:"hook_nesting"`
+	HookRate         *ebpf.Map `ebpf:"hook_rate"`
+	HookRules        *ebpf.Map `ebpf:"hook_rules"`
+	HookScratch      *ebpf.Map `ebpf:"hook_scratch"`
+	HookStash        *ebpf.Map `ebpf:"hook_stash"`
+	HookStrings      *ebpf.Map `ebpf:"hook_strings"`
+	HookSyscalls     *ebpf.Map `ebpf:"hook_syscalls"`
+	HookValues       *ebpf.Map `ebpf:"hook_values"`
+	Hooks            *ebpf.Map `ebpf:"hooks"`
 }
 
 func (m *hookMaps) Close() error {
 	return _HookClose(
 		m.HookActive,
+		m.HookCountPending,
 		m.HookCounters,
 		m.HookCounts,
 		m.HookCountsSmall,

@@ -148,6 +148,10 @@ type HookMaps struct {
 	// level (HookNestLevels); Nesting counts, per CPU, the calls that
 	// found another grain program running on their CPU (HookNesting).
 	Scratch, Nesting *ebpf.Map
+	// CountPending holds, per CPU and nesting level, the last count key
+	// and its calls not yet added to Counts or CountsSmall
+	// (HookCountPending): readers add it after reading those maps.
+	CountPending *ebpf.Map
 }
 
 // Maps returns the kernel-hook maps.
@@ -158,7 +162,7 @@ func (p *Hooks) Maps() HookMaps {
 		Rules: m["hook_rules"], Filters: m["hook_filters"], Values: m["hook_values"],
 		Strings: m["hook_strings"], Counters: m["hook_counters"], Rate: m["hook_rate"],
 		Counts: m["hook_counts"], CountsSmall: m["hook_counts_small"], Events: m["hook_events"],
-		Scratch: m["hook_scratch"], Nesting: m["hook_nesting"],
+		Scratch: m["hook_scratch"], Nesting: m["hook_nesting"], CountPending: m["hook_count_pending"],
 	}
 }
 
@@ -198,4 +202,5 @@ type (
 	HookCountKeySmall = hookGrainHookCountKeySmall
 	HookCount         = hookGrainHookCount
 	HookNesting       = hookGrainHookNesting
+	HookCountPending  = hookGrainHookCountPending
 )

@@ -111,6 +111,8 @@ func BenchmarkHookOverhead(b *testing.B) {
 		// counted in the kernel: one total, and keyed by tgid and comm.
 		{"counted", fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, count: metric: "m"}`, pid)},
 		{"counted_by_comm", fmt.Sprintf(`x: {syscall: "getppid", match: process: tgid: %d, count: {metric: "m", by: ["tgid", "comm"]}}`, pid)},
+		// every system call counted by comm, as in BenchmarkHookBesideBpftraceSyscalls
+		{"all_counted_by_comm", `x: {syscall: "*", count: {metric: "m", by: ["comm"]}}`},
 		// the same on the syscalls:sys_enter_getppid tracepoint (a perf
 		// event: only getppid pays).
 		{"tracepoint_counted", fmt.Sprintf(`x: {tracepoint: "syscalls/sys_enter_getppid", match: process: tgid: %d, count: metric: "m"}`, pid)},

@@ -102,11 +102,60 @@ func (e *Hooks) generationRuleCounters(gen uint32, into generation.Tally[RuleCou
 	return nil
 }
 
-// countSamples reads the count map: the samples of the epochs of the
-// generations still in the maps; with harvestEpoch set, the entries of
-// that epoch are folded into the totals and deleted instead.
+// countSamples reads the count maps and the kernel's pending counts (the
+// write-combining slots, bpf.HookCountPending): the samples of the epochs
+// of the generations still in the maps; with harvestEpoch set, the entries
+// of that epoch are folded into the totals and deleted instead.
+//
+// A count moves only from a slot to a map, so the maps are read first and
+// the slots after: a live read may miss a count moving in between (the next
+// read has it) and never counts one twice. A harvested epoch takes no new
+// calls (its generation is no longer read) but its slots may still move into
+// the maps at any time, so its read repeats until its slots stood still
+// across the read of the maps: exact.
 func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
-	out := map[string]*CountSample{}
+	for range maxHarvestReads {
+		var before []bpf.HookCountPending
+		if harvestEpoch != nil {
+			var err error
+			if before, err = e.pendingCounts(); err != nil {
+				return nil, err
+			}
+		}
+		out, deleteKeys, err := e.mapCounts(harvestEpoch)
+		if err != nil {
+			return nil, err
+		}
+		after, err := e.pendingCounts()
+		if err != nil {
+			return nil, err
+		}
+		if harvestEpoch != nil && !pendingStill(before, after, *harvestEpoch) {
+			continue
+		}
+		for i := range after {
+			p := &after[i]
+			if p.Calls == 0 || p.SeqEnd != p.Seq {
+				continue // nothing pending, or its key was changing
+			}
+			key := pendingKey(p)
+			e.addCount(out, harvestEpoch, &key, []bpf.HookCount{{Calls: p.Calls, Sum: p.Sum}})
+		}
+		deleteKeys()
+		return out, nil
+	}
+	return nil, fmt.Errorf("read hook counts: the pending counts of epoch %d kept moving over %d reads", *harvestEpoch, maxHarvestReads)
+}
+
+// maxHarvestReads bounds the reads of a harvest: each repeat needs a slot
+// of the harvested epoch to have moved into the maps, which happens once per
+// CPU and nesting level.
+const maxHarvestReads = 1000
+
+// mapCounts reads the count maps; deleteKeys deletes the entries to delete
+// (harvested, or of a rule set long gone).
+func (e *Hooks) mapCounts(harvestEpoch *uint32) (out map[string]*CountSample, deleteKeys func(), err error) {
+	out = map[string]*CountSample{}
 	maps := e.p.Maps()
 	// Rules whose labels fit in few bytes count in the small-key map.
 	var small bpf.HookCountKeySmall
@@ -115,14 +164,13 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 	var staleSmall []bpf.HookCountKeySmall
 	it := maps.CountsSmall.Iterate()
 	for it.Next(&small, &perCPU) {
-		key = bpf.HookCountKey{RuleId: small.RuleId}
-		copy(key.Labels[:], small.Labels[:])
+		key = widenCountKey(small)
 		if e.addCount(out, harvestEpoch, &key, perCPU) {
 			staleSmall = append(staleSmall, small)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read hook counts: %w", err)
+		return nil, nil, fmt.Errorf("read hook counts: %w", err)
 	}
 	var stale []bpf.HookCountKey
 	it = maps.Counts.Iterate()
@@ -132,15 +180,68 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read hook counts: %w", err)
+		return nil, nil, fmt.Errorf("read hook counts: %w", err)
 	}
-	for _, k := range staleSmall {
-		maps.CountsSmall.Delete(k)
+	return out, func() {
+		for _, k := range staleSmall {
+			maps.CountsSmall.Delete(k)
+		}
+		for _, k := range stale {
+			maps.Counts.Delete(k)
+		}
+	}, nil
+}
+
+func widenCountKey(small bpf.HookCountKeySmall) bpf.HookCountKey {
+	key := bpf.HookCountKey{RuleId: small.RuleId}
+	copy(key.Labels[:], small.Labels[:])
+	return key
+}
+
+// pendingKey is a slot's key as the count map holds it: a small key's
+// bytes past its size are left from an earlier key.
+func pendingKey(p *bpf.HookCountPending) bpf.HookCountKey {
+	if p.Small == 0 {
+		return p.Key
 	}
-	for _, k := range stale {
-		maps.Counts.Delete(k)
+	var small bpf.HookCountKeySmall
+	small.RuleId = p.Key.RuleId
+	copy(small.Labels[:], p.Key.Labels[:])
+	return widenCountKey(small)
+}
+
+// pendingCounts reads the write-combining slot of every nesting level of
+// every CPU.
+func (e *Hooks) pendingCounts() ([]bpf.HookCountPending, error) {
+	var all, perCPU []bpf.HookCountPending
+	for level := uint32(0); level < bpf.HookNestLevels; level++ {
+		if err := e.p.Maps().CountPending.Lookup(level, &perCPU); err != nil {
+			return nil, fmt.Errorf("read pending hook counts: %w", err)
+		}
+		all = append(all, perCPU...)
 	}
-	return out, nil
+	return all, nil
+}
+
+// pendingStill reports whether no slot holding a count of epoch changed
+// between the reads before and after (same CPUs and levels, in order).
+func pendingStill(before, after []bpf.HookCountPending, epoch uint32) bool {
+	if len(before) != len(after) {
+		return false
+	}
+	for i := range before {
+		b, a := &before[i], &after[i]
+		holds := func(p *bpf.HookCountPending) bool {
+			return p.Calls != 0 && generation.EpochOf(p.Key.RuleId) == epoch
+		}
+		if !holds(b) && !holds(a) {
+			continue
+		}
+		if b.Seq != a.Seq || b.SeqEnd != b.Seq || a.SeqEnd != a.Seq || b.Calls != a.Calls {
+			return false
+		}
+	}
+	return true
 }
 
 // addCount adds one count entry to out; it reports whether the entry is to

@@ -83,12 +83,47 @@ func run(args []string) int {
 		}
 	case "rename": // rename N NAME: N prctl(PR_SET_NAME, NAME) from one thread
 		RenameLoop(atoi(args[1]), args[2])
+	case "steps": // steps STEP...: getppid:N (N getppid calls), comm:NAME (prctl(PR_SET_NAME)), sync (a line out, wait for one in)
+		return steps(args[1:])
 	case "wait": // wait MODE...: read a line from stdin, then run MODE
 		bufio.NewReader(os.Stdin).ReadString('\n')
 		return run(args[1:])
 	default:
 		fmt.Fprintf(os.Stderr, "hookchild: unknown mode %q\n", args[0])
 		return 2
+	}
+	return 0
+}
+
+// steps runs its steps on one thread (comm is a thread's): a test can
+// reload between two syncs while the child waits, and know every call
+// before a sync is made.
+func steps(args []string) int {
+	runtime.LockOSThread()
+	in := bufio.NewReader(os.Stdin)
+	for _, step := range args {
+		op, arg, _ := strings.Cut(step, ":")
+		switch op {
+		case "getppid":
+			n, _ := strconv.Atoi(arg)
+			for range n {
+				syscall.RawSyscall(syscall.SYS_GETPPID, 0, 0, 0)
+			}
+		case "comm":
+			b := append([]byte(arg), 0)
+			if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0); errno != 0 {
+				fmt.Fprintln(os.Stderr, "prctl(PR_SET_NAME):", errno)
+				return 1
+			}
+		case "sync":
+			fmt.Println("sync")
+			if _, err := in.ReadString('\n'); err != nil {
+				return 1
+			}
+		default:
+			fmt.Fprintf(os.Stderr, "hookchild: unknown step %q\n", step)
+			return 2
+		}
 	}
 	return 0
 }
