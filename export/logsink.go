@@ -89,23 +89,27 @@ func (c *LogSinkConfig) defaults() {
 
 // LogSink exports the events leaving the pipeline as OTLP log records.
 //
-// Emit copies the event into a bounded ring and returns: it never waits
-// for the network. Export workers (Concurrency, each with its own exporter
-// and connection) turn queued events into records and export them in
-// batches, so that converting one batch overlaps sending another; a failed
-// export is retried with backoff for RetryFor, then given up and counted.
-// While the collector is down or slow the ring fills up and further
-// events are dropped and counted, so memory stays bounded (the ring plus
-// one batch per worker); export resumes when the collector answers again.
+// Emit encodes the event's record straight into the batch being filled
+// (a request body but for its framing) and returns: it never waits for
+// the network, and keeps no copy of the event. Full batches queue for the
+// export workers (Concurrency, each with its own connection), so that
+// encoding overlaps sending; a failed export is retried with backoff for
+// RetryFor, then given up and counted. While the collector is down or
+// slow the queue fills up (QueueSize events) and further events are
+// dropped and counted, so memory stays bounded (the queued batches plus
+// one per worker); export resumes when the collector answers again.
 // Records of different batches may arrive out of order.
 type LogSink struct {
 	cfg     LogSinkConfig
 	workers []*exportWorker
 
-	mu      sync.Mutex
-	ring    []pipeline.Event
-	head, n int
-	closed  bool
+	mu     sync.Mutex
+	enc    *logEncoder // its caches change as it encodes: used under mu
+	cur    *logBatch   // being filled, or nil
+	full   []*logBatch // sealed, oldest first
+	free   []*logBatch // exported, for reuse
+	n      int         // events in cur and full
+	closed bool
 
 	wake    chan struct{}
 	stop    chan struct{}
@@ -115,11 +119,16 @@ type LogSink struct {
 	exported, queueFull, failed, inFlight atomic.Uint64
 }
 
-// exportWorker is one connection to the collector and its encoder.
+// logBatch is a request body in the making: room for the request's
+// framing (logEncoder.room), then n encoded records.
+type logBatch struct {
+	buf []byte
+	n   int
+}
+
+// exportWorker is one connection to the collector.
 type exportWorker struct {
 	client logClient
-	enc    *logEncoder
-	batch  []pipeline.Event
 }
 
 // NewLogSink starts the exporters. Nothing connects yet: a collector
@@ -135,7 +144,7 @@ func NewLogSink(ctx context.Context, cfg LogSinkConfig) (*LogSink, error) {
 	}
 	s := &LogSink{
 		cfg:  cfg,
-		ring: make([]pipeline.Event, cfg.QueueSize),
+		enc:  newLogEncoder(res, cfg.ServiceVersion),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	for range cfg.Concurrency {
@@ -146,7 +155,7 @@ func NewLogSink(ctx context.Context, cfg LogSinkConfig) (*LogSink, error) {
 			}
 			return nil, err
 		}
-		s.workers = append(s.workers, &exportWorker{client: c, enc: newLogEncoder(res, cfg.ServiceVersion)})
+		s.workers = append(s.workers, &exportWorker{client: c})
 	}
 	for _, w := range s.workers {
 		s.wg.Add(1)
@@ -157,21 +166,66 @@ func NewLogSink(ctx context.Context, cfg LogSinkConfig) (*LogSink, error) {
 
 func (s *LogSink) Name() string { return "otlp" }
 
-// Emit queues a copy of ev, or counts it as dropped when the queue is full.
+// Emit encodes ev into the batch being filled, or counts it as dropped
+// when the queue is full.
 func (s *LogSink) Emit(ev *pipeline.Event) {
+	observed := time.Now()
 	s.mu.Lock()
-	if s.n == len(s.ring) || s.closed {
+	if s.n >= s.cfg.QueueSize || s.closed {
 		s.mu.Unlock()
 		s.queueFull.Add(1)
 		return
 	}
-	s.ring[(s.head+s.n)%len(s.ring)].CopyFrom(ev)
+	b := s.cur
+	if b == nil {
+		b = s.newBatch()
+		s.cur = b
+	}
+	at := len(b.buf)
+	b.buf = s.enc.appendRecord(b.buf, ev, observed)
+	if b.n > 0 && len(b.buf) > maxRequestBytes {
+		// The record goes in a batch of its own: the request would be
+		// too large with it.
+		next := s.newBatch()
+		next.buf = append(next.buf, b.buf[at:]...)
+		b.buf = b.buf[:at]
+		s.full = append(s.full, b)
+		b = next
+		s.cur = b
+	}
+	b.n++
 	s.n++
-	full := s.n >= s.cfg.BatchSize
+	if b.n >= s.cfg.BatchSize {
+		s.full = append(s.full, b)
+		s.cur = nil
+	}
+	full := len(s.full) > 0
 	s.mu.Unlock()
 	if full {
 		s.signal()
 	}
+}
+
+// newBatch returns an empty batch, reusing an exported one if there is
+// one (under mu).
+func (s *LogSink) newBatch() *logBatch {
+	if k := len(s.free); k > 0 {
+		b := s.free[k-1]
+		s.free = s.free[:k-1]
+		return b
+	}
+	return &logBatch{buf: make([]byte, s.enc.room(), s.enc.room()+256*s.cfg.BatchSize)}
+}
+
+// recycle keeps an exported batch for reuse: as many as the queue and the
+// workers can hold at once.
+func (s *LogSink) recycle(b *logBatch) {
+	b.buf, b.n = b.buf[:s.enc.room()], 0
+	s.mu.Lock()
+	if len(s.free) < s.cfg.QueueSize/s.cfg.BatchSize+len(s.workers) && cap(b.buf) <= 2*maxRequestBytes {
+		s.free = append(s.free, b)
+	}
+	s.mu.Unlock()
 }
 
 func (s *LogSink) signal() {
@@ -193,35 +247,26 @@ func (s *LogSink) Stats() pipeline.SinkStats {
 		Pending: queued + s.inFlight.Load()}
 }
 
-// take moves up to BatchSize queued events into the worker's batch. It
-// swaps them with the batch's spent events rather than copying, so that
-// the ring and the batches keep reusing their field storage.
-func (s *LogSink) take(w *exportWorker) {
+// take returns the oldest full batch, or with partial the batch being
+// filled when none is full; nil when there is nothing to export.
+func (s *LogSink) take(partial bool) *logBatch {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := min(s.n, s.cfg.BatchSize)
-	w.batch = w.batch[:0]
-	for range k {
-		if len(w.batch) < cap(w.batch) {
-			w.batch = w.batch[:len(w.batch)+1]
-		} else {
-			w.batch = append(w.batch, pipeline.Event{})
-		}
-		last := &w.batch[len(w.batch)-1]
-		*last, s.ring[s.head] = s.ring[s.head], *last
-		s.head = (s.head + 1) % len(s.ring)
+	if len(s.full) == 0 && partial && s.cur != nil && s.cur.n > 0 {
+		s.full = append(s.full, s.cur)
+		s.cur = nil
 	}
-	s.n -= k
-	s.inFlight.Add(uint64(k))
-	if s.n >= s.cfg.BatchSize {
+	if len(s.full) == 0 {
+		return nil
+	}
+	b := s.full[0]
+	s.full = s.full[:copy(s.full, s.full[1:])]
+	s.n -= b.n
+	s.inFlight.Add(uint64(b.n))
+	if len(s.full) > 0 {
 		s.signal() // another full batch: wake another worker
 	}
-}
-
-func (s *LogSink) queued() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.n
+	return b
 }
 
 func (s *LogSink) run(w *exportWorker) {
@@ -236,30 +281,20 @@ func (s *LogSink) run(w *exportWorker) {
 		case <-s.stop:
 			stopping = true
 		}
-		for {
-			s.take(w)
-			if len(w.batch) == 0 {
+		// What is there goes now, a partial batch included (woken by the
+		// interval or the stop); then only full batches, until stopping.
+		for partial := true; ; partial = stopping {
+			b := s.take(partial)
+			if b == nil {
 				break
 			}
-			s.export(w, stopping)
-			if !stopping && s.queued() < s.cfg.BatchSize {
-				break // wait for the batch to fill or the interval to pass
-			}
+			stopping = s.send(w, s.enc.frame(b.buf), uint64(b.n), stopping)
+			s.inFlight.Add(^uint64(b.n - 1))
+			s.recycle(b)
 		}
 		if stopping {
 			return
 		}
-	}
-}
-
-// export sends the worker's batch, in as many requests as its size needs
-// (maxRequestBytes), each retried with backoff; the outcome is counted.
-func (s *LogSink) export(w *exportWorker, stopping bool) {
-	defer s.inFlight.Add(^uint64(len(w.batch) - 1))
-	for events := w.batch; len(events) > 0; {
-		body, n := w.enc.encode(events, time.Now())
-		stopping = s.send(w, body, uint64(n), stopping)
-		events = events[n:]
 	}
 }
 

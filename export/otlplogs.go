@@ -290,10 +290,8 @@ const (
 // keys, the policy and event name of the last event), which leaves the
 // per-event work to the values.
 type logEncoder struct {
-	head    []byte // resource and schema URL of the ResourceLogs
-	scope   []byte // the InstrumentationScope message
-	records []byte // the log records of the batch being encoded
-	out     []byte
+	head  []byte // resource and schema URL of the ResourceLogs
+	scope []byte // the InstrumentationScope message
 
 	keys      []encodedKey // event field keys seen, with their encoding
 	policyKey []byte       // the encoded key of grain.policy
@@ -444,70 +442,68 @@ func (e *logEncoder) appendNamed(b []byte, ev *pipeline.Event) []byte {
 	return append(b, n...)
 }
 
-// encode returns the request body for the first events (valid until the
-// next call) and how many that is: all of them, or as many as fit in
-// maxRequestBytes (at least one).
-func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) ([]byte, int) {
-	// What every record of the request begins with.
-	var common [9 + 2 + 6]byte
-	c := protowire.AppendTag(common[:0], lrObservedTime, protowire.Fixed64Type)
-	c = protowire.AppendFixed64(c, uint64(observed.UnixNano()))
-	c = protowire.AppendTag(c, lrSeverityNumber, protowire.VarintType)
-	c = protowire.AppendVarint(c, severityInfo)
-	c = protowire.AppendTag(c, lrSeverityText, protowire.BytesType)
-	c = protowire.AppendString(c, "INFO")
+// room is the bytes a batch reserves in front of its records for the
+// request's framing (frame).
+func (e *logEncoder) room() int {
+	return 1 + 5 + len(e.head) + 1 + 5 + 1 + protowire.SizeBytes(len(e.scope))
+}
 
-	// The records are written in place after room for the request's
-	// framing, which is written in front of them once their length is
-	// known: no copy of the records.
-	room := 1 + 5 + len(e.head) + 1 + 5 + 1 + protowire.SizeBytes(len(e.scope))
-	out := append(e.out[:0], make([]byte, room)...)
+// appendRecord appends ev's LogRecord, as a ScopeLogs.log_records field,
+// to b.
+func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event, observed time.Time) []byte {
+	at := len(b)
+	// Tag and a two-byte length (a record of 128 to 16383 bytes),
+	// corrected below if the record's length needs another size.
+	b = append(b, byte(slLogRecords<<3|protowire.BytesType), 0, 0)
+	b = protowire.AppendTag(b, lrTime, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, uint64(ev.Time.UnixNano()))
+	b = protowire.AppendTag(b, lrObservedTime, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, uint64(observed.UnixNano()))
+	b = append(b, severity...)
+	b = e.appendNamed(b, ev)
 	var addr [64]byte
-	n := 0
-	for i := range events {
-		ev := &events[i]
-		at := len(out)
-		// Tag and a two-byte length (a record of 128 to 16383 bytes),
-		// corrected below if the record's length needs another size.
-		out = append(out, byte(slLogRecords<<3|protowire.BytesType), 0, 0)
-		out = protowire.AppendTag(out, lrTime, protowire.Fixed64Type)
-		out = protowire.AppendFixed64(out, uint64(ev.Time.UnixNano()))
-		out = append(out, c...)
-		out = e.appendNamed(out, ev)
-		for j := range ev.Fields {
-			f := &ev.Fields[j]
-			switch f.Kind {
-			case pipeline.Uint:
-				out = appendIntAttr(out, e.key(f.Key), toInt64(f.Num))
-			case pipeline.Addr:
-				out = appendStringAttr(out, e.key(f.Key), string(f.Addr.AppendTo(addr[:0])))
-			default:
-				out = appendStringAttr(out, e.key(f.Key), pipeline.ValidUTF8(f.Str))
-			}
+	for j := range ev.Fields {
+		f := &ev.Fields[j]
+		switch f.Kind {
+		case pipeline.Uint:
+			b = appendIntAttr(b, e.key(f.Key), toInt64(f.Num))
+		case pipeline.Addr:
+			b = appendStringAttr(b, e.key(f.Key), string(f.Addr.AppendTo(addr[:0])))
+		default:
+			b = appendStringAttr(b, e.key(f.Key), pipeline.ValidUTF8(f.Str))
 		}
-		out = fixLength(out, at+1)
-		if n > 0 && len(out)+64 > maxRequestBytes {
-			out = out[:at]
-			break
-		}
-		n++
 	}
-	records := len(out) - room
+	return fixLength(b, at+1)
+}
+
+// severity is every record's severity number and text.
+var severity = func() []byte {
+	b := protowire.AppendTag(nil, lrSeverityNumber, protowire.VarintType)
+	b = protowire.AppendVarint(b, severityInfo)
+	b = protowire.AppendTag(b, lrSeverityText, protowire.BytesType)
+	return protowire.AppendString(b, "INFO")
+}()
+
+// frame writes the request's framing (resource, scope and the lengths
+// around the records) into the room in front of the records in buf and
+// returns the request body, a tail of buf. It only reads e, so it needs
+// no lock.
+func (e *logEncoder) frame(buf []byte) []byte {
+	room := e.room()
+	records := len(buf) - room
 	scopeLogsLen := 1 + protowire.SizeBytes(len(e.scope)) + records
 	resourceLogsLen := len(e.head) + 1 + protowire.SizeBytes(scopeLogsLen)
-	var frame [1 + 5 + 1 + 5]byte
-	f := protowire.AppendTag(frame[:0], reqResourceLogs, protowire.BytesType)
-	f = protowire.AppendVarint(f, uint64(resourceLogsLen))
-	start := room - (len(f) + len(e.head) + protowire.SizeTag(rlScopeLogs) + protowire.SizeVarint(uint64(scopeLogsLen)) +
+	start := room - (protowire.SizeTag(reqResourceLogs) + protowire.SizeVarint(uint64(resourceLogsLen)) + len(e.head) +
+		protowire.SizeTag(rlScopeLogs) + protowire.SizeVarint(uint64(scopeLogsLen)) +
 		protowire.SizeTag(slScope) + protowire.SizeBytes(len(e.scope)))
-	h := append(out[start:start], f...)
+	h := protowire.AppendTag(buf[start:start], reqResourceLogs, protowire.BytesType)
+	h = protowire.AppendVarint(h, uint64(resourceLogsLen))
 	h = append(h, e.head...)
 	h = protowire.AppendTag(h, rlScopeLogs, protowire.BytesType)
 	h = protowire.AppendVarint(h, uint64(scopeLogsLen))
 	h = protowire.AppendTag(h, slScope, protowire.BytesType)
 	protowire.AppendBytes(h, e.scope)
-	e.out = out
-	return out[start:], n
+	return buf[start:]
 }
 
 // fixLength writes the length of the message that follows the two bytes
