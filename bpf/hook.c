@@ -980,6 +980,77 @@ static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_trace
 	return 0;
 }
 
+/* count_at_hand runs the one rule of a syscall whose rule only counts by
+ * labels at hand (grain_hook_syscall.count_rule): what rule_apply and
+ * do_count do for it, the key built in registers, without their calls and
+ * general paths (measured: about half of a counted call's cost). The key's
+ * bytes are do_count's, so both paths share the count slot. */
+static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_active *act, struct task_struct *t,
+					 struct grain_hook_syscall *sc, __u64 nr)
+{
+	__u32 ri = (act->generation & 1) * GRAIN_HOOK_MAX_RULES + ((sc->count_rule - 1) & (GRAIN_HOOK_MAX_RULES - 1));
+	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
+	if (!r)
+		return 0;
+	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
+	if (c)
+		c->hits++;
+	/* the labels packed in order: comm takes two words, the others one */
+	__u64 w0 = 0, w1 = 0, w2 = 0;
+	__u32 n = 0, nl = r->nlabels;
+	for (int i = 0; i < 3; i++) {
+		if (i >= nl)
+			break;
+		__u8 f = r->labels[i].field;
+		__u64 x;
+		if (f == GRAIN_HOOK_F_COMM)
+			x = *(__u64 *)&t->comm[0];
+		else if (f == GRAIN_HOOK_F_PID)
+			x = (__u32)t->pid;
+		else if (f == GRAIN_HOOK_F_TGID)
+			x = (__u32)t->tgid;
+		else
+			x = nr;
+		if (n == 0)
+			w0 = x;
+		else if (n == 1)
+			w1 = x;
+		else
+			w2 = x;
+		n++;
+		if (f == GRAIN_HOOK_F_COMM) {
+			x = *(__u64 *)&t->comm[8];
+			if (n == 1)
+				w1 = x;
+			else
+				w2 = x;
+			n++;
+		}
+	}
+	__u64 head = r->id; /* rule_id, then zero padding */
+	__u32 level = s->level;
+	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
+	if (!p)
+		return 0;
+	__u64 *k = (__u64 *)&p->key;
+	if (p->calls && k[0] == head && k[1] == w0 && k[2] == w1 && k[3] == w2) {
+		p->calls++;
+		return 0;
+	}
+	__sync_fetch_and_add(&p->seq, 1);
+	flush(p);
+	k[0] = head;
+	k[1] = w0;
+	k[2] = w1;
+	k[3] = w2;
+	p->small = 1;
+	p->counter = ri;
+	p->calls = 1;
+	p->sum = 0;
+	__sync_lock_test_and_set(&p->seq_end, p->seq);
+	return 0;
+}
+
 /* Raw sys_enter: the hooks of a syscall come from its number. */
 SEC("raw_tracepoint/sys_enter")
 int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
@@ -995,6 +1066,14 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct grain_hook_syscall *sc = bpf_map_lookup_elem(&hook_syscalls, &key);
 	if (!sc || !sc->nhooks)
 		return 0;
+	if (sc->count_rule) {
+		/* the scratch level only for its count slot: nothing else of
+		 * it is read */
+		struct task_struct *t = bpf_get_current_task_btf();
+		if (t->tgid == act->agent_tgid)
+			return 0;
+		return GUARDED(claim(), count_at_hand(s, act, t, sc, nr));
+	}
 	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }
 

@@ -186,6 +186,12 @@ struct grain_hook_stash {
 struct grain_hook_syscall {
 	__u8 nhooks;
 	__u8 hooks[GRAIN_HOOK_SYSCALL_HOOKS];
+	/* 1 + the rule index (in the generation) when the syscall's one hook
+	 * has one rule, and it only counts, unfiltered, by labels the call
+	 * has at hand (comm, pid, tgid, syscall) in a small key: the count
+	 * path of grain_sys_enter (count_at_hand); 0 otherwise. */
+	__u16 count_rule;
+	__u16 _pad[3];
 };
 
 struct grain_hook_selector {

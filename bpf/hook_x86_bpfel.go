@@ -163,9 +163,11 @@ type hookGrainHookStringKey struct {
 }
 
 type hookGrainHookSyscall struct {
-	_      structs.HostLayout
-	Nhooks uint8
-	Hooks  [7]uint8
+	_         structs.HostLayout
+	Nhooks    uint8
+	Hooks     [7]uint8
+	CountRule uint16
+	Pad       [3]uint16
 }
 
 type hookGrainHookValueKey struct {

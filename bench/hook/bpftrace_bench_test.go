@@ -105,9 +105,11 @@ func TestHookBesideBpftraceShort(t *testing.T) {
 	}
 }
 
-// besideResult holds ns per call of each round.
+// besideResult holds ns per call of each round, and with -prog-stats the
+// programs' own ns per run.
 type besideResult struct {
-	base, grain, floor, bpftrace []float64
+	base, grain, floor, bpftrace       []float64
+	grainProg, floorProg, bpftraceProg []float64
 }
 
 // above is the median over rounds of v's figure minus the unhooked one.
@@ -124,7 +126,16 @@ func (r besideResult) String() string {
 	goal := max(0.5*t, 1.1*f)
 	return fmt.Sprintf("per call above the unhooked loop (median of %d interleaved rounds): grain %+.0f ns, empty program on grain's hook %+.0f ns, bpftrace %+.0f ns; goal grain <= max(0.5 x bpftrace, 1.1 x floor) = %.0f ns: %s\n"+
 		"rounds (ns per call): base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
-		len(r.base), g, f, t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.base, r.grain, r.floor, r.bpftrace)
+		len(r.base), g, f, t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.base, r.grain, r.floor, r.bpftrace) +
+		r.progString()
+}
+
+func (r besideResult) progString() string {
+	if !*progStatsOn {
+		return ""
+	}
+	return fmt.Sprintf("\nprograms' own ns per run (BPF statistics, median): grain %.0f, empty program %.0f, bpftrace %.0f; rounds: grain %.0f, floor %.0f, bpftrace %.0f",
+		median(r.grainProg), median(r.floorProg), median(r.bpftraceProg), r.grainProg, r.floorProg, r.bpftraceProg)
 }
 
 func reportBeside(b *testing.B, r besideResult) {
@@ -136,6 +147,11 @@ func reportBeside(b *testing.B, r besideResult) {
 	b.ReportMetric(t, "bpftrace-ns")
 	if t > 0 {
 		b.ReportMetric(g/t, "grain/bpftrace")
+	}
+	if *progStatsOn {
+		b.ReportMetric(median(r.grainProg), "grain-prog-ns")
+		b.ReportMetric(median(r.floorProg), "floor-prog-ns")
+		b.ReportMetric(median(r.bpftraceProg), "bpftrace-prog-ns")
 	}
 	b.Logf("%s", r)
 }
@@ -149,17 +165,37 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 		tb.Skip("bpftrace is missing (apt-get install bpftrace)")
 	}
 	p := newHooks(tb, hook.Options{})
+	enableProgStats(tb)
 	plan := plantest.Compile(tb, w.policy)
-	var base, grain, floor, bt []float64
-	timed := func(n int) float64 {
+	var r besideResult
+	// timed runs n calls; with -prog-stats it also returns the ns per run
+	// of progs by the kernel's BPF statistics (0 without).
+	timed := func(n int, progs ...*ebpf.Program) (float64, float64) {
+		var st0 []ebpf.ProgramStats
+		for _, prog := range progs {
+			st0 = append(st0, progStats(prog))
+		}
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
 		start := time.Now()
 		w.run(tb, n)
-		return float64(time.Since(start).Nanoseconds()) / float64(n)
+		elapsed := time.Since(start)
+		runtime.UnlockOSThread()
+		var runs uint64
+		var runtimeNs time.Duration
+		for i, prog := range progs {
+			st1 := progStats(prog)
+			runs += st1.RunCount - st0[i].RunCount
+			runtimeNs += st1.Runtime - st0[i].Runtime
+		}
+		progNs := 0.0
+		if runs > 0 {
+			progNs = float64(runtimeNs.Nanoseconds()) / float64(runs)
+		}
+		return float64(elapsed.Nanoseconds()) / float64(n), progNs
 	}
 	for range rounds {
-		base = append(base, timed(n))
+		ns, _ := timed(n)
+		r.base = append(r.base, ns)
 
 		if err := p.Apply(plan); err != nil {
 			tb.Fatal(err)
@@ -168,18 +204,72 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 		if w.name != "" {
 			mech = p.Mechanism(w.kind, w.name)
 		}
-		grain = append(grain, timed(n))
+		ns, progNs := timed(n, grainProg(tb, p, mech))
+		r.grain, r.grainProg = append(r.grain, ns), append(r.grainProg, progNs)
 		if err := p.Apply(&codegen.Plan{}); err != nil {
 			tb.Fatal(err)
 		}
 
-		stop, _ := w.attachFloor(tb, mech)
-		floor = append(floor, timed(n))
+		stop, floorProg := w.attachFloor(tb, mech)
+		ns, progNs = timed(n, floorProg)
+		r.floor, r.floorProg = append(r.floor, ns), append(r.floorProg, progNs)
 		stop()
 
-		bt = append(bt, runBpftrace(tb, n, w.comm, bpftrace, w.bpftrace, func() float64 { return timed(n) }))
+		ns, progNs = runBpftrace(tb, n, w.comm, bpftrace, w.bpftrace, func(progs []*ebpf.Program) (float64, float64) { return timed(n, progs...) })
+		r.bpftrace, r.bpftraceProg = append(r.bpftrace, ns), append(r.bpftraceProg, progNs)
 	}
-	return besideResult{base: base, grain: grain, floor: floor, bpftrace: bt}
+	return r
+}
+
+// grainProg is the program grain runs for the workload's hook: raw
+// sys_enter for syscalls, else the tracepoint program of mech.
+func grainProg(tb testing.TB, p *hook.Hooks, mech hook.Mechanism) *ebpf.Program {
+	name := bpf.ProgSysEnter
+	switch mech {
+	case hook.MechanismRawTracepoint:
+		name = bpf.ProgRawTracepoint
+	case hook.MechanismTracepoint:
+		name = bpf.ProgTracepoint
+	}
+	prog, err := p.Program().Program(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return prog
+}
+
+// programIDs lists the BPF programs loaded on the machine.
+func programIDs(tb testing.TB) map[ebpf.ProgramID]bool {
+	ids := map[ebpf.ProgramID]bool{}
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return ids
+		}
+		ids[next], id = true, next
+	}
+}
+
+// newTracingPrograms opens the tracepoint programs loaded since before
+// (bpftrace's: its BEGIN probe is a uprobe, not among them).
+func newTracingPrograms(tb testing.TB, before map[ebpf.ProgramID]bool) []*ebpf.Program {
+	var progs []*ebpf.Program
+	for id := range programIDs(tb) {
+		if before[id] {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // unloaded meanwhile
+		}
+		if t := prog.Type(); t != ebpf.TracePoint && t != ebpf.RawTracepoint {
+			prog.Close()
+			continue
+		}
+		tb.Cleanup(func() { prog.Close() })
+		progs = append(progs, prog)
+	}
+	return progs
 }
 
 // bpftraceReady is printed by the BEGIN probe, which bpftrace runs once
@@ -191,7 +281,8 @@ var bpftraceCount = regexp.MustCompile(`^@\[(.*)\]: (\d+)$`)
 // runBpftrace runs program under bpftrace, calls measure once it is
 // attached, stops bpftrace and checks from its map that it counted the
 // measured calls (this process's comm at least as many times as measured).
-func runBpftrace(b testing.TB, n int, comm, bpftrace, program string, measure func() float64) float64 {
+func runBpftrace(b testing.TB, n int, comm, bpftrace, program string, measure func([]*ebpf.Program) (float64, float64)) (float64, float64) {
+	loaded := programIDs(b)
 	cmd := exec.Command(bpftrace, "-e", `BEGIN { printf("`+bpftraceReady+`\n"); } `+program)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -228,7 +319,7 @@ func runBpftrace(b testing.TB, n int, comm, bpftrace, program string, measure fu
 			b.Fatalf("bpftrace did not attach within 60 s: %s", stderr.String())
 		}
 	}
-	ns := measure()
+	ns, progNs := measure(newTracingPrograms(b, loaded))
 	// On SIGTERM bpftrace prints its maps and exits; bpftrace 0.17 misses
 	// a signal that comes right after BEGIN, so it is repeated until
 	// bpftrace is gone.
@@ -257,7 +348,7 @@ func runBpftrace(b testing.TB, n int, comm, bpftrace, program string, measure fu
 	if counted < uint64(n) {
 		b.Fatalf("bpftrace counted %d calls of %s, want at least %d: it was not attached during the loop", counted, comm, n)
 	}
-	return ns
+	return ns, progNs
 }
 
 // commOf is this process's comm.

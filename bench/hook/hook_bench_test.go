@@ -42,7 +42,7 @@ var progStatsOn = flag.Bool("prog-stats", false, "report the programs' own ns pe
 
 // enableProgStats turns the kernel's BPF run-time statistics on for the
 // benchmark when -prog-stats asks for them.
-func enableProgStats(b *testing.B) {
+func enableProgStats(b testing.TB) {
 	b.Helper()
 	if !*progStatsOn {
 		return

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +16,8 @@ import (
 
 // TestHookCountPendingExact: counts keyed by comm stay exact with the
 // kernel's write-combining slots (bpf.HookCountPending) holding the
-// last key's calls: a child makes getppid calls under one comm, then
+// last key's calls, by grain_sys_enter's short count path (one rule by
+// labels at hand) and by its general one (three rules), on the same slots: a child makes getppid calls under one comm, then
 // another (prctl(PR_SET_NAME)); between its steps the rule set is reloaded
 // (one rule; three rules on the same calls, one with a key too long for the
 // small map; one rule again; none), which leaves counts pending in slots of
@@ -49,6 +51,16 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 	}
 	out := bufio.NewReader(outPipe)
 	pid := cmd.Process.Pid
+	// getppid's entry in the syscall table of the active generation
+	// tells which path counts it: the short one (count_at_hand) for one
+	// rule by labels at hand, the general one for three rules.
+	shortPath := func(want bool) {
+		t.Helper()
+		if got := countsAtHand(t, p, "getppid"); got != want {
+			t.Fatalf("getppid counted by the short path: %v, want %v", got, want)
+		}
+	}
+	shortPath(true)
 	waitSync := func() {
 		t.Helper()
 		if l, err := out.ReadString('\n'); err != nil || l != "sync\n" {
@@ -81,6 +93,7 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 	waitSync()
 	check("1,000 calls, one rule", []string{line("calls", "comm="+first, 1000)})
 	applyHooks(t, p, byComm+more)
+	shortPath(false)
 	resume()
 
 	waitSync()
@@ -96,6 +109,7 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 	// a and c go: their counts stay as they were
 	applyHooks(t, p, more[:strings.Index(more, "\nc:")])
 	check("a reload to one of them, before more calls", after2)
+	shortPath(true)
 	resume()
 
 	waitSync()
@@ -128,5 +142,66 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 	}
 	if !held {
 		t.Fatal("no count pending in any slot: the test did not exercise write-combining")
+	}
+}
+
+// countsAtHand tells whether grain_sys_enter counts syscall name by its
+// short path (count_at_hand) in the active generation.
+func countsAtHand(t *testing.T, p *Hooks, name string) bool {
+	t.Helper()
+	nr, ok := bpf.SyscallNumber(runtime.GOARCH, name)
+	if !ok {
+		t.Fatalf("no syscall %s", name)
+	}
+	var sc bpf.HookSyscall
+	if err := p.p.Maps().Syscalls.Lookup(p.gen.Active()*bpf.HookSyscalls+uint32(nr), &sc); err != nil {
+		t.Fatal(err)
+	}
+	return sc.CountRule != 0
+}
+
+// TestHookCountAtHandLabels: the short count path packs every label it
+// takes (comm, pid, tgid, syscall) in any order as the general path does:
+// real getppid calls of a child, counted exactly; and rules it does not
+// take (a filter, a sum, a label it does not read, two rules on a call) go
+// the general path.
+func TestHookCountAtHandLabels(t *testing.T) {
+	p := newTestHooks(t, Options{})
+	comm := uniqueName("athand")
+	bin := hookchild.Copy(t, comm)
+	for _, c := range []struct {
+		by, want string
+	}{
+		{`["syscall", "pid"]`, "syscall=getppid,pid=%[1]d"},
+		{`["tgid", "comm"]`, "tgid=%[1]d,comm=%[2]s"},
+		{`["pid", "tgid", "syscall"]`, "pid=%[1]d,tgid=%[1]d,syscall=getppid"},
+		{`["comm", "syscall"]`, "comm=%[2]s,syscall=getppid"},
+	} {
+		applyHooks(t, p, `x: {syscall: "getppid", count: {metric: "at_hand", by: `+c.by+`}}`)
+		if !countsAtHand(t, p, "getppid") {
+			t.Fatalf("by %s: not counted by the short path", c.by)
+		}
+		cmd := hookchild.Command(bin, "steps getppid:777")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		want := fmt.Sprintf("at_hand "+c.want+" 777", cmd.Process.Pid, comm)
+		if got := countLines(t, p); !slices.Contains(got, want) {
+			t.Fatalf("by %s: counts\n%s\nwant among them\n%s", c.by, strings.Join(got, "\n"), want)
+		}
+	}
+	for name, src := range map[string]string{
+		"filtered":     `x: {syscall: "getppid", match: process: comm: "x", count: {metric: "m", by: ["comm"]}}`,
+		"sum":          `x: {syscall: "getppid", args: [{index: 0, type: "int", name: "a"}], count: {metric: "m", by: ["comm"], sum: "a"}}`,
+		"uid label":    `x: {syscall: "getppid", count: {metric: "m", by: ["uid"]}}`,
+		"big key":      `x: {syscall: "getppid", count: {metric: "m", by: ["comm", "pid", "tgid"]}}`,
+		"no labels":    `x: {syscall: "getppid", count: {metric: "m"}}`,
+		"emits too":    `x: {syscall: "getppid", count: {metric: "m", by: ["comm"]}, emit: {event: "e"}}`,
+		"two policies": `x: {syscall: "getppid", count: {metric: "m", by: ["comm"]}}` + "\n" + `y: {syscall: "getppid", count: {metric: "n", by: ["comm"]}}`,
+	} {
+		applyHooks(t, p, src)
+		if countsAtHand(t, p, "getppid") {
+			t.Fatalf("%s: counted by the short path", name)
+		}
 	}
 }

@@ -850,6 +850,45 @@ func Cgroup2Mount() string {
 	return "/sys/fs/cgroup"
 }
 
+// countRuleAtHand is 1 + the index of the rule that grain_sys_enter's
+// short count path (count_at_hand in bpf/hook.c) runs for syscall s, or 0
+// when s needs the general path: s has one hook with one rule, which only
+// counts, unfiltered and without a sum, by comm, pid, tgid or syscall in a
+// small key (three words at most: comm takes two).
+func countRuleAtHand(s *bpf.HookSyscall, hooks []bpf.Hook, rules []bpf.HookRule) uint16 {
+	if s.Nhooks != 1 {
+		return 0
+	}
+	h := &hooks[s.Hooks[0]]
+	if h.Nrules != 1 || int(h.Rules[0]) >= len(rules) {
+		return 0
+	}
+	r := &rules[h.Rules[0]]
+	if r.Flags != bpf.HookRCount|bpf.HookRSmallKey || r.Nselectors != 0 || r.Nlabels == 0 || int(r.Nlabels) > len(r.Labels) {
+		return 0
+	}
+	words := 0
+	for _, l := range r.Labels[:r.Nlabels] {
+		size := 8
+		switch l.Field {
+		case bpf.HookFComm:
+			size = 16
+		case bpf.HookFPid, bpf.HookFTgid, bpf.HookFSyscall:
+		default:
+			return 0
+		}
+		// the kernel packs the labels in order, as codegen lays them out
+		if int(l.Offset) != words*8 || int(l.Size) != size {
+			return 0
+		}
+		words += size / 8
+	}
+	if words > 3 {
+		return 0
+	}
+	return h.Rules[0] + 1
+}
+
 // writeInactive fills the inactive generation with pp, which no program
 // reads until the commit, and returns it with the epoch of its rule ids.
 // e.mu held.
@@ -931,6 +970,9 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 			s.Hooks[s.Nhooks] = uint8(a.slot)
 			s.Nhooks++
 		}
+	}
+	for nr := range sysHooks {
+		sysHooks[nr].CountRule = countRuleAtHand(&sysHooks[nr], kHooks, kRules)
 	}
 	if err := generation.PutRange(m.Hooks, next*bpf.HookMaxHooks, kHooks); err != nil {
 		return fmt.Errorf("write hooks: %w", err)
