@@ -510,6 +510,56 @@ __noinline int FN(rules_apply)(CTX *ctx, struct pkt_meta *m, __u32 gen, __u32 ba
 	return VERDICT_CONTINUE;
 }
 
+/* Skips the IPv6 extension headers from frame offset off, where one of
+ * type nh (ipv6_ext_header) begins: at most GRAIN_MAX_IPV6_EXT_HEADERS of
+ * them. Returns where the L4 header begins << 32, IPV6_EXT_FRAGMENT when a
+ * fragment header says the packet carries none (not the first fragment),
+ * and the L4 protocol in the low byte; IPV6_EXT_MALFORMED when a header is
+ * truncated, there are more, or they end past the frame. A global
+ * function, which only such packets call: inlined, the verifier followed
+ * every chain of header types, each with its own offsets, through the rest
+ * of the parse. */
+__noinline __u64 FN(ipv6_ext_skip)(CTX *ctx, __u32 off, __u32 nh)
+{
+	void *data = CTX_DATA(ctx);
+	void *data_end = CTX_DATA_END(ctx);
+	if (off > MAX_FRAME_OFF)
+		return IPV6_EXT_MALFORMED;
+	bound_offset(off);
+	void *cur = data + off;
+	__u8 l4proto = nh;
+	__u64 fragment = 0;
+	int i;
+	for (i = 0; i < GRAIN_MAX_IPV6_EXT_HEADERS; i++) {
+		if (l4proto == 0 || l4proto == 43 || l4proto == 60) {
+			struct ipv6_opt_ *opt = cur;
+			if ((void *)(opt + 1) > data_end)
+				return IPV6_EXT_MALFORMED;
+			l4proto = opt->nexthdr;
+			cur += (opt->hdrlen + 1) * 8;
+		} else if (l4proto == 51) { /* AH */
+			struct ipv6_opt_ *opt = cur;
+			if ((void *)(opt + 1) > data_end)
+				return IPV6_EXT_MALFORMED;
+			l4proto = opt->nexthdr;
+			cur += (opt->hdrlen + 2) * 4;
+		} else if (l4proto == 44) {
+			struct ipv6_frag_ *fh = cur;
+			if ((void *)(fh + 1) > data_end)
+				return IPV6_EXT_MALFORMED;
+			l4proto = fh->nexthdr;
+			if (bpf_ntohs(fh->frag_off) & 0xfff8)
+				fragment = IPV6_EXT_FRAGMENT;
+			cur = fh + 1;
+		} else {
+			break;
+		}
+	}
+	if (i == GRAIN_MAX_IPV6_EXT_HEADERS || cur > data_end)
+		return IPV6_EXT_MALFORMED;
+	return (__u64)(cur - data) << 32 | fragment | l4proto;
+}
+
 /* Parses L2-L4 into m. Returns 0 when the packet is judged, 1 when it is not
  * IP, -1 when it is malformed or truncated (passed, never misparsed). */
 static __always_inline int FN(parse)(CTX *ctx, struct pkt_meta *m)
@@ -575,36 +625,21 @@ static __always_inline int FN(parse)(CTX *ctx, struct pkt_meta *m)
 		__builtin_memcpy(m->daddr, ip6->daddr, 16);
 		l4proto = ip6->nexthdr;
 		cur = ip6 + 1;
-		int i;
-		for (i = 0; i < GRAIN_MAX_IPV6_EXT_HEADERS; i++) {
-			if (l4proto == 0 || l4proto == 43 || l4proto == 60) {
-				struct ipv6_opt_ *opt = cur;
-				if ((void *)(opt + 1) > data_end)
-					return -1;
-				l4proto = opt->nexthdr;
-				cur += (opt->hdrlen + 1) * 8;
-			} else if (l4proto == 51) { /* AH */
-				struct ipv6_opt_ *opt = cur;
-				if ((void *)(opt + 1) > data_end)
-					return -1;
-				l4proto = opt->nexthdr;
-				cur += (opt->hdrlen + 2) * 4;
-			} else if (l4proto == 44) {
-				struct ipv6_frag_ *fh = cur;
-				if ((void *)(fh + 1) > data_end)
-					return -1;
-				l4proto = fh->nexthdr;
-				if (bpf_ntohs(fh->frag_off) & 0xfff8)
-					has_l4 = 0;
-				cur = fh + 1;
-			} else {
-				break;
-			}
+		if (ipv6_ext_header(l4proto)) {
+			__u64 ext = FN(ipv6_ext_skip)(ctx, cur - data, l4proto);
+			if (ext == IPV6_EXT_MALFORMED)
+				return -1;
+			/* At most 62 + 6 x 2048 bytes of headers: the bound
+			 * holds for every packet and lets the verifier check
+			 * the L4 header's reads. */
+			__u32 off = ext >> 32;
+			if (off > MAX_FRAME_OFF)
+				return -1;
+			bound_offset(off);
+			cur = data + off;
+			l4proto = ext & 0xff;
+			has_l4 = !(ext & IPV6_EXT_FRAGMENT);
 		}
-		if (i == GRAIN_MAX_IPV6_EXT_HEADERS)
-			return -1;
-		if (cur > data_end)
-			return -1;
 	} else {
 		return 1;
 	}

@@ -293,6 +293,16 @@ static __always_inline __u32 prefix_mask(__u32 plen, __u32 word)
 	return bpf_htonl((__u32)(0xffffffff00000000ULL >> bits));
 }
 
+/* Whether IPv6 next header nh is an extension header parse skips: hop-by-
+ * hop, routing, destination options, fragment, AH. */
+static __always_inline int ipv6_ext_header(__u8 nh)
+{
+	return nh == 0 || nh == 43 || nh == 60 || nh == 44 || nh == 51;
+}
+
+#define IPV6_EXT_MALFORMED (~0ULL)
+#define IPV6_EXT_FRAGMENT (1ULL << 8)
+
 /* Lowest set bit of a non-zero word. BPF has no ctz instruction: clang
  * expands this into a multiply by a De Bruijn constant and a lookup in a
  * 64-byte table, branch-free, so the verifier sees one unknown index rather
