@@ -115,7 +115,7 @@ check-generated:
 BENCH_EDITS ?= 100
 BENCH_RELOADS ?= 300
 bench: build
-	$(GO) test -run '^$$' -bench PerPacket -benchtime 1x ./bench/xdp/
+	$(GO) test -run '^$$' -bench 'PerPacket|PrefixIndex' -benchtime 1x ./bench/xdp/
 	N=500000 RUNS=7 CPU=1 CONFIGS="none dropall iptables grain grain-every" bench/veth/run.sh
 	N=300000 RUNS=5 CPU=1 INSTALL=1 bench/veth/cidr.sh
 	GRAIN_BENCH_EDITS=$(BENCH_EDITS) GRAIN_BENCH_RELOADS=$(BENCH_RELOADS) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/reload/
