@@ -83,7 +83,8 @@ func (r result) cpus(t time.Duration) float64 {
 }
 
 // CPUString says where the machine's CPU time went during the run, per
-// party, in CPUs and per event generated.
+// party, in CPUs and per event generated ("receiver" is a receiver in
+// another process; one in this process counts as grain).
 func (r result) CPUString() string {
 	per := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / float64(max(r.generated, 1)) }
 	grain := r.procCPU - r.genCPU
@@ -354,6 +355,7 @@ func BenchmarkKernelToStdout(b *testing.B) {
 				sink := pipeline.NewJSONSink(null)
 				r := measure(b, rate, sink, func() uint64 { return sink.Stats().Exported }, func() { null.Close() })
 				b.Log(r)
+				b.Log(r.CPUString())
 				if r.unaccounted() != 0 {
 					b.Errorf("%d events unaccounted for: every generated event must arrive or be counted lost", r.unaccounted())
 				}
@@ -394,6 +396,7 @@ func BenchmarkKernelToOTLP(b *testing.B) {
 					b.Errorf("sink counted %d exported, receiver got %d", r.exported, r.arrived)
 				}
 				b.Log(r)
+				b.Log(r.CPUString())
 				if r.unaccounted() != 0 {
 					b.Errorf("%d events unaccounted for: every generated event must arrive or be counted lost", r.unaccounted())
 				}
