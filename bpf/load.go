@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -33,6 +34,9 @@ type XDP struct {
 	// layout were pinned there (TakeOverPins).
 	pinPath    string
 	pinPending bool
+	// reused names the maps LoadXDP took from pins of an earlier grain;
+	// every other map it created, all zero.
+	reused map[string]bool
 
 	progMu sync.Mutex
 	progs  map[string]*ebpf.Program // by name, once loaded (loadProgram)
@@ -253,7 +257,14 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 			os.Remove(path)
 		}
 	}
-	x := &XDP{spec: spec, pinPath: opts.PinPath}
+	x := &XDP{spec: spec, pinPath: opts.PinPath, reused: map[string]bool{}}
+	if opts.PinPath != "" {
+		for name, m := range spec.Maps {
+			if m.Pinning == ebpf.PinByName && !slices.Contains(fresh, filepath.Join(opts.PinPath, name)) {
+				x.reused[name] = true
+			}
+		}
+	}
 	err = spec.LoadAndAssign(&x.objs, collOpts)
 	if err != nil {
 		// Maps are pinned before the program loads: a failed load must not
@@ -274,6 +285,7 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 			m.Pinning = ebpf.PinNone
 		}
 		x.pinPending = true
+		clear(x.reused)
 		err = spec.LoadAndAssign(&x.objs, nil)
 	}
 	if err != nil {
@@ -289,6 +301,10 @@ func LoadXDP(opts XDPOptions) (*XDP, error) {
 	}
 	return x, nil
 }
+
+// CIDRIndexCreated reports that LoadXDP created the cidr_index map, all
+// zero, rather than taking it from an earlier grain's pin.
+func (x *XDP) CIDRIndexCreated() bool { return !x.reused["cidr_index"] }
 
 // PinPending reports that maps of another layout are pinned where this
 // program's maps belong (LoadXDP): until TakeOverPins, what is pinned there

@@ -116,6 +116,10 @@ func New(opts Options) (*Engine, error) {
 	}
 	e := &Engine{log: log, xdp: x, links: map[string]xdpLink{}, pinPath: opts.PinPath,
 		pinLock: pinLock, totals: generation.Tally[RuleCounter]{}, noTCX: bpf.HaveTCX() != nil}
+	if x.CIDRIndexCreated() {
+		// All zero: the first writes need not zero the whole of it.
+		e.index = [bpf.Generations]*cidrIndexRuns{{}, {}}
+	}
 	if e.gen, err = generation.New[codegen.Rule](generation.Options{Activate: e.activate, Staged: x.StagedRuleIDs}); err != nil {
 		e.closeFDs()
 		return nil, err

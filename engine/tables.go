@@ -166,8 +166,8 @@ type cidrIndexRuns [2][]codegen.CIDRIndexRun
 // writeCIDRIndex writes plan's IPv4 prefix index into generation gen's
 // part of m and zeroes every other entry that *held says is set there, so
 // that no entry of an earlier rule set stays to widen a match. When *held
-// is nil (unknown) it writes the whole part, zeros included: 1 MiB, some
-// 15 ms, once per generation and engine. *held is the plan's after a
+// is nil (unknown: maps an earlier grain pinned) it writes the whole
+// part, zeros included: 512 KiB, some 15 ms, once per generation. *held is the plan's after a
 // write, nil after a failed one.
 func writeCIDRIndex(m *ebpf.Map, gen uint32, plan *codegen.XDPMaps, held **cidrIndexRuns) error {
 	want := cidrIndexRuns{plan.SourceIndex4, plan.DestinationIndex4}

@@ -3,6 +3,8 @@ package engine
 import (
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/grain-ebpf/grain/internal/netns"
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/plantest"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -107,4 +109,60 @@ some: {priority: 10, xdp: interfaces: ["lo"], match: saddr: ["203.0.113.0/24"], 
 	// first set, whose verdicts are as before.
 	apply(first)
 	check("the first rule set again", firstProbes)
+}
+
+// A grain started on maps an earlier grain pinned does not know what
+// their prefix index holds: its first write of each generation zeroes
+// that generation's whole part, so the earlier rule sets' entries (here
+// in both generations) widen no match of its own.
+func TestXDPPrefixIndexAfterRestart(t *testing.T) {
+	vmtest.HostOnly(t, "BPF_PROG_TEST_RUN runs the same bytecode on the same tables on every kernel; the guests verify the program (bpf's TestVerifierInstructions)")
+	vmtest.RequireRoot(t)
+	pins := netns.PinDir(t)
+	lo := map[string]uint32{"lo": loIndex}
+	first, err := New(Options{PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.XDP().CIDRIndexCreated() {
+		t.Fatal("a grain on an empty pin directory took its prefix index from a pin")
+	}
+	for _, src := range []string{
+		`wide: {xdp: interfaces: ["lo"], match: saddr: ["10.0.0.0/8", "10.1.2.0/24"], then: "drop"}`,
+		`wide: {xdp: interfaces: ["lo"], match: saddr: ["0.0.0.0/0", "192.0.2.0/24"], then: "drop"}`,
+	} {
+		if err := first.ApplyTables(plantest.Compile(t, src), lo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := first.Release(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if e.XDP().CIDRIndexCreated() {
+		t.Fatal("the restarted grain did not take the pinned prefix index")
+	}
+	narrow := plantest.Compile(t, `narrow: {xdp: interfaces: ["lo"], match: saddr: ["192.0.2.7/32"], then: "drop"}`)
+	prog, err := e.XDP().Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 { // one write of each generation
+		if err := e.ApplyTables(narrow, lo); err != nil {
+			t.Fatal(err)
+		}
+		for src, want := range map[string]uint32{"192.0.2.7": xdpDrop, "192.0.2.8": xdpPass, "10.1.2.3": xdpPass, "10.9.9.9": xdpPass, "1.2.3.4": xdpPass} {
+			got, err := prog.Run(&ebpf.RunOptions{Data: pktbuild.TCP4(src, "100.64.0.1", 5, 80, pktbuild.ACK, nil).Bytes()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("write %d after the restart: from %s: %s, want %s", round+1, src, verdictName(got), verdictName(want))
+			}
+		}
+	}
 }
