@@ -919,76 +919,16 @@ int grain_tracepoint(void *ctx)
 	return GUARDED(begin(), tracepoint_run(s, ctx));
 }
 
-/* Any tracepoint, raw (Linux 6.10+: raw tracepoints take a cookie): for
- * hooks that read no record field, only process context. It skips the perf
- * event's record building, ~60 ns per call on this kind of host; its ctx
- * holds the tracepoint's C arguments, which grain does not read. */
-static __always_inline int raw_tracepoint_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx)
-{
-	struct grain_hook *h = hook_of(s, bpf_get_attach_cookie(ctx));
-	if (!h)
-		return 0;
-	return hook_run(s, h);
-}
-
-SEC("raw_tracepoint")
-int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
-{
-	return GUARDED(begin(), raw_tracepoint_run(s, ctx));
-}
-
-static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx, struct grain_hook_syscall *sc, __u64 nr)
-{
-	s->syscall = nr;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	for (int k = 0; k < GRAIN_HOOK_SYSCALL_HOOKS; k++) {
-		if (k >= sc->nhooks)
-			break;
-		struct grain_hook *h = hook_of(s, sc->hooks[k]);
-		if (!h)
-			continue;
-		s->decoded = 0; /* hooks of one syscall may read other types */
-		for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
-			if (i >= h->nargs)
-				break;
-			struct grain_hook_arg *a = &h->args[i];
-			__u64 x = 0;
-			switch (a->index) {
-			case 0:
-				x = PT_REGS_PARM1_CORE_SYSCALL(regs);
-				break;
-			case 1:
-				x = PT_REGS_PARM2_CORE_SYSCALL(regs);
-				break;
-			case 2:
-				x = PT_REGS_PARM3_CORE_SYSCALL(regs);
-				break;
-			case 3:
-				x = PT_REGS_PARM4_CORE_SYSCALL(regs);
-				break;
-			case 4:
-				x = PT_REGS_PARM5_CORE_SYSCALL(regs);
-				break;
-			case 5:
-				x = PT_REGS_PARM6_CORE_SYSCALL(regs);
-				break;
-			}
-			s->raw[i] = ext_arg(a, x);
-		}
-		hook_run(s, h);
-	}
-	return 0;
-}
-
-/* count_at_hand runs the one rule of a syscall whose rule only counts by
- * labels at hand (grain_hook_syscall.count_rule): what rule_apply and
+/* count_at_hand runs the one rule of a hook that only counts by labels at
+ * hand (grain_hook.count_rule, 1 + the rule's index): what rule_apply and
  * do_count do for it, the key built in registers, without their calls and
  * general paths (measured: about half of a counted call's cost). The key's
- * bytes are do_count's, so both paths share the count slot. */
+ * bytes are do_count's, so both paths share the count slot. nr: the
+ * syscall label's value (0 off raw sys_enter, as int_field gives). */
 static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_active *act, struct task_struct *t,
-					 struct grain_hook_syscall *sc, __u64 nr)
+					 __u32 count_rule, __u64 nr)
 {
-	__u32 ri = (act->generation & 1) * GRAIN_HOOK_MAX_RULES + ((sc->count_rule - 1) & (GRAIN_HOOK_MAX_RULES - 1));
+	__u32 ri = (act->generation & 1) * GRAIN_HOOK_MAX_RULES + ((count_rule - 1) & (GRAIN_HOOK_MAX_RULES - 1));
 	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
 	if (!r)
 		return 0;
@@ -1051,6 +991,83 @@ static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_ac
 	return 0;
 }
 
+/* Any tracepoint, raw (Linux 6.10+: raw tracepoints take a cookie): for
+ * hooks that read no record field, only process context. It skips the perf
+ * event's record building, ~60 ns per call on this kind of host; its ctx
+ * holds the tracepoint's C arguments, which grain does not read. */
+static __always_inline int raw_tracepoint_run(struct scratch *s, struct grain_hook *h, __u32 slot)
+{
+	s->hook = slot;
+	return hook_run(s, h);
+}
+
+SEC("raw_tracepoint")
+int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	struct grain_hook_active *act = bpf_map_lookup_elem(&hook_active, &zero);
+	if (!act)
+		return 0;
+	/* the hook is looked up before the scratch level is claimed: its
+	 * count_rule picks the path */
+	__u32 slot = bpf_get_attach_cookie(ctx) & (GRAIN_HOOK_MAX_HOOKS - 1);
+	__u32 key = (act->generation & 1) * GRAIN_HOOK_MAX_HOOKS + slot;
+	struct grain_hook *h = bpf_map_lookup_elem(&hooks, &key);
+	if (!h || !h->nrules)
+		return 0;
+	__u32 count_rule = h->count_rule;
+	if (count_rule) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		if (t->tgid == act->agent_tgid)
+			return 0;
+		return GUARDED(claim(), count_at_hand(s, act, t, count_rule, 0));
+	}
+	return GUARDED(begin_with(act), raw_tracepoint_run(s, h, slot));
+}
+
+static __always_inline int sys_enter_run(struct scratch *s, struct bpf_raw_tracepoint_args *ctx, struct grain_hook_syscall *sc, __u64 nr)
+{
+	s->syscall = nr;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	for (int k = 0; k < GRAIN_HOOK_SYSCALL_HOOKS; k++) {
+		if (k >= sc->nhooks)
+			break;
+		struct grain_hook *h = hook_of(s, sc->hooks[k]);
+		if (!h)
+			continue;
+		s->decoded = 0; /* hooks of one syscall may read other types */
+		for (__u32 i = 0; i < GRAIN_HOOK_MAX_ARGS; i++) {
+			if (i >= h->nargs)
+				break;
+			struct grain_hook_arg *a = &h->args[i];
+			__u64 x = 0;
+			switch (a->index) {
+			case 0:
+				x = PT_REGS_PARM1_CORE_SYSCALL(regs);
+				break;
+			case 1:
+				x = PT_REGS_PARM2_CORE_SYSCALL(regs);
+				break;
+			case 2:
+				x = PT_REGS_PARM3_CORE_SYSCALL(regs);
+				break;
+			case 3:
+				x = PT_REGS_PARM4_CORE_SYSCALL(regs);
+				break;
+			case 4:
+				x = PT_REGS_PARM5_CORE_SYSCALL(regs);
+				break;
+			case 5:
+				x = PT_REGS_PARM6_CORE_SYSCALL(regs);
+				break;
+			}
+			s->raw[i] = ext_arg(a, x);
+		}
+		hook_run(s, h);
+	}
+	return 0;
+}
+
 /* Raw sys_enter: the hooks of a syscall come from its number. */
 SEC("raw_tracepoint/sys_enter")
 int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
@@ -1072,7 +1089,7 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		struct task_struct *t = bpf_get_current_task_btf();
 		if (t->tgid == act->agent_tgid)
 			return 0;
-		return GUARDED(claim(), count_at_hand(s, act, t, sc, nr));
+		return GUARDED(claim(), count_at_hand(s, act, t, sc->count_rule, nr));
 	}
 	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }

@@ -167,7 +167,13 @@ struct grain_hook {
 	__u8 nargs;
 	__u8 nrules;
 	__u8 flags;   /* GRAIN_HOOK_* */
-	__u32 _pad2;
+	/* 1 + the index (in the generation) of the hook's one rule when it
+	 * only counts, unfiltered, by labels every call has at hand (comm,
+	 * pid, tgid, syscall) in a small key: grain_raw_tracepoint then runs
+	 * the short count path (count_at_hand); 0 otherwise. The engine sets
+	 * it (not the Plan). */
+	__u16 count_rule;
+	__u16 _pad2;
 	struct grain_hook_arg args[GRAIN_HOOK_MAX_ARGS];
 	__u16 rules[GRAIN_HOOK_MAX_HOOK_RULES]; /* rule indices in the generation, in order */
 };
@@ -186,10 +192,8 @@ struct grain_hook_stash {
 struct grain_hook_syscall {
 	__u8 nhooks;
 	__u8 hooks[GRAIN_HOOK_SYSCALL_HOOKS];
-	/* 1 + the rule index (in the generation) when the syscall's one hook
-	 * has one rule, and it only counts, unfiltered, by labels the call
-	 * has at hand (comm, pid, tgid, syscall) in a small key: the count
-	 * path of grain_sys_enter (count_at_hand); 0 otherwise. */
+	/* the count_rule of the syscall's hook when it is the only one:
+	 * grain_sys_enter then runs the short count path (count_at_hand) */
 	__u16 count_rule;
 	__u16 _pad[3];
 };

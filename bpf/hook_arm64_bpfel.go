@@ -14,14 +14,15 @@ import (
 )
 
 type hookGrainHook struct {
-	_      structs.HostLayout
-	Kind   uint8
-	Nargs  uint8
-	Nrules uint8
-	Flags  uint8
-	Pad2   uint32
-	Args   [6]hookGrainHookArg
-	Rules  [16]uint16
+	_         structs.HostLayout
+	Kind      uint8
+	Nargs     uint8
+	Nrules    uint8
+	Flags     uint8
+	CountRule uint16
+	Pad2      uint16
+	Args      [6]hookGrainHookArg
+	Rules     [16]uint16
 }
 
 type hookGrainHookActive struct {

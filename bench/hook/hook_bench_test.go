@@ -161,6 +161,8 @@ func BenchmarkHookTracepointOverhead(b *testing.B) {
 		{"filtered_comm", `x: {` + tp + `, match: process: comm: "nomatch", count: metric: "m"}`},
 		{"counted", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, count: metric: "m"}`, pid)},
 		{"counted_by_comm", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, count: {metric: "m", by: ["comm"]}}`, pid)},
+		// every call counted by comm, unfiltered (the short count path)
+		{"all_counted_by_comm", `x: {` + tp + `, count: {metric: "m", by: ["comm"]}}`},
 		{"emitted", fmt.Sprintf(`x: {`+tp+`, match: process: tgid: %d, emit: {event: "e", fields: ["pid", "comm"]}}`, pid)},
 		// reading a record field keeps the perf-event tracepoint
 		{"counted_field_perf", fmt.Sprintf(`x: {`+tp+`, args: [{field: "newcomm", type: "string"}], match: process: tgid: %d, count: metric: "m"}`, pid)},

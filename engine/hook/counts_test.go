@@ -12,6 +12,7 @@ import (
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
 	"github.com/grain-ebpf/grain/internal/hookchild"
+	"github.com/grain-ebpf/grain/internal/plantest"
 )
 
 // TestHookCountPendingExact: counts keyed by comm stay exact with the
@@ -162,7 +163,8 @@ func countsAtHand(t *testing.T, p *Hooks, name string) bool {
 
 // TestHookCountAtHandLabels: the short count path packs every label it
 // takes (comm, pid, tgid, syscall) in any order as the general path does:
-// real getppid calls of a child, counted exactly; and rules it does not
+// real getppid calls of a child, counted exactly, and real execs on a raw
+// tracepoint (where the kernel gives those cookies); and rules it does not
 // take (a filter, a sum, a label it does not read, two rules on a call) go
 // the general path.
 func TestHookCountAtHandLabels(t *testing.T) {
@@ -190,6 +192,44 @@ func TestHookCountAtHandLabels(t *testing.T) {
 			t.Fatalf("by %s: counts\n%s\nwant among them\n%s", c.by, strings.Join(got, "\n"), want)
 		}
 	}
+	// A raw tracepoint's hook takes the same path (grain_raw_tracepoint):
+	// execs of the child, counted by comm and tgid, and its hits.
+	applyHooks(t, p, `execs: {tracepoint: "sched/sched_process_exec", count: {metric: "at_hand_execs", by: ["comm", "tgid"]}}`)
+	mech := wantTracepointMechanism(t, p)
+	if got := p.Mechanism(KindTracepoint, "sched/sched_process_exec"); got != mech {
+		t.Fatalf("sched_process_exec attached as %s, want %s", got, mech)
+	}
+	var hk bpf.Hook
+	slot := p.hooks[plantest.Compile(t, `x: {tracepoint: "sched/sched_process_exec", count: metric: "m"}`).Hooks.Hooks[0].Key()].slot
+	if err := p.p.Maps().Hooks.Lookup(p.gen.Active()*bpf.HookMaxHooks+uint32(slot), &hk); err != nil {
+		t.Fatal(err)
+	}
+	if hk.CountRule == 0 {
+		t.Fatalf("sched_process_exec's hook not set up for the short path: %+v", hk)
+	}
+	var want []string
+	for range 3 {
+		cmd := hookchild.Command(bin, "steps getppid:1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		want = append(want, fmt.Sprintf("at_hand_execs comm=%s,tgid=%d 1", comm, cmd.Process.Pid))
+	}
+	var got []string
+	for _, l := range countLines(t, p) {
+		if strings.HasPrefix(l, "at_hand_execs comm="+comm+",") {
+			got = append(got, l)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("exec counts\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if hits := ruleHits(t, p, "execs"); hits < 3 {
+		t.Fatalf("execs hits %d, want at least the child's 3", hits)
+	}
+
 	for name, src := range map[string]string{
 		"filtered":     `x: {syscall: "getppid", match: process: comm: "x", count: {metric: "m", by: ["comm"]}}`,
 		"sum":          `x: {syscall: "getppid", args: [{index: 0, type: "int", name: "a"}], count: {metric: "m", by: ["comm"], sum: "a"}}`,

@@ -850,16 +850,13 @@ func Cgroup2Mount() string {
 	return "/sys/fs/cgroup"
 }
 
-// countRuleAtHand is 1 + the index of the rule that grain_sys_enter's
-// short count path (count_at_hand in bpf/hook.c) runs for syscall s, or 0
-// when s needs the general path: s has one hook with one rule, which only
-// counts, unfiltered and without a sum, by comm, pid, tgid or syscall in a
-// small key (three words at most: comm takes two).
-func countRuleAtHand(s *bpf.HookSyscall, hooks []bpf.Hook, rules []bpf.HookRule) uint16 {
-	if s.Nhooks != 1 {
-		return 0
-	}
-	h := &hooks[s.Hooks[0]]
+// countRuleAtHand is 1 + the index of the rule that the short count path
+// (count_at_hand in bpf/hook.c: raw tracepoints, and raw sys_enter for a
+// syscall with this one hook) runs for hook h, or 0 when h needs the
+// general path: h has one rule, which only counts, unfiltered and without
+// a sum, by comm, pid, tgid or syscall in a small key (three words at most:
+// comm takes two).
+func countRuleAtHand(h *bpf.Hook, rules []bpf.HookRule) uint16 {
 	if h.Nrules != 1 || int(h.Rules[0]) >= len(rules) {
 		return 0
 	}
@@ -961,6 +958,7 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 			kh.Flags |= bpf.HookStash
 		}
 		copy(kh.Args[:], a.args)
+		kh.CountRule = countRuleAtHand(&kh, kRules)
 		kHooks[a.slot] = kh
 		for _, nr := range a.syscalls {
 			s := &sysHooks[nr]
@@ -972,7 +970,9 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 		}
 	}
 	for nr := range sysHooks {
-		sysHooks[nr].CountRule = countRuleAtHand(&sysHooks[nr], kHooks, kRules)
+		if s := &sysHooks[nr]; s.Nhooks == 1 {
+			s.CountRule = kHooks[s.Hooks[0]].CountRule
+		}
 	}
 	if err := generation.PutRange(m.Hooks, next*bpf.HookMaxHooks, kHooks); err != nil {
 		return fmt.Errorf("write hooks: %w", err)
