@@ -120,10 +120,12 @@ type LogSink struct {
 }
 
 // logBatch is a request body in the making: room for the request's
-// framing (logEncoder.room), then n encoded records.
+// framing (logEncoder.room), then n encoded records, whose observed times
+// (at observed) are set when it leaves.
 type logBatch struct {
-	buf []byte
-	n   int
+	buf      []byte
+	n        int
+	observed []int32
 }
 
 // exportWorker is one connection to the collector.
@@ -169,7 +171,6 @@ func (s *LogSink) Name() string { return "otlp" }
 // Emit encodes ev into the batch being filled, or counts it as dropped
 // when the queue is full.
 func (s *LogSink) Emit(ev *pipeline.Event) {
-	observed := time.Now()
 	s.mu.Lock()
 	if s.n >= s.cfg.QueueSize || s.closed {
 		s.mu.Unlock()
@@ -182,7 +183,7 @@ func (s *LogSink) Emit(ev *pipeline.Event) {
 		s.cur = b
 	}
 	at := len(b.buf)
-	b.buf = s.enc.appendRecord(b.buf, ev, observed)
+	b.buf = s.enc.appendRecord(b.buf, ev)
 	if b.n > 0 && len(b.buf) > maxRequestBytes {
 		// The record goes in a batch of its own: the request would be
 		// too large with it.
@@ -190,9 +191,10 @@ func (s *LogSink) Emit(ev *pipeline.Event) {
 		next.buf = append(next.buf, b.buf[at:]...)
 		b.buf = b.buf[:at]
 		s.full = append(s.full, b)
-		b = next
+		b, at = next, s.enc.room()
 		s.cur = b
 	}
+	b.observed = append(b.observed, int32(observedAt(b.buf, at)))
 	b.n++
 	s.n++
 	if b.n >= s.cfg.BatchSize {
@@ -220,7 +222,7 @@ func (s *LogSink) newBatch() *logBatch {
 // recycle keeps an exported batch for reuse: as many as the queue and the
 // workers can hold at once.
 func (s *LogSink) recycle(b *logBatch) {
-	b.buf, b.n = b.buf[:s.enc.room()], 0
+	b.buf, b.n, b.observed = b.buf[:s.enc.room()], 0, b.observed[:0]
 	s.mu.Lock()
 	if len(s.free) < s.cfg.QueueSize/s.cfg.BatchSize+len(s.workers) && cap(b.buf) <= 2*maxRequestBytes {
 		s.free = append(s.free, b)
@@ -288,6 +290,8 @@ func (s *LogSink) run(w *exportWorker) {
 			if b == nil {
 				break
 			}
+			// Observed now, as it leaves: the time grain hands it on.
+			setObserved(b.buf, b.observed, time.Now())
 			stopping = s.send(w, s.enc.frame(b.buf), uint64(b.n), stopping)
 			s.inFlight.Add(^uint64(b.n - 1))
 			s.recycle(b)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
@@ -449,8 +450,10 @@ func (e *logEncoder) room() int {
 }
 
 // appendRecord appends ev's LogRecord, as a ScopeLogs.log_records field,
-// to b.
-func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event, observed time.Time) []byte {
+// to b. Its observed time is left zero for setObserved to fill in when
+// the batch leaves: reading the clock per record cost ~80 ns here, a
+// tenth of an event's whole path through grain.
+func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event) []byte {
 	at := len(b)
 	// Tag and a two-byte length (a record of 128 to 16383 bytes),
 	// corrected below if the record's length needs another size.
@@ -458,7 +461,7 @@ func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event, observed time.Ti
 	b = protowire.AppendTag(b, lrTime, protowire.Fixed64Type)
 	b = protowire.AppendFixed64(b, uint64(ev.Time.UnixNano()))
 	b = protowire.AppendTag(b, lrObservedTime, protowire.Fixed64Type)
-	b = protowire.AppendFixed64(b, uint64(observed.UnixNano()))
+	b = protowire.AppendFixed64(b, 0)
 	b = append(b, severity...)
 	b = e.appendNamed(b, ev)
 	var addr [64]byte
@@ -474,6 +477,23 @@ func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event, observed time.Ti
 		}
 	}
 	return fixLength(b, at+1)
+}
+
+// observedAt returns where the observed time of the record appended at
+// b[at:] is: after the field's tag, the record's length, its time field
+// (a tag and 8 bytes) and the observed time's tag.
+func observedAt(b []byte, at int) int {
+	_, n := protowire.ConsumeVarint(b[at+1:])
+	return at + 1 + n + 9 + 1
+}
+
+// setObserved writes t as the observed time of the records whose
+// observed times are at offsets in b.
+func setObserved(b []byte, offsets []int32, t time.Time) {
+	v := uint64(t.UnixNano())
+	for _, o := range offsets {
+		binary.LittleEndian.PutUint64(b[o:], v)
+	}
 }
 
 // severity is every record's severity number and text.

@@ -34,16 +34,19 @@ func benchEvents(n int) []pipeline.Event {
 // in maxRequestBytes (at least one), as the sink's batches do.
 func (e *logEncoder) encode(events []pipeline.Event, observed time.Time) ([]byte, int) {
 	buf := make([]byte, e.room(), e.room()+256*len(events))
+	var offsets []int32
 	n := 0
 	for i := range events {
 		at := len(buf)
-		buf = e.appendRecord(buf, &events[i], observed)
+		buf = e.appendRecord(buf, &events[i])
 		if n > 0 && len(buf) > maxRequestBytes {
 			buf = buf[:at]
 			break
 		}
+		offsets = append(offsets, int32(observedAt(buf, at)))
 		n++
 	}
+	setObserved(buf, offsets, observed)
 	return e.frame(buf), n
 }
 
@@ -58,13 +61,17 @@ func BenchmarkLogEncode(b *testing.B) {
 	evs := benchEvents(2048)
 	now := time.Now()
 	buf := make([]byte, 0, 1<<20)
+	offsets := make([]int32, 0, len(evs))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		buf = buf[:enc.room()]
+		buf, offsets = buf[:enc.room()], offsets[:0]
 		for i := range evs {
-			buf = enc.appendRecord(buf, &evs[i], now)
+			at := len(buf)
+			buf = enc.appendRecord(buf, &evs[i])
+			offsets = append(offsets, int32(observedAt(buf, at)))
 		}
+		setObserved(buf, offsets, now)
 		enc.frame(buf)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(evs)), "ns/record")
@@ -136,6 +143,7 @@ func TestLogSinkSplitsLargeBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	for i := range 100 {
 		ev := pipeline.Event{Time: time.Unix(0, int64(i)), Policy: "p", Name: "n"}
 		ev.AppendString("dns_qname", strings.Repeat("a", 100<<10))
@@ -144,6 +152,7 @@ func TestLogSinkSplitsLargeBatches(t *testing.T) {
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	end := time.Now()
 	if st := s.Stats(); st.Exported != 100 || st.Failed != 0 || st.QueueFull != 0 {
 		t.Fatalf("10 MB of records in 100 events: %+v", st)
 	}
@@ -152,6 +161,11 @@ func TestLogSinkSplitsLargeBatches(t *testing.T) {
 	for _, rl := range logs {
 		for _, r := range rl.GetScopeLogs()[0].GetLogRecords() {
 			seen[r.GetTimeUnixNano()] = true
+			// Set as the batch left, whichever batch the record ended in.
+			if o := r.GetObservedTimeUnixNano(); o < uint64(start.UnixNano()) || o > uint64(end.UnixNano()) {
+				t.Errorf("record %d observed at %d, not between the first Emit (%d) and Shutdown (%d)",
+					r.GetTimeUnixNano(), o, start.UnixNano(), end.UnixNano())
+			}
 		}
 	}
 	if len(logs) < 4 || len(seen) != 100 {
