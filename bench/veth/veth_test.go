@@ -4,46 +4,17 @@
 package vethbench
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/grain-ebpf/grain/internal/vmtest"
+	"github.com/grain-ebpf/grain/internal/benchscript"
 )
 
-// runScript builds grain and runs script from the repository root with
-// env, returning its standard output (the report).
+// runScript runs script's short mode with env and returns its report.
 func runScript(t *testing.T, script string, env ...string) string {
 	t.Helper()
-	vmtest.RequireRoot(t)
-	for _, tool := range []string{"ip", "taskset", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is missing", tool)
-		}
-	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	grain := filepath.Join(t.TempDir(), "grain")
-	build := exec.Command("go", "build", "-o", grain, "./cmd/grain")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/grain: %v\n%s", err, out)
-	}
-	cmd := exec.Command("bash", script)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), append(env, "GRAIN="+grain)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s\n%s", script, err, out, stderr.String())
-	}
-	t.Logf("%s", out)
-	return string(out)
+	return benchscript.Run(t, "../..", script, []string{"ip", "taskset"}, env...)
 }
 
 // row returns the table row that starts with "| desc |" and has count in
