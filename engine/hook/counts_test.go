@@ -11,6 +11,7 @@ import (
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
+	"github.com/grain-ebpf/grain/engine/generation"
 	"github.com/grain-ebpf/grain/internal/hookchild"
 	"github.com/grain-ebpf/grain/internal/plantest"
 )
@@ -243,5 +244,60 @@ func TestHookCountAtHandLabels(t *testing.T) {
 		if countsAtHand(t, p, "getppid") {
 			t.Fatalf("%s: counted by the short path", name)
 		}
+	}
+}
+
+// TestHookPendingStill: a harvest's read of the count slots is final only
+// when no slot holding the harvested epoch's count changed across it;
+// slots of other epochs may change as they like.
+func TestHookPendingStill(t *testing.T) {
+	const epoch = 7
+	slot := func(ruleEpoch uint32, calls, seq, seqEnd uint64) bpf.HookCountPending {
+		var p bpf.HookCountPending
+		p.Key.RuleId = generation.RuleID(ruleEpoch, 3)
+		p.Calls, p.Seq, p.SeqEnd = calls, seq, seqEnd
+		return p
+	}
+	for _, c := range []struct {
+		name          string
+		before, after bpf.HookCountPending
+		still         bool
+	}{
+		{"unchanged", slot(epoch, 5, 2, 2), slot(epoch, 5, 2, 2), true},
+		{"another epoch's slot moved", slot(epoch+1, 5, 2, 2), slot(epoch+1, 9, 3, 3), true},
+		{"flushed and taken by another epoch", slot(epoch, 5, 2, 2), slot(epoch+1, 1, 3, 3), false},
+		{"taken by the epoch meanwhile", slot(epoch+1, 5, 2, 2), slot(epoch, 1, 3, 3), false},
+		{"read while its key changed", slot(epoch, 5, 3, 2), slot(epoch, 5, 3, 3), false},
+		{"more calls", slot(epoch, 5, 2, 2), slot(epoch, 6, 2, 2), false},
+		{"empty", slot(epoch, 0, 0, 0), slot(epoch, 0, 0, 0), true},
+	} {
+		other := slot(epoch+1, 1, 1, 1)
+		before := []bpf.HookCountPending{other, c.before}
+		after := []bpf.HookCountPending{other, c.after}
+		if got := pendingStill(before, after, epoch); got != c.still {
+			t.Errorf("%s: still %v, want %v", c.name, got, c.still)
+		}
+	}
+	if pendingStill(make([]bpf.HookCountPending, 2), make([]bpf.HookCountPending, 3), epoch) {
+		t.Error("reads of different lengths taken as still")
+	}
+}
+
+// TestHookPendingKey: a small key's slot keeps stale bytes past its 32;
+// the reader takes only its own.
+func TestHookPendingKey(t *testing.T) {
+	var p bpf.HookCountPending
+	p.Key.RuleId = 9
+	for i := range p.Key.Labels {
+		p.Key.Labels[i] = byte(i + 1)
+	}
+	p.Small = 1
+	k := pendingKey(&p)
+	if k.RuleId != 9 || k.Labels[bpf.HookSmallLabelBytes-1] != bpf.HookSmallLabelBytes || k.Labels[bpf.HookSmallLabelBytes] != 0 {
+		t.Fatalf("small key %+v", k)
+	}
+	p.Small = 0
+	if k := pendingKey(&p); k != p.Key {
+		t.Fatalf("key %+v, want the slot's %+v", k, p.Key)
 	}
 }
