@@ -463,6 +463,20 @@ static __always_inline int same_key(struct grain_hook_count_pending *p, struct s
 	return 1;
 }
 
+/* The key of a count slot changes between these two (hook.h): xchg, which
+ * orders every access around it on x86 and arm64 alike (an atomic add
+ * whose result is unused is not ordered on arm64). Only the program
+ * holding the slot's level writes the slot. */
+static __always_inline void slot_key_changing(struct grain_hook_count_pending *p)
+{
+	__sync_lock_test_and_set(&p->seq, p->seq + 1);
+}
+
+static __always_inline void slot_key_settled(struct grain_hook_count_pending *p)
+{
+	__sync_lock_test_and_set(&p->seq_end, p->seq);
+}
+
 /* flush adds the slot's pending calls to the count map. A full map loses
  * them: they count as errors of the slot's rule while that rule is still
  * at its index (not of a rule that took the index since). */
@@ -525,9 +539,8 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 		p->sum += sum;
 		return 0;
 	}
-	/* Another key: the sequence brackets the flush and the key change
-	 * (atomics: ordered for a reader on another CPU). */
-	__sync_fetch_and_add(&p->seq, 1);
+	/* Another key: the sequence brackets the flush and the key change. */
+	slot_key_changing(p);
 	flush(p);
 	if (small)
 		__builtin_memcpy(&p->key, &s->ckey, sizeof(struct grain_hook_count_key_small));
@@ -537,7 +550,7 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 	p->counter = ri;
 	p->calls = 1;
 	p->sum = sum;
-	__sync_lock_test_and_set(&p->seq_end, p->seq);
+	slot_key_settled(p);
 	return 0;
 }
 
@@ -977,7 +990,7 @@ static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_ac
 		p->calls++;
 		return 0;
 	}
-	__sync_fetch_and_add(&p->seq, 1);
+	slot_key_changing(p);
 	flush(p);
 	k[0] = head;
 	k[1] = w0;
@@ -987,7 +1000,7 @@ static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_ac
 	p->counter = ri;
 	p->calls = 1;
 	p->sum = 0;
-	__sync_lock_test_and_set(&p->seq_end, p->seq);
+	slot_key_settled(p);
 	return 0;
 }
 

@@ -108,19 +108,23 @@ func (e *Hooks) generationRuleCounters(gen uint32, into generation.Tally[RuleCou
 // of that epoch are folded into the totals and deleted instead.
 //
 // A count moves only from a slot to a map, so the maps are read first and
-// the slots after: a live read may miss a count moving in between (the next
-// read has it) and never counts one twice. A harvested epoch takes no new
-// calls (its generation is no longer read) but its slots may still move into
-// the maps at any time, so its read repeats until its slots stood still
-// across the read of the maps: exact.
+// the slots after: a read never counts a call twice, and it counts every
+// call when no slot moved its count into a map while the maps were read.
+// The slots are read before and after the maps, and the read repeats while
+// one moved (its sequence changed). A harvested epoch takes no new calls
+// (its generation is no longer read), so its read repeats until its slots
+// stood still: exact. A live read gives up after a few tries (a busy
+// machine flushes slots all the time) and may then miss what moved;
+// CountSnapshot keeps the counts it reports from going back.
 func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
-	for range maxHarvestReads {
-		var before []bpf.HookCountPending
-		if harvestEpoch != nil {
-			var err error
-			if before, err = e.pendingCounts(); err != nil {
-				return nil, err
-			}
+	tries := maxLiveReads
+	if harvestEpoch != nil {
+		tries = maxHarvestReads
+	}
+	for try := 1; ; try++ {
+		before, err := e.pendingCounts()
+		if err != nil {
+			return nil, err
 		}
 		out, deleteKeys, err := e.mapCounts(harvestEpoch)
 		if err != nil {
@@ -130,8 +134,12 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 		if err != nil {
 			return nil, err
 		}
-		if harvestEpoch != nil && !pendingStill(before, after, *harvestEpoch) {
+		still := harvestEpoch == nil && noSlotMoved(before, after) || harvestEpoch != nil && pendingStill(before, after, *harvestEpoch)
+		if !still && try < tries {
 			continue
+		}
+		if !still && harvestEpoch != nil {
+			return nil, fmt.Errorf("read hook counts: the pending counts of epoch %d kept moving over %d reads", *harvestEpoch, tries)
 		}
 		for i := range after {
 			p := &after[i]
@@ -144,13 +152,31 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 		deleteKeys()
 		return out, nil
 	}
-	return nil, fmt.Errorf("read hook counts: the pending counts of epoch %d kept moving over %d reads", *harvestEpoch, maxHarvestReads)
 }
 
 // maxHarvestReads bounds the reads of a harvest: each repeat needs a slot
 // of the harvested epoch to have moved into the maps, which happens once per
-// CPU and nesting level.
-const maxHarvestReads = 1000
+// CPU and nesting level. maxLiveReads bounds a live read's.
+const (
+	maxHarvestReads = 1000
+	maxLiveReads    = 10
+)
+
+// noSlotMoved reports whether no slot's key changed between the reads
+// before and after (same CPUs and levels, in order), and neither read
+// caught one changing.
+func noSlotMoved(before, after []bpf.HookCountPending) bool {
+	if len(before) != len(after) {
+		return false
+	}
+	for i := range before {
+		b, a := &before[i], &after[i]
+		if b.Seq != a.Seq || b.SeqEnd != b.Seq || a.SeqEnd != a.Seq {
+			return false
+		}
+	}
+	return true
+}
 
 // mapCounts reads the count maps; deleteKeys deletes the entries to delete
 // (harvested, or of a rule set long gone).
@@ -428,7 +454,11 @@ func (e *Hooks) CountSnapshot() ([]CountSample, error) {
 		addSamples(sum, totals)
 	}
 	out := make([]CountSample, 0, len(sum))
-	for _, s := range sum {
+	for k, s := range sum {
+		if last, ok := e.reported[k]; ok && s.Calls < last[0] {
+			s.Calls, s.Sum = last[0], last[1] // this read missed a count on its way to the map
+		}
+		e.reported[k] = [2]uint64{s.Calls, s.Sum}
 		s.Value = s.Calls
 		if s.IsSum {
 			s.Value = s.Sum

@@ -281,6 +281,20 @@ func TestHookPendingStill(t *testing.T) {
 	if pendingStill(make([]bpf.HookCountPending, 2), make([]bpf.HookCountPending, 3), epoch) {
 		t.Error("reads of different lengths taken as still")
 	}
+	// A live read: any slot whose key changed (more calls are no move).
+	for _, c := range []struct {
+		name          string
+		before, after bpf.HookCountPending
+		moved         bool
+	}{
+		{"more calls", slot(epoch, 5, 2, 2), slot(epoch, 9, 2, 2), false},
+		{"flushed", slot(epoch, 5, 2, 2), slot(epoch+1, 1, 3, 3), true},
+		{"changing", slot(epoch, 5, 3, 2), slot(epoch, 5, 3, 3), true},
+	} {
+		if got := !noSlotMoved([]bpf.HookCountPending{c.before}, []bpf.HookCountPending{c.after}); got != c.moved {
+			t.Errorf("live read, %s: moved %v, want %v", c.name, got, c.moved)
+		}
+	}
 }
 
 // TestHookPendingKey: a small key's slot keeps stale bytes past its 32;

@@ -66,6 +66,10 @@ type Hooks struct {
 	// totals of rule sets no longer in the maps
 	ruleTotals  generation.Tally[RuleCounter]
 	countTotals map[string]*CountSample
+	// reported holds the calls and sum CountSnapshot last gave per
+	// sample: a read that missed a count moving from a kernel slot to the
+	// count map reports these instead (counts never go back).
+	reported map[string][2]uint64
 
 	cgroupRoot string
 	agent      uint32 // tgid the programs skip
@@ -126,7 +130,7 @@ func New(opts Options) (*Hooks, error) {
 	}
 	e := &Hooks{log: log, p: p, feats: feats, hooks: map[string]*attachment{}, noRaw: map[string]bool{},
 		ruleTotals:  generation.Tally[RuleCounter]{},
-		countTotals: map[string]*CountSample{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
+		countTotals: map[string]*CountSample{}, reported: map[string][2]uint64{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
 	}
