@@ -295,6 +295,7 @@ type logEncoder struct {
 	scope []byte // the InstrumentationScope message
 
 	keys      []encodedKey // event field keys seen, with their encoding
+	hints     []uint8      // per field place, the index in keys last found there
 	policyKey []byte       // the encoded key of grain.policy
 
 	// The last event's policy and name, and what they encode to: body,
@@ -379,10 +380,18 @@ type encodedKey struct {
 // vocabulary, so a short list scanned in order beats a map.
 const maxKeys = 64
 
-// key returns the encoded KeyValue.key field of an event field's key.
-func (e *logEncoder) key(k string) []byte {
+// key returns the encoded KeyValue.key field of the key of an event's
+// j-th field. Events of a policy have the same keys in the same places,
+// so the key found for place j last time is tried first.
+func (e *logEncoder) key(j int, k string) []byte {
+	if j < len(e.hints) {
+		if h := &e.keys[e.hints[j]]; h.key == k {
+			return h.enc
+		}
+	}
 	for i := range e.keys {
 		if e.keys[i].key == k {
+			e.hint(j, i)
 			return e.keys[i].enc
 		}
 	}
@@ -390,8 +399,20 @@ func (e *logEncoder) key(k string) []byte {
 	b = protowire.AppendString(b, pipeline.ValidUTF8(string(fieldKey(k))))
 	if len(e.keys) < maxKeys {
 		e.keys = append(e.keys, encodedKey{k, b})
+		e.hint(j, len(e.keys)-1)
 	}
 	return b
+}
+
+// hint remembers that place j held key i.
+func (e *logEncoder) hint(j, i int) {
+	if j >= maxKeys {
+		return
+	}
+	for len(e.hints) <= j {
+		e.hints = append(e.hints, 0)
+	}
+	e.hints[j] = uint8(i)
 }
 
 // appendStringAttr appends an attribute with a string value that is valid
@@ -469,11 +490,11 @@ func (e *logEncoder) appendRecord(b []byte, ev *pipeline.Event) []byte {
 		f := &ev.Fields[j]
 		switch f.Kind {
 		case pipeline.Uint:
-			b = appendIntAttr(b, e.key(f.Key), toInt64(f.Num))
+			b = appendIntAttr(b, e.key(j, f.Key), toInt64(f.Num))
 		case pipeline.Addr:
-			b = appendStringAttr(b, e.key(f.Key), string(f.Addr.AppendTo(addr[:0])))
+			b = appendStringAttr(b, e.key(j, f.Key), string(f.Addr.AppendTo(addr[:0])))
 		default:
-			b = appendStringAttr(b, e.key(f.Key), pipeline.ValidUTF8(f.Str))
+			b = appendStringAttr(b, e.key(j, f.Key), pipeline.ValidUTF8(f.Str))
 		}
 	}
 	return fixLength(b, at+1)

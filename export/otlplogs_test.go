@@ -104,10 +104,12 @@ func TestLogEncodeRecordSizes(t *testing.T) {
 	var evs []pipeline.Event
 	for i, n := range sizes {
 		ev := pipeline.Event{Time: time.Unix(1, int64(i)), Policy: "p", Name: "n"}
+		key := "exe"
 		if i%2 == 1 {
-			ev.Policy, ev.Name = "other", "again" // the cached name changes
+			// The cached name, and the key in the field's place, change.
+			ev.Policy, ev.Name, key = "other", "again", "dns_qname"
 		}
-		ev.AppendString("exe", strings.Repeat("x", n))
+		ev.AppendString(key, strings.Repeat("x", n))
 		evs = append(evs, ev)
 	}
 	body, n := enc.encode(evs, time.Unix(2, 0))
@@ -119,15 +121,15 @@ func TestLogEncodeRecordSizes(t *testing.T) {
 		t.Fatalf("%d records, want %d", len(recs), len(sizes))
 	}
 	for i, r := range recs {
-		wantPolicy, wantName := "p", "n"
+		wantPolicy, wantName, wantKey := "p", "n", "process.executable.path"
 		if i%2 == 1 {
-			wantPolicy, wantName = "other", "again"
+			wantPolicy, wantName, wantKey = "other", "again", "dns.question.name"
 		}
 		attrs := r.GetAttributes()
 		if r.GetTimeUnixNano() != uint64(1e9+i) || r.GetObservedTimeUnixNano() != 2e9 || r.GetSeverityText() != "INFO" ||
 			r.GetEventName() != wantName || r.GetBody().GetStringValue() != wantName || len(attrs) != 2 ||
 			attrs[0].GetKey() != "grain.policy" || attrs[0].GetValue().GetStringValue() != wantPolicy ||
-			attrs[1].GetKey() != "process.executable.path" || len(attrs[1].GetValue().GetStringValue()) != sizes[i] {
+			attrs[1].GetKey() != wantKey || len(attrs[1].GetValue().GetStringValue()) != sizes[i] {
 			t.Errorf("record %d (a %d-byte string) decoded as %.200v", i, sizes[i], r)
 		}
 	}
