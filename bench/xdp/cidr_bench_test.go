@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -64,33 +63,9 @@ func BenchmarkPrefixIndex(b *testing.B) {
 		{name: "grain, + /17../32 nested in one /16, hit in the /32 (array + 1 hash lookup)", prog: worst, frame: from("50.99.128.0"), want: 1},
 	}
 	const rounds, repeat = 9, 200000
-	for i := 0; i < b.N; i++ {
-		for r := 0; r < rounds; r++ {
-			for _, c := range cases {
-				start := time.Now()
-				ret, d, err := c.prog.Benchmark(c.frame, repeat, nil)
-				wall := time.Since(start)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if ret != c.want {
-					b.Fatalf("%s: verdict %d, want %d", c.name, ret, c.want)
-				}
-				c.samples = append(c.samples, float64(d)/float64(time.Nanosecond))
-				c.wall = append(c.wall, float64(wall)/float64(time.Nanosecond)/float64(repeat))
-			}
-		}
-	}
-	ns, wall := map[string]float64{}, map[string]float64{}
-	for _, c := range cases {
-		ns[c.name] = median(c.samples)
-		wall[c.name] = median(c.wall)
-	}
+	ns, wall := measure(b, cases, rounds, repeat)
 	b.ReportMetric(wall[cases[2].name]/wall[cases[1].name], "10000/1-miss")
 	var t strings.Builder
-	fmt.Fprintf(&t, "| case | ns/packet, kernel (median of %d measurements of %d runs) | ns/packet, wall clock |\n|---|---|---|\n", rounds*b.N, repeat)
-	for _, c := range cases {
-		fmt.Fprintf(&t, "| %s | %.1f | %.2f |\n", c.name, ns[c.name], wall[c.name])
-	}
+	caseTable(&t, cases, ns, wall, fmt.Sprintf("%d measurements of %d runs", rounds*b.N, repeat))
 	fmt.Println(t.String())
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/grain-ebpf/grain/internal/pktbuild"
 	"github.com/grain-ebpf/grain/internal/vmtest"
@@ -62,40 +61,13 @@ func BenchmarkTLSSNI(b *testing.B) {
 		{name: "block-sni, blocked hello, name first", prog: sni, frame: blockedFirst, want: 1, events: sniEvents},
 	}
 	const rounds, repeat = 9, 100000
-	for i := 0; i < b.N; i++ {
-		for r := 0; r < rounds; r++ {
-			for _, c := range cases {
-				if c.events != nil {
-					c.events.drain(b)
-				}
-				start := time.Now()
-				ret, d, err := c.prog.Benchmark(c.frame, repeat, nil)
-				wall := time.Since(start)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if ret != c.want {
-					b.Fatalf("%s: verdict %d, want %d", c.name, ret, c.want)
-				}
-				c.samples = append(c.samples, float64(d)/float64(time.Nanosecond))
-				c.wall = append(c.wall, float64(wall)/float64(time.Nanosecond)/float64(repeat))
-			}
-		}
-	}
-	ns, wall := map[string]float64{}, map[string]float64{}
-	for _, c := range cases {
-		ns[c.name] = median(c.samples)
-		wall[c.name] = median(c.wall)
-	}
+	ns, wall := measure(b, cases, rounds, repeat)
 	noHello := ns["block-http + block-sni, no hello"] / ns["block-http, no hello"]
 	noHelloWall := wall["block-http + block-sni, no hello"] / wall["block-http, no hello"]
 	b.ReportMetric(noHello, "nohello-with/without")
 
 	var t strings.Builder
-	fmt.Fprintf(&t, "| case | ns/packet, kernel (median of %d measurements of %d runs) | ns/packet, wall clock |\n|---|---|---|\n", rounds*b.N, repeat)
-	for _, c := range cases {
-		fmt.Fprintf(&t, "| %s | %.1f | %.2f |\n", c.name, ns[c.name], wall[c.name])
-	}
+	caseTable(&t, cases, ns, wall, fmt.Sprintf("%d measurements of %d runs", rounds*b.N, repeat))
 	fmt.Fprintf(&t, "\n| figure | measured | goal |\n|---|---|---|\n")
 	fmt.Fprintf(&t, "| no hello: block-http + block-sni / block-http alone, kernel | %.2f× | ≤ 1.1× |\n", noHello)
 	fmt.Fprintf(&t, "| no hello: the same, wall clock | %.2f× | |\n", noHelloWall)
