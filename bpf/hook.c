@@ -68,8 +68,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * GRAIN_HOOK_NEST_LEVELS are busy the call is skipped and counted
  * (hook_nesting). */
 struct scratch {
-	__u32 busy;  /* claimed by a running program: set by cmpxchg, cleared by its owner */
-	__u32 level; /* this level's key in hook_scratch */
+	__u32 level; /* this level's key in hook_scratch (its busy word: hook_count_pending) */
 	struct grain_hook_val vals[GRAIN_HOOK_MAX_ARGS];
 	__u64 raw[GRAIN_HOOK_MAX_ARGS];
 	__u32 decoded; /* argument slots whose vals[] are filled */
@@ -933,28 +932,28 @@ int grain_tracepoint(void *ctx)
 }
 
 /* count_at_hand runs the one rule of a hook that only counts by labels at
- * hand (grain_hook.count_rule, 1 + the rule's index): what rule_apply and
- * do_count do for it, the key built in registers, without their calls and
- * general paths (measured: about half of a counted call's cost). The key's
- * bytes are do_count's, so both paths share the count slot. nr: the
- * syscall label's value (0 off raw sys_enter, as int_field gives). */
-static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_active *act, struct task_struct *t,
-					 __u32 count_rule, __u64 nr)
+ * hand (grain_hook.count_rule, 1 + the rule's index; count_id and
+ * count_fields: the rule's id and label fields, copied by the engine): what
+ * rule_apply and do_count do for it, the key built in registers, without
+ * their calls and general paths (measured: about half of a counted call's
+ * cost), and without reading the rule. The key's bytes are do_count's, so
+ * both paths share the count slot. p: the claimed level's count slot. nr:
+ * the syscall label's value (0 off raw sys_enter, as int_field gives). */
+static __always_inline int count_at_hand(struct grain_hook_count_pending *p, struct grain_hook_active *act,
+					 struct task_struct *t, __u32 count_rule, __u32 count_id, __u32 fields,
+					 __u64 nr)
 {
 	__u32 ri = (act->generation & 1) * GRAIN_HOOK_MAX_RULES + ((count_rule - 1) & (GRAIN_HOOK_MAX_RULES - 1));
-	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
-	if (!r)
-		return 0;
 	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
 	if (c)
 		c->hits++;
 	/* the labels packed in order: comm takes two words, the others one */
 	__u64 w0 = 0, w1 = 0, w2 = 0;
-	__u32 n = 0, nl = r->nlabels;
+	__u32 n = 0;
 	for (int i = 0; i < 3; i++) {
-		if (i >= nl)
+		__u8 f = fields >> (8 * i);
+		if (!f)
 			break;
-		__u8 f = r->labels[i].field;
 		__u64 x;
 		if (f == GRAIN_HOOK_F_COMM)
 			x = *(__u64 *)&t->comm[0];
@@ -980,11 +979,7 @@ static __always_inline int count_at_hand(struct scratch *s, struct grain_hook_ac
 			n++;
 		}
 	}
-	__u64 head = r->id; /* rule_id, then zero padding */
-	__u32 level = s->level;
-	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
-	if (!p)
-		return 0;
+	__u64 head = count_id; /* rule_id, then zero padding */
 	__u64 *k = (__u64 *)&p->key;
 	if (p->calls && k[0] == head && k[1] == w0 && k[2] == w1 && k[3] == w2) {
 		p->calls++;
@@ -1021,7 +1016,7 @@ int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 	struct grain_hook_active *act = bpf_map_lookup_elem(&hook_active, &zero);
 	if (!act)
 		return 0;
-	/* the hook is looked up before the scratch level is claimed: its
+	/* the hook is looked up before the level is claimed: its
 	 * count_rule picks the path */
 	__u32 slot = bpf_get_attach_cookie(ctx) & (GRAIN_HOOK_MAX_HOOKS - 1);
 	__u32 key = (act->generation & 1) * GRAIN_HOOK_MAX_HOOKS + slot;
@@ -1033,7 +1028,7 @@ int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 		struct task_struct *t = bpf_get_current_task_btf();
 		if (t->tgid == act->agent_tgid)
 			return 0;
-		return GUARDED(claim(), count_at_hand(s, act, t, count_rule, 0));
+		return GUARDED_SLOT(count_at_hand(p, act, t, count_rule, h->count_id, h->count_fields, 0));
 	}
 	return GUARDED(begin_with(act), raw_tracepoint_run(s, h, slot));
 }
@@ -1097,12 +1092,12 @@ int grain_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	if (!sc || !sc->nhooks)
 		return 0;
 	if (sc->count_rule) {
-		/* the scratch level only for its count slot: nothing else of
-		 * it is read */
+		/* only the level's count slot, which holds its busy word: no
+		 * scratch is read */
 		struct task_struct *t = bpf_get_current_task_btf();
 		if (t->tgid == act->agent_tgid)
 			return 0;
-		return GUARDED(claim(), count_at_hand(s, act, t, sc->count_rule, nr));
+		return GUARDED_SLOT(count_at_hand(p, act, t, sc->count_rule, sc->count_id, sc->count_fields, nr));
 	}
 	return GUARDED(begin_with(act), sys_enter_run(s, ctx, sc, nr));
 }

@@ -174,6 +174,12 @@ struct grain_hook {
 	 * it (not the Plan). */
 	__u16 count_rule;
 	__u16 _pad2;
+	/* With count_rule, what count_at_hand needs of that rule, so that it
+	 * reads no hook_rules entry (a cache line each cold call, as every
+	 * exec is): its id and its labels' fields in order, one byte each
+	 * (GRAIN_HOOK_F_*, 0 past the last). Set by the engine too. */
+	__u32 count_id;
+	__u32 count_fields;
 	struct grain_hook_arg args[GRAIN_HOOK_MAX_ARGS];
 	__u16 rules[GRAIN_HOOK_MAX_HOOK_RULES]; /* rule indices in the generation, in order */
 };
@@ -196,6 +202,8 @@ struct grain_hook_syscall {
 	 * grain_sys_enter then runs the short count path (count_at_hand) */
 	__u16 count_rule;
 	__u16 _pad[3];
+	__u32 count_id;     /* as in grain_hook */
+	__u32 count_fields; /* as in grain_hook */
 };
 
 struct grain_hook_selector {
@@ -307,10 +315,14 @@ struct grain_hook_count_pending {
 	__u64 calls;   /* 0: nothing pending */
 	__u64 sum;
 	__u32 counter; /* hook_counters index of the key's rule (count_errors) */
-	__u8 small;    /* the key is a grain_hook_count_key_small (hook_counts_small) */
-	__u8 _pad[3];
+	/* The nesting level's guard (hook_nesting.h), here beside calls and a
+	 * small key so a count at hand touches one per-CPU line: set by
+	 * compare-and-swap when a program claims the level, cleared by it. */
+	__u32 busy;
 	struct grain_hook_count_key key;
 	__u64 seq;
+	__u8 small; /* the key is a grain_hook_count_key_small (hook_counts_small) */
+	__u8 _pad[7];
 };
 
 /* Event: this header, then for each emitted argument a grain_hook_ev_arg

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The nesting guard: each call of a kernel-hook program works in a per-CPU
- * scratch level (struct scratch) that it claims and releases, so that a
+ * scratch level (struct scratch) and count slot that it claims and releases, so that a
  * program running inside another on one CPU (an interrupt, a preempted
  * fentry/fexit program) never shares the other's memory. Part of hook.c,
- * which includes it after struct scratch and the hook_scratch and
- * hook_nesting maps. */
+ * which includes it after struct scratch and the hook_scratch,
+ * hook_count_pending and hook_nesting maps. */
 #ifndef GRAIN_HOOK_NESTING_H
 #define GRAIN_HOOK_NESTING_H
 
@@ -21,43 +21,71 @@ static __always_inline void count_nesting(int skipped)
 		__sync_fetch_and_add(&n->nested, 1);
 }
 
-/* claim takes the first free scratch level of this CPU, or returns 0 (and
- * counts the call skipped) when every level is busy. A level is taken by
- * compare-and-swap, not a depth counter: a preempted fentry/fexit program
- * may finish after the program that preempted it started, so levels are
- * not released in stack order, and a load-then-store could hand one level
- * to two programs. The common path: one lookup (inlined by the verifier
- * from Linux 6.10) and one compare-and-swap; deeper levels only when
- * nested. */
-static __always_inline struct scratch *claim(void)
+/* claim_slot takes the first free nesting level of this CPU and returns its
+ * count slot (grain_hook_count_pending, which holds the level's busy word),
+ * or returns 0 (and counts the call skipped) when every level is busy. A
+ * level is taken by compare-and-swap, not a depth counter: a preempted
+ * fentry/fexit program may finish after the program that preempted it
+ * started, so levels are not released in stack order, and a
+ * load-then-store could hand one level to two programs. The common path:
+ * one lookup (inlined by the verifier from Linux 6.10) and one
+ * compare-and-swap; deeper levels only when nested. The busy word lives in
+ * the count slot, not in the scratch level, so that a count at hand
+ * (count_at_hand) touches one per-CPU value. */
+static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
 {
 	__u32 key = 0;
-	struct scratch *s = bpf_map_lookup_elem(&hook_scratch, &key);
-	if (!s)
+	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
+	if (!p)
 		return 0;
-	if (__sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
-		s->level = 0;
-		return s;
+	if (__sync_val_compare_and_swap(&p->busy, 0, 1) == 0) {
+		*level = 0;
+		return p;
 	}
 	for (__u32 l = 1; l < GRAIN_HOOK_NEST_LEVELS; l++) {
 		key = l;
-		s = bpf_map_lookup_elem(&hook_scratch, &key);
-		if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
-			s->level = l;
+		p = bpf_map_lookup_elem(&hook_count_pending, &key);
+		if (p && __sync_val_compare_and_swap(&p->busy, 0, 1) == 0) {
+			*level = l;
 			count_nesting(0);
-			return s;
+			return p;
 		}
 	}
 	count_nesting(1);
 	return 0;
 }
 
-/* release frees the level claim took; only its owner writes a busy word
- * that is set. */
-static __always_inline void release(struct scratch *s)
+/* release_slot frees the level claim_slot took; only its owner writes a
+ * busy word that is set. */
+static __always_inline void release_slot(struct grain_hook_count_pending *p)
 {
 	barrier(); /* every use of the level before this store */
-	s->busy = 0;
+	p->busy = 0;
+}
+
+/* claim: the scratch level of the level claim_slot took, or 0. */
+static __always_inline struct scratch *claim(void)
+{
+	__u32 level = 0;
+	struct grain_hook_count_pending *p = claim_slot(&level);
+	if (!p)
+		return 0;
+	struct scratch *s = bpf_map_lookup_elem(&hook_scratch, &level);
+	if (!s) {
+		release_slot(p);
+		return 0;
+	}
+	s->level = level;
+	return s;
+}
+
+/* release frees the level of a scratch that claim returned. */
+static __always_inline void release(struct scratch *s)
+{
+	__u32 level = s->level;
+	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
+	if (p)
+		release_slot(p);
 }
 
 /* GUARDED runs body (a statement using s) with the scratch level that
@@ -72,6 +100,19 @@ static __always_inline void release(struct scratch *s)
 			release(s);               \
 		}                                 \
 		0;                                \
+	})
+
+/* GUARDED_SLOT: GUARDED for a body that needs only the level's count slot
+ * (p, level), no scratch. */
+#define GUARDED_SLOT(body)                                              \
+	({                                                              \
+		__u32 level = 0;                                        \
+		struct grain_hook_count_pending *p = claim_slot(&level); \
+		if (p) {                                                \
+			body;                                           \
+			release_slot(p);                                \
+		}                                                       \
+		0;                                                      \
 	})
 
 #endif

@@ -14,15 +14,17 @@ import (
 )
 
 type hookGrainHook struct {
-	_         structs.HostLayout
-	Kind      uint8
-	Nargs     uint8
-	Nrules    uint8
-	Flags     uint8
-	CountRule uint16
-	Pad2      uint16
-	Args      [6]hookGrainHookArg
-	Rules     [16]uint16
+	_           structs.HostLayout
+	Kind        uint8
+	Nargs       uint8
+	Nrules      uint8
+	Flags       uint8
+	CountRule   uint16
+	Pad2        uint16
+	CountId     uint32
+	CountFields uint32
+	Args        [6]hookGrainHookArg
+	Rules       [16]uint16
 }
 
 type hookGrainHookActive struct {
@@ -70,10 +72,11 @@ type hookGrainHookCountPending struct {
 	Calls   uint64
 	Sum     uint64
 	Counter uint32
-	Small   uint8
-	Pad     [3]uint8
+	Busy    uint32
 	Key     hookGrainHookCountKey
 	Seq     uint64
+	Small   uint8
+	Pad     [7]uint8
 }
 
 type hookGrainHookCounter struct {
@@ -164,11 +167,13 @@ type hookGrainHookStringKey struct {
 }
 
 type hookGrainHookSyscall struct {
-	_         structs.HostLayout
-	Nhooks    uint8
-	Hooks     [7]uint8
-	CountRule uint16
-	Pad       [3]uint16
+	_           structs.HostLayout
+	Nhooks      uint8
+	Hooks       [7]uint8
+	CountRule   uint16
+	Pad         [3]uint16
+	CountId     uint32
+	CountFields uint32
 }
 
 type hookGrainHookValueKey struct {
@@ -180,8 +185,8 @@ type hookGrainHookValueKey struct {
 
 type hookScratch struct {
 	_     structs.HostLayout
-	Busy  uint32
 	Level uint32
+	_     [4]byte
 	Vals  [6]struct {
 		_      structs.HostLayout
 		Num    uint64

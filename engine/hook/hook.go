@@ -890,6 +890,22 @@ func countRuleAtHand(h *bpf.Hook, rules []bpf.HookRule) uint16 {
 	return h.Rules[0] + 1
 }
 
+// setCountAtHand sets h's count_rule and, when the short count path runs
+// it, the rule's id and label fields that path reads from the hook instead
+// of the rule (one cache line fewer per cold call, as every exec is).
+func setCountAtHand(h *bpf.Hook, rules []bpf.HookRule) {
+	h.CountRule, h.CountId, h.CountFields = 0, 0, 0
+	cr := countRuleAtHand(h, rules)
+	if cr == 0 {
+		return
+	}
+	r := &rules[cr-1]
+	h.CountRule, h.CountId = cr, r.Id
+	for i, l := range r.Labels[:r.Nlabels] {
+		h.CountFields |= uint32(l.Field) << (8 * i)
+	}
+}
+
 // writeInactive fills the inactive generation with pp, which no program
 // reads until the commit, and returns it with the epoch of its rule ids.
 // e.mu held.
@@ -962,7 +978,7 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 			kh.Flags |= bpf.HookStash
 		}
 		copy(kh.Args[:], a.args)
-		kh.CountRule = countRuleAtHand(&kh, kRules)
+		setCountAtHand(&kh, kRules)
 		kHooks[a.slot] = kh
 		for _, nr := range a.syscalls {
 			s := &sysHooks[nr]
@@ -975,7 +991,8 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 	}
 	for nr := range sysHooks {
 		if s := &sysHooks[nr]; s.Nhooks == 1 {
-			s.CountRule = kHooks[s.Hooks[0]].CountRule
+			h := &kHooks[s.Hooks[0]]
+			s.CountRule, s.CountId, s.CountFields = h.CountRule, h.CountId, h.CountFields
 		}
 	}
 	if err := generation.PutRange(m.Hooks, next*bpf.HookMaxHooks, kHooks); err != nil {

@@ -15,38 +15,37 @@ import (
 	"github.com/grain-ebpf/grain/internal/plantest"
 )
 
-// setScratchBusy marks scratch level `level` busy (or free) on every CPU,
-// as a program running there would: the busy word is the first of the
-// level's value.
+// setScratchBusy marks nesting level `level` busy (or free) on every CPU,
+// as a program running there would: the busy word is in the level's count
+// slot (bpf.HookCountPending), whose other fields it keeps.
 func setScratchBusy(t *testing.T, p *Hooks, level uint32, busy bool) {
 	t.Helper()
-	m := p.Program().Maps().Scratch
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		t.Fatal(err)
+	m := p.Program().Maps().CountPending
+	var vals []bpf.HookCountPending
+	if err := m.Lookup(level, &vals); err != nil {
+		t.Fatalf("read count slots of level %d: %v", level, err)
 	}
-	vals := make([][]byte, ncpu)
 	for i := range vals {
-		vals[i] = make([]byte, m.ValueSize())
+		vals[i].Busy = 0
 		if busy {
-			vals[i][0] = 1
+			vals[i].Busy = 1
 		}
 	}
 	if err := m.Update(level, vals, ebpf.UpdateAny); err != nil {
-		t.Fatalf("write scratch level %d: %v", level, err)
+		t.Fatalf("write count slots of level %d: %v", level, err)
 	}
 }
 
-// scratchBusy reports the busy word of a scratch level on every CPU.
+// scratchBusy reports the busy word of a nesting level on every CPU.
 func scratchBusy(t *testing.T, p *Hooks, level uint32) []byte {
 	t.Helper()
-	var vals [][]byte
-	if err := p.Program().Maps().Scratch.Lookup(level, &vals); err != nil {
-		t.Fatalf("read scratch level %d: %v", level, err)
+	var vals []bpf.HookCountPending
+	if err := p.Program().Maps().CountPending.Lookup(level, &vals); err != nil {
+		t.Fatalf("read count slots of level %d: %v", level, err)
 	}
 	var out []byte
 	for _, v := range vals {
-		out = append(out, v[0])
+		out = append(out, byte(v.Busy))
 	}
 	return out
 }
