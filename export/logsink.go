@@ -18,6 +18,10 @@ import (
 	"github.com/grain-ebpf/grain/pipeline"
 )
 
+// DefaultConcurrency is LogSinkConfig.Concurrency's default: two exports
+// in flight, so that encoding one batch overlaps sending the other.
+const DefaultConcurrency = 2
+
 // LogSinkConfig configures NewLogSink. Zero fields read the standard
 // OTEL_BLRP_* variables, then take grain's defaults.
 type LogSinkConfig struct {
@@ -39,7 +43,7 @@ type LogSinkConfig struct {
 	// then OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT; default 10s).
 	ExportTimeout time.Duration
 	// Concurrency is the number of exports in flight at once, each over
-	// its own connection. Default 2.
+	// its own connection. Default DefaultConcurrency.
 	Concurrency int
 	// RetryFor is how long a failed batch is retried, with exponential
 	// backoff from 100 ms to 5 s, before it is given up and counted
@@ -80,7 +84,7 @@ func (c *LogSinkConfig) defaults() {
 		c.ExportTimeout = envMillis("OTEL_BLRP_EXPORT_TIMEOUT", def)
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 2
+		c.Concurrency = DefaultConcurrency
 	}
 	if c.RetryFor <= 0 {
 		c.RetryFor = 30 * time.Second

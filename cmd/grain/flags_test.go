@@ -30,6 +30,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--event-queue", "1000000000"}, "--event-queue 1000000000: want a number of events from 1 to 16777216"},
 		{[]string{"--otlp-queue", "0"}, "--otlp-queue 0: want a number of events from 1"},
 		{[]string{"--otlp-queue", "-1"}, "--otlp-queue -1: want"},
+		{[]string{"--otlp-exports", "0"}, "--otlp-exports 0: want a number of exports from 1 to 16"},
+		{[]string{"--otlp-exports", "17"}, "--otlp-exports 17: want a number of exports from 1 to 16"},
 		{[]string{"--otlp-retry", "0s"}, "--otlp-retry 0s: want a positive duration"},
 		{[]string{"--otlp-retry", "-1s"}, "--otlp-retry -1s: want a positive duration"},
 		{[]string{"--debounce", "0s"}, "--debounce 0s: want a positive duration"},

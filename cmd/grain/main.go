@@ -233,6 +233,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	toStdout := fs.Bool("stdout", true, "write events as JSON lines on stdout")
 	eventQueue := fs.Int("event-queue", pipeline.DefaultQueueEvents, "events buffered between the kernel reader and the pipeline; when full, events are dropped and counted")
 	otlpQueue := fs.Int("otlp-queue", 0, "events buffered for OTLP export; when full, events are dropped and counted (default OTEL_BLRP_MAX_QUEUE_SIZE, or 8192)")
+	otlpExports := fs.Int("otlp-exports", export.DefaultConcurrency, fmt.Sprintf("OTLP log exports in flight at once, each over its own connection, from 1 to %d: more keep up with a collector that answers slowly at high event rates", maxOTLPExports))
 	otlpRetry := fs.Duration("otlp-retry", 30*time.Second, "how long a failed OTLP export is retried (with backoff) before its events are dropped and counted")
 	ringBytes := fs.Uint("event-ring-bytes", 1<<20, fmt.Sprintf("size of the kernel's packet-event ring buffer in bytes (a power of two, at least %d): it holds the events of a burst until grain reads them", bpf.MinRingBufferBytes))
 	exitFlush := fs.Duration("exit-flush", daemon.DefaultExitFlush, "on exit, how long grain waits for its event sinks (stdout, OTLP) to flush before it counts what is left as lost; enforcement stays meanwhile")
@@ -258,6 +259,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	check(*eventQueue >= 1 && *eventQueue <= maxQueueEvents, "--event-queue %d: want a number of events from 1 to %d", *eventQueue, maxQueueEvents)
 	check(!set["otlp-queue"] || *otlpQueue >= 1 && *otlpQueue <= maxQueueEvents, "--otlp-queue %d: want a number of events from 1 to %d", *otlpQueue, maxQueueEvents)
+	check(*otlpExports >= 1 && *otlpExports <= maxOTLPExports, "--otlp-exports %d: want a number of exports from 1 to %d", *otlpExports, maxOTLPExports)
 	check(*otlpRetry > 0, "--otlp-retry %v: want a positive duration (e.g. 30s)", *otlpRetry)
 	check(*debounce > 0, "--debounce %v: want a positive duration (e.g. 100ms)", *debounce)
 	check(*exitFlush > 0, "--exit-flush %v: want a positive duration (e.g. 5s)", *exitFlush)
@@ -303,7 +305,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		Debounce: *debounce, Metrics: metricsLn, EventQueue: *eventQueue, RingBufferBytes: uint32(*ringBytes),
 		OTLP:       *otlpEndpoint != "" || otlpFromEnv(),
 		OTLPConfig: export.Config{Endpoint: *otlpEndpoint, ServiceVersion: versionString()},
-		OTLPQueue:  *otlpQueue, OTLPRetry: *otlpRetry, Limits: *limits, ExitFlush: *exitFlush,
+		OTLPQueue:  *otlpQueue, OTLPExports: *otlpExports, OTLPRetry: *otlpRetry, Limits: *limits, ExitFlush: *exitFlush,
 		Log: log, Reload: hup,
 	}
 	if *toStdout {
@@ -324,6 +326,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// maxOTLPExports bounds --otlp-exports: each export holds a connection and
+// a batch (up to 3 MiB) in memory.
+const maxOTLPExports = 16
 
 // maxQueueEvents bounds --event-queue and --otlp-queue: each event queued
 // costs memory up front.

@@ -38,7 +38,7 @@ func TestOTLPExport(t *testing.T) {
 		"OTEL_BLRP_SCHEDULE_DELAY=100",
 		"OTEL_SERVICE_NAME=grain-e2e",
 	}, p.ServerNS, "run", "--policies", "../../examples/block-http", "--interface", p.ServerIf,
-		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"))
+		"--pin-path", netns.PinDir(t), "--status-socket", filepath.Join(t.TempDir(), "grain.sock"), "--otlp-exports", "3")
 
 	_, sport, err := rawRequest(t, p, p.ServerIP4, port, "GET / HTTP/1.1")
 	if err == nil {

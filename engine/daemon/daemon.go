@@ -45,10 +45,11 @@ type Config struct {
 	// before anything starts; Stop closes it.
 	Metrics net.Listener
 	// OTLP exports metrics and events to the collector OTLPConfig names.
-	OTLP       bool
-	OTLPConfig export.Config
-	OTLPQueue  int           // events queued for OTLP export; 0: the default
-	OTLPRetry  time.Duration // how long a failed OTLP export is retried
+	OTLP        bool
+	OTLPConfig  export.Config
+	OTLPQueue   int           // events queued for OTLP export; 0: the default
+	OTLPExports int           // OTLP log exports in flight at once; 0: the default
+	OTLPRetry   time.Duration // how long a failed OTLP export is retried
 	// Stdout receives the events as JSON lines; nil writes none.
 	Stdout          io.Writer
 	EventQueue      int    // events between the kernel readers and the pipeline
@@ -166,7 +167,7 @@ func (d *Daemon) start(ctx context.Context) (err error) {
 		sinks = append(sinks, d.jsonSink)
 	}
 	if cfg.OTLP {
-		d.logSink, err = export.NewLogSink(context.Background(), export.LogSinkConfig{Config: cfg.OTLPConfig, QueueSize: cfg.OTLPQueue, RetryFor: cfg.OTLPRetry})
+		d.logSink, err = export.NewLogSink(context.Background(), export.LogSinkConfig{Config: cfg.OTLPConfig, QueueSize: cfg.OTLPQueue, Concurrency: cfg.OTLPExports, RetryFor: cfg.OTLPRetry})
 		if err != nil {
 			return fmt.Errorf("OTLP logs: %w", err)
 		}
