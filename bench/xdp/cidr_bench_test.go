@@ -31,12 +31,8 @@ func mixedPrefixes(n int, extra ...string) string {
 // one hash lookup per length.
 func BenchmarkPrefixIndex(b *testing.B) {
 	vmtest.RequireRoot(b)
-	spec, err := loadBaseline()
-	if err != nil {
-		b.Fatal(err)
-	}
 	var base baselineObjects
-	if err := spec.LoadAndAssign(&base, nil); err != nil {
+	if err := loadBaselineObjects(&base, nil); err != nil {
 		b.Fatal(err)
 	}
 	defer base.Close()

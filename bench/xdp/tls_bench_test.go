@@ -27,12 +27,8 @@ func examplePolicy(tb testing.TB, dir string) string {
 // costs under block-http's rule alone.
 func BenchmarkTLSSNI(b *testing.B) {
 	vmtest.RequireRoot(b)
-	spec, err := loadBaseline()
-	if err != nil {
-		b.Fatal(err)
-	}
 	var base baselineObjects
-	if err := spec.LoadAndAssign(&base, nil); err != nil {
+	if err := loadBaselineObjects(&base, nil); err != nil {
 		b.Fatal(err)
 	}
 	defer base.Close()
