@@ -26,22 +26,13 @@ func startGrainStdout(t *testing.T, ns string, stdout *os.File, args ...string) 
 	bin := buildGrainPath(t)
 	d := &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
 	d.cmd.Stdout = stdout
-	stderr, err := d.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A writer, not StderrPipe: Wait then returns only after the last of
+	// stderr is copied, so the lines grain writes as it exits are there.
+	d.cmd.Stderr = lockedWriter{d}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	stdout.Close() // grain holds the write end now
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			d.mu.Lock()
-			d.stderr.WriteString(sc.Text() + "\n")
-			d.mu.Unlock()
-		}
-	}()
 	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
 	d.waitLog(t, "enforcing", 1)
 	return d
