@@ -52,6 +52,7 @@ type grainProcess struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	events []map[string]any
+	stdout strings.Builder // what launchGrain collects events from
 	stderr strings.Builder
 }
 
@@ -86,37 +87,36 @@ func launchGrain(t *testing.T, env []string, ns string, args ...string) (d *grai
 	}
 	d = &grainProcess{cmd: exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)}
 	d.cmd.Env = append(os.Environ(), env...)
-	stdout, _ := d.cmd.StdoutPipe()
-	stderr, _ := d.cmd.StderrPipe()
+	// Writers, not pipes: Wait closes a pipe as grain exits, losing what is
+	// still unread, often the error a failing test should show.
+	enforcing := make(chan struct{})
+	closed := false
+	d.cmd.Stderr = lockedWriter{d: d, seen: func(all string) {
+		if !closed && strings.Contains(all, "enforcing") {
+			closed = true
+			close(enforcing)
+		}
+	}}
+	parsed := 0 // bytes of d.stdout in whole lines already parsed
+	d.cmd.Stdout = lockedWriter{d: d, out: &d.stdout, seen: func(all string) {
+		for {
+			n := strings.IndexByte(all[parsed:], '\n')
+			if n < 0 {
+				return
+			}
+			line := all[parsed : parsed+n]
+			parsed += n + 1
+			var ev map[string]any
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Errorf("grain printed a line that is not JSON: %q", line)
+				continue
+			}
+			d.events = append(d.events, ev)
+		}
+	}}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	enforcing := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			d.mu.Lock()
-			d.stderr.WriteString(sc.Text() + "\n")
-			d.mu.Unlock()
-			if strings.Contains(sc.Text(), "enforcing") {
-				once.Do(func() { close(enforcing) })
-			}
-		}
-	}()
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var ev map[string]any
-			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				t.Errorf("grain printed a line that is not JSON: %q", sc.Text())
-				continue
-			}
-			d.mu.Lock()
-			d.events = append(d.events, ev)
-			d.mu.Unlock()
-		}
-	}()
 	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
 	return d, enforcing
 }

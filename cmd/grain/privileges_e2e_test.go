@@ -19,13 +19,29 @@ import (
 // nobody is the user of the least-privileged grain.
 const nobody = 65534
 
-// lockedWriter appends what is written to a daemon's stderr.
-type lockedWriter struct{ d *grainProcess }
+// lockedWriter collects a daemon's output as its cmd.Stderr or cmd.Stdout:
+// it appends each write to out (d.stderr if nil) under d.mu, then hands
+// seen, if set, all of out so far, still under d.mu (a line may arrive in
+// pieces). Unlike a pipe, which Wait closes as the process exits, a writer
+// has Wait return only after the last write.
+type lockedWriter struct {
+	d    *grainProcess
+	out  *strings.Builder
+	seen func(all string)
+}
 
 func (w lockedWriter) Write(p []byte) (int, error) {
 	w.d.mu.Lock()
 	defer w.d.mu.Unlock()
-	return w.d.stderr.Write(p)
+	out := w.out
+	if out == nil {
+		out = &w.d.stderr
+	}
+	n, err := out.Write(p)
+	if w.seen != nil {
+		w.seen(out.String())
+	}
+	return n, err
 }
 
 // worldDir makes a directory that nobody may read and enter, owned by owner.
@@ -75,7 +91,7 @@ func startAsCapableUser(t *testing.T, ns, bin string, args ...string) *grainProc
 	t.Helper()
 	d := &grainProcess{cmd: exec.Command(bin, args...)}
 	d.cmd.Stdout = io.Discard
-	d.cmd.Stderr = lockedWriter{d}
+	d.cmd.Stderr = lockedWriter{d: d}
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
 		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_NET_ADMIN, unix.CAP_PERFMON},

@@ -28,7 +28,7 @@ func startGrainStdout(t *testing.T, ns string, stdout *os.File, args ...string) 
 	d.cmd.Stdout = stdout
 	// A writer, not StderrPipe: Wait then returns only after the last of
 	// stderr is copied, so the lines grain writes as it exits are there.
-	d.cmd.Stderr = lockedWriter{d}
+	d.cmd.Stderr = lockedWriter{d: d}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
