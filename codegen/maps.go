@@ -145,45 +145,41 @@ func buildMaps(plan *Plan) {
 	m := &plan.Maps
 
 	// Bitmaps by index; equal neighbours share a run.
-	m.Bitmaps = make([]BitmapRun, 0, 16+len(t.SourcePorts)+len(t.DestinationPorts)+len(t.CIDRs))
-	put := func(index int, rules RuleSet) {
-		b := BitmapOf(rules)
-		if n := len(m.Bitmaps); n > 0 && m.Bitmaps[n-1].Last == index-1 && m.Bitmaps[n-1].Bitmap.Value == b {
-			m.Bitmaps[n-1].Last = index
-			return
-		}
-		m.Bitmaps = append(m.Bitmaps, BitmapRun{First: index, Last: index, Bitmap: Kernel[bpf.Bitmap]{b}})
-	}
 	protocols := keyedSets(t.Protocol)
-	for k := 0; k < 256; k++ {
-		put(bpf.BitmapRegionProto+k, protocols[k])
-	}
 	flags := keyedSets(t.TCPFlags)
-	for k := 0; k < 256; k++ {
-		put(bpf.BitmapRegionFlags+k, flags[k])
-	}
-	put(bpf.BitmapRegionAux+bpf.AuxSrc4Default, t.CIDRDefaults["src4"])
-	put(bpf.BitmapRegionAux+bpf.AuxDst4Default, t.CIDRDefaults["dst4"])
-	put(bpf.BitmapRegionAux+bpf.AuxSrc6Default, t.CIDRDefaults["src6"])
-	put(bpf.BitmapRegionAux+bpf.AuxDst6Default, t.CIDRDefaults["dst6"])
-	put(bpf.BitmapRegionAux+bpf.AuxIfaceDefault, t.InterfaceDefault)
-	put(bpf.BitmapRegionAux+bpf.AuxNoPorts, t.NoPorts)
-	put(bpf.BitmapRegionAux+bpf.AuxNotTCP, t.NotTCP)
-	put(bpf.BitmapRegionAux+bpf.AuxAll, t.All)
-	put(bpf.BitmapRegionAux+bpf.AuxNoSNI, t.NoServerName)
-	for class, pc := range t.SourcePorts {
-		put(bpf.BitmapRegionSport+class, pc.Rules)
-	}
-	for class, pc := range t.DestinationPorts {
-		put(bpf.BitmapRegionDport+class, pc.Rules)
-	}
 	classOf, classes := cidrClasses(t.CIDRs)
-	for class, rules := range classes {
-		put(bpf.BitmapRegionCIDR+class, rules)
-	}
-	for class, c := range t.ServerNames {
-		put(bpf.BitmapRegionSNI+class, c.Rules)
-	}
+	m.Bitmaps = runsOf(func(put func(int, bpf.Bitmap)) {
+		set := func(index int, rules RuleSet) { put(index, BitmapOf(rules)) }
+		for k := 0; k < 256; k++ {
+			set(bpf.BitmapRegionProto+k, protocols[k])
+		}
+		for k := 0; k < 256; k++ {
+			set(bpf.BitmapRegionFlags+k, flags[k])
+		}
+		set(bpf.BitmapRegionAux+bpf.AuxSrc4Default, t.CIDRDefaults["src4"])
+		set(bpf.BitmapRegionAux+bpf.AuxDst4Default, t.CIDRDefaults["dst4"])
+		set(bpf.BitmapRegionAux+bpf.AuxSrc6Default, t.CIDRDefaults["src6"])
+		set(bpf.BitmapRegionAux+bpf.AuxDst6Default, t.CIDRDefaults["dst6"])
+		set(bpf.BitmapRegionAux+bpf.AuxIfaceDefault, t.InterfaceDefault)
+		set(bpf.BitmapRegionAux+bpf.AuxNoPorts, t.NoPorts)
+		set(bpf.BitmapRegionAux+bpf.AuxNotTCP, t.NotTCP)
+		set(bpf.BitmapRegionAux+bpf.AuxAll, t.All)
+		set(bpf.BitmapRegionAux+bpf.AuxNoSNI, t.NoServerName)
+		for class, pc := range t.SourcePorts {
+			set(bpf.BitmapRegionSport+class, pc.Rules)
+		}
+		for class, pc := range t.DestinationPorts {
+			set(bpf.BitmapRegionDport+class, pc.Rules)
+		}
+		for class, rules := range classes {
+			set(bpf.BitmapRegionCIDR+class, rules)
+		}
+		for class, c := range t.ServerNames {
+			set(bpf.BitmapRegionSNI+class, c.Rules)
+		}
+	}, func(first, last int, b bpf.Bitmap) BitmapRun {
+		return BitmapRun{First: first, Last: last, Bitmap: Kernel[bpf.Bitmap]{b}}
+	})
 
 	m.SourcePorts, m.DestinationPorts = portRuns(t.SourcePorts), portRuns(t.DestinationPorts)
 	m.CIDRs = make([]CIDREntry, 0, len(t.CIDRs))
@@ -269,18 +265,41 @@ func cidrIndex(prefixes []CIDRClass, classOf []int, field string) []CIDRIndexRun
 			index[first+i].ShortClass = uint16(s.class + 1)
 		}
 	}
-	runs := []CIDRIndexRun{}
-	for i, e := range index {
-		if e == (bpf.CIDRIndex{}) {
-			continue
+	return runsOf(func(put func(int, bpf.CIDRIndex)) {
+		for i, e := range index {
+			if e != (bpf.CIDRIndex{}) {
+				put(i, e)
+			}
 		}
-		if n := len(runs); n > 0 && runs[n-1].Last == i-1 && runs[n-1].Entry.Value == e {
-			runs[n-1].Last = i
-			continue
+	}, func(first, last int, e bpf.CIDRIndex) CIDRIndexRun {
+		return CIDRIndexRun{First: first, Last: last, Entry: Kernel[bpf.CIDRIndex]{e}}
+	})
+}
+
+// runsOf collapses the entries that entries puts, in ascending index
+// order, into runs of consecutive indices with equal values, each made by
+// run from its first and last index and its value. An entry that does not
+// follow the previous one's index starts a new run even when its value is
+// the same. The result is never nil, so that no runs encode as [] in the
+// plan.
+func runsOf[V comparable, R any](entries func(put func(index int, v V)), run func(first, last int, v V) R) []R {
+	out := []R{}
+	var value V
+	first, last, open := 0, 0, false
+	entries(func(i int, v V) {
+		if open && i == last+1 && v == value {
+			last = i
+			return
 		}
-		runs = append(runs, CIDRIndexRun{First: i, Last: i, Entry: Kernel[bpf.CIDRIndex]{e}})
+		if open {
+			out = append(out, run(first, last, value))
+		}
+		first, last, value, open = i, i, v, true
+	})
+	if open {
+		out = append(out, run(first, last, value))
 	}
-	return runs
+	return out
 }
 
 // slash16 is an IPv4 address's cidr_index slot: its first 16 bits.

@@ -1,6 +1,7 @@
 package codegen
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,5 +67,38 @@ func TestKernelJSON(t *testing.T) {
 	got, _ = Kernel[bpf.HookRule]{r}.MarshalJSON()
 	if !strings.Contains(string(got), `"id":7,`) || !strings.Contains(string(got), `"selectors":[{"first":0,"nfilters":0},{"first":2,"nfilters":1}],"labels":[]`) {
 		t.Errorf("probe rule: %s", got)
+	}
+}
+
+func TestRunsOf(t *testing.T) {
+	type entry struct{ index, v int }
+	type run struct{ first, last, v int }
+	cases := []struct {
+		name    string
+		entries []entry
+		want    []run
+	}{
+		{"empty", nil, []run{}},
+		{"one entry", []entry{{5, 1}}, []run{{5, 5, 1}}},
+		{"one run", []entry{{3, 7}, {4, 7}, {5, 7}}, []run{{3, 5, 7}}},
+		{"several runs", []entry{{0, 1}, {1, 1}, {10, 2}, {11, 2}, {12, 2}, {20, 3}},
+			[]run{{0, 1, 1}, {10, 12, 2}, {20, 20, 3}}},
+		{"adjacent runs with different values", []entry{{0, 1}, {1, 1}, {2, 2}, {3, 2}, {4, 1}},
+			[]run{{0, 1, 1}, {2, 3, 2}, {4, 4, 1}}},
+		{"a gap splits equal values", []entry{{0, 1}, {1, 1}, {3, 1}},
+			[]run{{0, 1, 1}, {3, 3, 1}}},
+	}
+	for _, c := range cases {
+		got := runsOf(func(put func(int, int)) {
+			for _, e := range c.entries {
+				put(e.index, e.v)
+			}
+		}, func(first, last, v int) run { return run{first, last, v} })
+		// Never nil: a plan writes no runs as [], not null.
+		if got == nil {
+			t.Errorf("%s: nil, want a non-nil slice", c.name)
+		} else if !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
 	}
 }
