@@ -476,9 +476,11 @@ static __always_inline void slot_key_settled(struct grain_hook_count_pending *p)
 	__sync_lock_test_and_set(&p->seq_end, p->seq);
 }
 
-/* flush adds the slot's pending calls to the count map. A full map loses
- * them: they count as errors of the slot's rule while that rule is still
- * at its index (not of a rule that took the index since). */
+/* flush adds the slot's pending calls to the count map, and its pending
+ * hits to its rule's counter. A full map loses the calls: they count as
+ * errors of the slot's rule. Both go to the rule's counter only while that
+ * rule is still at its index (not to a rule that took the index since: the
+ * engine counted what was pending when it harvested the old one). */
 static __always_inline void flush(struct grain_hook_count_pending *p)
 {
 	__u64 calls = p->calls;
@@ -495,12 +497,16 @@ static __always_inline void flush(struct grain_hook_count_pending *p)
 	if (v) {
 		v->calls += calls;
 		v->sum += p->sum;
-		return;
+		if (!p->hits)
+			return;
 	}
 	__u32 ri = p->counter;
 	struct grain_hook_rule *r = bpf_map_lookup_elem(&hook_rules, &ri);
 	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
-	if (r && c && r->id == p->key.rule_id)
+	if (!r || !c || r->id != p->key.rule_id)
+		return;
+	c->hits += p->hits;
+	if (!v)
 		c->count_errors += calls;
 }
 
@@ -548,6 +554,7 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 	p->small = small;
 	p->counter = ri;
 	p->calls = 1;
+	p->hits = 0; /* rule_apply counted this call's hit */
 	p->sum = sum;
 	slot_key_settled(p);
 	return 0;
@@ -936,20 +943,25 @@ int grain_tracepoint(void *ctx)
  * count_fields: the rule's id and label fields, copied by the engine): what
  * rule_apply and do_count do for it, the key built in registers, without
  * their calls and general paths (measured: about half of a counted call's
- * cost), and without reading the rule. The key's bytes are do_count's, so
- * both paths share the count slot. p: the claimed level's count slot. nr:
+ * cost), and without reading the rule or its counter (the rule's hits wait
+ * in the slot, p->hits). The key's bytes are do_count's, so both paths
+ * share the count slot. p: the claimed level's count slot. nr:
  * the syscall label's value (0 off raw sys_enter, as int_field gives). */
 static __always_inline int count_at_hand(struct grain_hook_count_pending *p, struct grain_hook_active *act,
 					 struct task_struct *t, __u32 count_rule, __u32 count_id, __u32 fields,
 					 __u64 nr)
 {
 	__u32 ri = (act->generation & 1) * GRAIN_HOOK_MAX_RULES + ((count_rule - 1) & (GRAIN_HOOK_MAX_RULES - 1));
-	struct grain_hook_counter *c = bpf_map_lookup_elem(&hook_counters, &ri);
-	if (c)
-		c->hits++;
 	/* the labels packed in order: comm takes two words, the others one */
 	__u64 w0 = 0, w1 = 0, w2 = 0;
 	__u32 n = 0;
+	/* By comm alone, the common case, first and straight: every cold call
+	 * pays for each line of code it runs. */
+	if (__builtin_expect(fields == GRAIN_HOOK_F_COMM, 1)) {
+		w0 = *(__u64 *)&t->comm[0];
+		w1 = *(__u64 *)&t->comm[8];
+		goto built;
+	}
 	for (int i = 0; i < 3; i++) {
 		__u8 f = fields >> (8 * i);
 		if (!f)
@@ -979,10 +991,12 @@ static __always_inline int count_at_hand(struct grain_hook_count_pending *p, str
 			n++;
 		}
 	}
+built:;
 	__u64 head = count_id; /* rule_id, then zero padding */
 	__u64 *k = (__u64 *)&p->key;
-	if (p->calls && k[0] == head && k[1] == w0 && k[2] == w1 && k[3] == w2) {
+	if (__builtin_expect(p->calls && k[0] == head && k[1] == w0 && k[2] == w1 && k[3] == w2, 1)) {
 		p->calls++;
+		p->hits++;
 		return 0;
 	}
 	slot_key_changing(p);
@@ -994,6 +1008,7 @@ static __always_inline int count_at_hand(struct grain_hook_count_pending *p, str
 	p->small = 1;
 	p->counter = ri;
 	p->calls = 1;
+	p->hits = 1;
 	p->sum = 0;
 	slot_key_settled(p);
 	return 0;
@@ -1009,6 +1024,16 @@ static __always_inline int raw_tracepoint_run(struct scratch *s, struct grain_ho
 	return hook_run(s, h);
 }
 
+/* raw_tracepoint_cookie reads the attach cookie where
+ * bpf_get_attach_cookie does, without its call: on a cold path (once per
+ * exec) the helper's call cost ~50 ns, a tenth of the program. */
+static __always_inline __u64 raw_tracepoint_cookie(struct task_struct *t)
+{
+	struct bpf_trace_run_ctx *rc =
+		bpf_rdonly_cast(t->bpf_ctx, bpf_core_type_id_kernel(struct bpf_trace_run_ctx));
+	return rc->bpf_cookie;
+}
+
 SEC("raw_tracepoint")
 int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -1018,14 +1043,14 @@ int grain_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	/* the hook is looked up before the level is claimed: its
 	 * count_rule picks the path */
-	__u32 slot = bpf_get_attach_cookie(ctx) & (GRAIN_HOOK_MAX_HOOKS - 1);
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 slot = raw_tracepoint_cookie(t) & (GRAIN_HOOK_MAX_HOOKS - 1);
 	__u32 key = (act->generation & 1) * GRAIN_HOOK_MAX_HOOKS + slot;
 	struct grain_hook *h = bpf_map_lookup_elem(&hooks, &key);
 	if (!h || !h->nrules)
 		return 0;
 	__u32 count_rule = h->count_rule;
 	if (count_rule) {
-		struct task_struct *t = bpf_get_current_task_btf();
 		if (t->tgid == act->agent_tgid)
 			return 0;
 		return GUARDED_SLOT(count_at_hand(p, act, t, count_rule, h->count_id, h->count_fields, 0));

@@ -313,13 +313,18 @@ struct grain_hook_count {
 struct grain_hook_count_pending {
 	__u64 seq_end;
 	__u64 calls;   /* 0: nothing pending */
-	__u64 sum;
-	__u32 counter; /* hook_counters index of the key's rule (count_errors) */
+	/* Of calls, those counted at hand (count_at_hand), which also wait
+	 * here to be added to their rule's hits: a cold call then touches no
+	 * hook_counters line. The flush adds them; readers add what is
+	 * pending. */
+	__u64 hits;
+	__u32 counter; /* hook_counters index of the key's rule (count_errors, hits) */
 	/* The nesting level's guard (hook_nesting.h), here beside calls and a
 	 * small key so a count at hand touches one per-CPU line: set by
 	 * compare-and-swap when a program claims the level, cleared by it. */
 	__u32 busy;
 	struct grain_hook_count_key key;
+	__u64 sum;
 	__u64 seq;
 	__u8 small; /* the key is a grain_hook_count_key_small (hook_counts_small) */
 	__u8 _pad[7];

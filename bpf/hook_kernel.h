@@ -68,7 +68,21 @@ struct task_struct {
 	struct css_set *cgroups;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+	struct bpf_run_ctx *bpf_ctx;
 } __attribute__((preserve_access_index));
+
+struct bpf_run_ctx {
+} __attribute__((preserve_access_index));
+
+/* What current->bpf_ctx points to while a raw tracepoint program runs
+ * (Linux 6.10+, whose raw tracepoints take a cookie). */
+struct bpf_trace_run_ctx {
+	__u64 bpf_cookie;
+} __attribute__((preserve_access_index));
+
+/* Linux 6.2+ (every kernel grain_raw_tracepoint loads on); the verifier
+ * turns it into no instruction. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 struct files_struct {
 	struct fdtable *fdt;

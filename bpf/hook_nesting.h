@@ -32,19 +32,11 @@ static __always_inline void count_nesting(int skipped)
  * compare-and-swap; deeper levels only when nested. The busy word lives in
  * the count slot, not in the scratch level, so that a count at hand
  * (count_at_hand) touches one per-CPU value. */
-static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
+static __noinline struct grain_hook_count_pending *claim_deeper(__u32 *level)
 {
-	__u32 key = 0;
-	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
-	if (!p)
-		return 0;
-	if (__sync_val_compare_and_swap(&p->busy, 0, 1) == 0) {
-		*level = 0;
-		return p;
-	}
 	for (__u32 l = 1; l < GRAIN_HOOK_NEST_LEVELS; l++) {
-		key = l;
-		p = bpf_map_lookup_elem(&hook_count_pending, &key);
+		__u32 key = l;
+		struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
 		if (p && __sync_val_compare_and_swap(&p->busy, 0, 1) == 0) {
 			*level = l;
 			count_nesting(0);
@@ -53,6 +45,21 @@ static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
 	}
 	count_nesting(1);
 	return 0;
+}
+
+static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
+{
+	__u32 key = 0;
+	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
+	if (!p)
+		return 0;
+	if (__builtin_expect(__sync_val_compare_and_swap(&p->busy, 0, 1) == 0, 1)) {
+		*level = 0;
+		return p;
+	}
+	/* a subprogram: the deeper levels' code stays out of the lines every
+	 * call runs */
+	return claim_deeper(level);
 }
 
 /* release_slot frees the level claim_slot took; only its owner writes a

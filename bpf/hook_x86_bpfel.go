@@ -70,10 +70,11 @@ type hookGrainHookCountPending struct {
 	_       structs.HostLayout
 	SeqEnd  uint64
 	Calls   uint64
-	Sum     uint64
+	Hits    uint64
 	Counter uint32
 	Busy    uint32
 	Key     hookGrainHookCountKey
+	Sum     uint64
 	Seq     uint64
 	Small   uint8
 	Pad     [7]uint8

@@ -78,6 +78,70 @@ func (s *CountSample) key() string {
 	return b.String()
 }
 
+// ruleCounters sums by policy the per-CPU counters of the rules of the
+// generations gens, and the hits still pending in the count slots: a call
+// counted at hand (count_at_hand) leaves its hit in its slot beside its
+// count, and the slot's flush moves it to the rule's counter. Reads repeat
+// as countSamples' do, and for the same reason: counters first, the slots
+// after, so a hit is never counted twice. With harvestEpoch set (gens is
+// then its one generation) the read repeats until that epoch's slots stood
+// still; a live read may miss a hit on its way, and Counters keeps what it
+// reports from going back.
+func (e *Hooks) ruleCounters(gens []uint32, harvestEpoch *uint32, into generation.Tally[RuleCounter]) error {
+	tries := maxLiveReads
+	if harvestEpoch != nil {
+		tries = maxHarvestReads
+	}
+	for try := 1; ; try++ {
+		before, err := e.pendingCounts()
+		if err != nil {
+			return err
+		}
+		read := generation.Tally[RuleCounter]{}
+		for _, gen := range gens {
+			if err := e.generationRuleCounters(gen, read); err != nil {
+				return err
+			}
+		}
+		after, err := e.pendingCounts()
+		if err != nil {
+			return err
+		}
+		still := harvestEpoch == nil && noSlotMoved(before, after) || harvestEpoch != nil && pendingStill(before, after, *harvestEpoch)
+		if !still && try < tries {
+			continue
+		}
+		if !still && harvestEpoch != nil {
+			return fmt.Errorf("read hook counters: the pending hits of epoch %d kept moving over %d reads", *harvestEpoch, tries)
+		}
+		for i := range after {
+			if p := &after[i]; p.Hits != 0 && p.SeqEnd == p.Seq {
+				e.addPendingHits(gens, p, read)
+			}
+		}
+		into.AddAll(read)
+		return nil
+	}
+}
+
+// addPendingHits adds a slot's pending hits to the policy of its rule when
+// that rule is of one of the generations gens.
+func (e *Hooks) addPendingHits(gens []uint32, p *bpf.HookCountPending, into generation.Tally[RuleCounter]) {
+	epoch, index := generation.EpochOf(p.Key.RuleId), generation.IndexOf(p.Key.RuleId)
+	for _, gen := range gens {
+		g := e.written[gen]
+		if g == nil || g.epoch != epoch || index >= len(g.rules) {
+			continue
+		}
+		r := g.rules[index]
+		c := RuleCounter{Policy: r.Policy, Hits: p.Hits}
+		if r.Monitor && r.Signal != "" {
+			c.WouldSignals = p.Hits
+		}
+		into.Add(r.Policy, c)
+	}
+}
+
 // generationRuleCounters sums the per-CPU counters of the rules of
 // generation gen by policy.
 func (e *Hooks) generationRuleCounters(gen uint32, into generation.Tally[RuleCounter]) error {
@@ -348,7 +412,7 @@ func (e *Hooks) harvest(gen uint32) error {
 	if g == nil {
 		return nil
 	}
-	if err := e.generationRuleCounters(gen, e.ruleTotals); err != nil {
+	if err := e.ruleCounters([]uint32{gen}, &g.epoch, e.ruleTotals); err != nil {
 		return err
 	}
 	samples, err := e.countSamples(&g.epoch)
@@ -481,12 +545,22 @@ func (e *Hooks) Counters() ([]RuleCounter, error) {
 	defer e.mu.Unlock()
 	sum := generation.Tally[RuleCounter]{}
 	sum.AddAll(e.ruleTotals)
+	gens := make([]uint32, 0, bpf.HookGenerations)
 	for gen := uint32(0); gen < bpf.HookGenerations; gen++ {
-		if err := e.generationRuleCounters(gen, sum); err != nil {
-			return nil, err
-		}
+		gens = append(gens, gen)
 	}
-	return sum.Sorted(func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) }), nil
+	if err := e.ruleCounters(gens, nil, sum); err != nil {
+		return nil, err
+	}
+	out := sum.Sorted(func(a, b RuleCounter) int { return strings.Compare(a.Policy, b.Policy) })
+	for i := range out {
+		c := &out[i]
+		if last, ok := e.reportedHits[c.Policy]; ok && c.Hits < last {
+			c.Hits = last // this read missed a hit on its way to its counter
+		}
+		e.reportedHits[c.Policy] = c.Hits
+	}
+	return out, nil
 }
 
 // Nesting counts, since the programs were loaded, the kernel calls

@@ -84,6 +84,9 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 		if !slices.Equal(got, want) {
 			t.Fatalf("%s: counts\n%s\nwant\n%s", when, strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
+		for policy, metric := range map[string]string{"a": "calls", "b": "calls_tgid", "c": "calls_ids"} {
+			hitsMatchCounts(t, p, when, policy, metric)
+		}
 	}
 	line := func(metric, labels string, n int) string {
 		return fmt.Sprintf("%s %s %d", metric, labels, n)
@@ -147,6 +150,43 @@ c: {syscall: "getppid", count: {metric: "calls_ids", by: ["comm", "pid", "tgid",
 	}
 }
 
+// hitsMatchCounts: a rule that counts every call it selects has one hit
+// per call in its counts or its count errors, whichever path counted it
+// (a count at hand leaves its hit pending in the count slot). The counts
+// are read between two reads of the hits, which other processes' calls
+// may only raise.
+func hitsMatchCounts(t *testing.T, p *Hooks, when, policy, metric string) {
+	t.Helper()
+	counter := func() RuleCounter {
+		c, err := p.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range c {
+			if x.Policy == policy {
+				return x
+			}
+		}
+		return RuleCounter{}
+	}
+	before := counter()
+	counts, err := p.CountSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := counter()
+	var calls uint64
+	for _, c := range counts {
+		if c.Policy == policy && c.Metric == metric {
+			calls += c.Calls
+		}
+	}
+	if before.Hits > calls+after.CountErrors || calls+after.CountErrors > after.Hits {
+		t.Fatalf("%s: policy %s: hits %d then %d, around %d calls counted and %d count errors",
+			when, policy, before.Hits, after.Hits, calls, after.CountErrors)
+	}
+}
+
 // countsAtHand tells whether grain_sys_enter counts syscall name by its
 // short path (count_at_hand) in the active generation.
 func countsAtHand(t *testing.T, p *Hooks, name string) bool {
@@ -193,20 +233,30 @@ func TestHookCountAtHandLabels(t *testing.T) {
 			t.Fatalf("by %s: counts\n%s\nwant among them\n%s", c.by, strings.Join(got, "\n"), want)
 		}
 	}
-	// A raw tracepoint's hook takes the same path (grain_raw_tracepoint):
-	// execs of the child, counted by comm and tgid, and its hits.
-	applyHooks(t, p, `execs: {tracepoint: "sched/sched_process_exec", count: {metric: "at_hand_execs", by: ["comm", "tgid"]}}`)
+	// Raw tracepoints' hooks take the same path (grain_raw_tracepoint),
+	// each found by its attachment's cookie: execs of the child, counted
+	// by comm and tgid, and the renames an exec makes (task_rename), by
+	// tgid; and their hits.
+	applyHooks(t, p, `execs: {tracepoint: "sched/sched_process_exec", count: {metric: "at_hand_execs", by: ["comm", "tgid"]}}
+renames: {tracepoint: "task/task_rename", count: {metric: "at_hand_renames", by: ["tgid"]}}`)
 	mech := wantTracepointMechanism(t, p)
-	if got := p.Mechanism(KindTracepoint, "sched/sched_process_exec"); got != mech {
-		t.Fatalf("sched_process_exec attached as %s, want %s", got, mech)
+	slots := map[int]string{}
+	for _, tp := range []string{"sched/sched_process_exec", "task/task_rename"} {
+		if got := p.Mechanism(KindTracepoint, tp); got != mech {
+			t.Fatalf("%s attached as %s, want %s", tp, got, mech)
+		}
+		var hk bpf.Hook
+		slot := p.hooks[plantest.Compile(t, `x: {tracepoint: "`+tp+`", count: metric: "m"}`).Hooks.Hooks[0].Key()].slot
+		if err := p.p.Maps().Hooks.Lookup(p.gen.Active()*bpf.HookMaxHooks+uint32(slot), &hk); err != nil {
+			t.Fatal(err)
+		}
+		if hk.CountRule == 0 {
+			t.Fatalf("%s's hook not set up for the short path: %+v", tp, hk)
+		}
+		slots[slot] = tp
 	}
-	var hk bpf.Hook
-	slot := p.hooks[plantest.Compile(t, `x: {tracepoint: "sched/sched_process_exec", count: metric: "m"}`).Hooks.Hooks[0].Key()].slot
-	if err := p.p.Maps().Hooks.Lookup(p.gen.Active()*bpf.HookMaxHooks+uint32(slot), &hk); err != nil {
-		t.Fatal(err)
-	}
-	if hk.CountRule == 0 {
-		t.Fatalf("sched_process_exec's hook not set up for the short path: %+v", hk)
+	if len(slots) != 2 {
+		t.Fatalf("both tracepoints in one hook slot: %v", slots)
 	}
 	var want []string
 	for range 3 {
@@ -214,12 +264,16 @@ func TestHookCountAtHandLabels(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("child: %v\n%s", err, out)
 		}
-		want = append(want, fmt.Sprintf("at_hand_execs comm=%s,tgid=%d 1", comm, cmd.Process.Pid))
+		want = append(want, fmt.Sprintf("at_hand_execs comm=%s,tgid=%d 1", comm, cmd.Process.Pid),
+			fmt.Sprintf("at_hand_renames tgid=%d 1", cmd.Process.Pid))
 	}
 	var got []string
 	for _, l := range countLines(t, p) {
-		if strings.HasPrefix(l, "at_hand_execs comm="+comm+",") {
-			got = append(got, l)
+		for _, w := range want {
+			if strings.HasPrefix(w, strings.TrimRightFunc(l, func(r rune) bool { return r != ' ' })) {
+				got = append(got, l)
+				break
+			}
 		}
 	}
 	slices.Sort(got)

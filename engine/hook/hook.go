@@ -70,6 +70,8 @@ type Hooks struct {
 	// sample: a read that missed a count moving from a kernel slot to the
 	// count map reports these instead (counts never go back).
 	reported map[string][2]uint64
+	// reportedHits holds the hits Counters last gave per policy.
+	reportedHits map[string]uint64
 
 	cgroupRoot string
 	agent      uint32 // tgid the programs skip
@@ -130,7 +132,7 @@ func New(opts Options) (*Hooks, error) {
 	}
 	e := &Hooks{log: log, p: p, feats: feats, hooks: map[string]*attachment{}, noRaw: map[string]bool{},
 		ruleTotals:  generation.Tally[RuleCounter]{},
-		countTotals: map[string]*CountSample{}, reported: map[string][2]uint64{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
+		countTotals: map[string]*CountSample{}, reported: map[string][2]uint64{}, reportedHits: map[string]uint64{}, cgroupRoot: opts.CgroupRoot, agent: uint32(os.Getpid())}
 	if opts.ObserveSelf {
 		e.agent = 0 // the idle task's, which runs no hooked code
 	}
