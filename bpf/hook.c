@@ -172,12 +172,28 @@ struct {
 	__type(value, struct grain_hook_count);
 } hook_counts_small SEC(".maps");
 
+/* The count slots of every CPU in one array, a CPU's GRAIN_HOOK_NEST_LEVELS
+ * side by side (count_slot); the loader sizes it to the possible CPUs
+ * (LoadHooks). Not a per-CPU array: its inlined lookup first loads the
+ * value's per-CPU pointer from the map, one more cold line per call.
+ * Mmapable: its values then start page-aligned, so each slot starts a
+ * cache line (struct grain_hook_count_pending). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, GRAIN_HOOK_NEST_LEVELS);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, GRAIN_HOOK_NEST_LEVELS); /* per CPU: LoadHooks multiplies */
 	__type(key, __u32);
 	__type(value, struct grain_hook_count_pending);
 } hook_count_pending SEC(".maps");
+
+/* count_slot: this CPU's count slot of nesting level `level`, or 0.
+ * bpf_get_smp_processor_id is inlined by the verifier (Linux 6.10, x86 and
+ * arm64); a program keeps its CPU while it runs. */
+static __always_inline struct grain_hook_count_pending *count_slot(__u32 level)
+{
+	__u32 key = bpf_get_smp_processor_id() * GRAIN_HOOK_NEST_LEVELS + level;
+	return bpf_map_lookup_elem(&hook_count_pending, &key);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -535,8 +551,7 @@ __noinline int do_count(struct scratch *s, struct grain_hook *h, struct grain_ho
 		put_label(s, h, &r->labels[i]);
 	}
 	/* The level's slot: only the program holding the level writes it. */
-	__u32 level = s->level;
-	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
+	struct grain_hook_count_pending *p = count_slot(s->level);
 	if (!p)
 		return 0;
 	if (p->calls && same_key(p, s, small)) {

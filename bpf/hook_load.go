@@ -60,6 +60,11 @@ func LoadHooks(opts HookOptions) (*Hooks, error) {
 	if opts.RingBufferBytes != 0 {
 		spec.Maps["hook_events"].MaxEntries = opts.RingBufferBytes
 	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["hook_count_pending"].MaxEntries = uint32(cpus) * HookNestLevels
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = map[string]*ebpf.ProgramSpec{}
 	coll, err := ebpf.NewCollection(mapsOnly)
@@ -150,8 +155,14 @@ type HookMaps struct {
 	Scratch, Nesting *ebpf.Map
 	// CountPending holds, per CPU and nesting level, the last count key
 	// and its calls not yet added to Counts or CountsSmall
-	// (HookCountPending): readers add it after reading those maps.
+	// (HookCountPending): readers add it after reading those maps. It is
+	// one array of every CPU's slots, keyed by HookCountSlot.
 	CountPending *ebpf.Map
+}
+
+// HookCountSlot is the CountPending key of nesting level level of CPU cpu.
+func HookCountSlot(cpu int, level uint32) uint32 {
+	return uint32(cpu)*HookNestLevels + level
 }
 
 // Maps returns the kernel-hook maps.

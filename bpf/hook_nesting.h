@@ -28,15 +28,14 @@ static __always_inline void count_nesting(int skipped)
  * fentry/fexit program may finish after the program that preempted it
  * started, so levels are not released in stack order, and a
  * load-then-store could hand one level to two programs. The common path:
- * one lookup (inlined by the verifier from Linux 6.10) and one
- * compare-and-swap; deeper levels only when nested. The busy word lives in
- * the count slot, not in the scratch level, so that a count at hand
- * (count_at_hand) touches one per-CPU value. */
+ * one lookup (inlined by the verifier, the CPU number too from Linux 6.10)
+ * and one compare-and-swap; deeper levels only when nested. The busy word
+ * lives in the count slot, not in the scratch level, so that a count at
+ * hand (count_at_hand) touches one slot. */
 static __noinline struct grain_hook_count_pending *claim_deeper(__u32 *level)
 {
 	for (__u32 l = 1; l < GRAIN_HOOK_NEST_LEVELS; l++) {
-		__u32 key = l;
-		struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
+		struct grain_hook_count_pending *p = count_slot(l);
 		if (p && __sync_val_compare_and_swap(&p->busy, 0, 1) == 0) {
 			*level = l;
 			count_nesting(0);
@@ -49,8 +48,7 @@ static __noinline struct grain_hook_count_pending *claim_deeper(__u32 *level)
 
 static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
 {
-	__u32 key = 0;
-	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &key);
+	struct grain_hook_count_pending *p = count_slot(0);
 	if (!p)
 		return 0;
 	if (__builtin_expect(__sync_val_compare_and_swap(&p->busy, 0, 1) == 0, 1)) {
@@ -89,8 +87,7 @@ static __always_inline struct scratch *claim(void)
 /* release frees the level of a scratch that claim returned. */
 static __always_inline void release(struct scratch *s)
 {
-	__u32 level = s->level;
-	struct grain_hook_count_pending *p = bpf_map_lookup_elem(&hook_count_pending, &level);
+	struct grain_hook_count_pending *p = count_slot(s->level);
 	if (p)
 		release_slot(p);
 }

@@ -77,7 +77,7 @@ type hookGrainHookCountPending struct {
 	Sum     uint64
 	Seq     uint64
 	Small   uint8
-	Pad     [7]uint8
+	Pad     [39]uint8
 }
 
 type hookGrainHookCounter struct {

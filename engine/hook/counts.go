@@ -1,11 +1,14 @@
 package hook
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/grain-ebpf/grain/bpf"
 	"github.com/grain-ebpf/grain/codegen"
@@ -301,14 +304,19 @@ func pendingKey(p *bpf.HookCountPending) bpf.HookCountKey {
 }
 
 // pendingCounts reads the write-combining slot of every nesting level of
-// every CPU.
+// every CPU, in the map's order (bpf.HookCountSlot), in one batch.
 func (e *Hooks) pendingCounts() ([]bpf.HookCountPending, error) {
-	var all, perCPU []bpf.HookCountPending
-	for level := uint32(0); level < bpf.HookNestLevels; level++ {
-		if err := e.p.Maps().CountPending.Lookup(level, &perCPU); err != nil {
-			return nil, fmt.Errorf("read pending hook counts: %w", err)
-		}
-		all = append(all, perCPU...)
+	m := e.p.Maps().CountPending
+	n := int(m.MaxEntries())
+	keys := make([]uint32, n)
+	all := make([]bpf.HookCountPending, n)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.BatchLookup(&cursor, keys, all, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read pending hook counts: %w", err)
+	}
+	if got != n {
+		return nil, fmt.Errorf("read pending hook counts: %d of %d slots", got, n)
 	}
 	return all, nil
 }

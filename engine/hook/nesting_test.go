@@ -21,33 +21,40 @@ import (
 func setScratchBusy(t *testing.T, p *Hooks, level uint32, busy bool) {
 	t.Helper()
 	m := p.Program().Maps().CountPending
-	var vals []bpf.HookCountPending
-	if err := m.Lookup(level, &vals); err != nil {
-		t.Fatalf("read count slots of level %d: %v", level, err)
-	}
-	for i := range vals {
-		vals[i].Busy = 0
-		if busy {
-			vals[i].Busy = 1
+	for cpu := range slotCPUs(m) {
+		key := bpf.HookCountSlot(cpu, level)
+		var v bpf.HookCountPending
+		if err := m.Lookup(key, &v); err != nil {
+			t.Fatalf("read count slot of level %d, CPU %d: %v", level, cpu, err)
 		}
-	}
-	if err := m.Update(level, vals, ebpf.UpdateAny); err != nil {
-		t.Fatalf("write count slots of level %d: %v", level, err)
+		v.Busy = 0
+		if busy {
+			v.Busy = 1
+		}
+		if err := m.Update(key, &v, ebpf.UpdateAny); err != nil {
+			t.Fatalf("write count slot of level %d, CPU %d: %v", level, cpu, err)
+		}
 	}
 }
 
 // scratchBusy reports the busy word of a nesting level on every CPU.
 func scratchBusy(t *testing.T, p *Hooks, level uint32) []byte {
 	t.Helper()
-	var vals []bpf.HookCountPending
-	if err := p.Program().Maps().CountPending.Lookup(level, &vals); err != nil {
-		t.Fatalf("read count slots of level %d: %v", level, err)
-	}
+	m := p.Program().Maps().CountPending
 	var out []byte
-	for _, v := range vals {
+	for cpu := range slotCPUs(m) {
+		var v bpf.HookCountPending
+		if err := m.Lookup(bpf.HookCountSlot(cpu, level), &v); err != nil {
+			t.Fatalf("read count slot of level %d, CPU %d: %v", level, cpu, err)
+		}
 		out = append(out, byte(v.Busy))
 	}
 	return out
+}
+
+// slotCPUs is the number of CPUs with count slots in m.
+func slotCPUs(m *ebpf.Map) int {
+	return int(m.MaxEntries() / bpf.HookNestLevels)
 }
 
 func nestingOf(t *testing.T, p *Hooks) Nesting {
