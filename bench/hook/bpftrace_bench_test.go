@@ -28,7 +28,7 @@ import (
 // program on grain's own hook (the floor no program can go under).
 //
 //	go test -run '^$' -bench BesideBpftrace -benchtime 1000000x ./bench/hook   (syscalls)
-//	go test -run '^$' -bench BesideBpftraceExec -benchtime 2000x ./bench/hook
+//	go test -run '^$' -bench BesideBpftraceExec -benchtime 2000x [-site] ./bench/hook
 //
 // Needs bpftrace (Debian package bpftrace); skips without it.
 
@@ -96,9 +96,16 @@ func TestHookBesideBpftraceShort(t *testing.T) {
 		n int
 	}{"syscalls": {syscallsWorkload, 20000}, "exec": {execWorkload, 20}} {
 		t.Run(name, func(t *testing.T) {
+			if name == "exec" {
+				defer func(on bool) { *siteOn = on }(*siteOn)
+				*siteOn = true
+			}
 			r := besideBpftrace(t, c.n, 1, c.w)
 			if len(r.base) != 1 || len(r.grain) != 1 || len(r.floor) != 1 || len(r.bpftrace) != 1 {
 				t.Fatalf("figures missing: %+v", r)
+			}
+			if name == "exec" && (len(r.siteBase) != 1 || len(r.siteGrain) != 1 || len(r.siteFloor) != 1 || len(r.siteBpftrace) != 1) {
+				t.Fatalf("site figures missing: %+v", r)
 			}
 			t.Logf("%s", r)
 		})
@@ -110,6 +117,8 @@ func TestHookBesideBpftraceShort(t *testing.T) {
 type besideResult struct {
 	base, grain, floor, bpftrace       []float64
 	grainProg, floorProg, bpftraceProg []float64
+	// with -site: the median ns per exec at the tracepoint's site
+	siteBase, siteGrain, siteFloor, siteBpftrace []float64
 }
 
 // above is the median over rounds of v's figure minus the unhooked one.
@@ -127,7 +136,24 @@ func (r besideResult) String() string {
 	return fmt.Sprintf("per call above the unhooked loop (median of %d interleaved rounds): grain %+.0f ns, empty program on grain's hook %+.0f ns, bpftrace %+.0f ns; goal grain <= max(0.5 x bpftrace, 1.1 x floor) = %.0f ns: %s\n"+
 		"rounds (ns per call): base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
 		len(r.base), g, f, t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.base, r.grain, r.floor, r.bpftrace) +
-		r.progString()
+		r.progString() + r.siteString()
+}
+
+func (r besideResult) siteString() string {
+	if len(r.siteBase) == 0 {
+		return ""
+	}
+	above := func(v []float64) float64 {
+		d := make([]float64, len(v))
+		for i := range v {
+			d[i] = v[i] - r.siteBase[i]
+		}
+		return median(d)
+	}
+	g, f, t := above(r.siteGrain), above(r.siteFloor), above(r.siteBpftrace)
+	goal := max(0.5*t, 1.1*f)
+	return fmt.Sprintf("\nat the tracepoint's site, per exec above unhooked (median of the rounds' medians): grain %+.0f ns, empty program %+.0f ns, bpftrace %+.0f ns; grain / bpftrace %.2f; goal %.0f ns: %s; rounds: base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
+		g, f, t, g/t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.siteBase, r.siteGrain, r.siteFloor, r.siteBpftrace)
 }
 
 func (r besideResult) progString() string {
@@ -148,6 +174,18 @@ func reportBeside(b *testing.B, r besideResult) {
 	if t > 0 {
 		b.ReportMetric(g/t, "grain/bpftrace")
 	}
+	if len(r.siteBase) > 0 {
+		above := func(v []float64) float64 {
+			d := make([]float64, len(v))
+			for i := range v {
+				d[i] = v[i] - r.siteBase[i]
+			}
+			return median(d)
+		}
+		b.ReportMetric(above(r.siteGrain), "grain-site-ns")
+		b.ReportMetric(above(r.siteFloor), "floor-site-ns")
+		b.ReportMetric(above(r.siteBpftrace), "bpftrace-site-ns")
+	}
 	if *progStatsOn {
 		b.ReportMetric(median(r.grainProg), "grain-prog-ns")
 		b.ReportMetric(median(r.floorProg), "floor-prog-ns")
@@ -166,8 +204,15 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 	}
 	p := newHooks(tb, hook.Options{})
 	enableProgStats(tb)
+	// registered on the tracepoint before any measured hook (grain's
+	// attaches at Apply)
+	var site *siteTimer
+	if *siteOn && w.name == execTracepoint {
+		site = newSiteTimer(tb)
+	}
 	plan := plantest.Compile(tb, w.policy)
 	var r besideResult
+	var siteNs float64 // the last timed run's, with site
 	// timed runs n calls; with -prog-stats it also returns the ns per run
 	// of progs by the kernel's BPF statistics (0 without).
 	timed := func(n int, progs ...*ebpf.Program) (float64, float64) {
@@ -177,7 +222,11 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 		}
 		runtime.LockOSThread()
 		start := time.Now()
-		w.run(tb, n)
+		if site != nil {
+			siteNs = site.siteNs(tb, func() { w.run(tb, n) })
+		} else {
+			w.run(tb, n)
+		}
 		elapsed := time.Since(start)
 		runtime.UnlockOSThread()
 		var runs uint64
@@ -196,6 +245,7 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 	for range rounds {
 		ns, _ := timed(n)
 		r.base = append(r.base, ns)
+		r.siteBase = appendSite(r.siteBase, site, siteNs)
 
 		if err := p.Apply(plan); err != nil {
 			tb.Fatal(err)
@@ -206,6 +256,7 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 		}
 		ns, progNs := timed(n, grainProg(tb, p, mech))
 		r.grain, r.grainProg = append(r.grain, ns), append(r.grainProg, progNs)
+		r.siteGrain = appendSite(r.siteGrain, site, siteNs)
 		if err := p.Apply(&codegen.Plan{}); err != nil {
 			tb.Fatal(err)
 		}
@@ -213,12 +264,21 @@ func besideBpftrace(tb testing.TB, n, rounds int, w besideWorkload) besideResult
 		stop, floorProg := w.attachFloor(tb, mech)
 		ns, progNs = timed(n, floorProg)
 		r.floor, r.floorProg = append(r.floor, ns), append(r.floorProg, progNs)
+		r.siteFloor = appendSite(r.siteFloor, site, siteNs)
 		stop()
 
 		ns, progNs = runBpftrace(tb, n, w.comm, bpftrace, w.bpftrace, func(progs []*ebpf.Program) (float64, float64) { return timed(n, progs...) })
 		r.bpftrace, r.bpftraceProg = append(r.bpftrace, ns), append(r.bpftraceProg, progNs)
+		r.siteBpftrace = appendSite(r.siteBpftrace, site, siteNs)
 	}
 	return r
+}
+
+func appendSite(to []float64, site *siteTimer, ns float64) []float64 {
+	if site == nil {
+		return to
+	}
+	return append(to, ns)
 }
 
 // grainProg is the program grain runs for the workload's hook: raw
