@@ -1,6 +1,7 @@
 package hookbench
 
 import (
+	"encoding/binary"
 	"flag"
 	"slices"
 	"testing"
@@ -48,10 +49,20 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 	}
 	tb.Cleanup(s.close)
 
-	// at the tracepoint: start = now
+	// at the tracepoint: start = now, for the loop's execs (execComm)
 	first, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.RawTracepoint, License: "GPL", Instructions: asm.Instructions{
 		asm.FnKtimeGetNs.Call(),
 		asm.Mov.Reg(asm.R6, asm.R0),
+		asm.Mov.Reg(asm.R1, asm.RFP),
+		asm.Add.Imm(asm.R1, -24),
+		asm.Mov.Imm(asm.R2, 16),
+		asm.FnGetCurrentComm.Call(),
+		asm.LoadMem(asm.R1, asm.RFP, -24, asm.DWord),
+		asm.LoadImm(asm.R2, int64(commWord(0)), asm.DWord),
+		asm.JNE.Reg(asm.R1, asm.R2, "out"),
+		asm.LoadMem(asm.R1, asm.RFP, -16, asm.DWord),
+		asm.LoadImm(asm.R2, int64(commWord(1)), asm.DWord),
+		asm.JNE.Reg(asm.R1, asm.R2, "out"),
 		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -4),
@@ -112,6 +123,14 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 	}
 	s.links = append(s.links, l)
 	return s
+}
+
+// commWord is word i of execComm's 16 comm bytes, read as the program
+// reads it (little-endian: BPF is on every target here).
+func commWord(i int) uint64 {
+	var c [16]byte
+	copy(c[:15], execComm)
+	return binary.LittleEndian.Uint64(c[8*i:])
 }
 
 func (s *siteTimer) close() {
