@@ -21,17 +21,7 @@ static __always_inline void count_nesting(int skipped)
 		__sync_fetch_and_add(&n->nested, 1);
 }
 
-/* claim_slot takes the first free nesting level of this CPU and returns its
- * count slot (grain_hook_count_pending, which holds the level's busy word),
- * or returns 0 (and counts the call skipped) when every level is busy. A
- * level is taken by compare-and-swap, not a depth counter: a preempted
- * fentry/fexit program may finish after the program that preempted it
- * started, so levels are not released in stack order, and a
- * load-then-store could hand one level to two programs. The common path:
- * one lookup (inlined by the verifier, the CPU number too from Linux 6.10)
- * and one compare-and-swap; deeper levels only when nested. The busy word
- * lives in the count slot, not in the scratch level, so that a count at
- * hand (count_at_hand) touches one slot. */
+/* claim_deeper: claim_slot's search of the levels above the first. */
 static __noinline struct grain_hook_count_pending *claim_deeper(__u32 *level)
 {
 	for (__u32 l = 1; l < GRAIN_HOOK_NEST_LEVELS; l++) {
@@ -46,6 +36,17 @@ static __noinline struct grain_hook_count_pending *claim_deeper(__u32 *level)
 	return 0;
 }
 
+/* claim_slot takes the first free nesting level of this CPU and returns its
+ * count slot (grain_hook_count_pending, which holds the level's busy word),
+ * or returns 0 (and counts the call skipped) when every level is busy. A
+ * level is taken by compare-and-swap, not a depth counter: a preempted
+ * fentry/fexit program may finish after the program that preempted it
+ * started, so levels are not released in stack order, and a
+ * load-then-store could hand one level to two programs. The common path:
+ * one lookup (inlined by the verifier, the CPU number too from Linux 6.10)
+ * and one compare-and-swap; deeper levels only when nested. The busy word
+ * lives in the count slot, not in the scratch level, so that a count at
+ * hand (count_at_hand) touches one slot. */
 static __always_inline struct grain_hook_count_pending *claim_slot(__u32 *level)
 {
 	struct grain_hook_count_pending *p = count_slot(0);
