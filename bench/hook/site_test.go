@@ -50,7 +50,7 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 	tb.Cleanup(s.close)
 
 	// at the tracepoint: start = now, for the loop's execs (execComm)
-	first, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.RawTracepoint, License: "GPL", Instructions: asm.Instructions{
+	first := load(tb, slices.Concat(asm.Instructions{
 		asm.FnKtimeGetNs.Call(),
 		asm.Mov.Reg(asm.R6, asm.R0),
 		asm.Mov.Reg(asm.R1, asm.RFP),
@@ -63,40 +63,23 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 		asm.LoadMem(asm.R1, asm.RFP, -16, asm.DWord),
 		asm.LoadImm(asm.R2, int64(commWord(1)), asm.DWord),
 		asm.JNE.Reg(asm.R1, asm.R2, "out"),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, s.start.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
+	}, lookupFirst(s.start), asm.Instructions{
 		asm.StoreMem(asm.R0, 0, asm.R6, asm.DWord),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
 		asm.Return(),
-	}})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	}))
 	defer first.Close()
 	// at the next system call exit on the CPU: samples.ns[count % siteSamples] = now - start
-	after, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.RawTracepoint, License: "GPL", Instructions: asm.Instructions{
+	after := load(tb, slices.Concat(asm.Instructions{
 		asm.FnKtimeGetNs.Call(),
 		asm.Mov.Reg(asm.R6, asm.R0),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, s.start.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
+	}, lookupFirst(s.start), asm.Instructions{
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord),
 		asm.JEq.Imm(asm.R7, 0, "out"), // no exec tracepoint before it on this CPU
 		asm.Mov.Imm(asm.R1, 0),
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 		asm.Sub.Reg(asm.R6, asm.R7),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, s.samples.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
+	}, lookupFirst(s.samples), asm.Instructions{
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		asm.Mov.Reg(asm.R2, asm.R1),
 		asm.And.Imm(asm.R2, siteSamples-1),
@@ -107,10 +90,7 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
 		asm.Return(),
-	}})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	}))
 	defer after.Close()
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: first})
 	if err != nil {
@@ -123,6 +103,28 @@ func newSiteTimer(tb testing.TB) *siteTimer {
 	}
 	s.links = append(s.links, l)
 	return s
+}
+
+// lookupFirst leaves in R0 the value of m's key 0, and jumps to "out"
+// when there is none.
+func lookupFirst(m *ebpf.Map) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+	}
+}
+
+func load(tb testing.TB, insns asm.Instructions) *ebpf.Program {
+	tb.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.RawTracepoint, License: "GPL", Instructions: insns})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return prog
 }
 
 // commWord is word i of execComm's 16 comm bytes, read as the program

@@ -84,47 +84,32 @@ func (s *CountSample) key() string {
 // ruleCounters sums by policy the per-CPU counters of the rules of the
 // generations gens, and the hits still pending in the count slots: a call
 // counted at hand (count_at_hand) leaves its hit in its slot beside its
-// count, and the slot's flush moves it to the rule's counter. Reads repeat
-// as countSamples' do, and for the same reason: counters first, the slots
-// after, so a hit is never counted twice. With harvestEpoch set (gens is
-// then its one generation) the read repeats until that epoch's slots stood
-// still; a live read may miss a hit on its way, and Counters keeps what it
-// reports from going back.
+// count, and the slot's flush moves it to the rule's counter. The counters
+// are read around the slots (aroundSlots) as countSamples reads the maps,
+// for the same reason: a hit is never counted twice. With harvestEpoch set
+// gens is that epoch's one generation; a live read may miss a hit on its
+// way, and Counters keeps what it reports from going back.
 func (e *Hooks) ruleCounters(gens []uint32, harvestEpoch *uint32, into generation.Tally[RuleCounter]) error {
-	tries := maxLiveReads
-	if harvestEpoch != nil {
-		tries = maxHarvestReads
-	}
-	for try := 1; ; try++ {
-		before, err := e.pendingCounts()
-		if err != nil {
-			return err
-		}
-		read := generation.Tally[RuleCounter]{}
+	var read generation.Tally[RuleCounter]
+	after, err := e.aroundSlots(harvestEpoch, "hits", func() error {
+		read = generation.Tally[RuleCounter]{}
 		for _, gen := range gens {
 			if err := e.generationRuleCounters(gen, read); err != nil {
 				return err
 			}
 		}
-		after, err := e.pendingCounts()
-		if err != nil {
-			return err
-		}
-		still := harvestEpoch == nil && noSlotMoved(before, after) || harvestEpoch != nil && pendingStill(before, after, *harvestEpoch)
-		if !still && try < tries {
-			continue
-		}
-		if !still && harvestEpoch != nil {
-			return fmt.Errorf("read hook counters: the pending hits of epoch %d kept moving over %d reads", *harvestEpoch, tries)
-		}
-		for i := range after {
-			if p := &after[i]; p.Hits != 0 && p.SeqEnd == p.Seq {
-				e.addPendingHits(gens, p, read)
-			}
-		}
-		into.AddAll(read)
 		return nil
+	})
+	if err != nil {
+		return err
 	}
+	for i := range after {
+		if p := &after[i]; p.Hits != 0 && p.SeqEnd == p.Seq {
+			e.addPendingHits(gens, p, read)
+		}
+	}
+	into.AddAll(read)
+	return nil
 }
 
 // addPendingHits adds a slot's pending hits to the policy of its rule when
@@ -184,6 +169,33 @@ func (e *Hooks) generationRuleCounters(gen uint32, into generation.Tally[RuleCou
 // machine flushes slots all the time) and may then miss what moved;
 // CountSnapshot keeps the counts it reports from going back.
 func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, error) {
+	var out map[string]*CountSample
+	var deleteKeys func()
+	after, err := e.aroundSlots(harvestEpoch, "counts", func() (err error) {
+		out, deleteKeys, err = e.mapCounts(harvestEpoch)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range after {
+		p := &after[i]
+		if p.Calls == 0 || p.SeqEnd != p.Seq {
+			continue // nothing pending, or its key was changing
+		}
+		key := pendingKey(p)
+		e.addCount(out, harvestEpoch, &key, []bpf.HookCount{{Calls: p.Calls, Sum: p.Sum}})
+	}
+	deleteKeys()
+	return out, nil
+}
+
+// aroundSlots runs read (of the maps a slot's flush adds to) between two
+// reads of the count slots, and repeats it while a slot moved: with
+// harvestEpoch, until that epoch's slots stood still (an error after
+// maxHarvestReads); else at most maxLiveReads times. It returns the slots
+// of the last read after. what names what is read, for the error.
+func (e *Hooks) aroundSlots(harvestEpoch *uint32, what string, read func() error) ([]bpf.HookCountPending, error) {
 	tries := maxLiveReads
 	if harvestEpoch != nil {
 		tries = maxHarvestReads
@@ -193,8 +205,7 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 		if err != nil {
 			return nil, err
 		}
-		out, deleteKeys, err := e.mapCounts(harvestEpoch)
-		if err != nil {
+		if err := read(); err != nil {
 			return nil, err
 		}
 		after, err := e.pendingCounts()
@@ -202,22 +213,12 @@ func (e *Hooks) countSamples(harvestEpoch *uint32) (map[string]*CountSample, err
 			return nil, err
 		}
 		still := harvestEpoch == nil && noSlotMoved(before, after) || harvestEpoch != nil && pendingStill(before, after, *harvestEpoch)
-		if !still && try < tries {
-			continue
+		if still || try == tries && harvestEpoch == nil {
+			return after, nil
 		}
-		if !still && harvestEpoch != nil {
-			return nil, fmt.Errorf("read hook counts: the pending counts of epoch %d kept moving over %d reads", *harvestEpoch, tries)
+		if try == tries {
+			return nil, fmt.Errorf("read hook %s: the pending counts of epoch %d kept moving over %d reads", what, *harvestEpoch, tries)
 		}
-		for i := range after {
-			p := &after[i]
-			if p.Calls == 0 || p.SeqEnd != p.Seq {
-				continue // nothing pending, or its key was changing
-			}
-			key := pendingKey(p)
-			e.addCount(out, harvestEpoch, &key, []bpf.HookCount{{Calls: p.Calls, Sum: p.Sum}})
-		}
-		deleteKeys()
-		return out, nil
 	}
 }
 
