@@ -170,14 +170,15 @@ struct grain_hook {
 	/* 1 + the index (in the generation) of the hook's one rule when it
 	 * only counts, unfiltered, by labels every call has at hand (comm,
 	 * pid, tgid, syscall) in a small key: grain_raw_tracepoint then runs
-	 * the short count path (count_at_hand); 0 otherwise. The engine sets
-	 * it (not the Plan). */
+	 * the short count path (count_at_hand); 0 otherwise. In the Plan
+	 * (codegen), as is count_fields. */
 	__u16 count_rule;
 	__u16 _pad2;
 	/* With count_rule, what count_at_hand needs of that rule, so that it
 	 * reads no hook_rules entry (a cache line each cold call, as every
 	 * exec is): its id and its labels' fields in order, one byte each
-	 * (GRAIN_HOOK_F_*, 0 past the last). Set by the engine too. */
+	 * (GRAIN_HOOK_F_*, 0 past the last). The engine sets count_id, which
+	 * holds the epoch, as it sets rule ids. */
 	__u32 count_id;
 	__u32 count_fields;
 	struct grain_hook_arg args[GRAIN_HOOK_MAX_ARGS];

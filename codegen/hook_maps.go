@@ -10,7 +10,8 @@ import (
 
 // HookMaps is the content of the hook programs' maps for one rule set, in
 // one generation's part of each map. The engine writes every entry as it
-// is, adding the generation to keys and the epoch to rule ids, and fills in
+// is, adding the generation to keys and the epoch to rule ids (a hook's
+// count_id is its count_rule's id), and fills in
 // what depends on the running kernel: see Hooks and HookMapFilter.Cgroups.
 type HookMaps struct {
 	// Hooks[i] is the hooks entry of HookPlan.Hooks[i] but for what
@@ -117,6 +118,62 @@ func buildHookMaps(pp *HookPlan) {
 			kr.Signal = uint8(r.SignalNumber)
 		}
 		m.Rules = append(m.Rules, Kernel[bpf.HookRule]{kr})
+	}
+	for i := range m.Hooks {
+		setCountAtHand(&m.Hooks[i].Value, m.Rules)
+	}
+}
+
+// countRuleAtHand is 1 + the index of the rule that the short count path
+// (count_at_hand in bpf/hook.c: raw tracepoints, and raw sys_enter for a
+// syscall with this one hook) runs for hook h, or 0 when h needs the
+// general path: h has one rule, which only counts, unfiltered and without
+// a sum, by comm, pid, tgid or syscall in a small key (three words at most:
+// comm takes two).
+func countRuleAtHand(h *bpf.Hook, rules []Kernel[bpf.HookRule]) uint16 {
+	if h.Nrules != 1 || int(h.Rules[0]) >= len(rules) {
+		return 0
+	}
+	r := &rules[h.Rules[0]].Value
+	if r.Flags != bpf.HookRCount|bpf.HookRSmallKey || r.Nselectors != 0 || r.Nlabels == 0 || int(r.Nlabels) > len(r.Labels) {
+		return 0
+	}
+	words := 0
+	for _, l := range r.Labels[:r.Nlabels] {
+		size := 8
+		switch l.Field {
+		case bpf.HookFComm:
+			size = 16
+		case bpf.HookFPid, bpf.HookFTgid, bpf.HookFSyscall:
+		default:
+			return 0
+		}
+		// the kernel packs the labels in order, as they are laid out here
+		if int(l.Offset) != words*8 || int(l.Size) != size {
+			return 0
+		}
+		words += size / 8
+	}
+	if words > 3 {
+		return 0
+	}
+	return h.Rules[0] + 1
+}
+
+// setCountAtHand sets h's count_rule and, when the short count path runs
+// it, the label fields that path reads from the hook instead of the rule
+// (one cache line fewer per cold call, as every exec is); the engine adds
+// the rule's id (count_id), which holds its epoch.
+func setCountAtHand(h *bpf.Hook, rules []Kernel[bpf.HookRule]) {
+	h.CountRule, h.CountId, h.CountFields = 0, 0, 0
+	cr := countRuleAtHand(h, rules)
+	if cr == 0 {
+		return
+	}
+	r := &rules[cr-1].Value
+	h.CountRule = cr
+	for i, l := range r.Labels[:r.Nlabels] {
+		h.CountFields |= uint32(l.Field) << (8 * i)
 	}
 }
 

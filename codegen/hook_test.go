@@ -108,3 +108,35 @@ func errorsAs(err error, list *policies.ErrorList) bool {
 	*list = l
 	return ok
 }
+
+// TestCountAtHand: a hook whose one rule only counts, unfiltered, by
+// labels every call has at hand in three words is planned for the short
+// count path, with its label fields in order; any other hook is not.
+func TestCountAtHand(t *testing.T) {
+	for _, c := range []struct {
+		src    string
+		rule   uint16
+		fields uint32
+	}{
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["comm"]}}`, 1, bpf.HookFComm},
+		{`x: {tracepoint: "sched/sched_process_exec", count: {metric: "m", by: ["tgid", "comm"]}}`, 1, bpf.HookFTgid | bpf.HookFComm<<8},
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["pid", "tgid", "syscall"]}}`, 1, bpf.HookFPid | bpf.HookFTgid<<8 | bpf.HookFSyscall<<16},
+		{`x: {syscall: "getppid", match: process: comm: "x", count: {metric: "m", by: ["comm"]}}`, 0, 0},
+		{`x: {syscall: "getppid", args: [{index: 0, type: "int", name: "a"}], count: {metric: "m", by: ["comm"], sum: "a"}}`, 0, 0},
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["uid"]}}`, 0, 0},
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["comm", "pid", "tgid"]}}`, 0, 0},
+		{`x: {syscall: "getppid", count: {metric: "m"}}`, 0, 0},
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["comm"]}, emit: {event: "e"}}`, 0, 0},
+		{`x: {syscall: "getppid", count: {metric: "m", by: ["comm"]}}` + "\n" + `y: {syscall: "getppid", count: {metric: "n", by: ["comm"]}}`, 0, 0},
+	} {
+		plan, err := Compile(load(t, c.src), Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", c.src, err)
+		}
+		h := plan.Hooks.Maps.Hooks[0].Value
+		if h.CountRule != c.rule || h.CountFields != c.fields || h.CountId != 0 {
+			t.Errorf("%s: count_rule %d, count_fields %#x, count_id %d; want %d, %#x, 0 (the engine sets the id)",
+				c.src, h.CountRule, h.CountFields, h.CountId, c.rule, c.fields)
+		}
+	}
+}

@@ -856,58 +856,6 @@ func Cgroup2Mount() string {
 	return "/sys/fs/cgroup"
 }
 
-// countRuleAtHand is 1 + the index of the rule that the short count path
-// (count_at_hand in bpf/hook.c: raw tracepoints, and raw sys_enter for a
-// syscall with this one hook) runs for hook h, or 0 when h needs the
-// general path: h has one rule, which only counts, unfiltered and without
-// a sum, by comm, pid, tgid or syscall in a small key (three words at most:
-// comm takes two).
-func countRuleAtHand(h *bpf.Hook, rules []bpf.HookRule) uint16 {
-	if h.Nrules != 1 || int(h.Rules[0]) >= len(rules) {
-		return 0
-	}
-	r := &rules[h.Rules[0]]
-	if r.Flags != bpf.HookRCount|bpf.HookRSmallKey || r.Nselectors != 0 || r.Nlabels == 0 || int(r.Nlabels) > len(r.Labels) {
-		return 0
-	}
-	words := 0
-	for _, l := range r.Labels[:r.Nlabels] {
-		size := 8
-		switch l.Field {
-		case bpf.HookFComm:
-			size = 16
-		case bpf.HookFPid, bpf.HookFTgid, bpf.HookFSyscall:
-		default:
-			return 0
-		}
-		// the kernel packs the labels in order, as codegen lays them out
-		if int(l.Offset) != words*8 || int(l.Size) != size {
-			return 0
-		}
-		words += size / 8
-	}
-	if words > 3 {
-		return 0
-	}
-	return h.Rules[0] + 1
-}
-
-// setCountAtHand sets h's count_rule and, when the short count path runs
-// it, the rule's id and label fields that path reads from the hook instead
-// of the rule (one cache line fewer per cold call, as every exec is).
-func setCountAtHand(h *bpf.Hook, rules []bpf.HookRule) {
-	h.CountRule, h.CountId, h.CountFields = 0, 0, 0
-	cr := countRuleAtHand(h, rules)
-	if cr == 0 {
-		return
-	}
-	r := &rules[cr-1]
-	h.CountRule, h.CountId = cr, r.Id
-	for i, l := range r.Labels[:r.Nlabels] {
-		h.CountFields |= uint32(l.Field) << (8 * i)
-	}
-}
-
 // writeInactive fills the inactive generation with pp, which no program
 // reads until the commit, and returns it with the epoch of its rule ids.
 // e.mu held.
@@ -980,7 +928,9 @@ func (e *Hooks) fill(pp *codegen.HookPlan, hooks map[string]*attachment, next, e
 			kh.Flags |= bpf.HookStash
 		}
 		copy(kh.Args[:], a.args)
-		setCountAtHand(&kh, kRules)
+		if kh.CountRule != 0 {
+			kh.CountId = kRules[kh.CountRule-1].Id
+		}
 		kHooks[a.slot] = kh
 		for _, nr := range a.syscalls {
 			s := &sysHooks[nr]

@@ -13,7 +13,8 @@ import (
 
 // The engine writes the Plan's kernel-hook map entries as they are, adding
 // only what depends on this machine: the hook's slot, mechanism and
-// resolved arguments; the generation in keys and the epoch in rule ids.
+// resolved arguments; the generation in keys and the epoch in rule ids
+// (count_id is its hook's count_rule's id).
 func TestHookWritesThePlanVerbatim(t *testing.T) {
 	p := newTestHooks(t, Options{})
 	plans := map[string]*codegen.Plan{}
@@ -44,6 +45,10 @@ connects: {
 	args: [{index: 1, type: "sockaddr", name: "addr"}]
 	match: [{daddr: ["192.0.2.0/24", "2001:db8::/32"], dport: 9}]
 	count: {metric: "grain.test.connects", by: ["tgid", "daddr"]}
+}
+execs: {
+	tracepoint: "sched/sched_process_exec"
+	count: {metric: "grain.test.execs", by: ["tgid", "comm"]}
 }`)
 	for name, plan := range plans {
 		if err := p.Apply(plan); err != nil {
@@ -59,8 +64,16 @@ connects: {
 				t.Fatal(err)
 			}
 			want := pm.Hooks[i].Value
-			if got.Nargs != want.Nargs || got.Nrules != want.Nrules || got.Rules != want.Rules {
+			if got.Nargs != want.Nargs || got.Nrules != want.Nrules || got.Rules != want.Rules ||
+				got.CountRule != want.CountRule || got.CountFields != want.CountFields {
 				t.Errorf("%s: hook %d differs from the plan's", name, i)
+			}
+			wantID := uint32(0)
+			if want.CountRule != 0 {
+				wantID = generation.RuleID(p.gen.Epoch(), int(want.CountRule-1))
+			}
+			if got.CountId != wantID {
+				t.Errorf("%s: hook %d has count_id %#x for count_rule %d", name, i, got.CountId, want.CountRule)
 			}
 			for j := range want.Nargs {
 				g, w := got.Args[j], want.Args[j]
