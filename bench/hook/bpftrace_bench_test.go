@@ -124,20 +124,33 @@ type besideResult struct {
 }
 
 // above is the median over rounds of v's figure minus the unhooked one.
-func (r besideResult) above(v []float64) float64 {
+func (r besideResult) above(v []float64) float64 { return aboveBase(v, r.base) }
+
+// siteAbove is above for the figures at the tracepoint's site.
+func (r besideResult) siteAbove(v []float64) float64 { return aboveBase(v, r.siteBase) }
+
+// aboveBase is the median over rounds of v[i] - base[i].
+func aboveBase(v, base []float64) float64 {
 	d := make([]float64, len(v))
 	for i := range v {
-		d[i] = v[i] - r.base[i]
+		d[i] = v[i] - base[i]
 	}
 	return median(d)
 }
 
+// goal is the goal for grain's added cost g beside the floor's f and
+// bpftrace's t, and whether g meets it.
+func goal(g, f, t float64) (float64, string) {
+	goal := max(0.5*t, 1.1*f)
+	return goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal]
+}
+
 func (r besideResult) String() string {
 	g, f, t := r.above(r.grain), r.above(r.floor), r.above(r.bpftrace)
-	goal := max(0.5*t, 1.1*f)
+	want, met := goal(g, f, t)
 	return fmt.Sprintf("per call above the unhooked loop (median of %d interleaved rounds): grain %+.0f ns, empty program on grain's hook %+.0f ns, bpftrace %+.0f ns; goal grain <= max(0.5 x bpftrace, 1.1 x floor) = %.0f ns: %s\n"+
 		"rounds (ns per call): base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
-		len(r.base), g, f, t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.base, r.grain, r.floor, r.bpftrace) +
+		len(r.base), g, f, t, want, met, r.base, r.grain, r.floor, r.bpftrace) +
 		r.progString() + r.siteString()
 }
 
@@ -145,17 +158,10 @@ func (r besideResult) siteString() string {
 	if len(r.siteBase) == 0 {
 		return ""
 	}
-	above := func(v []float64) float64 {
-		d := make([]float64, len(v))
-		for i := range v {
-			d[i] = v[i] - r.siteBase[i]
-		}
-		return median(d)
-	}
-	g, f, t := above(r.siteGrain), above(r.siteFloor), above(r.siteBpftrace)
-	goal := max(0.5*t, 1.1*f)
+	g, f, t := r.siteAbove(r.siteGrain), r.siteAbove(r.siteFloor), r.siteAbove(r.siteBpftrace)
+	want, met := goal(g, f, t)
 	return fmt.Sprintf("\nat the tracepoint's site, per exec above unhooked (median of the rounds' medians): grain %+.0f ns, empty program %+.0f ns, bpftrace %+.0f ns; grain / bpftrace %.2f; goal %.0f ns: %s; rounds: base %.0f, grain %.0f, floor %.0f, bpftrace %.0f",
-		g, f, t, g/t, goal, map[bool]string{true: "met", false: "NOT met"}[g <= goal], r.siteBase, r.siteGrain, r.siteFloor, r.siteBpftrace)
+		g, f, t, g/t, want, met, r.siteBase, r.siteGrain, r.siteFloor, r.siteBpftrace)
 }
 
 func (r besideResult) progString() string {
@@ -177,16 +183,9 @@ func reportBeside(b *testing.B, r besideResult) {
 		b.ReportMetric(g/t, "grain/bpftrace")
 	}
 	if len(r.siteBase) > 0 {
-		above := func(v []float64) float64 {
-			d := make([]float64, len(v))
-			for i := range v {
-				d[i] = v[i] - r.siteBase[i]
-			}
-			return median(d)
-		}
-		b.ReportMetric(above(r.siteGrain), "grain-site-ns")
-		b.ReportMetric(above(r.siteFloor), "floor-site-ns")
-		b.ReportMetric(above(r.siteBpftrace), "bpftrace-site-ns")
+		b.ReportMetric(r.siteAbove(r.siteGrain), "grain-site-ns")
+		b.ReportMetric(r.siteAbove(r.siteFloor), "floor-site-ns")
+		b.ReportMetric(r.siteAbove(r.siteBpftrace), "bpftrace-site-ns")
 	}
 	if *progStatsOn {
 		b.ReportMetric(median(r.grainProg), "grain-prog-ns")
